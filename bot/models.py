@@ -1,0 +1,107 @@
+"""The platform-neutral message model every adapter speaks to the engine."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationKey:
+    """Where a conversation lives. A thread is its own conversation under its parent channel."""
+
+    platform: str
+    channel_id: str
+    thread_id: str | None = None
+
+    @property
+    def channel(self) -> ConversationKey:
+        """The channel a thread belongs to (itself when it is not a thread)."""
+        return ConversationKey(self.platform, self.channel_id) if self.thread_id else self
+
+    def __str__(self) -> str:
+        base = f"{self.platform}:{self.channel_id}"
+        return f"{base}:{self.thread_id}" if self.thread_id else base
+
+
+@dataclass(frozen=True, slots=True)
+class Author:
+    id: str
+    display_name: str
+    # The adapter's word that this person may manage the channel (Manage Channels, workspace admin,
+    # channel creator, the terminal user). Configured admins are added by the engine.
+    is_channel_manager: bool = False
+    role_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file the user sent. Adapters download it (they hold the credentials); the engine decides its use."""
+
+    filename: str
+    content_type: str | None
+    size: int
+    data: bytes | None = None
+    # Set by the adapter when it did not download the file (too large, download failed).
+    unavailable_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    key: ConversationKey
+    author: Author
+    # Text as the model should read it: the bot's own mention stripped, other mentions as readable names.
+    text: str
+    id: str = ""
+    attachments: tuple[Attachment, ...] = ()
+    is_direct: bool = False
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderBudget:
+    """How often a platform lets one reply be re-rendered.
+
+    `min_interval` spaces renders of one reply. `bucket` names a request budget shared by every reply
+    that draws on it (a Discord channel, a Slack workspace): at most `capacity` requests per `window`
+    seconds. The engine's pacer enforces both, so adapters never need their own throttling.
+    """
+
+    min_interval: float = 0.0
+    bucket: str | None = None
+    capacity: int = 0
+    window: float = 0.0
+
+
+class Surface(Protocol):
+    """Where one reply is shown. The engine calls `start` once, then `render` with the whole text so far."""
+
+    budget: RenderBudget
+
+    async def start(self) -> None:
+        """Show that a reply is on its way (typing indicator, status line)."""
+
+    async def render(self, text: str, *, final: bool) -> int:
+        """Show `text`: the whole reply so far. Each text extends the one before it, the final one too.
+
+        Returns how many platform requests it spent, so the pacer can charge the shared budget.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSettings:
+    """A conversation's effective settings: its own, else its channel's, else the defaults."""
+
+    model: str
+    system_prompt: str | None
+    search_mode: str  # off, on, auto
+    autoreply: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    text: str
+    # True when only the caller needs to see it (help, listings, refusals); platforms show it privately.
+    ephemeral: bool = True

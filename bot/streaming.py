@@ -1,0 +1,145 @@
+"""One pacing policy for every platform: how often a streaming reply may be re-rendered.
+
+A reply shows its first text at once, then re-renders no sooner than the surface's `min_interval`, and
+only while the shared request bucket (a Discord channel, a Slack workspace) has room. Intermediate texts
+that went stale while waiting are skipped: only the newest text is ever sent. The final text is always
+rendered, as soon as the budget allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Protocol
+
+from bot.models import RenderBudget, Surface
+
+log = logging.getLogger(__name__)
+
+# Requests reach the platform a little later than we send them; keep that much clear of the window edge.
+LATENCY_MARGIN = 0.15
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class RequestBucket:
+    """At most `capacity` requests in any `window` seconds: a sliding window, so fixed windows hold too."""
+
+    def __init__(self, capacity: int, window: float) -> None:
+        self.capacity = capacity
+        self.window = window + LATENCY_MARGIN
+        self._sent: deque[float] = deque()
+
+    def wait_time(self, now: float) -> float:
+        while self._sent and self._sent[0] <= now - self.window:
+            self._sent.popleft()
+        if len(self._sent) < self.capacity:
+            return 0.0
+        return self._sent[-self.capacity] + self.window - now
+
+    def charge(self, now: float, count: int = 1) -> None:
+        self._sent.extend([now] * count)
+
+
+class Pacer:
+    """Engine-wide: hands each reply a renderer and keeps the buckets replies share."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._buckets: dict[str, RequestBucket] = {}
+
+    def renderer(self, surface: Surface) -> PacedRenderer:
+        budget = surface.budget
+        bucket = None
+        if budget.bucket and budget.capacity > 0:
+            bucket = self._buckets.get(budget.bucket)
+            if bucket is None:
+                bucket = self._buckets[budget.bucket] = RequestBucket(budget.capacity, budget.window)
+        return PacedRenderer(surface, budget, bucket, self.clock)
+
+
+class PacedRenderer:
+    """Renders one reply through its surface; `update` never blocks the token stream."""
+
+    def __init__(
+        self, surface: Surface, budget: RenderBudget, bucket: RequestBucket | None, clock: Clock
+    ) -> None:
+        self._surface = surface
+        self._budget = budget
+        self._bucket = bucket
+        self._clock = clock
+        self._latest = ""
+        self._shown = ""
+        self._final = False
+        self._last_render: float | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.renders = 0
+        self.first_render_at: float | None = None
+
+    def update(self, text: str) -> None:
+        self._latest = text
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        self._wake.set()
+
+    async def finish(self, text: str) -> None:
+        """Render `text` as final, waiting for the budget; returns once it has been shown (or failed)."""
+        self._latest = text
+        self._final = True
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        self._wake.set()
+        await asyncio.shield(self._task)
+
+    def _wait_time(self) -> float:
+        now = self._clock.now()
+        wait = 0.0
+        if self._last_render is not None:
+            wait = self._last_render + self._budget.min_interval - now
+        if self._bucket is not None:
+            wait = max(wait, self._bucket.wait_time(now))
+        return wait
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while (wait := self._wait_time()) > 0:
+                await self._clock.sleep(wait)
+            final = self._final
+            text = self._latest
+            if not final and text == self._shown:
+                continue
+            now = self._clock.now()
+            # Reserve the request before awaiting, so concurrent replies cannot both take the last slot.
+            if self._bucket is not None:
+                self._bucket.charge(now)
+            self._last_render = now
+            try:
+                spent = await self._surface.render(text, final=final)
+            except Exception:
+                log.exception("rendering a reply failed; the next render will try again")
+                spent = 1
+            if self._bucket is not None and spent > 1:
+                self._bucket.charge(self._clock.now(), spent - 1)
+            self._shown = text
+            self.renders += 1
+            if self.first_render_at is None:
+                self.first_render_at = now
+            if final:
+                return

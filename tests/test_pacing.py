@@ -1,0 +1,129 @@
+"""The shared pacing policy, driven by a virtual clock."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from bot.models import RenderBudget
+from bot.streaming import LATENCY_MARGIN, Pacer, RequestBucket
+from tests.support.clock import FakeClock, settle
+
+
+class RecordingSurface:
+    def __init__(self, clock: FakeClock, budget: RenderBudget, spend: int = 1, fail_first: int = 0) -> None:
+        self.clock = clock
+        self.budget = budget
+        self.spend = spend
+        self.fail_first = fail_first
+        self.renders: list[tuple[float, str, bool]] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def render(self, text: str, *, final: bool) -> int:
+        if self.fail_first:
+            self.fail_first -= 1
+            raise RuntimeError("platform said no")
+        self.renders.append((self.clock.now(), text, final))
+        return self.spend
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+async def test_first_text_renders_at_once_then_at_most_once_per_interval(clock: FakeClock) -> None:
+    surface = RecordingSurface(clock, RenderBudget(min_interval=1.0))
+    renderer = Pacer(clock).renderer(surface)
+    renderer.update("a")
+    await settle()
+    assert surface.renders == [(1000.0, "a", False)]
+    renderer.update("ab")
+    renderer.update("abc")  # "ab" goes stale before it may be shown
+    await clock.advance(0.5)
+    assert len(surface.renders) == 1
+    await clock.advance(0.6)
+    assert [text for _, text, _ in surface.renders] == ["a", "abc"]
+    assert surface.renders[1][0] - surface.renders[0][0] == pytest.approx(1.0)
+
+
+async def test_final_text_waits_for_the_interval_and_is_always_shown(clock: FakeClock) -> None:
+    surface = RecordingSurface(clock, RenderBudget(min_interval=1.0))
+    renderer = Pacer(clock).renderer(surface)
+    renderer.update("partial")
+    await settle()
+    finishing = asyncio.create_task(renderer.finish("partial and done"))
+    await clock.advance(0.4)
+    assert not finishing.done()
+    await clock.advance(0.7)
+    await finishing
+    assert surface.renders[-1] == (1001.0, "partial and done", True)
+
+
+async def test_final_without_any_update_renders_once(clock: FakeClock) -> None:
+    surface = RecordingSurface(clock, RenderBudget(min_interval=1.0))
+    await Pacer(clock).renderer(surface).finish("only text")
+    assert surface.renders == [(1000.0, "only text", True)]
+
+
+async def test_concurrent_replies_share_one_bucket_without_exceeding_it(clock: FakeClock) -> None:
+    budget = RenderBudget(min_interval=1.0, bucket="discord:1", capacity=5, window=5.0)
+    pacer = Pacer(clock)
+    surfaces = [RecordingSurface(clock, budget) for _ in range(6)]
+    renderers = [pacer.renderer(surface) for surface in surfaces]
+    for step in range(60):  # 6 replies, a token each per 0.25 s, for 15 s
+        for index, renderer in enumerate(renderers):
+            renderer.update(f"reply {index} token {step}")
+        await clock.advance(0.25)
+    finals = [asyncio.create_task(r.finish(f"reply {i} done")) for i, r in enumerate(renderers)]
+    for _ in range(40):
+        await clock.advance(1.0)
+    await asyncio.gather(*finals)
+    times = sorted(t for surface in surfaces for t, _, _ in surface.renders)
+    window = 5.0 + LATENCY_MARGIN
+    assert all(sum(1 for u in times if t <= u < t + window) <= 5 for t in times)
+    for index, surface in enumerate(surfaces):
+        assert surface.renders[-1][1:] == (f"reply {index} done", True)
+        gaps = [b[0] - a[0] for a, b in zip(surface.renders, surface.renders[1:], strict=False)]
+        assert all(gap >= 1.0 - 1e-9 for gap in gaps)
+
+
+async def test_extra_requests_a_render_spent_are_charged(clock: FakeClock) -> None:
+    budget = RenderBudget(bucket="b", capacity=4, window=10.0)
+    surface = RecordingSurface(clock, budget, spend=3)  # e.g. an edit plus two follow-up messages
+    renderer = Pacer(clock).renderer(surface)
+    renderer.update("long")
+    await settle()
+    renderer.update("longer")
+    await clock.advance(1.0)
+    assert len(surface.renders) == 2  # 3 + 1 requests: the bucket of 4 is now full
+    renderer.update("longest")
+    await clock.advance(5.0)
+    assert len(surface.renders) == 2
+    await clock.advance(5.0 + LATENCY_MARGIN)
+    assert len(surface.renders) == 3
+
+
+async def test_a_failing_render_is_logged_and_the_reply_still_finishes(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    surface = RecordingSurface(clock, RenderBudget(), fail_first=1)
+    renderer = Pacer(clock).renderer(surface)
+    renderer.update("lost")
+    await settle()
+    with caplog.at_level(logging.ERROR):
+        await renderer.finish("lost and found")
+    assert surface.renders == [(1000.0, "lost and found", True)]
+    assert "rendering a reply failed" in caplog.text
+
+
+def test_bucket_wait_time_counts_the_oldest_request_in_the_window() -> None:
+    bucket = RequestBucket(capacity=2, window=10.0)
+    bucket.charge(0.0)
+    bucket.charge(3.0)
+    assert bucket.wait_time(4.0) == pytest.approx(6.0 + LATENCY_MARGIN)
+    assert bucket.wait_time(10.0 + LATENCY_MARGIN) == 0.0

@@ -157,3 +157,10 @@ class Provider(Protocol):
     async def list_models(self) -> list[ModelInfo]: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 10.0
+    first_token: float = 90.0  # request sent → first text, reasoning or tool data
+    chunk_gap: float = 60.0  # longest silence between events once the answer has begun

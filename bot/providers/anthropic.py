@@ -1,0 +1,208 @@
+"""Anthropic's native Messages API, streamed."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from bot.config import ProviderSettings
+from bot.providers.base import (
+    ChatMessage,
+    ChatRequest,
+    Finish,
+    ModelInfo,
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    Timeouts,
+    ToolCall,
+    Usage,
+)
+from bot.providers.http_errors import error_from_payload, error_from_response
+from bot.providers.sse import SSEStream, make_client
+
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+DEFAULT_CONTEXT = 200_000
+
+
+class AnthropicProvider:
+    def __init__(
+        self,
+        name: str,
+        settings: ProviderSettings,
+        timeouts: Timeouts,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.name = name
+        self._settings = settings
+        self._timeouts = timeouts
+        self._base = settings.base_url.rstrip("/")
+        self._client = client or make_client(timeouts)
+
+    def __repr__(self) -> str:
+        return f"AnthropicProvider({self.name!r}, {self._base!r})"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"anthropic-version": API_VERSION, **self._settings.headers}
+        key = self._settings.key()
+        if key:
+            headers["x-api-key"] = key
+        return headers
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        stream = SSEStream(self.name, request.model, self._timeouts)
+        secret = self._settings.key()
+        await stream.open(self._client, f"{self._base}/v1/messages", _body(request), self._headers(), secret)
+        prompt_tokens = completion_tokens = 0
+        stop_reason: str | None = None
+        tools: dict[int, dict[str, Any]] = {}
+        finished = False
+        try:
+            while (event := await stream.next_event()) is not None:
+                try:
+                    data = json.loads(event.data) if event.data else {}
+                except ValueError:
+                    raise stream.broken("the provider sent an event that is not JSON") from None
+                kind = data.get("type") or event.event
+                if kind == "error":
+                    raise error_from_payload(self.name, request.model, data.get("error") or data, secret)
+                if kind == "message_start":
+                    usage = (data.get("message") or {}).get("usage") or {}
+                    prompt_tokens = int(usage.get("input_tokens") or 0)
+                    completion_tokens = int(usage.get("output_tokens") or 0)
+                elif kind == "content_block_start":
+                    block = data.get("content_block") or {}
+                    if block.get("type") == "tool_use":
+                        stream.content_begun()
+                        tools[data.get("index", 0)] = {
+                            "id": block.get("id", ""),
+                            "name": block.get("name", ""),
+                            "json": [],
+                        }
+                elif kind == "content_block_delta":
+                    delta = data.get("delta") or {}
+                    if delta.get("type") == "text_delta" and delta.get("text"):
+                        stream.content_begun()
+                        yield TextDelta(delta["text"])
+                    elif delta.get("type") == "thinking_delta" and delta.get("thinking"):
+                        stream.content_begun()
+                        yield ReasoningDelta(delta["thinking"])
+                    elif delta.get("type") == "input_json_delta" and data.get("index", 0) in tools:
+                        tools[data.get("index", 0)]["json"].append(delta.get("partial_json", ""))
+                elif kind == "content_block_stop" and data.get("index", 0) in tools:
+                    tool = tools.pop(data.get("index", 0))
+                    yield ToolCall(tool["id"], tool["name"], "".join(tool["json"]) or "{}")
+                elif kind == "message_delta":
+                    stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
+                    completion_tokens = int(
+                        (data.get("usage") or {}).get("output_tokens") or completion_tokens
+                    )
+                elif kind == "message_stop":
+                    finished = True
+                    break
+        finally:
+            await stream.aclose()
+        if not finished:
+            raise stream.broken("the stream ended before the reply was complete")
+        yield Usage(prompt_tokens, completion_tokens)
+        yield Finish(_FINISH.get(stop_reason or "end_turn", stop_reason or "stop"))
+
+    async def list_models(self) -> list[ModelInfo]:
+        ids: list[str] = []
+        after: str | None = None
+        while True:
+            params = {"limit": "1000", **({"after_id": after} if after else {})}
+            try:
+                response = await self._client.get(
+                    f"{self._base}/v1/models", headers=self._headers(), params=params, timeout=30.0
+                )
+            except httpx.TransportError as error:
+                raise error_from_payload(
+                    self.name,
+                    "",
+                    {"code": 503, "message": f"could not connect ({type(error).__name__})"},
+                    None,
+                ) from None
+            if response.status_code >= 400:
+                raise error_from_response(
+                    self.name,
+                    "",
+                    response.status_code,
+                    response.content,
+                    response.headers,
+                    self._settings.key(),
+                )
+            page = response.json()
+            ids += [str(entry["id"]) for entry in page.get("data") or [] if entry.get("id")]
+            if not page.get("has_more") or not page.get("last_id"):
+                break
+            after = page["last_id"]
+        if self._settings.models is not None:
+            ids = [i for i in ids if i in self._settings.models]
+            ids += [m for m in self._settings.models if m not in ids]
+        return [
+            ModelInfo(
+                id=model_id,
+                context_length=self._settings.context_length.get(model_id, DEFAULT_CONTEXT),
+                vision=model_id.startswith("claude") or model_id in self._settings.vision,
+                tools=True,
+            )
+            for model_id in ids
+        ]
+
+
+_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+
+
+def _body(request: ChatRequest) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": request.model,
+        "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+        "stream": True,
+        "messages": [_message(message) for message in request.messages],
+    }
+    if request.system:
+        body["system"] = request.system
+    if request.tools:
+        body["tools"] = [
+            {"name": t.name, "description": t.description, "input_schema": t.parameters}
+            for t in request.tools
+        ]
+    return body
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    if message.role == "tool":
+        block = {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content}
+        return {"role": "user", "content": [block]}
+    content: list[dict[str, Any]] = []
+    for image in message.images:
+        source = {
+            "type": "base64",
+            "media_type": image.media_type,
+            "data": base64.b64encode(image.data).decode(),
+        }
+        content.append({"type": "image", "source": source})
+    if message.content:
+        content.append({"type": "text", "text": message.content})
+    for call in message.tool_calls:
+        content.append(
+            {"type": "tool_use", "id": call.id, "name": call.name, "input": _json_object(call.arguments)}
+        )
+    return {"role": message.role, "content": content}
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,215 @@
+"""OpenAI-compatible chat completions: OpenRouter, OpenAI, Ollama's /v1, vLLM, LM Studio, llama.cpp."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from bot.config import ProviderSettings
+from bot.providers.base import (
+    ChatMessage,
+    ChatRequest,
+    Finish,
+    ModelInfo,
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    Timeouts,
+    ToolCall,
+    Usage,
+)
+from bot.providers.http_errors import error_from_payload, error_from_response
+from bot.providers.sse import SSEStream, make_client
+
+
+class OpenAICompatibleProvider:
+    def __init__(
+        self,
+        name: str,
+        settings: ProviderSettings,
+        timeouts: Timeouts,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.name = name
+        self._settings = settings
+        self._timeouts = timeouts
+        self._base = settings.base_url.rstrip("/")
+        self._client = client or make_client(timeouts)
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatibleProvider({self.name!r}, {self._base!r})"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"X-Title": "Parley"}  # how OpenRouter names the app in its activity list
+        headers.update(self._settings.headers)
+        key = self._settings.key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        stream = SSEStream(self.name, request.model, self._timeouts)
+        secret = self._settings.key()
+        await stream.open(
+            self._client, f"{self._base}/chat/completions", _body(request), self._headers(), secret
+        )
+        calls: dict[int, dict[str, Any]] = {}
+        usage: Usage | None = None
+        finish: str | None = None
+        try:
+            while (event := await stream.next_event()) is not None:
+                if event.data.strip() == "[DONE]":
+                    break
+                try:
+                    chunk = json.loads(event.data)
+                except ValueError:
+                    raise stream.broken("the provider sent a chunk that is not JSON") from None
+                if chunk.get("error"):
+                    raise error_from_payload(self.name, request.model, chunk["error"], secret)
+                if isinstance(chunk.get("usage"), dict):
+                    usage = _usage(chunk["usage"])
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    reasoning = delta.get("reasoning") or delta.get("reasoning_content")
+                    if reasoning:
+                        stream.content_begun()
+                        yield ReasoningDelta(reasoning)
+                    if delta.get("content"):
+                        stream.content_begun()
+                        yield TextDelta(delta["content"])
+                    for fragment in delta.get("tool_calls") or []:
+                        stream.content_begun()
+                        _merge_tool_call(calls, fragment)
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+            else:
+                if finish is None:
+                    raise stream.broken("the stream ended before the reply was complete")
+        finally:
+            await stream.aclose()
+        for index in sorted(calls):
+            call = calls[index]
+            yield ToolCall(call["id"] or f"call_{index}", call["name"], "".join(call["arguments"]) or "{}")
+        if usage is not None:
+            yield usage
+        yield Finish(finish or "stop")
+
+    async def list_models(self) -> list[ModelInfo]:
+        try:
+            response = await self._client.get(f"{self._base}/models", headers=self._headers(), timeout=30.0)
+        except httpx.TransportError as error:
+            raise error_from_payload(
+                self.name, "", {"code": 503, "message": f"could not connect ({type(error).__name__})"}, None
+            ) from None
+        if response.status_code >= 400:
+            raise error_from_response(
+                self.name, "", response.status_code, response.content, response.headers, self._settings.key()
+            )
+        models = [_model_info(entry, self._settings) for entry in response.json().get("data") or []]
+        if self._settings.models is not None:
+            allowed = set(self._settings.models)
+            listed = {model.id for model in models}
+            models = [m for m in models if m.id in allowed]
+            # An allow-listed model the server does not list (common with local servers) is still offered.
+            models += [
+                _model_info({"id": m}, self._settings) for m in self._settings.models if m not in listed
+            ]
+        return models
+
+
+def _body(request: ChatRequest) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    messages.extend(_message(message) for message in request.messages)
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if request.max_tokens:
+        body["max_tokens"] = request.max_tokens
+    if request.tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+            }
+            for t in request.tools
+        ]
+    return body
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.images:
+        out["content"] = [{"type": "text", "text": message.content}] + [
+            {
+                "type": "image_url",
+                "image_url": {"url": f"data:{i.media_type};base64,{base64.b64encode(i.data).decode()}"},
+            }
+            for i in message.images
+        ]
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    return out
+
+
+def _merge_tool_call(calls: dict[int, dict[str, Any]], fragment: dict[str, Any]) -> None:
+    """Tool calls stream in pieces keyed by index: the id and name once, the arguments a little at a time."""
+    call = calls.setdefault(fragment.get("index", 0), {"id": "", "name": "", "arguments": []})
+    if fragment.get("id"):
+        call["id"] = fragment["id"]
+    function = fragment.get("function") or {}
+    if function.get("name"):
+        call["name"] = function["name"]
+    if function.get("arguments"):
+        call["arguments"].append(function["arguments"])
+
+
+def _usage(raw: dict[str, Any]) -> Usage:
+    cost = raw.get("cost")
+    return Usage(
+        prompt_tokens=int(raw.get("prompt_tokens") or 0),
+        completion_tokens=int(raw.get("completion_tokens") or 0),
+        cost=float(cost) if isinstance(cost, int | float) else None,
+    )
+
+
+def _model_info(entry: dict[str, Any], settings: ProviderSettings) -> ModelInfo:
+    model_id = str(entry.get("id", ""))
+    top = entry.get("top_provider") or {}
+    pricing = entry.get("pricing") or {}
+    architecture = entry.get("architecture") or {}
+    context = (
+        settings.context_length.get(model_id) or entry.get("context_length") or top.get("context_length")
+    )
+    return ModelInfo(
+        id=model_id,
+        context_length=int(context) if context else None,
+        max_output_tokens=top.get("max_completion_tokens") or None,
+        prompt_price=_price(pricing.get("prompt")),
+        completion_price=_price(pricing.get("completion")),
+        vision=model_id in settings.vision or "image" in (architecture.get("input_modalities") or []),
+        tools="tools" in (entry.get("supported_parameters") or []),
+    )
+
+
+def _price(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None

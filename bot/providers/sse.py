@@ -1,0 +1,108 @@
+"""The HTTP half both provider APIs share: send a streaming request, then read SSE events under deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource, ServerSentEvent, SSEError
+
+from bot.providers.base import ErrorKind, ProviderError, Timeouts
+from bot.providers.http_errors import error_from_response
+
+
+def make_client(timeouts: Timeouts) -> httpx.AsyncClient:
+    # Reads are bounded by our own first-token and gap deadlines, not httpx's; many replies stream at once.
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(connect=timeouts.connect, read=None, write=30.0, pool=None),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
+    )
+
+
+class SSEStream:
+    """One streaming response: content must begin within `first_token`, then never pause past `chunk_gap`."""
+
+    def __init__(self, provider: str, model: str, timeouts: Timeouts) -> None:
+        self._provider = provider
+        self._model = model
+        self._timeouts = timeouts
+        self._response: httpx.Response | None = None
+        self._events: Any = None
+        self._deadline = 0.0
+        self._begun = False
+
+    async def open(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        secret: str | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + self._timeouts.first_token
+        request = client.build_request("POST", url, json=body, headers=headers)
+        try:
+            async with asyncio.timeout(self._timeouts.first_token):
+                response = await client.send(request, stream=True)
+        except TimeoutError:
+            raise self._timeout(self._timeouts.first_token, "to start answering") from None
+        except httpx.TransportError as error:
+            raise ProviderError(
+                ErrorKind.UNAVAILABLE,
+                provider=self._provider,
+                model=self._model,
+                detail=f"could not connect ({type(error).__name__})",
+            ) from None
+        if response.status_code >= 400:
+            raw = await response.aread()
+            await response.aclose()
+            raise error_from_response(
+                self._provider, self._model, response.status_code, raw, response.headers, secret
+            )
+        self._response = response
+        self._events = EventSource(response).aiter_sse()
+
+    def content_begun(self) -> None:
+        """From now on only the gap between events is timed."""
+        self._begun = True
+
+    async def next_event(self) -> ServerSentEvent | None:
+        """The next event, or None at the end of the body."""
+        loop = asyncio.get_running_loop()
+        limit = self._timeouts.chunk_gap if self._begun else max(0.0, self._deadline - loop.time())
+        try:
+            async with asyncio.timeout(limit):
+                return await anext(self._events)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            if self._begun:
+                raise self._timeout(self._timeouts.chunk_gap, "between two parts of the reply") from None
+            raise self._timeout(self._timeouts.first_token, "to start answering") from None
+        except (httpx.TransportError, SSEError) as error:
+            raise ProviderError(
+                ErrorKind.BROKEN_STREAM,
+                provider=self._provider,
+                model=self._model,
+                detail=type(error).__name__,
+                retryable=True,
+            ) from None
+
+    async def aclose(self) -> None:
+        if self._response is not None:
+            await self._response.aclose()
+
+    def broken(self, detail: str) -> ProviderError:
+        return ProviderError(
+            ErrorKind.BROKEN_STREAM, provider=self._provider, model=self._model, detail=detail, retryable=True
+        )
+
+    def _timeout(self, seconds: float, what: str) -> ProviderError:
+        return ProviderError(
+            ErrorKind.TIMEOUT,
+            provider=self._provider,
+            model=self._model,
+            detail=f"took more than {seconds:g} s {what}",
+        )

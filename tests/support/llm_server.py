@@ -1,0 +1,275 @@
+"""A loopback LLM server speaking the OpenAI-compatible and Anthropic streaming APIs, with faults on demand.
+
+    async with LLMServer() as llm:
+        llm.enqueue(Script(tokens=["Hel", "lo"]), Script(status=429, retry_after=2))
+        settings = Settings(openrouter_api_key="k", openrouter_base_url=llm.openai_base_url, ...)
+        ...
+        assert llm.requests[0].json["model"] == "xiaomi/mimo-v2-flash"
+
+Each request takes the next queued Script; with none queued it echoes the last user message as
+`echo: <text>`. Every request is recorded (path, headers, JSON body). `models` sets the model listing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Script:
+    """What one request gets. Faults: `status`, `error_after`, `drop_after`, `stall_after`, `no_terminal`."""
+
+    tokens: list[str] = field(default_factory=lambda: ["Hello", " there"])
+    reasoning: list[str] = field(default_factory=list)
+    tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, JSON arguments)
+    usage: tuple[int, int] | None = (12, 3)
+    cost: float | None = None
+    finish: str = "stop"
+    delay: float = 0.0  # between tokens
+    first_delay: float = 0.0  # before the first token
+    keepalives: int = 0  # SSE comments before the first token
+    status: int | None = None  # answer with this HTTP error instead of a stream
+    body: dict[str, Any] | None = None  # the error response's JSON body
+    retry_after: float | None = None
+    error_after: int | None = None  # in-band error after this many tokens
+    error: dict[str, Any] = field(
+        default_factory=lambda: {"code": "server_error", "message": "Provider disconnected"}
+    )
+    drop_after: int | None = None  # close the connection after this many tokens
+    stall_after: int | None = None  # go silent after this many tokens
+    no_terminal: bool = False  # end the body without a finish or terminal marker
+    raw: list[bytes] | None = None  # send exactly these byte chunks instead
+
+
+@dataclass
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]
+    json: dict[str, Any]
+
+
+class LLMServer:
+    def __init__(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        self.models: list[dict[str, Any]] = [
+            {"id": "xiaomi/mimo-v2-flash", "context_length": 262144, "supported_parameters": ["tools"]},
+            {
+                "id": "openai/gpt-4o-mini",
+                "context_length": 128000,
+                "architecture": {"input_modalities": ["text", "image"]},
+            },
+        ]
+        self.anthropic_models: list[str] = ["claude-sonnet-4-5"]
+        self._scripts: deque[Script] = deque()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def enqueue(self, *scripts: Script) -> None:
+        self._scripts.extend(scripts)
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def chat_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path in ("/v1/chat/completions", "/v1/messages")]
+
+    async def __aenter__(self) -> LLMServer:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._openai)
+        app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_get("/v1/models", self._list)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    # Handlers
+
+    async def _list(self, request: web.Request) -> web.Response:
+        self.requests.append(RecordedRequest(request.path, dict(request.headers), {}))
+        if self._scripts and self._scripts[0].status:
+            return self._error(self._scripts.popleft())
+        if "anthropic-version" in request.headers:
+            data = [{"id": m, "type": "model"} for m in self.anthropic_models]
+            return web.json_response(
+                {"data": data, "has_more": False, "last_id": data[-1]["id"] if data else None}
+            )
+        return web.json_response({"data": self.models})
+
+    def _next(self, body: dict[str, Any]) -> Script:
+        if self._scripts:
+            return self._scripts.popleft()
+        last = next((m for m in reversed(body.get("messages", [])) if m.get("role") == "user"), {})
+        content = last.get("content", "")
+        if isinstance(content, list):
+            content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+        words = f"echo: {content}".split(" ")
+        return Script(tokens=[w if i == 0 else " " + w for i, w in enumerate(words)])
+
+    def _error(self, script: Script) -> web.Response:
+        headers = {"Retry-After": f"{script.retry_after:g}"} if script.retry_after is not None else {}
+        body = script.body or {"error": {"code": script.status, "message": f"status {script.status}"}}
+        return web.json_response(body, status=script.status or 500, headers=headers)
+
+    async def _start(self, request: web.Request) -> tuple[Script, web.StreamResponse | web.Response]:
+        body = await request.json()
+        self.requests.append(RecordedRequest(request.path, dict(request.headers), body))
+        script = self._next(body)
+        if script.status:
+            return script, self._error(script)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for piece in script.raw or []:  # exact bytes, e.g. a reference fixture split at a chosen offset
+            await response.write(piece)
+            await asyncio.sleep(0)
+        return script, response
+
+    async def _openai(self, request: web.Request) -> web.StreamResponse:
+        script, response = await self._start(request)
+        if isinstance(response, web.Response) or script.raw is not None:
+            return response
+
+        async def send(payload: dict[str, Any]) -> None:
+            await response.write(f"data: {json.dumps(payload)}\n\n".encode())
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+
+        for _ in range(script.keepalives):
+            await response.write(b": OPENROUTER PROCESSING\n\n")
+        await asyncio.sleep(script.first_delay)
+        for text in script.reasoning:
+            await send(chunk({"reasoning": text}))
+        for index, token in enumerate(script.tokens):
+            if await self._fault(script, index, request):
+                if script.error_after == index:
+                    await send({"error": script.error, **chunk({"content": ""}, "error")})
+                return response
+            if index:
+                await asyncio.sleep(script.delay)
+            await send(chunk({"content": token}))
+        if await self._fault(script, len(script.tokens), request):
+            if script.error_after == len(script.tokens):
+                await send({"error": script.error, **chunk({"content": ""}, "error")})
+            return response
+        for index, (name, arguments) in enumerate(script.tool_calls):
+            call = {
+                "index": index,
+                "id": f"call_{index}",
+                "type": "function",
+                "function": {"name": name, "arguments": ""},
+            }
+            await send(chunk({"tool_calls": [call]}))
+            half = len(arguments) // 2
+            for part in (arguments[:half], arguments[half:]):
+                await send(chunk({"tool_calls": [{"index": index, "function": {"arguments": part}}]}))
+        if script.no_terminal:
+            return response
+        await send(chunk({}, "tool_calls" if script.tool_calls else script.finish))
+        if script.usage:
+            usage: dict[str, Any] = {"prompt_tokens": script.usage[0], "completion_tokens": script.usage[1]}
+            if script.cost is not None:
+                usage["cost"] = script.cost
+            await send({"object": "chat.completion.chunk", "choices": [], "usage": usage})
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        script, response = await self._start(request)
+        if isinstance(response, web.Response) or script.raw is not None:
+            return response
+
+        async def send(kind: str, payload: dict[str, Any]) -> None:
+            await response.write(f"event: {kind}\ndata: {json.dumps({'type': kind, **payload})}\n\n".encode())
+
+        prompt, completion = script.usage or (0, 0)
+        await send(
+            "message_start",
+            {
+                "message": {
+                    "id": "msg_1",
+                    "role": "assistant",
+                    "usage": {"input_tokens": prompt, "output_tokens": 1},
+                }
+            },
+        )
+        await asyncio.sleep(script.first_delay)
+        block = 0
+        if script.reasoning:
+            await send(
+                "content_block_start", {"index": block, "content_block": {"type": "thinking", "thinking": ""}}
+            )
+            for text in script.reasoning:
+                await send(
+                    "content_block_delta",
+                    {"index": block, "delta": {"type": "thinking_delta", "thinking": text}},
+                )
+            await send("content_block_stop", {"index": block})
+            block += 1
+        await send("content_block_start", {"index": block, "content_block": {"type": "text", "text": ""}})
+        await send("ping", {})
+        for index, token in enumerate(script.tokens):
+            if await self._fault(script, index, request):
+                if script.error_after == index:
+                    await send("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})
+                return response
+            if index:
+                await asyncio.sleep(script.delay)
+            await send(
+                "content_block_delta", {"index": block, "delta": {"type": "text_delta", "text": token}}
+            )
+        await send("content_block_stop", {"index": block})
+        for name, arguments in script.tool_calls:
+            block += 1
+            await send(
+                "content_block_start",
+                {
+                    "index": block,
+                    "content_block": {"type": "tool_use", "id": f"toolu_{block}", "name": name, "input": {}},
+                },
+            )
+            await send(
+                "content_block_delta",
+                {"index": block, "delta": {"type": "input_json_delta", "partial_json": arguments}},
+            )
+            await send("content_block_stop", {"index": block})
+        if script.no_terminal:
+            return response
+        stop = (
+            "tool_use"
+            if script.tool_calls
+            else {"stop": "end_turn", "length": "max_tokens"}.get(script.finish, script.finish)
+        )
+        await send("message_delta", {"delta": {"stop_reason": stop}, "usage": {"output_tokens": completion}})
+        await send("message_stop", {})
+        return response
+
+    async def _fault(self, script: Script, index: int, request: web.Request) -> bool:
+        """Apply a fault due after `index` tokens; True when the stream must end here."""
+        if script.stall_after == index:
+            await asyncio.sleep(3600)
+        if script.drop_after == index:
+            if request.transport is not None:
+                request.transport.abort()
+            return True
+        return script.error_after == index

@@ -1,0 +1,447 @@
+"""The real provider code against a loopback server: parsing rules, faults, timeouts, retries, fallbacks."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.config import ProviderSettings
+from bot.providers.anthropic import AnthropicProvider
+from bot.providers.base import (
+    ChatMessage,
+    ChatRequest,
+    ErrorKind,
+    Finish,
+    Image,
+    ProviderError,
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    Timeouts,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
+from bot.providers.openai_compat import OpenAICompatibleProvider
+from bot.providers.resilience import Attempt, ResilientStream
+from tests.support.llm_server import LLMServer, Script
+
+KEY = "sk-or-v1-SECRET-test-key-1234567890"
+REQUEST = ChatRequest(model="xiaomi/mimo-v2-flash", messages=(ChatMessage("user", "hi"),), system="Be brief.")
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "provider-wire-formats.md"
+
+
+def fixture_block(heading: str) -> str:
+    """A ```text block from the shared wire-format reference, as the provider sent it."""
+    text = REFERENCE.read_text()
+    start = text.index("```text", text.index(heading)) + len("```text\n")
+    return text[start : text.index("```", start)]
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[LLMServer]:
+    async with LLMServer() as server:
+        yield server
+
+
+def openai(llm: LLMServer, timeouts: Timeouts | None = None, **extra: object) -> OpenAICompatibleProvider:
+    settings = ProviderSettings(base_url=llm.openai_base_url, api_key=KEY, **extra)
+    return OpenAICompatibleProvider("openrouter", settings, timeouts or Timeouts())
+
+
+def anthropic(llm: LLMServer, timeouts: Timeouts | None = None) -> AnthropicProvider:
+    settings = ProviderSettings(base_url=llm.anthropic_base_url, api="anthropic", api_key=KEY)
+    return AnthropicProvider("anthropic", settings, timeouts or Timeouts())
+
+
+async def collect(
+    provider: OpenAICompatibleProvider | AnthropicProvider, request: ChatRequest = REQUEST
+) -> list[StreamEvent]:
+    try:
+        return [event async for event in provider.stream(request)]
+    finally:
+        await provider.aclose()
+
+
+async def failure(provider: OpenAICompatibleProvider | AnthropicProvider) -> ProviderError:
+    with pytest.raises(ProviderError) as caught:
+        await collect(provider)
+    return caught.value
+
+
+def text_of(events: list[StreamEvent]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+# OpenAI-compatible parsing
+
+
+async def test_openrouter_stream_with_keepalives_and_usage_in_a_choiceless_chunk(llm: LLMServer) -> None:
+    raw = fixture_block("### A1.").encode()
+    offsets = sorted(
+        set(range(0, len(raw), 37)) | set(range(raw.index("👋".encode()) - 2, raw.index("👋".encode()) + 6))
+    )
+    for offset in offsets:  # every split must parse the same, including inside the 4-byte emoji
+        llm.enqueue(Script(raw=[raw[:offset], raw[offset:]]))
+    for _ in offsets:
+        events = await collect(openai(llm))
+        assert text_of(events) == "Hello there! 👋"
+        assert events[-2:] == [Usage(57, 4, 0.00000629), Finish("stop")]
+
+
+async def test_reasoning_is_read_once_not_doubled_from_details(llm: LLMServer) -> None:
+    llm.enqueue(Script(raw=[fixture_block("### A2.").encode()]))
+    events = await collect(openai(llm))
+    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
+    assert reasoning == "The user greets me; reply briefly."
+    assert text_of(events) == "Hi!"
+
+
+async def test_reasoning_content_alias_and_llamacpp_usage_in_the_finish_chunk(llm: LLMServer) -> None:
+    body = (
+        'data: {"choices":[{"index":0,"delta":{"reasoning_content":"think"},"finish_reason":null}]}\n\n'
+        'data: {"choices":[{"index":0,"delta":{"content":"391"},"finish_reason":null}]}\n\n'
+        + fixture_block("### A9.")
+    )
+    llm.enqueue(Script(raw=[body.encode()]))
+    events = await collect(openai(llm))
+    assert [e for e in events if isinstance(e, ReasoningDelta)] == [ReasoningDelta("think")]
+    assert events[-3:] == [TextDelta("391"), Usage(1085, 247), Finish("stop")]
+
+
+@pytest.mark.parametrize(
+    ("marker", "index", "kind"),
+    [
+        ("From `api_reference/streaming.mdx`", 0, ErrorKind.UNAVAILABLE),
+        ("From `api_reference/errors-and-debugging.mdx`", 0, ErrorKind.RATE_LIMITED),
+        ("From `api_reference/limits.mdx`", 0, ErrorKind.RATE_LIMITED),
+    ],
+)
+async def test_mid_stream_error_chunks_become_errors_not_answers(
+    llm: LLMServer, marker: str, index: int, kind: ErrorKind
+) -> None:
+    a1 = fixture_block("### A1.").split("\n\n")
+    error_line = fixture_block(marker).strip()
+    llm.enqueue(Script(raw=["\n\n".join(a1[:4]).encode() + b"\n\n" + error_line.encode() + b"\n\n"]))
+    error = await failure(openai(llm))
+    assert error.kind is kind
+
+
+async def test_vllm_bare_error_object_mid_stream(llm: LLMServer) -> None:
+    llm.enqueue(Script(raw=[fixture_block("### A8.").encode()]))
+    error = await failure(openai(llm))
+    assert (error.kind, error.status) == (ErrorKind.UNAVAILABLE, 500)
+    assert "engine crashed" in error.detail
+
+
+async def test_a_stream_without_terminal_marker_is_an_error(llm: LLMServer) -> None:
+    llm.enqueue(Script(tokens=["Half", " an"], no_terminal=True))
+    assert (await failure(openai(llm))).kind is ErrorKind.BROKEN_STREAM
+
+
+async def test_a_dropped_connection_is_an_error(llm: LLMServer) -> None:
+    llm.enqueue(Script(tokens=["a", "b", "c"], drop_after=2))
+    assert (await failure(openai(llm))).kind is ErrorKind.BROKEN_STREAM
+
+
+async def test_first_token_and_chunk_gap_timeouts(llm: LLMServer) -> None:
+    llm.enqueue(Script(keepalives=2, first_delay=5.0))
+    slow_start = await failure(openai(llm, Timeouts(first_token=0.3, chunk_gap=5)))
+    assert slow_start.kind is ErrorKind.TIMEOUT and "to start answering" in slow_start.detail
+    llm.enqueue(Script(tokens=["a", "b"], stall_after=1))
+    stalled = await failure(openai(llm, Timeouts(first_token=5, chunk_gap=0.3)))
+    assert stalled.kind is ErrorKind.TIMEOUT and "between two parts" in stalled.detail
+
+
+async def test_unreachable_server_is_unavailable_and_retryable() -> None:
+    settings = ProviderSettings(base_url="http://127.0.0.1:9/v1", api_key=KEY)
+    error = await failure(OpenAICompatibleProvider("local", settings, Timeouts(connect=1)))
+    assert error.kind is ErrorKind.UNAVAILABLE and error.retryable
+
+
+A4_CASES = [
+    (400, {"error": {"code": 400, "message": "Invalid model specified"}}, ErrorKind.UNKNOWN_MODEL, False),
+    (401, {"error": {"code": 401, "message": "No auth credentials found"}}, ErrorKind.AUTH, False),
+    (402, {"error": {"code": 402, "message": "Insufficient credits"}}, ErrorKind.CREDITS, False),
+    (403, {"error": {"code": 403, "message": "Request blocked"}}, ErrorKind.FORBIDDEN, False),
+    (
+        404,
+        {"error": {"message": 'model "nope" not found, try pulling it first'}},
+        ErrorKind.UNKNOWN_MODEL,
+        False,
+    ),
+    (
+        400,
+        {"error": {"message": "This model's maximum context length is 8192 tokens"}},
+        ErrorKind.CONTEXT_TOO_LONG,
+        False,
+    ),
+    (429, {"error": {"code": 429, "message": "Rate limit exceeded"}}, ErrorKind.RATE_LIMITED, True),
+    (502, {"error": {"code": 502, "message": "Provider returned error"}}, ErrorKind.UNAVAILABLE, True),
+    (503, {"error": {"code": 503, "message": "No endpoints found"}}, ErrorKind.UNAVAILABLE, True),
+    (408, {"error": {"message": "timeout"}}, ErrorKind.TIMEOUT, True),
+    (
+        400,
+        {
+            "error": {
+                "message": "acme/fake-1.0 is not a valid model ID",
+                "availability": {"code": "model_not_found", "retryable": False},
+            }
+        },
+        ErrorKind.UNKNOWN_MODEL,
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "kind", "retryable"), A4_CASES)
+async def test_error_responses_map_to_one_clear_sentence(
+    llm: LLMServer, status: int, body: dict[str, object], kind: ErrorKind, retryable: bool
+) -> None:
+    llm.enqueue(Script(status=status, body=body))
+    error = await failure(openai(llm))
+    assert (error.kind, error.retryable) == (kind, retryable)
+    assert error.user_message() == SENTENCES[kind]
+
+
+SENTENCES = {
+    ErrorKind.UNKNOWN_MODEL: (
+        "openrouter does not know the model xiaomi/mimo-v2-flash; pick another with /model."
+    ),
+    ErrorKind.AUTH: "The openrouter API key was rejected; an admin needs to check it.",
+    ErrorKind.CREDITS: "The openrouter account is out of credits; an admin needs to top it up.",
+    ErrorKind.FORBIDDEN: "openrouter refused this request (Request blocked).",
+    ErrorKind.CONTEXT_TOO_LONG: (
+        "This conversation is too long for xiaomi/mimo-v2-flash; use /reset or a model with a larger context."
+    ),
+    ErrorKind.RATE_LIMITED: "openrouter is rate-limiting us right now; try again in a minute.",
+    ErrorKind.UNAVAILABLE: "openrouter is unavailable right now; try again shortly.",
+    ErrorKind.TIMEOUT: "openrouter took too long to answer; try again.",
+}
+
+
+async def test_openrouter_availability_overrides_status_and_gives_retry_after(llm: LLMServer) -> None:
+    body = {
+        "error": {
+            "message": "at capacity",
+            "availability": {"code": "capacity_exhausted", "retryable": True, "retry_after": 40},
+        }
+    }
+    llm.enqueue(Script(status=429, body=body, retry_after=60))
+    error = await failure(openai(llm))
+    assert (error.kind, error.retryable, error.retry_after) == (ErrorKind.RATE_LIMITED, True, 40.0)
+
+
+async def test_the_key_never_shows_in_errors_or_logs(
+    llm: LLMServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    llm.enqueue(Script(status=401, body={"error": {"message": f"Incorrect API key provided: {KEY}"}}))
+    caplog.set_level(logging.DEBUG)
+    error = await failure(openai(llm))
+    for text in (str(error), repr(error), error.user_message(), error.detail, caplog.text):
+        assert KEY not in text
+    assert llm.requests[0].headers["Authorization"] == f"Bearer {KEY}"  # it was sent, just never shown
+
+
+async def test_request_carries_system_images_tools_and_tool_results(llm: LLMServer) -> None:
+    request = ChatRequest(
+        model="openai/gpt-4o-mini",
+        system="Be brief.",
+        max_tokens=100,
+        tools=(ToolSpec("web_search", "Search the web", {"type": "object", "properties": {}}),),
+        messages=(
+            ChatMessage("user", "What is this?", images=(Image("image/png", b"\x89PNG"),)),
+            ChatMessage("assistant", "", tool_calls=(ToolCall("call_1", "web_search", '{"query":"x"}'),)),
+            ChatMessage("tool", "results", tool_call_id="call_1"),
+        ),
+    )
+    await collect(openai(llm), request)
+    body = llm.requests[0].json
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert body["messages"][1]["content"][1] == {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64,iVBORw=="},
+    }
+    assert body["messages"][2]["tool_calls"][0]["function"] == {
+        "name": "web_search",
+        "arguments": '{"query":"x"}',
+    }
+    assert body["messages"][3] == {"role": "tool", "tool_call_id": "call_1", "content": "results"}
+    assert body["tools"][0]["function"]["name"] == "web_search" and body["max_tokens"] == 100
+
+
+async def test_streamed_tool_call_fragments_are_assembled(llm: LLMServer) -> None:
+    llm.enqueue(Script(tokens=[], tool_calls=[("web_search", '{"query": "parley release"}')]))
+    events = await collect(openai(llm))
+    assert ToolCall("call_0", "web_search", '{"query": "parley release"}') in events
+    assert events[-1] == Finish("tool_calls")
+
+
+async def test_model_listing_reads_context_prices_vision_and_allow_list(llm: LLMServer) -> None:
+    llm.models = [
+        {
+            "id": "a/one",
+            "context_length": 1000,
+            "pricing": {"prompt": "0.000001", "completion": "0.000002"},
+            "supported_parameters": ["tools"],
+        },
+        {"id": "b/two", "architecture": {"input_modalities": ["text", "image"]}},
+    ]
+    models = await openai(llm).list_models()
+    assert [(m.id, m.context_length, m.prompt_price, m.tools, m.vision) for m in models] == [
+        ("a/one", 1000, 0.000001, True, False),
+        ("b/two", None, None, False, True),
+    ]
+    allowed = await openai(llm, models=["b/two", "local-only"], context_length={"b/two": 4096}).list_models()
+    assert [(m.id, m.context_length) for m in allowed] == [("b/two", 4096), ("local-only", None)]
+
+
+# Anthropic
+
+
+async def test_anthropic_reference_stream(llm: LLMServer) -> None:
+    llm.enqueue(Script(raw=[fixture_block("### A10.").encode()]))
+    events = await collect(anthropic(llm))
+    assert text_of(events) == "Hello!"
+    assert events[-2:] == [Usage(25, 15), Finish("stop")]
+    request = llm.requests[0]
+    assert request.headers["x-api-key"] == KEY and request.headers["anthropic-version"] == "2023-06-01"
+    assert request.json["system"] == "Be brief." and request.json["max_tokens"] == 4096
+
+
+async def test_anthropic_thinking_tool_use_and_length_stop(llm: LLMServer) -> None:
+    llm.enqueue(
+        Script(
+            tokens=["Looking"], reasoning=["Let me", " think"], tool_calls=[("web_search", '{"query":"q"}')]
+        )
+    )
+    events = await collect(anthropic(llm))
+    assert "".join(e.text for e in events if isinstance(e, ReasoningDelta)) == "Let me think"
+    assert ToolCall("toolu_2", "web_search", '{"query":"q"}') in events
+    assert events[-1] == Finish("tool_calls")
+    llm.enqueue(Script(tokens=["cut"], finish="length"))
+    assert (await collect(anthropic(llm)))[-1] == Finish("length")
+
+
+async def test_anthropic_error_event_and_missing_message_stop(llm: LLMServer) -> None:
+    llm.enqueue(Script(tokens=["a", "b"], error_after=1))
+    assert (await failure(anthropic(llm))).kind is ErrorKind.UNAVAILABLE
+    llm.enqueue(Script(tokens=["a"], no_terminal=True))
+    assert (await failure(anthropic(llm))).kind is ErrorKind.BROKEN_STREAM
+    llm.enqueue(
+        Script(
+            status=529, body={"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+        )
+    )
+    assert (await failure(anthropic(llm))).kind is ErrorKind.UNAVAILABLE
+
+
+async def test_anthropic_serializes_images_and_tool_results(llm: LLMServer) -> None:
+    request = ChatRequest(
+        model="claude-sonnet-4-5",
+        messages=(
+            ChatMessage("user", "see", images=(Image("image/jpeg", b"jpg"),)),
+            ChatMessage("assistant", "", tool_calls=(ToolCall("toolu_1", "web_search", '{"query":"x"}'),)),
+            ChatMessage("tool", "found", tool_call_id="toolu_1"),
+        ),
+    )
+    await collect(anthropic(llm), request)
+    messages = llm.requests[0].json["messages"]
+    assert messages[0]["content"][0] == {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/jpeg", "data": "anBn"},
+    }
+    assert messages[1]["content"] == [
+        {"type": "tool_use", "id": "toolu_1", "name": "web_search", "input": {"query": "x"}}
+    ]
+    assert messages[2] == {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "found"}],
+    }
+
+
+async def test_anthropic_model_listing(llm: LLMServer) -> None:
+    models = await anthropic(llm).list_models()
+    assert [(m.id, m.context_length, m.vision) for m in models] == [("claude-sonnet-4-5", 200_000, True)]
+
+
+# Retries and fallbacks
+
+
+class Sleeps(list[float]):
+    async def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+async def resilient(
+    attempts: list[Attempt], sleeps: Sleeps, **kwargs: object
+) -> tuple[list[StreamEvent], ResilientStream]:
+    stream = ResilientStream(
+        attempts,
+        max_retries=kwargs.get("max_retries", 3),
+        retry_after_cap=30.0,
+        sleep=sleeps,
+        rng=lambda: 0.5,
+    )  # type: ignore[arg-type]
+    return [event async for event in stream.events()], stream
+
+
+async def test_retry_after_is_honoured_then_the_reply_streams(llm: LLMServer) -> None:
+    llm.enqueue(Script(status=429, retry_after=2), Script(status=503), Script(tokens=["ok"]))
+    sleeps = Sleeps()
+    events, stream = await resilient([Attempt("openrouter/m", openai(llm), REQUEST)], sleeps)
+    assert text_of(events) == "ok"
+    assert sleeps == [2.0, 1.0]  # Retry-After, then backoff 0.5 * 2**1 * (0.5 + 0.5)
+    assert stream.answered_by == "openrouter/m"
+
+
+async def test_retry_after_beyond_the_cap_is_not_waited_out(llm: LLMServer) -> None:
+    llm.enqueue(Script(status=429, retry_after=120))
+    sleeps = Sleeps()
+    with pytest.raises(ProviderError) as caught:
+        await resilient([Attempt("m", openai(llm), REQUEST)], sleeps)
+    assert caught.value.kind is ErrorKind.RATE_LIMITED and sleeps == []
+
+
+@pytest.mark.parametrize("status", [400, 401, 402, 403, 404])
+async def test_client_errors_are_never_retried(llm: LLMServer, status: int) -> None:
+    llm.enqueue(Script(status=status), Script(tokens=["should not be reached"]))
+    sleeps = Sleeps()
+    with pytest.raises(ProviderError):
+        await resilient([Attempt("m", openai(llm), REQUEST)], sleeps)
+    assert len(llm.chat_requests()) == 1 and sleeps == []
+
+
+async def test_no_retry_once_text_reached_the_user(llm: LLMServer) -> None:
+    llm.enqueue(Script(tokens=["shown", " then"], drop_after=1), Script(tokens=["again"]))
+    with pytest.raises(ProviderError) as caught:
+        await resilient([Attempt("m", openai(llm), REQUEST)], Sleeps())
+    assert caught.value.kind is ErrorKind.BROKEN_STREAM and len(llm.chat_requests()) == 1
+
+
+async def test_fallback_model_answers_when_the_first_is_down(llm: LLMServer) -> None:
+    llm.enqueue(Script(status=502), Script(status=502), Script(tokens=["from the fallback"]))
+    fallback = ChatRequest(model="openai/gpt-4o-mini", messages=REQUEST.messages)
+    attempts = [Attempt("openrouter/a", openai(llm), REQUEST), Attempt("openrouter/b", openai(llm), fallback)]
+    events, stream = await resilient(attempts, Sleeps(), max_retries=1)
+    assert text_of(events) == "from the fallback" and stream.answered_by == "openrouter/b"
+    assert [r.json["model"] for r in llm.chat_requests()] == ["xiaomi/mimo-v2-flash"] * 2 + [
+        "openai/gpt-4o-mini"
+    ]
+
+
+async def test_when_every_attempt_fails_the_first_models_error_is_raised(llm: LLMServer) -> None:
+    llm.enqueue(Script(status=402), Script(status=401))
+    attempts = [Attempt("a", openai(llm), REQUEST), Attempt("b", openai(llm), REQUEST)]
+    with pytest.raises(ProviderError) as caught:
+        await resilient(attempts, Sleeps())
+    assert caught.value.kind is ErrorKind.CREDITS
+
+
+def test_fixture_file_is_present() -> None:
+    assert json.loads(fixture_block("### A1.").split("data: ", 2)[1].split("\n")[0])["provider"] == "Xiaomi"

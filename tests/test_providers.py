@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -40,12 +39,6 @@ def fixture_block(heading: str) -> str:
     text = REFERENCE.read_text()
     start = text.index("```text", text.index(heading)) + len("```text\n")
     return text[start : text.index("```", start)]
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[LLMServer]:
-    async with LLMServer() as server:
-        yield server
 
 
 def openai(llm: LLMServer, timeouts: Timeouts | None = None, **extra: object) -> OpenAICompatibleProvider:

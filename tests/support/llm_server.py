@@ -6,8 +6,9 @@
         ...
         assert llm.requests[0].json["model"] == "xiaomi/mimo-v2-flash"
 
-Each request takes the next queued Script; with none queued it echoes the last user message as
-`echo: <text>`. Every request is recorded (path, headers, JSON body). `models` sets the model listing.
+Each chat request takes the next queued Script; with none queued it echoes the last user message as
+`echo: <text>`. Every request is recorded (path, headers, JSON body). `models` sets the model listing
+and `models_error` makes it fail.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class LLMServer:
             },
         ]
         self.anthropic_models: list[str] = ["claude-sonnet-4-5"]
+        self.models_error: Script | None = None  # set to make the model listing fail
         self._scripts: deque[Script] = deque()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -104,8 +106,8 @@ class LLMServer:
 
     async def _list(self, request: web.Request) -> web.Response:
         self.requests.append(RecordedRequest(request.path, dict(request.headers), {}))
-        if self._scripts and self._scripts[0].status:
-            return self._error(self._scripts.popleft())
+        if self.models_error is not None:
+            return self._error(self.models_error)
         if "anthropic-version" in request.headers:
             data = [{"id": m, "type": "model"} for m in self.anthropic_models]
             return web.json_response(

@@ -1,0 +1,175 @@
+"""The commands every platform shares: /model, /models, /system, /reset, /search, /autoreply, /help."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bot.catalog import UnknownModelError
+from bot.models import CommandResult, Message
+from bot.providers.base import ModelInfo
+
+if TYPE_CHECKING:
+    from bot.engine import Engine
+
+Handler = Callable[["Engine", Message, str], Awaitable[CommandResult]]
+
+MODELS_SHOWN = 40
+SEARCH_MODES = ("off", "on", "auto")
+SYSTEM_PROMPT_LIMIT = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    usage: str
+    summary: str
+    handler: Handler
+
+
+async def run(engine: Engine, message: Message, line: str) -> CommandResult:
+    name, _, args = line.strip().partition(" ")
+    name = name.lower()
+    command = COMMANDS.get(name)
+    if command is None:
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" Did you mean /{close[0]}?" if close else ""
+        return CommandResult(f"Unknown command /{name}.{hint} Try /help.")
+    return await command.handler(engine, message, args.strip())
+
+
+def _where(message: Message) -> str:
+    return "this thread" if message.key.thread_id else "this channel"
+
+
+def _refusal(what: str) -> CommandResult:
+    return CommandResult(f"Only channel managers and Parley admins can change {what}.")
+
+
+async def model(engine: Engine, message: Message, args: str) -> CommandResult:
+    current = (await engine.settings_for(message.key)).model
+    if not args:
+        details = ""
+        try:
+            info = await engine.catalog.info(current)
+        except UnknownModelError as error:
+            return CommandResult(f"{_where(message).capitalize()} uses {current}. {error}")
+        if info is not None:
+            details = f" ({_describe(info)})" if _describe(info) else ""
+        return CommandResult(f"{_where(message).capitalize()} uses {current}{details}.")
+    if not engine.may_change_settings(message.author):
+        return _refusal("the model")
+    if args.lower() == "default":
+        await engine.store.set_setting(str(message.key), "model", None, message.author.id)
+        now = (await engine.settings_for(message.key)).model
+        return CommandResult(f"{_where(message).capitalize()} is back to the default model, {now}.", False)
+    try:
+        name, note = await engine.catalog.canonical(args)
+    except UnknownModelError as error:
+        return CommandResult(str(error))
+    await engine.store.set_setting(str(message.key), "model", name, message.author.id)
+    text = f"{_where(message).capitalize()} now uses {name}."
+    return CommandResult(f"{text} {note}" if note else text, ephemeral=False)
+
+
+async def models(engine: Engine, message: Message, args: str) -> CommandResult:
+    names, failures = await engine.catalog.all_names()
+    current = (await engine.settings_for(message.key)).model
+    needle = args.lower()
+    matches = sorted(name for name in names if needle in name.lower())
+    lines = [f"{name}  ← current" if name == current else name for name in matches[:MODELS_SHOWN]]
+    if len(matches) > MODELS_SHOWN:
+        lines.append(f"…and {len(matches) - MODELS_SHOWN} more; narrow the list with /models FILTER.")
+    for provider, error in failures.items():
+        lines.append(f"({provider} could not be listed: {error.user_message()})")
+    if not matches:
+        what = f" matching {args!r}" if args else ""
+        lines.insert(0, f"No models{what}." if engine.catalog.providers else _NO_PROVIDERS)
+    return CommandResult("\n".join(lines))
+
+
+async def system(engine: Engine, message: Message, args: str) -> CommandResult:
+    if not args:
+        prompt = (await engine.settings_for(message.key)).system_prompt
+        if prompt is None:
+            return CommandResult(f"{_where(message).capitalize()} uses the default system prompt.")
+        return CommandResult(f"System prompt for {_where(message)}:\n{prompt}")
+    if not engine.may_change_settings(message.author):
+        return _refusal("the system prompt")
+    if args.lower() == "clear":
+        await engine.store.set_setting(str(message.key), "system_prompt", None, message.author.id)
+        return CommandResult(f"{_where(message).capitalize()} is back to the default system prompt.", False)
+    if len(args) > SYSTEM_PROMPT_LIMIT:
+        return CommandResult(
+            f"That system prompt is {len(args):,} characters; the limit is {SYSTEM_PROMPT_LIMIT:,}."
+        )
+    await engine.store.set_setting(str(message.key), "system_prompt", args, message.author.id)
+    return CommandResult(f"System prompt set for {_where(message)}.", ephemeral=False)
+
+
+async def reset(engine: Engine, message: Message, args: str) -> CommandResult:
+    forgotten = await engine.store.forget(str(message.key))
+    plural = "" if forgotten == 1 else "s"
+    return CommandResult(f"Forgot {forgotten} message{plural} in {_where(message)}.", ephemeral=False)
+
+
+async def search(engine: Engine, message: Message, args: str) -> CommandResult:
+    if not args:
+        mode = (await engine.settings_for(message.key)).search_mode
+        return CommandResult(
+            f"Web search in {_where(message)} is {mode}. Change it with /search off|on|auto."
+        )
+    mode = args.lower()
+    if mode not in SEARCH_MODES:
+        return CommandResult(f"Web search can be off, on or auto, not {args!r}.")
+    if not engine.may_change_settings(message.author):
+        return _refusal("web search")
+    await engine.store.set_setting(str(message.key), "search_mode", mode, message.author.id)
+    return CommandResult(f"Web search in {_where(message)} is now {mode}.", ephemeral=False)
+
+
+async def autoreply(engine: Engine, message: Message, args: str) -> CommandResult:
+    if not args:
+        state = "on" if (await engine.settings_for(message.key)).autoreply else "off"
+        return CommandResult(f"Answering every message in {_where(message)} is {state}.")
+    value = {"on": True, "off": False}.get(args.lower())
+    if value is None:
+        return CommandResult(f"Autoreply can be on or off, not {args!r}.")
+    if not engine.may_change_settings(message.author):
+        return _refusal("autoreply")
+    await engine.store.set_setting(str(message.key), "autoreply", value, message.author.id)
+    state = "answer every message" if value else "answer only when mentioned"
+    return CommandResult(f"Parley will now {state} in {_where(message)}.", ephemeral=False)
+
+
+async def help_(engine: Engine, message: Message, args: str) -> CommandResult:
+    lines = ["Mention Parley to talk to it. Commands:"]
+    lines += [f"/{command.usage} — {command.summary}" for command in COMMANDS.values()]
+    return CommandResult("\n".join(lines))
+
+
+def _describe(info: ModelInfo) -> str:
+    parts = []
+    if info.context_length:
+        parts.append(f"context {info.context_length:,} tokens")
+    if info.prompt_price is not None and info.completion_price is not None:
+        parts.append(
+            f"${info.prompt_price * 1e6:.2f} in / ${info.completion_price * 1e6:.2f} out per M tokens"
+        )
+    if info.vision:
+        parts.append("reads images")
+    return ", ".join(parts)
+
+
+_NO_PROVIDERS = "No model provider is configured: set OPENROUTER_API_KEY (or another provider) and restart."
+
+COMMANDS: dict[str, Command] = {
+    "model": Command("model [NAME|default]", "show or switch this conversation's model", model),
+    "models": Command("models [FILTER]", "list the models you can switch to", models),
+    "system": Command("system [TEXT|clear]", "show, set or clear the system prompt", system),
+    "reset": Command("reset", "forget this conversation's messages", reset),
+    "search": Command("search [off|on|auto]", "show or set web search for this conversation", search),
+    "autoreply": Command("autoreply [on|off]", "answer every message here, not only mentions", autoreply),
+    "help": Command("help", "this list", help_),
+}

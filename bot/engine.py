@@ -1,0 +1,337 @@
+"""The conversation engine: turns a normalized Message into a command answer or a streamed model reply."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from dataclasses import dataclass, replace
+
+from bot import commands
+from bot.attachments import read_attachments
+from bot.catalog import ModelCatalog, ResolvedModel, UnknownModelError
+from bot.config import Settings
+from bot.models import Author, CommandResult, ConversationKey, ConversationSettings, Message, Surface
+from bot.providers.base import (
+    ChatMessage,
+    ChatRequest,
+    Finish,
+    Image,
+    ProviderError,
+    ReasoningDelta,
+    TextDelta,
+    Usage,
+)
+from bot.providers.resilience import Attempt, ResilientStream
+from bot.store import AssistantRecord, Store, Turn
+from bot.streaming import Clock, PacedRenderer, Pacer, SystemClock
+from bot.tokens import TokenCalibration, estimate_tokens
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKENS = 800  # a rough per-image charge against the context budget
+CHECKPOINT_SECONDS = 2.0  # how often a streaming reply's text is saved, so a crash loses little
+INTERNAL_ERROR = "Something went wrong on our side while answering; it has been logged. Please try again."
+
+
+class ReplyFailed(Exception):
+    """A reply that cannot start; the message is the one sentence the user sees."""
+
+
+@dataclass(slots=True)
+class _Reply:
+    """What one reply has gathered so far."""
+
+    model: str = ""  # set once the user turn is stored: from then on the reply is saved whatever happens
+    text: str = ""
+    reasoning_shown: str = ""
+    usage: Usage | None = None
+    finish: str | None = None
+    turn_id: int | None = None
+    last_checkpoint: float = 0.0
+
+
+class Engine:
+    def __init__(
+        self, settings: Settings, store: Store, catalog: ModelCatalog, *, clock: Clock | None = None
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.catalog = catalog
+        self.clock = clock or SystemClock()
+        self.pacer = Pacer(self.clock)
+        self.calibration = TokenCalibration()
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._trimmed: set[str] = (
+            set()
+        )  # conversations whose last reply already said older turns were left out
+
+    @classmethod
+    async def create(cls, settings: Settings, *, clock: Clock | None = None) -> Engine:
+        store = await Store.open(settings.database_url)
+        return cls(settings, store, ModelCatalog.from_settings(settings), clock=clock)
+
+    async def aclose(self) -> None:
+        await self.catalog.aclose()
+        await self.store.close()
+
+    # Entry points for adapters
+
+    async def handle(self, message: Message, surface: Surface) -> None:
+        """Answer on the surface with a command's answer or a streamed reply; never leave it hanging."""
+        text = message.text.strip()
+        if text.startswith("/"):
+            result = await self.run_command(message, text[1:])
+            await self.pacer.renderer(surface).finish(result.text)
+            return
+        async with self._lock(message.key):
+            await self._reply(message, surface)
+
+    async def run_command(self, message: Message, line: str) -> CommandResult:
+        try:
+            return await commands.run(self, message, line)
+        except Exception:
+            log.exception("command %r failed", line.split(maxsplit=1)[:1])
+            return CommandResult(INTERNAL_ERROR)
+
+    async def settings_for(self, key: ConversationKey) -> ConversationSettings:
+        keys = [str(key), str(key.channel)] if key.thread_id else [str(key)]
+        merged: dict[str, object] = {}
+        for row in reversed(await self.store.settings(keys)):  # channel first, thread overrides
+            merged.update({name: value for name, value in row.items() if value is not None})
+        return ConversationSettings(
+            model=str(merged.get("model") or self.settings.default_model),
+            system_prompt=str(merged["system_prompt"]) if merged.get("system_prompt") else None,
+            search_mode=str(merged.get("search_mode") or "off"),
+            autoreply=bool(merged.get("autoreply") or False),
+        )
+
+    async def model_choices(self, key: ConversationKey, typed: str, limit: int = 25) -> list[str]:
+        """Model names for a picker: the current one first, then those matching what was typed."""
+        current = (await self.settings_for(key)).model
+        names, _failures = await self.catalog.all_names()
+        needle = typed.strip().lower()
+        matches = [name for name in names if needle in name.lower() and name != current]
+        if not needle or needle in current.lower():
+            matches.insert(0, current)
+        return matches[:limit]
+
+    def may_change_settings(self, author: Author) -> bool:
+        return (
+            author.is_channel_manager
+            or author.id in self.settings.admin_user_ids
+            or any(role in self.settings.admin_role_ids for role in author.role_ids)
+        )
+
+    def _lock(self, key: ConversationKey) -> asyncio.Lock:
+        # One reply at a time per conversation, so answers never arrive out of order.
+        lock = self._locks.get(str(key))
+        if lock is None:
+            lock = self._locks[str(key)] = asyncio.Lock()
+        return lock
+
+    # Replies
+
+    async def _reply(self, message: Message, surface: Surface) -> None:
+        renderer = self.pacer.renderer(surface)
+        reply = _Reply()
+        started = self.clock.now()
+        conversation = str(message.key)
+        try:
+            await surface.start()
+        except Exception:
+            log.warning("could not show that a reply is coming", exc_info=True)
+        outcome = "error"
+        try:
+            async with asyncio.timeout(self.settings.reply_timeout):
+                notes = await self._stream(message, renderer, reply)
+            outcome = "ok"
+            final = self._finish_text(reply, notes)
+        except (ReplyFailed, UnknownModelError) as error:
+            final = _extend(reply.text, str(error))
+        except ProviderError as error:
+            final = _extend(reply.text, error.user_message())
+            outcome = "cut_off" if reply.text else "error"
+        except TimeoutError:
+            sentence = (
+                f"The reply took longer than {self.settings.reply_timeout:.0f} seconds and was stopped."
+            )
+            final = _extend(reply.text, sentence)
+            outcome = "cut_off" if reply.text else "error"
+        except asyncio.CancelledError:
+            await self._end_cancelled(renderer, reply, conversation)
+            raise
+        except Exception:
+            log.exception("reply in %s failed", conversation)
+            final = _extend(reply.text, INTERNAL_ERROR)
+            outcome = "cut_off" if reply.text else "error"
+        await renderer.finish(final)
+        if reply.model:
+            latency_ms = int((self.clock.now() - started) * 1000)
+            await self._save_reply(conversation, reply, outcome, latency_ms)
+
+    async def _stream(self, message: Message, renderer: PacedRenderer, reply: _Reply) -> list[str]:
+        """Store the user turn, assemble context, stream the model's answer. Returns notes for the user."""
+        conversation = str(message.key)
+        conf = await self.settings_for(message.key)
+        resolved = await self.catalog.resolve(conf.model)
+        vision = bool(resolved.info and resolved.info.vision)
+        attached = read_attachments(message.attachments, vision=vision)
+        content = "\n\n".join(part for part in (message.text.strip(), attached.text) if part)
+        if not content and not attached.images:
+            raise ReplyFailed("There is nothing to answer: the message was empty.")
+        tokens = estimate_tokens(content) + IMAGE_TOKENS * len(attached.images)
+        user_turn = await self.store.add_user_turn(
+            conversation, message.author.id, message.author.display_name, content, tokens
+        )
+        reply.model = resolved.name
+        request, trimmed = await self._request(conversation, conf, resolved, user_turn, attached.images)
+        notes = list(attached.notes)
+        if not trimmed:
+            self._trimmed.discard(conversation)
+        elif conversation not in self._trimmed:
+            self._trimmed.add(conversation)
+            notes.insert(0, "Older messages were left out to fit the model's context.")
+        attempts = [Attempt(resolved.name, resolved.provider, request)]
+        attempts += await self._fallbacks(conf.model, request)
+        stream = ResilientStream(
+            attempts, max_retries=self.settings.max_retries, retry_after_cap=self.settings.retry_after_cap
+        )
+        async for event in stream.events():
+            if isinstance(event, TextDelta):
+                if reply.reasoning_shown and not reply.text:
+                    reply.reasoning_shown += "\n\n"
+                reply.text += event.text
+                renderer.update(reply.reasoning_shown + reply.text)
+                await self._checkpoint(conversation, reply)
+            elif isinstance(event, ReasoningDelta) and self.settings.show_reasoning and not reply.text:
+                reply.reasoning_shown = _quote(reply.reasoning_shown, event.text)
+                renderer.update(reply.reasoning_shown)
+            elif isinstance(event, Usage):
+                reply.usage = event
+            elif isinstance(event, Finish):
+                reply.finish = event.reason
+        reply.model = stream.answered_by or reply.model
+        if reply.usage and reply.model == resolved.name:
+            prompt_estimate = sum(estimate_tokens(m.content) for m in request.messages)
+            prompt_estimate += estimate_tokens(request.system or "")
+            self.calibration.observe(resolved.name, prompt_estimate, reply.usage.prompt_tokens)
+            if reply.usage.cost is None and resolved.info and resolved.info.prompt_price is not None:
+                cost = reply.usage.prompt_tokens * resolved.info.prompt_price
+                cost += reply.usage.completion_tokens * (resolved.info.completion_price or 0.0)
+                reply.usage = replace(reply.usage, cost=cost)
+        if reply.finish == "length":
+            notes.insert(0, "Cut off: the reply reached its length limit.")
+        return notes
+
+    async def _request(
+        self,
+        conversation: str,
+        conf: ConversationSettings,
+        resolved: ResolvedModel,
+        user_turn: int,
+        images: list[Image],
+    ) -> tuple[ChatRequest, bool]:
+        """The newest turns that fit the model's context window, behind the system prompt."""
+        info = resolved.info
+        context_length = (info.context_length if info else None) or self.settings.default_context_length
+        reply_room = min(self.settings.reply_max_tokens, max(256, context_length // 4))
+        if info and info.max_output_tokens:
+            reply_room = min(reply_room, info.max_output_tokens)
+        system = conf.system_prompt or self.settings.system_prompt
+        factor = self.calibration.factor(resolved.name)
+        budget = int((context_length - reply_room) / factor) - estimate_tokens(system)
+        turns, trimmed = await self.store.recent_turns(conversation, budget)
+        if not turns or turns[-1].id != user_turn:
+            raise ReplyFailed(
+                f"Your message is too long for {resolved.name}: it fits about {max(budget, 0):,} tokens. "
+                "Shorten it or pick a model with a larger context."
+            )
+        messages = [_chat_message(turn) for turn in turns if turn.content]
+        messages[-1] = replace(messages[-1], images=tuple(images))
+        request = ChatRequest(
+            model=resolved.model_id, messages=tuple(messages), system=system, max_tokens=reply_room
+        )
+        return request, trimmed
+
+    async def _fallbacks(self, model: str, request: ChatRequest) -> list[Attempt]:
+        chain = []
+        for name in self.settings.fallbacks.get(model, []):
+            try:
+                resolved = await self.catalog.resolve(name)
+            except UnknownModelError as error:
+                log.warning("skipping fallback %s for %s: %s", name, model, error)
+                continue
+            chain.append(Attempt(name, resolved.provider, replace(request, model=resolved.model_id)))
+        return chain
+
+    async def _checkpoint(self, conversation: str, reply: _Reply) -> None:
+        """Save the reply so far every few seconds: what the user already saw survives a crash."""
+        now = self.clock.now()
+        if reply.turn_id is not None and now - reply.last_checkpoint < CHECKPOINT_SECONDS:
+            return
+        reply.last_checkpoint = now
+        record = AssistantRecord(content=reply.text, model=reply.model, outcome="streaming")
+        if reply.turn_id is None:
+            reply.turn_id = await self.store.add_assistant_turn(
+                conversation, record, estimate_tokens(reply.text)
+            )
+        else:
+            await self.store.update_assistant_turn(reply.turn_id, record, estimate_tokens(reply.text))
+
+    async def _save_reply(self, conversation: str, reply: _Reply, outcome: str, latency_ms: int) -> None:
+        usage = reply.usage
+        record = AssistantRecord(
+            content=reply.text,
+            model=reply.model,
+            outcome=outcome,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            cost=usage.cost if usage else None,
+            latency_ms=latency_ms,
+        )
+        tokens = estimate_tokens(reply.text)
+        try:
+            if reply.turn_id is None:
+                await self.store.add_assistant_turn(conversation, record, tokens)
+            else:
+                await self.store.update_assistant_turn(reply.turn_id, record, tokens)
+        except Exception:
+            log.exception("could not save the reply in %s", conversation)
+
+    async def _end_cancelled(self, renderer: PacedRenderer, reply: _Reply, conversation: str) -> None:
+        """On shutdown, close the message and keep what was said, within a short grace period."""
+        try:
+            async with asyncio.timeout(5):
+                await renderer.finish(_extend(reply.text, "Cut off: Parley is restarting."))
+                if reply.model:
+                    await self._save_reply(conversation, reply, "cut_off", 0)
+        except (TimeoutError, asyncio.CancelledError):
+            log.warning("could not close the reply in %s during shutdown", conversation)
+
+    def _finish_text(self, reply: _Reply, notes: list[str]) -> str:
+        text = reply.reasoning_shown + reply.text
+        if not reply.text:
+            text = _extend(text, "The model returned an empty reply.")
+        for note in notes:
+            text = _extend(text, note)
+        return text
+
+
+def _chat_message(turn: Turn) -> ChatMessage:
+    if turn.role == "user":
+        return ChatMessage(
+            "user", f"{turn.author_name}: {turn.content}" if turn.author_name else turn.content
+        )
+    return ChatMessage("assistant", turn.content)
+
+
+def _extend(text: str, note: str) -> str:
+    """Append a note in italics; the reply text only ever grows, which streaming surfaces rely on."""
+    note = f"_{note}_"
+    return f"{text}\n\n{note}" if text else note
+
+
+def _quote(shown: str, addition: str) -> str:
+    body = shown.removeprefix("> ").replace("\n> ", "\n") + addition
+    return "> " + body.replace("\n", "\n> ")

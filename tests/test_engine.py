@@ -1,0 +1,374 @@
+"""The engine end to end: real provider code against the loopback server, real SQLite underneath."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+
+import pytest
+
+from bot.config import ProviderSettings, Settings
+from bot.engine import INTERNAL_ERROR, Engine
+from bot.models import Attachment, Author, ConversationKey, Message
+from tests.conftest import RecordingSurface
+from tests.support.llm_server import LLMServer, Script
+
+ADA = Author("u-ada", "Ada")
+MANAGER = Author("u-boss", "Boss", is_channel_manager=True)
+CHANNEL = ConversationKey("test", "general")
+
+
+def msg(text: str, key: ConversationKey = CHANNEL, author: Author = ADA, **extra: object) -> Message:
+    return Message(key=key, author=author, text=text, **extra)  # type: ignore[arg-type]
+
+
+async def ask(
+    engine: Engine, text: str, key: ConversationKey = CHANNEL, author: Author = ADA, **extra: object
+) -> str:
+    surface = RecordingSurface()
+    await engine.handle(msg(text, key, author, **extra), surface)
+    return surface.final
+
+
+async def test_a_reply_streams_in_growing_renders_and_ends_final(engine: Engine, llm: LLMServer) -> None:
+    llm.enqueue(Script(tokens=["One", " two", " three"], delay=0.02))
+    surface = RecordingSurface()
+    await engine.handle(msg("count"), surface)
+    texts = [text for text, _ in surface.renders]
+    assert surface.started == 1
+    assert texts[-1] == "One two three" and surface.renders[-1][1] is True
+    assert all(not final for _, final in surface.renders[:-1])
+    assert len(texts) >= 2 and all(later.startswith(earlier) for earlier, later in itertools.pairwise(texts))
+
+
+async def test_memory_carries_names_and_earlier_turns(engine: Engine, llm: LLMServer) -> None:
+    await ask(engine, "My name is Ada.")
+    await ask(engine, "What is my name?", author=Author("u-bo", "Bo"))
+    sent = llm.chat_requests()[-1].json["messages"]
+    assert sent[0]["role"] == "system"
+    assert [(m["role"], m["content"]) for m in sent[1:]] == [
+        ("user", "Ada: My name is Ada."),
+        ("assistant", "echo: Ada: My name is Ada."),
+        ("user", "Bo: What is my name?"),
+    ]
+
+
+async def test_memory_survives_a_restart(make_settings: Callable[..., Settings], llm: LLMServer) -> None:
+    first = await Engine.create(make_settings())
+    await ask(first, "Remember 42.")
+    await first.aclose()
+    second = await Engine.create(make_settings())
+    await ask(second, "What number?")
+    await second.aclose()
+    contents = [m["content"] for m in llm.chat_requests()[-1].json["messages"][1:]]
+    assert contents == ["Ada: Remember 42.", "echo: Ada: Remember 42.", "Ada: What number?"]
+
+
+async def test_the_user_turn_is_stored_before_the_provider_is_asked(engine: Engine, llm: LLMServer) -> None:
+    llm.enqueue(Script(tokens=["late"], first_delay=0.3))
+    task = asyncio.create_task(ask(engine, "stored first?"))
+    while not llm.chat_requests():
+        await asyncio.sleep(0.01)
+    turns, _ = await engine.store.recent_turns(str(CHANNEL), 10_000)
+    assert [(t.role, t.content) for t in turns] == [("user", "stored first?")]
+    assert await task == "late"
+
+
+async def test_the_assistant_turn_records_model_usage_cost_latency_and_outcome(
+    engine: Engine, llm: LLMServer
+) -> None:
+    llm.enqueue(Script(tokens=["fine"], usage=(40, 2), cost=0.0005))
+    await ask(engine, "hello")
+    async with engine.store._db.connect() as conn:  # the record is what the store keeps, read as is
+        row = (await conn.exec_driver_sql("SELECT * FROM turns WHERE role = 'assistant'")).mappings().one()
+    assert (row["content"], row["model"], row["outcome"]) == ("fine", "openrouter/xiaomi/mimo-v2-flash", "ok")
+    assert (row["prompt_tokens"], row["completion_tokens"], row["cost"]) == (40, 2, 0.0005)
+    assert row["latency_ms"] is not None and row["latency_ms"] >= 0
+
+
+async def test_context_is_trimmed_to_the_window_and_the_reply_says_so_once(
+    make_settings: Callable[..., Settings], llm: LLMServer
+) -> None:
+    small = ProviderSettings(base_url=llm.openai_base_url, models=["tiny"], context_length={"tiny": 1200})
+    engine = await Engine.create(make_settings(providers={"local": small}, default_model="local/tiny"))
+    finals = []
+    for index in range(12):  # no usage reported, so the estimate is not corrected mid-test
+        llm.enqueue(Script(tokens=["ok"], usage=None))
+        finals.append(await ask(engine, f"message {index} " + "padding " * 40))
+    llm.enqueue(Script(tokens=["ok"], usage=None))
+    finals.append(await ask(engine, "last question"))
+    await engine.aclose()
+    note = "ok\n\n_Older messages were left out to fit the model's context._"
+    noted = [index for index, final in enumerate(finals) if final == note]
+    assert len(noted) == 1 and 0 < noted[0] < 12, finals
+    assert all(final == "ok" for index, final in enumerate(finals) if index != noted[0])
+    sent = [m["content"] for m in llm.chat_requests()[-1].json["messages"][1:]]
+    assert sent[-1] == "Ada: last question"
+    assert not any(s.startswith("Ada: message 0 ") for s in sent)
+    assert any(s.startswith("Ada: message 11 ") for s in sent)
+
+
+async def test_a_message_larger_than_the_window_gets_one_sentence(
+    make_settings: Callable[..., Settings], llm: LLMServer
+) -> None:
+    small = ProviderSettings(base_url=llm.openai_base_url, models=["tiny"], context_length={"tiny": 1200})
+    engine = await Engine.create(make_settings(providers={"local": small}, default_model="local/tiny"))
+    reply = await ask(engine, "word " * 5000)
+    await engine.aclose()
+    assert reply.startswith("_Your message is too long for local/tiny") and llm.chat_requests() == []
+
+
+async def test_models_are_per_channel_and_threads_inherit_until_they_choose(
+    engine: Engine, llm: LLMServer
+) -> None:
+    other = ConversationKey("test", "random")
+    thread = ConversationKey("test", "general", "t1")
+    assert await ask(engine, "/model openrouter/openai/gpt-4o-mini", author=MANAGER) == (
+        "This channel now uses openrouter/openai/gpt-4o-mini."
+    )
+    await ask(engine, "in general")
+    await ask(engine, "in random", key=other)
+    await ask(engine, "in the thread", key=thread)
+    assert await ask(engine, "/model xiaomi/mimo-v2-flash", key=thread, author=MANAGER) == (
+        "This thread now uses openrouter/xiaomi/mimo-v2-flash."
+    )
+    await ask(engine, "thread again", key=thread)
+    await ask(engine, "general again")
+    assert [r.json["model"] for r in llm.chat_requests()] == [
+        "openai/gpt-4o-mini",
+        "xiaomi/mimo-v2-flash",
+        "openai/gpt-4o-mini",
+        "xiaomi/mimo-v2-flash",
+        "openai/gpt-4o-mini",
+    ]
+    # A thread's memory is its own.
+    assert llm.chat_requests()[3].json["messages"][1]["content"] == "Ada: in the thread"
+
+
+async def test_settings_changes_need_permission(engine: Engine, llm: LLMServer) -> None:
+    refusals = {
+        "/model openrouter/openai/gpt-4o-mini": "the model",
+        "/system Talk like a pirate.": "the system prompt",
+        "/search on": "web search",
+        "/autoreply on": "autoreply",
+    }
+    for command, what in refusals.items():
+        assert await ask(engine, command) == f"Only channel managers and Parley admins can change {what}."
+    settings = await engine.settings_for(CHANNEL)
+    assert (settings.model, settings.system_prompt, settings.search_mode, settings.autoreply) == (
+        "openrouter/xiaomi/mimo-v2-flash",
+        None,
+        "off",
+        False,
+    )
+    admin = Author("u-admin", "Admin")
+    engine.settings.admin_user_ids.append("u-admin")
+    assert await ask(engine, "/search on", author=admin) == "Web search in this channel is now on."
+    role_holder = Author("u-r", "R", role_ids=("role-ops",))
+    engine.settings.admin_role_ids.append("role-ops")
+    assert await ask(engine, "/autoreply on", author=role_holder) == (
+        "Parley will now answer every message in this channel."
+    )
+
+
+async def test_system_prompt_search_and_reset_commands(engine: Engine, llm: LLMServer) -> None:
+    assert await ask(engine, "/system") == "This channel uses the default system prompt."
+    assert (
+        await ask(engine, "/system Answer in French.", author=MANAGER)
+        == "System prompt set for this channel."
+    )
+    await ask(engine, "bonjour")
+    assert llm.chat_requests()[-1].json["messages"][0] == {"role": "system", "content": "Answer in French."}
+    assert (
+        await ask(engine, "/system clear", author=MANAGER)
+        == "This channel is back to the default system prompt."
+    )
+    assert (
+        await ask(engine, "/search sometimes", author=MANAGER)
+        == "Web search can be off, on or auto, not 'sometimes'."
+    )
+    assert await ask(engine, "/search auto", author=MANAGER) == "Web search in this channel is now auto."
+    assert (
+        await ask(engine, "/search")
+        == "Web search in this channel is auto. Change it with /search off|on|auto."
+    )
+    assert await ask(engine, "/reset") == "Forgot 2 messages in this channel."
+    await ask(engine, "fresh start")
+    assert [m["role"] for m in llm.chat_requests()[-1].json["messages"]] == ["system", "user"]
+
+
+async def test_unknown_models_and_commands_get_suggestions(engine: Engine) -> None:
+    assert await ask(engine, "/model openrouter/xiaomi/mimo-v3-flash", author=MANAGER) == (
+        "Unknown model openrouter/xiaomi/mimo-v3-flash. Did you mean openrouter/xiaomi/mimo-v2-flash?"
+    )
+    assert await ask(engine, "/model anthropic/claude-x", author=MANAGER) == (
+        "The anthropic provider is not configured; set ANTHROPIC_API_KEY to use it."
+    )
+    assert await ask(engine, "/modle") == "Unknown command /modle. Did you mean /model? Try /help."
+    assert (await engine.settings_for(CHANNEL)).model == "openrouter/xiaomi/mimo-v2-flash"
+
+
+async def test_model_listing_and_current_model(engine: Engine, llm: LLMServer) -> None:
+    assert await ask(engine, "/models gpt") == "openrouter/openai/gpt-4o-mini"
+    listing = await ask(engine, "/models")
+    assert listing.splitlines() == [
+        "openrouter/openai/gpt-4o-mini",
+        "openrouter/xiaomi/mimo-v2-flash  ← current",
+    ]
+    assert (
+        await ask(engine, "/model")
+        == "This channel uses openrouter/xiaomi/mimo-v2-flash (context 262,144 tokens)."
+    )
+    assert await engine.model_choices(CHANNEL, "") == [
+        "openrouter/xiaomi/mimo-v2-flash",
+        "openrouter/openai/gpt-4o-mini",
+    ]
+    assert await engine.model_choices(CHANNEL, "4o") == ["openrouter/openai/gpt-4o-mini"]
+    assert sum(1 for r in llm.requests if r.path == "/v1/models") == 1  # the listing is cached
+
+
+@pytest.mark.parametrize(
+    ("script", "sentence"),
+    [
+        (Script(status=401), "The openrouter API key was rejected; an admin needs to check it."),
+        (Script(status=402), "The openrouter account is out of credits; an admin needs to top it up."),
+        (
+            Script(status=404),
+            "openrouter does not know the model xiaomi/mimo-v2-flash; pick another with /model.",
+        ),
+        (
+            Script(status=429, retry_after=90),
+            "openrouter is rate-limiting us right now; try again in a minute.",
+        ),
+        (Script(status=503), "openrouter is unavailable right now; try again shortly."),
+        (
+            Script(status=400, body={"error": {"message": "maximum context length exceeded"}}),
+            "This conversation is too long for xiaomi/mimo-v2-flash; "
+            "use /reset or a model with a larger context.",
+        ),
+    ],
+)
+async def test_each_failure_class_ends_the_reply_in_one_sentence(
+    engine: Engine, llm: LLMServer, script: Script, sentence: str
+) -> None:
+    llm.enqueue(script)
+    assert await ask(engine, "hello?") == f"_{sentence}_"
+    turns, _ = await engine.store.recent_turns(str(CHANNEL), 10_000)
+    assert [(t.role, t.outcome) for t in turns] == [("user", None), ("assistant", "error")]
+
+
+async def test_a_failure_after_text_keeps_the_text_and_says_it_was_cut_off(
+    engine: Engine, llm: LLMServer
+) -> None:
+    llm.enqueue(Script(tokens=["Partial", " answer"], error_after=2))
+    reply = await ask(engine, "long question")
+    assert reply == "Partial answer\n\n_openrouter is unavailable right now; try again shortly._"
+    turns, _ = await engine.store.recent_turns(str(CHANNEL), 10_000)
+    assert (turns[-1].content, turns[-1].outcome) == ("Partial answer", "cut_off")
+
+
+async def test_timeouts_end_the_reply(make_settings: Callable[..., Settings], llm: LLMServer) -> None:
+    engine = await Engine.create(make_settings(first_token_timeout=0.3))
+    llm.enqueue(Script(first_delay=3))
+    assert await ask(engine, "anyone?") == "_openrouter took too long to answer; try again._"
+    await engine.aclose()
+    engine = await Engine.create(make_settings(reply_timeout=0.5))
+    llm.enqueue(Script(tokens=["slow"] * 50, delay=0.1))
+    reply = await ask(engine, "take your time")
+    await engine.aclose()
+    assert reply.startswith("slowslow") and reply.endswith(
+        "_The reply took longer than 0 seconds and was stopped._"
+    )
+
+
+async def test_retries_and_fallbacks_come_from_settings(
+    make_settings: Callable[..., Settings], llm: LLMServer
+) -> None:
+    fallbacks = {"openrouter/xiaomi/mimo-v2-flash": ["openrouter/openai/gpt-4o-mini"]}
+    engine = await Engine.create(make_settings(max_retries=1, fallbacks=fallbacks))
+    llm.enqueue(Script(status=502), Script(status=502), Script(tokens=["rescued"]))
+    assert await ask(engine, "hi") == "rescued"
+    await engine.aclose()
+    assert [r.json["model"] for r in llm.chat_requests()] == ["xiaomi/mimo-v2-flash"] * 2 + [
+        "openai/gpt-4o-mini"
+    ]
+
+
+async def test_reasoning_is_hidden_by_default_and_shown_as_a_quote_on_request(
+    make_settings: Callable[..., Settings], llm: LLMServer
+) -> None:
+    engine = await Engine.create(make_settings())
+    llm.enqueue(Script(reasoning=["Thinking", " hard"], tokens=["Answer"]))
+    assert await ask(engine, "q") == "Answer"
+    await engine.aclose()
+    engine = await Engine.create(make_settings(show_reasoning=True))
+    llm.enqueue(Script(reasoning=["Thinking", "\nhard"], tokens=["Answer"]))
+    assert await ask(engine, "q") == "> Thinking\n> hard\n\nAnswer"
+    await engine.aclose()
+
+
+async def test_empty_and_length_limited_replies_are_explained(engine: Engine, llm: LLMServer) -> None:
+    llm.enqueue(Script(tokens=[]))
+    assert await ask(engine, "say nothing") == "_The model returned an empty reply._"
+    llm.enqueue(Script(tokens=["Once upon"], finish="length"))
+    assert await ask(engine, "story") == "Once upon\n\n_Cut off: the reply reached its length limit._"
+
+
+async def test_one_reply_at_a_time_per_conversation_but_conversations_run_together(
+    engine: Engine, llm: LLMServer
+) -> None:
+    llm.enqueue(
+        Script(tokens=["first"], first_delay=0.3), Script(tokens=["elsewhere"]), Script(tokens=["second"])
+    )
+    same_a = asyncio.create_task(ask(engine, "a"))
+    await asyncio.sleep(0.05)
+    same_b = asyncio.create_task(ask(engine, "b"))
+    other = asyncio.create_task(ask(engine, "c", key=ConversationKey("test", "other")))
+    await asyncio.sleep(0.15)
+    # While "a" is still streaming, "c" (another conversation) has been sent but "b" waits its turn.
+    assert [r.json["messages"][-1]["content"] for r in llm.chat_requests()] == ["Ada: a", "Ada: c"]
+    assert await same_a == "first" and await same_b == "second"
+    await other
+    history = [m["content"] for m in llm.chat_requests()[-1].json["messages"][1:]]
+    assert history == ["Ada: a", "first", "Ada: b"]
+
+
+async def test_attachments_reach_the_model(engine: Engine, llm: LLMServer) -> None:
+    await ask(engine, "/model openrouter/openai/gpt-4o-mini", author=MANAGER)
+    files = (
+        Attachment("notes.txt", "text/plain", 5, data=b"hello"),
+        Attachment("cat.png", "image/png", 4, data=b"\x89PNG"),
+        Attachment("deck.pdf", "application/pdf", 4, data=b"%PDF"),
+    )
+    reply = await ask(engine, "look", attachments=files)
+    content = llm.chat_requests()[-1].json["messages"][-1]["content"]
+    assert content[0]["text"].startswith('Ada: look\n\n<file name="notes.txt">\nhello\n</file>')
+    assert content[1]["image_url"]["url"] == "data:image/png;base64,iVBORw=="
+    assert reply.endswith("_deck.pdf is not a file type I can read._")
+
+
+async def test_an_internal_error_still_finishes_the_reply(
+    engine: Engine, llm: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("database on fire")
+
+    monkeypatch.setattr(engine.store, "recent_turns", broken)
+    assert await ask(engine, "hello") == f"_{INTERNAL_ERROR}_"
+
+
+async def test_cancelling_a_reply_closes_the_message_and_keeps_the_text(
+    engine: Engine, llm: LLMServer
+) -> None:
+    llm.enqueue(Script(tokens=["kept", " text", " lost"], stall_after=2))
+    surface = RecordingSurface()
+    task = asyncio.create_task(engine.handle(msg("go"), surface))
+    while not surface.renders or surface.renders[-1][0] != "kept text":
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert surface.final == "kept text\n\n_Cut off: Parley is restarting._"
+    turns, _ = await engine.store.recent_turns(str(CHANNEL), 10_000)
+    assert (turns[-1].content, turns[-1].outcome) == ("kept text", "cut_off")

@@ -1,0 +1,128 @@
+"""The `parley` command as a user runs it: a subprocess talking to the loopback provider."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.llm_server import LLMServer, Script
+
+
+async def parley(llm: LLMServer, cwd: Path, *args: str, stdin: str = "", **env: str) -> tuple[int, str, str]:
+    environment = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        "HOME": str(cwd),
+        "OPENROUTER_API_KEY": "sk-or-v1-cli-secret",
+        "OPENROUTER_BASE_URL": llm.openai_base_url,
+        "DATABASE_URL": f"sqlite+aiosqlite:///{cwd}/data/parley.db",
+        **env,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        *args,
+        cwd=cwd,
+        env={k: v for k, v in environment.items() if v},
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin.encode()), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # The subprocess must import this checkout, whatever directory it runs in.
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    return tmp_path
+
+
+async def test_chat_from_a_pipe_streams_replies_and_remembers_across_runs(
+    llm: LLMServer, workdir: Path
+) -> None:
+    user = getpass.getuser()
+    code, out, err = await parley(
+        llm, workdir, "chat", "--channel", "demo", stdin="My name is Ada.\n/model\n\nWhat is my name?\n"
+    )
+    assert code == 0, err
+    assert out.splitlines() == [
+        f"echo: {user}: My name is Ada.",
+        "This channel uses openrouter/xiaomi/mimo-v2-flash (context 262,144 tokens).",
+        f"echo: {user}: What is my name?",
+    ]
+    code, out, err = await parley(llm, workdir, "chat", "--channel", "demo", stdin="Still there?\n")
+    assert code == 0, err
+    history = [m["content"] for m in llm.chat_requests()[-1].json["messages"][1:]]
+    assert history[0] == f"{user}: My name is Ada." and history[-1] == f"{user}: Still there?"
+    assert len(history) == 5
+    code, out, err = await parley(llm, workdir, "chat", "--channel", "elsewhere", stdin="Fresh?\n")
+    assert [m["role"] for m in llm.chat_requests()[-1].json["messages"]] == ["system", "user"]
+    assert "sk-or-v1-cli-secret" not in err
+
+
+async def test_chat_shows_a_provider_failure_as_one_line_and_goes_on(llm: LLMServer, workdir: Path) -> None:
+    llm.enqueue(Script(status=401), Script(tokens=["back"]))
+    code, out, err = await parley(llm, workdir, "chat", stdin="one\ntwo\n")
+    assert code == 0
+    assert out.splitlines() == ["_The openrouter API key was rejected; an admin needs to check it._", "back"]
+    assert "sk-or-v1-cli-secret" not in out + err
+
+
+async def test_run_without_a_platform_says_what_to_set(llm: LLMServer, workdir: Path) -> None:
+    code, _out, err = await parley(llm, workdir, "run")
+    assert code == 2
+    for expected in (
+        "DISCORD_TOKEN",
+        "SLACK_BOT_TOKEN",
+        "SLACK_APP_TOKEN",
+        "SLACK_SIGNING_SECRET",
+        "parley chat",
+    ):
+        assert expected in err
+
+
+async def test_chat_without_a_provider_says_what_to_set(llm: LLMServer, workdir: Path) -> None:
+    code, _out, err = await parley(llm, workdir, "chat", OPENROUTER_API_KEY="")
+    assert code == 2 and "set OPENROUTER_API_KEY" in err
+
+
+async def test_models_lists_and_filters(llm: LLMServer, workdir: Path) -> None:
+    code, out, _ = await parley(llm, workdir, "models")
+    assert code == 0
+    assert out.splitlines() == ["openrouter/openai/gpt-4o-mini", "openrouter/xiaomi/mimo-v2-flash"]
+    code, out, _ = await parley(llm, workdir, "models", "mimo")
+    assert out.splitlines() == ["openrouter/xiaomi/mimo-v2-flash"]
+
+
+async def test_check_reports_one_line_per_finding(llm: LLMServer, workdir: Path) -> None:
+    code, out, _ = await parley(llm, workdir, "check")
+    assert code == 0, out
+    assert "ok       provider openrouter: reachable, 2 models" in out
+    assert "ok       default model openrouter/xiaomi/mimo-v2-flash" in out
+    llm.models_error = Script(status=401)
+    code, out, err = await parley(llm, workdir, "check", DEFAULT_MODEL="openrouter/nope")
+    assert code == 1
+    assert (
+        "problem  provider openrouter: The openrouter API key was rejected; an admin needs to check it."
+        in out
+    )
+    assert "sk-or-v1-cli-secret" not in out + err
+
+
+async def test_check_flags_a_bad_setting_and_a_bad_database(llm: LLMServer, workdir: Path) -> None:
+    code, _out, err = await parley(llm, workdir, "check", REPLY_MAX_TOKENS="lots")
+    assert code == 2 and err.startswith("config: reply_max_tokens:")
+    (workdir / "blocker").write_text("a file where the database folder should be")
+    code, out, _ = await parley(
+        llm, workdir, "check", DATABASE_URL=f"sqlite+aiosqlite:///{workdir}/blocker/x.db"
+    )
+    assert code == 1 and "problem  database:" in out

@@ -16,7 +16,6 @@ from bot.providers.base import (
     ChatMessage,
     ChatRequest,
     Finish,
-    Image,
     ProviderError,
     ReasoningDelta,
     TextDelta,
@@ -134,8 +133,8 @@ class Engine:
 
     async def _reply(self, message: Message, surface: Surface) -> None:
         renderer = self.pacer.renderer(surface)
-        reply = _Reply()
         started = self.clock.now()
+        reply = _Reply(last_checkpoint=started)
         conversation = str(message.key)
         try:
             await surface.start()
@@ -181,11 +180,21 @@ class Engine:
         if not content and not attached.images:
             raise ReplyFailed("There is nothing to answer: the message was empty.")
         tokens = estimate_tokens(content) + IMAGE_TOKENS * len(attached.images)
-        user_turn = await self.store.add_user_turn(
-            conversation, message.author.id, message.author.display_name, content, tokens
+        system = conf.system_prompt or self.settings.system_prompt
+        budget, reply_room = self._budget(resolved, system)
+        user_turn, turns, trimmed = await self.store.add_user_turn_and_recall(
+            conversation, message.author.id, message.author.display_name, content, tokens, budget
         )
         reply.model = resolved.name
-        request, trimmed = await self._request(conversation, conf, resolved, user_turn, attached.images)
+        if not turns or turns[-1].id != user_turn:
+            raise ReplyFailed(
+                f"Your message is too long for {resolved.name}: it fits about {max(budget, 0):,} tokens. "
+                "Shorten it or pick a model with a larger context."
+            )
+        messages = [_chat_message(turn) for turn in turns if turn.content]
+        messages[-1] = replace(messages[-1], images=tuple(attached.images))
+        request = ChatRequest(resolved.model_id, tuple(messages), system=system, max_tokens=reply_room)
+        prompt_estimate = estimate_tokens(system) + sum(turn.tokens for turn in turns)
         notes = list(attached.notes)
         if not trimmed:
             self._trimmed.discard(conversation)
@@ -213,8 +222,6 @@ class Engine:
                 reply.finish = event.reason
         reply.model = stream.answered_by or reply.model
         if reply.usage and reply.model == resolved.name:
-            prompt_estimate = sum(estimate_tokens(m.content) for m in request.messages)
-            prompt_estimate += estimate_tokens(request.system or "")
             self.calibration.observe(resolved.name, prompt_estimate, reply.usage.prompt_tokens)
             if reply.usage.cost is None and resolved.info and resolved.info.prompt_price is not None:
                 cost = reply.usage.prompt_tokens * resolved.info.prompt_price
@@ -224,35 +231,15 @@ class Engine:
             notes.insert(0, "Cut off: the reply reached its length limit.")
         return notes
 
-    async def _request(
-        self,
-        conversation: str,
-        conf: ConversationSettings,
-        resolved: ResolvedModel,
-        user_turn: int,
-        images: list[Image],
-    ) -> tuple[ChatRequest, bool]:
-        """The newest turns that fit the model's context window, behind the system prompt."""
+    def _budget(self, resolved: ResolvedModel, system: str) -> tuple[int, int]:
+        """History tokens that fit the model's window (in estimate units), and the room kept for the reply."""
         info = resolved.info
         context_length = (info.context_length if info else None) or self.settings.default_context_length
         reply_room = min(self.settings.reply_max_tokens, max(256, context_length // 4))
         if info and info.max_output_tokens:
             reply_room = min(reply_room, info.max_output_tokens)
-        system = conf.system_prompt or self.settings.system_prompt
         factor = self.calibration.factor(resolved.name)
-        budget = int((context_length - reply_room) / factor) - estimate_tokens(system)
-        turns, trimmed = await self.store.recent_turns(conversation, budget)
-        if not turns or turns[-1].id != user_turn:
-            raise ReplyFailed(
-                f"Your message is too long for {resolved.name}: it fits about {max(budget, 0):,} tokens. "
-                "Shorten it or pick a model with a larger context."
-            )
-        messages = [_chat_message(turn) for turn in turns if turn.content]
-        messages[-1] = replace(messages[-1], images=tuple(images))
-        request = ChatRequest(
-            model=resolved.model_id, messages=tuple(messages), system=system, max_tokens=reply_room
-        )
-        return request, trimmed
+        return int((context_length - reply_room) / factor) - estimate_tokens(system), reply_room
 
     async def _fallbacks(self, model: str, request: ChatRequest) -> list[Attempt]:
         chain = []
@@ -266,9 +253,12 @@ class Engine:
         return chain
 
     async def _checkpoint(self, conversation: str, reply: _Reply) -> None:
-        """Save the reply so far every few seconds: what the user already saw survives a crash."""
+        """Save a long reply every few seconds, so a crash loses at most those seconds of its text.
+
+        Short replies finish before the first checkpoint and are written once, at the end.
+        """
         now = self.clock.now()
-        if reply.turn_id is not None and now - reply.last_checkpoint < CHECKPOINT_SECONDS:
+        if now - reply.last_checkpoint < CHECKPOINT_SECONDS:
             return
         reply.last_checkpoint = now
         record = AssistantRecord(content=reply.text, model=reply.model, outcome="streaming")

@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 metadata = MetaData()
 
@@ -131,23 +131,6 @@ class Store:
 
     # Turns
 
-    async def add_user_turn(
-        self, conversation: str, author_id: str, author_name: str, content: str, tokens: int
-    ) -> int:
-        async with self._db.begin() as conn:
-            result = await conn.execute(
-                insert(turns).values(
-                    conversation=conversation,
-                    role="user",
-                    author_id=author_id,
-                    author_name=author_name,
-                    content=content,
-                    tokens=tokens,
-                    created_at=time.time(),
-                )
-            )
-            return int(result.inserted_primary_key[0])
-
     async def add_assistant_turn(self, conversation: str, record: AssistantRecord, tokens: int) -> int:
         async with self._db.begin() as conn:
             result = await conn.execute(
@@ -167,44 +150,34 @@ class Store:
                 update(turns).where(turns.c.id == turn_id).values(tokens=tokens, **_record_values(record))
             )
 
-    async def recent_turns(self, conversation: str, token_budget: int) -> tuple[list[Turn], bool]:
-        """The newest turns whose token estimates fit the budget, oldest first, and whether older ones exist.
-
-        Reads in pages from the newest end, so the cost depends on what fits, not on how much is stored.
-        """
-        chosen: list[Turn] = []
-        used = 0
-        before: int | None = None
-        async with self._db.connect() as conn:
-            while True:
-                query = (
-                    select(
-                        turns.c.id,
-                        turns.c.role,
-                        turns.c.author_name,
-                        turns.c.content,
-                        turns.c.tokens,
-                        turns.c.outcome,
-                    )
-                    .where(turns.c.conversation == conversation)
-                    .order_by(turns.c.id.desc())
-                    .limit(PAGE)
+    async def add_user_turn_and_recall(
+        self,
+        conversation: str,
+        author_id: str,
+        author_name: str,
+        content: str,
+        tokens: int,
+        token_budget: int,
+    ) -> tuple[int, list[Turn], bool]:
+        """Store a user turn and read back the context it ends, in one transaction: one round trip."""
+        async with self._db.begin() as conn:
+            result = await conn.execute(
+                insert(turns).values(
+                    conversation=conversation,
+                    role="user",
+                    author_id=author_id,
+                    author_name=author_name,
+                    content=content,
+                    tokens=tokens,
+                    created_at=time.time(),
                 )
-                if before is not None:
-                    query = query.where(turns.c.id < before)
-                rows = (await conn.execute(query)).all()
-                for row in rows:
-                    if used + row.tokens > token_budget:
-                        chosen.reverse()
-                        return chosen, True
-                    used += row.tokens
-                    chosen.append(
-                        Turn(row.id, row.role, row.author_name, row.content, row.tokens, row.outcome)
-                    )
-                if len(rows) < PAGE:
-                    chosen.reverse()
-                    return chosen, False
-                before = rows[-1].id
+            )
+            recalled, trimmed = await _recent(conn, conversation, token_budget)
+            return int(result.inserted_primary_key[0]), recalled, trimmed
+
+    async def recent_turns(self, conversation: str, token_budget: int) -> tuple[list[Turn], bool]:
+        async with self._db.connect() as conn:
+            return await _recent(conn, conversation, token_budget)
 
     async def count_turns(self, conversation: str) -> int:
         async with self._db.connect() as conn:
@@ -266,6 +239,44 @@ class Store:
                 await conn.execute(insert(meta).values(name=name, value=value))
 
 
+async def _recent(conn: AsyncConnection, conversation: str, token_budget: int) -> tuple[list[Turn], bool]:
+    """The newest turns whose token estimates fit the budget, oldest first, and whether older ones exist.
+
+    Reads in pages from the newest end, so the cost depends on what fits, not on how much is stored.
+    """
+    chosen: list[Turn] = []
+    used = 0
+    before: int | None = None
+    columns = (
+        turns.c.id,
+        turns.c.role,
+        turns.c.author_name,
+        turns.c.content,
+        turns.c.tokens,
+        turns.c.outcome,
+    )
+    while True:
+        query = (
+            select(*columns)
+            .where(turns.c.conversation == conversation)
+            .order_by(turns.c.id.desc())
+            .limit(PAGE)
+        )
+        if before is not None:
+            query = query.where(turns.c.id < before)
+        rows = (await conn.execute(query)).all()
+        for row in rows:
+            if used + row.tokens > token_budget:
+                chosen.reverse()
+                return chosen, True
+            used += row.tokens
+            chosen.append(Turn(row.id, row.role, row.author_name, row.content, row.tokens, row.outcome))
+        if len(rows) < PAGE:
+            chosen.reverse()
+            return chosen, False
+        before = rows[-1].id
+
+
 def _record_values(record: AssistantRecord) -> dict[str, object]:
     return {
         "content": record.content,
@@ -280,7 +291,10 @@ def _record_values(record: AssistantRecord) -> dict[str, object]:
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     # WAL lets readers proceed while a reply is being written; the busy timeout rides out short locks.
+    # synchronous=NORMAL is WAL's recommended pairing: no corruption on a crash, and no fsync per commit
+    # (a power cut may lose the last commits; a process crash loses nothing).
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()

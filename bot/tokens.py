@@ -11,7 +11,7 @@ MESSAGE_OVERHEAD = 4  # role markers and separators most chat templates add per 
 
 def estimate_tokens(text: str) -> int:
     """About four ASCII characters per token; other scripts (CJK, emoji) come close to one per character."""
-    ascii_chars = sum(1 for ch in text if ch < "\x80")
+    ascii_chars = len(text.encode("ascii", "ignore"))
     return (ascii_chars + 3) // 4 + (len(text) - ascii_chars) + MESSAGE_OVERHEAD
 
 

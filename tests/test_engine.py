@@ -354,7 +354,7 @@ async def test_an_internal_error_still_finishes_the_reply(
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("database on fire")
 
-    monkeypatch.setattr(engine.store, "recent_turns", broken)
+    monkeypatch.setattr(engine.store, "add_user_turn_and_recall", broken)
     assert await ask(engine, "hello") == f"_{INTERNAL_ERROR}_"
 
 

@@ -16,7 +16,10 @@ def db_url(tmp_path: Path) -> str:
 
 async def test_turns_and_settings_survive_a_restart(db_url: str) -> None:
     store = await Store.open(db_url)
-    await store.add_user_turn("console:a", "u1", "Ada", "remember the number 42", 10)
+    turn_id, recalled, trimmed = await store.add_user_turn_and_recall(
+        "console:a", "u1", "Ada", "remember the number 42", 10, 100
+    )
+    assert [(t.id, t.content) for t in recalled] == [(turn_id, "remember the number 42")] and not trimmed
     await store.add_assistant_turn("console:a", AssistantRecord("I will.", "openrouter/x", "ok"), 5)
     await store.set_setting("console:a", "model", "openai/gpt-4o", "u1")
     await store.close()
@@ -35,8 +38,8 @@ async def test_turns_and_settings_survive_a_restart(db_url: str) -> None:
 async def test_recent_turns_keep_the_newest_that_fit_and_say_so(db_url: str) -> None:
     store = await Store.open(db_url)
     for index in range(200):  # more than one page
-        await store.add_user_turn("c", "u", "U", f"turn {index}", 10)
-    await store.add_user_turn("other", "u", "U", "not mine", 10)
+        await store.add_user_turn_and_recall("c", "u", "U", f"turn {index}", 10, 0)
+    await store.add_user_turn_and_recall("other", "u", "U", "not mine", 10, 0)
     turns, trimmed = await store.recent_turns("c", 95)
     assert [t.content for t in turns] == [f"turn {i}" for i in range(191, 200)]
     assert trimmed
@@ -47,9 +50,9 @@ async def test_recent_turns_keep_the_newest_that_fit_and_say_so(db_url: str) -> 
 
 async def test_forget_only_clears_one_conversation(db_url: str) -> None:
     store = await Store.open(db_url)
-    await store.add_user_turn("c1", "u", "U", "a", 1)
-    await store.add_user_turn("c1", "u", "U", "b", 1)
-    await store.add_user_turn("c2", "u", "U", "c", 1)
+    await store.add_user_turn_and_recall("c1", "u", "U", "a", 1, 0)
+    await store.add_user_turn_and_recall("c1", "u", "U", "b", 1, 0)
+    await store.add_user_turn_and_recall("c2", "u", "U", "c", 1, 0)
     assert await store.forget("c1") == 2
     assert await store.count_turns("c1") == 0
     assert await store.count_turns("c2") == 1

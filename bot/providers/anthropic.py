@@ -109,7 +109,7 @@ class AnthropicProvider:
                     finished = True
                     break
         finally:
-            await stream.aclose()
+            await stream.aclose(drain=finished)
         if not finished:
             raise stream.broken("the stream ended before the reply was complete")
         yield Usage(prompt_tokens, completion_tokens)

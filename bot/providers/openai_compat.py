@@ -63,9 +63,11 @@ class OpenAICompatibleProvider:
         calls: dict[int, dict[str, Any]] = {}
         usage: Usage | None = None
         finish: str | None = None
+        complete = False
         try:
             while (event := await stream.next_event()) is not None:
                 if event.data.strip() == "[DONE]":
+                    complete = True
                     break
                 try:
                     chunk = json.loads(event.data)
@@ -93,7 +95,7 @@ class OpenAICompatibleProvider:
                 if finish is None:
                     raise stream.broken("the stream ended before the reply was complete")
         finally:
-            await stream.aclose()
+            await stream.aclose(drain=complete)
         for index in sorted(calls):
             call = calls[index]
             yield ToolCall(call["id"] or f"call_{index}", call["name"], "".join(call["arguments"]) or "{}")

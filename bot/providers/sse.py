@@ -90,9 +90,18 @@ class SSEStream:
                 retryable=True,
             ) from None
 
-    async def aclose(self) -> None:
-        if self._response is not None:
-            await self._response.aclose()
+    async def aclose(self, *, drain: bool = False) -> None:
+        """Close the response; `drain` reads what is left first, so the connection goes back to the pool."""
+        if self._response is None:
+            return
+        if drain:
+            try:
+                async with asyncio.timeout(1.0):
+                    async for _ in self._events:
+                        pass
+            except (TimeoutError, httpx.HTTPError, SSEError):
+                pass
+        await self._response.aclose()
 
     def broken(self, detail: str) -> ProviderError:
         return ProviderError(

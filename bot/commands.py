@@ -143,6 +143,12 @@ async def autoreply(engine: Engine, message: Message, args: str) -> CommandResul
     return CommandResult(f"Parley will now {state} in {_where(message)}.", ephemeral=False)
 
 
+async def web(engine: Engine, message: Message, args: str) -> CommandResult:
+    # Engine.handle streams /web QUERY as a reply; this is reached only where a platform runs commands
+    # without a reply surface.
+    return CommandResult("Send /web QUERY as a message to get an answer drawn from fresh web results.")
+
+
 async def help_(engine: Engine, message: Message, args: str) -> CommandResult:
     lines = ["Mention Parley to talk to it. Commands:"]
     lines += [f"/{command.usage} — {command.summary}" for command in COMMANDS.values()]
@@ -171,5 +177,6 @@ COMMANDS: dict[str, Command] = {
     "reset": Command("reset", "forget this conversation's messages", reset),
     "search": Command("search [off|on|auto]", "show or set web search for this conversation", search),
     "autoreply": Command("autoreply [on|off]", "answer every message here, not only mentions", autoreply),
+    "web": Command("web QUERY", "answer with fresh web results, whatever the search mode", web),
     "help": Command("help", "this list", help_),
 }

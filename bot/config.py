@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     search_backend: Literal["duckduckgo", "searxng", "brave"] = "duckduckgo"
     searxng_url: str | None = None
     brave_api_key: SecretStr | None = None
+    brave_api_url: str = "https://api.search.brave.com/res/v1/web/search"
+    search_results: int = 5
+    search_pages_read: int = 2  # result pages whose text is read for the model, besides their snippets
     search_cache_seconds: float = 600.0
     fetch_allow_private: bool = False  # only for tests: lets page reading reach loopback
 

@@ -19,15 +19,21 @@ from bot.providers.base import (
     ProviderError,
     ReasoningDelta,
     TextDelta,
+    ToolCall,
+    ToolSpec,
     Usage,
 )
 from bot.providers.resilience import Attempt, ResilientStream
 from bot.store import AssistantRecord, Store, Turn
 from bot.streaming import Clock, PacedRenderer, Pacer, SystemClock
 from bot.tokens import TokenCalibration, estimate_tokens
+from skills.base import Source
+from skills.citations import sources_footer
+from skills.web_search import WebSearch, looks_time_sensitive, search_query, tool_arguments
 
 log = logging.getLogger(__name__)
 
+MAX_TOOL_ROUNDS = 3  # provider calls that may end in tool use before the model must answer
 IMAGE_TOKENS = 800  # a rough per-image charge against the context budget
 CHECKPOINT_SECONDS = 2.0  # how often a streaming reply's text is saved, so a crash loses little
 INTERNAL_ERROR = "Something went wrong on our side while answering; it has been logged. Please try again."
@@ -43,6 +49,8 @@ class _Reply:
 
     model: str = ""  # set once the user turn is stored: from then on the reply is saved whatever happens
     text: str = ""
+    round_text: str = ""  # the text of the current provider call, when tools split a reply into several
+    sources: tuple[Source, ...] = ()
     reasoning_shown: str = ""
     usage: Usage | None = None
     finish: str | None = None
@@ -60,6 +68,7 @@ class Engine:
         self.clock = clock or SystemClock()
         self.pacer = Pacer(self.clock)
         self.calibration = TokenCalibration()
+        self.web = WebSearch(settings)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._trimmed: set[str] = (
             set()
@@ -71,6 +80,7 @@ class Engine:
         return cls(settings, store, ModelCatalog.from_settings(settings), clock=clock)
 
     async def aclose(self) -> None:
+        await self.web.aclose()
         await self.catalog.aclose()
         await self.store.close()
 
@@ -79,12 +89,19 @@ class Engine:
     async def handle(self, message: Message, surface: Surface) -> None:
         """Answer on the surface with a command's answer or a streamed reply; never leave it hanging."""
         text = message.text.strip()
-        if text.startswith("/"):
+        web_query = None
+        if text.lower() == "/web" or text.lower().startswith("/web "):
+            web_query = text[4:].strip()
+            if not web_query:
+                await self.pacer.renderer(surface).finish("Say what to search for: /web QUERY")
+                return
+            message = replace(message, text=web_query)
+        elif text.startswith("/"):
             result = await self.run_command(message, text[1:])
             await self.pacer.renderer(surface).finish(result.text)
             return
         async with self._lock(message.key):
-            await self._reply(message, surface)
+            await self._reply(message, surface, web_query)
 
     async def run_command(self, message: Message, line: str) -> CommandResult:
         try:
@@ -131,7 +148,7 @@ class Engine:
 
     # Replies
 
-    async def _reply(self, message: Message, surface: Surface) -> None:
+    async def _reply(self, message: Message, surface: Surface, web_query: str | None = None) -> None:
         renderer = self.pacer.renderer(surface)
         started = self.clock.now()
         reply = _Reply(last_checkpoint=started)
@@ -143,7 +160,7 @@ class Engine:
         outcome = "error"
         try:
             async with asyncio.timeout(self.settings.reply_timeout):
-                notes = await self._stream(message, renderer, reply)
+                notes = await self._stream(message, renderer, reply, web_query)
             outcome = "ok"
             final = self._finish_text(reply, notes)
         except (ReplyFailed, UnknownModelError) as error:
@@ -152,9 +169,7 @@ class Engine:
             final = _extend(reply.text, error.user_message())
             outcome = "cut_off" if reply.text else "error"
         except TimeoutError:
-            sentence = (
-                f"The reply took longer than {self.settings.reply_timeout:.0f} seconds and was stopped."
-            )
+            sentence = f"The reply took longer than {self.settings.reply_timeout:g} seconds and was stopped."
             final = _extend(reply.text, sentence)
             outcome = "cut_off" if reply.text else "error"
         except asyncio.CancelledError:
@@ -169,8 +184,13 @@ class Engine:
             latency_ms = int((self.clock.now() - started) * 1000)
             await self._save_reply(conversation, reply, outcome, latency_ms)
 
-    async def _stream(self, message: Message, renderer: PacedRenderer, reply: _Reply) -> list[str]:
-        """Store the user turn, assemble context, stream the model's answer. Returns notes for the user."""
+    async def _stream(
+        self, message: Message, renderer: PacedRenderer, reply: _Reply, web_query: str | None
+    ) -> list[str]:
+        """Store the user turn, assemble context, stream the model's answer. Returns notes for the user.
+
+        `web_query` forces one web search for that query (the /web command), whatever the search mode.
+        """
         conversation = str(message.key)
         conf = await self.settings_for(message.key)
         resolved = await self.catalog.resolve(conf.model)
@@ -186,42 +206,49 @@ class Engine:
             conversation, message.author.id, message.author.display_name, content, tokens, budget
         )
         reply.model = resolved.name
+        notes = list(attached.notes)
+        tools: tuple[ToolSpec, ...] = ()
+        takes_tools = bool(resolved.info and resolved.info.tools)
+        mode = "on" if web_query is not None else conf.search_mode
+        if mode == "on" or (mode == "auto" and not takes_tools and looks_time_sensitive(content)):
+            query = web_query or search_query([t.content for t in turns if t.role == "user"][-3:])
+            found = await self.web.search(query)
+            reply.sources += found.sources
+            notes += [found.note] if found.note else []
+            system = f"{system}\n\n{found.text}"
+            turns, dropped = _fit(turns, budget - estimate_tokens(found.text))
+            trimmed = trimmed or dropped
+        elif mode == "auto" and takes_tools:
+            tools = (self.web.skill().tool_spec(),)
         if not turns or turns[-1].id != user_turn:
             raise ReplyFailed(
                 f"Your message is too long for {resolved.name}: it fits about {max(budget, 0):,} tokens. "
                 "Shorten it or pick a model with a larger context."
             )
-        messages = [_chat_message(turn) for turn in turns if turn.content]
-        messages[-1] = replace(messages[-1], images=tuple(attached.images))
-        request = ChatRequest(resolved.model_id, tuple(messages), system=system, max_tokens=reply_room)
-        prompt_estimate = estimate_tokens(system) + sum(turn.tokens for turn in turns)
-        notes = list(attached.notes)
         if not trimmed:
             self._trimmed.discard(conversation)
         elif conversation not in self._trimmed:
             self._trimmed.add(conversation)
             notes.insert(0, "Older messages were left out to fit the model's context.")
-        attempts = [Attempt(resolved.name, resolved.provider, request)]
-        attempts += await self._fallbacks(conf.model, request)
-        stream = ResilientStream(
-            attempts, max_retries=self.settings.max_retries, retry_after_cap=self.settings.retry_after_cap
+        messages = [_chat_message(turn) for turn in turns if turn.content]
+        messages[-1] = replace(messages[-1], images=tuple(attached.images))
+        request = ChatRequest(
+            resolved.model_id, tuple(messages), system=system, max_tokens=reply_room, tools=tools
         )
-        async for event in stream.events():
-            if isinstance(event, TextDelta):
-                if reply.reasoning_shown and not reply.text:
-                    reply.reasoning_shown += "\n\n"
-                reply.text += event.text
-                renderer.update(reply.reasoning_shown + reply.text)
-                await self._checkpoint(conversation, reply)
-            elif isinstance(event, ReasoningDelta) and self.settings.show_reasoning and not reply.text:
-                reply.reasoning_shown = _quote(reply.reasoning_shown, event.text)
-                renderer.update(reply.reasoning_shown)
-            elif isinstance(event, Usage):
-                reply.usage = event
-            elif isinstance(event, Finish):
-                reply.finish = event.reason
-        reply.model = stream.answered_by or reply.model
-        if reply.usage and reply.model == resolved.name:
+        prompt_estimate = estimate_tokens(system) + sum(turn.tokens for turn in turns)
+        for tool_round in range(MAX_TOOL_ROUNDS + 1):
+            if tool_round == MAX_TOOL_ROUNDS:
+                request = replace(request, tools=())  # the last round must answer, not search again
+            calls = await self._stream_round(conversation, conf.model, resolved, request, renderer, reply)
+            if not calls:
+                break
+            results = [
+                ChatMessage("tool", await self._run_skill(call, reply, notes), tool_call_id=call.id)
+                for call in calls
+            ]
+            assistant = ChatMessage("assistant", reply.round_text, tool_calls=tuple(calls))
+            request = replace(request, messages=(*request.messages, assistant, *results))
+        if reply.usage and reply.model == resolved.name and tool_round == 0:  # one call: a clean comparison
             self.calibration.observe(resolved.name, prompt_estimate, reply.usage.prompt_tokens)
             if reply.usage.cost is None and resolved.info and resolved.info.prompt_price is not None:
                 cost = reply.usage.prompt_tokens * resolved.info.prompt_price
@@ -230,6 +257,54 @@ class Engine:
         if reply.finish == "length":
             notes.insert(0, "Cut off: the reply reached its length limit.")
         return notes
+
+    async def _stream_round(
+        self,
+        conversation: str,
+        model: str,
+        resolved: ResolvedModel,
+        request: ChatRequest,
+        renderer: PacedRenderer,
+        reply: _Reply,
+    ) -> list[ToolCall]:
+        """One provider call, streamed into the reply. Returns the tools the model asked to run."""
+        attempts = [Attempt(resolved.name, resolved.provider, request)]
+        attempts += await self._fallbacks(model, request)
+        stream = ResilientStream(
+            attempts, max_retries=self.settings.max_retries, retry_after_cap=self.settings.retry_after_cap
+        )
+        calls: list[ToolCall] = []
+        reply.round_text = ""
+        async for event in stream.events():
+            if isinstance(event, TextDelta):
+                if reply.reasoning_shown and not reply.text:
+                    reply.reasoning_shown += "\n\n"
+                reply.text += event.text
+                reply.round_text += event.text
+                renderer.update(reply.reasoning_shown + reply.text)
+                await self._checkpoint(conversation, reply)
+            elif isinstance(event, ReasoningDelta) and self.settings.show_reasoning and not reply.text:
+                reply.reasoning_shown = _quote(reply.reasoning_shown, event.text)
+                renderer.update(reply.reasoning_shown)
+            elif isinstance(event, ToolCall):
+                calls.append(event)
+            elif isinstance(event, Usage):
+                reply.usage = _add_usage(reply.usage, event)
+            elif isinstance(event, Finish):
+                reply.finish = event.reason
+        reply.model = stream.answered_by or reply.model
+        return calls
+
+    async def _run_skill(self, call: ToolCall, reply: _Reply, notes: list[str]) -> str:
+        """Run the skill a model asked for; what the model reads back, failures included."""
+        skill = self.web.skill()
+        if call.name != skill.name:
+            return f"There is no tool named {call.name}."
+        result = await skill.run(tool_arguments(call.arguments), len(reply.sources) + 1)
+        reply.sources += result.sources
+        if result.note and result.note not in notes:
+            notes.append(result.note)
+        return result.text
 
     def _budget(self, resolved: ResolvedModel, system: str) -> tuple[int, int]:
         """History tokens that fit the model's window (in estimate units), and the room kept for the reply."""
@@ -303,9 +378,31 @@ class Engine:
         text = reply.reasoning_shown + reply.text
         if not reply.text:
             text = _extend(text, "The model returned an empty reply.")
+        if footer := sources_footer(reply.text, reply.sources):
+            text = f"{text}\n\n{footer}"
         for note in notes:
             text = _extend(text, note)
         return text
+
+
+def _fit(turns: list[Turn], budget: int) -> tuple[list[Turn], bool]:
+    """Drop the oldest turns until the rest fit `budget`; says whether any were dropped."""
+    total = sum(turn.tokens for turn in turns)
+    start = 0
+    while total > budget and start < len(turns) - 1:
+        total -= turns[start].tokens
+        start += 1
+    return turns[start:], start > 0
+
+
+def _add_usage(before: Usage | None, more: Usage) -> Usage:
+    """Usage over every provider call of one reply."""
+    if before is None:
+        return more
+    cost = None if before.cost is None and more.cost is None else (before.cost or 0.0) + (more.cost or 0.0)
+    return Usage(
+        before.prompt_tokens + more.prompt_tokens, before.completion_tokens + more.completion_tokens, cost
+    )
 
 
 def _chat_message(turn: Turn) -> ChatMessage:

@@ -78,7 +78,7 @@ meta = Table(
 )
 
 SETTING_FIELDS = ("model", "system_prompt", "search_mode", "autoreply")
-PAGE = 64  # turns read per query while filling a context budget
+FIRST_PAGE = 32  # turns the first query reads while filling a context budget; each later query reads 4x more
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +247,7 @@ async def _recent(conn: AsyncConnection, conversation: str, token_budget: int) -
     chosen: list[Turn] = []
     used = 0
     before: int | None = None
+    page = FIRST_PAGE
     columns = (
         turns.c.id,
         turns.c.role,
@@ -260,7 +261,7 @@ async def _recent(conn: AsyncConnection, conversation: str, token_budget: int) -
             select(*columns)
             .where(turns.c.conversation == conversation)
             .order_by(turns.c.id.desc())
-            .limit(PAGE)
+            .limit(page)
         )
         if before is not None:
             query = query.where(turns.c.id < before)
@@ -271,10 +272,11 @@ async def _recent(conn: AsyncConnection, conversation: str, token_budget: int) -
                 return chosen, True
             used += row.tokens
             chosen.append(Turn(row.id, row.role, row.author_name, row.content, row.tokens, row.outcome))
-        if len(rows) < PAGE:
+        if len(rows) < page:
             chosen.reverse()
             return chosen, False
         before = rows[-1].id
+        page *= 4
 
 
 def _record_values(record: AssistantRecord) -> dict[str, object]:

@@ -1,0 +1,140 @@
+"""Web search: results from the configured backend, cached briefly, with the top pages' text read safely."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from bot.config import Settings
+from skills.base import Skill, SkillResult, Source
+from skills.page_reader import FetchRefused, read_page
+from skills.search_backends import SearchBackend, SearchError, backend_for
+from skills.untrusted import clean, results_block
+
+log = logging.getLogger(__name__)
+
+QUERY_CHARS = 200
+# Words that make a question about the present, where a model's training data is likely stale.
+TIME_SENSITIVE = re.compile(
+    r"\b(today|tonight|tomorrow|yesterday|now|currently|current|latest|newest|recent|recently"
+    r"|this (week|month|year)|news|price|prices|stock|weather|forecast|score|scores|release|released"
+    r"|who won|election|20[2-9]\d)\b",
+    re.IGNORECASE,
+)
+FOLLOW_UP = re.compile(r"\b(it|its|that|this|they|them|those|these|he|she|there)\b", re.IGNORECASE)
+
+
+class WebSearch:
+    """The web-search skill. One per engine: it owns the HTTP client and the query cache."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backend: SearchBackend | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._client = httpx.AsyncClient(follow_redirects=False)
+        self._backend = backend
+        self._clock = clock
+        self._cache: dict[str, tuple[float, tuple[Source, ...], dict[str, str]]] = {}
+        self.searches = 0  # backend calls made, cache hits excluded
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def skill(self) -> Skill:
+        return Skill(
+            name="web_search",
+            description="Search the web for current information. Use for recent events, prices, releases, "
+            "facts you are unsure of, or anything after your training data.",
+            parameters={
+                "type": "object",
+                "properties": {"query": {"type": "string", "description": "What to search for"}},
+                "required": ["query"],
+            },
+            run=self._run_tool,
+        )
+
+    async def _run_tool(self, arguments: dict[str, Any], first_source: int) -> SkillResult:
+        return await self.search(str(arguments.get("query") or ""), first=first_source)
+
+    async def search(self, query: str, first: int = 1) -> SkillResult:
+        """Results as an untrusted-data block for the model, plus the sources the bot may cite.
+
+        A failing backend gives an empty result with a note, never an exception: the answer goes on
+        without search.
+        """
+        query = " ".join(clean(query).split())[:QUERY_CHARS]
+        if not query:
+            return SkillResult(
+                "No search was made: the query was empty.", note="Web search had nothing to search for."
+            )
+        cached = self._cache.get(query.lower())
+        if cached and self._clock() - cached[0] < self._settings.search_cache_seconds:
+            sources, pages = cached[1], cached[2]
+        else:
+            try:
+                backend = self._backend or backend_for(self._settings, self._client)
+                self.searches += 1
+                sources = tuple(await backend(query, self._settings.search_results))
+            except SearchError as error:
+                return SkillResult(
+                    f"Web search failed: {error}",
+                    note=f"Web search failed, so this answer is without it: {error}",
+                )
+            pages = await self._read_pages(sources[: self._settings.search_pages_read])
+            self._cache[query.lower()] = (self._clock(), sources, pages)
+        if not sources:
+            return SkillResult(
+                f"Web search for {query!r} found nothing.", note=f"Web search found nothing for {query!r}."
+            )
+        return SkillResult(results_block(sources, pages, first), sources)
+
+    async def _read_pages(self, sources: tuple[Source, ...]) -> dict[str, str]:
+        allow_private = self._settings.fetch_allow_private
+
+        async def read(source: Source) -> tuple[str, str]:
+            try:
+                return source.url, await read_page(
+                    source.url, allow_private=allow_private, client=self._client
+                )
+            except FetchRefused as refusal:
+                log.info("not reading %s: %s", source.url, refusal)
+                return source.url, ""
+
+        return {url: text for url, text in await asyncio.gather(*(read(s) for s in sources)) if text}
+
+
+def search_query(texts: list[str]) -> str:
+    """A query from the newest user message, with the one before it when the newest leans on it.
+
+    Falls back to the user's own words: never an empty query while the user said something.
+    """
+    texts = [" ".join(clean(t).split()) for t in texts if t and t.strip()]
+    if not texts:
+        return ""
+    latest = texts[-1]
+    if len(texts) > 1 and (len(latest.split()) < 4 or FOLLOW_UP.search(latest)):
+        latest = f"{texts[-2]} {latest}"
+    return latest[-QUERY_CHARS:].strip()
+
+
+def looks_time_sensitive(text: str) -> bool:
+    return bool(TIME_SENSITIVE.search(text))
+
+
+def tool_arguments(raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

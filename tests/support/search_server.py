@@ -1,0 +1,87 @@
+"""A loopback SearXNG-style search API and the pages its results point to.
+
+async with SearchServer() as web:
+    web.pages["/a"] = "<html>…</html>"
+    web.results = [("Title", "/a", "snippet")]   # paths on this server, or full URLs
+    settings = Settings(search_backend="searxng", searxng_url=web.base_url, fetch_allow_private=True)
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+
+class SearchServer:
+    def __init__(self) -> None:
+        self.results: list[tuple[str, str, str]] = []
+        self.pages: dict[str, str] = {}
+        self.redirects: dict[str, str] = {}
+        self.status = 200  # set to make /search fail
+        self.queries: list[str] = []
+        self.page_hits: list[str] = []
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> SearchServer:
+        app = web.Application()
+        app.router.add_get("/search", self._search)
+        app.router.add_get("/res/v1/web/search", self._brave)
+        app.router.add_get("/{path:.*}", self._page)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    def _url(self, target: str) -> str:
+        return target if "://" in target else f"{self.base_url}{target}"
+
+    async def _search(self, request: web.Request) -> web.Response:
+        self.queries.append(request.query.get("q", ""))
+        if self.status != 200 or request.query.get("format") != "json":
+            return web.json_response({"error": "down"}, status=self.status if self.status != 200 else 400)
+        results = [
+            {"url": self._url(url), "title": title, "content": snippet, "engine": "duckduckgo", "score": 1.0}
+            for title, url, snippet in self.results
+        ]
+        return web.json_response({"query": request.query["q"], "number_of_results": 0, "results": results})
+
+    async def _brave(self, request: web.Request) -> web.Response:
+        self.queries.append(request.query.get("q", ""))
+        if request.headers.get("X-Subscription-Token") != "brave-key":
+            return web.json_response({"type": "ErrorResponse"}, status=401)
+        results = [
+            {
+                "title": title,
+                "url": self._url(url),
+                "description": f"The <strong>{snippet}</strong> &amp; more",
+            }
+            for title, url, snippet in self.results
+        ]
+        return web.json_response({"type": "search", "web": {"type": "search", "results": results}})
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        self.page_hits.append(path)
+        if path in self.redirects:
+            raise web.HTTPFound(self._url(self.redirects[path]))
+        if path == "/huge":
+            response = web.StreamResponse(headers={"Content-Type": "text/html"})
+            await response.prepare(request)
+            for _ in range(300):
+                await response.write(b"<p>" + b"x" * 10_000 + b"</p>")
+            return response
+        if path == "/binary":
+            return web.Response(body=b"%PDF-1.7", content_type="application/pdf")
+        if path not in self.pages:
+            return web.Response(status=404, text="not found")
+        return web.Response(text=self.pages[path], content_type="text/html")

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import multiprocessing
 import os
 import resource
 import statistics
 import tempfile
 import time
 
-from aiohttp import web
+from loopback_provider import start
 from sqlalchemy import insert
 
 from bot.config import ProviderSettings, Settings
@@ -30,51 +28,6 @@ from bot.store import turns
 from bot.tokens import estimate_tokens
 
 MODEL = "bench/loopback-1"
-
-
-# The provider process
-
-
-def serve_provider(port_queue: multiprocessing.Queue, tokens: int, rate: float) -> None:
-    async def models(_request: web.Request) -> web.Response:
-        return web.json_response({"data": [{"id": "loopback-1", "context_length": 131072}]})
-
-    async def completions(request: web.Request) -> web.StreamResponse:
-        arrived = time.monotonic()
-        await request.read()
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for index in range(tokens):
-            if index:
-                await asyncio.sleep(1.0 / rate)
-            stamp = f"[{arrived:.6f}/{time.monotonic():.6f}]" if index == 0 else f"[{time.monotonic():.6f}]"
-            await response.write(_chunk({"content": stamp}, None))
-        await response.write(_chunk({}, "stop"))
-        usage = {"prompt_tokens": 20, "completion_tokens": tokens, "total_tokens": 20 + tokens}
-        await response.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        return response
-
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/v1/models", models)
-        app.router.add_post("/v1/chat/completions", completions)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
-        await site.start()
-        port_queue.put(runner.addresses[0][1])
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
-
-
-def _chunk(delta: dict[str, str], finish: str | None) -> bytes:
-    body = {
-        "object": "chat.completion.chunk",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-    return f"data: {json.dumps(body)}\n\n".encode()
 
 
 # The engine side
@@ -211,12 +164,7 @@ async def main() -> None:
     parser.add_argument("--memory-conversations", type=int, default=1000)
     args = parser.parse_args()
 
-    port_queue: multiprocessing.Queue = multiprocessing.Queue()
-    provider = multiprocessing.Process(
-        target=serve_provider, args=(port_queue, args.tokens, args.rate), daemon=True
-    )
-    provider.start()
-    port = port_queue.get(timeout=30)
+    provider, port = start(args.tokens, args.rate)
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
             _env_file=None,

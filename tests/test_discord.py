@@ -133,6 +133,7 @@ async def test_a_429_on_an_edit_is_honoured_and_the_reply_completes(
 async def test_concurrent_replies_in_one_channel_keep_the_channel_budget(
     bot: Engine, discord_api: DiscordEmulator, llm: LLMServer
 ) -> None:
+    discord_api.bucket = (5, 5.0)  # the emulator now answers 429 past Discord's channel budget
     for _ in range(4):
         llm.enqueue(Script(tokens=[f"w{i} " for i in range(12)], delay=0.25))
     for user in range(4):
@@ -152,6 +153,7 @@ async def test_concurrent_replies_in_one_channel_keep_the_channel_budget(
     )
     times = [w.at for w in discord_api.writes(GENERAL)]
     assert all(sum(1 for u in times if t <= u < t + 5.0) <= 5 for t in times)
+    assert discord_api.rate_limited == 0
 
 
 async def test_model_commands_are_per_channel_and_need_manage_channels(

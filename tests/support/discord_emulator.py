@@ -69,10 +69,13 @@ class _State:
 
 
 class DiscordEmulator:
-    def __init__(self, *, message_content: bool = True) -> None:
+    def __init__(self, *, message_content: bool = True, bucket: tuple[int, float] | None = None) -> None:
         self.state = _State()
         self.ready = asyncio.Event()
         self.app_flags = MESSAGE_CONTENT_LIMITED if message_content else 0
+        # With `bucket=(requests, seconds)`, message sends and edits beyond it per channel get a 429.
+        self.bucket = bucket
+        self.rate_limited = 0
         self._ids = itertools.count(100_000_000_000_000_000 + 10_000)
         self._sequence = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
@@ -350,6 +353,20 @@ class DiscordEmulator:
                 body = {"multipart": True}
         path = request.path
         self.state.calls.append(Call(request.method, path, body, time.monotonic()))
+        if self.bucket is not None and "/messages" in path and request.method in ("POST", "PATCH"):
+            channel_prefix = path.split("/messages")[0] + "/messages"
+            limit, window = self.bucket
+            now = time.monotonic()
+            recent = [
+                c
+                for c in self.calls[:-1]
+                if c.path.startswith(channel_prefix) and c.method in ("POST", "PATCH")
+            ]
+            if sum(1 for c in recent if now - c.at < window) >= limit:
+                self.calls.pop()  # a refused request does not count against the bucket
+                self.rate_limited += 1
+                body = {"message": "You are being rate limited.", "retry_after": 1.0, "global": False}
+                return _json(body, 429, {"Via": "1.1 google", "Retry-After": "1"})
         for fault in list(self.state.faults):
             if fault.method == request.method and fault.fragment in path:
                 self.state.faults.remove(fault)

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from adapters.discord import serve
+from adapters.discord import serve, sync_commands
 from adapters.discord.text import split_reply
 from bot.config import Settings
 from bot.engine import Engine
 from tests.support.discord_emulator import (
+    APP_ID,
     BOB,
     BOT_ID,
     BOT_USER,
@@ -297,3 +298,15 @@ async def test_commands_are_synced_only_when_they_change(
     assert {command["name"] for command in syncs[0].json} == {
         "ask", "web", "model", "models", "system", "reset", "search", "autoreply", "help",
     }  # fmt: skip
+
+
+async def test_sync_to_one_server_registers_the_commands_there(
+    discord_api: DiscordEmulator, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(
+        discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
+    )
+    said = await sync_commands(settings, 4242)
+    assert said == "Synced 9 commands to server 4242; they are available there now."
+    puts = [c for c in discord_api.calls if c.method == "PUT"]
+    assert [c.path for c in puts] == [f"/api/v10/applications/{APP_ID}/guilds/4242/commands"]

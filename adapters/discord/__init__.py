@@ -32,7 +32,7 @@ async def sync_commands(settings: Settings, guild_id: int | None) -> str:
     assert settings.discord_token is not None
     _point_at(settings)
     engine = await Engine.create(settings)
-    client = ParleyDiscord(engine, settings)
+    client = ParleyDiscord(engine, settings, sync_on_start=False)
     try:
         await client.login(settings.discord_token.get_secret_value())
         if guild_id is not None:

@@ -50,7 +50,7 @@ def author_of(user: discord.User | discord.Member, channel: object) -> Author:
 
 
 class ParleyDiscord(discord.Client):
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings, *, sync_on_start: bool = True) -> None:
         intents = discord.Intents.default()
         intents.message_content = True
         super().__init__(intents=intents, allowed_mentions=NO_PINGS, guild_ready_timeout=0.1)
@@ -58,9 +58,12 @@ class ParleyDiscord(discord.Client):
         self.settings = settings
         self.tree = app_commands.CommandTree(self)
         self._replies: set[asyncio.Task[None]] = set()
+        self._sync_on_start = sync_on_start
         _register_commands(self)
 
     async def setup_hook(self) -> None:
+        if not self._sync_on_start:
+            return
         payload = json.dumps(
             [command.to_dict(self.tree) for command in self.tree.get_commands()], sort_keys=True
         )

@@ -7,9 +7,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
-from bot.config import ProviderSettings
 from bot.providers.base import (
     ChatMessage,
     ChatRequest,
@@ -18,38 +15,19 @@ from bot.providers.base import (
     ReasoningDelta,
     StreamEvent,
     TextDelta,
-    Timeouts,
     ToolCall,
     Usage,
 )
-from bot.providers.http_errors import error_from_payload, error_from_response
-from bot.providers.sse import SSEStream, make_client
+from bot.providers.http_errors import error_from_payload
+from bot.providers.http_provider import HTTPProvider
+from bot.providers.sse import SSEStream
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_CONTEXT = 200_000
 
 
-class AnthropicProvider:
-    def __init__(
-        self,
-        name: str,
-        settings: ProviderSettings,
-        timeouts: Timeouts,
-        client: httpx.AsyncClient | None = None,
-    ) -> None:
-        self.name = name
-        self._settings = settings
-        self._timeouts = timeouts
-        self._base = settings.base_url.rstrip("/")
-        self._client = client or make_client(timeouts)
-
-    def __repr__(self) -> str:
-        return f"AnthropicProvider({self.name!r}, {self._base!r})"
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
+class AnthropicProvider(HTTPProvider):
     def _headers(self) -> dict[str, str]:
         headers = {"anthropic-version": API_VERSION, **self._settings.headers}
         key = self._settings.key()
@@ -120,27 +98,7 @@ class AnthropicProvider:
         after: str | None = None
         while True:
             params = {"limit": "1000", **({"after_id": after} if after else {})}
-            try:
-                response = await self._client.get(
-                    f"{self._base}/v1/models", headers=self._headers(), params=params, timeout=30.0
-                )
-            except httpx.TransportError as error:
-                raise error_from_payload(
-                    self.name,
-                    "",
-                    {"code": 503, "message": f"could not connect ({type(error).__name__})"},
-                    None,
-                ) from None
-            if response.status_code >= 400:
-                raise error_from_response(
-                    self.name,
-                    "",
-                    response.status_code,
-                    response.content,
-                    response.headers,
-                    self._settings.key(),
-                )
-            page = response.json()
+            page = await self._get_json("/v1/models", params)
             ids += [str(entry["id"]) for entry in page.get("data") or [] if entry.get("id")]
             if not page.get("has_more") or not page.get("last_id"):
                 break

@@ -7,8 +7,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
 from bot.config import ProviderSettings
 from bot.providers.base import (
     ChatMessage,
@@ -18,34 +16,15 @@ from bot.providers.base import (
     ReasoningDelta,
     StreamEvent,
     TextDelta,
-    Timeouts,
     ToolCall,
     Usage,
 )
-from bot.providers.http_errors import error_from_payload, error_from_response
-from bot.providers.sse import SSEStream, make_client
+from bot.providers.http_errors import error_from_payload
+from bot.providers.http_provider import HTTPProvider
+from bot.providers.sse import SSEStream
 
 
-class OpenAICompatibleProvider:
-    def __init__(
-        self,
-        name: str,
-        settings: ProviderSettings,
-        timeouts: Timeouts,
-        client: httpx.AsyncClient | None = None,
-    ) -> None:
-        self.name = name
-        self._settings = settings
-        self._timeouts = timeouts
-        self._base = settings.base_url.rstrip("/")
-        self._client = client or make_client(timeouts)
-
-    def __repr__(self) -> str:
-        return f"OpenAICompatibleProvider({self.name!r}, {self._base!r})"
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
+class OpenAICompatibleProvider(HTTPProvider):
     def _headers(self) -> dict[str, str]:
         headers = {"X-Title": "Parley"}  # how OpenRouter names the app in its activity list
         headers.update(self._settings.headers)
@@ -104,17 +83,8 @@ class OpenAICompatibleProvider:
         yield Finish(finish or "stop")
 
     async def list_models(self) -> list[ModelInfo]:
-        try:
-            response = await self._client.get(f"{self._base}/models", headers=self._headers(), timeout=30.0)
-        except httpx.TransportError as error:
-            raise error_from_payload(
-                self.name, "", {"code": 503, "message": f"could not connect ({type(error).__name__})"}, None
-            ) from None
-        if response.status_code >= 400:
-            raise error_from_response(
-                self.name, "", response.status_code, response.content, response.headers, self._settings.key()
-            )
-        models = [_model_info(entry, self._settings) for entry in response.json().get("data") or []]
+        data = await self._get_json("/models")
+        models = [_model_info(entry, self._settings) for entry in data.get("data") or []]
         if self._settings.models is not None:
             allowed = set(self._settings.models)
             listed = {model.id for model in models}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from tests.support.loopback import serve_app
+
 
 class SearchServer:
     def __init__(self) -> None:
@@ -31,11 +33,7 @@ class SearchServer:
         app.router.add_get("/search", self._search)
         app.router.add_get("/res/v1/web/search", self._brave)
         app.router.add_get("/{path:.*}", self._page)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_app(app)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -1,0 +1,51 @@
+"""What the two HTTP providers share: their settings, one pooled client, and JSON GETs that fail clearly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from bot.config import ProviderSettings
+from bot.providers.base import Timeouts
+from bot.providers.http_errors import error_from_payload, error_from_response
+from bot.providers.sse import make_client
+
+
+class HTTPProvider:
+    def __init__(
+        self,
+        name: str,
+        settings: ProviderSettings,
+        timeouts: Timeouts,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.name = name
+        self._settings = settings
+        self._timeouts = timeouts
+        self._base = settings.base_url.rstrip("/")
+        self._client = client or make_client(timeouts)
+
+    def __repr__(self) -> str:  # the base URL, never the key
+        return f"{type(self).__name__}({self.name!r}, {self._base!r})"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _headers(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    async def _get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
+        """GET a JSON document; a connection failure or error status becomes a ProviderError."""
+        try:
+            response = await self._client.get(
+                f"{self._base}{path}", headers=self._headers(), params=params, timeout=30.0
+            )
+        except httpx.TransportError as error:
+            detail = {"code": 503, "message": f"could not connect ({type(error).__name__})"}
+            raise error_from_payload(self.name, "", detail, None) from None
+        if response.status_code >= 400:
+            raise error_from_response(
+                self.name, "", response.status_code, response.content, response.headers, self._settings.key()
+            )
+        return response.json()

@@ -53,7 +53,7 @@ class ParleyDiscord(discord.Client):
     def __init__(self, engine: Engine, settings: Settings, *, sync_on_start: bool = True) -> None:
         intents = discord.Intents.default()
         intents.message_content = True
-        super().__init__(intents=intents, allowed_mentions=NO_PINGS, guild_ready_timeout=0.1)
+        super().__init__(intents=intents, allowed_mentions=NO_PINGS)
         self.engine = engine
         self.settings = settings
         self.tree = app_commands.CommandTree(self)

@@ -19,6 +19,8 @@ FETCH_SECONDS = 10.0
 TEXT_CHARS = 3000  # page text handed to the model per result
 METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data"}
 TEXT_TYPES = ("text/html", "application/xhtml+xml", "text/plain")
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 
 
 class FetchRefused(Exception):
@@ -53,9 +55,22 @@ async def safe_address(url: str, *, allow_private: bool) -> tuple[str, str]:
 
 
 def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address) and (embedded := _embedded_ipv4(address)):
+        address = embedded
     return address.is_global and not address.is_multicast
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries, where a gateway may deliver it there.
+
+    Python counts NAT64 (64:ff9b::/96), 6to4 (2002::/16) and IPv4-compatible (::/96) addresses as
+    global even when they wrap 127.0.0.1 or 169.254.169.254.
+    """
+    if embedded := address.ipv4_mapped or address.sixtofour:
+        return embedded
+    if address in NAT64 or address in IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 async def read_page(url: str, *, allow_private: bool = False, client: httpx.AsyncClient | None = None) -> str:
@@ -91,7 +106,9 @@ async def _fetch(client: httpx.AsyncClient, url: str, allow_private: bool) -> st
             raise FetchRefused(f"the page could not be fetched ({type(error).__name__})") from None
         try:
             if response.is_redirect:
-                location = response.headers.get("location", "")
+                location = response.headers.get("location", "").strip()
+                if not location:
+                    raise FetchRefused("the page redirected without saying where")
                 url = urljoin(url, location)
                 continue  # the next hop is checked like the first
             if response.status_code >= 400:
@@ -99,6 +116,9 @@ async def _fetch(client: httpx.AsyncClient, url: str, allow_private: bool) -> st
             content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type and content_type not in TEXT_TYPES:
                 raise FetchRefused(f"the page is {content_type}, not text")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_BYTES:
+                raise FetchRefused("the page is too large")
             chunks: list[bytes] = []
             size = 0
             async for chunk in response.aiter_bytes():

@@ -26,6 +26,11 @@ def clean(text: str) -> str:
     return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
 
 
+def _line(text: str) -> str:
+    """One clean line: a title or URL cannot start a fake entry of its own."""
+    return " ".join(clean(text).split())
+
+
 def results_block(sources: tuple[Source, ...], pages: dict[str, str], first: int = 1) -> str:
     """Numbered results (title, URL, snippet, and page text where read) inside one delimited block.
 
@@ -33,7 +38,7 @@ def results_block(sources: tuple[Source, ...], pages: dict[str, str], first: int
     """
     entries = []
     for number, source in enumerate(sources, start=first):
-        entry = [f"[{number}] {clean(source.title)}", f"URL: {source.url}"]
+        entry = [f"[{number}] {_line(source.title)}", f"URL: {_line(source.url)}"]
         if source.snippet:
             entry.append(f"Snippet: {clean(source.snippet)}")
         if page := pages.get(source.url):

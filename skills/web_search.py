@@ -21,6 +21,7 @@ from skills.untrusted import clean, results_block
 log = logging.getLogger(__name__)
 
 QUERY_CHARS = 200
+MAX_CACHED = 256  # searches kept; each holds a few pages of text
 # Words that make a question about the present, where a model's training data is likely stale.
 TIME_SENSITIVE = re.compile(
     r"\b(today|tonight|tomorrow|yesterday|now|currently|current|latest|newest|recent|recently"
@@ -92,12 +93,21 @@ class WebSearch:
                     note=f"Web search failed, so this answer is without it: {error}",
                 )
             pages = await self._read_pages(sources[: self._settings.search_pages_read])
-            self._cache[query.lower()] = (self._clock(), sources, pages)
+            self._remember(query.lower(), sources, pages)
         if not sources:
             return SkillResult(
                 f"Web search for {query!r} found nothing.", note=f"Web search found nothing for {query!r}."
             )
         return SkillResult(results_block(sources, pages, first), sources)
+
+    def _remember(self, key: str, sources: tuple[Source, ...], pages: dict[str, str]) -> None:
+        """Cache a search, dropping expired entries so a long-running bot does not grow without end."""
+        now = self._clock()
+        ttl = self._settings.search_cache_seconds
+        self._cache = {k: v for k, v in self._cache.items() if now - v[0] < ttl}
+        while len(self._cache) >= MAX_CACHED:
+            del self._cache[next(iter(self._cache))]  # the oldest: dicts keep insertion order
+        self._cache[key] = (now, sources, pages)
 
     async def _read_pages(self, sources: tuple[Source, ...]) -> dict[str, str]:
         allow_private = self._settings.fetch_allow_private

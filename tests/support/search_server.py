@@ -19,8 +19,11 @@ class SearchServer:
         self.pages: dict[str, str] = {}
         self.redirects: dict[str, str] = {}
         self.status = 200  # set to make /search fail
+        self.body: object | None = None  # set to answer /search with this JSON instead of the results
         self.queries: list[str] = []
+        self.params: list[dict[str, str]] = []  # every search request's query parameters
         self.page_hits: list[str] = []
+        self.page_hosts: list[str] = []  # the Host header of every page request
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -45,8 +48,11 @@ class SearchServer:
 
     async def _search(self, request: web.Request) -> web.Response:
         self.queries.append(request.query.get("q", ""))
+        self.params.append(dict(request.query))
         if self.status != 200 or request.query.get("format") != "json":
             return web.json_response({"error": "down"}, status=self.status if self.status != 200 else 400)
+        if self.body is not None:
+            return web.json_response(self.body)
         results = [
             {"url": self._url(url), "title": title, "content": snippet, "engine": "duckduckgo", "score": 1.0}
             for title, url, snippet in self.results
@@ -55,6 +61,7 @@ class SearchServer:
 
     async def _brave(self, request: web.Request) -> web.Response:
         self.queries.append(request.query.get("q", ""))
+        self.params.append(dict(request.query))
         if request.headers.get("X-Subscription-Token") != "brave-key":
             return web.json_response({"type": "ErrorResponse"}, status=401)
         results = [
@@ -70,8 +77,11 @@ class SearchServer:
     async def _page(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         self.page_hits.append(path)
+        self.page_hosts.append(request.headers.get("Host", ""))
         if path in self.redirects:
             raise web.HTTPFound(self._url(self.redirects[path]))
+        if path == "/nowhere":
+            return web.Response(status=302)  # a redirect without a Location
         if path == "/huge":
             response = web.StreamResponse(headers={"Content-Type": "text/html"})
             await response.prepare(request)

@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr | None = None
     slack_api_url: str = "https://slack.com/api/"
     slack_thread_followups: bool = True
+    slack_render_interval: float = 1.0  # seconds between renders of one Slack reply
     port: int = 3000
 
     # Web search.

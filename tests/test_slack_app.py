@@ -1,0 +1,412 @@
+"""The real Bolt AsyncApp against a loopback Slack Web API and the loopback LLM server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import pytest
+
+from adapters.slack import build_app, serve, start_http
+from bot.config import Settings
+from bot.engine import Engine
+from tests.support.llm_server import LLMServer, Script
+from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser, signed_headers
+
+SECRET = "shh-signing-secret"
+ALICE = SlackUser("UALICE", "Alice")
+BOB = SlackUser("UBOB", "Bob")
+ADMIN = SlackUser("UADMIN", "Ada", is_admin=True)
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for the app to reach a state; fails with `what` rather than hanging."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class Harness:
+    slack: SlackAPI
+    llm: LLMServer
+    engine: Engine
+    url: str
+    http: aiohttp.ClientSession
+    events: int = 0
+
+    async def post(
+        self, payload: dict[str, Any], *, form: bool = False, retry: int = 0, **headers: str
+    ) -> int:
+        body = urlencode(payload) if form else json.dumps(payload)
+        sent = {
+            "Content-Type": "application/x-www-form-urlencoded" if form else "application/json",
+            **signed_headers(body, SECRET),
+            **headers,
+        }
+        if retry:
+            sent["X-Slack-Retry-Num"] = str(retry)
+        async with self.http.post(self.url, data=body, headers=sent) as response:
+            return response.status
+
+    def event(self, event: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
+        self.events += 1
+        return {
+            "type": "event_callback",
+            "team_id": TEAM,
+            "api_app_id": "A1",
+            "event_id": event_id or f"Ev{self.events}",
+            "event_time": int(time.time()),
+            "event": event,
+        }
+
+    async def mention(
+        self, text: str, *, channel: str = "C1", ts: str = "1700000001.000100", **more: Any
+    ) -> int:
+        event = {"type": "app_mention", "user": ALICE.id, "text": f"<@{BOT_USER}> {text}", "ts": ts}
+        return await self.post(self.event({**event, "channel": channel, "team": TEAM, **more}))
+
+    async def command(self, text: str, *, user: str, channel: str = "C1") -> int:
+        payload = {
+            "command": "/parley",
+            "text": text,
+            "user_id": user,
+            "channel_id": channel,
+            "team_id": TEAM,
+            "response_url": f"{self.slack.base_url}/respond/{channel}",
+            "trigger_id": "t1",
+        }
+        return await self.post(payload, form=True)
+
+    async def finished_streams(self, count: int) -> None:
+        await until(lambda: len(self.slack.calls_to("chat.stopStream")) >= count, f"{count} finished streams")
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[SlackAPI]:
+    async with SlackAPI(users={u.id: u for u in (ALICE, BOB, ADMIN)}) as api:
+        yield api
+
+
+@pytest.fixture
+def slack_settings(make_settings: Callable[..., Settings], slack: SlackAPI) -> Callable[..., Settings]:
+    def build(**overrides: Any) -> Settings:
+        values = {
+            "slack_bot_token": slack.bot_token,
+            "slack_signing_secret": SECRET,
+            "slack_api_url": slack.api_url,
+            "slack_render_interval": 0.02,
+        }
+        return make_settings(**{**values, **overrides})
+
+    return build
+
+
+@pytest.fixture
+async def harness(
+    slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
+) -> AsyncIterator[Harness]:
+    engine = await Engine.create(slack_settings())
+    app, listeners = build_app(engine, engine.settings)
+    runner = await start_http(app, 0, host="127.0.0.1")
+    port = runner.addresses[0][1]
+    async with aiohttp.ClientSession() as http:
+        yield Harness(slack, llm, engine, f"http://127.0.0.1:{port}/slack/events", http)
+    await runner.cleanup()
+    await listeners.finish(cancel=False)
+    await engine.aclose()
+
+
+async def test_mention_sets_status_then_streams_the_reply_into_its_thread(harness: Harness) -> None:
+    harness.llm.enqueue(Script(tokens=["Hello", " **there**", ", Alice"], delay=0.05))
+    assert await harness.mention("hi") == 200
+    await harness.finished_streams(1)
+    slack = harness.slack
+    methods = slack.methods(
+        "assistant.threads.setStatus", "chat.startStream", "chat.appendStream", "chat.stopStream"
+    )
+    assert methods[0] == "assistant.threads.setStatus"
+    assert methods[1] == "chat.startStream" and methods[-1] == "chat.stopStream"
+    status = slack.calls_to("assistant.threads.setStatus")[0].args
+    assert status["thread_ts"] == "1700000001.000100" and status["channel_id"] == "C1"
+    start = slack.calls_to("chat.startStream")[0].args
+    assert start["thread_ts"] == "1700000001.000100"
+    assert start["recipient_user_id"] == ALICE.id and start["recipient_team_id"] == TEAM
+    (reply,) = slack.replies("C1")
+    assert reply.text == "Hello **there**, Alice" and not reply.streaming  # standard Markdown in a stream
+    assert "chat.postMessage" not in slack.methods()
+    request = harness.llm.chat_requests()[0].json
+    assert request["messages"][-1]["content"] == "Alice: hi"  # told apart by display name, mention stripped
+
+
+async def test_stream_failure_falls_back_to_post_and_paced_updates(harness: Harness) -> None:
+    harness.slack.fail["chat.startStream"] = "not_allowed_token_type"
+    harness.llm.enqueue(
+        Script(tokens=["# Title", "\n\nSome **bold** & <b>", " text"] + [" more"] * 5, delay=0.03)
+    )
+    await harness.mention("hi")
+    await until(
+        lambda: any("more more more more more" in m.text for m in harness.slack.replies()), "final text"
+    )
+    (reply,) = harness.slack.replies("C1")
+    assert reply.thread_ts == "1700000001.000100"
+    assert reply.text.startswith("*Title*\n\nSome *bold* &amp; &lt;b&gt; text")
+    posts = harness.slack.calls_to("chat.postMessage")
+    assert len(posts) == 1 and posts[0].args["unfurl_links"] in (False, "0", "false")
+    updates = harness.slack.calls_to("chat.update")
+    assert updates, "the reply grows by chat.update on the same message"
+    assert {u.args["ts"] for u in updates} == {reply.ts}
+
+
+async def test_retries_and_double_delivery_answer_once_even_after_restart(
+    harness: Harness, slack_settings: Callable[..., Settings]
+) -> None:
+    event = {"type": "app_mention", "user": ALICE.id, "text": f"<@{BOT_USER}> hi", "ts": "1700000002.000100"}
+    event |= {"channel": "C1", "team": TEAM}
+    assert await harness.post(harness.event(event, "EvA")) == 200
+    assert await harness.post(harness.event(event, "EvA"), retry=1) == 200
+    as_message = {**event, "type": "message", "channel_type": "channel"}
+    assert await harness.post(harness.event(as_message, "EvB")) == 200
+    await harness.finished_streams(1)
+    # A restarted process (new engine and app on the same database) sees the retry as answered too.
+    engine = await Engine.create(slack_settings())
+    app, listeners = build_app(engine, engine.settings)
+    runner = await start_http(app, 0, host="127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events"
+        restarted = Harness(harness.slack, harness.llm, engine, url, harness.http)
+        assert await restarted.post(harness.event(event, "EvA"), retry=2) == 200
+        await asyncio.sleep(0.2)
+    finally:
+        await runner.cleanup()
+        await listeners.finish(cancel=False)
+        await engine.aclose()
+    assert len(harness.slack.calls_to("chat.startStream")) == 1
+    assert len(harness.llm.chat_requests()) == 1
+
+
+async def test_bad_or_stale_signature_is_refused(harness: Harness) -> None:
+    payload = harness.event(
+        {"type": "app_mention", "user": ALICE.id, "text": "hi", "ts": "1.1", "channel": "C1"}
+    )
+    body = json.dumps(payload)
+    wrong = signed_headers(body, "not-the-secret")
+    stale = signed_headers(body, SECRET, timestamp=int(time.time()) - 600)
+    for headers in (wrong, stale):
+        async with harness.http.post(harness.url, data=body, headers=headers) as response:
+            assert response.status == 401
+    assert harness.llm.chat_requests() == []
+
+
+async def test_model_per_channel_and_refusal_for_non_admin(harness: Harness) -> None:
+    harness.slack.channel_creators["C2"] = BOB.id  # Bob made C2, so he manages it
+    assert await harness.command("model openai/gpt-4o-mini", user=ADMIN.id, channel="C1") == 200
+    await until(lambda: len(harness.slack.responses) == 1, "the command's answer")
+    assert harness.slack.responses[0]["response_type"] == "in_channel"
+    await harness.command("model openrouter/xiaomi/mimo-v2-flash", user=BOB.id, channel="C2")
+    await harness.command("model openai/gpt-4o-mini", user=ALICE.id, channel="C2")
+    await until(lambda: len(harness.slack.responses) == 3, "three answers")
+    refusal = harness.slack.responses[2]
+    assert refusal["response_type"] == "ephemeral" and "Only channel managers" in refusal["text"]
+    await harness.mention("one", channel="C1", ts="1700000003.000100")
+    await harness.mention("two", channel="C2", ts="1700000004.000100")
+    await harness.finished_streams(2)
+    models = {r.json["messages"][-1]["content"]: r.json["model"] for r in harness.llm.chat_requests()}
+    assert models == {"Alice: one": "openai/gpt-4o-mini", "Alice: two": "xiaomi/mimo-v2-flash"}
+
+
+async def test_model_without_name_offers_a_picker_that_switches(harness: Harness) -> None:
+    await harness.command("model", user=ADMIN.id)
+    await until(lambda: len(harness.slack.responses) == 1, "the picker")
+    picker = harness.slack.responses[0]
+    select = picker["blocks"][1]["elements"][0]
+    assert select["type"] == "static_select" and "openrouter/openai/gpt-4o-mini" in [
+        o["value"] for o in select["options"]
+    ]
+    action = {
+        "type": "block_actions",
+        "user": {"id": ADMIN.id},
+        "team": {"id": TEAM},
+        "channel": {"id": "C1"},
+        "response_url": f"{harness.slack.base_url}/respond/C1",
+        "actions": [
+            {
+                "action_id": select["action_id"],
+                "type": "static_select",
+                "block_id": "b",
+                "selected_option": {
+                    "value": "openrouter/openai/gpt-4o-mini",
+                    "text": {"type": "plain_text", "text": "x"},
+                },
+            }
+        ],
+    }
+    assert await harness.post({"payload": json.dumps(action)}, form=True) == 200
+    await until(lambda: len(harness.slack.responses) == 2, "the pick's answer")
+    assert "now uses openrouter/openai/gpt-4o-mini" in harness.slack.responses[1]["text"]
+    from bot.models import ConversationKey
+
+    assert (
+        await harness.engine.settings_for(ConversationKey("slack", "C1"))
+    ).model == "openrouter/openai/gpt-4o-mini"
+
+
+async def test_long_reply_rolls_over_into_a_new_thread_reply(harness: Harness) -> None:
+    harness.slack.fail["chat.startStream"] = "channel_type_not_supported"
+    paragraph = "word " * 59 + "end.\n\n"  # 300 characters
+    code = "```python\n" + "x = 1\n" * 100 + "```\n\n"
+    text = paragraph * 10 + code + paragraph * 8  # about 6,000 characters, a code block across the boundary
+    harness.llm.enqueue(Script(tokens=[text[i : i + 500] for i in range(0, len(text), 500)], delay=0.01))
+    await harness.mention("long")
+    await until(lambda: _settled(harness), "the final render")
+    first, second = harness.slack.replies("C1")
+    assert first.thread_ts == second.thread_ts == "1700000001.000100"
+    assert len(first.text) <= 4000 and len(second.text) <= 4000
+    assert (
+        first.text.count("```") % 2 == 0 and second.text.count("```") % 2 == 0
+    )  # fences closed and reopened
+    joined = (first.text + second.text).replace("```\n```", "").replace("\n", "").replace(" ", "")
+    assert joined == text.replace("```python", "```").replace("\n", "").replace(" ", "")
+
+
+def _settled(harness: Harness) -> bool:
+    replies = harness.slack.replies()
+    return len(replies) == 2 and replies[-1].text.rstrip().endswith("end.")
+
+
+async def test_model_mentions_are_neutralized_in_both_paths(harness: Harness) -> None:
+    ping = "Hey <!channel> and <!here>, <@UBOB> and <!subteam^S1|@devs>, @everyone"
+    harness.llm.enqueue(Script(tokens=[ping]), Script(tokens=[ping]))
+    await harness.mention("stream")
+    await harness.finished_streams(1)
+    harness.slack.fail["chat.startStream"] = "not_allowed_token_type"
+    await harness.mention("fallback", ts="1700000005.000100")
+    await until(lambda: len(harness.slack.calls_to("chat.postMessage")) == 1, "the fallback reply")
+    await until(lambda: "everyone" in harness.slack.replies()[-1].text, "its final text")
+    for reply in harness.slack.replies():
+        for dangerous in ("<!channel>", "<!here>", "<@UBOB>", "<!subteam", "@everyone", "@here", "@channel"):
+            assert dangerous not in reply.text
+        assert "\u200bchannel" in reply.text and "\u200bdevs" in reply.text
+
+
+async def test_rate_limited_calls_are_retried_and_the_reply_completes(harness: Harness) -> None:
+    harness.slack.rate_limit["chat.startStream"] = 1
+    harness.slack.rate_limit["chat.stopStream"] = 1
+    await harness.mention("hello")
+    await until(
+        lambda: any(not m.streaming and m.text for m in harness.slack.replies()),
+        "the reply",
+    )
+    assert harness.slack.replies()[0].text == "echo: Alice: hello"
+    assert harness.slack.methods("chat.startStream").count("chat.startStream") == 2
+
+
+async def test_bots_edits_and_unfollowed_channel_messages_are_ignored(harness: Harness) -> None:
+    base = {"type": "message", "channel": "C1", "channel_type": "channel", "team": TEAM}
+    await harness.post(harness.event({**base, "user": ALICE.id, "text": "just chatting", "ts": "1.1"}))
+    await harness.post(harness.event({**base, "bot_id": "B2", "text": "beep", "ts": "1.2"}))
+    edited = {**base, "subtype": "message_changed", "message": {"text": "x"}, "ts": "1.3"}
+    await harness.post(harness.event(edited))
+    await harness.post(
+        harness.event({**base, "user": ALICE.id, "text": "in a thread", "ts": "1.4", "thread_ts": "1.0"})
+    )
+    await asyncio.sleep(0.2)
+    assert harness.llm.chat_requests() == []
+
+
+async def test_thread_followups_and_direct_messages_are_answered(harness: Harness) -> None:
+    await harness.mention("first", ts="1700000006.000100")
+    await harness.finished_streams(1)
+    followup = {"type": "message", "channel": "C1", "channel_type": "channel", "user": ALICE.id, "team": TEAM}
+    followup |= {"text": "and then?", "ts": "1700000007.000100", "thread_ts": "1700000006.000100"}
+    await harness.post(harness.event(followup))
+    await harness.finished_streams(2)
+    second = harness.llm.chat_requests()[1].json["messages"]
+    contents = [m["content"] for m in second if m["role"] != "system"]
+    assert contents == ["Alice: first", "echo: Alice: first", "Alice: and then?"]  # the thread's memory
+    dm = {"type": "message", "channel": "D1", "channel_type": "im", "user": BOB.id, "team": TEAM}
+    await harness.post(harness.event({**dm, "text": "psst", "ts": "1700000008.000100"}))
+    await until(
+        lambda: harness.slack.replies("D1") and "psst" in harness.slack.replies("D1")[0].text, "DM reply"
+    )
+    (reply,) = harness.slack.replies("D1")
+    assert reply.thread_ts is None  # a direct message is answered in the conversation, not in a thread
+
+
+async def test_text_file_shared_with_a_mention_is_read(harness: Harness) -> None:
+    harness.slack.files["notes.txt"] = b"the secret number is 42"
+    files = [{"id": "F1", "name": "notes.txt", "mimetype": "text/plain", "size": 23,
+              "url_private_download": f"{harness.slack.base_url}/files/notes.txt"},
+             {"id": "F2", "name": "gone.pdf", "mimetype": "application/pdf", "size": 5,
+              "url_private_download": f"{harness.slack.base_url}/files/missing.pdf"}]  # fmt: skip
+    await harness.mention("read this", files=files, subtype="file_share")
+    await harness.finished_streams(1)
+    content = harness.llm.chat_requests()[0].json["messages"][-1]["content"]
+    assert "the secret number is 42" in content
+    assert "gone.pdf was not read: Slack answered 404." in harness.slack.replies()[0].text
+
+
+async def test_socket_mode_through_loopback_connection(
+    slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
+) -> None:
+    settings = slack_settings(slack_app_token="xapp-test", slack_signing_secret=None)
+    engine = await Engine.create(settings)
+    task = asyncio.create_task(serve(engine, settings))
+    try:
+        event = {
+            "type": "app_mention",
+            "user": ALICE.id,
+            "text": f"<@{BOT_USER}> over socket",
+            "ts": "1700000009.1",
+        }
+        payload = {"type": "event_callback", "team_id": TEAM, "event_id": "EvS", "event_time": 1,
+                   "event": {**event, "channel": "C9", "team": TEAM}}  # fmt: skip
+        envelope = await slack.send_socket_event(payload)
+        await until(lambda: len(slack.calls_to("chat.stopStream")) == 1, "the socket reply")
+        assert envelope in slack.socket_acks
+        assert slack.calls_to("apps.connections.open")[0].headers["Authorization"] == "Bearer xapp-test"
+        assert slack.replies("C9")[0].text == "echo: Alice: over socket"
+        key = "slack:C9:1700000009.1"
+        for _ in range(100):  # the reply is saved just after its last render
+            if await engine.store.count_turns(key) == 2:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await engine.aclose()
+
+
+async def test_shutdown_mid_reply_closes_the_message(
+    slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
+) -> None:
+    settings = slack_settings(slack_app_token="xapp-test", slack_signing_secret=None)
+    engine = await Engine.create(settings)
+    llm.enqueue(Script(tokens=["Halfway", " there", " never"], stall_after=2))
+    task = asyncio.create_task(serve(engine, settings))
+    try:
+        event = {
+            "type": "app_mention",
+            "user": ALICE.id,
+            "text": f"<@{BOT_USER}> long one",
+            "ts": "1700000010.1",
+        }
+        payload = {"type": "event_callback", "team_id": TEAM, "event_id": "EvT", "event_time": 1}
+        await slack.send_socket_event({**payload, "event": {**event, "channel": "C9", "team": TEAM}})
+        await until(lambda: any("there" in m.text for m in slack.replies()), "the first text")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await engine.aclose()
+    (reply,) = slack.replies("C9")
+    assert not reply.streaming and reply.text == "Halfway there\n\n_Cut off: Parley is restarting._"

@@ -98,3 +98,14 @@ async def test_workspace_that_refuses_streams_starts_later_replies_on_the_messag
     await second.render("again", final=True)
     assert slack.methods() == ["chat.startStream", "chat.postMessage", "chat.postMessage"]
     assert [m.thread_ts for m in slack.replies()] == ["1.1", "2.1"]
+
+
+async def test_a_link_streamed_in_pieces_arrives_whole(slack: SlackAPI) -> None:
+    reply = surface(slack)
+    text = "See [1] [Docs](<https://me@x.test/a>)"
+    for end in (10, 20, text.index("@") + 3, len(text) - 1):
+        await reply.render(text[:end], final=False)
+    await reply.render(text, final=True)
+    sent = [slack._streamed(c.args) for c in slack.calls]
+    assert all("<" not in part for part in sent)
+    assert slack.replies()[0].text == "See [1] [Docs](https://me@x.test/a)"

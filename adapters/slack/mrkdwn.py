@@ -16,7 +16,9 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 _HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
 _BULLET = re.compile(r"^(\s*)[-*+]\s+")
 _RULE = re.compile(r"^\s*([-*_])(\s*\1){2,}\s*$")
-_LINK = re.compile(r"!?\[([^\]]*)\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+# [text](url), [text](url "title") and [text](<url>), the form the sources list uses to stop link previews.
+_LINK = re.compile(r"!?\[([^\]]*)\]\((?:<([^<>\n]+)>|([^)\s]+))(?:\s+\"[^\"]*\")?\)")
+_BRACKETED_DESTINATION = re.compile(r"\]\(<([^<>\s]+)>")
 _BOLD = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
 _ITALIC_STAR = re.compile(r"(?<![*\w])\*(?=\S)([^*]+?)(?<=\S)\*(?![*\w])")
 _STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
@@ -34,16 +36,23 @@ def neutralize(text: str) -> str:
     return _PLAIN_BROADCAST.sub(lambda m: f"@{ZWSP}{m.group(1)}", text)
 
 
+def plain_destinations(markdown: str) -> str:
+    """`[t](<url>)` as `[t](url)` for Slack's Markdown streams, whose support for the bracketed form is not
+    documented; the sources list percent-encodes spaces and parentheses, so the plain form reads the same.
+
+    Stable while text streams in: `stable_length` holds a trailing `<` back until its `>` arrives."""
+    return _BRACKETED_DESTINATION.sub(r"](\1", markdown)
+
+
 def stable_length(text: str) -> int:
-    """How much of a growing text can be shown now: a trailing `<…` or `@…` may still become a mention."""
-    tail_start = max(text.rfind("<"), text.rfind("@"))
-    if tail_start == -1:
-        return len(text)
-    tail = text[tail_start:]
-    if tail.startswith("<") and ">" not in tail and len(tail) < 200:
-        return tail_start
-    if tail.startswith("@") and re.fullmatch(r"@\w*", tail):
-        return tail_start
+    """How much of a growing text can be shown now: a trailing `<…` may still become a mention or a
+    bracketed link (an `@` inside it included), a trailing `@word` a broadcast."""
+    opening = text.rfind("<")
+    if opening != -1 and ">" not in text[opening:] and len(text) - opening < 200:
+        return opening
+    at = text.rfind("@")
+    if at != -1 and re.fullmatch(r"@\w*", text[at:]):
+        return at
     return len(text)
 
 
@@ -114,7 +123,7 @@ def _inline_plain(text: str) -> str:
     links: list[str] = []
 
     def keep_link(match: re.Match[str]) -> str:
-        label, url = escape(match.group(1)), escape(match.group(2))
+        label, url = escape(match.group(1)), escape(match.group(2) or match.group(3))
         links.append(f"<{url}|{label}>" if label else f"<{url}>")
         return f"\x00{len(links) - 1}\x00"
 

@@ -12,7 +12,14 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack.mrkdwn import cut_point, neutralize, page_markdown, stable_length, to_mrkdwn
+from adapters.slack.mrkdwn import (
+    cut_point,
+    neutralize,
+    page_markdown,
+    plain_destinations,
+    stable_length,
+    to_mrkdwn,
+)
 from bot.models import RenderBudget
 
 log = logging.getLogger(__name__)
@@ -86,7 +93,7 @@ class SlackSurface:
     async def render(self, text: str, *, final: bool) -> int:
         shown = neutralize(text if final else text[: stable_length(text)])
         if self._streaming:
-            calls, done = await self._render_stream(shown, final)
+            calls, done = await self._render_stream(plain_destinations(shown), final)
             if done:
                 return calls
             return calls + await self._render_pages(shown, final)

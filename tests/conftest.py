@@ -10,11 +10,26 @@ from bot.config import Settings
 from bot.engine import Engine
 from bot.models import RenderBudget
 from tests.support.llm_server import LLMServer
+from tests.support.search_server import SearchServer
+
+RELEASE_PAGE = (
+    "<html><body><article><p>Parley 2.0 ships streaming replies to Slack and Discord.</p>"
+    "</article></body></html>"
+)
 
 
 @pytest.fixture
 async def llm() -> AsyncIterator[LLMServer]:
     async with LLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def search() -> AsyncIterator[SearchServer]:
+    """A loopback search backend with one result, for the platform tests of `/web`."""
+    async with SearchServer() as server:
+        server.pages["/release"] = RELEASE_PAGE
+        server.results = [("Parley 2.0 | released", "/release", "Version 2.0 ships streaming replies")]
         yield server
 
 

@@ -26,6 +26,7 @@ from tests.support.discord_emulator import (
     DiscordEmulator,
 )
 from tests.support.llm_server import LLMServer, Script
+from tests.support.search_server import SearchServer
 
 MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
 
@@ -37,11 +38,14 @@ async def discord_api() -> AsyncIterator[DiscordEmulator]:
 
 
 @pytest.fixture
-async def bot(discord_api: DiscordEmulator, make_settings: Callable[..., Settings]) -> AsyncIterator[Engine]:
+async def bot(
+    discord_api: DiscordEmulator, make_settings: Callable[..., Settings], search: SearchServer
+) -> AsyncIterator[Engine]:
     settings = make_settings(
         discord_token="discord-secret-token",
         discord_api_base=discord_api.api_base,
         discord_gateway_url=discord_api.gateway_url,
+        **search.settings(),
     )
     engine = await Engine.create(settings)
     task = asyncio.create_task(serve(engine, settings))
@@ -214,6 +218,23 @@ async def test_ask_streams_into_the_deferred_response(
         )
     )
     assert discord_api.interaction_responses(asked)[0].json["type"] == 5  # deferred first, within 3 s
+
+
+async def test_web_answers_with_sources_as_links_without_previews(
+    bot: Engine, discord_api: DiscordEmulator, search: SearchServer
+) -> None:
+    asked = await discord_api.interact("web", [{"name": "query", "type": 3, "value": "parley release"}])
+    # Discord renders the Markdown as is; <url> inside the link keeps Discord from embedding a preview.
+    sources = f"**Sources**\n[1] [Parley 2.0 | released](<{search.base_url}/release>)"
+    expected = f"echo: Alice: parley release\n\n{sources}"
+    await until(
+        lambda: any(
+            c.method == "PATCH" and "@original" in c.path and c.json.get("content") == expected
+            for c in discord_api.interaction_responses(asked)
+        )
+    )
+    assert search.queries == ["parley release"]
+    assert_no_pings(discord_api)
 
 
 async def test_a_dm_is_answered_without_a_mention(

@@ -17,6 +17,7 @@ from adapters.slack import build_app, serve, start_http
 from bot.config import Settings
 from bot.engine import Engine
 from tests.support.llm_server import LLMServer, Script
+from tests.support.search_server import SearchServer
 from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser, signed_headers
 
 SECRET = "shh-signing-secret"
@@ -97,9 +98,12 @@ async def slack() -> AsyncIterator[SlackAPI]:
 
 
 @pytest.fixture
-def slack_settings(make_settings: Callable[..., Settings], slack: SlackAPI) -> Callable[..., Settings]:
+def slack_settings(
+    make_settings: Callable[..., Settings], slack: SlackAPI, search: SearchServer
+) -> Callable[..., Settings]:
     def build(**overrides: Any) -> Settings:
         values = {
+            **search.settings(),
             "slack_bot_token": slack.bot_token,
             "slack_signing_secret": SECRET,
             "slack_api_url": slack.api_url,
@@ -257,6 +261,67 @@ async def test_model_without_name_offers_a_picker_that_switches(harness: Harness
     assert (
         await harness.engine.settings_for(ConversationKey("slack", "C1"))
     ).model == "openrouter/openai/gpt-4o-mini"
+
+
+async def test_help_names_the_slack_subcommands(harness: Harness) -> None:
+    await harness.command("help", user=ALICE.id)
+    await harness.command("modle gpt", user=ALICE.id)
+    await until(lambda: len(harness.slack.responses) == 2, "two answers")
+    help_text, unknown = (r["text"] for r in harness.slack.responses)
+    assert "/parley model [NAME|default]" in help_text and "/parley web QUERY" in help_text
+    assert "\n/model" not in help_text
+    assert unknown == "Unknown command /modle. Did you mean /parley model? Try /parley help."
+
+
+async def test_parley_web_posts_the_question_and_streams_a_cited_answer_into_its_thread(
+    harness: Harness, search: SearchServer
+) -> None:
+    assert await harness.command("web parley   release", user=ALICE.id) == 200
+    await harness.finished_streams(1)
+    assert search.queries == ["parley release"]
+    header, answer = harness.slack.replies("C1")
+    assert header.thread_ts is None and header.text == "*Alice* searched the web: parley release"
+    assert answer.thread_ts == header.ts  # streamed natively into the header's thread
+    # Standard Markdown in a stream: the link destination without the <…> that only Discord needs.
+    sources = f"**Sources**\n[1] [Parley 2.0 | released]({search.base_url}/release)"
+    assert answer.text == f"echo: Alice: parley release\n\n{sources}"
+    assert "Parley 2.0 ships streaming replies" in str(harness.llm.chat_requests()[0].json["messages"])
+    assert harness.slack.responses == []  # nothing was only for the caller
+    # The thread is a conversation of its own that Parley follows without a new mention.
+    followup = {"type": "message", "channel": "C1", "channel_type": "channel", "user": BOB.id, "team": TEAM}
+    followup |= {"text": "and before that?", "ts": "1700000020.000100", "thread_ts": header.ts}
+    await harness.post(harness.event(followup))
+    await harness.finished_streams(2)
+    contents = [m["content"] for m in harness.llm.chat_requests()[1].json["messages"] if m["role"] == "user"]
+    assert contents == ["Alice: parley release", "Bob: and before that?"]
+
+
+async def test_sources_become_mrkdwn_links_on_the_message_path(
+    harness: Harness, search: SearchServer
+) -> None:
+    harness.slack.fail["chat.startStream"] = "not_allowed_token_type"
+    await harness.command("web parley release", user=ALICE.id)
+    link = f"[1] <{search.base_url}/release|Parley 2.0 | released>"
+    await until(lambda: any(m.text.endswith(link) for m in harness.slack.replies()), "the cited answer")
+    header, answer = harness.slack.replies("C1")
+    assert answer.thread_ts == header.ts
+    assert answer.text == f"echo: Alice: parley release\n\n*Sources*\n{link}"
+    posts = harness.slack.calls_to("chat.postMessage")
+    assert all(p.args["unfurl_links"] in (False, "0", "false") for p in posts)  # no preview per source
+
+
+async def test_parley_web_without_a_query_or_a_place_to_post_says_so(
+    harness: Harness, search: SearchServer
+) -> None:
+    await harness.command("web", user=ALICE.id)
+    await until(lambda: len(harness.slack.responses) == 1, "the usage answer")
+    harness.slack.fail["chat.postMessage"] = "not_in_channel"
+    await harness.command("web anything", user=ALICE.id, channel="C7")
+    await until(lambda: len(harness.slack.responses) == 2, "the refusal")
+    usage, refused = harness.slack.responses
+    assert usage == {"text": "Say what to search for: `/parley web QUERY`.", "response_type": "ephemeral"}
+    assert refused["response_type"] == "ephemeral" and "invite it with `/invite @Parley`" in refused["text"]
+    assert search.queries == [] and harness.llm.chat_requests() == []
 
 
 async def test_long_reply_rolls_over_into_a_new_thread_reply(harness: Harness) -> None:

@@ -44,7 +44,7 @@ def build_app(engine: Engine, settings: Settings) -> tuple[AsyncApp, Listeners]:
     people = People(client)
     listeners = Listeners(engine, settings, people)
     listeners.register(app)
-    SlashCommands(engine, people).register(app)
+    SlashCommands(engine, people, listeners).register(app)
     return app, listeners
 
 

@@ -99,15 +99,34 @@ class Listeners:
         except Exception:
             log.exception("could not read a Slack message in %s", channel)
             return
-        if thread_ts and event.get("channel_type") != "im":
-            await store.set_meta(_thread_mark(channel, thread_ts), "1")
-        client: AsyncWebClient = context.client
+        await self.reply(
+            message,
+            context.client,
+            team_id=context.team_id or event.get("team") or "",
+            thread_ts=thread_ts,
+            followed=event.get("channel_type") != "im",
+        )
+
+    async def reply(
+        self,
+        message: Message,
+        client: AsyncWebClient,
+        *,
+        team_id: str,
+        thread_ts: str | None,
+        followed: bool = True,
+    ) -> None:
+        """Stream the engine's answer into `thread_ts` (or the channel); `followed` threads are answered
+        again without a mention."""
+        channel = message.key.channel_id
+        if thread_ts and followed:
+            await self.engine.store.set_meta(_thread_mark(channel, thread_ts), "1")
         surface = SlackSurface(
             client,
             channel=channel,
             thread_ts=thread_ts,
-            team_id=context.team_id or event.get("team") or "",
-            user_id=event["user"],
+            team_id=team_id,
+            user_id=message.author.id,
             min_interval=self.settings.slack_render_interval,
             streamless_teams=self.streamless_teams,
         )

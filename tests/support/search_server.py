@@ -8,6 +8,8 @@ async with SearchServer() as web:
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from tests.support.loopback import serve_app
@@ -30,6 +32,10 @@ class SearchServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def settings(self) -> dict[str, Any]:
+        """The Settings values that make the engine search here and read its pages."""
+        return {"search_backend": "searxng", "searxng_url": self.base_url, "fetch_allow_private": True}
 
     async def __aenter__(self) -> SearchServer:
         app = web.Application()

@@ -7,12 +7,14 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 import pytest
 
+import adapters.slack
 from adapters.slack import build_app, serve, start_http
 from bot.config import Settings
 from bot.engine import Engine
@@ -475,3 +477,39 @@ async def test_shutdown_mid_reply_closes_the_message(
         await engine.aclose()
     (reply,) = slack.replies("C9")
     assert not reply.streaming and reply.text == "Halfway there\n\n_Cut off: Parley is restarting._"
+
+
+# The Web API methods Parley calls and the bot scope each needs (auth.test needs none).
+METHOD_SCOPES = {
+    "assistant.threads.setStatus": "assistant:write",
+    "chat.postMessage": "chat:write",
+    "chat.update": "chat:write",
+    "chat.startStream": "chat:write",
+    "chat.appendStream": "chat:write",
+    "chat.stopStream": "chat:write",
+    "users.info": "users:read",
+    "conversations.info": "channels:read",
+}
+
+
+async def test_the_manifest_grants_what_the_app_uses(harness: Harness) -> None:
+    manifest = json.loads((Path(adapters.slack.__file__).parent / "manifest.json").read_text())
+    harness.slack.files["a.txt"] = b"text"
+    file = {"name": "a.txt", "mimetype": "text/plain", "size": 4}
+    file["url_private_download"] = f"{harness.slack.base_url}/files/a.txt"
+    await harness.mention("hi", files=[file], subtype="file_share")
+    await harness.finished_streams(1)
+    await harness.command("system be brief", user=ALICE.id, channel="C2")  # a manager check
+    harness.slack.fail["chat.startStream"] = "not_allowed_token_type"
+    await harness.mention("again", ts="1700000030.000100")
+    await until(lambda: harness.slack.calls_to("chat.update"), "the fallback path")
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    for method in set(harness.slack.methods()) - {"auth.test"}:
+        assert method in METHOD_SCOPES, f"{method}: add its scope to the manifest and to METHOD_SCOPES"
+        assert METHOD_SCOPES[method] in scopes, method
+    (command,) = manifest["features"]["slash_commands"]
+    assert command["command"] == "/parley" and command["should_escape"] is False  # text arrives as typed
+    events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
+    assert {"app_mention", "message.channels", "message.groups", "message.im"} <= events
+    assert {"files:read", "commands", "channels:history", "im:history"} <= scopes
+    assert manifest["settings"]["socket_mode_enabled"] and manifest["settings"]["interactivity"]["is_enabled"]

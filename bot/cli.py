@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from pydantic import ValidationError
 
 from bot.catalog import ModelCatalog, UnknownModelError
-from bot.config import Settings
+from bot.config import Settings, SetupError
 from bot.engine import Engine
 from bot.logs import configure_logging
 from bot.providers.base import ProviderError
@@ -92,13 +92,21 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, main_task.cancel)  # type: ignore[union-attr]
+    code = 0
     try:
-        await asyncio.gather(*(importlib.import_module(name).serve(engine, settings) for name in platforms))
+        try:
+            async with asyncio.TaskGroup() as platforms_running:  # one refusing its setup stops the others
+                for name in platforms:
+                    platforms_running.create_task(importlib.import_module(name).serve(engine, settings))
+        except* SetupError as refused:
+            for error in refused.exceptions:
+                print(f"error: {error}", file=sys.stderr)
+            code = 1
     except asyncio.CancelledError:
         print("Parley stopped.", file=sys.stderr)
     finally:
         await engine.aclose()
-    return 0
+    return code
 
 
 async def chat(settings: Settings, args: argparse.Namespace) -> int:

@@ -24,6 +24,11 @@ DEFAULT_SYSTEM_PROMPT = (
 CommaList = Annotated[list[str], NoDecode]
 
 
+class SetupError(Exception):
+    """A platform refused its configuration (a bad token, a missing secret): `parley run` prints the
+    message as one line and exits 1, since a traceback would only bury it."""
+
+
 class ProviderSettings(BaseModel):
     """One LLM endpoint. Built-in presets and `[providers.NAME]` tables in TOML share this shape."""
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.discord_emulator import DiscordEmulator
 from tests.support.llm_server import LLMServer, Script
+from tests.support.slack_api import BOT_USER, TEAM, SlackAPI
 
 
 async def parley(llm: LLMServer, cwd: Path, *args: str, stdin: str = "", **env: str) -> tuple[int, str, str]:
@@ -126,3 +128,64 @@ async def test_check_flags_a_bad_setting_and_a_bad_database(llm: LLMServer, work
         llm, workdir, "check", DATABASE_URL=f"sqlite+aiosqlite:///{workdir}/blocker/x.db"
     )
     assert code == 1 and "problem  database:" in out
+
+
+async def test_run_says_in_one_line_when_a_platform_refuses_its_token(llm: LLMServer, workdir: Path) -> None:
+    async with SlackAPI() as slack, DiscordEmulator() as discord_api:
+        slack.fail["auth.test"] = "invalid_auth"
+        slack_env = {"SLACK_BOT_TOKEN": "xoxb-very-secret", "SLACK_API_URL": slack.api_url}
+        code, _out, err = await parley(llm, workdir, "run", SLACK_APP_TOKEN="xapp-1", **slack_env)
+        assert (code, err.strip()) == (
+            1,
+            "error: Slack refused SLACK_BOT_TOKEN (invalid_auth); check it in the app's settings",
+        )
+        code, _out, err = await parley(llm, workdir, "run", **slack_env)  # neither mode configured
+        assert code == 1 and "Slack needs SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET" in err
+        discord_api.fail_next("GET", "/users/@me", 401)
+        discord_env = {
+            "DISCORD_API_BASE": discord_api.api_base,
+            "DISCORD_GATEWAY_URL": discord_api.gateway_url,
+        }
+        code, _out, err = await parley(
+            llm, workdir, "run", DISCORD_TOKEN="discord-very-secret", **discord_env
+        )
+        assert code == 1 and err.strip().endswith(
+            "error: Discord refused DISCORD_TOKEN; reset the token in the developer portal"
+        )
+    assert "Traceback" not in err and "very-secret" not in err
+
+
+async def test_run_serves_slack_over_socket_mode_until_terminated(llm: LLMServer, workdir: Path) -> None:
+    async with SlackAPI() as slack:
+        environment = {
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": os.environ["PYTHONPATH"],
+            "HOME": str(workdir),
+            "OPENROUTER_API_KEY": "sk-or-v1-cli-secret",
+            "OPENROUTER_BASE_URL": llm.openai_base_url,
+            "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/parley.db",
+            "SLACK_BOT_TOKEN": "xoxb-test",
+            "SLACK_APP_TOKEN": "xapp-test",
+            "SLACK_API_URL": slack.api_url,
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "run", cwd=workdir, env=environment, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            event = {
+                "type": "app_mention",
+                "user": "U1",
+                "text": f"<@{BOT_USER}> hello",
+                "ts": "1700000001.1",
+            }
+            event |= {"channel": "C1", "team": TEAM}
+            await asyncio.wait_for(
+                slack.send_socket_event({"type": "event_callback", "event_id": "Ev1", "event": event}), 30
+            )
+            async with asyncio.timeout(30):
+                while not any(m.text == "echo: U1: hello" and not m.streaming for m in slack.replies("C1")):
+                    await asyncio.sleep(0.05)
+        finally:
+            process.terminate()
+            _out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0 and "Parley stopped." in err.decode()

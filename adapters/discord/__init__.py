@@ -8,7 +8,7 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.discord.client import ParleyDiscord
-from bot.config import Settings
+from bot.config import Settings, SetupError
 from bot.engine import Engine
 
 
@@ -24,7 +24,11 @@ async def serve(engine: Engine, settings: Settings) -> None:
     _point_at(settings)
     client = ParleyDiscord(engine, settings)
     async with client:
-        await client.start(settings.discord_token.get_secret_value())
+        try:
+            await client.start(settings.discord_token.get_secret_value())
+        except discord.LoginFailure:
+            message = "Discord refused DISCORD_TOKEN; reset the token in the developer portal"
+            raise SetupError(message) from None
 
 
 async def sync_commands(settings: Settings, guild_id: int | None) -> str:

@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.commands import SlashCommands
 from adapters.slack.listeners import Listeners
 from adapters.slack.people import People
-from bot.config import Settings
+from bot.config import Settings, SetupError
 from bot.engine import Engine
 
 __all__ = ["build_app", "serve", "start_http"]
 
 log = logging.getLogger(__name__)
+bolt_log = logging.getLogger("adapters.slack.bolt")
+# Bolt reads SLACK_BOT_TOKEN from the environment itself and warns that it goes unused next to our client
+# (which carries the same token, the API URL and the 429 handler) at every start: noise, not news.
+bolt_log.addFilter(lambda record: "`token` will be unused" not in record.getMessage())
 
 EVENTS_PATH = "/slack/events"
 RATE_LIMIT_RETRIES = 5
@@ -28,7 +35,7 @@ RATE_LIMIT_RETRIES = 5
 def build_app(engine: Engine, settings: Settings) -> tuple[AsyncApp, Listeners]:
     """The Bolt app with Parley's listeners; `Listeners.finish` ends the replies under way."""
     if settings.slack_bot_token is None:
-        raise ValueError("SLACK_BOT_TOKEN is not set")
+        raise SetupError("SLACK_BOT_TOKEN is not set")
     token = settings.slack_bot_token.get_secret_value()
     client = AsyncWebClient(token=token, base_url=settings.slack_api_url)
     # Slack's 429s carry Retry-After; the client waits that long and sends the call again.
@@ -39,7 +46,7 @@ def build_app(engine: Engine, settings: Settings) -> tuple[AsyncApp, Listeners]:
         signing_secret=secret,
         # Socket Mode deliveries are not signed; over HTTP every request must be.
         request_verification_enabled=settings.slack_app_token is None,
-        logger=logging.getLogger("adapters.slack.bolt"),
+        logger=bolt_log,
     )
     people = People(client)
     listeners = Listeners(engine, settings, people)
@@ -58,10 +65,13 @@ async def start_http(app: AsyncApp, port: int, host: str = "0.0.0.0") -> web.App
 
 async def serve(engine: Engine, settings: Settings) -> None:
     """Run until cancelled; on the way out, replies under way are closed with the engine's cut-off note."""
+    if settings.slack_app_token is None and settings.slack_signing_secret is None:
+        raise SetupError("Slack needs SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode)")
     app, listeners = build_app(engine, settings)
+    await _check(app.client.auth_test(), "SLACK_BOT_TOKEN", settings.slack_api_url)
     if settings.slack_app_token is not None:
         handler = AsyncSocketModeHandler(app, settings.slack_app_token.get_secret_value())
-        await handler.connect_async()
+        await _check(handler.connect_async(), "SLACK_APP_TOKEN", settings.slack_api_url)
         log.info("Slack connected over Socket Mode")
         try:
             await asyncio.Event().wait()
@@ -69,14 +79,24 @@ async def serve(engine: Engine, settings: Settings) -> None:
             await listeners.finish(cancel=True)
             await handler.close_async()
         return
-    if settings.slack_signing_secret is None:
-        raise ValueError(
-            "Slack over HTTP needs SLACK_SIGNING_SECRET (or set SLACK_APP_TOKEN for Socket Mode)"
-        )
-    runner = await start_http(app, settings.port)
+    try:
+        runner = await start_http(app, settings.port)
+    except OSError as error:
+        raise SetupError(f"could not serve Slack events on port {settings.port} ({error.strerror})") from None
     log.info("Slack events served at %s on port %d", EVENTS_PATH, settings.port)
     try:
         await asyncio.Event().wait()
     finally:
         await listeners.finish(cancel=True)
         await runner.cleanup()
+
+
+async def _check(call: Awaitable[object], token_name: str, api_url: str) -> None:
+    """Turn Slack refusing a token, or not answering, into one sentence at start."""
+    try:
+        await call
+    except SlackApiError as error:
+        code = error.response.get("error", "an error") if error.response is not None else "an error"
+        raise SetupError(f"Slack refused {token_name} ({code}); check it in the app's settings") from None
+    except (aiohttp.ClientError, OSError) as error:
+        raise SetupError(f"could not reach Slack at {api_url} ({type(error).__name__})") from None

@@ -63,25 +63,27 @@ class Pacer:
         self._buckets: dict[str, RequestBucket] = {}
 
     def renderer(self, surface: Surface) -> PacedRenderer:
-        budget = surface.budget
-        bucket = None
-        if budget.bucket and budget.capacity > 0:
-            bucket = self._buckets.get(budget.bucket)
-            if bucket is None:
-                bucket = self._buckets[budget.bucket] = RequestBucket(budget.capacity, budget.window)
-        return PacedRenderer(surface, budget, bucket, self.clock)
+        return PacedRenderer(surface, self)
+
+    def bucket_for(self, budget: RenderBudget) -> RequestBucket | None:
+        if not budget.bucket or budget.capacity <= 0:
+            return None
+        bucket = self._buckets.get(budget.bucket)
+        if bucket is None:
+            bucket = self._buckets[budget.bucket] = RequestBucket(budget.capacity, budget.window)
+        return bucket
 
 
 class PacedRenderer:
-    """Renders one reply through its surface; `update` never blocks the token stream."""
+    """Renders one reply through its surface; `update` never blocks the token stream.
 
-    def __init__(
-        self, surface: Surface, budget: RenderBudget, bucket: RequestBucket | None, clock: Clock
-    ) -> None:
+    The surface's budget is read before every render: a reply can change path midway (a Slack stream
+    that expires continues by chat.update, which has a budget of its own)."""
+
+    def __init__(self, surface: Surface, pacer: Pacer) -> None:
         self._surface = surface
-        self._budget = budget
-        self._bucket = bucket
-        self._clock = clock
+        self._pacer = pacer
+        self._clock = pacer.clock
         self._latest = ""
         self._shown = ""
         self._final = False
@@ -108,11 +110,12 @@ class PacedRenderer:
 
     def _wait_time(self) -> float:
         now = self._clock.now()
+        budget = self._surface.budget
         wait = 0.0
         if self._last_render is not None:
-            wait = self._last_render + self._budget.min_interval - now
-        if self._bucket is not None:
-            wait = max(wait, self._bucket.wait_time(now))
+            wait = self._last_render + budget.min_interval - now
+        if (bucket := self._pacer.bucket_for(budget)) is not None:
+            wait = max(wait, bucket.wait_time(now))
         return wait
 
     async def _run(self) -> None:
@@ -127,16 +130,17 @@ class PacedRenderer:
                 continue
             now = self._clock.now()
             # Reserve the request before awaiting, so concurrent replies cannot both take the last slot.
-            if self._bucket is not None:
-                self._bucket.charge(now)
+            if (bucket := self._pacer.bucket_for(self._surface.budget)) is not None:
+                bucket.charge(now)
             self._last_render = now
             try:
                 spent = await self._surface.render(text, final=final)
             except Exception:
                 log.exception("rendering a reply failed; the next render will try again")
                 spent = 1
-            if self._bucket is not None and spent > 1:
-                self._bucket.charge(self._clock.now(), spent - 1)
+            # Requests beyond the reserved one go to the budget of the path the surface is on now.
+            if spent > 1 and (bucket := self._pacer.bucket_for(self._surface.budget)) is not None:
+                bucket.charge(self._clock.now(), spent - 1)
             self._shown = text
             self.renders += 1
             if self.first_render_at is None:

@@ -108,6 +108,23 @@ async def test_extra_requests_a_render_spent_are_charged(clock: FakeClock) -> No
     assert len(surface.renders) == 3
 
 
+async def test_a_reply_that_changes_path_is_paced_by_the_new_budget(clock: FakeClock) -> None:
+    stream = RenderBudget(min_interval=1.0, bucket="stream", capacity=90, window=60.0)
+    updates = RenderBudget(min_interval=1.0, bucket="updates", capacity=2, window=60.0)
+    pacer = Pacer(clock)
+    surface = RecordingSurface(clock, stream)
+    renderer = pacer.renderer(surface)
+    renderer.update("a")
+    await settle()
+    surface.budget = updates  # the stream expired: from now on every render is a chat.update
+    for text in ("ab", "abc", "abcd"):
+        renderer.update(text)
+        await clock.advance(1.0)
+    assert [text for _, text, _ in surface.renders] == ["a", "ab", "abc"]  # the update bucket of 2 is full
+    await clock.advance(60.0)
+    assert [text for _, text, _ in surface.renders][-1] == "abcd"
+
+
 async def test_a_failing_render_is_logged_and_the_reply_still_finishes(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -2,9 +2,9 @@
 
     async with SlackAPI() as slack:
         client = AsyncWebClient(token="xoxb-test", base_url=slack.api_url)
-        slack.fail["chat.startStream"] = "not_allowed_token_type"   # every call fails this way
-        slack.rate_limit["chat.update"] = 2                           # the next 2 calls get 429 + Retry-After
-        slack.limits["chat.update"] = (50, 60.0)                      # or Slack's own budget, enforced
+        slack.fail["chat.startStream"] = "not_allowed_token_type"  # every call fails this way
+        slack.rate_limit["chat.update"] = 2                         # the next 2 calls get 429, Retry-After 0
+        slack.limits["chat.update"] = (50, 60.0)                    # or Slack's budget, with real Retry-After
         ...
         assert slack.methods() == ["auth.test", "assistant.threads.setStatus", "chat.startStream", ...]
         assert slack.messages[ts].text == "final text"
@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,11 +176,12 @@ class SlackAPI:
             args = dict(parse_qsl(raw.decode()))
         args.update(request.query)
         self.calls.append(Call(method, args, dict(request.headers), time.monotonic()))
-        if self.rate_limit.get(method, 0) > 0 or self._over_limit(method):
+        wait = 0 if self.rate_limit.get(method, 0) > 0 else self._over_limit(method)
+        if wait is not None:
             self.rate_limit[method] = max(0, self.rate_limit.get(method, 0) - 1)
             self.throttled[method] = self.throttled.get(method, 0) + 1
             return web.json_response(
-                {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "0"}
+                {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": str(wait)}
             )
         if method in self.fail:
             return web.json_response({"ok": False, "error": self.fail[method]})
@@ -189,16 +191,17 @@ class SlackAPI:
             return web.json_response({"ok": False, **body})
         return web.json_response({"ok": True, **body})
 
-    def _over_limit(self, method: str) -> bool:
+    def _over_limit(self, method: str) -> int | None:
+        """None when the call is within Slack's budget, else the Retry-After seconds until a slot frees."""
         if method not in self.limits:
-            return False
+            return None
         capacity, window = self.limits[method]
         now = time.monotonic()
         recent = self._recent[method] = [t for t in self._recent.get(method, []) if t > now - window]
         if len(recent) >= capacity:
-            return True
+            return math.ceil(recent[0] + window - now)
         recent.append(now)
-        return False
+        return None
 
     def _new_ts(self) -> str:
         return f"1700000000.{next(self._ts):06d}"

@@ -421,6 +421,28 @@ async def test_text_file_shared_with_a_mention_is_read(harness: Harness) -> None
     assert "gone.pdf was not read: Slack answered 404." in harness.slack.replies()[0].text
 
 
+async def test_provider_and_slack_failures_end_in_a_sentence_and_the_app_goes_on(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness.llm.enqueue(Script(status=402, body={"error": {"code": 402, "message": "Insufficient credits"}}))
+    await harness.mention("costly")
+    await harness.finished_streams(1)
+    (reply,) = harness.slack.replies("C1")
+    assert reply.text == "_The openrouter account is out of credits; an admin needs to top it up._"
+    # Slack refuses both ways of replying in a channel: logged, and the next mention is still answered.
+    harness.slack.fail["chat.startStream"] = "channel_not_found"
+    harness.slack.fail["chat.postMessage"] = "channel_not_found"
+    await harness.mention("lost", channel="C3", ts="1700000040.000100")
+    await until(lambda: len(harness.slack.calls_to("chat.postMessage")) >= 1, "the refused post")
+    await until(lambda: len(harness.llm.chat_requests()) == 2, "the second request")
+    del harness.slack.fail["chat.startStream"], harness.slack.fail["chat.postMessage"]
+    await harness.mention("still there?", ts="1700000041.000100")
+    await until(
+        lambda: any(m.text == "echo: Alice: still there?" for m in harness.slack.replies()), "a reply"
+    )
+    assert "channel_not_found" in caplog.text
+
+
 async def test_socket_mode_through_loopback_connection(
     slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
 ) -> None:

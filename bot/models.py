@@ -85,7 +85,8 @@ class Surface(Protocol):
     async def render(self, text: str, *, final: bool) -> int:
         """Show `text`: the whole reply so far. Each text extends the one before it, the final one too.
 
-        Returns how many platform requests it spent, so the pacer can charge the shared budget.
+        Returns how many requests it spent from its budget, so the pacer can charge the shared bucket
+        (0 when it sent nothing, or only requests the budget does not cover).
         """
         ...
 

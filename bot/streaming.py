@@ -3,7 +3,8 @@
 A reply shows its first text at once, then re-renders no sooner than the surface's `min_interval`, and
 only while the shared request bucket (a Discord channel, a Slack workspace) has room. Intermediate texts
 that went stale while waiting are skipped: only the newest text is ever sent. The final text is always
-rendered, as soon as the budget allows.
+rendered, as soon as the budget allows; intermediate renders leave a fifth of the bucket to finals, so
+under contention replies finish first and animate second.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 # Requests reach the platform a little later than we send them; keep that much clear of the window edge.
 LATENCY_MARGIN = 0.15
+FINALS_SHARE = 0.2  # of every bucket, used only by final renders
 
 
 class Clock(Protocol):
@@ -44,15 +46,21 @@ class RequestBucket:
         self.window = window + LATENCY_MARGIN
         self._sent: deque[float] = deque()
 
-    def wait_time(self, now: float) -> float:
+    def wait_time(self, now: float, *, final: bool = True) -> float:
+        """Seconds until a request may go; a non-final one waits while only the finals' share is left."""
         while self._sent and self._sent[0] <= now - self.window:
             self._sent.popleft()
-        if len(self._sent) < self.capacity:
+        usable = self.capacity if final else max(1, self.capacity - int(self.capacity * FINALS_SHARE))
+        if len(self._sent) < usable:
             return 0.0
-        return self._sent[-self.capacity] + self.window - now
+        return self._sent[-usable] + self.window - now
 
     def charge(self, now: float, count: int = 1) -> None:
         self._sent.extend([now] * count)
+
+    def refund(self, at: float) -> None:
+        """Give back a slot reserved at `at` that the render did not use."""
+        self._sent.remove(at)
 
 
 class Pacer:
@@ -115,7 +123,7 @@ class PacedRenderer:
         if self._last_render is not None:
             wait = self._last_render + budget.min_interval - now
         if (bucket := self._pacer.bucket_for(budget)) is not None:
-            wait = max(wait, bucket.wait_time(now))
+            wait = max(wait, bucket.wait_time(now, final=self._final))
         return wait
 
     async def _run(self) -> None:
@@ -130,14 +138,16 @@ class PacedRenderer:
                 continue
             now = self._clock.now()
             # Reserve the request before awaiting, so concurrent replies cannot both take the last slot.
-            if (bucket := self._pacer.bucket_for(self._surface.budget)) is not None:
-                bucket.charge(now)
+            if (reserved := self._pacer.bucket_for(self._surface.budget)) is not None:
+                reserved.charge(now)
             self._last_render = now
             try:
                 spent = await self._surface.render(text, final=final)
             except Exception:
                 log.exception("rendering a reply failed; the next render will try again")
                 spent = 1
+            if spent == 0 and reserved is not None:
+                reserved.refund(now)
             # Requests beyond the reserved one go to the budget of the path the surface is on now.
             if spent > 1 and (bucket := self._pacer.bucket_for(self._surface.budget)) is not None:
                 bucket.charge(self._clock.now(), spent - 1)

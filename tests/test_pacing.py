@@ -125,6 +125,34 @@ async def test_a_reply_that_changes_path_is_paced_by_the_new_budget(clock: FakeC
     assert [text for _, text, _ in surface.renders][-1] == "abcd"
 
 
+async def test_finals_keep_a_share_of_the_bucket_that_intermediate_renders_leave(clock: FakeClock) -> None:
+    budget = RenderBudget(bucket="b", capacity=5, window=10.0)
+    pacer = Pacer(clock)
+    busy = RecordingSurface(clock, budget)
+    streaming = pacer.renderer(busy)
+    for text in ("a", "ab", "abc", "abcd", "abcde"):
+        streaming.update(text)
+        await clock.advance(0.1)
+    assert len(busy.renders) == 4  # the fifth slot is kept for a final
+    done = RecordingSurface(clock, budget)
+    finishing = asyncio.create_task(pacer.renderer(done).finish("all done"))
+    await settle()
+    assert done.renders == [(clock.now(), "all done", True)] and finishing.done()
+
+
+async def test_a_render_that_spent_nothing_gives_its_slot_back(clock: FakeClock) -> None:
+    budget = RenderBudget(bucket="b", capacity=2, window=10.0)
+    pacer = Pacer(clock)
+    free = RecordingSurface(clock, budget, spend=0)  # e.g. a chat.postMessage, outside chat.update's budget
+    await pacer.renderer(free).finish("posted")
+    assert pacer.bucket_for(budget).wait_time(clock.now()) == 0  # type: ignore[union-attr]
+    paid = RecordingSurface(clock, budget)
+    finishing = [asyncio.create_task(pacer.renderer(paid).finish(text)) for text in ("one", "two")]
+    await settle()
+    assert all(task.done() for task in finishing)  # both slots were still there: no waiting
+    assert sorted(t for _, t, _ in paid.renders) == ["one", "two"]
+
+
 async def test_a_failing_render_is_logged_and_the_reply_still_finishes(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:

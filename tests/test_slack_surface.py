@@ -63,9 +63,9 @@ async def test_partial_mention_is_not_streamed_before_it_is_neutralized(slack: S
 async def test_top_level_reply_posts_then_updates_and_rolls_over(slack: SlackAPI) -> None:
     reply = surface(slack, thread_ts=None)
     await reply.start()  # no thread, so no status call
-    assert await reply.render("a " * 100, final=False) == 1
+    assert await reply.render("a " * 100, final=False) == 0  # a post: not in chat.update's budget
     long = ("word " * 60 + "\n\n") * 30  # about 9,000 characters
-    assert await reply.render(long, final=True) == 3  # update, post page 2, post page 3
+    assert await reply.render(long, final=True) == 1  # update page 1, then post pages 2 and 3
     pages = slack.replies()
     assert len(pages) == 3 and all(len(p.text) <= PAGE_LIMIT for p in pages)
     assert all(p.thread_ts is None for p in pages)
@@ -90,7 +90,7 @@ async def test_workspace_that_refuses_streams_starts_later_replies_on_the_messag
         client, channel="C1", thread_ts="1.1", team_id="T1", user_id="U1", streamless_teams=refused
     )
     assert first.budget.bucket == "slack-stream:T1"
-    assert await first.render("hello", final=True) == 2  # the refused start, then chat.postMessage
+    assert await first.render("hello", final=True) == 1  # the refused start, then chat.postMessage
     second = SlackSurface(
         client, channel="C2", thread_ts="2.1", team_id="T1", user_id="U1", streamless_teams=refused
     )

@@ -1,6 +1,8 @@
 """One Slack reply: a status while waiting, Slack's native text stream, and chat.update pages as fallback.
 
 The engine paces renders from `budget`; this class only turns each render into the fewest Web API calls.
+`render` returns the calls the budget covers: stream methods on the stream path, chat.update on the
+message path (chat.postMessage is limited per channel, separately).
 """
 
 from __future__ import annotations
@@ -147,6 +149,7 @@ class SlackSurface:
             self._pages.append(_Page(cut))
 
     async def _write(self, page: _Page, body: str) -> int:
+        """Post or update one page; returns the chat.update calls made, the requests the budget counts."""
         if page.ts is not None and body == page.shown:
             return 0
         if page.ts is None:
@@ -158,8 +161,9 @@ class SlackSurface:
                 unfurl_media=False,
             )
             page.ts = str(response["ts"])
-        else:
-            await self._client.chat_update(channel=self._channel, ts=page.ts, text=body)
+            page.shown = body
+            return 0  # chat.postMessage has a limit of its own, per channel, not chat.update's
+        await self._client.chat_update(channel=self._channel, ts=page.ts, text=body)
         page.shown = body
         return 1
 

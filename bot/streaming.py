@@ -97,6 +97,7 @@ class PacedRenderer:
         self._final = False
         self._last_render: float | None = None
         self._wake = asyncio.Event()
+        self._finishing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.renders = 0
         self.first_render_at: float | None = None
@@ -111,6 +112,7 @@ class PacedRenderer:
         """Render `text` as final, waiting for the budget; returns once it has been shown (or failed)."""
         self._latest = text
         self._final = True
+        self._finishing.set()
         if self._task is None:
             self._task = asyncio.create_task(self._run())
         self._wake.set()
@@ -126,12 +128,25 @@ class PacedRenderer:
             wait = max(wait, bucket.wait_time(now, final=self._final))
         return wait
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake for the final text: it may use the finals' share an intermediate could not."""
+        if self._final:
+            await self._clock.sleep(seconds)
+            return
+        sleeping = asyncio.ensure_future(self._clock.sleep(seconds))
+        finishing = asyncio.ensure_future(self._finishing.wait())
+        try:
+            await asyncio.wait({sleeping, finishing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            finishing.cancel()
+
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             while (wait := self._wait_time()) > 0:
-                await self._clock.sleep(wait)
+                await self._pause(wait)
             final = self._final
             text = self._latest
             if not final and text == self._shown:

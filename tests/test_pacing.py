@@ -140,6 +140,23 @@ async def test_finals_keep_a_share_of_the_bucket_that_intermediate_renders_leave
     assert done.renders == [(clock.now(), "all done", True)] and finishing.done()
 
 
+async def test_a_final_does_not_wait_out_the_pause_of_an_intermediate(clock: FakeClock) -> None:
+    budget = RenderBudget(bucket="b", capacity=5, window=10.0)
+    pacer = Pacer(clock)
+    other = pacer.renderer(RecordingSurface(clock, budget))
+    for text in ("a", "ab", "abc", "abcd"):
+        other.update(text)
+        await clock.advance(0.1)  # four slots used: intermediates may not take the fifth
+    surface = RecordingSurface(clock, budget)
+    renderer = pacer.renderer(surface)
+    renderer.update("partial")
+    await clock.advance(1.0)
+    assert surface.renders == []  # waiting for a slot to free, about 9 s from now
+    finishing = asyncio.create_task(renderer.finish("partial, then done"))
+    await settle()
+    assert surface.renders == [(clock.now(), "partial, then done", True)] and finishing.done()
+
+
 async def test_a_render_that_spent_nothing_gives_its_slot_back(clock: FakeClock) -> None:
     budget = RenderBudget(bucket="b", capacity=2, window=10.0)
     pacer = Pacer(clock)

@@ -16,10 +16,9 @@ import tempfile
 import time
 from typing import Any
 
-from loopback_provider import MODEL_ID, start, token_times
+from loopback_provider import engine_settings, start, token_times
 
 from adapters.discord import serve
-from bot.config import ProviderSettings, Settings
 from bot.engine import Engine
 from tests.support.discord_emulator import BOT_ID, GENERAL, RANDOM, DiscordEmulator
 
@@ -112,11 +111,9 @@ class _engine:
         self._tmp = tempfile.TemporaryDirectory()
 
     async def __aenter__(self) -> Engine:
-        settings = Settings(
-            _env_file=None,
-            database_url=f"sqlite+aiosqlite:///{self._tmp.name}/bench.db",
-            default_model=f"bench/{MODEL_ID}",
-            providers={"bench": ProviderSettings(base_url=f"http://127.0.0.1:{self._port}/v1")},
+        settings = engine_settings(
+            self._port,
+            self._tmp.name,
             discord_token="bench-token",
             discord_api_base=self._discord.api_base,
             discord_gateway_url=self._discord.gateway_url,

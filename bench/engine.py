@@ -18,17 +18,13 @@ import statistics
 import tempfile
 import time
 
-from loopback_provider import start
+from loopback_provider import engine_settings, start
 from sqlalchemy import insert
 
-from bot.config import ProviderSettings, Settings
 from bot.engine import Engine
 from bot.models import Author, ConversationKey, Message, RenderBudget
 from bot.store import turns
 from bot.tokens import estimate_tokens
-
-MODEL = "bench/loopback-1"
-
 
 # The engine side
 
@@ -166,12 +162,7 @@ async def main() -> None:
 
     provider, port = start(args.tokens, args.rate)
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(
-            _env_file=None,
-            database_url=f"sqlite+aiosqlite:///{tmp}/bench.db",
-            default_model=MODEL,
-            providers={"bench": ProviderSettings(base_url=f"http://127.0.0.1:{port}/v1")},
-        )
+        settings = engine_settings(port, tmp)
         engine = await Engine.create(settings)
         await engine.catalog.all_names()  # warm the model list, as a running bot would have
         await load_run(engine, 20)  # warm connections and code paths

@@ -14,7 +14,20 @@ import time
 
 from aiohttp import web
 
+from bot.config import ProviderSettings, Settings
+
 MODEL_ID = "loopback-1"
+
+
+def engine_settings(port: int, directory: str, **more: object) -> Settings:
+    """Settings for an engine answering from the provider on `port`, with its database in `directory`."""
+    return Settings(
+        _env_file=None,
+        database_url=f"sqlite+aiosqlite:///{directory}/bench.db",
+        default_model=f"bench/{MODEL_ID}",
+        providers={"bench": ProviderSettings(base_url=f"http://127.0.0.1:{port}/v1")},
+        **more,
+    )
 
 
 def start(tokens: int, rate: float) -> tuple[multiprocessing.Process, int]:

@@ -1,0 +1,183 @@
+"""Slack end to end: N concurrent mentions across channels of one workspace, through the real Bolt app.
+
+The loopback Slack Web API (enforcing Slack's per-workspace budgets for the stream and update methods)
+and the loopback provider (which stamps its send time into every token) each run in a process of their
+own, so this process's CPU is the app's alone; all three read CLOCK_MONOTONIC.
+
+    PYTHONPATH=. python bench/slack_load.py                           # 20 mentions in 5 channels, streams
+    PYTHONPATH=. python bench/slack_load.py --mentions 20 --fallback  # chat.postMessage + chat.update
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import resource
+import tempfile
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from loopback_provider import engine_settings, start, token_times
+
+from adapters.slack import build_app, start_http
+from bot.engine import Engine
+from bot.models import Message, Surface
+from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser, signed_headers
+
+SECRET = "bench-secret"
+# Slack's published tiers: chat.appendStream Tier 4 (100+/min), chat.update Tier 3 (~50/min).
+SLACK_LIMITS = {"chat.appendStream": (100, 60.0), "chat.update": (50, 60.0)}
+
+
+def serve_slack(ports: multiprocessing.Queue, fallback: bool) -> None:
+    async def main() -> None:
+        slack = SlackAPI(users={"UB": SlackUser("UB", "Bench")})
+        slack.limits.update(SLACK_LIMITS)
+        if fallback:
+            slack.fail["chat.startStream"] = "not_allowed_token_type"
+        await slack.__aenter__()
+
+        async def calls(_request: web.Request) -> web.Response:
+            rows = [{"method": c.method, "at": c.at, "args": c.args} for c in slack.calls]
+            threads = {ts: m.thread_ts for ts, m in slack.messages.items()}
+            return web.json_response({"calls": rows, "threads": threads, "throttled": slack.throttled})
+
+        app = web.Application()
+        app.router.add_get("/calls", calls)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        ports.put((slack.port, runner.addresses[0][1]))
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def visible_text(args: dict[str, Any]) -> str:
+    text = args.get("text") or args.get("markdown_text") or ""
+    return text + "".join(chunk.get("text", "") for chunk in args.get("chunks") or [])
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mentions", type=int, default=20)
+    parser.add_argument("--channels", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=60)
+    parser.add_argument("--rate", type=float, default=30.0, help="tokens per second per reply")
+    parser.add_argument("--fallback", action="store_true", help="stream methods fail: post + update")
+    args = parser.parse_args()
+
+    ports: multiprocessing.Queue = multiprocessing.Queue()
+    slack_process = multiprocessing.Process(target=serve_slack, args=(ports, args.fallback), daemon=True)
+    slack_process.start()
+    slack_port, record_port = ports.get(timeout=30)
+    provider, provider_port = start(args.tokens, args.rate)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = engine_settings(
+            provider_port,
+            tmp,
+            slack_bot_token="xoxb-test",
+            slack_signing_secret=SECRET,
+            slack_api_url=f"http://127.0.0.1:{slack_port}/api/",
+        )
+        engine = await Engine.create(settings)
+        await engine.catalog.all_names()
+        answered = 0
+        handle = engine.handle
+
+        async def counted(message: Message, surface: Surface) -> None:
+            """Engine.handle returns once the final text is shown: count replies that are done."""
+            nonlocal answered
+            await handle(message, surface)
+            answered += 1
+
+        engine.handle = counted  # type: ignore[method-assign]
+        app, listeners = build_app(engine, settings)
+        runner = await start_http(app, 0, host="127.0.0.1")
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events"
+        posted: dict[str, float] = {}
+        async with aiohttp.ClientSession() as http:
+
+            async def mention(index: int) -> None:
+                ts = f"1700000100.{index:06d}"
+                event = {
+                    "type": "app_mention",
+                    "user": "UB",
+                    "text": f"<@{BOT_USER}> question {index}",
+                    "ts": ts,
+                }
+                event |= {"channel": f"C{index % args.channels}", "team": TEAM}
+                body = json.dumps(
+                    {"type": "event_callback", "team_id": TEAM, "event_id": f"Ev{index}", "event": event}
+                )
+                posted[ts] = time.monotonic()
+                headers = {"Content-Type": "application/json", **signed_headers(body, SECRET)}
+                async with http.post(url, data=body, headers=headers) as response:
+                    assert response.status == 200
+
+            cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+            await asyncio.gather(*(mention(i) for i in range(args.mentions)))
+            async with asyncio.timeout(600):
+                while answered < args.mentions:
+                    await asyncio.sleep(0.05)
+            cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+            async with http.get(f"http://127.0.0.1:{record_port}/calls") as response:
+                record = await response.json()
+        await runner.cleanup()
+        await listeners.finish(cancel=False)
+        await engine.aclose()
+    slack_process.terminate()
+    provider.terminate()
+
+    calls, threads = record["calls"], record["threads"]
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    reply_methods = (
+        "chat.startStream",
+        "chat.appendStream",
+        "chat.stopStream",
+        "chat.postMessage",
+        "chat.update",
+    )
+    per_thread: dict[str, list[dict[str, Any]]] = {}
+    for call in calls:
+        if call["method"] in reply_methods:
+            a = call["args"]
+            thread = a.get("thread_ts") or threads.get(a.get("ts", ""), "")
+            per_thread.setdefault(thread, []).append(call)
+    first_visible, final_visible, token_to_visible = [], [], []
+    for thread, rows in per_thread.items():
+        shown = [r for r in rows if visible_text(r["args"])]
+        if thread not in posted or not shown:
+            continue
+        first_visible.append(shown[0]["at"] - posted[thread])
+        token_to_visible.append(shown[0]["at"] - token_times(visible_text(shown[0]["args"]))[0])
+        final_visible.append(rows[-1]["at"] - posted[thread])
+    calls_per_reply = sum(
+        1 for c in calls if c["method"] in reply_methods or c["method"].startswith("assistant")
+    )
+    path = "fallback (chat.postMessage + chat.update)" if args.fallback else "native stream"
+    print(f"{args.mentions} concurrent mentions in {args.channels} channels, one workspace, {path}")
+    print(f"  replies seen                {len(first_visible):10d}")
+    for label, values, scale, unit in (
+        ("event POST -> first text", first_visible, 1000, "ms"),
+        ("provider token -> visible", token_to_visible, 1000, "ms"),
+        ("event POST -> final text", final_visible, 1, "s"),
+    ):
+        p50, p99 = percentile(values, 0.5) * scale, percentile(values, 0.99) * scale
+        print(f"  {label:27} p50 {p50:9.2f} {unit:2}  p99 {p99:9.2f} {unit}")
+    print(f"  Web API calls per reply     {calls_per_reply / max(1, args.mentions):10.1f}")
+    print(f"  CPU seconds per reply       {cpu / max(1, args.mentions):10.4f}")
+    print(f"  429s from Slack's budgets   {sum(record['throttled'].values()):10d}  {record['throttled']}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

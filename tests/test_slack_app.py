@@ -421,6 +421,24 @@ async def test_text_file_shared_with_a_mention_is_read(harness: Harness) -> None
     assert "gone.pdf was not read: Slack answered 404." in harness.slack.replies()[0].text
 
 
+async def test_images_reach_vision_models_and_are_named_for_others(harness: Harness) -> None:
+    harness.slack.files["cat.png"] = b"\x89PNG-cat"
+    image = {"name": "cat.png", "mimetype": "image/png", "size": 9}
+    image["url_private_download"] = f"{harness.slack.base_url}/files/cat.png"
+    await harness.command("model openrouter/openai/gpt-4o-mini", user=ADMIN.id, channel="C1")
+    await until(lambda: harness.slack.responses, "the switch")
+    await harness.mention("what is this?", channel="C1", files=[image], subtype="file_share")
+    await harness.mention(
+        "and this?", channel="C2", ts="1700000050.000100", files=[image], subtype="file_share"
+    )
+    await harness.finished_streams(2)
+    seen, blind = (r.json["messages"][-1]["content"] for r in harness.llm.chat_requests())
+    assert {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORy1jYXQ="}} in seen
+    assert isinstance(blind, str) and "image_url" not in blind
+    (reply,) = harness.slack.replies("C2")
+    assert "cat.png is an image and this model does not take images." in reply.text
+
+
 async def test_provider_and_slack_failures_end_in_a_sentence_and_the_app_goes_on(
     harness: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:

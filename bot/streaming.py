@@ -3,8 +3,8 @@
 A reply shows its first text at once, then re-renders no sooner than the surface's `min_interval`, and
 only while the shared request bucket (a Discord channel, a Slack workspace) has room. Intermediate texts
 that went stale while waiting are skipped: only the newest text is ever sent. The final text is always
-rendered, as soon as the budget allows; intermediate renders leave a fifth of the bucket to finals, so
-under contention replies finish first and animate second.
+rendered, as soon as the budget allows: intermediate renders leave one slot of the bucket free for the
+final text of every reply drawing on it, so under contention replies finish first and animate second.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 # Requests reach the platform a little later than we send them; keep that much clear of the window edge.
 LATENCY_MARGIN = 0.15
-FINALS_SHARE = 0.2  # of every bucket, used only by final renders
 
 
 class Clock(Protocol):
@@ -39,18 +38,22 @@ class SystemClock:
 
 
 class RequestBucket:
-    """At most `capacity` requests in any `window` seconds: a sliding window, so fixed windows hold too."""
+    """At most `capacity` requests in any `window` seconds: a sliding window, so fixed windows hold too.
+
+    `replies` counts the replies drawing on the bucket; each is owed a slot for its final text."""
 
     def __init__(self, capacity: int, window: float) -> None:
         self.capacity = capacity
         self.window = window + LATENCY_MARGIN
+        self.replies = 0
         self._sent: deque[float] = deque()
 
     def wait_time(self, now: float, *, final: bool = True) -> float:
-        """Seconds until a request may go; a non-final one waits while only the finals' share is left."""
+        """Seconds until a request may go. A non-final one leaves a slot for every reply's final text
+        (and may always use one slot, so the first text of a crowded bucket still comes)."""
         while self._sent and self._sent[0] <= now - self.window:
             self._sent.popleft()
-        usable = self.capacity if final else max(1, self.capacity - int(self.capacity * FINALS_SHARE))
+        usable = self.capacity if final else max(1, self.capacity - self.replies)
         if len(self._sent) < usable:
             return 0.0
         return self._sent[-usable] + self.window - now
@@ -99,6 +102,7 @@ class PacedRenderer:
         self._wake = asyncio.Event()
         self._finishing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._claimed: RequestBucket | None = None  # the bucket that counts this reply among its replies
         self.renders = 0
         self.first_render_at: float | None = None
 
@@ -124,12 +128,23 @@ class PacedRenderer:
         wait = 0.0
         if self._last_render is not None:
             wait = self._last_render + budget.min_interval - now
-        if (bucket := self._pacer.bucket_for(budget)) is not None:
+        bucket = self._pacer.bucket_for(budget)
+        self._claim(bucket)
+        if bucket is not None:
             wait = max(wait, bucket.wait_time(now, final=self._final))
         return wait
 
+    def _claim(self, bucket: RequestBucket | None) -> None:
+        if bucket is self._claimed:
+            return
+        if self._claimed is not None:
+            self._claimed.replies -= 1
+        if bucket is not None:
+            bucket.replies += 1
+        self._claimed = bucket
+
     async def _pause(self, seconds: float) -> None:
-        """Sleep, but wake for the final text: it may use the finals' share an intermediate could not."""
+        """Sleep, but wake for the final text: it may use the slot kept for it, an intermediate may not."""
         if self._final:
             await self._clock.sleep(seconds)
             return
@@ -142,6 +157,12 @@ class PacedRenderer:
             finishing.cancel()
 
     async def _run(self) -> None:
+        try:
+            await self._render_until_final()
+        finally:
+            self._claim(None)
+
+    async def _render_until_final(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()

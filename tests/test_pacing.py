@@ -93,14 +93,14 @@ async def test_concurrent_replies_share_one_bucket_without_exceeding_it(clock: F
 
 
 async def test_extra_requests_a_render_spent_are_charged(clock: FakeClock) -> None:
-    budget = RenderBudget(bucket="b", capacity=4, window=10.0)
+    budget = RenderBudget(bucket="b", capacity=5, window=10.0)
     surface = RecordingSurface(clock, budget, spend=3)  # e.g. an edit plus two follow-up messages
     renderer = Pacer(clock).renderer(surface)
     renderer.update("long")
     await settle()
     renderer.update("longer")
     await clock.advance(1.0)
-    assert len(surface.renders) == 2  # 3 + 1 requests: the bucket of 4 is now full
+    assert len(surface.renders) == 2  # 3 + 1 requests: the bucket of 5 is full but for the final's slot
     renderer.update("longest")
     await clock.advance(5.0)
     assert len(surface.renders) == 2
@@ -120,24 +120,26 @@ async def test_a_reply_that_changes_path_is_paced_by_the_new_budget(clock: FakeC
     for text in ("ab", "abc", "abcd"):
         renderer.update(text)
         await clock.advance(1.0)
-    assert [text for _, text, _ in surface.renders] == ["a", "ab", "abc"]  # the update bucket of 2 is full
+    assert [text for _, text, _ in surface.renders] == ["a", "ab"]  # the other slot is kept for the final
     await clock.advance(60.0)
     assert [text for _, text, _ in surface.renders][-1] == "abcd"
 
 
-async def test_finals_keep_a_share_of_the_bucket_that_intermediate_renders_leave(clock: FakeClock) -> None:
+async def test_intermediate_renders_leave_a_slot_for_each_replys_final(clock: FakeClock) -> None:
     budget = RenderBudget(bucket="b", capacity=5, window=10.0)
     pacer = Pacer(clock)
-    busy = RecordingSurface(clock, budget)
-    streaming = pacer.renderer(busy)
-    for text in ("a", "ab", "abc", "abcd", "abcde"):
-        streaming.update(text)
+    surfaces = [RecordingSurface(clock, budget) for _ in range(3)]
+    renderers = [pacer.renderer(surface) for surface in surfaces]
+    for step in range(5):
+        for renderer in renderers:
+            renderer.update(f"text {step}")
         await clock.advance(0.1)
-    assert len(busy.renders) == 4  # the fifth slot is kept for a final
-    done = RecordingSurface(clock, budget)
-    finishing = asyncio.create_task(pacer.renderer(done).finish("all done"))
+    assert sum(len(surface.renders) for surface in surfaces) == 2  # 5 slots, 3 kept for the 3 finals
+    finishing = [asyncio.create_task(r.finish("done")) for r in renderers]
     await settle()
-    assert done.renders == [(clock.now(), "all done", True)] and finishing.done()
+    assert all(task.done() for task in finishing)  # every final went at once
+    assert [surface.renders[-1][1:] for surface in surfaces] == [("done", True)] * 3
+    assert pacer.bucket_for(budget).replies == 0  # type: ignore[union-attr]
 
 
 async def test_a_final_does_not_wait_out_the_pause_of_an_intermediate(clock: FakeClock) -> None:

@@ -3,8 +3,9 @@
 A reply shows its first text at once, then re-renders no sooner than the surface's `min_interval`, and
 only while the shared request bucket (a Discord channel, a Slack workspace) has room. Intermediate texts
 that went stale while waiting are skipped: only the newest text is ever sent. The final text is always
-rendered, as soon as the budget allows: intermediate renders leave one slot of the bucket free for the
-final text of every reply drawing on it, so under contention replies finish first and animate second.
+rendered, as soon as the budget allows. The edits between a reply's first and final texts leave one slot
+of the bucket free for the final text of every reply drawing on it, so under contention replies start and
+finish first and animate second.
 """
 
 from __future__ import annotations
@@ -48,12 +49,12 @@ class RequestBucket:
         self.replies = 0
         self._sent: deque[float] = deque()
 
-    def wait_time(self, now: float, *, final: bool = True) -> float:
-        """Seconds until a request may go. A non-final one leaves a slot for every reply's final text
-        (and may always use one slot, so the first text of a crowded bucket still comes)."""
+    def wait_time(self, now: float, *, first_or_final: bool = True) -> float:
+        """Seconds until a request may go. A reply's first and final texts may use the whole bucket; the
+        edits between them leave a slot for every reply's final text (but may always use one)."""
         while self._sent and self._sent[0] <= now - self.window:
             self._sent.popleft()
-        usable = self.capacity if final else max(1, self.capacity - self.replies)
+        usable = self.capacity if first_or_final else max(1, self.capacity - self.replies)
         if len(self._sent) < usable:
             return 0.0
         return self._sent[-usable] + self.window - now
@@ -131,7 +132,8 @@ class PacedRenderer:
         bucket = self._pacer.bucket_for(budget)
         self._claim(bucket)
         if bucket is not None:
-            wait = max(wait, bucket.wait_time(now, final=self._final))
+            first_or_final = self._final or self._last_render is None
+            wait = max(wait, bucket.wait_time(now, first_or_final=first_or_final))
         return wait
 
     def _claim(self, bucket: RequestBucket | None) -> None:

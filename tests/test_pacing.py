@@ -126,15 +126,16 @@ async def test_a_reply_that_changes_path_is_paced_by_the_new_budget(clock: FakeC
 
 
 async def test_intermediate_renders_leave_a_slot_for_each_replys_final(clock: FakeClock) -> None:
-    budget = RenderBudget(bucket="b", capacity=5, window=10.0)
+    budget = RenderBudget(bucket="b", capacity=8, window=10.0)
     pacer = Pacer(clock)
     surfaces = [RecordingSurface(clock, budget) for _ in range(3)]
     renderers = [pacer.renderer(surface) for surface in surfaces]
     for step in range(5):
         for renderer in renderers:
             renderer.update(f"text {step}")
-        await clock.advance(0.1)
-    assert sum(len(surface.renders) for surface in surfaces) == 2  # 5 slots, 3 kept for the 3 finals
+        await clock.advance(1.0)
+    # 3 first texts at once, then edits until only the 3 finals' slots are left: 8 - 3 - 3 = 2 edits.
+    assert [len(surface.renders) for surface in surfaces] == [2, 2, 1]
     finishing = [asyncio.create_task(r.finish("done")) for r in renderers]
     await settle()
     assert all(task.done() for task in finishing)  # every final went at once
@@ -143,20 +144,22 @@ async def test_intermediate_renders_leave_a_slot_for_each_replys_final(clock: Fa
 
 
 async def test_a_final_does_not_wait_out_the_pause_of_an_intermediate(clock: FakeClock) -> None:
-    budget = RenderBudget(bucket="b", capacity=5, window=10.0)
+    budget = RenderBudget(bucket="b", capacity=6, window=10.0)
     pacer = Pacer(clock)
     other = pacer.renderer(RecordingSurface(clock, budget))
     for text in ("a", "ab", "abc", "abcd"):
         other.update(text)
-        await clock.advance(0.1)  # four slots used: intermediates may not take the fifth
+        await clock.advance(0.1)
     surface = RecordingSurface(clock, budget)
     renderer = pacer.renderer(surface)
-    renderer.update("partial")
-    await clock.advance(1.0)
-    assert surface.renders == []  # waiting for a slot to free, about 9 s from now
-    finishing = asyncio.create_task(renderer.finish("partial, then done"))
+    renderer.update("first")  # a first text may use the whole bucket: 5 of 6 slots used
     await settle()
-    assert surface.renders == [(clock.now(), "partial, then done", True)] and finishing.done()
+    renderer.update("first, then more")
+    await clock.advance(1.0)
+    assert [text for _, text, _ in surface.renders] == ["first"]  # an edit leaves 2 slots for 2 finals
+    finishing = asyncio.create_task(renderer.finish("first, then more, done"))
+    await settle()
+    assert surface.renders[-1] == (clock.now(), "first, then more, done", True) and finishing.done()
 
 
 async def test_a_render_that_spent_nothing_gives_its_slot_back(clock: FakeClock) -> None:

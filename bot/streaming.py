@@ -4,8 +4,8 @@ A reply shows its first text at once, then re-renders no sooner than the surface
 only while the shared request bucket (a Discord channel, a Slack workspace) has room. Intermediate texts
 that went stale while waiting are skipped: only the newest text is ever sent. The final text is always
 rendered, as soon as the budget allows. The edits between a reply's first and final texts leave one slot
-of the bucket free for the final text of every reply drawing on it, so under contention replies start and
-finish first and animate second.
+of the bucket free for the final text of every reply drawing on it and one for the next reply's first
+text, so under contention replies start and finish first and animate second.
 """
 
 from __future__ import annotations
@@ -51,10 +51,11 @@ class RequestBucket:
 
     def wait_time(self, now: float, *, first_or_final: bool = True) -> float:
         """Seconds until a request may go. A reply's first and final texts may use the whole bucket; the
-        edits between them leave a slot for every reply's final text (but may always use one)."""
+        edits between them leave a slot for every reply's final text and one for the first text of a reply
+        yet to come (but may always use one)."""
         while self._sent and self._sent[0] <= now - self.window:
             self._sent.popleft()
-        usable = self.capacity if first_or_final else max(1, self.capacity - self.replies)
+        usable = self.capacity if first_or_final else max(1, self.capacity - self.replies - 1)
         if len(self._sent) < usable:
             return 0.0
         return self._sent[-usable] + self.window - now

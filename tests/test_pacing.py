@@ -93,14 +93,14 @@ async def test_concurrent_replies_share_one_bucket_without_exceeding_it(clock: F
 
 
 async def test_extra_requests_a_render_spent_are_charged(clock: FakeClock) -> None:
-    budget = RenderBudget(bucket="b", capacity=5, window=10.0)
+    budget = RenderBudget(bucket="b", capacity=6, window=10.0)
     surface = RecordingSurface(clock, budget, spend=3)  # e.g. an edit plus two follow-up messages
     renderer = Pacer(clock).renderer(surface)
     renderer.update("long")
     await settle()
     renderer.update("longer")
     await clock.advance(1.0)
-    assert len(surface.renders) == 2  # 3 + 1 requests: the bucket of 5 is full but for the final's slot
+    assert len(surface.renders) == 2  # 3 + 3 requests: the bucket of 6 is full
     renderer.update("longest")
     await clock.advance(5.0)
     assert len(surface.renders) == 2
@@ -125,7 +125,7 @@ async def test_a_reply_that_changes_path_is_paced_by_the_new_budget(clock: FakeC
     assert [text for _, text, _ in surface.renders][-1] == "abcd"
 
 
-async def test_intermediate_renders_leave_a_slot_for_each_replys_final(clock: FakeClock) -> None:
+async def test_edits_leave_a_slot_for_each_final_and_one_for_a_new_reply(clock: FakeClock) -> None:
     budget = RenderBudget(bucket="b", capacity=8, window=10.0)
     pacer = Pacer(clock)
     surfaces = [RecordingSurface(clock, budget) for _ in range(3)]
@@ -134,8 +134,8 @@ async def test_intermediate_renders_leave_a_slot_for_each_replys_final(clock: Fa
         for renderer in renderers:
             renderer.update(f"text {step}")
         await clock.advance(1.0)
-    # 3 first texts at once, then edits until only the 3 finals' slots are left: 8 - 3 - 3 = 2 edits.
-    assert [len(surface.renders) for surface in surfaces] == [2, 2, 1]
+    # 3 first texts at once, then edits until 3 slots for the finals and 1 for a new reply are left.
+    assert [len(surface.renders) for surface in surfaces] == [2, 1, 1]
     finishing = [asyncio.create_task(r.finish("done")) for r in renderers]
     await settle()
     assert all(task.done() for task in finishing)  # every final went at once
@@ -152,11 +152,11 @@ async def test_a_final_does_not_wait_out_the_pause_of_an_intermediate(clock: Fak
         await clock.advance(0.1)
     surface = RecordingSurface(clock, budget)
     renderer = pacer.renderer(surface)
-    renderer.update("first")  # a first text may use the whole bucket: 5 of 6 slots used
+    renderer.update("first")  # a first text may use the whole bucket: 4 of 6 slots used
     await settle()
     renderer.update("first, then more")
     await clock.advance(1.0)
-    assert [text for _, text, _ in surface.renders] == ["first"]  # an edit leaves 2 slots for 2 finals
+    assert [text for _, text, _ in surface.renders] == ["first"]  # an edit leaves 2 for finals, 1 for a first
     finishing = asyncio.create_task(renderer.finish("first, then more, done"))
     await settle()
     assert surface.renders[-1] == (clock.now(), "first, then more, done", True) and finishing.done()

@@ -26,6 +26,7 @@ from loopback_provider import engine_settings, start, token_times
 from adapters.slack import build_app, start_http
 from bot.engine import Engine
 from bot.models import Message, Surface
+from tests.support.loopback import serve_app
 from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser, signed_headers
 
 SECRET = "bench-secret"
@@ -48,10 +49,8 @@ def serve_slack(ports: multiprocessing.Queue, fallback: bool) -> None:
 
         app = web.Application()
         app.router.add_get("/calls", calls)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        ports.put((slack.port, runner.addresses[0][1]))
+        _runner, record_port = await serve_app(app)
+        ports.put((slack.port, record_port))
         await asyncio.Event().wait()
 
     asyncio.run(main())

@@ -15,6 +15,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.commands import SlashCommands
+from adapters.slack.errors import error_code
 from adapters.slack.listeners import Listeners
 from adapters.slack.people import People
 from bot.config import Settings, SetupError
@@ -96,7 +97,7 @@ async def _check(call: Awaitable[object], token_name: str, api_url: str) -> None
     try:
         await call
     except SlackApiError as error:
-        code = error.response.get("error", "an error") if error.response is not None else "an error"
+        code = error_code(error, default="an error")
         raise SetupError(f"Slack refused {token_name} ({code}); check it in the app's settings") from None
     except (aiohttp.ClientError, OSError) as error:
         raise SetupError(f"could not reach Slack at {api_url} ({type(error).__name__})") from None

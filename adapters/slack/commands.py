@@ -13,6 +13,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 from slack_sdk.errors import SlackApiError
 
+from adapters.slack.errors import error_code
 from adapters.slack.listeners import Listeners
 from adapters.slack.mrkdwn import escape, neutralize
 from adapters.slack.people import People
@@ -68,8 +69,7 @@ class SlashCommands:
                 unfurl_media=False,
             )
         except SlackApiError as error:
-            code = error.response.get("error", "error") if error.response is not None else "error"
-            log.info("could not post a /parley web answer in %s: %s", channel, code)
+            log.info("could not post a /parley web answer in %s: %s", channel, error_code(error))
             await respond(
                 text="Parley can't post here; invite it with `/invite @Parley` and try again.",
                 response_type="ephemeral",

@@ -14,6 +14,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.slack.errors import error_code
 from adapters.slack.mrkdwn import (
     cut_point,
     neutralize,
@@ -123,9 +124,11 @@ class SlackSurface:
             else:
                 await self._stream.append(markdown_text=suffix)
         except SlackApiError as error:
-            log.info("Slack stream in %s unavailable (%s); using chat.update", self._channel, _code(error))
+            log.info(
+                "Slack stream in %s unavailable (%s); using chat.update", self._channel, error_code(error)
+            )
             self._streaming = False
-            if _code(error) in WORKSPACE_STREAM_ERRORS:
+            if error_code(error) in WORKSPACE_STREAM_ERRORS:
                 self._streamless_teams.add(self._team_id)
             if self._stream.ts:
                 self._pages = [_Page(0, self._stream.ts, to_mrkdwn(self._sent))]
@@ -166,7 +169,3 @@ class SlackSurface:
         await self._client.chat_update(channel=self._channel, ts=page.ts, text=body)
         page.shown = body
         return 1
-
-
-def _code(error: SlackApiError) -> str:
-    return str(error.response.get("error", "error")) if error.response is not None else "error"

@@ -30,6 +30,8 @@ from urllib.parse import parse_qsl
 
 from aiohttp import WSMsgType, web
 
+from tests.support.loopback import serve_app
+
 UPDATE_LIMIT = 4000
 BOT_USER = "UBOT"
 BOT_ID = "BBOT"
@@ -125,11 +127,7 @@ class SlackAPI:
         app.router.add_post("/respond/{id}", self._respond)
         app.router.add_get("/files/{name}", self._file)
         app.router.add_get("/socket", self._socket)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_app(app)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

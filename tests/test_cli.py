@@ -15,8 +15,9 @@ from tests.support.llm_server import LLMServer, Script
 from tests.support.slack_api import BOT_USER, TEAM, SlackAPI
 
 
-async def parley(llm: LLMServer, cwd: Path, *args: str, stdin: str = "", **env: str) -> tuple[int, str, str]:
-    environment = {
+def environment(llm: LLMServer, cwd: Path, **env: str) -> dict[str, str]:
+    """What `parley` runs with: the loopback provider, a database under `cwd`, no inherited settings."""
+    values = {
         "PATH": os.environ.get("PATH", ""),
         "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
         "HOME": str(cwd),
@@ -25,13 +26,17 @@ async def parley(llm: LLMServer, cwd: Path, *args: str, stdin: str = "", **env: 
         "DATABASE_URL": f"sqlite+aiosqlite:///{cwd}/data/parley.db",
         **env,
     }
+    return {k: v for k, v in values.items() if v}
+
+
+async def parley(llm: LLMServer, cwd: Path, *args: str, stdin: str = "", **env: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bot",
         *args,
         cwd=cwd,
-        env={k: v for k, v in environment.items() if v},
+        env=environment(llm, cwd, **env),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -157,19 +162,19 @@ async def test_run_says_in_one_line_when_a_platform_refuses_its_token(llm: LLMSe
 
 async def test_run_serves_slack_over_socket_mode_until_terminated(llm: LLMServer, workdir: Path) -> None:
     async with SlackAPI() as slack:
-        environment = {
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": os.environ["PYTHONPATH"],
-            "HOME": str(workdir),
-            "OPENROUTER_API_KEY": "sk-or-v1-cli-secret",
-            "OPENROUTER_BASE_URL": llm.openai_base_url,
-            "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/parley.db",
+        slack_env = {
             "SLACK_BOT_TOKEN": "xoxb-test",
             "SLACK_APP_TOKEN": "xapp-test",
             "SLACK_API_URL": slack.api_url,
         }
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "run", cwd=workdir, env=environment, stderr=asyncio.subprocess.PIPE
+            sys.executable,
+            "-m",
+            "bot",
+            "run",
+            cwd=workdir,
+            env=environment(llm, workdir, **slack_env),
+            stderr=asyncio.subprocess.PIPE,
         )
         try:
             event = {

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -461,22 +462,32 @@ async def test_provider_and_slack_failures_end_in_a_sentence_and_the_app_goes_on
     assert "channel_not_found" in caplog.text
 
 
-async def test_socket_mode_through_loopback_connection(
-    slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
-) -> None:
+@asynccontextmanager
+async def socket_mode_app(slack_settings: Callable[..., Settings]) -> AsyncIterator[Engine]:
+    """`serve` in Socket Mode, as `parley run` starts it; cancelled on the way out, as at shutdown."""
     settings = slack_settings(slack_app_token="xapp-test", slack_signing_secret=None)
     engine = await Engine.create(settings)
     task = asyncio.create_task(serve(engine, settings))
     try:
-        event = {
-            "type": "app_mention",
-            "user": ALICE.id,
-            "text": f"<@{BOT_USER}> over socket",
-            "ts": "1700000009.1",
-        }
-        payload = {"type": "event_callback", "team_id": TEAM, "event_id": "EvS", "event_time": 1,
-                   "event": {**event, "channel": "C9", "team": TEAM}}  # fmt: skip
-        envelope = await slack.send_socket_event(payload)
+        yield engine
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await engine.aclose()
+
+
+async def socket_mention(slack: SlackAPI, text: str, *, ts: str, event_id: str) -> str:
+    event = {"type": "app_mention", "user": ALICE.id, "text": f"<@{BOT_USER}> {text}", "ts": ts}
+    payload = {"type": "event_callback", "team_id": TEAM, "event_id": event_id, "event_time": 1}
+    return await slack.send_socket_event({**payload, "event": {**event, "channel": "C9", "team": TEAM}})
+
+
+async def test_socket_mode_through_loopback_connection(
+    slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
+) -> None:
+    async with socket_mode_app(slack_settings) as engine:
+        envelope = await socket_mention(slack, "over socket", ts="1700000009.1", event_id="EvS")
         await until(lambda: len(slack.calls_to("chat.stopStream")) == 1, "the socket reply")
         assert envelope in slack.socket_acks
         assert slack.calls_to("apps.connections.open")[0].headers["Authorization"] == "Bearer xapp-test"
@@ -486,35 +497,16 @@ async def test_socket_mode_through_loopback_connection(
             if await engine.store.count_turns(key) == 2:
                 break
             await asyncio.sleep(0.01)
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await engine.aclose()
+        assert await engine.store.count_turns(key) == 2
 
 
 async def test_shutdown_mid_reply_closes_the_message(
     slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
 ) -> None:
-    settings = slack_settings(slack_app_token="xapp-test", slack_signing_secret=None)
-    engine = await Engine.create(settings)
     llm.enqueue(Script(tokens=["Halfway", " there", " never"], stall_after=2))
-    task = asyncio.create_task(serve(engine, settings))
-    try:
-        event = {
-            "type": "app_mention",
-            "user": ALICE.id,
-            "text": f"<@{BOT_USER}> long one",
-            "ts": "1700000010.1",
-        }
-        payload = {"type": "event_callback", "team_id": TEAM, "event_id": "EvT", "event_time": 1}
-        await slack.send_socket_event({**payload, "event": {**event, "channel": "C9", "team": TEAM}})
+    async with socket_mode_app(slack_settings):
+        await socket_mention(slack, "long one", ts="1700000010.1", event_id="EvT")
         await until(lambda: any("there" in m.text for m in slack.replies()), "the first text")
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await engine.aclose()
     (reply,) = slack.replies("C9")
     assert not reply.streaming and reply.text == "Halfway there\n\n_Cut off: Parley is restarting._"
 

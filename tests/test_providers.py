@@ -31,11 +31,11 @@ from tests.support.llm_server import LLMServer, Script
 
 KEY = "sk-or-v1-SECRET-test-key-1234567890"
 REQUEST = ChatRequest(model="xiaomi/mimo-v2-flash", messages=(ChatMessage("user", "hi"),), system="Be brief.")
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "provider-wire-formats.md"
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "provider-wire-formats.md"
 
 
 def fixture_block(heading: str) -> str:
-    """A ```text block from the shared wire-format reference, as the provider sent it."""
+    """A ```text block from the vendored wire-format reference, as the provider sent it."""
     text = REFERENCE.read_text()
     start = text.index("```text", text.index(heading)) + len("```text\n")
     return text[start : text.index("```", start)]

@@ -5,16 +5,22 @@ from __future__ import annotations
 import asyncio
 import getpass
 import sys
-from typing import TextIO
+import uuid
+from collections.abc import Mapping
+from typing import Any, TextIO
 
 from bot.engine import Engine
-from bot.models import Author, ConversationKey, Message, RenderBudget
+from bot.models import Author, ConversationKey, HistoryEntry, Message, RenderBudget
+from bot.store import Store
+
+PLATFORM = "console"
 
 
 class ConsoleSurface:
     """Prints a reply as it grows; a terminal has no rate limit, so every render goes straight out."""
 
     budget = RenderBudget()
+    refs = None  # printed text cannot be edited later
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
@@ -35,6 +41,57 @@ class ConsoleSurface:
         return 0
 
 
+class ConsolePlatform:
+    """The terminal as a platform: replies print on standard output, history is the stored conversation."""
+
+    name = PLATFORM
+
+    def __init__(self, store: Store, out: TextIO) -> None:
+        self._store = store
+        self._out = out
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def surface_for(
+        self, conversation: ConversationKey, reply_to: Mapping[str, Any] | None = None
+    ) -> ConsoleSurface:
+        return ConsoleSurface(self._out)
+
+    async def reopen(self, conversation: ConversationKey, refs: Mapping[str, Any]) -> ConsoleSurface:
+        return ConsoleSurface(self._out)
+
+    async def history(
+        self,
+        conversation: ConversationKey,
+        *,
+        limit: int,
+        before: str | None = None,
+        after: str | None = None,
+    ) -> list[HistoryEntry]:
+        turns = await self._store.history(
+            str(conversation), limit, int(before) if before else None, int(after) if after else None
+        )
+        return [
+            HistoryEntry(
+                id=str(turn.id),
+                author_id=turn.author_id if turn.role == "user" else "parley",
+                author_name=turn.author_name if turn.role == "user" else "Parley",
+                text=turn.content,
+                created_at=turn.created_at,
+                by_parley=turn.role == "assistant",
+                permalink="",
+            )
+            for turn in turns
+        ]
+
+    async def permalink(self, conversation: ConversationKey, message_id: str) -> str:
+        return ""
+
+
 def _user_name() -> str:
     try:
         return getpass.getuser()
@@ -46,7 +103,9 @@ async def chat(engine: Engine, channel: str, stdin: TextIO = sys.stdin, stdout: 
     """Answer one message per line until end of input. Prompts and banners only on a real terminal."""
     interactive = stdin.isatty() and stdout.isatty()
     author = Author(id="terminal", display_name=_user_name(), is_channel_manager=True)
-    key = ConversationKey("console", channel)
+    key = ConversationKey(PLATFORM, channel)
+    engine.register(ConsolePlatform(engine.store, stdout))
+    await engine.recover(PLATFORM, key)
     loop = asyncio.get_running_loop()
     if interactive:
         current = (await engine.settings_for(key)).model
@@ -65,6 +124,8 @@ async def chat(engine: Engine, channel: str, stdin: TextIO = sys.stdin, stdout: 
             continue
         if interactive:
             stdout.write("parley> ")
-        await engine.handle(Message(key=key, author=author, text=text), ConsoleSurface(stdout))
+        reply = await engine.accept(Message(key=key, author=author, text=text, id=uuid.uuid4().hex))
+        if reply is not None:
+            await reply
     if interactive:
         stdout.write("\n")

@@ -115,7 +115,9 @@ async def chat(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.provider_settings():
         print(NO_PROVIDER, file=sys.stderr)
         return 2
-    engine = await Engine.create(settings)
+    from skills import builtin
+
+    engine = await Engine.create(settings, skills=builtin(settings))
     try:
         await console_chat(engine, args.channel)
     finally:

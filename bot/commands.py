@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from bot.catalog import UnknownModelError
 from bot.models import CommandResult, Message
 from bot.providers.base import ModelInfo
+from bot.skills import MODES
 
 if TYPE_CHECKING:
     from bot.engine import Engine
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 Handler = Callable[["Engine", Message, str], Awaitable[CommandResult]]
 
 MODELS_SHOWN = 40
-SEARCH_MODES = ("off", "on", "auto")
+WEB_SEARCH = "web_search"
 SYSTEM_PROMPT_LIMIT = 4000
 
 
@@ -115,18 +116,39 @@ async def reset(engine: Engine, message: Message, args: str) -> CommandResult:
 
 
 async def search(engine: Engine, message: Message, args: str) -> CommandResult:
-    if not args:
-        mode = (await engine.settings_for(message.key)).search_mode
+    """`/search MODE`: web search's mode, the skill people ask for most, by its own name."""
+    return await skills(engine, message, f"{WEB_SEARCH} {args}".strip())
+
+
+async def skills(engine: Engine, message: Message, args: str) -> CommandResult:
+    """`/skills` lists the skills and their modes here; `/skills NAME MODE` sets one (managers)."""
+    conf = await engine.settings_for(message.key)
+    name, _, mode = args.lower().partition(" ")
+    if not name:
+        lines = [f"Skills in {_where(message)} (off, on: before every answer, auto: when useful):"]
+        for skill in engine.skills:
+            lines.append(f"{skill.name}: {engine.skills.mode(skill, conf.skills)} — {skill.summary}")
+        if len(lines) == 1:
+            lines = ["No skills are installed."]
+        else:
+            lines.append("Change one with /skills NAME off|on|auto.")
+        return CommandResult("\n".join(lines))
+    skill = engine.skills.get(name)
+    if skill is None:
+        known = ", ".join(s.name for s in engine.skills) or "none"
+        return CommandResult(f"There is no skill named {name!r}; the skills are: {known}.")
+    mode = mode.strip()
+    if not mode:
+        shown = engine.skills.mode(skill, conf.skills)
         return CommandResult(
-            f"Web search in {_where(message)} is {mode}. Change it with /search off|on|auto."
+            f"{skill.name} in {_where(message)} is {shown}. Change it with /skills {name} off|on|auto."
         )
-    mode = args.lower()
-    if mode not in SEARCH_MODES:
-        return CommandResult(f"Web search can be off, on or auto, not {args!r}.")
+    if mode not in MODES:
+        return CommandResult(f"{skill.name} can be off, on or auto, not {mode!r}.")
     if not engine.may_change_settings(message.author):
-        return _refusal("web search")
-    await engine.store.set_setting(str(message.key), "search_mode", mode, message.author.id)
-    return CommandResult(f"Web search in {_where(message)} is now {mode}.", ephemeral=False)
+        return _refusal(skill.name)
+    await engine.store.set_skill_mode(str(message.key), skill.name, mode, message.author.id)
+    return CommandResult(f"{skill.name} in {_where(message)} is now {mode}.", ephemeral=False)
 
 
 async def autoreply(engine: Engine, message: Message, args: str) -> CommandResult:
@@ -143,15 +165,10 @@ async def autoreply(engine: Engine, message: Message, args: str) -> CommandResul
     return CommandResult(f"Parley will now {state} in {_where(message)}.", ephemeral=False)
 
 
-async def web(engine: Engine, message: Message, args: str) -> CommandResult:
-    # Engine.handle streams /web QUERY as a reply; this is reached only where a platform runs commands
-    # without a reply surface.
-    return CommandResult("Send /web QUERY as a message to get an answer drawn from fresh web results.")
-
-
 async def help_(engine: Engine, message: Message, args: str) -> CommandResult:
     lines = ["Mention Parley to talk to it. Commands:"]
     lines += [f"/{command.usage} — {command.summary}" for command in COMMANDS.values()]
+    lines += [f"/{skill.command} — {skill.summary}" for skill in engine.skills if skill.command]
     return CommandResult("\n".join(lines))
 
 
@@ -176,7 +193,7 @@ COMMANDS: dict[str, Command] = {
     "system": Command("system [TEXT|clear]", "show, set or clear the system prompt", system),
     "reset": Command("reset", "forget this conversation's messages", reset),
     "search": Command("search [off|on|auto]", "show or set web search for this conversation", search),
+    "skills": Command("skills [NAME off|on|auto]", "list the skills, or set how one is used here", skills),
     "autoreply": Command("autoreply [on|off]", "answer every message here, not only mentions", autoreply),
-    "web": Command("web QUERY", "answer with fresh web results, whatever the search mode", web),
     "help": Command("help", "this list", help_),
 }

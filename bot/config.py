@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     first_token_timeout: float = 90.0
     chunk_timeout: float = 60.0
     reply_timeout: float = 300.0
+    # A message accepted but not answered before a crash is answered after the restart when it is younger
+    # than this; older ones get a line saying they went unanswered.
+    pending_max_age_seconds: float = 600.0
+    # At shutdown, replies under way get this long to finish before they are cut off with a note.
+    shutdown_grace_seconds: float = 10.0
     max_retries: int = 3
     retry_after_cap: float = 30.0
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from bot.models import RenderBudget, Surface
@@ -75,8 +76,11 @@ class Pacer:
         self.clock = clock
         self._buckets: dict[str, RequestBucket] = {}
 
-    def renderer(self, surface: Surface) -> PacedRenderer:
-        return PacedRenderer(surface, self)
+    def renderer(
+        self, surface: Surface, on_render: Callable[[], Awaitable[None]] | None = None
+    ) -> PacedRenderer:
+        """`on_render` runs after each render (the engine records where the reply shows)."""
+        return PacedRenderer(surface, self, on_render)
 
     def bucket_for(self, budget: RenderBudget) -> RequestBucket | None:
         if not budget.bucket or budget.capacity <= 0:
@@ -93,9 +97,12 @@ class PacedRenderer:
     The surface's budget is read before every render: a reply can change path midway (a Slack stream
     that expires continues by chat.update, which has a budget of its own)."""
 
-    def __init__(self, surface: Surface, pacer: Pacer) -> None:
+    def __init__(
+        self, surface: Surface, pacer: Pacer, on_render: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self._surface = surface
         self._pacer = pacer
+        self._on_render = on_render
         self._clock = pacer.clock
         self._latest = ""
         self._shown = ""
@@ -194,5 +201,7 @@ class PacedRenderer:
             self.renders += 1
             if self.first_render_at is None:
                 self.first_render_at = now
+            if self._on_render is not None:
+                await self._on_render()
             if final:
                 return

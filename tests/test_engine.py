@@ -5,36 +5,24 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from bot.config import ProviderSettings, Settings
-from bot.engine import INTERNAL_ERROR, Engine
-from bot.models import Attachment, Author, ConversationKey, Message
-from tests.conftest import RecordingSurface
+from bot.config import ProviderSettings
+from bot.engine import Engine
+from bot.models import Attachment, Author, ConversationKey
+from bot.reply import INTERNAL_ERROR
+from tests.support.asking import CHANNEL, answer, ask, first_render, msg, surface_of
 from tests.support.llm_server import LLMServer, Script
 
-ADA = Author("u-ada", "Ada")
+BO = Author("u-bo", "Bo")
 MANAGER = Author("u-boss", "Boss", is_channel_manager=True)
-CHANNEL = ConversationKey("test", "general")
-
-
-def msg(text: str, key: ConversationKey = CHANNEL, author: Author = ADA, **extra: object) -> Message:
-    return Message(key=key, author=author, text=text, **extra)  # type: ignore[arg-type]
-
-
-async def ask(
-    engine: Engine, text: str, key: ConversationKey = CHANNEL, author: Author = ADA, **extra: object
-) -> str:
-    surface = RecordingSurface()
-    await engine.handle(msg(text, key, author, **extra), surface)
-    return surface.final
 
 
 async def test_a_reply_streams_in_growing_renders_and_ends_final(engine: Engine, llm: LLMServer) -> None:
     llm.enqueue(Script(tokens=["One", " two", " three"], delay=0.02))
-    surface = RecordingSurface()
-    await engine.handle(msg("count"), surface)
+    surface = await answer(engine, msg("count"))
     texts = [text for text, _ in surface.renders]
     assert surface.started == 1
     assert texts[-1] == "One two three" and surface.renders[-1][1] is True
@@ -54,13 +42,12 @@ async def test_memory_carries_names_and_earlier_turns(engine: Engine, llm: LLMSe
     ]
 
 
-async def test_memory_survives_a_restart(make_settings: Callable[..., Settings], llm: LLMServer) -> None:
-    first = await Engine.create(make_settings())
+async def test_memory_survives_a_restart(make_engine: Callable[..., Any], llm: LLMServer) -> None:
+    first = await make_engine()
     await ask(first, "Remember 42.")
     await first.aclose()
-    second = await Engine.create(make_settings())
+    second = await make_engine()
     await ask(second, "What number?")
-    await second.aclose()
     contents = [m["content"] for m in llm.chat_requests()[-1].json["messages"][1:]]
     assert contents == ["Ada: Remember 42.", "echo: Ada: Remember 42.", "Ada: What number?"]
 
@@ -70,7 +57,7 @@ async def test_the_user_turn_is_stored_before_the_provider_is_asked(engine: Engi
     task = asyncio.create_task(ask(engine, "stored first?"))
     while not llm.chat_requests():
         await asyncio.sleep(0.01)
-    turns, _ = await engine.store.recent_turns(str(CHANNEL), 10_000)
+    turns, _ = await engine.store.recall(str(CHANNEL), 10_000)
     assert [(t.role, t.content) for t in turns] == [("user", "stored first?")]
     assert await task == "late"
 
@@ -88,10 +75,10 @@ async def test_the_assistant_turn_records_model_usage_cost_latency_and_outcome(
 
 
 async def test_context_is_trimmed_to_the_window_and_the_reply_says_so_once(
-    make_settings: Callable[..., Settings], llm: LLMServer
+    make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:
     small = ProviderSettings(base_url=llm.openai_base_url, models=["tiny"], context_length={"tiny": 1200})
-    engine = await Engine.create(make_settings(providers={"local": small}, default_model="local/tiny"))
+    engine = await make_engine(providers={"local": small}, default_model="local/tiny")
     finals = []
     for index in range(12):  # no usage reported, so the estimate is not corrected mid-test
         llm.enqueue(Script(tokens=["ok"], usage=None))
@@ -110,10 +97,10 @@ async def test_context_is_trimmed_to_the_window_and_the_reply_says_so_once(
 
 
 async def test_a_message_larger_than_the_window_gets_one_sentence(
-    make_settings: Callable[..., Settings], llm: LLMServer
+    make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:
     small = ProviderSettings(base_url=llm.openai_base_url, models=["tiny"], context_length={"tiny": 1200})
-    engine = await Engine.create(make_settings(providers={"local": small}, default_model="local/tiny"))
+    engine = await make_engine(providers={"local": small}, default_model="local/tiny")
     reply = await ask(engine, "word " * 5000)
     await engine.aclose()
     assert reply.startswith("_Your message is too long for local/tiny") and llm.chat_requests() == []
@@ -150,21 +137,22 @@ async def test_settings_changes_need_permission(engine: Engine, llm: LLMServer) 
     refusals = {
         "/model openrouter/openai/gpt-4o-mini": "the model",
         "/system Talk like a pirate.": "the system prompt",
-        "/search on": "web search",
+        "/search on": "web_search",
+        "/skills read_page off": "read_page",
         "/autoreply on": "autoreply",
     }
     for command, what in refusals.items():
         assert await ask(engine, command) == f"Only channel managers and Parley admins can change {what}."
     settings = await engine.settings_for(CHANNEL)
-    assert (settings.model, settings.system_prompt, settings.search_mode, settings.autoreply) == (
+    assert (settings.model, settings.system_prompt, settings.skills, settings.autoreply) == (
         "openrouter/xiaomi/mimo-v2-flash",
         None,
-        "off",
+        {},
         False,
     )
     admin = Author("u-admin", "Admin")
     engine.settings.admin_user_ids.append("u-admin")
-    assert await ask(engine, "/search on", author=admin) == "Web search in this channel is now on."
+    assert await ask(engine, "/search on", author=admin) == "web_search in this channel is now on."
     role_holder = Author("u-r", "R", role_ids=("role-ops",))
     engine.settings.admin_role_ids.append("role-ops")
     assert await ask(engine, "/autoreply on", author=role_holder) == (
@@ -186,12 +174,12 @@ async def test_system_prompt_search_and_reset_commands(engine: Engine, llm: LLMS
     )
     assert (
         await ask(engine, "/search sometimes", author=MANAGER)
-        == "Web search can be off, on or auto, not 'sometimes'."
+        == "web_search can be off, on or auto, not 'sometimes'."
     )
-    assert await ask(engine, "/search auto", author=MANAGER) == "Web search in this channel is now auto."
+    assert await ask(engine, "/search auto", author=MANAGER) == "web_search in this channel is now auto."
     assert (
         await ask(engine, "/search")
-        == "Web search in this channel is auto. Change it with /search off|on|auto."
+        == "web_search in this channel is auto. Change it with /skills web_search off|on|auto."
     )
     assert await ask(engine, "/reset") == "Forgot 2 messages in this channel."
     await ask(engine, "fresh start")
@@ -254,7 +242,7 @@ async def test_each_failure_class_ends_the_reply_in_one_sentence(
 ) -> None:
     llm.enqueue(script)
     assert await ask(engine, "hello?") == f"_{sentence}_"
-    turns, _ = await engine.store.recent_turns(str(CHANNEL), 10_000)
+    turns, _ = await engine.store.recall(str(CHANNEL), 10_000)
     assert [(t.role, t.outcome) for t in turns] == [("user", None), ("assistant", "error")]
 
 
@@ -264,16 +252,16 @@ async def test_a_failure_after_text_keeps_the_text_and_says_it_was_cut_off(
     llm.enqueue(Script(tokens=["Partial", " answer"], error_after=2))
     reply = await ask(engine, "long question")
     assert reply == "Partial answer\n\n_openrouter is unavailable right now; try again shortly._"
-    turns, _ = await engine.store.recent_turns(str(CHANNEL), 10_000)
+    turns, _ = await engine.store.recall(str(CHANNEL), 10_000)
     assert (turns[-1].content, turns[-1].outcome) == ("Partial answer", "cut_off")
 
 
-async def test_timeouts_end_the_reply(make_settings: Callable[..., Settings], llm: LLMServer) -> None:
-    engine = await Engine.create(make_settings(first_token_timeout=0.3))
+async def test_timeouts_end_the_reply(make_engine: Callable[..., Any], llm: LLMServer) -> None:
+    engine = await make_engine(first_token_timeout=0.3)
     llm.enqueue(Script(first_delay=3))
     assert await ask(engine, "anyone?") == "_openrouter took too long to answer; try again._"
     await engine.aclose()
-    engine = await Engine.create(make_settings(reply_timeout=0.5))
+    engine = await make_engine(reply_timeout=0.5)
     llm.enqueue(Script(tokens=["slow"] * 50, delay=0.1))
     reply = await ask(engine, "take your time")
     await engine.aclose()
@@ -283,10 +271,10 @@ async def test_timeouts_end_the_reply(make_settings: Callable[..., Settings], ll
 
 
 async def test_retries_and_fallbacks_come_from_settings(
-    make_settings: Callable[..., Settings], llm: LLMServer
+    make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:
     fallbacks = {"openrouter/xiaomi/mimo-v2-flash": ["openrouter/openai/gpt-4o-mini"]}
-    engine = await Engine.create(make_settings(max_retries=1, fallbacks=fallbacks))
+    engine = await make_engine(max_retries=1, fallbacks=fallbacks)
     llm.enqueue(Script(status=502), Script(status=502), Script(tokens=["rescued"]))
     assert await ask(engine, "hi") == "rescued"
     await engine.aclose()
@@ -296,13 +284,13 @@ async def test_retries_and_fallbacks_come_from_settings(
 
 
 async def test_reasoning_is_hidden_by_default_and_shown_as_a_quote_on_request(
-    make_settings: Callable[..., Settings], llm: LLMServer
+    make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:
-    engine = await Engine.create(make_settings())
+    engine = await make_engine()
     llm.enqueue(Script(reasoning=["Thinking", " hard"], tokens=["Answer"]))
     assert await ask(engine, "q") == "Answer"
     await engine.aclose()
-    engine = await Engine.create(make_settings(show_reasoning=True))
+    engine = await make_engine(show_reasoning=True)
     llm.enqueue(Script(reasoning=["Thinking", "\nhard"], tokens=["Answer"]))
     assert await ask(engine, "q") == "> Thinking\n> hard\n\nAnswer"
     await engine.aclose()
@@ -315,23 +303,39 @@ async def test_empty_and_length_limited_replies_are_explained(engine: Engine, ll
     assert await ask(engine, "story") == "Once upon\n\n_Cut off: the reply reached its length limit._"
 
 
-async def test_one_reply_at_a_time_per_conversation_but_conversations_run_together(
+async def test_one_person_is_answered_in_order_and_other_people_meanwhile(
     engine: Engine, llm: LLMServer
 ) -> None:
     llm.enqueue(
-        Script(tokens=["first"], first_delay=0.3), Script(tokens=["elsewhere"]), Script(tokens=["second"])
+        Script(tokens=["first"], first_delay=0.4), Script(tokens=["to Bo"]), Script(tokens=["second"])
     )
-    same_a = asyncio.create_task(ask(engine, "a"))
-    await asyncio.sleep(0.05)
-    same_b = asyncio.create_task(ask(engine, "b"))
-    other = asyncio.create_task(ask(engine, "c", key=ConversationKey("test", "other")))
-    await asyncio.sleep(0.15)
-    # While "a" is still streaming, "c" (another conversation) has been sent but "b" waits its turn.
-    assert [r.json["messages"][-1]["content"] for r in llm.chat_requests()] == ["Ada: a", "Ada: c"]
-    assert await same_a == "first" and await same_b == "second"
-    await other
-    history = [m["content"] for m in llm.chat_requests()[-1].json["messages"][1:]]
-    assert history == ["Ada: a", "first", "Ada: b"]
+    ada_a, ada_b, bo_c = msg("a"), msg("b"), msg("c", author=BO)
+    first = await engine.accept(ada_a, {"message": ada_a.id})
+    while not llm.chat_requests():
+        await asyncio.sleep(0.01)
+    second = await engine.accept(ada_b, {"message": ada_b.id})
+    bo = await engine.accept(bo_c, {"message": bo_c.id})
+    assert first and second and bo
+    assert await bo == "ok"
+    # Bo was answered while Ada's first reply still streamed; Ada's next message waited for it.
+    assert not first.done() and not second.done()
+    assert [r.json["messages"][-1]["content"] for r in llm.chat_requests()] == ["Ada: a", "Bo: c"]
+    # Bo's reply saw the conversation as stored when it started: everyone's questions, no unfinished answer.
+    assert [m["content"] for m in llm.chat_requests()[1].json["messages"][1:]] == [
+        "Ada: a",
+        "Ada: b",
+        "Bo: c",
+    ]
+    assert (await first, await second) == ("ok", "ok")
+    assert surface_of(engine, ada_a).final == "first" and surface_of(engine, ada_b).final == "second"
+    # Ada's second reply: the conversation up to her question, her first answer right after its question.
+    assert [m["content"] for m in llm.chat_requests()[2].json["messages"][1:]] == [
+        "Ada: a",
+        "first",
+        "Ada: b",
+    ]
+    turns, _ = await engine.store.recall(str(CHANNEL), 10_000)
+    assert [t.content for t in turns] == ["a", "first", "b", "second", "c", "to Bo"]
 
 
 async def test_attachments_reach_the_model(engine: Engine, llm: LLMServer) -> None:
@@ -354,7 +358,7 @@ async def test_an_internal_error_still_finishes_the_reply(
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("database on fire")
 
-    monkeypatch.setattr(engine.store, "add_user_turn_and_recall", broken)
+    monkeypatch.setattr(engine.store, "recall", broken)
     assert await ask(engine, "hello") == f"_{INTERNAL_ERROR}_"
 
 
@@ -362,13 +366,16 @@ async def test_cancelling_a_reply_closes_the_message_and_keeps_the_text(
     engine: Engine, llm: LLMServer
 ) -> None:
     llm.enqueue(Script(tokens=["kept", " text", " lost"], stall_after=2))
-    surface = RecordingSurface()
-    task = asyncio.create_task(engine.handle(msg("go"), surface))
-    while not surface.renders or surface.renders[-1][0] != "kept text":
+    message = msg("go")
+    task = await engine.accept(message, {"message": message.id})
+    assert task is not None
+    surface = await first_render(engine, message)
+    while surface.renders[-1] != ("kept text", False):
         await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert surface.final == "kept text\n\n_Cut off: Parley is restarting._"
-    turns, _ = await engine.store.recent_turns(str(CHANNEL), 10_000)
+    assert surface_of(engine, message).final == "kept text\n\n_Cut off: Parley is restarting._"
+    turns, _ = await engine.store.recall(str(CHANNEL), 10_000)
     assert (turns[-1].content, turns[-1].outcome) == ("kept text", "cut_off")
+    assert await engine.store.pending("test") == []

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -313,6 +315,29 @@ async def test_empty_and_length_limited_replies_are_explained(engine: Engine, ll
     assert await ask(engine, "say nothing") == "_The model returned an empty reply._"
     llm.enqueue(Script(tokens=["Once upon"], finish="length"))
     assert await ask(engine, "story") == "Once upon\n\n_Cut off: the reply reached its length limit._"
+
+
+async def ask_once(make_settings: Callable[..., Settings], text: str, **settings: Any) -> str:
+    engine = await Engine.create(make_settings(**settings))
+    try:
+        return await ask(engine, text)
+    finally:
+        await engine.aclose()
+
+
+async def test_a_provider_that_is_not_running_is_named_in_the_reply(
+    make_settings: Callable[..., Settings],
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # nothing listens here
+        base = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"
+        local = ProviderSettings(base_url=base, models=["qwen3-8b"])
+        reply = await ask_once(
+            make_settings, "hello?", providers={"lmstudio": local}, default_model="lmstudio/qwen3-8b"
+        )
+    assert reply == (
+        f"_Nothing answers at {base}; check that the lmstudio server is running and its address is right._"
+    )
 
 
 async def test_one_reply_at_a_time_per_conversation_but_conversations_run_together(

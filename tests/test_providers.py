@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bot.config import ProviderSettings
+from bot.catalog import ModelCatalog
+from bot.config import ProviderSettings, Settings
 from bot.providers.anthropic import AnthropicProvider
 from bot.providers.base import (
     ChatMessage,
@@ -60,9 +65,11 @@ async def collect(
         await provider.aclose()
 
 
-async def failure(provider: OpenAICompatibleProvider | AnthropicProvider) -> ProviderError:
+async def failure(
+    provider: OpenAICompatibleProvider | AnthropicProvider, request: ChatRequest = REQUEST
+) -> ProviderError:
     with pytest.raises(ProviderError) as caught:
-        await collect(provider)
+        await collect(provider, request)
     return caught.value
 
 
@@ -150,10 +157,52 @@ async def test_first_token_and_chunk_gap_timeouts(llm: LLMServer) -> None:
     assert stalled.kind is ErrorKind.TIMEOUT and "between two parts" in stalled.detail
 
 
-async def test_unreachable_server_is_unavailable_and_retryable() -> None:
-    settings = ProviderSettings(base_url="http://127.0.0.1:9/v1", api_key=KEY)
-    error = await failure(OpenAICompatibleProvider("local", settings, Timeouts(connect=1)))
-    assert error.kind is ErrorKind.UNAVAILABLE and error.retryable
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A local port where nothing listens: bound, so no one else takes it, but refusing connections."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+async def test_a_refused_connection_names_the_address_in_replies_and_listings(closed_port: int) -> None:
+    base = f"http://127.0.0.1:{closed_port}/v1"
+    sentence = (
+        f"Nothing answers at {base}; check that the lmstudio server is running and its address is right."
+    )
+    settings = ProviderSettings(base_url=f"http://user:hunter2@127.0.0.1:{closed_port}/v1")
+    error = await failure(OpenAICompatibleProvider("lmstudio", settings, Timeouts(connect=5)))
+    assert (error.kind, error.retryable, error.user_message()) == (ErrorKind.UNREACHABLE, True, sentence)
+    provider = OpenAICompatibleProvider("lmstudio", settings, Timeouts(connect=5))
+    with pytest.raises(ProviderError) as listing:
+        await provider.list_models()  # what `parley check` and /models show
+    await provider.aclose()
+    assert listing.value.user_message() == sentence and "hunter2" not in str(listing.value.url)
+    claude = ProviderSettings(base_url=f"http://127.0.0.1:{closed_port}", api="anthropic", api_key=KEY)
+    error = await failure(AnthropicProvider("claude", claude, Timeouts(connect=5)))
+    assert error.user_message().startswith(f"Nothing answers at http://127.0.0.1:{closed_port};")
+
+
+def fail_dns(monkeypatch: pytest.MonkeyPatch, code: int, message: str) -> None:
+    async def getaddrinfo(*args: Any, **kwargs: Any) -> list[Any]:
+        raise socket.gaierror(code, message)
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+
+
+async def test_an_unknown_host_is_named_but_a_failing_resolver_is_an_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = ProviderSettings(base_url="http://olama:11434/v1")
+    fail_dns(monkeypatch, socket.EAI_NONAME, "Name or service not known")
+    error = await failure(OpenAICompatibleProvider("ollama", settings, Timeouts(connect=5)))
+    assert error.user_message() == (
+        "Nothing answers at http://olama:11434/v1; "
+        "check that the ollama server is running and its address is right."
+    )
+    fail_dns(monkeypatch, socket.EAI_AGAIN, "Temporary failure in name resolution")
+    error = await failure(OpenAICompatibleProvider("ollama", settings, Timeouts(connect=5)))
+    assert (error.kind, error.retryable) == (ErrorKind.UNAVAILABLE, True)
 
 
 A4_CASES = [
@@ -217,6 +266,72 @@ SENTENCES = {
 }
 
 
+CLOUDFLARE_BLOCK = (
+    '<!DOCTYPE html>\n<!--[if lt IE 7]> <html class="no-js ie6 oldie" lang="en-US"> <![endif]-->\n'
+    '<head><title>Attention Required! | Cloudflare</title></head>\n<body><div id="cf-wrapper">'
+    "<h1>Sorry, you have been blocked</h1></div></body></html>"
+)
+
+
+WEB_PAGE = "from a web page, not the API: a proxy or firewall may be in the way"
+NO_API = "There is no openrouter API at {base} (HTTP 404); check its base URL."
+
+
+@pytest.mark.parametrize(
+    ("script", "sentence"),
+    [
+        pytest.param(
+            Script(status=403, error_text=CLOUDFLARE_BLOCK),
+            f"openrouter refused this request (HTTP 403 {WEB_PAGE}).",
+            id="cdn-block-page",
+        ),
+        pytest.param(
+            Script(
+                status=405, error_text="<html><body>Method Not Allowed</body></html>", error_type="text/plain"
+            ),
+            f"openrouter rejected the request (HTTP 405 {WEB_PAGE}).",
+            id="html-without-its-type",
+        ),
+        pytest.param(
+            Script(status=502, error_text="<html><h1>502 Bad Gateway</h1></html>"),
+            "openrouter is unavailable right now; try again shortly.",
+            id="proxy-502",
+        ),
+        pytest.param(
+            Script(status=418, error_text="I'm a teapot\n", error_type="text/plain"),
+            "openrouter rejected the request (HTTP 418: I'm a teapot).",
+            id="short-plain-text",
+        ),
+        pytest.param(  # Ollama's answer when its base URL lacks /v1
+            Script(status=404, error_text="404 page not found", error_type="text/plain"), NO_API, id="go-404"
+        ),
+        pytest.param(Script(status=404, body={"detail": "Not Found"}), NO_API, id="fastapi-404"),
+    ],
+)
+async def test_an_error_page_that_is_not_the_apis_is_one_sentence_with_its_status(
+    llm: LLMServer, script: Script, sentence: str
+) -> None:
+    llm.enqueue(script)
+    error = await failure(openai(llm))
+    assert error.user_message() == sentence.format(base=llm.openai_base_url)
+    assert "<" not in error.user_message()
+
+
+async def test_a_model_listing_that_is_a_web_page_is_one_sentence(llm: LLMServer) -> None:
+    llm.models_error = Script(status=403, error_text=CLOUDFLARE_BLOCK)
+    with pytest.raises(ProviderError) as blocked:
+        await openai(llm).list_models()
+    assert blocked.value.user_message().startswith(
+        "openrouter refused this request (HTTP 403 from a web page"
+    )
+    llm.models_error = Script(status=200, error_text="<html><body>Welcome to nginx!</body></html>")
+    with pytest.raises(ProviderError) as page:
+        await openai(llm).list_models()
+    assert page.value.user_message() == (
+        f"There is no openrouter API at {llm.openai_base_url} (HTTP 200, and not JSON); check its base URL."
+    )
+
+
 async def test_openrouter_availability_overrides_status_and_gives_retry_after(llm: LLMServer) -> None:
     body = {
         "error": {
@@ -273,6 +388,38 @@ async def test_streamed_tool_call_fragments_are_assembled(llm: LLMServer) -> Non
     events = await collect(openai(llm))
     assert ToolCall("call_0", "web_search", '{"query": "parley release"}') in events
     assert events[-1] == Finish("tool_calls")
+
+
+async def test_openai_gets_max_completion_tokens_and_a_provider_table_can_choose(
+    llm: LLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "parley.toml"
+    config.write_text(
+        f'[providers.azure]\nbase_url = "{llm.openai_base_url}"\nmax_tokens_param = "max_completion_tokens"\n'
+        f'[providers.vllm]\nbase_url = "{llm.openai_base_url}"\n'
+    )
+    monkeypatch.setenv("PARLEY_CONFIG", str(config))
+    settings = Settings(
+        _env_file=None,
+        openai_api_key="sk-openai",
+        openai_base_url=llm.openai_base_url,
+        openrouter_api_key=KEY,
+        openrouter_base_url=llm.openai_base_url,
+    )
+    catalog = ModelCatalog.from_settings(settings)
+    llm.completion_tokens_only = {"o3-mini"}  # refuses max_tokens, as OpenAI's reasoning models do
+    request = ChatRequest("o3-mini", REQUEST.messages, max_tokens=500)
+    try:
+        for name in ("openai", "azure"):
+            assert text_of([e async for e in catalog.providers[name].stream(request)]) == "echo: hi"
+        for name in ("openrouter", "vllm"):
+            with pytest.raises(ProviderError) as refused:
+                [e async for e in catalog.providers[name].stream(request)]
+            assert "Unsupported parameter: 'max_tokens'" in refused.value.user_message()
+    finally:
+        await catalog.aclose()
+    sent = [{k: v for k, v in r.json.items() if k.startswith("max_")} for r in llm.chat_requests()]
+    assert sent == [{"max_completion_tokens": 500}] * 2 + [{"max_tokens": 500}] * 2
 
 
 async def test_model_listing_reads_context_prices_vision_and_allow_list(llm: LLMServer) -> None:

@@ -36,7 +36,7 @@ class AnthropicProvider(HTTPProvider):
         return headers
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        stream = SSEStream(self.name, request.model, self._timeouts)
+        stream = SSEStream(self.name, request.model, self._timeouts, self._base)
         secret = self._settings.key()
         await stream.open(self._client, f"{self._base}/v1/messages", _body(request), self._headers(), secret)
         prompt_tokens = completion_tokens = 0

@@ -95,6 +95,8 @@ class ErrorKind(StrEnum):
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
     BROKEN_STREAM = "broken_stream"
+    UNREACHABLE = "unreachable"  # nothing accepts connections at the address: a server that is not running
+    NO_API = "no_api"  # something answered, but not the provider's API: a wrong base URL
 
 
 USER_MESSAGES: dict[ErrorKind, str] = {
@@ -110,6 +112,10 @@ USER_MESSAGES: dict[ErrorKind, str] = {
     ErrorKind.UNAVAILABLE: "{provider} is unavailable right now; try again shortly.",
     ErrorKind.TIMEOUT: "{provider} took too long to answer; try again.",
     ErrorKind.BROKEN_STREAM: "The connection to {provider} broke before the reply finished.",
+    ErrorKind.UNREACHABLE: (
+        "Nothing answers at {url}; check that the {provider} server is running and its address is right."
+    ),
+    ErrorKind.NO_API: "There is no {provider} API at {url} ({detail}); check its base URL.",
 }
 
 
@@ -126,6 +132,7 @@ class ProviderError(Exception):
         detail: str = "",
         retry_after: float | None = None,
         retryable: bool | None = None,
+        url: str = "",
     ) -> None:
         super().__init__(f"{provider} {kind.value} (status {status}): {detail}")
         self.kind = kind
@@ -135,16 +142,24 @@ class ProviderError(Exception):
         self.detail = detail
         self.retry_after = retry_after
         self._retryable = retryable
+        self.url = url  # the provider's base URL, without credentials
 
     @property
     def retryable(self) -> bool:
         if self._retryable is not None:
             return self._retryable
-        return self.kind in (ErrorKind.RATE_LIMITED, ErrorKind.UNAVAILABLE, ErrorKind.TIMEOUT)
+        return self.kind in (
+            ErrorKind.RATE_LIMITED,
+            ErrorKind.UNAVAILABLE,
+            ErrorKind.TIMEOUT,
+            ErrorKind.UNREACHABLE,
+        )
 
     def user_message(self) -> str:
         detail = self.detail.strip().rstrip(".")[:200] or "no reason given"
-        return USER_MESSAGES[self.kind].format(provider=self.provider, model=self.model, detail=detail)
+        return USER_MESSAGES[self.kind].format(
+            provider=self.provider, model=self.model, detail=detail, url=self.url or "its address"
+        )
 
 
 class Provider(Protocol):

@@ -34,11 +34,10 @@ class OpenAICompatibleProvider(HTTPProvider):
         return headers
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        stream = SSEStream(self.name, request.model, self._timeouts)
+        stream = SSEStream(self.name, request.model, self._timeouts, self._base)
         secret = self._settings.key()
-        await stream.open(
-            self._client, f"{self._base}/chat/completions", _body(request), self._headers(), secret
-        )
+        body = _body(request, self._max_tokens_param())
+        await stream.open(self._client, f"{self._base}/chat/completions", body, self._headers(), secret)
         calls: dict[int, dict[str, Any]] = {}
         usage: Usage | None = None
         finish: str | None = None
@@ -82,6 +81,12 @@ class OpenAICompatibleProvider(HTTPProvider):
             yield usage
         yield Finish(finish or "stop")
 
+    def _max_tokens_param(self) -> str:
+        """OpenAI refuses `max_tokens` for its reasoning models; most other servers know only that name."""
+        if self._settings.max_tokens_param:
+            return self._settings.max_tokens_param
+        return "max_completion_tokens" if self.name == "openai" else "max_tokens"
+
     async def list_models(self) -> list[ModelInfo]:
         data = await self._get_json("/models")
         models = [_model_info(entry, self._settings) for entry in data.get("data") or []]
@@ -96,7 +101,7 @@ class OpenAICompatibleProvider(HTTPProvider):
         return models
 
 
-def _body(request: ChatRequest) -> dict[str, Any]:
+def _body(request: ChatRequest, max_tokens_param: str) -> dict[str, Any]:
     messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
@@ -108,7 +113,7 @@ def _body(request: ChatRequest) -> dict[str, Any]:
         "stream_options": {"include_usage": True},
     }
     if request.max_tokens:
-        body["max_tokens"] = request.max_tokens
+        body[max_tokens_param] = request.max_tokens
     if request.tools:
         body["tools"] = [
             {

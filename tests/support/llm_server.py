@@ -8,7 +8,8 @@
 
 Each chat request takes the next queued Script; with none queued it echoes the last user message as
 `echo: <text>`. Every request is recorded (path, headers, JSON body). `models` sets the model listing
-and `models_error` makes it fail.
+and `models_error` makes it fail. Models in `completion_tokens_only` refuse `max_tokens`, as OpenAI's
+reasoning models do.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Script:
     keepalives: int = 0  # SSE comments before the first token
     status: int | None = None  # answer with this HTTP error instead of a stream
     body: dict[str, Any] | None = None  # the error response's JSON body
+    error_text: str | None = None  # or this text instead (an HTML page from a proxy, a plain-text 404)
+    error_type: str = "text/html"
     retry_after: float | None = None
     error_after: int | None = None  # in-band error after this many tokens
     error: dict[str, Any] = field(
@@ -68,6 +71,7 @@ class LLMServer:
                 "architecture": {"input_modalities": ["text", "image"]},
             },
         ]
+        self.completion_tokens_only: set[str] = set()
         self.anthropic_models: list[str] = ["claude-sonnet-4-5"]
         self.models_error: Script | None = None  # set to make the model listing fail
         self._scripts: deque[Script] = deque()
@@ -125,12 +129,17 @@ class LLMServer:
 
     def _error(self, script: Script) -> web.Response:
         headers = {"Retry-After": f"{script.retry_after:g}"} if script.retry_after is not None else {}
+        if script.error_text is not None:
+            headers["Content-Type"] = script.error_type
+            return web.Response(text=script.error_text, status=script.status or 500, headers=headers)
         body = script.body or {"error": {"code": script.status, "message": f"status {script.status}"}}
         return web.json_response(body, status=script.status or 500, headers=headers)
 
     async def _start(self, request: web.Request) -> tuple[Script, web.StreamResponse | web.Response]:
         body = await request.json()
         self.requests.append(RecordedRequest(request.path, dict(request.headers), body))
+        if refusal := self._refusal(request.path, body):
+            return Script(), web.json_response(refusal, status=400)
         script = self._next(body)
         if script.status:
             return script, self._error(script)
@@ -140,6 +149,20 @@ class LLMServer:
             await response.write(piece)
             await asyncio.sleep(0)
         return script, response
+
+    def _refusal(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The 400 body the real API would answer this request with, or None."""
+        if (
+            path != "/v1/messages"
+            and body.get("model") in self.completion_tokens_only
+            and "max_tokens" in body
+        ):
+            message = (
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead."
+            )
+            return {"error": {"message": message, "type": "invalid_request_error", "param": "max_tokens"}}
+        return None
 
     async def _openai(self, request: web.Request) -> web.StreamResponse:
         script, response = await self._start(request)

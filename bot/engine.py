@@ -18,6 +18,7 @@ from bot.providers.base import (
     Finish,
     ProviderError,
     ReasoningDelta,
+    Replay,
     TextDelta,
     ToolCall,
     ToolSpec,
@@ -37,6 +38,12 @@ MAX_TOOL_ROUNDS = 3  # provider calls that may end in tool use before the model 
 IMAGE_TOKENS = 800  # a rough per-image charge against the context budget
 CHECKPOINT_SECONDS = 2.0  # how often a streaming reply's text is saved, so a crash loses little
 INTERNAL_ERROR = "Something went wrong on our side while answering; it has been logged. Please try again."
+# What the reply says when the model stopped early, by Finish reason.
+FINISH_NOTES = {
+    "length": "Cut off: the reply reached its length limit.",
+    "context_window": "Cut off: the conversation filled the model's context window; /reset starts afresh.",
+    "refusal": "The provider's safety filters stopped this reply.",
+}
 
 
 class ReplyFailed(Exception):
@@ -50,6 +57,7 @@ class _Reply:
     model: str = ""  # set once the user turn is stored: from then on the reply is saved whatever happens
     text: str = ""
     round_text: str = ""  # the text of the current provider call, when tools split a reply into several
+    round_replay: Replay | None = None  # what that call's provider needs back with its tool calls
     sources: tuple[Source, ...] = ()
     reasoning_shown: str = ""
     usage: Usage | None = None
@@ -246,7 +254,9 @@ class Engine:
                 ChatMessage("tool", await self._run_skill(call, reply, notes), tool_call_id=call.id)
                 for call in calls
             ]
-            assistant = ChatMessage("assistant", reply.round_text, tool_calls=tuple(calls))
+            assistant = ChatMessage(
+                "assistant", reply.round_text, tool_calls=tuple(calls), replay=reply.round_replay
+            )
             request = replace(request, messages=(*request.messages, assistant, *results))
         if reply.usage and reply.model == resolved.name and tool_round == 0:  # one call: a clean comparison
             self.calibration.observe(resolved.name, prompt_estimate, reply.usage.prompt_tokens)
@@ -254,8 +264,8 @@ class Engine:
                 cost = reply.usage.prompt_tokens * resolved.info.prompt_price
                 cost += reply.usage.completion_tokens * (resolved.info.completion_price or 0.0)
                 reply.usage = replace(reply.usage, cost=cost)
-        if reply.finish == "length":
-            notes.insert(0, "Cut off: the reply reached its length limit.")
+        if note := FINISH_NOTES.get(reply.finish or ""):
+            notes.insert(0, note)
         return notes
 
     async def _stream_round(
@@ -275,6 +285,7 @@ class Engine:
         )
         calls: list[ToolCall] = []
         reply.round_text = ""
+        reply.round_replay = None
         async for event in stream.events():
             if isinstance(event, TextDelta):
                 if reply.reasoning_shown and not reply.text:
@@ -288,6 +299,8 @@ class Engine:
                 renderer.update(reply.reasoning_shown)
             elif isinstance(event, ToolCall):
                 calls.append(event)
+            elif isinstance(event, Replay):
+                reply.round_replay = event
             elif isinstance(event, Usage):
                 reply.usage = _add_usage(reply.usage, event)
             elif isinstance(event, Finish):
@@ -376,7 +389,7 @@ class Engine:
 
     def _finish_text(self, reply: _Reply, notes: list[str]) -> str:
         text = reply.reasoning_shown + reply.text
-        if not reply.text:
+        if not reply.text and reply.finish != "refusal":  # a refusal's note says why there is nothing
             text = _extend(text, "The model returned an empty reply.")
         if footer := sources_footer(reply.text, reply.sources):
             text = f"{text}\n\n{footer}"

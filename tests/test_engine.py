@@ -15,6 +15,7 @@ from bot.engine import INTERNAL_ERROR, Engine
 from bot.models import Attachment, Author, ConversationKey, Message
 from tests.conftest import RecordingSurface
 from tests.support.llm_server import LLMServer, Script
+from tests.support.search_server import SearchServer
 
 ADA = Author("u-ada", "Ada")
 MANAGER = Author("u-boss", "Boss", is_channel_manager=True)
@@ -317,12 +318,76 @@ async def test_empty_and_length_limited_replies_are_explained(engine: Engine, ll
     assert await ask(engine, "story") == "Once upon\n\n_Cut off: the reply reached its length limit._"
 
 
+def claude_settings(make_settings: Callable[..., Settings], llm: LLMServer, **extra: Any) -> Settings:
+    claude = ProviderSettings(base_url=llm.anthropic_base_url, api="anthropic", api_key="sk-ant")
+    return make_settings(providers={"claude": claude}, default_model="claude/claude-sonnet-4-5", **extra)
+
+
+async def test_context_window_stops_and_refusals_are_explained(
+    make_settings: Callable[..., Settings], llm: LLMServer
+) -> None:
+    engine = await Engine.create(claude_settings(make_settings, llm))
+    llm.enqueue(Script(tokens=["The story so far"], finish="model_context_window_exceeded"))
+    assert await ask(engine, "go on") == (
+        "The story so far\n\n"
+        "_Cut off: the conversation filled the model's context window; /reset starts afresh._"
+    )
+    llm.enqueue(Script(tokens=[], finish="refusal"))
+    assert await ask(engine, "something risky") == "_The provider's safety filters stopped this reply._"
+    await engine.aclose()
+    llm.enqueue(Script(tokens=["Partly"], finish="content_filter"))  # OpenAI's name for it
+    assert await ask_once(make_settings, "again") == (
+        "Partly\n\n_The provider's safety filters stopped this reply._"
+    )
+
+
 async def ask_once(make_settings: Callable[..., Settings], text: str, **settings: Any) -> str:
     engine = await Engine.create(make_settings(**settings))
     try:
         return await ask(engine, text)
     finally:
         await engine.aclose()
+
+
+@pytest.mark.parametrize("api", ["openrouter", "anthropic"])
+async def test_a_tool_round_sends_the_models_signed_reasoning_back(
+    make_settings: Callable[..., Settings], llm: LLMServer, search: SearchServer, api: str
+) -> None:
+    settings = (
+        claude_settings(make_settings, llm, **search.settings())
+        if api == "anthropic"
+        else make_settings(**search.settings())
+    )
+    engine = await Engine.create(settings)
+    await ask(engine, "/search auto", author=MANAGER)
+    llm.enqueue(
+        Script(
+            tokens=[],
+            reasoning=["Search ", "first."],
+            signature="EqQBCkgIARABGAIiQL",
+            redacted="RU5DUllQVEVE",
+            tool_calls=[("web_search", '{"query": "parley release"}')],
+        ),
+        Script(tokens=["It shipped on Monday [1]."]),
+    )
+    reply = await ask(engine, "When did Parley 2.0 ship?")
+    await engine.aclose()
+    assert reply.startswith("It shipped on Monday [1].\n\n**Sources**\n[1] [Parley 2.0 | released]")
+    second = llm.chat_requests()[-1]
+    assistant = next(m for m in second.json["messages"] if m["role"] == "assistant")
+    if api == "anthropic":
+        assert [block["type"] for block in assistant["content"]] == [
+            "thinking",
+            "redacted_thinking",
+            "tool_use",
+        ]
+        assert assistant["content"][0]["signature"] == "EqQBCkgIARABGAIiQL"
+    else:
+        assert [d["type"] for d in assistant["reasoning_details"]] == [
+            "reasoning.text",
+            "reasoning.encrypted",
+        ]
+        assert assistant["reasoning_details"][0]["text"] == "Search first."
 
 
 async def test_a_provider_that_is_not_running_is_named_in_the_reply(

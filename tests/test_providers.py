@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from bot.providers.base import (
     Image,
     ProviderError,
     ReasoningDelta,
+    Replay,
     StreamEvent,
     TextDelta,
     Timeouts,
@@ -422,6 +424,79 @@ async def test_openai_gets_max_completion_tokens_and_a_provider_table_can_choose
     assert sent == [{"max_completion_tokens": 500}] * 2 + [{"max_tokens": 500}] * 2
 
 
+TOOL_CALL = ToolCall("call_0", "web_search", '{"query": "q"}')
+
+
+def tool_round(replay: Replay | None, model: str = REQUEST.model, call: ToolCall = TOOL_CALL) -> ChatRequest:
+    """The request after one tool round: the assistant message with its call, then the tool's result."""
+    assistant = ChatMessage("assistant", "", tool_calls=(call,), replay=replay)
+    result = ChatMessage("tool", "results", tool_call_id=call.id)
+    return replace(REQUEST, model=model, messages=(*REQUEST.messages, assistant, result))
+
+
+async def test_openrouter_reasoning_details_go_back_whole_with_the_tool_calls(llm: LLMServer) -> None:
+    llm.enqueue(
+        Script(
+            tokens=[],
+            reasoning=["Let me ", "search ", "for it."],
+            signature="EqQBCkgIARABGAIiQL",
+            redacted="c2lnbmVkIGdlbWluaQ==",
+            tool_calls=[("web_search", '{"query": "q"}')],
+        )
+    )
+    events = await collect(openai(llm))
+    assert "".join(e.text for e in events if isinstance(e, ReasoningDelta)) == "Let me search for it."
+    replays = [e for e in events if isinstance(e, Replay)]
+    assert replays == [
+        Replay(
+            "openrouter/xiaomi/mimo-v2-flash",
+            {
+                "reasoning_details": [
+                    {
+                        "type": "reasoning.text",
+                        "text": "Let me search for it.",
+                        "signature": "EqQBCkgIARABGAIiQL",
+                        "index": 0,
+                        "format": "anthropic-claude-v1",
+                    },
+                    {
+                        "type": "reasoning.encrypted",
+                        "data": "c2lnbmVkIGdlbWluaQ==",
+                        "index": 1,
+                        "format": "google-gemini-v1",
+                    },
+                ]
+            },
+        )
+    ]
+    llm.enqueue(Script(tokens=["Found it."]))
+    assert text_of(await collect(openai(llm), tool_round(replays[0]))) == "Found it."
+    sent = llm.chat_requests()[-1].json["messages"][2]
+    assert sent["reasoning_details"] == replays[0].data["reasoning_details"]
+    refused = await failure(openai(llm), tool_round(None))  # what OpenRouter answers when they are dropped
+    assert refused.kind is ErrorKind.BAD_REQUEST and "reasoning_details" in refused.detail
+    await collect(openai(llm), tool_round(replays[0], model="openai/gpt-4o-mini"))  # a fallback model
+    assert "reasoning_details" not in llm.chat_requests()[-1].json["messages"][2]
+
+
+async def test_deepseek_reasoning_content_goes_back_with_the_tool_calls(llm: LLMServer) -> None:
+    script = Script(
+        tokens=[], reasoning=["Need ", "data."], reasoning_field="reasoning_content", tool_calls=[("f", "{}")]
+    )
+    llm.enqueue(script)
+    replay = next(e for e in await collect(openai(llm)) if isinstance(e, Replay))
+    assert replay.data == {"reasoning_content": "Need data."}
+    await collect(openai(llm), tool_round(replay, call=ToolCall("call_0", "f", "{}")))
+    assert llm.chat_requests()[-1].json["messages"][2]["reasoning_content"] == "Need data."
+    llm.enqueue(Script(tokens=["plain"], reasoning=["no tools, nothing to replay"]))
+    assert not any(isinstance(e, Replay) for e in await collect(openai(llm)))
+
+
+async def test_content_filter_stops_are_refusals(llm: LLMServer) -> None:
+    llm.enqueue(Script(tokens=["Some"], finish="content_filter"))
+    assert (await collect(openai(llm)))[-1] == Finish("refusal")
+
+
 async def test_model_listing_reads_context_prices_vision_and_allow_list(llm: LLMServer) -> None:
     llm.models = [
         {
@@ -466,6 +541,55 @@ async def test_anthropic_thinking_tool_use_and_length_stop(llm: LLMServer) -> No
     assert events[-1] == Finish("tool_calls")
     llm.enqueue(Script(tokens=["cut"], finish="length"))
     assert (await collect(anthropic(llm)))[-1] == Finish("length")
+
+
+async def test_anthropic_thinking_goes_back_signed_and_in_order_with_the_tool_use(llm: LLMServer) -> None:
+    llm.enqueue(
+        Script(
+            tokens=["Searching."],
+            reasoning=["The user ", "wants news."],
+            signature="ErUBCkYIBhgCIkB",
+            redacted="EmwKAhgBEgy3va3pzix",
+            tool_calls=[("web_search", '{"query": "q"}')],
+        )
+    )
+    events = await collect(anthropic(llm))
+    call = next(e for e in events if isinstance(e, ToolCall))
+    replay = next(e for e in events if isinstance(e, Replay))
+    assert replay == Replay(
+        "anthropic/xiaomi/mimo-v2-flash",
+        {
+            "content": [
+                {"type": "thinking", "thinking": "The user wants news.", "signature": "ErUBCkYIBhgCIkB"},
+                {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"},
+                {"type": "text", "text": "Searching."},
+                {"type": "tool_use", "id": call.id, "name": "web_search", "input": {"query": "q"}},
+            ]
+        },
+    )
+    assert events[-2:] == [Usage(12, 3), Finish("tool_calls")]
+    llm.enqueue(Script(tokens=["Found it."]))
+    assert text_of(await collect(anthropic(llm), tool_round(replay, call=call))) == "Found it."
+    assert llm.chat_requests()[-1].json["messages"][1]["content"] == replay.data["content"]
+    refused = await failure(anthropic(llm), tool_round(None, call=call))  # the API's 400 without them
+    assert refused.kind is ErrorKind.BAD_REQUEST and "thinking" in refused.detail
+    llm.enqueue(Script(tokens=["No tools"], reasoning=["thought"]))
+    assert not any(isinstance(e, Replay) for e in await collect(anthropic(llm)))
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "finish"),
+    [
+        ("model_context_window_exceeded", "context_window"),
+        ("refusal", "refusal"),
+        ("max_tokens", "length"),
+        ("stop_sequence", "stop"),
+        ("pause_turn", "pause_turn"),
+    ],
+)
+async def test_anthropic_stop_reasons(llm: LLMServer, stop_reason: str, finish: str) -> None:
+    llm.enqueue(Script(tokens=["Partial"], finish=stop_reason))
+    assert (await collect(anthropic(llm)))[-1] == Finish(finish)
 
 
 async def test_anthropic_error_event_and_missing_message_stop(llm: LLMServer) -> None:

@@ -22,12 +22,23 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class Replay:
+    """What a provider must be sent back, unchanged, on the assistant message of a tool round: signed
+    thinking blocks, encrypted reasoning. Opaque to everyone else; only the provider and model that
+    produced it (`source`) read it, so a fallback to another model never receives it."""
+
+    source: str  # "provider/model_id"
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: Literal["user", "assistant", "tool"]
     content: str
     images: tuple[Image, ...] = ()
     tool_calls: tuple[ToolCall, ...] = ()  # on assistant messages that called tools
     tool_call_id: str | None = None  # on tool results
+    replay: Replay | None = None  # on assistant messages of a tool round
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +76,14 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    reason: str  # "stop", "length", "tool_calls", …
+    # "stop", "tool_calls", or why the reply was cut short: "length" (its token limit),
+    # "context_window" (the model's window filled up), "refusal" (a safety system stopped it).
+    reason: str
 
 
-# ToolCall events arrive whole, once the stream has finished assembling their arguments.
-StreamEvent = TextDelta | ReasoningDelta | ToolCall | Usage | Finish
+# ToolCall events arrive whole, once the stream has finished assembling their arguments; a Replay
+# comes once, before Usage and Finish, when the round ended in tool calls.
+StreamEvent = TextDelta | ReasoningDelta | ToolCall | Replay | Usage | Finish
 
 
 @dataclass(frozen=True, slots=True)

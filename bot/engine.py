@@ -260,10 +260,6 @@ class Engine:
             request = replace(request, messages=(*request.messages, assistant, *results))
         if reply.usage and reply.model == resolved.name and tool_round == 0:  # one call: a clean comparison
             self.calibration.observe(resolved.name, prompt_estimate, reply.usage.prompt_tokens)
-            if reply.usage.cost is None and resolved.info and resolved.info.prompt_price is not None:
-                cost = reply.usage.prompt_tokens * resolved.info.prompt_price
-                cost += reply.usage.completion_tokens * (resolved.info.completion_price or 0.0)
-                reply.usage = replace(reply.usage, cost=cost)
         if note := FINISH_NOTES.get(reply.finish or ""):
             notes.insert(0, note)
         return notes
@@ -284,6 +280,7 @@ class Engine:
             attempts, max_retries=self.settings.max_retries, retry_after_cap=self.settings.retry_after_cap
         )
         calls: list[ToolCall] = []
+        usage: Usage | None = None
         reply.round_text = ""
         reply.round_replay = None
         async for event in stream.events():
@@ -302,11 +299,28 @@ class Engine:
             elif isinstance(event, Replay):
                 reply.round_replay = event
             elif isinstance(event, Usage):
-                reply.usage = _add_usage(reply.usage, event)
+                usage = event
             elif isinstance(event, Finish):
                 reply.finish = event.reason
         reply.model = stream.answered_by or reply.model
+        if usage is not None:
+            reply.usage = _add_usage(reply.usage, await self._priced(usage, reply.model, resolved))
         return calls
+
+    async def _priced(self, usage: Usage, model: str, resolved: ResolvedModel) -> Usage:
+        """Usage with its cost: as the provider reported it, else from the answering model's listed prices."""
+        if usage.cost is not None:
+            return usage
+        try:  # a fallback's listing is cached: choosing the fallbacks resolved it
+            info = resolved.info if model == resolved.name else await self.catalog.info(model)
+        except UnknownModelError:
+            return usage
+        if info is None or info.prompt_price is None:
+            return usage
+        cost = usage.prompt_tokens * info.prompt_price + usage.completion_tokens * (
+            info.completion_price or 0.0
+        )
+        return replace(usage, cost=cost)
 
     async def _run_skill(self, call: ToolCall, reply: _Reply, notes: list[str]) -> str:
         """Run the skill a model asked for; what the model reads back, failures included."""

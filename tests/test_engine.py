@@ -13,7 +13,9 @@ import pytest
 from bot.config import ProviderSettings, Settings
 from bot.engine import INTERNAL_ERROR, Engine
 from bot.models import Attachment, Author, ConversationKey, Message
+from bot.store import AssistantRecord
 from tests.conftest import RecordingSurface
+from tests.support.clock import FakeClock
 from tests.support.llm_server import LLMServer, Script
 from tests.support.search_server import SearchServer
 
@@ -78,6 +80,23 @@ async def test_the_user_turn_is_stored_before_the_provider_is_asked(engine: Engi
     assert await task == "late"
 
 
+async def until(condition: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
+    """Wait for something another task does; fails rather than hanging."""
+    try:
+        async with asyncio.timeout(seconds):
+            while not condition():
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"never happened: {what}") from None
+
+
+async def assistant_row(engine: Engine) -> dict[str, Any]:
+    """The last assistant turn as the store keeps it, read as is."""
+    async with engine.store._db.connect() as conn:
+        sql = "SELECT * FROM turns WHERE role = 'assistant' ORDER BY id DESC LIMIT 1"
+        return dict((await conn.exec_driver_sql(sql)).mappings().one())
+
+
 async def test_the_assistant_turn_records_model_usage_cost_latency_and_outcome(
     engine: Engine, llm: LLMServer
 ) -> None:
@@ -88,6 +107,102 @@ async def test_the_assistant_turn_records_model_usage_cost_latency_and_outcome(
     assert (row["content"], row["model"], row["outcome"]) == ("fine", "openrouter/xiaomi/mimo-v2-flash", "ok")
     assert (row["prompt_tokens"], row["completion_tokens"], row["cost"]) == (40, 2, 0.0005)
     assert row["latency_ms"] is not None and row["latency_ms"] >= 0
+
+
+GPT_4O_MINI_PRICES = (0.00000015, 0.0000006)  # the loopback listing's USD per prompt and completion token
+
+
+def listed_cost(prompt_tokens: int, completion_tokens: int) -> float:
+    return prompt_tokens * GPT_4O_MINI_PRICES[0] + completion_tokens * GPT_4O_MINI_PRICES[1]
+
+
+async def test_cost_comes_from_listed_prices_when_the_provider_reports_none(
+    make_settings: Callable[..., Settings], llm: LLMServer
+) -> None:
+    engine = await Engine.create(make_settings(default_model="openrouter/openai/gpt-4o-mini"))
+    assert await ask(engine, "/model") == (
+        "This channel uses openrouter/openai/gpt-4o-mini "
+        "(context 128,000 tokens, $0.15 in / $0.60 out per M tokens, reads images)."
+    )
+    llm.enqueue(Script(tokens=["priced"], usage=(1000, 200)))
+    await ask(engine, "hello")
+    priced = await assistant_row(engine)
+    llm.enqueue(Script(tokens=["reported"], usage=(1000, 200), cost=0.0123))
+    await ask(engine, "again")
+    reported = await assistant_row(engine)
+    await engine.aclose()
+    assert priced["cost"] == pytest.approx(listed_cost(1000, 200))
+    assert reported["cost"] == 0.0123  # the provider's own figure wins
+
+
+async def test_cost_covers_every_tool_round_and_a_fallback_models_prices(
+    make_settings: Callable[..., Settings], llm: LLMServer, search: SearchServer
+) -> None:
+    llm.models[1]["supported_parameters"] = ["tools"]
+    engine = await Engine.create(
+        make_settings(default_model="openrouter/openai/gpt-4o-mini", **search.settings())
+    )
+    await ask(engine, "/search auto", author=MANAGER)
+    llm.enqueue(
+        Script(tokens=[], tool_calls=[("web_search", '{"query": "parley"}')], usage=(100, 10)),
+        Script(tokens=["It shipped [1]."], usage=(300, 20)),
+    )
+    await ask(engine, "What shipped?")
+    searched = await assistant_row(engine)
+    await engine.aclose()
+    assert (searched["prompt_tokens"], searched["completion_tokens"]) == (400, 30)
+    assert searched["cost"] == pytest.approx(listed_cost(400, 30))
+
+    fallbacks = {"openrouter/xiaomi/mimo-v2-flash": ["openrouter/openai/gpt-4o-mini"]}
+    engine = await Engine.create(make_settings(fallbacks=fallbacks))  # mimo-v2-flash lists no prices
+    llm.enqueue(Script(status=502), Script(tokens=["rescued"], usage=(1000, 200)))
+    assert await ask(engine, "hi") == "rescued"
+    rescued = await assistant_row(engine)
+    await engine.aclose()
+    assert rescued["model"] == "openrouter/openai/gpt-4o-mini"
+    assert rescued["cost"] == pytest.approx(listed_cost(1000, 200))
+
+
+async def test_a_long_reply_is_checkpointed_every_two_seconds_of_the_engines_clock(
+    make_settings: Callable[..., Settings], llm: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    engine = await Engine.create(make_settings(), clock=clock)
+    writes: list[tuple[str, str]] = []
+    add, update = engine.store.add_assistant_turn, engine.store.update_assistant_turn
+
+    async def spy_add(conversation: str, record: AssistantRecord, tokens: int) -> int:
+        turn_id = await add(conversation, record, tokens)
+        writes.append((record.content, record.outcome))
+        return turn_id
+
+    async def spy_update(turn_id: int, record: AssistantRecord, tokens: int) -> None:
+        await update(turn_id, record, tokens)
+        writes.append((record.content, record.outcome))
+
+    monkeypatch.setattr(engine.store, "add_assistant_turn", spy_add)
+    monkeypatch.setattr(engine.store, "update_assistant_turn", spy_update)
+    gate = asyncio.Semaphore(0)  # the loopback sends one token per release
+    llm.enqueue(Script(tokens=["A", "B", "C", "D", "E"], gate=gate))
+    surface = RecordingSurface()
+    reply = asyncio.create_task(engine.handle(msg("tell me a long story"), surface))
+    # Seconds of the engine's clock that pass after each token: C comes 2.5 s in, E 2.1 s after C.
+    for token, seconds in (("A", 1.0), ("B", 1.5), ("C", 0.1), ("D", 2.0), ("E", 0.0)):
+        gate.release()
+        shown = f"{token} shown"
+        await until(lambda t=token: bool(surface.renders) and surface.renders[-1][0].endswith(t), shown)
+        if token == "C":
+            await until(lambda: bool(writes) and writes[-1][0] == "ABC", f"a checkpoint of ABC: {writes}")
+            turns, _ = await engine.store.recent_turns(str(CHANNEL), 10_000)
+            assert [(t.content, t.outcome) for t in turns] == [
+                ("tell me a long story", None),
+                ("ABC", "streaming"),  # what a crash now would keep
+            ]
+        await clock.advance(seconds)
+    await reply
+    await engine.aclose()
+    assert surface.final == "ABCDE"
+    assert writes == [("ABC", "streaming"), ("ABCDE", "streaming"), ("ABCDE", "ok")]
 
 
 async def test_context_is_trimmed_to_the_window_and_the_reply_says_so_once(

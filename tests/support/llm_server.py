@@ -40,6 +40,7 @@ class Script:
     reasoning_field: str = "reasoning"  # OpenAI-compatible: or "reasoning_content" (DeepSeek, llama.cpp)
     signature: str | None = None  # signs the reasoning (OpenRouter: in reasoning_details; Anthropic: always)
     redacted: str | None = None  # encrypted reasoning: Anthropic redacted_thinking, OpenRouter encrypted
+    gate: asyncio.Semaphore | None = None  # when set, each token waits for a release()
     tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, JSON arguments)
     usage: tuple[int, int] | None = (12, 3)
     cost: float | None = None
@@ -78,6 +79,7 @@ class LLMServer:
                 "id": "openai/gpt-4o-mini",
                 "context_length": 128000,
                 "architecture": {"input_modalities": ["text", "image"]},
+                "pricing": {"prompt": "0.00000015", "completion": "0.0000006"},  # USD per token
             },
         ]
         self.completion_tokens_only: set[str] = set()
@@ -237,7 +239,9 @@ class LLMServer:
                 if script.error_after == index:
                     await send({"error": script.error, **chunk({"content": ""}, "error")})
                 return response
-            if index:
+            if script.gate is not None:
+                await script.gate.acquire()
+            elif index:
                 await asyncio.sleep(script.delay)
             await send(chunk({"content": token}))
         if await self._fault(script, len(script.tokens), request):
@@ -320,7 +324,9 @@ class LLMServer:
                 if script.error_after == index:
                     await send("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})
                 return response
-            if index:
+            if script.gate is not None:
+                await script.gate.acquire()
+            elif index:
                 await asyncio.sleep(script.delay)
             await send(
                 "content_block_delta", {"index": block, "delta": {"type": "text_delta", "text": token}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bot.catalog import ResolvedModel
+from bot.catalog import ModelCatalog, ResolvedModel, UnknownModelError
 from bot.providers.base import Usage
 from bot.tokens import TokenCalibration
 
@@ -19,25 +19,29 @@ def add_usage(before: Usage | None, more: Usage) -> Usage:
     )
 
 
-def settle(
+async def priced(catalog: ModelCatalog, usage: Usage, model: str, resolved: ResolvedModel) -> Usage:
+    """One call's usage with its cost: as the provider reported it, else from the answering model's
+    listed prices (a fallback's own, not the model asked for)."""
+    if usage.cost is not None:
+        return usage
+    try:  # a fallback's listing is cached: choosing the fallbacks resolved it
+        info = resolved.info if model == resolved.name else await catalog.info(model)
+    except UnknownModelError:
+        return usage
+    if info is None or info.prompt_price is None:
+        return usage
+    cost = usage.prompt_tokens * info.prompt_price + usage.completion_tokens * (info.completion_price or 0.0)
+    return replace(usage, cost=cost)
+
+
+def calibrate(
+    calibration: TokenCalibration,
     usage: Usage | None,
     answered_by: str,
     resolved: ResolvedModel,
     prompt_estimate: int,
     rounds: int,
-    calibration: TokenCalibration,
-) -> Usage | None:
-    """The reply's usage with its cost when the provider gave none but the listing has prices.
-
-    Only a one-call reply by the model asked for is a clean comparison: it corrects the token estimate
-    and is priced from that model's listing.
-    """
-    if usage is None or answered_by != resolved.name or rounds != 1:
-        return usage
-    calibration.observe(resolved.name, prompt_estimate, usage.prompt_tokens)
-    info = resolved.info
-    if usage.cost is None and info and info.prompt_price is not None:
-        cost = usage.prompt_tokens * info.prompt_price
-        cost += usage.completion_tokens * (info.completion_price or 0.0)
-        usage = replace(usage, cost=cost)
-    return usage
+) -> None:
+    """Correct the token estimate from a clean comparison: one call, by the model asked for."""
+    if usage is not None and answered_by == resolved.name and rounds == 1:
+        calibration.observe(resolved.name, prompt_estimate, usage.prompt_tokens)

@@ -40,6 +40,8 @@ class ProviderSettings(BaseModel):
     context_length: dict[str, int] = Field(default_factory=dict)  # per model id
     vision: list[str] = Field(default_factory=list)  # model ids that accept images
     headers: dict[str, str] = Field(default_factory=dict)
+    # What the reply's token limit is called; None: max_completion_tokens for `openai`, else max_tokens.
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] | None = None
 
     def key(self) -> str | None:
         if self.api_key is not None:

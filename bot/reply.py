@@ -7,12 +7,12 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bot.accounting import settle
+from bot.accounting import calibrate, priced
 from bot.catalog import UnknownModelError
 from bot.citations import sources_footer
 from bot.context import ReplyFailed, assemble
 from bot.models import ConversationSettings, Surface
-from bot.providers.base import ProviderError
+from bot.providers.base import ProviderError, Usage
 from bot.skills import Citations, Skill, SkillContext, prefetch
 from bot.store import AssistantRecord, InboxEntry
 from bot.stored_reply import StoredReply
@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 INTERNAL_ERROR = "Something went wrong on our side while answering; it has been logged. Please try again."
 SHUTDOWN_NOTE = "Cut off: Parley is restarting."
 SHUTDOWN_GRACE = 5.0  # seconds a cancelled reply has to close its message
+# What the reply says when the model stopped early, by Finish reason.
+FINISH_NOTES = {
+    "length": "Cut off: the reply reached its length limit.",
+    "context_window": "Cut off: the conversation filled the model's context window; /reset starts afresh.",
+    "refusal": "The provider's safety filters stopped this reply.",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +125,13 @@ class Reply:
         if engine.left_out_note(self._entry.message.key, context.trimmed):
             notes.insert(0, "Older messages were left out to fit the model's context.")
         tools = engine.skills.tools(self._conf.skills) if context.takes_tools else ()
+
+        async def price(usage: Usage, model: str) -> Usage:
+            return await priced(engine.catalog, usage, model, resolved)
+
         loop = ToolLoop(
             engine.attempts_for(self._conf.model, resolved),
+            price,
             engine.skills,
             skill_context,
             self._renderer,
@@ -131,17 +142,11 @@ class Reply:
         )
         prompt_estimate = context.prompt_estimate()
         await loop.run(context.request(tools), self._answer)
-        self._answer.usage = settle(
-            self._answer.usage,
-            self._answer.model,
-            resolved,
-            prompt_estimate,
-            self._answer.rounds,
-            engine.calibration,
-        )
-        notes += [note for note in self._answer.notes if note not in notes]
-        if self._answer.finish == "length":
-            notes.insert(0, "Cut off: the reply reached its length limit.")
+        answer = self._answer
+        calibrate(engine.calibration, answer.usage, answer.model, resolved, prompt_estimate, answer.rounds)
+        notes += [note for note in answer.notes if note not in notes]
+        if note := FINISH_NOTES.get(answer.finish or ""):
+            notes.insert(0, note)
         return notes
 
     async def _on_text(self, answer: Answer) -> None:
@@ -152,7 +157,7 @@ class Reply:
 
     def _final_text(self, notes: list[str]) -> str:
         text = self._answer.shown
-        if not self._answer.text:
+        if not self._answer.text and self._answer.finish != "refusal":  # its note says why there is none
             text = extend(text, "The model returned an empty reply.")
         if footer := sources_footer(self._answer.text, tuple(self._citations.sources)):
             text = f"{text}\n\n{footer}"

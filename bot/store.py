@@ -155,9 +155,7 @@ class Store:
 
     async def close_inbox(self, inbox_id: int, state: str = "done") -> None:
         async with self._db.begin() as conn:
-            await conn.execute(
-                update(inbox).where(inbox.c.id == inbox_id).values(state=state, done_at=time.time())
-            )
+            await _close(conn, inbox.c.id == inbox_id, state)
 
     async def pending(self, platform: str) -> list[InboxEntry]:
         """The platform's accepted messages not yet answered, oldest first, with their files."""
@@ -257,9 +255,7 @@ class Store:
                 await conn.execute(
                     update(turns).where(turns.c.id == turn_id).values(tokens=tokens, **_record_values(record))
                 )
-            await conn.execute(
-                update(inbox).where(inbox.c.id == inbox_id).values(state="done", done_at=time.time())
-            )
+            await _close(conn, inbox.c.id == inbox_id, "done")
 
     async def save_refs(self, turn_id: int, refs: dict[str, Any]) -> None:
         async with self._db.begin() as conn:
@@ -283,11 +279,7 @@ class Store:
         async with self._db.begin() as conn:
             await conn.execute(update(turns).where(turns.c.id == reply.turn_id).values(outcome="interrupted"))
             if reply.answers is not None:
-                await conn.execute(
-                    update(inbox)
-                    .where(inbox.c.turn_id == reply.answers, inbox.c.state == "pending")
-                    .values(state="done", done_at=time.time())
-                )
+                await _close(conn, and_(inbox.c.turn_id == reply.answers, inbox.c.state == "pending"), "done")
 
     async def drop_turn(self, turn_id: int) -> None:
         async with self._db.begin() as conn:
@@ -380,6 +372,14 @@ class Store:
         statement = statement.on_conflict_do_update(index_elements=list(key), set_=values)
         async with self._db.begin() as conn:
             await conn.execute(statement)
+
+
+async def _close(conn: AsyncConnection, which: Any, state: str) -> None:
+    """Close inbox rows; their files were kept only to answer them."""
+    ids = [row.id for row in await conn.execute(select(inbox.c.id).where(which))]
+    if ids:
+        await conn.execute(update(inbox).where(inbox.c.id.in_(ids)).values(state=state, done_at=time.time()))
+        await conn.execute(delete(inbox_files).where(inbox_files.c.inbox_id.in_(ids)))
 
 
 async def _recent(

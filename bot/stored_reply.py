@@ -41,6 +41,7 @@ class StoredReply:
         refs = self._surface.refs
         if refs is None or (self.turn_id is not None and refs == self._refs):
             return
+        shown_at = self._clock.now()
         async with self._lock:
             try:
                 if self.turn_id is None:
@@ -52,7 +53,7 @@ class StoredReply:
                         estimate_tokens(text),
                         refs,
                     )
-                    self._saved_at = self._clock.now()
+                    self._saved_at = shown_at
                 else:
                     await self._store.save_refs(self.turn_id, refs)
                 self._refs = refs

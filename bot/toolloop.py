@@ -11,6 +11,7 @@ from bot.providers.base import (
     ChatRequest,
     Finish,
     ReasoningDelta,
+    Replay,
     TextDelta,
     ToolCall,
     Usage,
@@ -29,6 +30,7 @@ class Answer:
     model: str  # who is answering: the model asked for, or the fallback that took over
     text: str = ""
     round_text: str = ""  # the text of the current provider call, when tools split a reply into several
+    round_replay: Replay | None = None  # what that call's provider needs back with its tool calls
     reasoning_shown: str = ""
     usage: Usage | None = None
     finish: str | None = None
@@ -44,6 +46,7 @@ class ToolLoop:
     def __init__(
         self,
         attempts: Callable[[ChatRequest], Awaitable[list[Attempt]]],
+        price: Callable[[Usage, str], Awaitable[Usage]],
         registry: SkillRegistry,
         skill_context: SkillContext,
         renderer: PacedRenderer,
@@ -54,6 +57,7 @@ class ToolLoop:
         show_reasoning: bool,
     ) -> None:
         self._attempts = attempts
+        self._price = price
         self._registry = registry
         self._skill_context = skill_context
         self._renderer = renderer
@@ -76,7 +80,9 @@ class ToolLoop:
                 if result.note and result.note not in answer.notes:
                     answer.notes.append(result.note)
                 results.append(ChatMessage("tool", result.text, tool_call_id=call.id))
-            assistant = ChatMessage("assistant", answer.round_text, tool_calls=tuple(calls))
+            assistant = ChatMessage(
+                "assistant", answer.round_text, tool_calls=tuple(calls), replay=answer.round_replay
+            )
             request = replace(request, messages=(*request.messages, assistant, *results))
 
     async def _round(self, request: ChatRequest, answer: Answer) -> list[ToolCall]:
@@ -86,7 +92,9 @@ class ToolLoop:
             attempts, max_retries=self._max_retries, retry_after_cap=self._retry_after_cap
         )
         calls: list[ToolCall] = []
+        usage: Usage | None = None
         answer.round_text = ""
+        answer.round_replay = None
         answer.rounds += 1
         async for event in stream.events():
             if isinstance(event, TextDelta):
@@ -101,11 +109,15 @@ class ToolLoop:
                 self._renderer.update(answer.reasoning_shown)
             elif isinstance(event, ToolCall):
                 calls.append(event)
+            elif isinstance(event, Replay):
+                answer.round_replay = event
             elif isinstance(event, Usage):
-                answer.usage = add_usage(answer.usage, event)
+                usage = event
             elif isinstance(event, Finish):
                 answer.finish = event.reason
         answer.model = stream.answered_by or answer.model
+        if usage is not None:  # each call is priced by the model that answered it
+            answer.usage = add_usage(answer.usage, await self._price(usage, answer.model))
         return calls
 
 

@@ -19,8 +19,44 @@ FETCH_SECONDS = 10.0
 TEXT_CHARS = 3000  # page text handed to the model per result
 METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data"}
 TEXT_TYPES = ("text/html", "application/xhtml+xml", "text/plain")
-NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# Not globally reachable, per IANA's IPv4 and IPv6 special-purpose address registries (plus multicast and
+# the deprecated site-local range). Listed here rather than left to `is_global`, which differs between
+# Python releases (3.11.7 counts 192.0.0.9, fec0::/10 and 64:ff9b:1::/48 as global).
+NON_GLOBAL_V4 = tuple(
+    ipaddress.IPv4Network(net)
+    for net in (
+        "0.0.0.0/8",  # "this network": 0.0.0.0 reaches the local host
+        "10.0.0.0/8",
+        "100.64.0.0/10",  # carrier-grade NAT; 100.100.100.200 is a cloud metadata address
+        "127.0.0.0/8",
+        "169.254.0.0/16",  # link-local, 169.254.169.254 the usual metadata address
+        "172.16.0.0/12",
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",
+        "192.88.99.0/24",  # 6to4 relay anycast
+        "192.168.0.0/16",
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, and 255.255.255.255
+    )
+)
+NON_GLOBAL_V6 = tuple(
+    ipaddress.IPv6Network(net)
+    for net in (
+        "64:ff9b:1::/48",  # local-use IPv4/IPv6 translation
+        "2001::/23",  # IETF protocol assignments, Teredo among them
+        "2001:db8::/32",
+        "3fff::/20",  # documentation
+    )
+)
+GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")  # every global IPv6 address; the rest is local or reserved
+# IPv6 forms that carry an IPv4 address a gateway or the host may deliver to: IPv4-mapped, IPv4-translated
+# (SIIT), IPv4-compatible and NAT64. (6to4, 2002::/16, is read by `sixtofour`.)
+EMBEDDING_V4 = tuple(
+    ipaddress.IPv6Network(net) for net in ("::ffff:0:0/96", "::ffff:0:0:0/96", "::/96", "64:ff9b::/96")
+)
 
 
 class FetchRefused(Exception):
@@ -55,20 +91,22 @@ async def safe_address(url: str, *, allow_private: bool) -> tuple[str, str]:
 
 
 def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and (embedded := _embedded_ipv4(address)):
-        address = embedded
+    if isinstance(address, ipaddress.IPv6Address):
+        if (embedded := _embedded_ipv4(address)) is not None:
+            return _is_public(embedded)
+        if address not in GLOBAL_UNICAST or any(address in net for net in NON_GLOBAL_V6):
+            return False
+    elif any(address in net for net in NON_GLOBAL_V4):
+        return False
     return address.is_global and not address.is_multicast
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 one carries, where a gateway may deliver it there.
-
-    Python counts NAT64 (64:ff9b::/96), 6to4 (2002::/16) and IPv4-compatible (::/96) addresses as
-    global even when they wrap 127.0.0.1 or 169.254.169.254.
-    """
-    if embedded := address.ipv4_mapped or address.sixtofour:
-        return embedded
-    if address in NAT64 or address in IPV4_COMPATIBLE:
+    """The IPv4 address an IPv6 one carries, judged in its place: Python counts NAT64, 6to4 and
+    IPv4-translated addresses as global even when they wrap 127.0.0.1 or 169.254.169.254."""
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if any(address in net for net in EMBEDDING_V4):
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return None
 

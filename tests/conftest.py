@@ -10,6 +10,7 @@ import pytest
 from bot.config import Settings
 from bot.engine import Engine
 from bot.models import ConversationKey, HistoryEntry, RenderBudget
+from bot.streaming import Clock
 from skills import builtin
 from tests.support.llm_server import LLMServer
 from tests.support.search_server import SearchServer
@@ -138,9 +139,9 @@ async def make_engine(
     """Engines with the built-in skills and the recording platform; closed at the end of the test."""
     made: list[Engine] = []
 
-    async def build(**overrides: Any) -> Engine:
+    async def build(*, clock: Clock | None = None, **overrides: Any) -> Engine:
         settings = make_settings(**overrides)
-        engine = await Engine.create(settings, skills=builtin(settings))
+        engine = await Engine.create(settings, skills=builtin(settings), clock=clock)
         engine.register(platform)
         made.append(engine)
         return engine

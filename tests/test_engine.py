@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -13,8 +14,11 @@ from bot.config import ProviderSettings
 from bot.engine import Engine
 from bot.models import Attachment, Author, ConversationKey
 from bot.reply import INTERNAL_ERROR
+from bot.store import AssistantRecord
 from tests.support.asking import CHANNEL, answer, ask, first_render, msg, surface_of
+from tests.support.clock import FakeClock
 from tests.support.llm_server import LLMServer, Script
+from tests.support.search_server import SearchServer
 
 BO = Author("u-bo", "Bo")
 MANAGER = Author("u-boss", "Boss", is_channel_manager=True)
@@ -62,6 +66,23 @@ async def test_the_user_turn_is_stored_before_the_provider_is_asked(engine: Engi
     assert await task == "late"
 
 
+async def until(condition: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
+    """Wait for something another task does; fails rather than hanging."""
+    try:
+        async with asyncio.timeout(seconds):
+            while not condition():
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"never happened: {what}") from None
+
+
+async def assistant_row(engine: Engine) -> dict[str, Any]:
+    """The last assistant turn as the store keeps it, read as is."""
+    async with engine.store._db.connect() as conn:
+        sql = "SELECT * FROM turns WHERE role = 'assistant' ORDER BY id DESC LIMIT 1"
+        return dict((await conn.exec_driver_sql(sql)).mappings().one())
+
+
 async def test_the_assistant_turn_records_model_usage_cost_latency_and_outcome(
     engine: Engine, llm: LLMServer
 ) -> None:
@@ -72,6 +93,105 @@ async def test_the_assistant_turn_records_model_usage_cost_latency_and_outcome(
     assert (row["content"], row["model"], row["outcome"]) == ("fine", "openrouter/xiaomi/mimo-v2-flash", "ok")
     assert (row["prompt_tokens"], row["completion_tokens"], row["cost"]) == (40, 2, 0.0005)
     assert row["latency_ms"] is not None and row["latency_ms"] >= 0
+
+
+GPT_4O_MINI_PRICES = (0.00000015, 0.0000006)  # the loopback listing's USD per prompt and completion token
+
+
+def listed_cost(prompt_tokens: int, completion_tokens: int) -> float:
+    return prompt_tokens * GPT_4O_MINI_PRICES[0] + completion_tokens * GPT_4O_MINI_PRICES[1]
+
+
+async def test_cost_comes_from_listed_prices_when_the_provider_reports_none(
+    make_engine: Callable[..., Any], llm: LLMServer
+) -> None:
+    engine = await make_engine(default_model="openrouter/openai/gpt-4o-mini")
+    assert await ask(engine, "/model") == (
+        "This channel uses openrouter/openai/gpt-4o-mini "
+        "(context 128,000 tokens, $0.15 in / $0.60 out per M tokens, reads images)."
+    )
+    llm.enqueue(Script(tokens=["priced"], usage=(1000, 200)))
+    await ask(engine, "hello")
+    priced = await assistant_row(engine)
+    llm.enqueue(Script(tokens=["reported"], usage=(1000, 200), cost=0.0123))
+    await ask(engine, "again")
+    reported = await assistant_row(engine)
+    await engine.aclose()
+    assert priced["cost"] == pytest.approx(listed_cost(1000, 200))
+    assert reported["cost"] == 0.0123  # the provider's own figure wins
+
+
+async def test_cost_covers_every_tool_round_and_a_fallback_models_prices(
+    make_engine: Callable[..., Any], llm: LLMServer, search: SearchServer
+) -> None:
+    llm.models[1]["supported_parameters"] = ["tools"]
+    engine = await make_engine(default_model="openrouter/openai/gpt-4o-mini", **search.settings())
+    await ask(engine, "/search auto", author=MANAGER)
+    llm.enqueue(
+        Script(tokens=[], tool_calls=[("web_search", '{"query": "parley"}')], usage=(100, 10)),
+        Script(tokens=["It shipped [1]."], usage=(300, 20)),
+    )
+    await ask(engine, "What shipped?")
+    searched = await assistant_row(engine)
+    await engine.aclose()
+    assert (searched["prompt_tokens"], searched["completion_tokens"]) == (400, 30)
+    assert searched["cost"] == pytest.approx(listed_cost(400, 30))
+
+    fallbacks = {"openrouter/xiaomi/mimo-v2-flash": ["openrouter/openai/gpt-4o-mini"]}
+    engine = await make_engine(fallbacks=fallbacks)  # mimo-v2-flash lists no prices
+    llm.enqueue(Script(status=502), Script(tokens=["rescued"], usage=(1000, 200)))
+    assert await ask(engine, "hi") == "rescued"
+    rescued = await assistant_row(engine)
+    await engine.aclose()
+    assert rescued["model"] == "openrouter/openai/gpt-4o-mini"
+    assert rescued["cost"] == pytest.approx(listed_cost(1000, 200))
+
+
+async def test_a_long_reply_is_checkpointed_every_two_seconds_of_the_engines_clock(
+    make_engine: Callable[..., Any], llm: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row is written at the first render; then the text every 2 s of the engine's clock; then the end."""
+    clock = FakeClock()
+    engine = await make_engine(clock=clock)
+    writes: list[tuple[str, str]] = []
+    store = engine.store
+    start, update, finish = store.start_reply, store.update_reply, store.finish_reply
+
+    async def spy_start(
+        conversation: str, answers: Any, author: str, record: AssistantRecord, *rest: Any
+    ) -> int:
+        writes.append((record.content, record.outcome))
+        return await start(conversation, answers, author, record, *rest)
+
+    async def spy_update(turn_id: int, record: AssistantRecord, tokens: int) -> None:
+        await update(turn_id, record, tokens)
+        writes.append((record.content, record.outcome))
+
+    async def spy_finish(*args: Any) -> None:
+        await finish(*args)
+        writes.append((args[5].content, args[5].outcome))
+
+    monkeypatch.setattr(store, "start_reply", spy_start)
+    monkeypatch.setattr(store, "update_reply", spy_update)
+    monkeypatch.setattr(store, "finish_reply", spy_finish)
+    gate = asyncio.Semaphore(0)  # the loopback sends one token per release
+    llm.enqueue(Script(tokens=["A", "B", "C", "D", "E"], gate=gate))
+    message = msg("tell me a long story")
+    reply = await engine.accept(message, {"message": message.id})
+    assert reply is not None
+    # Seconds of the engine's clock that pass after each token: C comes 2.5 s in, E 2.1 s after C.
+    for token, seconds in (("A", 1.0), ("B", 1.5), ("C", 0.1), ("D", 2.0), ("E", 0.0)):
+        gate.release()
+        surface = await first_render(engine, message)
+        await until(lambda t=token, s=surface: s.renders[-1][0].endswith(t), f"{token} shown")
+        if token == "C":
+            await until(lambda: writes[-1][0] == "ABC", f"a checkpoint of ABC: {writes}")
+            (streaming,) = await store.streaming("test")
+            assert streaming.content == "ABC"  # what a crash now would keep
+        await clock.advance(seconds)
+    await reply
+    assert surface.final == "ABCDE"
+    assert writes == [("A", "streaming"), ("ABC", "streaming"), ("ABCDE", "streaming"), ("ABCDE", "ok")]
 
 
 async def test_context_is_trimmed_to_the_window_and_the_reply_says_so_once(
@@ -379,3 +499,83 @@ async def test_cancelling_a_reply_closes_the_message_and_keeps_the_text(
     turns, _ = await engine.store.recall(str(CHANNEL), 10_000)
     assert (turns[-1].content, turns[-1].outcome) == ("kept text", "cut_off")
     assert await engine.store.pending("test") == []
+
+
+def claude(llm: LLMServer) -> dict[str, Any]:
+    """Settings for an Anthropic provider named claude, answering by default."""
+    provider = ProviderSettings(base_url=llm.anthropic_base_url, api="anthropic", api_key="sk-ant")
+    return {"providers": {"claude": provider}, "default_model": "claude/claude-sonnet-4-5"}
+
+
+async def test_context_window_stops_and_refusals_are_explained(
+    make_engine: Callable[..., Any], llm: LLMServer
+) -> None:
+    engine = await make_engine(**claude(llm))
+    llm.enqueue(Script(tokens=["The story so far"], finish="model_context_window_exceeded"))
+    assert await ask(engine, "go on") == (
+        "The story so far\n\n"
+        "_Cut off: the conversation filled the model's context window; /reset starts afresh._"
+    )
+    llm.enqueue(Script(tokens=[], finish="refusal"))
+    assert await ask(engine, "something risky") == "_The provider's safety filters stopped this reply._"
+    await engine.aclose()
+    llm.enqueue(Script(tokens=["Partly"], finish="content_filter"))  # OpenAI's name for it
+    assert await ask_once(make_engine, "again") == (
+        "Partly\n\n_The provider's safety filters stopped this reply._"
+    )
+
+
+async def ask_once(make_engine: Callable[..., Any], text: str, **settings: Any) -> str:
+    """A question to an engine of its own, with these settings."""
+    return await ask(await make_engine(**settings), text)
+
+
+@pytest.mark.parametrize("api", ["openrouter", "anthropic"])
+async def test_a_tool_round_sends_the_models_signed_reasoning_back(
+    make_engine: Callable[..., Any], llm: LLMServer, search: SearchServer, api: str
+) -> None:
+    engine = await make_engine(**search.settings(), **(claude(llm) if api == "anthropic" else {}))
+    await ask(engine, "/search auto", author=MANAGER)
+    llm.enqueue(
+        Script(
+            tokens=[],
+            reasoning=["Search ", "first."],
+            signature="EqQBCkgIARABGAIiQL",
+            redacted="RU5DUllQVEVE",
+            tool_calls=[("web_search", '{"query": "parley release"}')],
+        ),
+        Script(tokens=["It shipped on Monday [1]."]),
+    )
+    reply = await ask(engine, "When did Parley 2.0 ship?")
+    await engine.aclose()
+    assert reply.startswith("It shipped on Monday [1].\n\n**Sources**\n[1] [Parley 2.0 | released]")
+    second = llm.chat_requests()[-1]
+    assistant = next(m for m in second.json["messages"] if m["role"] == "assistant")
+    if api == "anthropic":
+        assert [block["type"] for block in assistant["content"]] == [
+            "thinking",
+            "redacted_thinking",
+            "tool_use",
+        ]
+        assert assistant["content"][0]["signature"] == "EqQBCkgIARABGAIiQL"
+    else:
+        assert [d["type"] for d in assistant["reasoning_details"]] == [
+            "reasoning.text",
+            "reasoning.encrypted",
+        ]
+        assert assistant["reasoning_details"][0]["text"] == "Search first."
+
+
+async def test_a_provider_that_is_not_running_is_named_in_the_reply(
+    make_engine: Callable[..., Any],
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # nothing listens here
+        base = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"
+        local = ProviderSettings(base_url=base, models=["qwen3-8b"])
+        reply = await ask_once(
+            make_engine, "hello?", providers={"lmstudio": local}, default_model="lmstudio/qwen3-8b"
+        )
+    assert reply == (
+        f"_Nothing answers at {base}; check that the lmstudio server is running and its address is right._"
+    )

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import socket
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bot.config import ProviderSettings
+from bot.catalog import ModelCatalog
+from bot.config import ProviderSettings, Settings
 from bot.providers.anthropic import AnthropicProvider
 from bot.providers.base import (
     ChatMessage,
@@ -18,6 +24,7 @@ from bot.providers.base import (
     Image,
     ProviderError,
     ReasoningDelta,
+    Replay,
     StreamEvent,
     TextDelta,
     Timeouts,
@@ -60,9 +67,11 @@ async def collect(
         await provider.aclose()
 
 
-async def failure(provider: OpenAICompatibleProvider | AnthropicProvider) -> ProviderError:
+async def failure(
+    provider: OpenAICompatibleProvider | AnthropicProvider, request: ChatRequest = REQUEST
+) -> ProviderError:
     with pytest.raises(ProviderError) as caught:
-        await collect(provider)
+        await collect(provider, request)
     return caught.value
 
 
@@ -150,10 +159,52 @@ async def test_first_token_and_chunk_gap_timeouts(llm: LLMServer) -> None:
     assert stalled.kind is ErrorKind.TIMEOUT and "between two parts" in stalled.detail
 
 
-async def test_unreachable_server_is_unavailable_and_retryable() -> None:
-    settings = ProviderSettings(base_url="http://127.0.0.1:9/v1", api_key=KEY)
-    error = await failure(OpenAICompatibleProvider("local", settings, Timeouts(connect=1)))
-    assert error.kind is ErrorKind.UNAVAILABLE and error.retryable
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A local port where nothing listens: bound, so no one else takes it, but refusing connections."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+async def test_a_refused_connection_names_the_address_in_replies_and_listings(closed_port: int) -> None:
+    base = f"http://127.0.0.1:{closed_port}/v1"
+    sentence = (
+        f"Nothing answers at {base}; check that the lmstudio server is running and its address is right."
+    )
+    settings = ProviderSettings(base_url=f"http://user:hunter2@127.0.0.1:{closed_port}/v1")
+    error = await failure(OpenAICompatibleProvider("lmstudio", settings, Timeouts(connect=5)))
+    assert (error.kind, error.retryable, error.user_message()) == (ErrorKind.UNREACHABLE, True, sentence)
+    provider = OpenAICompatibleProvider("lmstudio", settings, Timeouts(connect=5))
+    with pytest.raises(ProviderError) as listing:
+        await provider.list_models()  # what `parley check` and /models show
+    await provider.aclose()
+    assert listing.value.user_message() == sentence and "hunter2" not in str(listing.value.url)
+    claude = ProviderSettings(base_url=f"http://127.0.0.1:{closed_port}", api="anthropic", api_key=KEY)
+    error = await failure(AnthropicProvider("claude", claude, Timeouts(connect=5)))
+    assert error.user_message().startswith(f"Nothing answers at http://127.0.0.1:{closed_port};")
+
+
+def fail_dns(monkeypatch: pytest.MonkeyPatch, code: int, message: str) -> None:
+    async def getaddrinfo(*args: Any, **kwargs: Any) -> list[Any]:
+        raise socket.gaierror(code, message)
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+
+
+async def test_an_unknown_host_is_named_but_a_failing_resolver_is_an_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = ProviderSettings(base_url="http://olama:11434/v1")
+    fail_dns(monkeypatch, socket.EAI_NONAME, "Name or service not known")
+    error = await failure(OpenAICompatibleProvider("ollama", settings, Timeouts(connect=5)))
+    assert error.user_message() == (
+        "Nothing answers at http://olama:11434/v1; "
+        "check that the ollama server is running and its address is right."
+    )
+    fail_dns(monkeypatch, socket.EAI_AGAIN, "Temporary failure in name resolution")
+    error = await failure(OpenAICompatibleProvider("ollama", settings, Timeouts(connect=5)))
+    assert (error.kind, error.retryable) == (ErrorKind.UNAVAILABLE, True)
 
 
 A4_CASES = [
@@ -217,6 +268,72 @@ SENTENCES = {
 }
 
 
+CLOUDFLARE_BLOCK = (
+    '<!DOCTYPE html>\n<!--[if lt IE 7]> <html class="no-js ie6 oldie" lang="en-US"> <![endif]-->\n'
+    '<head><title>Attention Required! | Cloudflare</title></head>\n<body><div id="cf-wrapper">'
+    "<h1>Sorry, you have been blocked</h1></div></body></html>"
+)
+
+
+WEB_PAGE = "from a web page, not the API: a proxy or firewall may be in the way"
+NO_API = "There is no openrouter API at {base} (HTTP 404); check its base URL."
+
+
+@pytest.mark.parametrize(
+    ("script", "sentence"),
+    [
+        pytest.param(
+            Script(status=403, error_text=CLOUDFLARE_BLOCK),
+            f"openrouter refused this request (HTTP 403 {WEB_PAGE}).",
+            id="cdn-block-page",
+        ),
+        pytest.param(
+            Script(
+                status=405, error_text="<html><body>Method Not Allowed</body></html>", error_type="text/plain"
+            ),
+            f"openrouter rejected the request (HTTP 405 {WEB_PAGE}).",
+            id="html-without-its-type",
+        ),
+        pytest.param(
+            Script(status=502, error_text="<html><h1>502 Bad Gateway</h1></html>"),
+            "openrouter is unavailable right now; try again shortly.",
+            id="proxy-502",
+        ),
+        pytest.param(
+            Script(status=418, error_text="I'm a teapot\n", error_type="text/plain"),
+            "openrouter rejected the request (HTTP 418: I'm a teapot).",
+            id="short-plain-text",
+        ),
+        pytest.param(  # Ollama's answer when its base URL lacks /v1
+            Script(status=404, error_text="404 page not found", error_type="text/plain"), NO_API, id="go-404"
+        ),
+        pytest.param(Script(status=404, body={"detail": "Not Found"}), NO_API, id="fastapi-404"),
+    ],
+)
+async def test_an_error_page_that_is_not_the_apis_is_one_sentence_with_its_status(
+    llm: LLMServer, script: Script, sentence: str
+) -> None:
+    llm.enqueue(script)
+    error = await failure(openai(llm))
+    assert error.user_message() == sentence.format(base=llm.openai_base_url)
+    assert "<" not in error.user_message()
+
+
+async def test_a_model_listing_that_is_a_web_page_is_one_sentence(llm: LLMServer) -> None:
+    llm.models_error = Script(status=403, error_text=CLOUDFLARE_BLOCK)
+    with pytest.raises(ProviderError) as blocked:
+        await openai(llm).list_models()
+    assert blocked.value.user_message().startswith(
+        "openrouter refused this request (HTTP 403 from a web page"
+    )
+    llm.models_error = Script(status=200, error_text="<html><body>Welcome to nginx!</body></html>")
+    with pytest.raises(ProviderError) as page:
+        await openai(llm).list_models()
+    assert page.value.user_message() == (
+        f"There is no openrouter API at {llm.openai_base_url} (HTTP 200, and not JSON); check its base URL."
+    )
+
+
 async def test_openrouter_availability_overrides_status_and_gives_retry_after(llm: LLMServer) -> None:
     body = {
         "error": {
@@ -275,6 +392,111 @@ async def test_streamed_tool_call_fragments_are_assembled(llm: LLMServer) -> Non
     assert events[-1] == Finish("tool_calls")
 
 
+async def test_openai_gets_max_completion_tokens_and_a_provider_table_can_choose(
+    llm: LLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "parley.toml"
+    config.write_text(
+        f'[providers.azure]\nbase_url = "{llm.openai_base_url}"\nmax_tokens_param = "max_completion_tokens"\n'
+        f'[providers.vllm]\nbase_url = "{llm.openai_base_url}"\n'
+    )
+    monkeypatch.setenv("PARLEY_CONFIG", str(config))
+    settings = Settings(
+        _env_file=None,
+        openai_api_key="sk-openai",
+        openai_base_url=llm.openai_base_url,
+        openrouter_api_key=KEY,
+        openrouter_base_url=llm.openai_base_url,
+    )
+    catalog = ModelCatalog.from_settings(settings)
+    llm.completion_tokens_only = {"o3-mini"}  # refuses max_tokens, as OpenAI's reasoning models do
+    request = ChatRequest("o3-mini", REQUEST.messages, max_tokens=500)
+    try:
+        for name in ("openai", "azure"):
+            assert text_of([e async for e in catalog.providers[name].stream(request)]) == "echo: hi"
+        for name in ("openrouter", "vllm"):
+            with pytest.raises(ProviderError) as refused:
+                [e async for e in catalog.providers[name].stream(request)]
+            assert "Unsupported parameter: 'max_tokens'" in refused.value.user_message()
+    finally:
+        await catalog.aclose()
+    sent = [{k: v for k, v in r.json.items() if k.startswith("max_")} for r in llm.chat_requests()]
+    assert sent == [{"max_completion_tokens": 500}] * 2 + [{"max_tokens": 500}] * 2
+
+
+TOOL_CALL = ToolCall("call_0", "web_search", '{"query": "q"}')
+
+
+def tool_round(replay: Replay | None, model: str = REQUEST.model, call: ToolCall = TOOL_CALL) -> ChatRequest:
+    """The request after one tool round: the assistant message with its call, then the tool's result."""
+    assistant = ChatMessage("assistant", "", tool_calls=(call,), replay=replay)
+    result = ChatMessage("tool", "results", tool_call_id=call.id)
+    return replace(REQUEST, model=model, messages=(*REQUEST.messages, assistant, result))
+
+
+async def test_openrouter_reasoning_details_go_back_whole_with_the_tool_calls(llm: LLMServer) -> None:
+    llm.enqueue(
+        Script(
+            tokens=[],
+            reasoning=["Let me ", "search ", "for it."],
+            signature="EqQBCkgIARABGAIiQL",
+            redacted="c2lnbmVkIGdlbWluaQ==",
+            tool_calls=[("web_search", '{"query": "q"}')],
+        )
+    )
+    events = await collect(openai(llm))
+    assert "".join(e.text for e in events if isinstance(e, ReasoningDelta)) == "Let me search for it."
+    replays = [e for e in events if isinstance(e, Replay)]
+    assert replays == [
+        Replay(
+            "openrouter/xiaomi/mimo-v2-flash",
+            {
+                "reasoning_details": [
+                    {
+                        "type": "reasoning.text",
+                        "text": "Let me search for it.",
+                        "signature": "EqQBCkgIARABGAIiQL",
+                        "index": 0,
+                        "format": "anthropic-claude-v1",
+                    },
+                    {
+                        "type": "reasoning.encrypted",
+                        "data": "c2lnbmVkIGdlbWluaQ==",
+                        "index": 1,
+                        "format": "google-gemini-v1",
+                    },
+                ]
+            },
+        )
+    ]
+    llm.enqueue(Script(tokens=["Found it."]))
+    assert text_of(await collect(openai(llm), tool_round(replays[0]))) == "Found it."
+    sent = llm.chat_requests()[-1].json["messages"][2]
+    assert sent["reasoning_details"] == replays[0].data["reasoning_details"]
+    refused = await failure(openai(llm), tool_round(None))  # what OpenRouter answers when they are dropped
+    assert refused.kind is ErrorKind.BAD_REQUEST and "reasoning_details" in refused.detail
+    await collect(openai(llm), tool_round(replays[0], model="openai/gpt-4o-mini"))  # a fallback model
+    assert "reasoning_details" not in llm.chat_requests()[-1].json["messages"][2]
+
+
+async def test_deepseek_reasoning_content_goes_back_with_the_tool_calls(llm: LLMServer) -> None:
+    script = Script(
+        tokens=[], reasoning=["Need ", "data."], reasoning_field="reasoning_content", tool_calls=[("f", "{}")]
+    )
+    llm.enqueue(script)
+    replay = next(e for e in await collect(openai(llm)) if isinstance(e, Replay))
+    assert replay.data == {"reasoning_content": "Need data."}
+    await collect(openai(llm), tool_round(replay, call=ToolCall("call_0", "f", "{}")))
+    assert llm.chat_requests()[-1].json["messages"][2]["reasoning_content"] == "Need data."
+    llm.enqueue(Script(tokens=["plain"], reasoning=["no tools, nothing to replay"]))
+    assert not any(isinstance(e, Replay) for e in await collect(openai(llm)))
+
+
+async def test_content_filter_stops_are_refusals(llm: LLMServer) -> None:
+    llm.enqueue(Script(tokens=["Some"], finish="content_filter"))
+    assert (await collect(openai(llm)))[-1] == Finish("refusal")
+
+
 async def test_model_listing_reads_context_prices_vision_and_allow_list(llm: LLMServer) -> None:
     llm.models = [
         {
@@ -319,6 +541,55 @@ async def test_anthropic_thinking_tool_use_and_length_stop(llm: LLMServer) -> No
     assert events[-1] == Finish("tool_calls")
     llm.enqueue(Script(tokens=["cut"], finish="length"))
     assert (await collect(anthropic(llm)))[-1] == Finish("length")
+
+
+async def test_anthropic_thinking_goes_back_signed_and_in_order_with_the_tool_use(llm: LLMServer) -> None:
+    llm.enqueue(
+        Script(
+            tokens=["Searching."],
+            reasoning=["The user ", "wants news."],
+            signature="ErUBCkYIBhgCIkB",
+            redacted="EmwKAhgBEgy3va3pzix",
+            tool_calls=[("web_search", '{"query": "q"}')],
+        )
+    )
+    events = await collect(anthropic(llm))
+    call = next(e for e in events if isinstance(e, ToolCall))
+    replay = next(e for e in events if isinstance(e, Replay))
+    assert replay == Replay(
+        "anthropic/xiaomi/mimo-v2-flash",
+        {
+            "content": [
+                {"type": "thinking", "thinking": "The user wants news.", "signature": "ErUBCkYIBhgCIkB"},
+                {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"},
+                {"type": "text", "text": "Searching."},
+                {"type": "tool_use", "id": call.id, "name": "web_search", "input": {"query": "q"}},
+            ]
+        },
+    )
+    assert events[-2:] == [Usage(12, 3), Finish("tool_calls")]
+    llm.enqueue(Script(tokens=["Found it."]))
+    assert text_of(await collect(anthropic(llm), tool_round(replay, call=call))) == "Found it."
+    assert llm.chat_requests()[-1].json["messages"][1]["content"] == replay.data["content"]
+    refused = await failure(anthropic(llm), tool_round(None, call=call))  # the API's 400 without them
+    assert refused.kind is ErrorKind.BAD_REQUEST and "thinking" in refused.detail
+    llm.enqueue(Script(tokens=["No tools"], reasoning=["thought"]))
+    assert not any(isinstance(e, Replay) for e in await collect(anthropic(llm)))
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "finish"),
+    [
+        ("model_context_window_exceeded", "context_window"),
+        ("refusal", "refusal"),
+        ("max_tokens", "length"),
+        ("stop_sequence", "stop"),
+        ("pause_turn", "pause_turn"),
+    ],
+)
+async def test_anthropic_stop_reasons(llm: LLMServer, stop_reason: str, finish: str) -> None:
+    llm.enqueue(Script(tokens=["Partial"], finish=stop_reason))
+    assert (await collect(anthropic(llm)))[-1] == Finish(finish)
 
 
 async def test_anthropic_error_event_and_missing_message_stop(llm: LLMServer) -> None:

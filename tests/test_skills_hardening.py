@@ -82,20 +82,71 @@ async def test_a_name_resolving_to_loopback_is_refused_before_any_request(
     assert web.page_hits == []
 
 
-@pytest.mark.parametrize(
-    "host",
-    ["[64:ff9b::a9fe:a9fe]", "[2002:7f00:1::]", "[::7f00:1]", "[fd00:ec2::254]", "[ff02::1]", "224.0.0.1"],
-)
-async def test_private_ipv4_hidden_in_ipv6_and_multicast_are_refused(host: str) -> None:
-    # NAT64 of 169.254.169.254, 6to4 and IPv4-compatible forms of 127.0.0.1, AWS's IPv6 metadata, multicast.
+# Every range IANA's special-purpose registries mark as not globally reachable, and the IPv6 forms that
+# carry such an IPv4 address (mapped, translated, compatible, NAT64, 6to4), plus multicast.
+NON_GLOBAL = {
+    "0.0.0.0": "this network: reaches the local host",
+    "10.1.2.3": "private",
+    "100.64.0.1": "carrier-grade NAT",
+    "100.100.100.200": "Alibaba Cloud metadata, inside carrier-grade NAT",
+    "127.0.0.1": "loopback",
+    "2130706433": "127.0.0.1 written as one number",
+    "0x7f.1": "127.0.0.1 in hexadecimal, shortened",
+    "169.254.169.254": "link-local: the usual cloud metadata address",
+    "172.16.0.1": "private",
+    "192.0.0.1": "IETF protocol assignments",
+    "192.0.0.9": "IETF protocol assignments (Python 3.11.7 calls it global)",
+    "192.0.0.170": "NAT64 discovery",
+    "192.0.2.1": "documentation",
+    "192.88.99.1": "6to4 relay anycast",
+    "192.168.1.1": "private",
+    "198.18.0.1": "benchmarking",
+    "198.51.100.1": "documentation",
+    "203.0.113.1": "documentation",
+    "224.0.0.1": "multicast",
+    "240.0.0.1": "reserved",
+    "255.255.255.255": "broadcast",
+    "[::]": "unspecified",
+    "[::1]": "loopback",
+    "[fd00::1]": "unique local",
+    "[fd00:ec2::254]": "AWS's IPv6 metadata address",
+    "[fe80::1]": "link-local",
+    "[fec0::1]": "site-local (Python 3.11.7 calls it global)",
+    "[ff02::1]": "multicast",
+    "[2001:db8::1]": "documentation",
+    "[3fff::1]": "documentation (RFC 9637)",
+    "[2001::1]": "Teredo",
+    "[5f00::1]": "segment routing, outside global unicast",
+    "[::ffff:127.0.0.1]": "IPv4-mapped loopback",
+    "[::ffff:100.64.0.1]": "IPv4-mapped carrier-grade NAT",
+    "[::ffff:169.254.169.254]": "IPv4-mapped metadata",
+    "[::ffff:0:7f00:1]": "IPv4-translated (SIIT) loopback",
+    "[::7f00:1]": "IPv4-compatible loopback",
+    "[64:ff9b::a9fe:a9fe]": "NAT64 of 169.254.169.254",
+    "[64:ff9b::6464:64c8]": "NAT64 of 100.100.100.200",
+    "[64:ff9b:1::a00:1]": "local-use NAT64 (Python 3.11.7 calls it global)",
+    "[2002:7f00:1::]": "6to4 of 127.0.0.1",
+    "[2002:c000:0201::]": "6to4 of a documentation address",
+}
+
+
+@pytest.mark.parametrize("host", list(NON_GLOBAL))
+async def test_every_non_global_address_is_refused(host: str) -> None:
     with pytest.raises(FetchRefused, match="points into a private network"):
         await safe_address(f"http://{host}/latest/meta-data/", allow_private=False)
 
 
-async def test_a_public_ipv4_behind_nat64_is_allowed() -> None:
-    assert (await safe_address("http://[64:ff9b::5db8:d70e]/", allow_private=False))[
-        1
-    ] == "64:ff9b::5db8:d70e"
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("93.184.215.14", "93.184.215.14"),
+        ("[2606:2800:21f:cb07:6820:80da:af6b:8b2c]", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"),
+        ("[64:ff9b::5db8:d70e]", "64:ff9b::5db8:d70e"),  # NAT64 of a public address
+        ("[::ffff:93.184.215.14]", "::ffff:5db8:d70e"),  # IPv4-mapped public address
+    ],
+)
+async def test_public_addresses_are_allowed(host: str, address: str) -> None:
+    assert await safe_address(f"http://{host}/", allow_private=False) == (host.strip("[]"), address)
 
 
 async def test_a_redirect_without_a_location_is_refused(web: SearchServer) -> None:

@@ -118,6 +118,8 @@ async def test_an_accepted_message_is_stored_once_with_its_files_across_restarts
     assert await reopened.count_turns("test:c") == 1
     await reopened.close_inbox(pending.id)
     assert await reopened.pending("test") == []
+    async with reopened._db.connect() as conn:  # files were kept only to answer the message
+        assert (await conn.exec_driver_sql("SELECT count(*) FROM inbox_files")).scalar() == 0
     await reopened.close()
 
 

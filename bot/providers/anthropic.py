@@ -13,6 +13,7 @@ from bot.providers.base import (
     Finish,
     ModelInfo,
     ReasoningDelta,
+    Replay,
     StreamEvent,
     TextDelta,
     ToolCall,
@@ -36,12 +37,16 @@ class AnthropicProvider(HTTPProvider):
         return headers
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        stream = SSEStream(self.name, request.model, self._timeouts)
+        stream = SSEStream(self.name, request.model, self._timeouts, self._base)
         secret = self._settings.key()
-        await stream.open(self._client, f"{self._base}/v1/messages", _body(request), self._headers(), secret)
+        source = f"{self.name}/{request.model}"
+        await stream.open(
+            self._client, f"{self._base}/v1/messages", _body(request, source), self._headers(), secret
+        )
         prompt_tokens = completion_tokens = 0
         stop_reason: str | None = None
-        tools: dict[int, dict[str, Any]] = {}
+        blocks: dict[int, dict[str, Any]] = {}  # every content block as it arrived, for the replay
+        tools: dict[int, list[str]] = {}  # the JSON pieces of each tool_use block
         finished = False
         try:
             while (event := await stream.next_event()) is not None:
@@ -50,6 +55,7 @@ class AnthropicProvider(HTTPProvider):
                 except ValueError:
                     raise stream.broken("the provider sent an event that is not JSON") from None
                 kind = data.get("type") or event.event
+                index = data.get("index", 0)
                 if kind == "error":
                     raise error_from_payload(self.name, request.model, data.get("error") or data, secret)
                 if kind == "message_start":
@@ -57,27 +63,32 @@ class AnthropicProvider(HTTPProvider):
                     prompt_tokens = int(usage.get("input_tokens") or 0)
                     completion_tokens = int(usage.get("output_tokens") or 0)
                 elif kind == "content_block_start":
-                    block = data.get("content_block") or {}
-                    if block.get("type") == "tool_use":
+                    block = dict(data.get("content_block") or {})
+                    blocks[index] = block
+                    if block.get("type") in ("tool_use", "redacted_thinking"):
                         stream.content_begun()
-                        tools[data.get("index", 0)] = {
-                            "id": block.get("id", ""),
-                            "name": block.get("name", ""),
-                            "json": [],
-                        }
+                    if block.get("type") == "tool_use":
+                        tools[index] = []
                 elif kind == "content_block_delta":
                     delta = data.get("delta") or {}
+                    block = blocks.setdefault(index, {})
                     if delta.get("type") == "text_delta" and delta.get("text"):
                         stream.content_begun()
+                        block["text"] = block.get("text", "") + delta["text"]
                         yield TextDelta(delta["text"])
                     elif delta.get("type") == "thinking_delta" and delta.get("thinking"):
                         stream.content_begun()
+                        block["thinking"] = block.get("thinking", "") + delta["thinking"]
                         yield ReasoningDelta(delta["thinking"])
-                    elif delta.get("type") == "input_json_delta" and data.get("index", 0) in tools:
-                        tools[data.get("index", 0)]["json"].append(delta.get("partial_json", ""))
-                elif kind == "content_block_stop" and data.get("index", 0) in tools:
-                    tool = tools.pop(data.get("index", 0))
-                    yield ToolCall(tool["id"], tool["name"], "".join(tool["json"]) or "{}")
+                    elif delta.get("type") == "signature_delta":
+                        block["signature"] = delta.get("signature", "")
+                    elif delta.get("type") == "input_json_delta" and index in tools:
+                        tools[index].append(delta.get("partial_json", ""))
+                elif kind == "content_block_stop" and index in tools:
+                    block = blocks[index]
+                    arguments = "".join(tools.pop(index)) or "{}"
+                    block["input"] = _json_object(arguments)
+                    yield ToolCall(block.get("id", ""), block.get("name", ""), arguments)
                 elif kind == "message_delta":
                     stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
                     completion_tokens = int(
@@ -90,6 +101,8 @@ class AnthropicProvider(HTTPProvider):
             await stream.aclose(drain=finished)
         if not finished:
             raise stream.broken("the stream ended before the reply was complete")
+        if content := _replayed([blocks[i] for i in sorted(blocks)]):
+            yield Replay(source, {"content": content})
         yield Usage(prompt_tokens, completion_tokens)
         yield Finish(_FINISH.get(stop_reason or "end_turn", stop_reason or "stop"))
 
@@ -117,15 +130,24 @@ class AnthropicProvider(HTTPProvider):
         ]
 
 
-_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+# Anthropic's stop reasons (anthropic-sdk-python's StopReason), in the provider-neutral words of `Finish`.
+_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "model_context_window_exceeded": "context_window",
+    "refusal": "refusal",
+}
+THINKING_BLOCKS = ("thinking", "redacted_thinking")
 
 
-def _body(request: ChatRequest) -> dict[str, Any]:
+def _body(request: ChatRequest, source: str) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": request.model,
         "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
         "stream": True,
-        "messages": [_message(message) for message in request.messages],
+        "messages": [_message(message, source) for message in request.messages],
     }
     if request.system:
         body["system"] = request.system
@@ -137,18 +159,50 @@ def _body(request: ChatRequest) -> dict[str, Any]:
     return body
 
 
-def _message(message: ChatMessage) -> dict[str, Any]:
+def _replayed(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A response's content as the API must see it again after a tool round, when it holds thinking:
+    the blocks in their order, thinking and its signature unmodified. Without thinking, nothing."""
+    if not any(block.get("type") in THINKING_BLOCKS for block in blocks):
+        return []
+    if not any(block.get("type") == "tool_use" for block in blocks):
+        return []
+    content = []
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "thinking":
+            content.append(
+                {"type": kind, "thinking": block.get("thinking", ""), "signature": block.get("signature", "")}
+            )
+        elif kind == "redacted_thinking":
+            content.append({"type": kind, "data": block.get("data", "")})
+        elif kind == "text" and block.get("text"):  # the API refuses empty text blocks
+            content.append({"type": kind, "text": block["text"]})
+        elif kind == "tool_use":
+            content.append(
+                {
+                    "type": kind,
+                    "id": block.get("id", ""),
+                    "name": block.get("name", ""),
+                    "input": block.get("input", {}),
+                }
+            )
+    return content
+
+
+def _message(message: ChatMessage, source: str) -> dict[str, Any]:
     if message.role == "tool":
         block = {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content}
         return {"role": "user", "content": [block]}
+    if message.replay is not None and message.replay.source == source:
+        return {"role": message.role, "content": list(message.replay.data["content"])}
     content: list[dict[str, Any]] = []
     for image in message.images:
-        source = {
+        encoded = {
             "type": "base64",
             "media_type": image.media_type,
             "data": base64.b64encode(image.data).decode(),
         }
-        content.append({"type": "image", "source": source})
+        content.append({"type": "image", "source": encoded})
     if message.content:
         content.append({"type": "text", "text": message.content})
     for call in message.tool_calls:

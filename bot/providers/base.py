@@ -22,12 +22,23 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class Replay:
+    """What a provider must be sent back, unchanged, on the assistant message of a tool round: signed
+    thinking blocks, encrypted reasoning. Opaque to everyone else; only the provider and model that
+    produced it (`source`) read it, so a fallback to another model never receives it."""
+
+    source: str  # "provider/model_id"
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: Literal["user", "assistant", "tool"]
     content: str
     images: tuple[Image, ...] = ()
     tool_calls: tuple[ToolCall, ...] = ()  # on assistant messages that called tools
     tool_call_id: str | None = None  # on tool results
+    replay: Replay | None = None  # on assistant messages of a tool round
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +76,14 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    reason: str  # "stop", "length", "tool_calls", …
+    # "stop", "tool_calls", or why the reply was cut short: "length" (its token limit),
+    # "context_window" (the model's window filled up), "refusal" (a safety system stopped it).
+    reason: str
 
 
-# ToolCall events arrive whole, once the stream has finished assembling their arguments.
-StreamEvent = TextDelta | ReasoningDelta | ToolCall | Usage | Finish
+# ToolCall events arrive whole, once the stream has finished assembling their arguments; a Replay
+# comes once, before Usage and Finish, when the round ended in tool calls.
+StreamEvent = TextDelta | ReasoningDelta | ToolCall | Replay | Usage | Finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +109,8 @@ class ErrorKind(StrEnum):
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
     BROKEN_STREAM = "broken_stream"
+    UNREACHABLE = "unreachable"  # nothing accepts connections at the address: a server that is not running
+    NO_API = "no_api"  # something answered, but not the provider's API: a wrong base URL
 
 
 USER_MESSAGES: dict[ErrorKind, str] = {
@@ -110,6 +126,10 @@ USER_MESSAGES: dict[ErrorKind, str] = {
     ErrorKind.UNAVAILABLE: "{provider} is unavailable right now; try again shortly.",
     ErrorKind.TIMEOUT: "{provider} took too long to answer; try again.",
     ErrorKind.BROKEN_STREAM: "The connection to {provider} broke before the reply finished.",
+    ErrorKind.UNREACHABLE: (
+        "Nothing answers at {url}; check that the {provider} server is running and its address is right."
+    ),
+    ErrorKind.NO_API: "There is no {provider} API at {url} ({detail}); check its base URL.",
 }
 
 
@@ -126,6 +146,7 @@ class ProviderError(Exception):
         detail: str = "",
         retry_after: float | None = None,
         retryable: bool | None = None,
+        url: str = "",
     ) -> None:
         super().__init__(f"{provider} {kind.value} (status {status}): {detail}")
         self.kind = kind
@@ -135,16 +156,24 @@ class ProviderError(Exception):
         self.detail = detail
         self.retry_after = retry_after
         self._retryable = retryable
+        self.url = url  # the provider's base URL, without credentials
 
     @property
     def retryable(self) -> bool:
         if self._retryable is not None:
             return self._retryable
-        return self.kind in (ErrorKind.RATE_LIMITED, ErrorKind.UNAVAILABLE, ErrorKind.TIMEOUT)
+        return self.kind in (
+            ErrorKind.RATE_LIMITED,
+            ErrorKind.UNAVAILABLE,
+            ErrorKind.TIMEOUT,
+            ErrorKind.UNREACHABLE,
+        )
 
     def user_message(self) -> str:
         detail = self.detail.strip().rstrip(".")[:200] or "no reason given"
-        return USER_MESSAGES[self.kind].format(provider=self.provider, model=self.model, detail=detail)
+        return USER_MESSAGES[self.kind].format(
+            provider=self.provider, model=self.model, detail=detail, url=self.url or "its address"
+        )
 
 
 class Provider(Protocol):

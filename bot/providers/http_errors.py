@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import email.utils
 import json
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
 
 from bot.providers.base import ErrorKind, ProviderError
 
@@ -48,16 +52,32 @@ CONTEXT_HINTS = (
     "too many tokens",
     "prompt is too long",
 )
+# getaddrinfo's "no such host" answers; a failing resolver (EAI_AGAIN) is an outage, not a wrong name.
+UNKNOWN_HOST = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 MODEL_HINTS = ("not a valid model", "invalid model", "model not found", "no such model", "does not exist")
 
 
 def error_from_response(
-    provider: str, model: str, status: int, body: bytes, headers: Mapping[str, str], secret: str | None
+    provider: str,
+    model: str,
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str],
+    secret: str | None,
+    url: str = "",
 ) -> ProviderError:
-    """An HTTP error response (status ≥ 400) as a ProviderError."""
+    """An HTTP error response (status ≥ 400) as a ProviderError.
+
+    A body that carries no error message of its own came from something other than the API (a CDN's
+    block page, a proxy, a web server at the wrong path): its status is reported, never its HTML.
+    """
     payload = _json(body)
     error = _error_object(payload) if payload is not None else {}
-    message = _message(error) or body.decode("utf-8", "replace")[:200]
+    message = _message(error)
+    if not message or (status == 404 and message.lower() == "not found"):
+        if status == 404:
+            return _build(provider, model, ErrorKind.NO_API, status, "HTTP 404", {}, None, secret, url)
+        message = _not_an_api_answer(status, body, headers)
     kind = STATUS_KINDS.get(status)
     if kind is None:
         kind = _kind_from_error(error, message) or (
@@ -65,7 +85,32 @@ def error_from_response(
         )
     elif status in (400, 404):
         kind = _kind_from_error(error, message) or kind
-    return _build(provider, model, kind, status, message, error, _retry_after(headers), secret)
+    return _build(provider, model, kind, status, message, error, _retry_after(headers), secret, url)
+
+
+def error_from_transport(provider: str, model: str, url: str, error: httpx.TransportError) -> ProviderError:
+    """A request that got no answer. A refused connection or an unknown host means nothing is there
+    (a local server that is not running, a mistyped address); anything else may be a passing outage."""
+    nothing_there = any(
+        isinstance(cause, ConnectionRefusedError)
+        or (isinstance(cause, socket.gaierror) and cause.errno in UNKNOWN_HOST)
+        for cause in _causes(error)
+    )
+    kind = ErrorKind.UNREACHABLE if nothing_there else ErrorKind.UNAVAILABLE
+    return ProviderError(
+        kind,
+        provider=provider,
+        model=model,
+        detail=f"could not connect ({type(error).__name__})",
+        url=public_url(url),
+    )
+
+
+def public_url(url: str) -> str:
+    """A URL fit to show: no user name, password, query or fragment, which may hold credentials."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def error_from_payload(provider: str, model: str, error: Any, secret: str | None) -> ProviderError:
@@ -89,6 +134,7 @@ def _build(
     error: dict[str, Any],
     retry_after: float | None,
     secret: str | None,
+    url: str = "",
 ) -> ProviderError:
     retryable = None
     availability = error.get("availability")
@@ -108,7 +154,27 @@ def _build(
         detail=detail,
         retry_after=retry_after,
         retryable=retryable,
+        url=public_url(url),
     )
+
+
+def _not_an_api_answer(status: int, body: bytes, headers: Mapping[str, str]) -> str:
+    """What to say of an error body that is not the API's: its status, and plain text only when short."""
+    text = body.decode("utf-8", "replace").strip()
+    if "html" in headers.get("content-type", "").lower() or text.startswith("<"):
+        return f"HTTP {status} from a web page, not the API: a proxy or firewall may be in the way"
+    first_line = text.splitlines()[0] if text else ""
+    return f"HTTP {status}: {first_line}" if 0 < len(first_line) <= 120 else f"HTTP {status}"
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """The exception and everything it was raised from, as httpx and anyio wrap a socket error."""
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
 
 
 def _json(body: bytes) -> Any:
@@ -128,8 +194,8 @@ def _error_object(payload: Any) -> dict[str, Any]:
 
 
 def _message(error: dict[str, Any]) -> str:
-    message = error.get("message")
-    return message if isinstance(message, str) else ""
+    message = error.get("message", error.get("detail"))  # `detail`: FastAPI servers such as vLLM
+    return message.strip() if isinstance(message, str) else ""
 
 
 def _kind_from_error(error: dict[str, Any], message: str) -> ErrorKind | None:

@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 
 from bot.config import ProviderSettings
-from bot.providers.base import Timeouts
-from bot.providers.http_errors import error_from_payload, error_from_response
+from bot.providers.base import ErrorKind, ProviderError, Timeouts
+from bot.providers.http_errors import error_from_response, error_from_transport, public_url
 from bot.providers.sse import make_client
 
 
@@ -42,10 +42,24 @@ class HTTPProvider:
                 f"{self._base}{path}", headers=self._headers(), params=params, timeout=30.0
             )
         except httpx.TransportError as error:
-            detail = {"code": 503, "message": f"could not connect ({type(error).__name__})"}
-            raise error_from_payload(self.name, "", detail, None) from None
+            raise error_from_transport(self.name, "", self._base, error) from None
         if response.status_code >= 400:
             raise error_from_response(
-                self.name, "", response.status_code, response.content, response.headers, self._settings.key()
+                self.name,
+                "",
+                response.status_code,
+                response.content,
+                response.headers,
+                self._settings.key(),
+                self._base,
             )
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:  # a web page where the API should be
+            raise ProviderError(
+                ErrorKind.NO_API,
+                provider=self.name,
+                status=response.status_code,
+                detail=f"HTTP {response.status_code}, and not JSON",
+                url=public_url(self._base),
+            ) from None

@@ -14,6 +14,7 @@ from bot.providers.base import (
     Finish,
     ModelInfo,
     ReasoningDelta,
+    Replay,
     StreamEvent,
     TextDelta,
     ToolCall,
@@ -34,12 +35,14 @@ class OpenAICompatibleProvider(HTTPProvider):
         return headers
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        stream = SSEStream(self.name, request.model, self._timeouts)
+        stream = SSEStream(self.name, request.model, self._timeouts, self._base)
         secret = self._settings.key()
-        await stream.open(
-            self._client, f"{self._base}/chat/completions", _body(request), self._headers(), secret
-        )
+        source = f"{self.name}/{request.model}"
+        body = _body(request, source, self._max_tokens_param())
+        await stream.open(self._client, f"{self._base}/chat/completions", body, self._headers(), secret)
         calls: dict[int, dict[str, Any]] = {}
+        details: list[dict[str, Any]] = []
+        reasoning_content: list[str] = []
         usage: Usage | None = None
         finish: str | None = None
         complete = False
@@ -58,6 +61,11 @@ class OpenAICompatibleProvider(HTTPProvider):
                     usage = _usage(chunk["usage"])
                 for choice in chunk.get("choices") or []:
                     delta = choice.get("delta") or {}
+                    for fragment in delta.get("reasoning_details") or []:
+                        stream.content_begun()
+                        _merge_detail(details, fragment)
+                    if isinstance(delta.get("reasoning_content"), str):
+                        reasoning_content.append(delta["reasoning_content"])
                     reasoning = delta.get("reasoning") or delta.get("reasoning_content")
                     if reasoning:
                         stream.content_begun()
@@ -78,9 +86,17 @@ class OpenAICompatibleProvider(HTTPProvider):
         for index in sorted(calls):
             call = calls[index]
             yield ToolCall(call["id"] or f"call_{index}", call["name"], "".join(call["arguments"]) or "{}")
+        if calls and (replayed := _replayed(details, "".join(reasoning_content))):
+            yield Replay(source, replayed)
         if usage is not None:
             yield usage
-        yield Finish(finish or "stop")
+        yield Finish(_FINISH.get(finish or "stop", finish or "stop"))
+
+    def _max_tokens_param(self) -> str:
+        """OpenAI refuses `max_tokens` for its reasoning models; most other servers know only that name."""
+        if self._settings.max_tokens_param:
+            return self._settings.max_tokens_param
+        return "max_completion_tokens" if self.name == "openai" else "max_tokens"
 
     async def list_models(self) -> list[ModelInfo]:
         data = await self._get_json("/models")
@@ -96,11 +112,15 @@ class OpenAICompatibleProvider(HTTPProvider):
         return models
 
 
-def _body(request: ChatRequest) -> dict[str, Any]:
+# OpenAI's finish reasons, in the provider-neutral words of `Finish`.
+_FINISH = {"content_filter": "refusal"}
+
+
+def _body(request: ChatRequest, source: str, max_tokens_param: str) -> dict[str, Any]:
     messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
-    messages.extend(_message(message) for message in request.messages)
+    messages.extend(_message(message, source) for message in request.messages)
     body: dict[str, Any] = {
         "model": request.model,
         "messages": messages,
@@ -108,7 +128,7 @@ def _body(request: ChatRequest) -> dict[str, Any]:
         "stream_options": {"include_usage": True},
     }
     if request.max_tokens:
-        body["max_tokens"] = request.max_tokens
+        body[max_tokens_param] = request.max_tokens
     if request.tools:
         body["tools"] = [
             {
@@ -120,7 +140,7 @@ def _body(request: ChatRequest) -> dict[str, Any]:
     return body
 
 
-def _message(message: ChatMessage) -> dict[str, Any]:
+def _message(message: ChatMessage, source: str) -> dict[str, Any]:
     if message.role == "tool":
         return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
     out: dict[str, Any] = {"role": message.role, "content": message.content}
@@ -137,7 +157,39 @@ def _message(message: ChatMessage) -> dict[str, Any]:
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
             for c in message.tool_calls
         ]
+    if message.replay is not None and message.replay.source == source:
+        out.update(message.replay.data)
     return out
+
+
+def _merge_detail(details: list[dict[str, Any]], fragment: Any) -> None:
+    """OpenRouter streams each reasoning detail in pieces sharing its type and index; the API wants each
+    back whole, in order and unmodified: text pieces joined, the signature that comes last kept."""
+    if not isinstance(fragment, dict):
+        return
+    last = details[-1] if details else None
+    same = last is not None and (last.get("type"), last.get("index")) == (
+        fragment.get("type"),
+        fragment.get("index"),
+    )
+    if last is None or not same or fragment.get("index") is None:
+        details.append(dict(fragment))
+        return
+    for key, value in fragment.items():
+        if key in ("text", "summary", "data") and isinstance(value, str):
+            last[key] = (last.get(key) or "") + value
+        elif value is not None:
+            last[key] = value
+
+
+def _replayed(details: list[dict[str, Any]], reasoning_content: str) -> dict[str, Any]:
+    """The fields a tool round's assistant message must carry back: OpenRouter's reasoning details, or
+    the `reasoning_content` DeepSeek requires again after a tool call (llama.cpp reads it too)."""
+    if details:
+        return {"reasoning_details": details}
+    if reasoning_content:
+        return {"reasoning_content": reasoning_content}
+    return {}
 
 
 def _merge_tool_call(calls: dict[int, dict[str, Any]], fragment: dict[str, Any]) -> None:

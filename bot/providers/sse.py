@@ -9,7 +9,7 @@ import httpx
 from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from bot.providers.base import ErrorKind, ProviderError, Timeouts
-from bot.providers.http_errors import error_from_response
+from bot.providers.http_errors import error_from_response, error_from_transport
 
 
 def make_client(timeouts: Timeouts) -> httpx.AsyncClient:
@@ -23,10 +23,11 @@ def make_client(timeouts: Timeouts) -> httpx.AsyncClient:
 class SSEStream:
     """One streaming response: content must begin within `first_token`, then never pause past `chunk_gap`."""
 
-    def __init__(self, provider: str, model: str, timeouts: Timeouts) -> None:
+    def __init__(self, provider: str, model: str, timeouts: Timeouts, base_url: str) -> None:
         self._provider = provider
         self._model = model
         self._timeouts = timeouts
+        self._base_url = base_url  # named in errors that are about the address
         self._response: httpx.Response | None = None
         self._events: Any = None
         self._deadline = 0.0
@@ -49,17 +50,18 @@ class SSEStream:
         except TimeoutError:
             raise self._timeout(self._timeouts.first_token, "to start answering") from None
         except httpx.TransportError as error:
-            raise ProviderError(
-                ErrorKind.UNAVAILABLE,
-                provider=self._provider,
-                model=self._model,
-                detail=f"could not connect ({type(error).__name__})",
-            ) from None
+            raise error_from_transport(self._provider, self._model, self._base_url, error) from None
         if response.status_code >= 400:
             raw = await response.aread()
             await response.aclose()
             raise error_from_response(
-                self._provider, self._model, response.status_code, raw, response.headers, secret
+                self._provider,
+                self._model,
+                response.status_code,
+                raw,
+                response.headers,
+                secret,
+                self._base_url,
             )
         self._response = response
         self._events = EventSource(response).aiter_sse()

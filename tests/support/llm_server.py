@@ -9,11 +9,18 @@
 Each chat request takes the next queued Script; with none queued it echoes the last user message as
 `echo: <text>`. Every request is recorded (path, headers, JSON body). `models` sets the model listing
 and `models_error` makes it fail.
+
+Like the real APIs, it refuses a tool round that drops the reasoning the model signed: Anthropic thinking
+blocks (always signed here), OpenRouter `reasoning_details` (when a Script has a `signature` or
+`redacted` part) and DeepSeek's `reasoning_content` must come back unchanged on the assistant message
+with the tool calls. Models in `completion_tokens_only` refuse `max_tokens`, as OpenAI's reasoning
+models do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections import deque
 from dataclasses import dataclass, field
@@ -30,6 +37,10 @@ class Script:
 
     tokens: list[str] = field(default_factory=lambda: ["Hello", " there"])
     reasoning: list[str] = field(default_factory=list)
+    reasoning_field: str = "reasoning"  # OpenAI-compatible: or "reasoning_content" (DeepSeek, llama.cpp)
+    signature: str | None = None  # signs the reasoning (OpenRouter: in reasoning_details; Anthropic: always)
+    redacted: str | None = None  # encrypted reasoning: Anthropic redacted_thinking, OpenRouter encrypted
+    gate: asyncio.Semaphore | None = None  # when set, each token waits for a release()
     tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, JSON arguments)
     usage: tuple[int, int] | None = (12, 3)
     cost: float | None = None
@@ -39,6 +50,8 @@ class Script:
     keepalives: int = 0  # SSE comments before the first token
     status: int | None = None  # answer with this HTTP error instead of a stream
     body: dict[str, Any] | None = None  # the error response's JSON body
+    error_text: str | None = None  # or this text instead (an HTML page from a proxy, a plain-text 404)
+    error_type: str = "text/html"
     retry_after: float | None = None
     error_after: int | None = None  # in-band error after this many tokens
     error: dict[str, Any] = field(
@@ -66,8 +79,13 @@ class LLMServer:
                 "id": "openai/gpt-4o-mini",
                 "context_length": 128000,
                 "architecture": {"input_modalities": ["text", "image"]},
+                "pricing": {"prompt": "0.00000015", "completion": "0.0000006"},  # USD per token
             },
         ]
+        self.completion_tokens_only: set[str] = set()
+        # What the assistant message with a tool call must carry back when sent to the model that made
+        # the call again, by (model, call id); see the module docstring.
+        self._replays: dict[tuple[str, str], dict[str, Any]] = {}
         self.anthropic_models: list[str] = ["claude-sonnet-4-5"]
         self.models_error: Script | None = None  # set to make the model listing fail
         self._scripts: deque[Script] = deque()
@@ -125,24 +143,70 @@ class LLMServer:
 
     def _error(self, script: Script) -> web.Response:
         headers = {"Retry-After": f"{script.retry_after:g}"} if script.retry_after is not None else {}
+        if script.error_text is not None:
+            headers["Content-Type"] = script.error_type
+            return web.Response(text=script.error_text, status=script.status or 500, headers=headers)
         body = script.body or {"error": {"code": script.status, "message": f"status {script.status}"}}
         return web.json_response(body, status=script.status or 500, headers=headers)
 
-    async def _start(self, request: web.Request) -> tuple[Script, web.StreamResponse | web.Response]:
+    async def _start(self, request: web.Request) -> tuple[Script, web.StreamResponse | web.Response, str]:
+        """The Script for this request, the response begun for it, and the model it asked for."""
         body = await request.json()
         self.requests.append(RecordedRequest(request.path, dict(request.headers), body))
+        model = str(body.get("model", ""))
+        if refusal := self._refusal(request.path, body):
+            return Script(), web.json_response(refusal, status=400), model
         script = self._next(body)
         if script.status:
-            return script, self._error(script)
+            return script, self._error(script), model
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for piece in script.raw or []:  # exact bytes, e.g. a reference fixture split at a chosen offset
             await response.write(piece)
             await asyncio.sleep(0)
-        return script, response
+        return script, response, model
+
+    def _refusal(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The 400 body the real API would answer this request with, or None."""
+        if path == "/v1/messages":
+            return self._anthropic_refusal(body)
+        if body.get("model") in self.completion_tokens_only and "max_tokens" in body:
+            message = (
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead."
+            )
+            return {"error": {"message": message, "type": "invalid_request_error", "param": "max_tokens"}}
+        for message in body.get("messages", []):
+            for call in message.get("tool_calls") or []:
+                for key, value in self._replays.get((body.get("model"), call.get("id")), {}).items():
+                    if message.get(key) != value:
+                        text = (
+                            f"Function call is missing its {key}; pass the assistant message back unmodified."
+                        )
+                        return {"error": {"code": 400, "message": text}}
+        return None
+
+    def _anthropic_refusal(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        messages = [m for m in body.get("messages", []) if isinstance(m.get("content"), list)]
+        for message in messages:
+            if any(b.get("type") == "text" and not b.get("text") for b in message["content"]):
+                return _anthropic_error("messages: text content blocks must be non-empty")
+        assistants = [m for m in messages if m.get("role") == "assistant"]
+        if not assistants:
+            return None
+        content = assistants[-1]["content"]
+        for block in content:
+            key = (body.get("model"), block.get("id"))
+            thinking = self._replays.get(key) if block.get("type") == "tool_use" else None
+            if thinking and content[: len(thinking["blocks"])] != thinking["blocks"]:
+                return _anthropic_error(
+                    "When `thinking` is enabled, a final `assistant` message must start with a thinking "
+                    "block, passed back unmodified with its signature."
+                )
+        return None
 
     async def _openai(self, request: web.Request) -> web.StreamResponse:
-        script, response = await self._start(request)
+        script, response, body_model = await self._start(request)
         if isinstance(response, web.Response) or script.raw is not None:
             return response
 
@@ -158,14 +222,26 @@ class LLMServer:
         for _ in range(script.keepalives):
             await response.write(b": OPENROUTER PROCESSING\n\n")
         await asyncio.sleep(script.first_delay)
-        for text in script.reasoning:
-            await send(chunk({"reasoning": text}))
+        details = script.signature is not None or script.redacted is not None
+        for position, text in enumerate(script.reasoning):
+            delta: dict[str, Any] = {script.reasoning_field: text}
+            if details:  # OpenRouter repeats the text in detail fragments; the signature comes last
+                last = position == len(script.reasoning) - 1
+                signature = script.signature if last else None
+                fragment = {"type": "reasoning.text", "text": text, "signature": signature, "index": 0}
+                delta["reasoning_details"] = [{**fragment, "format": "anthropic-claude-v1"}]
+            await send(chunk(delta))
+        if script.redacted is not None:
+            encrypted = {"type": "reasoning.encrypted", "data": script.redacted, "index": 1}
+            await send(chunk({"reasoning_details": [{**encrypted, "format": "google-gemini-v1"}]}))
         for index, token in enumerate(script.tokens):
             if await self._fault(script, index, request):
                 if script.error_after == index:
                     await send({"error": script.error, **chunk({"content": ""}, "error")})
                 return response
-            if index:
+            if script.gate is not None:
+                await script.gate.acquire()
+            elif index:
                 await asyncio.sleep(script.delay)
             await send(chunk({"content": token}))
         if await self._fault(script, len(script.tokens), request):
@@ -173,6 +249,7 @@ class LLMServer:
                 await send({"error": script.error, **chunk({"content": ""}, "error")})
             return response
         for index, (name, arguments) in enumerate(script.tool_calls):
+            self._replays[(body_model, f"call_{index}")] = _openai_replay(script)
             call = {
                 "index": index,
                 "id": f"call_{index}",
@@ -195,7 +272,7 @@ class LLMServer:
         return response
 
     async def _anthropic(self, request: web.Request) -> web.StreamResponse:
-        script, response = await self._start(request)
+        script, response, body_model = await self._start(request)
         if isinstance(response, web.Response) or script.raw is not None:
             return response
 
@@ -215,6 +292,7 @@ class LLMServer:
         )
         await asyncio.sleep(script.first_delay)
         block = 0
+        thinking: list[dict[str, Any]] = []  # what a tool round must send back first, unmodified
         if script.reasoning:
             await send(
                 "content_block_start", {"index": block, "content_block": {"type": "thinking", "thinking": ""}}
@@ -224,7 +302,20 @@ class LLMServer:
                     "content_block_delta",
                     {"index": block, "delta": {"type": "thinking_delta", "thinking": text}},
                 )
+            full = "".join(script.reasoning)
+            signature = script.signature or hashlib.sha256(full.encode()).hexdigest()[:24]
+            await send(
+                "content_block_delta",
+                {"index": block, "delta": {"type": "signature_delta", "signature": signature}},
+            )
             await send("content_block_stop", {"index": block})
+            thinking.append({"type": "thinking", "thinking": full, "signature": signature})
+            block += 1
+        if script.redacted is not None:
+            redacted = {"type": "redacted_thinking", "data": script.redacted}
+            await send("content_block_start", {"index": block, "content_block": redacted})
+            await send("content_block_stop", {"index": block})
+            thinking.append(redacted)
             block += 1
         await send("content_block_start", {"index": block, "content_block": {"type": "text", "text": ""}})
         await send("ping", {})
@@ -233,7 +324,9 @@ class LLMServer:
                 if script.error_after == index:
                     await send("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})
                 return response
-            if index:
+            if script.gate is not None:
+                await script.gate.acquire()
+            elif index:
                 await asyncio.sleep(script.delay)
             await send(
                 "content_block_delta", {"index": block, "delta": {"type": "text_delta", "text": token}}
@@ -241,6 +334,7 @@ class LLMServer:
         await send("content_block_stop", {"index": block})
         for name, arguments in script.tool_calls:
             block += 1
+            self._replays[(body_model, f"toolu_{block}")] = {"blocks": thinking} if thinking else {}
             await send(
                 "content_block_start",
                 {
@@ -273,3 +367,24 @@ class LLMServer:
                 request.transport.abort()
             return True
         return script.error_after == index
+
+
+def _openai_replay(script: Script) -> dict[str, Any]:
+    """What the assistant message with this Script's tool calls must carry back, field by field."""
+    if script.signature is not None or script.redacted is not None:
+        details: list[dict[str, Any]] = []
+        if script.reasoning:
+            text = "".join(script.reasoning)
+            signed = {"type": "reasoning.text", "text": text, "signature": script.signature, "index": 0}
+            details.append({**signed, "format": "anthropic-claude-v1"})
+        if script.redacted is not None:
+            encrypted = {"type": "reasoning.encrypted", "data": script.redacted, "index": 1}
+            details.append({**encrypted, "format": "google-gemini-v1"})
+        return {"reasoning_details": details}
+    if script.reasoning_field == "reasoning_content" and script.reasoning:
+        return {"reasoning_content": "".join(script.reasoning)}
+    return {}
+
+
+def _anthropic_error(message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": "invalid_request_error", "message": message}}

@@ -296,3 +296,17 @@ async def test_history_and_log_that_cannot_be_written_are_named_and_the_chat_goe
         await term.wait_for(f"echo: {USER}: still fine")
         await term.type(f"{UP}{ENTER}")  # remembered while the chat runs
         await term.wait_for(f"echo: {USER}: still fine", count=2)
+
+
+async def test_piped_input_with_replies_on_a_terminal_renders_them(llm: LLMServer, workdir: Path) -> None:
+    llm.enqueue(Script(tokens=["**Bold** claim\n\n- a point"]))
+    read_end, write_end = os.pipe()
+    async with Terminal() as term:
+        argv = [sys.executable, "-m", "bot", "chat"]
+        await term.spawn(argv, cwd=workdir, env=environment(llm, workdir), stdin=read_end)
+        os.close(read_end)
+        os.write(write_end, b"first\nsecond\n")
+        os.close(write_end)
+        assert await term.exit_status() == 0
+        await term.wait_for(f"echo: {USER}: second")
+        assert term.lines()[:5] == ["Bold claim", "", " • a point", "", f"echo: {USER}: second"]

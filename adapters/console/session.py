@@ -72,6 +72,7 @@ class Chat:
         self.author = Author(id="terminal", display_name=_user_name(), is_channel_manager=True)
         user = re.sub(r"[^\w.-]", "_", self.author.display_name)  # history and log are per user
         self.history_path = data_dir / f"chat-history-{user}"
+        self.log_path = data_dir / f"chat-{user}.log"
         # The terminal a person types at and reads prompts on, if any.
         typing = sys.stdin.isatty()
         terminal = next((s for s in (sys.stdout, sys.stderr) if s.isatty()), None) if typing else None
@@ -88,7 +89,7 @@ class Chat:
         if self.screen is not None:
             try:
                 data_dir.mkdir(parents=True, exist_ok=True)
-                self._log_to(data_dir / f"chat-{user}.log")
+                self._log_to(self.log_path)
             except OSError as error:
                 self.log_problem = f"cannot write {error.filename or data_dir} ({error.strerror})"
 
@@ -112,13 +113,11 @@ class Chat:
             if not text.strip():
                 continue
             outcome = await self._answer(engine, text)
-            if self.screen is None:
-                if outcome is None and not self.reader_gone:
-                    return INTERRUPTED
-                failed = failed or outcome in ("cut_off", "error")
-            else:
-                self._after_reply()
-        return 1 if failed else 0
+            if self.screen is None and outcome is None and not self.reader_gone:
+                return INTERRUPTED
+            failed = failed or outcome in ("cut_off", "error")
+            self._after_reply()
+        return 1 if failed and self.screen is None else 0
 
     async def _answer(self, engine: Engine, text: str) -> Outcome | None:
         """Show the answer to one message. None when it was stopped: by Ctrl-C, or because whoever reads
@@ -164,8 +163,8 @@ class Chat:
             history = InMemoryHistory()
             kept = f"History is kept only until you leave: cannot write {path} ({error.strerror})"
         if self.log is not None:
-            kept += f". Log: {self.log.baseFilename}"
-        else:
+            kept += f". Log: {self.log_path}"
+        elif self.log_problem:
             kept += f". Logs show here: {self.log_problem}"
         assert self.screen is not None
         self.screen.print(Text(neutralize(f"Parley chat in channel {self.key.channel_id!r} with {model}.")))
@@ -176,7 +175,8 @@ class Chat:
         """Move the log lines bound for stderr into `path`, keeping their format and level."""
         root = logging.getLogger()
         for index, handler in enumerate(root.handlers):
-            if type(handler) is logging.StreamHandler and handler.stream in (sys.stderr, sys.__stderr__):
+            to_stderr = getattr(handler, "stream", None) in (sys.stderr, sys.__stderr__)
+            if isinstance(handler, logging.StreamHandler) and to_stderr:
                 self.log = LogFile(path, handler.formatter)
                 self.log.setLevel(handler.level)
                 root.handlers[index] = self.log
@@ -184,9 +184,12 @@ class Chat:
     def _after_reply(self) -> None:
         if self.log is not None and self.log.noteworthy:
             count, self.log.noteworthy = self.log.noteworthy, 0
-            self._note(f"({count} warning{'s' if count > 1 else ''} logged in {self.log.baseFilename})")
-        assert self.screen is not None
-        self.screen.print()
+            self._note(f"({count} warning{'s' if count > 1 else ''} logged in {self.log_path})")
+        # A blank line between turns on a terminal; a pipe gets exactly the replies.
+        if sys.stdout.isatty():
+            self.replies.print()
+        elif self.screen is not None:
+            self.screen.print()
 
     def _note(self, text: str) -> None:
         if self.screen is not None:

@@ -39,7 +39,7 @@ class ChatMarkdown(Markdown):
                     token.type = "hardbreak"
 
 
-def block_starts(lines: list[str]) -> list[int]:
+def _block_starts(lines: list[str]) -> list[int]:
     """The line where each top-level Markdown block begins."""
     tokens = _PARSER.parse("\n".join(lines))
     return [t.map[0] for t in tokens if t.level == 0 and t.nesting >= 0 and t.map is not None]
@@ -66,7 +66,7 @@ class TerminalSurface:
             self.close()
             self._print(pending)
             return 0
-        starts = block_starts(pending)
+        starts = _block_starts(pending)
         if settle := starts[-1] if starts else 0:
             self._print(pending[:settle])
         self._show(Segments(_joined(self._render(pending[settle:])[-self._room() :])))
@@ -81,7 +81,7 @@ class TerminalSurface:
     def _print(self, lines: list[str]) -> None:
         self._console.print(Segments(_joined(self._render(lines))), end="")
         self._settled += len(lines)
-        starts = block_starts(lines)
+        starts = _block_starts(lines)
         self._before = lines[starts[-1] :] if starts else self._before + lines
 
     def _render(self, lines: list[str]) -> list[list[Segment]]:

@@ -30,8 +30,8 @@ PATIENCE = 30  # seconds to wait for what must show up: generous, since the mach
 
 
 def _make_controlling_terminal() -> None:
-    """In the child, after its new session starts: the pty on fd 0 becomes its controlling terminal."""
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    """In the child, after its new session starts: the pty becomes its controlling terminal."""
+    fcntl.ioctl(next(fd for fd in (0, 1, 2) if os.isatty(fd)), termios.TIOCSCTTY, 0)
 
 
 class Terminal:
@@ -62,17 +62,18 @@ class Terminal:
         *,
         cwd: Path,
         env: dict[str, str],
+        stdin: int | None = None,
         stdout: int | None = None,
         stderr: int | None = None,
     ) -> None:
-        """Start `argv` on the terminal: its stdin, and its stdout and stderr unless others are given."""
+        """Start `argv` on the terminal: its stdin, stdout and stderr, except those given otherwise."""
         self.master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", self.rows, self.cols, 0, 0))
         self.process = await asyncio.create_subprocess_exec(
             *argv,
             cwd=cwd,
             env={"TERM": "xterm-256color", **env},
-            stdin=slave,
+            stdin=slave if stdin is None else stdin,
             stdout=slave if stdout is None else stdout,
             stderr=slave if stderr is None else stderr,
             start_new_session=True,

@@ -46,6 +46,8 @@ def _block_starts(lines: list[str]) -> list[int]:
 
 
 class TerminalSurface:
+    """A reply at a terminal: "thinking…" until its first text, then Markdown, block by block."""
+
     # A re-render parses and draws the block in progress; ten a second reads as smooth and costs little.
     budget = RenderBudget(min_interval=0.1)
 

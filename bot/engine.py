@@ -6,6 +6,7 @@ import asyncio
 import logging
 import weakref
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from bot import commands
 from bot.attachments import read_attachments
@@ -44,6 +45,11 @@ FINISH_NOTES = {
     "context_window": "Cut off: the conversation filled the model's context window; /reset starts afresh.",
     "refusal": "The provider's safety filters stopped this reply.",
 }
+# Cancel a reply's task with this message (`task.cancel(STOPPED)`) when the person asking stopped it: the
+# reply ends saying so, instead of saying that Parley is restarting, and is kept as cut off.
+STOPPED = "stopped by the user"
+
+Outcome = Literal["ok", "cut_off", "error"]  # how a reply ended; commands and usage hints count as "ok"
 
 
 class ReplyFailed(Exception):
@@ -94,7 +100,7 @@ class Engine:
 
     # Entry points for adapters
 
-    async def handle(self, message: Message, surface: Surface) -> None:
+    async def handle(self, message: Message, surface: Surface) -> Outcome:
         """Answer on the surface with a command's answer or a streamed reply; never leave it hanging."""
         text = message.text.strip()
         web_query = None
@@ -102,14 +108,14 @@ class Engine:
             web_query = text[4:].strip()
             if not web_query:
                 await self.pacer.renderer(surface).finish("Say what to search for: /web QUERY")
-                return
+                return "ok"
             message = replace(message, text=web_query)
         elif text.startswith("/"):
             result = await self.run_command(message, text[1:])
             await self.pacer.renderer(surface).finish(result.text)
-            return
+            return "ok"
         async with self._lock(message.key):
-            await self._reply(message, surface, web_query)
+            return await self._reply(message, surface, web_query)
 
     async def run_command(self, message: Message, line: str) -> CommandResult:
         try:
@@ -156,7 +162,7 @@ class Engine:
 
     # Replies
 
-    async def _reply(self, message: Message, surface: Surface, web_query: str | None = None) -> None:
+    async def _reply(self, message: Message, surface: Surface, web_query: str | None = None) -> Outcome:
         renderer = self.pacer.renderer(surface)
         started = self.clock.now()
         reply = _Reply(last_checkpoint=started)
@@ -165,7 +171,7 @@ class Engine:
             await surface.start()
         except Exception:
             log.warning("could not show that a reply is coming", exc_info=True)
-        outcome = "error"
+        outcome: Outcome = "error"
         try:
             async with asyncio.timeout(self.settings.reply_timeout):
                 notes = await self._stream(message, renderer, reply, web_query)
@@ -180,8 +186,10 @@ class Engine:
             sentence = f"The reply took longer than {self.settings.reply_timeout:g} seconds and was stopped."
             final = _extend(reply.text, sentence)
             outcome = "cut_off" if reply.text else "error"
-        except asyncio.CancelledError:
-            await self._end_cancelled(renderer, reply, conversation)
+        except asyncio.CancelledError as cancelled:
+            stopped = cancelled.args[:1] == (STOPPED,)
+            note = "Stopped." if stopped else "Cut off: Parley is restarting."
+            await self._end_cancelled(renderer, reply, conversation, note)
             raise
         except Exception:
             log.exception("reply in %s failed", conversation)
@@ -191,6 +199,7 @@ class Engine:
         if reply.model:
             latency_ms = int((self.clock.now() - started) * 1000)
             await self._save_reply(conversation, reply, outcome, latency_ms)
+        return outcome
 
     async def _stream(
         self, message: Message, renderer: PacedRenderer, reply: _Reply, web_query: str | None
@@ -391,11 +400,13 @@ class Engine:
         except Exception:
             log.exception("could not save the reply in %s", conversation)
 
-    async def _end_cancelled(self, renderer: PacedRenderer, reply: _Reply, conversation: str) -> None:
-        """On shutdown, close the message and keep what was said, within a short grace period."""
+    async def _end_cancelled(
+        self, renderer: PacedRenderer, reply: _Reply, conversation: str, note: str
+    ) -> None:
+        """On shutdown or a stop, close the message and keep what was said, within a short grace period."""
         try:
             async with asyncio.timeout(5):
-                await renderer.finish(_extend(reply.text, "Cut off: Parley is restarting."))
+                await renderer.finish(_extend(reply.text, note))
                 if reply.model:
                     await self._save_reply(conversation, reply, "cut_off", 0)
         except (TimeoutError, asyncio.CancelledError):

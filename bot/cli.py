@@ -110,19 +110,26 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def chat(settings: Settings, args: argparse.Namespace) -> int:
-    from adapters.console import chat as console_chat
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from adapters.console import Chat
 
     if not settings.provider_settings():
         print(NO_PROVIDER, file=sys.stderr)
         return 2
     from skills import builtin
 
+    # The terminal's input history and log live beside the SQLite file, else in ./data.
+    database = make_url(settings.database_url)
+    on_disk = database.get_backend_name() == "sqlite" and database.database not in (None, "", ":memory:")
+    session = Chat(args.channel, Path(str(database.database)).parent if on_disk else Path("data"))
     engine = await Engine.create(settings, skills=builtin(settings))
     try:
-        await console_chat(engine, args.channel)
+        return await session.run(engine)
     finally:
         await engine.aclose()
-    return 0
 
 
 async def list_models(settings: Settings, args: argparse.Namespace) -> int:

@@ -21,20 +21,35 @@ MODELS_SHOWN = 40
 WEB_SEARCH = "web_search"
 SYSTEM_PROMPT_LIMIT = 4000
 
+# What /help says first, by `ConversationKey.platform`; the default fits the chat apps.
+HELP_INTROS = {"console": "Type a message to talk to Parley. Commands:"}
+HELP_INTRO = "Mention Parley to talk to it. Commands:"
+
 
 @dataclass(frozen=True, slots=True)
 class Command:
     usage: str
     summary: str
     handler: Handler
+    # Platforms (by `ConversationKey.platform`) where it means nothing: the terminal answers every
+    # message, so it has no /autoreply.
+    not_on: frozenset[str] = frozenset()
+
+
+def available(platform: str) -> dict[str, Command]:
+    """The commands that mean something on `platform`, for its help and its registrations."""
+    return {name: command for name, command in COMMANDS.items() if platform not in command.not_on}
 
 
 async def run(engine: Engine, message: Message, line: str) -> CommandResult:
     name, _, args = line.strip().partition(" ")
     name = name.lower()
-    command = COMMANDS.get(name)
+    here = available(message.key.platform)
+    command = here.get(name)
+    if command is None and name in COMMANDS:
+        return CommandResult(f"/{name} does not apply here. Try /help.")
     if command is None:
-        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        close = difflib.get_close_matches(name, here, n=1)
         hint = f" Did you mean /{close[0]}?" if close else ""
         return CommandResult(f"Unknown command /{name}.{hint} Try /help.")
     return await command.handler(engine, message, args.strip())
@@ -166,8 +181,9 @@ async def autoreply(engine: Engine, message: Message, args: str) -> CommandResul
 
 
 async def help_(engine: Engine, message: Message, args: str) -> CommandResult:
-    lines = ["Mention Parley to talk to it. Commands:"]
-    lines += [f"/{command.usage} — {command.summary}" for command in COMMANDS.values()]
+    platform = message.key.platform
+    lines = [HELP_INTROS.get(platform, HELP_INTRO)]
+    lines += [f"/{command.usage} — {command.summary}" for command in available(platform).values()]
     lines += [f"/{skill.command} — {skill.summary}" for skill in engine.skills if skill.command]
     return CommandResult("\n".join(lines))
 
@@ -194,6 +210,11 @@ COMMANDS: dict[str, Command] = {
     "reset": Command("reset", "forget this conversation's messages", reset),
     "search": Command("search [off|on|auto]", "show or set web search for this conversation", search),
     "skills": Command("skills [NAME off|on|auto]", "list the skills, or set how one is used here", skills),
-    "autoreply": Command("autoreply [on|off]", "answer every message here, not only mentions", autoreply),
+    "autoreply": Command(
+        "autoreply [on|off]",
+        "answer every message here, not only mentions",
+        autoreply,
+        not_on=frozenset({"console"}),
+    ),
     "help": Command("help", "this list", help_),
 }

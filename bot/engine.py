@@ -19,7 +19,7 @@ from bot.models import Author, CommandResult, ConversationKey, ConversationSetti
 from bot.platform import Platform
 from bot.providers.base import ChatRequest
 from bot.providers.resilience import Attempt
-from bot.reply import INTERNAL_ERROR, Forced, Reply, extend
+from bot.reply import INTERNAL_ERROR, Forced, Outcome, Reply, extend
 from bot.skills import Skill, SkillRegistry
 from bot.store import InboxEntry, Store, StreamingReply
 from bot.streaming import Clock, Pacer, SystemClock
@@ -51,7 +51,7 @@ class Engine:
         self.platforms: dict[str, Platform] = {}
         self.addressing = Addressing(store, self.settings_for)
         self._gate = Gate()
-        self._tasks: set[asyncio.Task[str]] = set()
+        self._tasks: set[asyncio.Task[Outcome]] = set()
         self._trimmed: set[str] = set()  # conversations whose last reply already said turns were left out
 
     @classmethod
@@ -73,7 +73,7 @@ class Engine:
 
     async def accept(
         self, message: Message, reply_to: dict[str, object] | None = None
-    ) -> asyncio.Task[str] | None:
+    ) -> asyncio.Task[Outcome] | None:
         """Store a message the moment its adapter accepts it, then answer it in its turn.
 
         Returns the task that answers it (awaiting it gives the outcome), or None when this delivery was
@@ -106,14 +106,14 @@ class Engine:
             return "skill", skill, rest.strip()
         return "command", None, stripped[1:]
 
-    def _submit(self, entry: InboxEntry) -> asyncio.Task[str]:
+    def _submit(self, entry: InboxEntry) -> asyncio.Task[Outcome]:
         name = f"reply to {entry.message.key} {entry.message.id}"
         task = asyncio.create_task(self._answer(entry), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _answer(self, entry: InboxEntry) -> str:
+    async def _answer(self, entry: InboxEntry) -> Outcome:
         message = entry.message
         async with self._gate.turn(message.key, message.author.id):
             try:

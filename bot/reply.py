@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from bot.accounting import calibrate, priced
 from bot.catalog import UnknownModelError
@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "Something went wrong on our side while answering; it has been logged. Please try again."
 SHUTDOWN_NOTE = "Cut off: Parley is restarting."
+# Cancel a reply's task with this message (`task.cancel(STOPPED)`) when the person asking stopped it: the
+# reply ends saying so, instead of saying that Parley is restarting, and is kept as cut off.
+STOPPED = "stopped by the user"
+STOPPED_NOTE = "Stopped."
+
+Outcome = Literal["ok", "cut_off", "error", "command"]  # how a reply ended; "command": not a reply
 SHUTDOWN_GRACE = 5.0  # seconds a cancelled reply has to close its message
 # What the reply says when the model stopped early, by Finish reason.
 FINISH_NOTES = {
@@ -61,8 +67,8 @@ class Reply:
         self._citations = Citations()
         self._renderer = engine.pacer.renderer(surface, on_render=self._shown)
 
-    async def run(self) -> str:
-        """Answer on the surface; returns the outcome: ok, error or cut_off."""
+    async def run(self) -> Outcome:
+        """Answer on the surface; returns how the reply ended."""
         settings = self._engine.settings
         started = self._engine.clock.now()
         try:
@@ -70,7 +76,7 @@ class Reply:
         except Exception:
             log.warning("could not show that a reply is coming", exc_info=True)
         answer = self._answer
-        outcome = "error"
+        outcome: Outcome = "error"
         try:
             async with asyncio.timeout(settings.reply_timeout):
                 notes = await self._steps()
@@ -85,8 +91,8 @@ class Reply:
             sentence = f"The reply took longer than {settings.reply_timeout:g} seconds and was stopped."
             final = extend(answer.text, sentence)
             outcome = "cut_off" if answer.text else "error"
-        except asyncio.CancelledError:
-            await self._end_cancelled()
+        except asyncio.CancelledError as cancelled:
+            await self._end_cancelled(STOPPED_NOTE if cancelled.args[:1] == (STOPPED,) else SHUTDOWN_NOTE)
             raise
         except Exception:
             log.exception("reply in %s failed", self._entry.message.key)
@@ -165,7 +171,7 @@ class Reply:
             text = extend(text, note)
         return text
 
-    def _record(self, outcome: str, latency_ms: int) -> AssistantRecord:
+    def _record(self, outcome: Outcome, latency_ms: int) -> AssistantRecord:
         usage = self._answer.usage
         return AssistantRecord(
             content=self._answer.text,
@@ -177,11 +183,11 @@ class Reply:
             latency_ms=latency_ms,
         )
 
-    async def _end_cancelled(self) -> None:
-        """On shutdown, close the message and keep what was said, within a short grace period."""
+    async def _end_cancelled(self, note: str) -> None:
+        """On shutdown or a stop, close the message and keep what was said, within a short grace period."""
         try:
             async with asyncio.timeout(SHUTDOWN_GRACE):
-                await self._renderer.finish(extend(self._answer.text, SHUTDOWN_NOTE))
+                await self._renderer.finish(extend(self._answer.text, note))
                 await self._stored.finish(self._record("cut_off", 0))
         except (TimeoutError, asyncio.CancelledError):
             log.warning("could not close the reply in %s during shutdown", self._entry.message.key)

@@ -79,7 +79,7 @@ async def test_chat_from_a_pipe_streams_replies_and_remembers_across_runs(
 async def test_chat_shows_a_provider_failure_as_one_line_and_goes_on(llm: LLMServer, workdir: Path) -> None:
     llm.enqueue(Script(status=401), Script(tokens=["back"]))
     code, out, err = await parley(llm, workdir, "chat", stdin="one\ntwo\n")
-    assert code == 0
+    assert code == 1  # a script can tell that a reply failed
     assert out.splitlines() == ["_The openrouter API key was rejected; an admin needs to check it._", "back"]
     assert "sk-or-v1-cli-secret" not in out + err
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -11,6 +12,9 @@ from sqlalchemy import Connection, inspect
 
 HERE = Path(__file__).resolve().parent
 FIRST_REVISION = "0001"
+log = logging.getLogger(__name__)
+# Alembic narrates every step at INFO; one line of ours says what changed.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def config(connection: Connection | None = None) -> Config:
@@ -30,7 +34,11 @@ def upgrade(connection: Connection) -> None:
     tables = set(inspect(connection).get_table_names())
     if "turns" in tables and "alembic_version" not in tables:
         command.stamp(config(connection), FIRST_REVISION)
+    before = current(connection)
     command.upgrade(config(connection), "head")
+    after = current(connection)
+    if after != before:
+        log.info("database schema %s revision %s", "created at" if before is None else "upgraded to", after)
 
 
 def current(connection: Connection) -> str | None:

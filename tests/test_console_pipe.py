@@ -1,0 +1,159 @@
+"""`parley chat` in scripts: a real subprocess reading a pipe and writing to one."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.engine import Engine
+from bot.models import Author, ConversationKey, Message
+from tests.conftest import RecordingSurface
+from tests.support.llm_server import LLMServer, Script
+from tests.test_cli import environment
+
+USER = getpass.getuser()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    return tmp_path
+
+
+async def spawn(
+    llm: LLMServer, cwd: Path, stdout: int = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "chat",
+        cwd=cwd,
+        env=environment(llm, cwd),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=stdout,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def chat(llm: LLMServer, cwd: Path, stdin: bytes) -> tuple[int, str, str]:
+    process = await spawn(llm, cwd)
+    out, err = await asyncio.wait_for(process.communicate(stdin), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def saved_replies(cwd: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(cwd / "data" / "parley.db") as db:
+        query = "SELECT content, outcome FROM turns WHERE role = 'assistant' ORDER BY id"
+        return db.execute(query).fetchall()
+
+
+async def test_a_failed_or_cut_off_reply_makes_the_exit_status_1(llm: LLMServer, workdir: Path) -> None:
+    llm.enqueue(Script(tokens=["half", " way"], error_after=1), Script(tokens=["fine"]))
+    code, out, err = await chat(llm, workdir, b"one\ntwo\n")
+    assert code == 1, err
+    first, second = out.split("_\n")  # the cut-off reply ends with its note in italics
+    assert first.startswith("half\n\n_") and second == "fine\n" and "Traceback" not in err
+
+
+async def test_input_that_is_not_utf8_stops_with_one_sentence_after_answering_what_came_before(
+    llm: LLMServer, workdir: Path
+) -> None:
+    code, out, err = await chat(llm, workdir, b"\xef\xbb\xbfcaf\xc3\xa9\r\nna\xefve\nnever read\n")
+    assert code == 2
+    assert out == f"echo: {USER}: café\n"  # the byte-order mark and the CRLF are gone
+    assert err == (
+        "Line 2 of standard input is not UTF-8 (its byte 3 is 0xef), so parley chat stopped before it; "
+        "convert the input to UTF-8 (for example with iconv) and send it again.\n"
+    )
+    assert len(llm.chat_requests()) == 1
+
+
+async def test_replies_in_a_pipe_are_plain_text_that_cannot_drive_a_terminal(
+    llm: LLMServer, workdir: Path
+) -> None:
+    hostile = ["**bold** \x1b[1A\x1b[2K", "\x1b]0;title\x07 \x9b31m \x1bc a\x08b\rc\x00\r\n"]
+    llm.enqueue(Script(tokens=hostile))
+    code, out, err = await chat(llm, workdir, b"hi\n")
+    assert code == 0, err
+    assert out == "**bold** ␛[1A␛[2K␛]0;title␇ ␛[31m ␛c a␈b␍c␀\n\n"
+    assert not any(char in out for char in "\x1b\x07\x08\r\x00\x9b")
+
+
+async def test_a_reader_that_leaves_early_ends_the_chat_quietly(llm: LLMServer, workdir: Path) -> None:
+    read_end, write_end = os.pipe()
+    process = await spawn(llm, workdir, stdout=write_end)
+    os.close(write_end)
+    assert process.stdin is not None and process.stderr is not None
+    process.stdin.write(b"one\n")
+    with os.fdopen(read_end, "rb", buffering=0) as replies:
+        first = await asyncio.wait_for(asyncio.to_thread(replies.readline), 30)
+    assert first == f"echo: {USER}: one\n".encode()  # and the reader has gone, like `head -1`
+    process.stdin.write(b"two\nthree\n")
+    process.stdin.close()
+    assert await asyncio.wait_for(process.wait(), 30) == 0
+    assert await process.stderr.read() == b""  # no BrokenPipeError, no "Exception ignored"
+    assert len(llm.chat_requests()) == 2  # "three" was never asked
+    assert saved_replies(workdir)[1][1] == "cut_off"
+
+
+async def test_piped_into_head_prints_the_first_line_and_nothing_on_stderr(
+    llm: LLMServer, workdir: Path
+) -> None:
+    script = f"printf 'one\\ntwo\\nthree\\n' | {sys.executable} -m bot chat 2>{workdir}/err | head -1"
+    process = await asyncio.create_subprocess_shell(
+        script, cwd=workdir, env=environment(llm, workdir), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert out.decode() == f"echo: {USER}: one\n"
+    assert (workdir / "err").read_text() == ""
+
+
+async def test_ctrl_c_during_a_piped_reply_stops_it_and_exits_130(llm: LLMServer, workdir: Path) -> None:
+    llm.enqueue(Script(tokens=["The partial", " answer"], stall_after=2))
+    process = await spawn(llm, workdir)
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    process.stdin.write(b"tell me\nnever asked\n")
+    assert await asyncio.wait_for(process.stdout.readexactly(18), 30) == b"The partial answer"
+    process.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(process.wait(), 30) == 130
+    assert await process.stdout.read() == b"\n\n_Stopped._\n"
+    assert await process.stderr.read() == b""
+    assert saved_replies(workdir) == [("The partial answer", "cut_off")]
+    assert len(llm.chat_requests()) == 1
+
+
+async def test_ctrl_c_while_a_piped_chat_waits_for_input_exits_at_once(llm: LLMServer, workdir: Path) -> None:
+    process = await spawn(llm, workdir)
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    process.stdin.write(b"hello\n")  # the writer stays open: the chat waits for more
+    assert await asyncio.wait_for(process.stdout.readline(), 30) == f"echo: {USER}: hello\n".encode()
+    process.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(process.wait(), 30) == 130
+    assert b"Traceback" not in await process.stderr.read()
+
+
+async def test_help_and_commands_follow_the_platform(engine: Engine) -> None:
+    async def ask(platform: str, text: str) -> str:
+        surface = RecordingSurface()
+        key = ConversationKey(platform, "c1")
+        await engine.handle(Message(key, Author("u1", "Ada", is_channel_manager=True), text), surface)
+        return surface.final
+
+    terminal = await ask("console", "/help")
+    assert terminal.startswith("Type a message to talk to Parley. Commands:\n")
+    assert "/autoreply" not in terminal and "/model [NAME|default]" in terminal
+    assert await ask("console", "/autoreply on") == "/autoreply does not apply here. Try /help."
+    assert await ask("console", "/autorepl") == "Unknown command /autorepl. Try /help."
+    for chat_app in ("discord", "slack"):
+        help_text = await ask(chat_app, "/help")
+        assert help_text.startswith("Mention Parley to talk to it.") and "/autoreply [on|off]" in help_text
+        assert await ask(chat_app, "/autoreply on") == "Parley will now answer every message in this channel."

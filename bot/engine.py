@@ -269,7 +269,9 @@ class Engine:
     ) -> list[ToolCall]:
         """One provider call, streamed into the reply. Returns the tools the model asked to run."""
         attempts = [Attempt(resolved.name, resolved.provider, request)]
-        attempts += await self._fallbacks(model, request)
+        attempts += await self._fallbacks(
+            model if model in self.settings.fallbacks else resolved.name, request
+        )
         stream = ResilientStream(
             attempts, max_retries=self.settings.max_retries, retry_after_cap=self.settings.retry_after_cap
         )

@@ -11,6 +11,7 @@ from bot import commands
 from bot.attachments import read_attachments
 from bot.catalog import ModelCatalog, ResolvedModel, UnknownModelError
 from bot.config import Settings
+from bot.logs import log_event
 from bot.models import Author, CommandResult, ConversationKey, ConversationSettings, Message, Surface
 from bot.providers.base import (
     ChatMessage,
@@ -180,9 +181,21 @@ class Engine:
             final = _extend(reply.text, INTERNAL_ERROR)
             outcome = "cut_off" if reply.text else "error"
         await renderer.finish(final)
+        latency_ms = int((self.clock.now() - started) * 1000)
         if reply.model:
-            latency_ms = int((self.clock.now() - started) * 1000)
             await self._save_reply(conversation, reply, outcome, latency_ms)
+        usage = reply.usage
+        log_event(
+            log,
+            "reply",
+            platform=message.key.platform,
+            conversation=conversation,
+            model=reply.model or None,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            latency_ms=latency_ms,
+            outcome=outcome,
+        )
 
     async def _stream(
         self, message: Message, renderer: PacedRenderer, reply: _Reply, web_query: str | None

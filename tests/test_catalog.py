@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import pytest
@@ -92,3 +93,28 @@ async def test_unknown_and_unconfigured_names(engine: Engine) -> None:
         await engine.catalog.resolve("mimo-v2-flsh")
     with pytest.raises(UnknownModelError, match="The anthropic provider is not configured"):
         await engine.catalog.resolve("anthropic/claude-sonnet-4-5")
+
+
+async def test_each_answered_message_logs_one_line_without_its_text(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="bot.engine"):
+        await ask(engine, "a private thought")
+        await ask(engine, "/help")  # a command is not a model reply
+    [record] = [r for r in caplog.records if getattr(r, "event", None) == "reply"]
+    assert record.levelno == logging.INFO
+    fields = record.fields  # type: ignore[attr-defined]
+    assert fields.pop("latency_ms") >= 0
+    assert fields == {
+        "platform": "test",
+        "conversation": "test:general",
+        "model": "openrouter/xiaomi/mimo-v2-flash",
+        "prompt_tokens": 12,
+        "completion_tokens": 3,
+        "outcome": "ok",
+    }
+    assert "private thought" not in caplog.text
+    assert record.getMessage().startswith(
+        "reply platform=test conversation=test:general model=openrouter/xiaomi/mimo-v2-flash "
+        "prompt_tokens=12 completion_tokens=3 latency_ms="
+    )

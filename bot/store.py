@@ -141,10 +141,6 @@ class Store:
     async def close(self) -> None:
         await self._db.dispose()
 
-    async def ping(self) -> None:
-        async with self._db.connect() as conn:
-            await conn.execute(select(1))
-
     # Turns
 
     async def add_assistant_turn(self, conversation: str, record: AssistantRecord, tokens: int) -> int:

@@ -17,10 +17,12 @@ from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 
 from bot.catalog import ModelCatalog, UnknownModelError
-from bot.config import ConfigError, Loaded, Settings, SetupError, describe_database, load_settings
+from bot.config import ConfigError, Settings, SetupError
+from bot.database_url import describe_database
 from bot.engine import Engine
 from bot.logs import configure_logging
 from bot.providers.base import ProviderError
+from bot.settings_loader import Loaded, load_settings
 from bot.store import Store
 
 log = logging.getLogger(__name__)

@@ -1,24 +1,20 @@
-"""Settings from the environment, `.env` and `parley.toml`, validated in one place.
+"""Settings from the environment, `.env` and `parley.toml` in PARLEY_HOME, validated in one place.
 
-A `parley` process reads them through `load_settings`, which turns every mistake into one sentence that
-names the variable as the user wrote it and where it was set, and warns about names that look like
-misspelt settings.
+A `parley` process reads them through `bot.settings_loader.load_settings`, which words every mistake
+in the operator's own names.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator
-from pydantic_core import ErrorDetails
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -27,9 +23,8 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
-from sqlalchemy.ext.asyncio import create_async_engine
+
+from bot.database_url import usable_database_url
 
 DEFAULT_MODEL = "openrouter/xiaomi/mimo-v2-flash"
 DEFAULT_SYSTEM_PROMPT = (
@@ -267,91 +262,6 @@ class Settings(BaseSettings):
         return active
 
 
-@dataclass(frozen=True, slots=True)
-class Loaded:
-    settings: Settings
-    locations: Locations
-    warnings: list[str]  # one sentence each: names that look like misspelt settings
-
-
-def load_settings() -> Loaded:
-    """The settings of a `parley` process; ConfigError, one sentence per problem, when they cannot be used."""
-    locations = Locations.from_environment()
-    written = _Written(locations, dict(os.environ), locations.read_dotenv(), locations.read_toml())
-    try:
-        settings = Settings()
-    except ValidationError as error:
-        problems = [written.explain(problem) for problem in error.errors()]
-        raise ConfigError(problems, written.misspellings()) from None
-    written.fill_keys_from_dotenv(settings)
-    return Loaded(settings, locations, written.misspellings())
-
-
-def usable_database_url(url: str, home: Path) -> str:
-    """`url` with a relative SQLite path made absolute under `home`; ValueError when it cannot work."""
-    try:
-        parsed = make_url(url)
-        create_async_engine(parsed)  # loads the dialect and imports its driver; connects to nothing
-    except NoSuchModuleError:
-        raise ValueError(_unknown_database(url)) from None
-    except ArgumentError:
-        raise ValueError(
-            "is not a database URL; write it like sqlite+aiosqlite:///data/parley.db "
-            "or postgresql+asyncpg://USER:PASSWORD@HOST/DB"
-        ) from None
-    except InvalidRequestError:  # a synchronous driver
-        raise ValueError(
-            f"uses the synchronous {parsed.get_driver_name()} driver; Parley needs an asynchronous one: "
-            f"{_async_variant(parsed)}"
-        ) from None
-    except ImportError as error:
-        raise ValueError(_missing_driver(parsed, error.name or parsed.get_driver_name())) from None
-    database = parsed.database or ""
-    if parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:"):
-        path = Path(database).expanduser()
-        if not database.startswith("file:") and not path.is_absolute():
-            return parsed.set(database=str(home / path)).render_as_string(hide_password=False)
-    return url
-
-
-def describe_database(url: str) -> str:
-    """Where memory lives, for logs and `parley check`: a file path, or the URL without its password."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        return f"SQLite file {parsed.database}" if parsed.database else "SQLite in memory"
-    return parsed.render_as_string(hide_password=True)
-
-
-def _async_variant(url: URL) -> str:
-    if url.get_backend_name() == "sqlite":
-        return url.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=True)
-    if url.get_backend_name() == "postgresql":
-        async_url = url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=True)
-        return f"{async_url} (after pip install -e '.[postgres]')"
-    return "see SQLAlchemy's list of asyncio dialects"
-
-
-def _unknown_database(url: str) -> str:
-    scheme = url.partition(":")[0]
-    if scheme == "postgres":
-        return "starts with postgres://, which SQLAlchemy does not know; write postgresql+asyncpg://"
-    return (
-        f"names {scheme}, a database SQLAlchemy does not know; "
-        "use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST/DB"
-    )
-
-
-def _missing_driver(url: URL, module: str) -> str:
-    if url.get_backend_name() == "postgresql":
-        if module == "asyncpg":
-            return "needs the asyncpg driver, which is not installed: pip install -e '.[postgres]'"
-        return (
-            f"uses the {module} driver, which is not installed; Parley's PostgreSQL driver is asyncpg: "
-            "pip install -e '.[postgres]' and write postgresql+asyncpg://"
-        )
-    return f"needs the {module} driver, which is not installed: pip install {module}"
-
-
 def _syntax_error(path: Path, message: str) -> str:
     found = re.fullmatch(r"(?s)(.*) \(at line (\d+), column (\d+)\)", message)
     if not found:
@@ -364,127 +274,3 @@ def _unreadable(path: Path, error: Exception) -> str:
     if isinstance(error, UnicodeDecodeError):
         return f"{path} could not be read: it is not UTF-8 text."
     return f"{path} could not be read ({getattr(error, 'strerror', None) or error})."
-
-
-# What a field error asks of the value, by pydantic's error type.
-REQUIREMENTS = {
-    "int_parsing": "must be a whole number",
-    "int_type": "must be a whole number",
-    "int_from_float": "must be a whole number",
-    "float_parsing": "must be a number",
-    "float_type": "must be a number",
-    "bool_parsing": "must be true or false",
-    "bool_type": "must be true or false",
-    "string_type": "must be text",
-    "dict_type": "must be a table",
-    "list_type": "must be a list",
-    "missing": "is required",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Written:
-    """What the user wrote, source by source, to say where a bad or unknown name came from."""
-
-    locations: Locations
-    environ: Mapping[str, str]
-    dotenv: Mapping[str, str | None]
-    toml: Mapping[str, Any]
-
-    def explain(self, problem: ErrorDetails) -> str:
-        loc = tuple(str(part) for part in problem["loc"])
-        name, origin = self._origin(loc)
-        kind = problem["type"]
-        context = problem.get("ctx") or {}
-        if kind == "value_error":
-            requirement = str(context.get("error", problem["msg"]))
-        elif kind == "literal_error":
-            requirement = f"must be {context['expected']}"
-        elif kind in ("greater_than", "greater_than_equal", "less_than_equal"):
-            limit = {"greater_than": "more than", "greater_than_equal": "at least"}.get(kind, "at most")
-            requirement = f"must be {limit} {next(iter(context.values())):g}"
-        else:
-            requirement = REQUIREMENTS.get(kind, f"is not valid: {problem['msg']}")
-        shown = "" if kind in ("missing", "value_error") or _secret(loc) else _value(problem["input"])
-        return f"{name}{f' ({origin})' if origin else ''} {requirement}{shown}."
-
-    def _origin(self, loc: tuple[str, ...]) -> tuple[str, str]:
-        """The name as written (`MAX_RETRIES`, `providers.local.base_url`) and where it was set."""
-        field, rest = loc[0], loc[1:]
-        for names, where in (
-            (self.environ, "set in the environment"),
-            (self.dotenv, f"set in {self.locations.env_file}"),
-        ):
-            written = next((n for n in names if n.lower() == field and names[n]), None)
-            if written:
-                return ".".join((written, *rest)), where
-        written = next((n for n in self.toml if n.lower() == field), None)
-        if written:
-            return ".".join((written, *rest)), f"in {self.locations.config_file}"
-        return ".".join(loc), ""
-
-    def fill_keys_from_dotenv(self, settings: Settings) -> None:
-        """A `[providers.NAME]` api_key_env may name a key kept in .env, as other settings are."""
-        for provider in settings.providers.values():
-            env = provider.api_key_env
-            if provider.api_key is None and env and not self.environ.get(env) and self.dotenv.get(env):
-                provider.api_key = SecretStr(self.dotenv[env] or "")
-
-    def misspellings(self) -> list[str]:
-        """A warning for each name that is not a setting but looks like one, with the setting it resembles."""
-        fields = set(Settings.model_fields)
-        variables = {name.upper() for name in fields} | {HOME_VARIABLE, CONFIG_VARIABLE}
-        providers = next((v for k, v in self.toml.items() if k.lower() == "providers"), {})
-        tables = providers.values() if isinstance(providers, dict) else ()
-        key_names = {t.get("api_key_env") for t in tables if isinstance(t, dict)}
-        found = []
-        # The environment is shared with other programs, so only a near typo there is worth a warning.
-        for names, where, cutoff in (
-            (self.environ, "in the environment", 0.9),
-            (self.dotenv, f"in {self.locations.env_file}", 0.8),
-        ):
-            for name in sorted(names):
-                if name.upper() in variables or name in key_names:
-                    continue
-                if name.upper() in RETIRED:
-                    found.append(f"{name} {where} is not a setting: {RETIRED[name.upper()]}.")
-                elif close := difflib.get_close_matches(name.upper(), variables, n=1, cutoff=cutoff):
-                    found.append(f"{name} {where} is not a setting; did you mean {close[0]}?")
-        config = self.locations.config_file
-        for key, value in self.toml.items():
-            if key.lower() == "providers" and isinstance(value, dict):
-                found += _unknown_provider_keys(value, config)
-            elif key.lower() not in fields:
-                table = isinstance(value, dict)
-                label = f"[{key}]" if table else key
-                close = difflib.get_close_matches(key.lower(), fields, n=1, cutoff=0.6)
-                if key.upper() in RETIRED:
-                    hint = f": {RETIRED[key.upper()]}."
-                else:
-                    hint = f"; did you mean {f'[{close[0]}]' if table else close[0]}?" if close else "."
-                found.append(f"{label} in {config} is not a setting{hint}")
-        return found
-
-
-def _unknown_provider_keys(providers: dict[str, Any], config: Path) -> list[str]:
-    fields = list(ProviderSettings.model_fields)
-    found = []
-    for name, table in providers.items():
-        for key in table if isinstance(table, dict) else ():
-            if key not in fields:
-                close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
-                hint = f"; did you mean {close[0]}?" if close else "."
-                found.append(f"{key} in [providers.{name}] of {config} is not a provider setting{hint}")
-    return found
-
-
-def _secret(loc: tuple[str, ...]) -> bool:
-    """Whether a value may hold a secret (a key, a header, a database password), so is never repeated."""
-    field = Settings.model_fields.get(loc[0])
-    secret_field = field is not None and field.annotation == SecretStr | None
-    return secret_field or loc[0] == "database_url" or "api_key" in loc or "headers" in loc
-
-
-def _value(value: object) -> str:
-    shown = repr(value)
-    return f", not {shown if len(shown) <= 60 else shown[:57] + '...'}"

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import DEFAULT_MODEL, ConfigError, Settings, load_settings
+from bot.config import DEFAULT_MODEL, ConfigError, Settings
 from bot.logs import JsonFormatter, RedactingFormatter, configure_logging, log_event, secrets_of
+from bot.settings_loader import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TOML_ONLY = {"providers", "fallbacks"}  # tables, documented with parley.toml

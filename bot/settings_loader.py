@@ -118,7 +118,11 @@ class _Written:
         providers = next((v for k, v in self.toml.items() if k.lower() == "providers"), {})
         tables = providers.values() if isinstance(providers, dict) else ()
         key_names = {t.get("api_key_env") for t in tables if isinstance(t, dict)}
-        found = []
+        found = [
+            f"{name} in {self.locations.env_file} has no effect; set it in the environment."
+            for name in sorted(self.dotenv)
+            if name.upper() in (HOME_VARIABLE, CONFIG_VARIABLE)  # they say where .env is
+        ]
         # The environment is shared with other programs, so only a near typo there is worth a warning.
         for names, where, cutoff in (
             (self.environ, "in the environment", 0.9),

@@ -265,13 +265,14 @@ def test_misspelt_names_get_a_warning_with_the_closest_setting(
     monkeypatch.setenv("OPENROUTER_APIKEY", "sk-or-1")
     for unrelated in ("OPENAI_API_BASE", "DATABASE", "SLACK_WEBHOOK_URL", "PATH_INFO"):
         monkeypatch.setenv(unrelated, "another program's")  # the environment is shared: not flagged
-    (isolated / ".env").write_text("SLACK_TOKEN=xoxb-1\nPOSTGRES_PASSWORD=x\n")
+    (isolated / ".env").write_text("SLACK_TOKEN=xoxb-1\nPOSTGRES_PASSWORD=x\nPARLEY_HOME=/srv/parley\n")
     (isolated / "parley.toml").write_text(
         'defualt_model = "a"\nunheard_of = 1\n'
         '[provider.lm]\nbase_url = "http://h"\n'
         '[providers.local]\nbase_ur = "http://h"\nbase_url = "http://h"\nmodel = ["m"]\n'
     )
     assert load_settings().warnings == [
+        f"PARLEY_HOME in {isolated}/.env has no effect; set it in the environment.",
         "DEFUALT_MODEL in the environment is not a setting; did you mean DEFAULT_MODEL?",
         "OPENROUTER_APIKEY in the environment is not a setting; did you mean OPENROUTER_API_KEY?",
         f"SLACK_TOKEN in {isolated}/.env is not a setting; did you mean SLACK_BOT_TOKEN?",

@@ -40,7 +40,8 @@ def describe_database(url: str) -> str:
     """Where memory lives, for logs and `parley check`: a file path, or the URL without its password."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return f"SQLite file {parsed.database}" if parsed.database else "SQLite in memory"
+        in_memory = parsed.database in (None, "", ":memory:")
+        return "SQLite in memory (forgotten at exit)" if in_memory else f"SQLite file {parsed.database}"
     return parsed.render_as_string(hide_password=True)
 
 

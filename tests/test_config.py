@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import DEFAULT_MODEL, ConfigError, Settings
+from bot.database_url import describe_database
 from bot.logs import JsonFormatter, RedactingFormatter, configure_logging, log_event, secrets_of
 from bot.settings_loader import load_settings
 
@@ -236,6 +237,16 @@ def test_secrets_are_never_repeated_in_a_field_error(isolated: Path) -> None:
 def test_a_database_url_that_cannot_work(monkeypatch: pytest.MonkeyPatch, url: str, sentence: str) -> None:
     monkeypatch.setenv("DATABASE_URL", url)
     assert problems() == [f"DATABASE_URL (set in the environment) {sentence}"]
+
+
+def test_where_memory_lives_is_shown_without_a_password() -> None:
+    assert describe_database("sqlite+aiosqlite:////srv/parley/data/parley.db") == (
+        "SQLite file /srv/parley/data/parley.db"
+    )
+    assert describe_database("sqlite+aiosqlite:///:memory:") == "SQLite in memory (forgotten at exit)"
+    assert describe_database("postgresql+asyncpg://parley:hunter2@db:5432/parley") == (
+        "postgresql+asyncpg://parley:***@db:5432/parley"
+    )
 
 
 def test_postgresql_without_its_driver_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

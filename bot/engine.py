@@ -12,6 +12,7 @@ from bot import commands
 from bot.attachments import read_attachments
 from bot.catalog import ModelCatalog, ResolvedModel, UnknownModelError
 from bot.config import Settings
+from bot.logs import log_event
 from bot.models import Author, CommandResult, ConversationKey, ConversationSettings, Message, Surface
 from bot.providers.base import (
     ChatMessage,
@@ -196,9 +197,21 @@ class Engine:
             final = _extend(reply.text, INTERNAL_ERROR)
             outcome = "cut_off" if reply.text else "error"
         await renderer.finish(final)
+        latency_ms = int((self.clock.now() - started) * 1000)
         if reply.model:
-            latency_ms = int((self.clock.now() - started) * 1000)
             await self._save_reply(conversation, reply, outcome, latency_ms)
+        usage = reply.usage
+        log_event(
+            log,
+            "reply",
+            platform=message.key.platform,
+            conversation=conversation,
+            model=reply.model or None,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            latency_ms=latency_ms,
+            outcome=outcome,
+        )
         return outcome
 
     async def _stream(
@@ -284,7 +297,9 @@ class Engine:
     ) -> list[ToolCall]:
         """One provider call, streamed into the reply. Returns the tools the model asked to run."""
         attempts = [Attempt(resolved.name, resolved.provider, request)]
-        attempts += await self._fallbacks(model, request)
+        attempts += await self._fallbacks(
+            model if model in self.settings.fallbacks else resolved.name, request
+        )
         stream = ResilientStream(
             attempts, max_retries=self.settings.max_retries, retry_after_cap=self.settings.retry_after_cap
         )

@@ -97,28 +97,25 @@ class ModelCatalog:
                 names.extend(f"{provider_name}/{model.id}" for model in result)
         return names, failures
 
-    def split(self, name: str) -> tuple[str, str]:
+    async def locate(self, name: str) -> tuple[str, str]:
+        """The (provider, model id) a name means: `provider/model` as written, or a bare model id that
+        exactly one provider offers. UnknownModelError, with the sentence to show, otherwise."""
+        name = name.strip()
         provider_name, _, model_id = name.partition("/")
         if provider_name in self.providers and model_id:
             return provider_name, model_id
-        if provider_name in PRESET_HINTS and model_id:
-            raise UnknownModelError(_not_configured(provider_name))
-        raise UnknownModelError(
-            f"{name} is not a model name; use PROVIDER/MODEL, e.g. {self._example()}. See /models."
-        )
+        provider_name, _, model_id = (await self._offered_by_one(name)).partition("/")
+        return provider_name, model_id
 
     async def info(self, name: str) -> ModelInfo | None:
         """What the listing says of a model, or None when unknown or the listing is unavailable."""
-        provider_name, model_id = self.split(name)
-        try:
-            models = await self.listing(provider_name)
-        except ProviderError:
-            return None
-        return next((model for model in models if model.id == model_id), None)
+        provider_name, model_id = await self.locate(name)
+        return await self._listed(provider_name, model_id)
 
     async def resolve(self, name: str) -> ResolvedModel:
-        provider_name, model_id = self.split(name)
-        return ResolvedModel(name, self.providers[provider_name], model_id, await self.info(name))
+        provider_name, model_id = await self.locate(name)
+        info = await self._listed(provider_name, model_id)
+        return ResolvedModel(f"{provider_name}/{model_id}", self.providers[provider_name], model_id, info)
 
     async def canonical(self, name: str) -> tuple[str, str | None]:
         """The full name a user meant, and a note when it could not be checked; UnknownModelError otherwise.
@@ -135,16 +132,34 @@ class ModelCatalog:
             if any(model.id == model_id for model in models):
                 return name, None
             raise UnknownModelError(self._unknown(name, [f"{provider_name}/{m.id}" for m in models]))
-        names, _failures = await self.all_names()
+        return await self._offered_by_one(name), None
+
+    async def _listed(self, provider_name: str, model_id: str) -> ModelInfo | None:
+        try:
+            models = await self.listing(provider_name)
+        except ProviderError:
+            return None
+        return next((model for model in models if model.id == model_id), None)
+
+    async def _offered_by_one(self, name: str) -> str:
+        """The full name of the one provider's model whose id is `name`."""
+        names, failures = await self.all_names()
         matches = [full for full in names if full.partition("/")[2] == name]
         if len(matches) == 1:
-            return matches[0], None
+            return matches[0]
         if len(matches) > 1:
             raise UnknownModelError(
                 f"{name} is offered by several providers: {', '.join(matches)}. Pick one."
             )
+        provider_name, _, model_id = name.partition("/")
         if provider_name in PRESET_HINTS and model_id:
             raise UnknownModelError(_not_configured(provider_name))
+        if failures:
+            provider, error = next(iter(failures.items()))
+            raise UnknownModelError(
+                f"Could not look up {name}, as the {provider} model list is unavailable: "
+                f"{error.user_message()}"
+            )
         raise UnknownModelError(self._unknown(name, names))
 
     def _unknown(self, name: str, candidates: list[str]) -> str:
@@ -156,9 +171,6 @@ class ModelCatalog:
         close = list(dict.fromkeys(close))[:3]
         hint = f" Did you mean {', '.join(close)}?" if close else " See /models for what is available."
         return f"Unknown model {name}.{hint}"
-
-    def _example(self) -> str:
-        return f"{next(iter(self.providers), 'openrouter')}/MODEL_ID"
 
 
 def _not_configured(provider_name: str) -> str:

@@ -10,18 +10,22 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-
-from pydantic import ValidationError
+from importlib.metadata import PackageNotFoundError, version
 
 from bot.catalog import ModelCatalog, UnknownModelError
-from bot.config import Settings, SetupError
+from bot.config import ConfigError, Settings, SetupError
+from bot.database_url import describe_database
 from bot.engine import Engine
 from bot.logs import configure_logging
 from bot.providers.base import ProviderError
+from bot.settings_loader import Loaded, load_settings
 from bot.store import Store
+
+log = logging.getLogger(__name__)
 
 NO_PLATFORM = """No chat platform is configured, so there is nothing to start.
 Set one of these in .env (see .env.example) or the environment:
@@ -36,15 +40,40 @@ NO_PROVIDER = (
 )
 
 
+SETTINGS_HELP = """\
+Settings come from environment variables, then .env, then parley.toml (the first that sets a value
+wins). .env and parley.toml are read from PARLEY_HOME, by default the working directory, which also
+holds the SQLite database (data/parley.db); PARLEY_CONFIG names another TOML file. Every setting is
+in .env.example and in the settings tables of README.md (Configuration, Discord, Slack, Web search).
+`parley check` tests them without starting anything."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="parley", description="LLMs in Slack, Discord and your terminal.")
+    parser = argparse.ArgumentParser(
+        prog="parley",
+        description="LLMs in Slack, Discord and your terminal.",
+        epilog=SETTINGS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"parley {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="start the configured Discord and Slack adapters")
+    sub.add_parser(
+        "run",
+        help="start the configured Discord and Slack adapters",
+        description="Start Discord when DISCORD_TOKEN is set and Slack when SLACK_BOT_TOKEN is.",
+        epilog=SETTINGS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     chat = sub.add_parser("chat", help="talk to Parley in this terminal (reads lines from a pipe too)")
     chat.add_argument("--channel", default="default", help="conversation to use; memory is kept per channel")
     models = sub.add_parser("models", help="list the models the configured providers offer")
     models.add_argument("filter", nargs="?", default="", help="only names containing this text")
-    sub.add_parser("check", help="validate configuration, database and providers")
+    sub.add_parser(
+        "check",
+        help="check settings, database, providers, models and platform tokens",
+        epilog=SETTINGS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     discord = sub.add_parser("discord", help="Discord tools")
     discord_sub = discord.add_subparsers(dest="discord_command", required=True)
     sync = discord_sub.add_parser("sync", help="register the slash commands now")
@@ -55,24 +84,43 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = Settings()
-    except ValidationError as error:
-        for problem in error.errors():
-            where = ".".join(str(part) for part in problem["loc"]) or "settings"
-            print(f"config: {where}: {problem['msg']}", file=sys.stderr)
+        loaded = load_settings()
+    except ConfigError as error:
+        for warning in error.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
         return 2
-    configure_logging(settings)
+    settings = loaded.settings
+    configure_logging(settings, quiet=args.command == "chat")
+    if args.command != "check":  # check reports these among its findings
+        for warning in loaded.warnings:
+            log.warning(warning)
+    if args.command in ("run", "chat", "discord"):
+        where = describe_database(settings.database_url)
+        log.info("Parley %s: settings from %s; memory in %s", _version(), loaded.locations.describe(), where)
     commands: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = {
         "run": run,
         "chat": chat,
         "models": list_models,
-        "check": check,
         "discord": discord_sync,
     }
     try:
+        if args.command == "check":
+            return asyncio.run(check(loaded))
         return asyncio.run(commands[args.command](settings, args))
+    except SetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _version() -> str:
+    try:
+        return version("parley")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -148,23 +196,25 @@ async def list_models(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-async def check(settings: Settings, args: argparse.Namespace) -> int:
-    """One line per finding, `ok` or `problem`; exits 1 when anything needs fixing."""
+async def check(loaded: Loaded) -> int:
+    """One line per finding, `ok`, `note` or `problem`; exits 1 when anything needs fixing."""
+    settings = loaded.settings
     problems = 0
 
-    def report(ok: bool, what: str) -> None:
+    def report(ok: bool | None, what: str) -> None:
         nonlocal problems
-        problems += not ok
-        print(f"{'ok     ' if ok else 'problem'}  {what}")
+        problems += ok is False
+        print(f"{'note   ' if ok is None else 'ok     ' if ok else 'problem'}  {what}")
 
-    report(True, "configuration loaded")
+    report(True, f"settings from {loaded.locations.describe()}")
+    for warning in loaded.warnings:
+        report(False, warning)
     try:
         store = await Store.open(settings.database_url)
-        await store.ping()
         await store.close()
-        report(True, f"database {settings.database_url.split('@')[-1]}")
-    except Exception as error:
-        report(False, f"database: {type(error).__name__}: {error}")
+        report(True, f"database: {describe_database(settings.database_url)}")
+    except SetupError as error:
+        report(False, f"database: {error}")
     catalog = ModelCatalog.from_settings(settings)
     if not catalog.providers:
         report(False, NO_PROVIDER)
@@ -176,21 +226,41 @@ async def check(settings: Settings, args: argparse.Namespace) -> int:
             except ProviderError as error:
                 report(False, f"provider {name}: {error.user_message()}")
         if catalog.providers:
-            try:
-                model, note = await catalog.canonical(settings.default_model)
-                report(note is None, f"default model {model}{' ' + note if note else ''}")
-            except UnknownModelError as error:
-                report(False, f"default model: {error}")
+            for label, names in [("default model", [settings.default_model]), *_fallback_chains(settings)]:
+                report(*await _models_found(catalog, label, names))
     finally:
         await catalog.aclose()
-    platforms = {"Discord": settings.discord_token, "Slack": settings.slack_bot_token}
-    for platform, token in platforms.items():
-        print(
-            f"{'ok     ' if token else 'note   '}  {platform}: {'configured' if token else 'not configured'}"
-        )
-    if settings.slack_bot_token and not (settings.slack_app_token or settings.slack_signing_secret):
-        report(False, "Slack needs SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode)")
+    for platform, configured, module, hint in (
+        ("Discord", settings.discord_token, "adapters.discord.check", "DISCORD_TOKEN"),
+        ("Slack", settings.slack_bot_token, "adapters.slack.check", "SLACK_BOT_TOKEN"),
+    ):
+        if not configured:
+            report(None, f"{platform}: not configured (set {hint} to use it)")
+            continue
+        for ok, finding in await importlib.import_module(module).check(settings):
+            report(ok, finding)
     return 1 if problems else 0
+
+
+def _fallback_chains(settings: Settings) -> list[tuple[str, list[str]]]:
+    return [(f"fallbacks for {model}", [model, *chain]) for model, chain in settings.fallbacks.items()]
+
+
+async def _models_found(catalog: ModelCatalog, label: str, names: list[str]) -> tuple[bool, str]:
+    """Whether every name is a model the providers offer; bare ids shown with the model they mean."""
+    shown, problems = [], []
+    for name in names:
+        try:
+            full, note = await catalog.canonical(name)
+        except UnknownModelError as error:
+            problems.append(str(error))
+            continue
+        shown.append(name if full == name else f"{name} ({full})")
+        if note:
+            problems.append(f"{name} {note}")
+    if problems:
+        return False, f"{label}: {' '.join(problems)}"
+    return True, f"{label}: {' → '.join(shown)}" if len(shown) > 1 else f"{label} {shown[0]}"
 
 
 async def discord_sync(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,32 +1,104 @@
-"""Settings from the environment, `.env` and an optional TOML file, validated in one place."""
+"""Settings from the environment, `.env` and `parley.toml` in PARLEY_HOME, validated in one place.
+
+A `parley` process reads them through `bot.settings_loader.load_settings`, which words every mistake
+in the operator's own names.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from dotenv import dotenv_values
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
+    InitSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
+
+from bot.database_url import usable_database_url
 
 DEFAULT_MODEL = "openrouter/xiaomi/mimo-v2-flash"
 DEFAULT_SYSTEM_PROMPT = (
     "You are Parley, a helpful assistant in a team chat. Answer concisely in Markdown. "
     "Each message from a person starts with their name and a colon; several people may take part."
 )
+HOME_VARIABLE = "PARLEY_HOME"
+CONFIG_VARIABLE = "PARLEY_CONFIG"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Names that once did something, and what a user who sets them should know instead.
+RETIRED = {"FETCH_ALLOW_PRIVATE": "Parley never reads pages on private or loopback addresses"}
 
 CommaList = Annotated[list[str], NoDecode]
 
 
 class SetupError(Exception):
-    """A platform refused its configuration (a bad token, a missing secret): `parley run` prints the
-    message as one line and exits 1, since a traceback would only bury it."""
+    """The setup refused to work as configured (a bad token, a missing secret, a database that cannot be
+    opened): `parley` prints the message as one line and exits 1, since a traceback would only bury it."""
+
+
+class ConfigError(Exception):
+    """Settings that cannot be used; each of `problems` is one sentence for the operator (exit 2)."""
+
+    def __init__(self, problems: list[str], warnings: list[str] | None = None) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+        self.warnings = warnings or []  # misspelt names, which may explain the problems
+
+
+@dataclass(frozen=True, slots=True)
+class Locations:
+    """Where Parley reads its settings and keeps its memory: PARLEY_HOME, by default the working directory."""
+
+    home: Path
+    env_file: Path
+    config_file: Path
+    config_named: bool  # PARLEY_CONFIG named the file, so it must exist
+
+    @classmethod
+    def from_environment(cls) -> Locations:
+        home = Path(os.environ.get(HOME_VARIABLE) or os.curdir).expanduser().resolve()
+        named = os.environ.get(CONFIG_VARIABLE)
+        config = Path(named).expanduser().resolve() if named else home / "parley.toml"
+        return cls(home, home / ".env", config, bool(named))
+
+    def read_toml(self) -> dict[str, Any]:
+        """The TOML file's tables ({} without one); ConfigError when it is named but missing, or broken."""
+        if not self.home.is_dir():
+            raise ConfigError([f"{HOME_VARIABLE} names {self.home}, which is not a folder."])
+        if not self.config_file.exists():
+            if self.config_named:
+                raise ConfigError([f"{CONFIG_VARIABLE} names {self.config_file}, which does not exist."])
+            return {}
+        try:
+            with self.config_file.open("rb") as file:
+                return tomllib.load(file)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError([_syntax_error(self.config_file, str(error))]) from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError([_unreadable(self.config_file, error)]) from None
+
+    def read_dotenv(self) -> dict[str, str | None]:
+        if not self.env_file.exists():
+            return {}
+        try:
+            return dotenv_values(self.env_file)
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError([_unreadable(self.env_file, error)]) from None
+
+    def describe(self) -> str:
+        def shown(path: Path) -> str:
+            return str(path) if path.exists() else f"{path} (none there)"
+
+        return f"the environment, then {shown(self.env_file)}, then {shown(self.config_file)}"
 
 
 class ProviderSettings(BaseModel):
@@ -55,8 +127,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
 
     default_model: str = DEFAULT_MODEL
-    database_url: str = "sqlite+aiosqlite:///data/parley.db"
+    # Validated when loaded: an async driver that is installed; a relative SQLite path is under PARLEY_HOME.
+    database_url: str = Field("sqlite+aiosqlite:///data/parley.db", validate_default=True)
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
     # Used where a channel has set no /system prompt of its own.
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
 
@@ -73,21 +147,21 @@ class Settings(BaseSettings):
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
 
     # Reply shaping and limits.
-    reply_max_tokens: int = 4096
-    default_context_length: int = 32768
+    reply_max_tokens: int = Field(4096, gt=0)
+    default_context_length: int = Field(32768, gt=0)
     show_reasoning: bool = False
-    models_cache_seconds: float = 600.0
-    connect_timeout: float = 10.0
-    first_token_timeout: float = 90.0
-    chunk_timeout: float = 60.0
-    reply_timeout: float = 300.0
+    models_cache_seconds: float = Field(600.0, ge=0)
+    connect_timeout: float = Field(10.0, gt=0)
+    first_token_timeout: float = Field(90.0, gt=0)
+    chunk_timeout: float = Field(60.0, gt=0)
+    reply_timeout: float = Field(300.0, gt=0)
     # A message accepted but not answered before a crash is answered after the restart when it is younger
     # than this; older ones get a line saying they went unanswered.
-    pending_max_age_seconds: float = 600.0
+    pending_max_age_seconds: float = Field(600.0, ge=0)
     # At shutdown, replies under way get this long to finish before they are cut off with a note.
-    shutdown_grace_seconds: float = 10.0
-    max_retries: int = 3
-    retry_after_cap: float = 30.0
+    shutdown_grace_seconds: float = Field(10.0, ge=0)
+    max_retries: int = Field(3, ge=0)
+    retry_after_cap: float = Field(30.0, ge=0)
 
     # People who may change settings everywhere, as platform user ids (or role ids on Discord).
     admin_user_ids: CommaList = Field(default_factory=list)
@@ -105,18 +179,30 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr | None = None
     slack_api_url: str = "https://slack.com/api/"
     slack_thread_followups: bool = True
-    slack_render_interval: float = 1.0  # seconds between renders of one Slack reply
-    port: int = 3000
+    slack_render_interval: float = Field(1.0, gt=0)  # seconds between renders of one Slack reply
+    port: int = Field(3000, ge=1, le=65535)
 
     # Web search.
     search_backend: Literal["duckduckgo", "searxng", "brave"] = "duckduckgo"
     searxng_url: str | None = None
     brave_api_key: SecretStr | None = None
     brave_api_url: str = "https://api.search.brave.com/res/v1/web/search"
-    search_results: int = 5
-    search_pages_read: int = 2  # result pages whose text is read for the model, besides their snippets
-    search_cache_seconds: float = 600.0
-    fetch_allow_private: bool = False  # only for tests: lets page reading reach loopback
+    search_results: int = Field(5, ge=1)
+    search_pages_read: int = Field(2, ge=0)  # result pages whose text is read for the model
+    search_cache_seconds: float = Field(600.0, ge=0)
+
+    # A seam for tests, which serve result pages on loopback: only `Settings(fetch_allow_private=True)` in
+    # code sets it. No environment variable, .env or parley.toml key reaches it, so the SSRF guard of
+    # page reading cannot be switched off in a deployment.
+    _fetch_allow_private: bool = PrivateAttr(False)
+
+    def __init__(self, *, fetch_allow_private: bool = False, **values: Any) -> None:
+        super().__init__(**values)
+        self._fetch_allow_private = fetch_allow_private
+
+    @property
+    def fetch_allow_private(self) -> bool:
+        return self._fetch_allow_private
 
     @field_validator("admin_user_ids", "admin_role_ids", mode="before")
     @classmethod
@@ -124,6 +210,24 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
+        return level
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _usable_database(cls, url: str) -> str:
+        return usable_database_url(url, Locations.from_environment().home)
 
     @classmethod
     def settings_customise_sources(
@@ -134,12 +238,16 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_path = Path(os.environ.get("PARLEY_CONFIG", "parley.toml"))
+        where = Locations.from_environment()
+        env_file = getattr(dotenv_settings, "env_file", None)
+        if isinstance(env_file, str | Path) and not Path(env_file).is_absolute():
+            # A relative .env (the default) lives in PARLEY_HOME, not wherever the process was started.
+            dotenv_settings = DotEnvSettingsSource(settings_cls, env_file=where.home / env_file)
         return (
             init_settings,
             env_settings,
             dotenv_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
+            InitSettingsSource(settings_cls, where.read_toml()),
         )
 
     def provider_settings(self) -> dict[str, ProviderSettings]:
@@ -159,3 +267,17 @@ class Settings(BaseSettings):
             active["ollama"] = ProviderSettings(base_url=self.ollama_base_url)
         active.update(self.providers)
         return active
+
+
+def _syntax_error(path: Path, message: str) -> str:
+    found = re.fullmatch(r"(?s)(.*) \(at line (\d+), column (\d+)\)", message)
+    if not found:
+        return f"{path} is not valid TOML: {message}."
+    reason, line, column = found.groups()
+    return f"{path} has a syntax error at line {line}, column {column}: {reason[:1].lower()}{reason[1:]}."
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    if isinstance(error, UnicodeDecodeError):
+        return f"{path} could not be read: it is not UTF-8 text."
+    return f"{path} could not be read ({getattr(error, 'strerror', None) or error})."

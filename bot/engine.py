@@ -250,7 +250,9 @@ class Engine:
 
         async def attempts(request: ChatRequest) -> list[Attempt]:
             chain = [Attempt(resolved.name, resolved.provider, request)]
-            for name in self.settings.fallbacks.get(model, []):
+            # Chains are written for full names; a bare default model finds its chain by its full name.
+            key = model if model in self.settings.fallbacks else resolved.name
+            for name in self.settings.fallbacks.get(key, []):
                 try:
                     fallback = await self.catalog.resolve(name)
                 except UnknownModelError as error:

@@ -11,6 +11,7 @@ from bot.accounting import calibrate, priced
 from bot.catalog import UnknownModelError
 from bot.citations import sources_footer
 from bot.context import ReplyFailed, assemble
+from bot.logs import log_event
 from bot.models import ConversationSettings, Surface
 from bot.providers.base import ProviderError, Usage
 from bot.skills import Citations, Skill, SkillContext, prefetch
@@ -99,7 +100,9 @@ class Reply:
             final = extend(answer.text, INTERNAL_ERROR)
             outcome = "cut_off" if answer.text else "error"
         await self._renderer.finish(final)
-        await self._stored.finish(self._record(outcome, int((self._engine.clock.now() - started) * 1000)))
+        latency_ms = int((self._engine.clock.now() - started) * 1000)
+        await self._stored.finish(self._record(outcome, latency_ms))
+        self._log(outcome, latency_ms)
         return outcome
 
     async def _steps(self) -> list[str]:
@@ -170,6 +173,21 @@ class Reply:
         for note in notes:
             text = extend(text, note)
         return text
+
+    def _log(self, outcome: Outcome, latency_ms: int) -> None:
+        """One line per answered message for operators: never what anyone wrote."""
+        usage = self._answer.usage
+        log_event(
+            log,
+            "reply",
+            platform=self._entry.message.key.platform,
+            conversation=str(self._entry.message.key),
+            model=self._answer.model or None,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            latency_ms=latency_ms,
+            outcome=outcome,
+        )
 
     def _record(self, outcome: Outcome, latency_ms: int) -> AssistantRecord:
         usage = self._answer.usage

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,11 +14,12 @@ from typing import Any
 
 from sqlalchemy import and_, delete, event, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bot import migrations
+from bot.config import SetupError
 from bot.models import Attachment, Author, ConversationKey, Message
 from bot.schema import conversation_settings, inbox, inbox_files, meta, skill_modes, turns
 
@@ -85,22 +89,31 @@ class Store:
 
     @classmethod
     async def open(cls, url: str) -> Store:
+        """The store with its tables; SetupError, in one sentence, when the database cannot be used."""
         parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url)
-        if parsed.get_backend_name() == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        async with engine.begin() as conn:
-            await conn.run_sync(migrations.upgrade)
+        engine: AsyncEngine | None = None
+        try:
+            if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                # aiosqlite (0.22) strands its worker thread when a file cannot be opened, and it fails
+                # with a traceback once the loop is closed; the sqlite3 module finds that out cleanly.
+                if not parsed.query.get("uri"):
+                    await asyncio.to_thread(_open_and_close, parsed.database)
+            engine = create_async_engine(url)
+            if parsed.get_backend_name() == "sqlite":
+                event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            async with engine.begin() as conn:
+                await conn.run_sync(migrations.upgrade)
+                # A schema at head needs no write, but answering does: find out now if none is allowed.
+                await conn.execute(update(meta).where(meta.c.name == "").values(value=meta.c.value))
+        except (OSError, sqlite3.Error, SQLAlchemyError) as error:
+            if engine is not None:
+                await engine.dispose()
+            raise SetupError(_unusable(parsed, error)) from None
         return cls(engine)
 
     async def close(self) -> None:
         await self._db.dispose()
-
-    async def ping(self) -> None:
-        async with self._db.connect() as conn:
-            await conn.execute(select(1))
 
     # The inbox
 
@@ -425,6 +438,30 @@ async def _recent(
     # An answer right after its question, whenever it was written.
     chosen.sort(key=lambda pair: (pair[0], pair[1].id))
     return [turn for _, turn in chosen], trimmed
+
+
+def _open_and_close(path: str) -> None:
+    sqlite3.connect(path).close()
+
+
+def _unusable(url: URL, error: Exception) -> str:
+    """Why the database cannot be used, naming the file or folder to fix where that is the cause."""
+    reason = getattr(error, "orig", None) or error
+    detail = getattr(reason, "strerror", None) or str(reason).splitlines()[0] or type(reason).__name__
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return f"could not open the database {url.render_as_string(hide_password=True)} ({detail})"
+    path = Path(url.database)
+    folder = next(p for p in path.parents if p.exists())
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"the database file {path} is read-only; Parley must be able to write to it"
+    if not folder.is_dir():
+        return f"{folder} is a file, so Parley cannot keep its database {path} there"
+    if not os.access(folder, os.W_OK):
+        return (
+            f"Parley cannot write its database in {folder} ({detail}); "
+            "set PARLEY_HOME or DATABASE_URL to a folder it can write to"
+        )
+    return f"could not open the database file {path} ({detail})"
 
 
 def _record_values(record: AssistantRecord) -> dict[str, object]:

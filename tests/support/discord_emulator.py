@@ -7,6 +7,7 @@
         await discord_api.ready.wait()
         await discord_api.send_message(CHANNEL, "<@BOT> hello", author=ALICE)
 
+With `token=`, REST calls without `Authorization: Bot TOKEN` get Discord's 401, as a bad token does.
 Every REST call is recorded (`calls`), sends and edits per channel are timestamped so a test can check a
 rate budget, and `fail_next(method, path_fragment, status)` injects one error (429 carries `Via` and a
 JSON `retry_after`, as Discord's do).
@@ -71,8 +72,16 @@ class _State:
 
 
 class DiscordEmulator:
-    def __init__(self, *, message_content: bool = True, bucket: tuple[int, float] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        message_content: bool = True,
+        bucket: tuple[int, float] | None = None,
+        token: str | None = None,
+    ) -> None:
         self.state = _State()
+        # With `token`, REST calls that do not carry it as `Bot TOKEN` get Discord's 401.
+        self.token = token
         self.ready = asyncio.Event()
         self.app_flags = MESSAGE_CONTENT_LIMITED if message_content else 0
         # With `bucket=(requests, seconds)`, message sends and edits beyond it per channel get a 429.
@@ -351,6 +360,13 @@ class DiscordEmulator:
                 body = {"multipart": True}
         path = request.path
         self.state.calls.append(Call(request.method, path, body, time.monotonic()))
+        in_path = path.startswith(("/api/v10/interactions/", "/api/v10/webhooks/"))  # the token is in the URL
+        if (
+            self.token is not None
+            and not in_path
+            and request.headers.get("Authorization") != f"Bot {self.token}"
+        ):
+            return _json({"message": "401: Unauthorized", "code": 0}, 401)
         if self.bucket is not None and "/messages" in path and request.method in ("POST", "PATCH"):
             channel_prefix = path.split("/messages")[0] + "/messages"
             limit, window = self.bucket
@@ -385,7 +401,7 @@ class DiscordEmulator:
         parts = path.strip("/").split("/")
         if path == "/users/@me":
             return _json(BOT_USER)
-        if path == "/oauth2/applications/@me":
+        if path in ("/oauth2/applications/@me", "/applications/@me"):
             return _json(
                 {
                     "id": str(APP_ID),

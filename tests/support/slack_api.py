@@ -9,7 +9,9 @@
         assert slack.methods() == ["auth.test", "assistant.threads.setStatus", "chat.startStream", ...]
         assert slack.messages[ts].text == "final text"
 
-Every call is recorded (method, arguments, headers). Messages are kept as Slack would show them: streamed
+Every call is recorded (method, arguments, headers) and must carry `bot_token` (apps.connections.open:
+`app_token`, in the Authorization header), or gets Slack's not_authed, invalid_auth or
+not_allowed_token_type. Messages are kept as Slack would show them: streamed
 text accumulates, chat.update replaces, and chat.update over `UPDATE_LIMIT` characters fails with
 msg_too_long. `expire_streams()` ends every open stream, as Slack does after a few minutes.
 `send_socket_event(payload)` pushes an events_api envelope through the Socket Mode connection.
@@ -83,6 +85,7 @@ class SlackAPI:
     channel_creators: dict[str, str] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)  # served at /files/NAME to the bot token only
     bot_token: str = "xoxb-test"
+    app_token: str = "xapp-test"  # the only token apps.connections.open accepts
 
     def __post_init__(self) -> None:
         self.calls: list[Call] = []
@@ -181,6 +184,8 @@ class SlackAPI:
             return web.json_response(
                 {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": str(wait)}
             )
+        if refusal := self._token_refusal(method, request.headers.get("Authorization", ""), args):
+            return web.json_response({"ok": False, "error": refusal})
         if method in self.fail:
             return web.json_response({"ok": False, "error": self.fail[method]})
         handler = getattr(self, "_" + method.replace(".", "_"), None)
@@ -188,6 +193,20 @@ class SlackAPI:
         if "error" in body:
             return web.json_response({"ok": False, **body})
         return web.json_response({"ok": True, **body})
+
+    def _token_refusal(self, method: str, authorization: str, args: dict[str, Any]) -> str | None:
+        """Slack's answer to a call without the right token. apps.connections.open takes the app-level
+        token, and only in the Authorization header; every other method takes the bot token."""
+        token = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else ""
+        if method == "apps.connections.open":
+            wanted = self.app_token
+        else:
+            wanted, token = self.bot_token, token or str(args.get("token", ""))
+        if not token:
+            return "not_authed"
+        if token == wanted:
+            return None
+        return "not_allowed_token_type" if token in (self.bot_token, self.app_token) else "invalid_auth"
 
     def _over_limit(self, method: str) -> int | None:
         """None when the call is within Slack's budget, else the Retry-After seconds until a slot frees."""

@@ -31,7 +31,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run(port: int, channels: list[int], replies: int, tokens: int) -> dict[str, float]:
-    async with DiscordEmulator(bucket=(5, 5.0)) as discord_api, _engine(port, discord_api) as engine:
+    async with DiscordEmulator() as discord_api, _engine(port, discord_api) as engine:
         task = asyncio.create_task(serve(engine, engine.settings))
         await asyncio.wait_for(discord_api.ready.wait(), 30)
         await asyncio.sleep(0.5)

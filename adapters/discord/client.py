@@ -69,7 +69,15 @@ class ParleyDiscord(discord.Client):
         )
         digest = hashlib.sha256(payload.encode()).hexdigest()
         if await self.engine.store.get_meta(COMMANDS_HASH) != digest:
-            await self.tree.sync()
+            try:
+                await self.tree.sync()
+            except discord.HTTPException as error:  # the bot still answers mentions; the next start retries
+                log.error(
+                    "Discord refused the slash commands (%s: %s); they were not updated",
+                    error.status,
+                    error.text,
+                )
+                return
             await self.engine.store.set_meta(COMMANDS_HASH, digest)
             log.info("slash commands changed; synced them globally")
 
@@ -86,12 +94,6 @@ class ParleyDiscord(discord.Client):
             self.application_id, permissions=PERMISSIONS, scopes=("bot", "applications.commands")
         )
         log.info("Discord: logged in as %s. Invite: %s", self.user, url)
-        flags = self.application_flags
-        if not (flags.gateway_message_content or flags.gateway_message_content_limited):
-            log.warning(
-                "Discord: the Message Content intent is off, so mentions arrive without their text. "
-                "Turn it on under Bot → Privileged Gateway Intents in the developer portal."
-            )
 
     async def on_message(self, message: discord.Message) -> None:
         if not await self._addressed(message):

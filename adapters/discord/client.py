@@ -10,6 +10,10 @@ import logging
 import discord
 from discord import app_commands
 
+from adapters.discord.interactions import (
+    AUTOCOMPLETE_WAIT,
+    answer_command,
+)
 from adapters.discord.surface import NO_PINGS, InteractionSurface, MessageSurface
 from bot.config import Settings
 from bot.engine import Engine
@@ -64,6 +68,7 @@ class ParleyDiscord(discord.Client):
     async def setup_hook(self) -> None:
         if not self._sync_on_start:
             return
+        self.engine.catalog.refresh()  # so /model's autocomplete finds the model lists warm
         payload = json.dumps(
             [command.to_dict(self.tree) for command in self.tree.get_commands()], sort_keys=True
         )
@@ -168,10 +173,7 @@ def _register_commands(bot: ParleyDiscord) -> None:
         )
 
     async def run(interaction: discord.Interaction, line: str) -> None:
-        result = await engine.run_command(incoming(interaction, ""), line)
-        await interaction.response.send_message(
-            result.text[:2000], ephemeral=result.ephemeral, allowed_mentions=NO_PINGS
-        )
+        await answer_command(interaction, engine.run_command(incoming(interaction, ""), line))
 
     async def stream(interaction: discord.Interaction, text: str) -> None:
         await interaction.response.defer(thinking=True)
@@ -194,7 +196,7 @@ def _register_commands(bot: ParleyDiscord) -> None:
     @model.autocomplete("name")
     async def model_names(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         key = incoming(interaction, "").key
-        choices = await engine.model_choices(key, current, limit=25)
+        choices = await engine.model_choices(key, current, limit=25, wait=AUTOCOMPLETE_WAIT)
         active = (await engine.settings_for(key)).model
         return [
             app_commands.Choice(name=f"{n} (current)"[:100] if n == active else n[:100], value=n)

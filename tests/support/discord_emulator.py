@@ -27,18 +27,21 @@ status)` injects one error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import json
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from adapters.discord import serve
+from bot.engine import Engine
 from tests.support.loopback import serve_app
 
 BOT_ID = 100_000_000_000_000_000 + 900
@@ -775,6 +778,19 @@ class DiscordEmulator:
             "nsfw_level": 0,
             "system_channel_flags": 0,
         }
+
+
+@contextlib.asynccontextmanager
+async def running(discord_api: DiscordEmulator, engine: Engine) -> AsyncIterator[asyncio.Task[None]]:
+    """Parley's Discord adapter connected to this emulator until the block ends."""
+    discord_api.ready.clear()
+    task = asyncio.create_task(serve(engine, engine.settings))
+    try:
+        await asyncio.wait_for(discord_api.ready.wait(), 10)
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def until(predicate: Callable[[], Any], seconds: float = 10.0) -> None:

@@ -177,6 +177,36 @@ async def test_autocomplete_answers_within_the_deadline_from_what_is_listed(
     assert slow.asked >= 2  # and it is being listed again, for the next keystroke
 
 
+async def test_autocomplete_leaves_out_names_discord_would_refuse(
+    engine: Engine, discord_api: DiscordEmulator, slow: SlowModels, llm: LLMServer
+) -> None:
+    slow.release.set()
+    long_id = "vendor/" + "very-long-model-name-" * 5
+    llm.models.append({"id": long_id})
+    typed = [{"name": "name", "type": 3, "value": "model", "focused": True}]
+    asked = await discord_api.interact("model", typed, autocomplete=True)
+    await until(lambda: callbacks(discord_api, asked))
+    assert answered_in_time(discord_api, asked) == [8]
+    choices = callbacks(discord_api, asked)[0].json["data"]["choices"]
+    assert [c["value"] for c in choices] == ["ollama/slow-model"]
+    assert all(len(c["name"]) <= 100 and len(c["value"]) <= 100 for c in choices)
+
+
+async def test_every_command_option_says_what_it_is_for(engine: Engine, discord_api: DiscordEmulator) -> None:
+    synced = next(c for c in discord_api.calls if c.method == "PUT")
+    assert synced.status == 200
+    options = {
+        (command["name"], option["name"]): option["description"]
+        for command in synced.json
+        for option in command.get("options", [])
+    }
+    assert set(options) == {
+        ("ask", "prompt"), ("web", "query"), ("model", "name"), ("models", "filter"),
+        ("system", "text"), ("search", "mode"), ("autoreply", "state"),
+    }  # fmt: skip
+    assert all(description != "…" and 1 <= len(description) <= 100 for description in options.values())
+
+
 async def test_a_command_answer_over_2000_characters_continues_in_follow_ups(
     engine: Engine, discord_api: DiscordEmulator
 ) -> None:

@@ -12,6 +12,7 @@ from discord import app_commands
 
 from adapters.discord.interactions import (
     AUTOCOMPLETE_WAIT,
+    CHOICE_LIMIT,
     answer_command,
 )
 from adapters.discord.surface import NO_PINGS, InteractionSurface, MessageSurface
@@ -182,14 +183,17 @@ def _register_commands(bot: ParleyDiscord) -> None:
         )
 
     @tree.command(name="ask", description="Ask Parley something here, with this channel's memory")
+    @app_commands.describe(prompt="What to ask")
     async def ask(interaction: discord.Interaction, prompt: str) -> None:
         await stream(interaction, prompt)
 
     @tree.command(name="web", description="Answer from fresh web results")
+    @app_commands.describe(query="What to search the web for")
     async def web(interaction: discord.Interaction, query: str) -> None:
         await stream(interaction, f"/web {query}")
 
     @tree.command(name="model", description="Show or switch this channel's model")
+    @app_commands.describe(name="PROVIDER/MODEL to switch to, or 'default'; empty shows the current one")
     async def model(interaction: discord.Interaction, name: str | None = None) -> None:
         await run(interaction, f"model {name}" if name else "model")
 
@@ -199,15 +203,18 @@ def _register_commands(bot: ParleyDiscord) -> None:
         choices = await engine.model_choices(key, current, limit=25, wait=AUTOCOMPLETE_WAIT)
         active = (await engine.settings_for(key)).model
         return [
-            app_commands.Choice(name=f"{n} (current)"[:100] if n == active else n[:100], value=n)
+            app_commands.Choice(name=f"{n} (current)"[:CHOICE_LIMIT] if n == active else n, value=n)
             for n in choices
+            if len(n) <= CHOICE_LIMIT  # Discord refuses the whole answer over a longer one; type it instead
         ]
 
     @tree.command(name="models", description="List the models you can switch to")
+    @app_commands.describe(filter="Only models whose name contains this")
     async def models(interaction: discord.Interaction, filter: str | None = None) -> None:
         await run(interaction, f"models {filter or ''}")
 
     @tree.command(name="system", description="Show, set or clear (with 'clear') this channel's system prompt")
+    @app_commands.describe(text="The new system prompt, or 'clear'; empty shows the current one")
     async def system(interaction: discord.Interaction, text: str | None = None) -> None:
         await run(interaction, f"system {text or ''}")
 
@@ -216,11 +223,13 @@ def _register_commands(bot: ParleyDiscord) -> None:
         await run(interaction, "reset")
 
     @tree.command(name="search", description="Web search for this channel: off, on or auto")
+    @app_commands.describe(mode="off, on or auto; empty shows the current mode")
     @app_commands.choices(mode=[app_commands.Choice(name=m, value=m) for m in ("off", "on", "auto")])
     async def search(interaction: discord.Interaction, mode: str | None = None) -> None:
         await run(interaction, f"search {mode or ''}")
 
     @tree.command(name="autoreply", description="Answer every message in this channel, not only mentions")
+    @app_commands.describe(state="on or off; empty shows the current state")
     @app_commands.choices(state=[app_commands.Choice(name=s, value=s) for s in ("on", "off")])
     async def autoreply(interaction: discord.Interaction, state: str | None = None) -> None:
         await run(interaction, f"autoreply {state or ''}")

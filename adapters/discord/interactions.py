@@ -16,6 +16,7 @@ from bot.models import CommandResult
 ANSWER_WITHIN = 1.0
 # How long the model autocomplete waits for fresh listings before answering from older ones.
 AUTOCOMPLETE_WAIT = 1.5
+CHOICE_LIMIT = 100  # characters in an autocomplete choice's name and value
 
 
 async def answer_command(interaction: discord.Interaction, work: Awaitable[CommandResult]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import discord
@@ -12,6 +14,7 @@ from bot.models import RenderBudget
 log = logging.getLogger(__name__)
 
 NO_PINGS = discord.AllowedMentions.none()
+TYPING_REFRESH = 8.0  # Discord shows "is typing" for 10 s after each trigger
 
 
 def channel_budget(channel_id: int) -> RenderBudget:
@@ -30,11 +33,26 @@ class MessageSurface:
         self._reply_to = reply_to
         self._sent: list[discord.Message] = []
         self._shown: list[str] = []
+        self._typing: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self._channel.typing()
+        self._typing = asyncio.create_task(self._keep_typing())
+
+    async def _keep_typing(self) -> None:
+        """Keep "is typing" up until the first text: a model can take longer than one indicator lasts."""
+        try:
+            while True:
+                await self._channel.typing()
+                await asyncio.sleep(TYPING_REFRESH)
+        except Exception as error:  # the reply still comes; only the indicator stops
+            log.warning("could not show that a reply is coming: %s", error)
 
     async def render(self, text: str, *, final: bool) -> int:
+        if self._typing is not None:
+            self._typing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._typing
+            self._typing = None
         requests = 0
         for index, piece in enumerate(split_reply(text)):
             if index < len(self._sent):
@@ -43,11 +61,11 @@ class MessageSurface:
                     self._shown[index] = piece
                     requests += 1
                 continue
-            extra = (
-                {"reference": self._reply_to, "mention_author": False}
-                if index == 0 and self._reply_to
-                else {}
-            )
+            extra = {}
+            if index == 0 and self._reply_to is not None:
+                # A reply to a message deleted meanwhile is still sent, without the reference.
+                reference = self._reply_to.to_reference(fail_if_not_exists=False)
+                extra = {"reference": reference, "mention_author": False}
             message = await self._channel.send(piece or "…", allowed_mentions=NO_PINGS, **extra)
             self._sent.append(message)
             self._shown.append(piece)

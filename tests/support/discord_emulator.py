@@ -321,6 +321,12 @@ class DiscordEmulator:
         await self.dispatch("INTERACTION_CREATE", data)
         return interaction_id
 
+    async def delete_message(self, channel: int, message_id: str) -> None:
+        """Someone deletes their message, as MESSAGE_DELETE tells the client."""
+        self.state.incoming.discard(message_id)
+        data = {"id": message_id, "channel_id": str(channel), "guild_id": str(GUILD_ID)}
+        await self.dispatch("MESSAGE_DELETE", data)
+
     async def set_overwrites(self, channel: int, overwrites: list[dict[str, Any]]) -> None:
         """Change a channel's permission overwrites, telling connected clients as Discord does."""
         self.overwrites[channel] = overwrites

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -9,6 +11,9 @@ import pytest
 import adapters.discord.surface as surface
 from bot.config import Settings
 from bot.engine import Engine
+from bot.models import RenderBudget
+from bot.streaming import Pacer
+from tests.support.clock import FakeClock, settle
 from tests.support.discord_emulator import BOT_ID, GENERAL, Call, DiscordEmulator, running, until
 from tests.support.llm_server import LLMServer, Script
 
@@ -53,6 +58,57 @@ async def test_typing_is_kept_up_until_the_first_text(
     assert all(c.path.endswith("/typing") for c in calls[:first_text])
     assert first_text >= 3  # one indicator lasts 10 s on Discord (0.3 s here); the model took longer
     assert not [c for c in calls[first_text:] if c.path.endswith("/typing")]
+
+
+async def test_after_a_429_the_next_edit_waits_its_second_from_when_the_retry_was_accepted(
+    engine: Engine, discord_api: DiscordEmulator, llm: LLMServer
+) -> None:
+    discord_api.fail_next("PATCH", f"/channels/{GENERAL}/messages/", 429, retry_after=1.0)
+    llm.enqueue(Script(tokens=[f"t{i} " for i in range(16)], delay=0.2))
+    await discord_api.send_message(GENERAL, f"<@{BOT_ID}> count", mentions=[MENTION])
+    await until(
+        lambda: discord_api.messages_in(GENERAL) and "t15" in discord_api.messages_in(GENERAL)[0]["content"]
+    )
+    refused = [c for c in discord_api.calls if c.status == 429]
+    accepted = discord_api.writes(GENERAL)
+    assert len(refused) == 1 and len(accepted) >= 4
+    assert all(b.at - a.at >= 0.95 for a, b in itertools.pairwise(accepted))
+
+
+async def test_the_interval_between_renders_runs_from_when_the_last_was_accepted() -> None:
+    clock = FakeClock()
+
+    class HeldBack:
+        """A surface whose second render the platform holds for 1.5 s (a 429 retried by the client)."""
+
+        budget = RenderBudget(min_interval=1.0)
+
+        def __init__(self) -> None:
+            self.started: list[float] = []
+
+        async def start(self) -> None:
+            return None
+
+        async def render(self, text: str, *, final: bool) -> int:
+            self.started.append(clock.now())
+            if len(self.started) == 2:
+                await clock.sleep(1.5)
+            return 1
+
+    held = HeldBack()
+    renderer = Pacer(clock).renderer(held)
+    renderer.update("a")
+    await settle()
+    await clock.advance(1.0)
+    renderer.update("ab")  # renders at once: a second has passed
+    await settle()
+    renderer.update("abc")  # waits: the render of "ab" is only accepted 1.5 s from now
+    await clock.advance(3.0)
+    assert [t - held.started[0] for t in held.started] == [0.0, 1.0, 3.5]
+    finished = asyncio.create_task(renderer.finish("abcd"))
+    await clock.advance(1.0)
+    await finished
+    assert held.started[-1] - held.started[0] == 4.5
 
 
 async def test_a_reply_to_a_message_deleted_meanwhile_is_still_sent(

@@ -32,6 +32,8 @@ async def discord_api() -> AsyncIterator[DiscordEmulator]:
 async def engine(
     discord_api: DiscordEmulator, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Engine]:
+    monkeypatch.setattr(surface, "TOKEN_SECONDS", TOKEN_LIFE)
+    monkeypatch.setattr(surface, "TOKEN_MARGIN", 1.0)
     monkeypatch.setattr(surface, "TYPING_REFRESH", 0.3)
     settings = make_settings(
         discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
@@ -109,6 +111,82 @@ async def test_the_interval_between_renders_runs_from_when_the_last_was_accepted
     await clock.advance(1.0)
     await finished
     assert held.started[-1] - held.started[0] == 4.5
+
+
+async def test_ask_edits_are_paced_per_interaction_not_on_the_channel_budget() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock)
+    edited: list[float] = []
+
+    class ChannelReply:
+        """Another reply in the same channel, drawing on the channel's budget."""
+
+        budget = surface.channel_budget(GENERAL)
+
+        async def start(self) -> None:
+            return None
+
+        async def render(self, text: str, *, final: bool) -> int:
+            return 1
+
+    class Interaction:
+        """The part of discord.py's Interaction that a short /ask reply uses."""
+
+        async def edit_original_response(self, *, content: str, allowed_mentions: object) -> None:
+            edited.append(clock.now())
+
+    for _ in range(5):  # five short replies in the channel: its budget is spent for the next 5 s
+        await pacer.renderer(ChannelReply()).finish("done")
+    start = clock.now()
+    ask = pacer.renderer(surface.InteractionSurface(Interaction(), GENERAL))  # type: ignore[arg-type]
+    for text in ("a", "ab", "abc"):
+        ask.update(text)
+        await clock.advance(1.0)
+    finished = asyncio.create_task(ask.finish("abcd"))
+    await clock.advance(10.0)
+    await finished
+    assert [t - start for t in edited] == [0.0, 1.0, 2.0, 3.0]  # a second apart, not waiting for the channel
+
+
+async def test_an_ask_that_outlives_its_token_continues_in_the_channel(
+    engine: Engine, discord_api: DiscordEmulator, llm: LLMServer
+) -> None:
+    lines = [f"Line {i} of a long answer.\n" for i in range(16)]
+    llm.enqueue(Script(tokens=lines, delay=0.3))  # ~5 s, past the token's 3 s
+    asked = await discord_api.interact("ask", [{"name": "prompt", "type": 3, "value": "go long"}])
+    answer = "".join(lines)
+
+    def continued() -> str:
+        posts = [m for m in discord_api.messages_in(GENERAL) if m.get("message_reference")]
+        return str(posts[0]["content"]) if posts else ""
+
+    await until(lambda: continued().endswith("Line 15 of a long answer.\n"), seconds=20)
+    original = discord_api.original_response(asked)
+    assert original is not None and original["content"].startswith("Line 0")
+    # The response was cut back to its last full line before the token ran out; the rest follows.
+    assert original["content"].endswith(".\n") and original["content"] + continued() == answer
+    reference = next(m for m in discord_api.messages_in(GENERAL) if m.get("message_reference"))[
+        "message_reference"
+    ]
+    assert str(reference["message_id"]) == original["id"]
+    assert all(c.status == 200 for c in webhook_writes(discord_api, asked))  # never used past its life
+
+
+async def test_an_ask_queued_past_its_token_says_so_and_answers_in_the_channel(
+    engine: Engine, discord_api: DiscordEmulator, llm: LLMServer
+) -> None:
+    llm.enqueue(Script(tokens=[f"w{i} " for i in range(12)], delay=0.35))  # the channel's reply: ~4 s
+    await discord_api.send_message(GENERAL, f"<@{BOT_ID}> first", mentions=[MENTION])
+    await until(lambda: llm.chat_requests())
+    asked = await discord_api.interact("ask", [{"name": "prompt", "type": 3, "value": "then me"}])
+    await until(lambda: (discord_api.original_response(asked) or {}).get("content") == surface.WAITING_NOTE)
+    await until(
+        lambda: any(m["content"] == "echo: Alice: then me" for m in discord_api.messages_in(GENERAL)),
+        seconds=20,
+    )
+    answer = next(m for m in discord_api.messages_in(GENERAL) if m["content"] == "echo: Alice: then me")
+    assert str(answer["message_reference"]["message_id"]) == discord_api.original_response(asked)["id"]  # type: ignore[index]
+    assert all(c.status == 200 for c in webhook_writes(discord_api, asked))
 
 
 async def test_a_reply_to_a_message_deleted_meanwhile_is_still_sent(

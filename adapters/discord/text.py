@@ -63,3 +63,10 @@ def _open_block(text: str, opening: str | None, at_line_start: bool) -> str | No
 def _reopened(opening: str) -> str:
     info = opening.strip()[len(FENCE) :].split()
     return FENCE + (info[0][:TAG_LIMIT] if info else "")
+
+
+def reopening(text: str) -> str:
+    """What a message that continues `text` starts with: the fence (and language tag) of the code block
+    `text` ends inside, and a newline; or nothing."""
+    opening = _open_block(text, None, True)
+    return _reopened(opening) + "\n" if opening is not None else ""

@@ -14,7 +14,7 @@ from bot.engine import Engine
 from bot.models import RenderBudget
 from bot.streaming import Pacer
 from tests.support.clock import FakeClock, settle
-from tests.support.discord_emulator import BOT_ID, GENERAL, Call, DiscordEmulator, running, until
+from tests.support.discord_emulator import BOT_ID, GENERAL, RANDOM, Call, DiscordEmulator, running, until
 from tests.support.llm_server import LLMServer, Script
 
 MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
@@ -197,3 +197,28 @@ async def test_a_reply_to_a_message_deleted_meanwhile_is_still_sent(
     await until(lambda: llm.chat_requests())
     await discord_api.delete_message(GENERAL, sent)
     await until(lambda: [m["content"] for m in discord_api.messages_in(GENERAL)] == ["still here"])
+
+
+async def test_replies_under_way_are_closed_when_parley_stops(
+    discord_api: DiscordEmulator, make_settings: Callable[..., Settings], llm: LLMServer
+) -> None:
+    settings = make_settings(
+        discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
+    )
+    engine = await Engine.create(settings)
+    llm.enqueue(
+        Script(tokens=["Halfway", " there"], stall_after=1), Script(tokens=["Also", " half"], stall_after=1)
+    )
+    async with running(discord_api, engine):
+        await discord_api.send_message(GENERAL, f"<@{BOT_ID}> mention", mentions=[MENTION])
+        await until(lambda: discord_api.messages_in(GENERAL))
+        asked = await discord_api.interact(
+            "ask", [{"name": "prompt", "type": 3, "value": "slash"}], channel=RANDOM
+        )
+        await until(
+            lambda: (discord_api.original_response(asked) or {}).get("content") in ("Halfway", "Also")
+        )
+    await engine.aclose()
+    closed = "\n\n_Cut off: Parley is restarting._"
+    assert [m["content"] for m in discord_api.messages_in(GENERAL)] == [f"Halfway{closed}"]
+    assert discord_api.original_response(asked)["content"] == f"Also{closed}"  # type: ignore[index]

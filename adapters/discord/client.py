@@ -178,9 +178,15 @@ def _register_commands(bot: ParleyDiscord) -> None:
 
     async def stream(interaction: discord.Interaction, text: str) -> None:
         await interaction.response.defer(thinking=True)
-        await engine.handle(
-            incoming(interaction, text), InteractionSurface(interaction, interaction.channel_id or 0)
-        )
+        # discord.py runs the command in a task of its own: count it among the replies closed at shutdown.
+        task = asyncio.current_task()
+        assert task is not None
+        bot._replies.add(task)
+        try:
+            surface = InteractionSurface(interaction, interaction.channel_id or 0)
+            await engine.handle(incoming(interaction, text), surface)
+        finally:
+            bot._replies.discard(task)
 
     @tree.command(name="ask", description="Ask Parley something here, with this channel's memory")
     @app_commands.describe(prompt="What to ask")

@@ -179,12 +179,14 @@ class PacedRenderer:
             # Reserve the request before awaiting, so concurrent replies cannot both take the last slot.
             if (reserved := self._pacer.bucket_for(self._surface.budget)) is not None:
                 reserved.charge(now)
-            self._last_render = now
             try:
                 spent = await self._surface.render(text, final=final)
             except Exception:
                 log.exception("rendering a reply failed; the next render will try again")
                 spent = 1
+            # The interval runs from when the platform accepted this render: one it held back (a 429
+            # retried inside the client) must not be followed at once by the next.
+            self._last_render = self._clock.now()
             if spent == 0 and reserved is not None:
                 reserved.refund(now)
             # Requests beyond the reserved one go to the budget of the path the surface is on now.

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from bot.models import RenderBudget
+from bot.models import RateLimit, RenderBudget
 from bot.streaming import LATENCY_MARGIN, Pacer, RequestBucket
 from tests.support.clock import FakeClock, settle
 
@@ -140,7 +140,7 @@ async def test_edits_leave_a_slot_for_each_final_and_one_for_a_new_reply(clock: 
     await settle()
     assert all(task.done() for task in finishing)  # every final went at once
     assert [surface.renders[-1][1:] for surface in surfaces] == [("done", True)] * 3
-    assert pacer.bucket_for(budget).replies == 0  # type: ignore[union-attr]
+    assert pacer.bucket_for(budget.cost(final=True)[0]).replies == 0
 
 
 async def test_a_final_does_not_wait_out_the_pause_of_an_intermediate(clock: FakeClock) -> None:
@@ -167,7 +167,7 @@ async def test_a_render_that_spent_nothing_gives_its_slot_back(clock: FakeClock)
     pacer = Pacer(clock)
     free = RecordingSurface(clock, budget, spend=0)  # e.g. a chat.postMessage, outside chat.update's budget
     await pacer.renderer(free).finish("posted")
-    assert pacer.bucket_for(budget).wait_time(clock.now()) == 0  # type: ignore[union-attr]
+    assert pacer.bucket_for(budget.cost(final=True)[0]).wait_time(clock.now()) == 0
     paid = RecordingSurface(clock, budget)
     finishing = [asyncio.create_task(pacer.renderer(paid).finish(text)) for text in ("one", "two")]
     await settle()
@@ -194,3 +194,84 @@ def test_bucket_wait_time_counts_the_oldest_request_in_the_window() -> None:
     bucket.charge(3.0)
     assert bucket.wait_time(4.0) == pytest.approx(6.0 + LATENCY_MARGIN)
     assert bucket.wait_time(10.0 + LATENCY_MARGIN) == 0.0
+
+
+# Renders that draw on different buckets (Slack limits every method on its own).
+APPEND = RateLimit("append", 3, 10.0)
+STOP = RateLimit("stop", 2, 10.0)
+
+
+async def test_edits_and_finals_draw_on_the_buckets_their_costs_name(clock: FakeClock) -> None:
+    budget = RenderBudget(min_interval=1.0, edit=(APPEND,), final=(STOP,))
+    surface = RecordingSurface(clock, budget)
+    renderer = Pacer(clock).renderer(surface)
+    for step in range(6):
+        renderer.update(f"text {step}")
+        await clock.advance(1.0)
+    # The first text may use all of `append`; the edits then keep one slot for a reply yet to come.
+    assert [text for _, text, _ in surface.renders] == ["text 0", "text 1"]
+    finishing = asyncio.create_task(renderer.finish("done"))
+    await clock.advance(1.0)
+    assert finishing.done()  # `stop` had room, however full `append` was
+    assert surface.renders[-1][1:] == ("done", True)
+
+
+async def test_a_final_drawing_on_two_buckets_waits_for_the_fuller_one(clock: FakeClock) -> None:
+    pacer = Pacer(clock)
+    stop = pacer.bucket_for(STOP)
+    stop.charge(clock.now(), 2)  # both `stop` slots taken by other replies
+    surface = RecordingSurface(clock, RenderBudget(final=(APPEND, STOP)), spend=2)
+    finishing = asyncio.create_task(pacer.renderer(surface).finish("start and stop at once"))
+    await clock.advance(9.0)
+    assert not finishing.done()
+    await clock.advance(1.0 + LATENCY_MARGIN)
+    await finishing
+    assert surface.renders == [(clock.now(), "start and stop at once", True)]
+    assert pacer.bucket_for(APPEND).wait_time(clock.now(), count=3) > 0  # one `append` slot charged
+
+
+async def test_one_bucket_named_twice_needs_two_slots(clock: FakeClock) -> None:
+    pacer = Pacer(clock)
+    pacer.bucket_for(STOP).charge(clock.now())
+    surface = RecordingSurface(clock, RenderBudget(final=(STOP, STOP)), spend=2)
+    finishing = asyncio.create_task(pacer.renderer(surface).finish("two requests"))
+    await clock.advance(5.0)
+    assert not finishing.done()
+    await clock.advance(5.0 + LATENCY_MARGIN)
+    await finishing
+
+
+async def test_slots_a_render_did_not_use_are_given_back(clock: FakeClock) -> None:
+    pacer = Pacer(clock)
+    surface = RecordingSurface(clock, RenderBudget(final=(APPEND, STOP)), spend=1)
+    await pacer.renderer(surface).finish("only the first request went out")
+    assert pacer.bucket_for(APPEND).wait_time(clock.now(), count=3) > 0
+    assert pacer.bucket_for(STOP).wait_time(clock.now(), count=2) == 0  # the second slot came back
+
+
+async def test_has_room_keeps_a_slot_for_the_final_of_every_reply_drawing_on_a_bucket(
+    clock: FakeClock,
+) -> None:
+    start = RateLimit("start", 5, 60.0)
+    stop = RateLimit("stop", 3, 60.0)
+    streaming = RenderBudget(min_interval=1.0, edit=(APPEND,), final=(stop,))
+    pacer = Pacer(clock)
+    assert pacer.has_room((start, stop))
+    renderers = [pacer.renderer(RecordingSurface(clock, streaming)) for _ in range(2)]
+    for renderer in renderers:
+        renderer.update("streaming")
+    await settle()
+    # Two streams are owed a stop each: a third still fits beside them, a fourth would not.
+    assert pacer.has_room((start, stop))
+    third = pacer.renderer(RecordingSurface(clock, streaming))
+    third.update("streaming too")
+    await settle()
+    assert not pacer.has_room((start, stop))
+    assert pacer.has_room((start,))  # `start` itself has room: only `stop` is spent
+    finishing = asyncio.create_task(third.finish("done"))
+    await clock.advance(1.0)
+    await finishing
+    assert pacer.bucket_for(stop).replies == 2  # the third is owed nothing more
+    assert not pacer.has_room((start, stop))  # but its stop is in the window for a minute
+    await clock.advance(60.0 + LATENCY_MARGIN)
+    assert pacer.has_room((start, stop))

@@ -101,7 +101,7 @@ async def main() -> None:
 
         engine.handle = counted  # type: ignore[method-assign]
         app, listeners = build_app(engine, settings)
-        runner = await start_http(app, 0, host="127.0.0.1")
+        runner = await start_http(app, SECRET, 0, host="127.0.0.1")
         url = f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events"
         posted: dict[str, float] = {}
         async with aiohttp.ClientSession() as http:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,7 +22,13 @@ from bot.config import Settings
 from bot.engine import Engine
 from tests.support.llm_server import LLMServer, Script
 from tests.support.search_server import SearchServer
-from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser, signed_headers
+from tests.support.slack_api import (
+    BOT_USER,
+    TEAM,
+    SlackAPI,
+    SlackUser,
+    signed_headers,
+)
 
 SECRET = "shh-signing-secret"
 ALICE = SlackUser("UALICE", "Alice")
@@ -123,7 +130,7 @@ async def harness(
 ) -> AsyncIterator[Harness]:
     engine = await Engine.create(slack_settings())
     app, listeners = build_app(engine, engine.settings)
-    runner = await start_http(app, 0, host="127.0.0.1")
+    runner = await start_http(app, SECRET, 0, host="127.0.0.1")
     port = runner.addresses[0][1]
     async with aiohttp.ClientSession() as http:
         yield Harness(slack, llm, engine, f"http://127.0.0.1:{port}/slack/events", http)
@@ -186,7 +193,7 @@ async def test_retries_and_double_delivery_answer_once_even_after_restart(
     # A restarted process (new engine and app on the same database) sees the retry as answered too.
     engine = await Engine.create(slack_settings())
     app, listeners = build_app(engine, engine.settings)
-    runner = await start_http(app, 0, host="127.0.0.1")
+    runner = await start_http(app, SECRET, 0, host="127.0.0.1")
     try:
         url = f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events"
         restarted = Harness(harness.slack, harness.llm, engine, url, harness.http)
@@ -545,3 +552,63 @@ async def test_the_manifest_grants_what_the_app_uses(harness: Harness) -> None:
     assert {"app_mention", "message.channels", "message.groups", "message.im"} <= events
     assert {"files:read", "commands", "channels:history", "im:history"} <= scopes
     assert manifest["settings"]["socket_mode_enabled"] and manifest["settings"]["interactivity"]["is_enabled"]
+
+
+def _mention_body(harness: Harness) -> str:
+    event = {
+        "type": "app_mention",
+        "user": ALICE.id,
+        "text": f"<@{BOT_USER}> hi",
+        "ts": "1.1",
+        "channel": "C1",
+    }
+    return json.dumps(harness.event(event))
+
+
+async def test_unsigned_requests_get_401_and_unparsable_signed_ones_400_without_a_traceback(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = _mention_body(harness)
+    now = int(time.time())
+    good = signed_headers(body, SECRET)
+    unsigned = {
+        "no signature": {},
+        "a timestamp that is not a number": {**good, "X-Slack-Request-Timestamp": "soon"},
+        "digits that are not ASCII": {**good, "X-Slack-Request-Timestamp": "١٧٠٠٠٠٠٠٠٠"},
+        "a stale timestamp": signed_headers(body, SECRET, timestamp=now - 600),
+        "a timestamp from the future": signed_headers(body, SECRET, timestamp=now + 600),
+        "the wrong secret": signed_headers(body, "not-the-secret"),
+        "a signature that is not ASCII": {**good, "X-Slack-Signature": "v0=é"},
+    }
+    unparsable: dict[str, tuple[str | bytes, str]] = {
+        "malformed JSON": ('{"type": "event_callback", "event": ', "application/json"),
+        "a JSON array": ("[1, 2, 3]", "application/json"),
+        "a JSON string": ('"event_callback"', "application/json"),
+        "a broken form payload": ("payload=%7B%22type%22%3A", "application/x-www-form-urlencoded"),
+        "a form payload that is an array": ("payload=%5B1%5D", "application/x-www-form-urlencoded"),
+        "bytes that are not UTF-8": (b"\xff\xfe{}", "application/json"),
+    }
+    statuses = {}
+    with caplog.at_level(logging.DEBUG):
+        for what, headers in unsigned.items():
+            sent = {"Content-Type": "application/json", **headers}
+            async with harness.http.post(harness.url, data=body, headers=sent) as response:
+                statuses[what] = response.status
+        for what, (raw, content_type) in unparsable.items():
+            sent = {"Content-Type": content_type, **signed_headers(raw, SECRET)}
+            async with harness.http.post(harness.url, data=raw, headers=sent) as response:
+                statuses[what] = response.status
+    assert statuses == {**dict.fromkeys(unsigned, 401), **dict.fromkeys(unparsable, 400)}
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert "Traceback" not in caplog.text
+    assert harness.llm.chat_requests() == [] and harness.slack.calls == []
+    assert await harness.mention("still answering") == 200  # and a good request still goes through
+
+
+async def test_an_unsigned_ssl_check_is_answered_and_nothing_else(harness: Harness) -> None:
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with harness.http.post(harness.url, data="ssl_check=1&token=x", headers=form) as response:
+        assert response.status == 200
+    async with harness.http.post(harness.url, data="ssl_check=1&command=%2Fparley", headers=form) as response:
+        assert response.status == 200  # answered as a check: the command is not run
+    assert harness.slack.calls == [] and harness.slack.responses == []

@@ -438,8 +438,9 @@ class SlackAPI:
         return web.Response(body=data) if data is not None else web.Response(status=404)
 
 
-def signed_headers(body: str, secret: str, timestamp: int | None = None) -> dict[str, str]:
+def signed_headers(body: str | bytes, secret: str, timestamp: int | None = None) -> dict[str, str]:
     """The headers Slack sends with an HTTP delivery, signed the way Slack signs them."""
     stamp = str(int(time.time()) if timestamp is None else timestamp)
-    digest = hmac.new(secret.encode(), f"v0:{stamp}:{body}".encode(), hashlib.sha256).hexdigest()
+    raw = body.encode() if isinstance(body, str) else body
+    digest = hmac.new(secret.encode(), f"v0:{stamp}:".encode() + raw, hashlib.sha256).hexdigest()
     return {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": f"v0={digest}"}

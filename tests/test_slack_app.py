@@ -17,13 +17,16 @@ import aiohttp
 import pytest
 
 import adapters.slack
+import adapters.slack.surface
 from adapters.slack import build_app, serve, start_http
+from adapters.slack.surface import START_CAPACITY
 from bot.config import Settings
 from bot.engine import Engine
 from tests.support.llm_server import LLMServer, Script
 from tests.support.search_server import SearchServer
 from tests.support.slack_api import (
     BOT_USER,
+    STREAM_TEXT_LIMIT,
     TEAM,
     SlackAPI,
     SlackUser,
@@ -612,3 +615,71 @@ async def test_an_unsigned_ssl_check_is_answered_and_nothing_else(harness: Harne
     async with harness.http.post(harness.url, data="ssl_check=1&command=%2Fparley", headers=form) as response:
         assert response.status == 200  # answered as a check: the command is not run
     assert harness.slack.calls == [] and harness.slack.responses == []
+
+
+async def test_past_the_stream_budget_replies_post_and_edit_rather_than_queue(harness: Harness) -> None:
+    count = START_CAPACITY + 4  # more replies in a minute than Slack allows chat.startStream calls
+    for index in range(count):
+        assert (
+            await harness.mention(f"q{index}", channel=f"C{index % 4}", ts=f"1700000100.{index:06d}") == 200
+        )
+
+    def answered() -> set[str]:
+        return {m.text for m in harness.slack.replies() if not m.streaming and m.text.startswith("echo:")}
+
+    await until(lambda: len(answered()) == count, "every reply")
+    assert answered() == {f"echo: Alice: q{index}" for index in range(count)}
+    assert harness.slack.throttled == {}  # not one 429: nothing queued behind Slack's limits either
+    assert len(harness.slack.calls_to("chat.startStream")) == START_CAPACITY
+    posts = harness.slack.calls_to("chat.postMessage")
+    assert len(posts) == count - START_CAPACITY and all(p.args["thread_ts"] for p in posts)
+
+
+async def test_stream_text_over_12000_characters_goes_out_in_pieces(harness: Harness) -> None:
+    text = "A long answer, word after word. " * 600  # 19,200 characters in one chunk
+    harness.llm.enqueue(Script(tokens=[text]))
+    await harness.mention("write a lot")
+    await harness.finished_streams(1)
+    stream_calls = [c for c in harness.slack.calls if c.method.endswith("Stream")]
+    assert len(stream_calls) >= 3 and all(
+        len(harness.slack._streamed(c.args)) <= STREAM_TEXT_LIMIT for c in stream_calls
+    )
+    assert harness.slack.methods("chat.update", "chat.postMessage") == []  # the stream took it all
+    (reply,) = harness.slack.replies("C1")
+    assert reply.text == text
+
+
+async def test_in_a_slack_connect_channel_the_stream_goes_to_the_askers_team(harness: Harness) -> None:
+    await harness.mention("hello from next door", team="T2", user_team="T2")  # installed in T1
+    await harness.finished_streams(1)
+    start = harness.slack.calls_to("chat.startStream")[0].args
+    assert (start["recipient_user_id"], start["recipient_team_id"]) == (ALICE.id, "T2")
+
+
+async def test_the_thinking_status_stays_until_the_first_text(
+    slack: SlackAPI,
+    llm: LLMServer,
+    slack_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(adapters.slack.surface, "STATUS_REFRESH", 0.05)  # Slack's two minutes, shrunk
+    llm.enqueue(Script(tokens=["too late"], first_delay=30.0))
+    engine = await Engine.create(slack_settings(first_token_timeout=2.0))
+    app, listeners = build_app(engine, engine.settings)
+    runner = await start_http(app, SECRET, 0, host="127.0.0.1")
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events"
+            harness = Harness(slack, llm, engine, url, http)
+            await harness.mention("slow one")
+            await until(lambda: len(slack.calls_to("assistant.threads.setStatus")) >= 3, "a refreshed status")
+            assert slack.status("C1", "1700000001.000100") == "is thinking…"
+            await harness.finished_streams(1)
+    finally:
+        await runner.cleanup()
+        await listeners.finish(cancel=False)
+        await engine.aclose()
+    first_text = slack.methods().index("chat.startStream")
+    assert "assistant.threads.setStatus" not in slack.methods()[first_text:]
+    assert slack.status("C1", "1700000001.000100") == ""
+    assert slack.replies("C1")[0].text == "_openrouter took too long to answer; try again._"

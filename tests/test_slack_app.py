@@ -26,6 +26,7 @@ from tests.support.llm_server import LLMServer, Script
 from tests.support.search_server import SearchServer
 from tests.support.slack_api import (
     BOT_USER,
+    METHOD_SCOPES,
     STREAM_TEXT_LIMIT,
     TEAM,
     SlackAPI,
@@ -34,6 +35,8 @@ from tests.support.slack_api import (
 )
 
 SECRET = "shh-signing-secret"
+MANIFEST = json.loads((Path(adapters.slack.__file__).parent / "manifest.json").read_text())
+GRANTED = frozenset(MANIFEST["oauth_config"]["scopes"]["bot"])  # what installing the manifest grants
 ALICE = SlackUser("UALICE", "Alice")
 BOB = SlackUser("UBOB", "Bob")
 ADMIN = SlackUser("UADMIN", "Ada", is_admin=True)
@@ -106,7 +109,7 @@ class Harness:
 
 @pytest.fixture
 async def slack() -> AsyncIterator[SlackAPI]:
-    async with SlackAPI(users={u.id: u for u in (ALICE, BOB, ADMIN)}) as api:
+    async with SlackAPI(users={u.id: u for u in (ALICE, BOB, ADMIN)}, scopes=set(GRANTED)) as api:
         yield api
 
 
@@ -521,40 +524,58 @@ async def test_shutdown_mid_reply_closes_the_message(
     assert not reply.streaming and reply.text == "Halfway there\n\n_Cut off: Parley is restarting._"
 
 
-# The Web API methods Parley calls and the bot scope each needs (auth.test needs none).
-METHOD_SCOPES = {
-    "assistant.threads.setStatus": "assistant:write",
-    "chat.postMessage": "chat:write",
-    "chat.update": "chat:write",
-    "chat.startStream": "chat:write",
-    "chat.appendStream": "chat:write",
-    "chat.stopStream": "chat:write",
-    "users.info": "users:read",
-    "conversations.info": "channels:read",
-}
-
-
 async def test_the_manifest_grants_what_the_app_uses(harness: Harness) -> None:
-    manifest = json.loads((Path(adapters.slack.__file__).parent / "manifest.json").read_text())
     harness.slack.files["a.txt"] = b"text"
     file = {"name": "a.txt", "mimetype": "text/plain", "size": 4}
     file["url_private_download"] = f"{harness.slack.base_url}/files/a.txt"
     await harness.mention("hi", files=[file], subtype="file_share")
     await harness.finished_streams(1)
-    await harness.command("system be brief", user=ALICE.id, channel="C2")  # a manager check
+    harness.slack.channel_types |= {"G2": "group", "G3": "mpim", "D4": "im"}
+    for channel in ("C2", "G2", "G3", "D4"):  # a manager check in every kind of conversation
+        await harness.command("system be brief", user=ALICE.id, channel=channel)
     harness.slack.fail["chat.startStream"] = "not_allowed_token_type"
     await harness.mention("again", ts="1700000030.000100")
     await until(lambda: harness.slack.calls_to("chat.update"), "the fallback path")
-    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
-    for method in set(harness.slack.methods()) - {"auth.test"}:
-        assert method in METHOD_SCOPES, f"{method}: add its scope to the manifest and to METHOD_SCOPES"
-        assert METHOD_SCOPES[method] in scopes, method
-    (command,) = manifest["features"]["slash_commands"]
+    await until(lambda: len(harness.slack.responses) == 4, "the commands' answers")
+    assert harness.slack.refused_scopes == []
+    assert "a.txt" in str(harness.llm.chat_requests()[0].json["messages"])  # files:read
+    used = set(harness.slack.methods()) - {"auth.test", "conversations.info"}
+    assert used <= set(METHOD_SCOPES), "a method the emulator does not know the scope of"
+    assert "assistant:write" not in GRANTED  # Slack is retiring it; chat:write covers the status
+    (command,) = MANIFEST["features"]["slash_commands"]
     assert command["command"] == "/parley" and command["should_escape"] is False  # text arrives as typed
-    events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
+    events = set(MANIFEST["settings"]["event_subscriptions"]["bot_events"])
     assert {"app_mention", "message.channels", "message.groups", "message.im"} <= events
-    assert {"files:read", "commands", "channels:history", "im:history"} <= scopes
-    assert manifest["settings"]["socket_mode_enabled"] and manifest["settings"]["interactivity"]["is_enabled"]
+    assert {"files:read", "commands", "channels:history", "im:history"} <= GRANTED
+    assert MANIFEST["settings"]["socket_mode_enabled"] and MANIFEST["settings"]["interactivity"]["is_enabled"]
+
+
+async def test_the_creator_of_a_group_dm_may_change_its_settings(harness: Harness) -> None:
+    harness.slack.channel_types["G7"] = "mpim"  # conversations.info on it needs mpim:read
+    harness.slack.channel_creators["G7"] = BOB.id
+    await harness.command("system Answer in French.", user=BOB.id, channel="G7")
+    await until(lambda: harness.slack.responses, "the answer")
+    (answer,) = harness.slack.responses
+    assert answer["response_type"] == "in_channel" and "Only channel managers" not in answer["text"]
+    assert harness.slack.refused_scopes == []
+
+
+async def test_a_missing_scope_is_named_once_in_the_log(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert harness.slack.scopes is not None
+    harness.slack.scopes.discard("mpim:read")  # an app installed before the manifest asked for it
+    harness.slack.channel_types |= {"G7": "mpim", "G8": "mpim"}
+    harness.slack.channel_creators |= {"G7": BOB.id, "G8": ALICE.id}
+    with caplog.at_level(logging.WARNING):
+        await harness.command("system one", user=BOB.id, channel="G7")
+        await until(lambda: len(harness.slack.responses) == 1, "the first answer")
+        await harness.command("system two", user=ALICE.id, channel="G8")
+        await until(lambda: len(harness.slack.responses) == 2, "the second answer")
+    assert all("Only channel managers" in r["text"] for r in harness.slack.responses)
+    assert harness.slack.refused_scopes == [("conversations.info", "mpim:read")] * 2
+    warnings = [r.getMessage() for r in caplog.records if "mpim:read" in r.getMessage()]
+    assert len(warnings) == 1 and "reinstall the app" in warnings[0] and "conversations.info" in warnings[0]
 
 
 def _mention_body(harness: Harness) -> str:

@@ -19,10 +19,12 @@ import pytest
 import adapters.slack
 import adapters.slack.surface
 from adapters.slack import build_app, serve, start_http
+from adapters.slack.files import may_carry_token
 from adapters.slack.surface import START_CAPACITY
 from bot.config import Settings
 from bot.engine import Engine
 from tests.support.llm_server import LLMServer, Script
+from tests.support.loopback import serve_app
 from tests.support.search_server import SearchServer
 from tests.support.slack_api import (
     BOT_USER,
@@ -704,3 +706,54 @@ async def test_the_thinking_status_stays_until_the_first_text(
     assert "assistant.threads.setStatus" not in slack.methods()[first_text:]
     assert slack.status("C1", "1700000001.000100") == ""
     assert slack.replies("C1")[0].text == "_openrouter took too long to answer; try again._"
+
+
+async def test_file_links_outside_slack_never_get_the_token(harness: Harness) -> None:
+    seen: list[str | None] = []
+
+    async def elsewhere(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return aiohttp.web.Response(text="the secret number is 42")
+
+    other = aiohttp.web.Application()
+    other.router.add_get("/{name}", elsewhere)
+    runner, port = await serve_app(other)
+    try:
+        files = [{"name": "lure.txt", "mimetype": "text/plain", "size": 23,
+                  "url_private_download": f"http://127.0.0.1:{port}/lure.txt"},
+                 {"name": "plain.txt", "mimetype": "text/plain", "size": 23,
+                  "url_private_download": "http://files.slack.com/files-pri/T1-F1/plain.txt"}]  # fmt: skip
+        await harness.mention("read these", files=files, subtype="file_share")
+        await harness.finished_streams(1)
+    finally:
+        await runner.cleanup()
+    assert seen == []  # not fetched at all, so the token went nowhere
+    reply = harness.slack.replies("C1")[0].text
+    assert "lure.txt was not read: its link does not point to Slack." in reply
+    assert "plain.txt was not read: its link does not point to Slack." in reply
+
+
+def test_the_token_goes_only_to_slack_file_hosts_over_https() -> None:
+    api = "https://slack.com/api/"
+    allowed = [
+        "https://files.slack.com/files-pri/T1-F1/notes.txt",
+        "https://files.slack.com:443/files-pri/T1-F1/notes.txt",
+        "https://FILES.SLACK.COM./files-pri/T1-F1/notes.txt",
+        "https://files.slack-gov.com/files-pri/T1-F1/notes.txt",
+    ]
+    refused = [
+        "http://files.slack.com/files-pri/T1-F1/notes.txt",
+        "https://files.slack.com.example.test/notes.txt",
+        "https://example.test/files.slack.com/notes.txt",
+        "https://notslack.com/notes.txt",
+        "https://user@files.slack.com/notes.txt",
+        "https://files.slack.com:8443/notes.txt",
+        "https://files.slack.com:port/notes.txt",
+        "file:///etc/passwd",
+        "",
+    ]
+    assert [url for url in allowed if not may_carry_token(url, api)] == []
+    assert [url for url in refused if may_carry_token(url, api)] == []
+    loopback = "http://127.0.0.1:8080/api/"  # SLACK_API_URL pointed at a gateway or a test Slack
+    assert may_carry_token("http://127.0.0.1:8080/files/a.txt", loopback)
+    assert not may_carry_token("http://127.0.0.1:9090/files/a.txt", loopback)

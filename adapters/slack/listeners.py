@@ -160,7 +160,9 @@ class Listeners:
             author=author,
             text=text,
             id=event["ts"],
-            attachments=await download_files(files, self.token) if files else (),
+            attachments=(
+                await download_files(files, self.token, self.settings.slack_api_url) if files else ()
+            ),
             is_direct=event.get("channel_type") == "im",
             created_at=float(event["ts"]),
         )

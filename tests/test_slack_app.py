@@ -757,3 +757,21 @@ def test_the_token_goes_only_to_slack_file_hosts_over_https() -> None:
     loopback = "http://127.0.0.1:8080/api/"  # SLACK_API_URL pointed at a gateway or a test Slack
     assert may_carry_token("http://127.0.0.1:8080/files/a.txt", loopback)
     assert not may_carry_token("http://127.0.0.1:9090/files/a.txt", loopback)
+
+
+async def test_an_envelope_acked_too_late_is_delivered_again_and_answered_once(
+    slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
+) -> None:
+    slack.socket_ack_timeout = 0.0  # every ack arrives after Slack stopped waiting for it
+    async with socket_mode_app(slack_settings):
+        await socket_mention(slack, "twice?", ts="1700000011.1", event_id="EvR")
+        await until(lambda: len(slack.socket_deliveries) == 4, "Slack's three redeliveries")
+        await until(lambda: len(slack.calls_to("chat.stopStream")) == 1, "the reply")
+        await until(lambda: len(slack.socket_acks) == 4, "every delivery acked")
+    assert [(d["retry_attempt"], d["retry_reason"]) for d in slack.socket_deliveries] == [
+        (0, ""),
+        (1, "timeout"),
+        (2, "timeout"),
+        (3, "timeout"),
+    ]
+    assert len(llm.chat_requests()) == 1 and len(slack.calls_to("chat.startStream")) == 1

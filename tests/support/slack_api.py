@@ -152,6 +152,8 @@ class SlackAPI:
         self.statuses: dict[tuple[str, str], ThreadStatus] = {}
         self.socket_acks: list[str] = []
         self.socket_deliveries: list[dict[str, Any]] = []  # every envelope sent, redeliveries included
+        self._delivered_at: dict[str, float] = {}
+        self._acked_at: dict[str, float] = {}
         self._redeliveries: set[asyncio.Task[None]] = set()
         self._ts = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
@@ -231,13 +233,15 @@ class SlackAPI:
             "retry_reason": "timeout" if attempt else "",
         }
         self.socket_deliveries.append(envelope)
+        self._delivered_at[envelope_id] = time.monotonic()
         await self._sockets[-1].send_str(json.dumps(envelope))
         return envelope_id
 
     async def _redeliver(self, payload: dict[str, Any], kind: str, envelope_id: str) -> None:
         for attempt in (1, 2, 3):
             await asyncio.sleep(self.socket_ack_timeout)
-            if envelope_id in self.socket_acks:
+            acked = self._acked_at.get(envelope_id)
+            if acked is not None and acked - self._delivered_at[envelope_id] <= self.socket_ack_timeout:
                 return
             envelope_id = await self._deliver(payload, kind, attempt=attempt)
 
@@ -248,7 +252,9 @@ class SlackAPI:
         await socket.send_str(json.dumps({"type": "hello", "num_connections": 1}))
         async for frame in socket:
             if frame.type == WSMsgType.TEXT:
-                self.socket_acks.append(json.loads(frame.data).get("envelope_id", ""))
+                envelope_id = json.loads(frame.data).get("envelope_id", "")
+                self.socket_acks.append(envelope_id)
+                self._acked_at.setdefault(envelope_id, time.monotonic())
         return socket
 
     # Web API

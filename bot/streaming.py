@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from bot.models import RateLimit, Surface
@@ -44,7 +44,7 @@ class SystemClock:
 class RequestBucket:
     """At most `capacity` requests in any `window` seconds: a sliding window, so fixed windows hold too.
 
-    `replies` counts the replies whose final text draws on the bucket; each is owed a slot for it."""
+    `replies` counts the replies whose final text will draw on the bucket; each is owed a slot for it."""
 
     def __init__(self, capacity: int, window: float) -> None:
         self.capacity = capacity
@@ -147,7 +147,7 @@ class PacedRenderer:
         wait = 0.0
         if self._last_render is not None:
             wait = self._last_render + budget.min_interval - now
-        self._claim(budget.cost(final=True))
+        self._claim(budget.owed_to_final())
         first_or_final = self._final or self._last_render is None
         for limit, count in Counter(budget.cost(final=self._final)).items():
             bucket = self._pacer.bucket_for(limit)
@@ -170,13 +170,26 @@ class PacedRenderer:
             bucket.charge(now)
         return reserved
 
-    def _settle(self, reserved: list[RequestBucket], at: float, spent: int) -> None:
-        """Give back the slots a render did not use; charge requests beyond them to the edits of the path
-        the surface is on now."""
-        for bucket in reserved[spent:]:
+    def _settle(self, reserved: list[RequestBucket], at: float, spent: int | Sequence[RateLimit]) -> None:
+        """Give back the slots a render did not use and charge the requests it made beyond them: to the
+        buckets it names, or (given only a count) to the edits of the path the surface is on now."""
+        if isinstance(spent, int):
+            path = self._surface.budget.cost(final=False)
+            extra = [path[0]] * (spent - len(reserved)) if path else []
+            unused = reserved[spent:]
+        else:
+            unused = list(reserved)
+            extra = []
+            for limit in spent:
+                bucket = self._pacer.bucket_for(limit)
+                if bucket in unused:
+                    unused.remove(bucket)
+                else:
+                    extra.append(limit)
+        for bucket in unused:
             bucket.refund(at)
-        if spent > len(reserved) and (path := self._surface.budget.cost(final=False)):
-            self._pacer.bucket_for(path[0]).charge(self._clock.now(), spent - len(reserved))
+        for limit in extra:
+            self._pacer.bucket_for(limit).charge(self._clock.now())
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake for the final text: it may use the slot kept for it, an intermediate may not."""

@@ -13,7 +13,9 @@ from tests.support.clock import FakeClock, settle
 
 
 class RecordingSurface:
-    def __init__(self, clock: FakeClock, budget: RenderBudget, spend: int = 1, fail_first: int = 0) -> None:
+    def __init__(
+        self, clock: FakeClock, budget: RenderBudget, spend: int | list[RateLimit] = 1, fail_first: int = 0
+    ) -> None:
         self.clock = clock
         self.budget = budget
         self.spend = spend
@@ -23,7 +25,7 @@ class RecordingSurface:
     async def start(self) -> None:
         return None
 
-    async def render(self, text: str, *, final: bool) -> int:
+    async def render(self, text: str, *, final: bool) -> int | list[RateLimit]:
         if self.fail_first:
             self.fail_first -= 1
             raise RuntimeError("platform said no")
@@ -275,3 +277,35 @@ async def test_has_room_keeps_a_slot_for_the_final_of_every_reply_drawing_on_a_b
     assert not pacer.has_room((start, stop))  # but its stop is in the window for a minute
     await clock.advance(60.0 + LATENCY_MARGIN)
     assert pacer.has_room((start, stop))
+
+
+async def test_a_render_that_names_its_requests_is_charged_exactly_those(clock: FakeClock) -> None:
+    post = RateLimit("post", 1, 1.0)
+    pacer = Pacer(clock)
+    # The budget said a stream start and stop; the start was refused and the text was posted instead.
+    surface = RecordingSurface(clock, RenderBudget(final=(APPEND, STOP)), spend=[APPEND, post])
+    await pacer.renderer(surface).finish("posted")
+    assert pacer.bucket_for(STOP).wait_time(clock.now(), count=2) == 0  # its reserved slot came back
+    assert pacer.bucket_for(APPEND).wait_time(clock.now(), count=3) > 0
+    assert pacer.bucket_for(post).wait_time(clock.now()) > 0  # the post was charged where it went
+
+
+async def test_a_reply_is_owed_a_final_slot_where_its_final_will_draw(clock: FakeClock) -> None:
+    post, update = RateLimit("post", 5, 10.0), RateLimit("update", 3, 10.0)
+    pacer = Pacer(clock)
+    # Not posted yet: a final now would be a post, but once posted it will be an update.
+    surface = RecordingSurface(clock, RenderBudget(edit=(post,), final=(post,), owed=(update,)))
+    renderer = pacer.renderer(surface)
+    renderer.update("first")
+    await settle()
+    assert (pacer.bucket_for(update).replies, pacer.bucket_for(post).replies) == (1, 0)
+    other = pacer.renderer(RecordingSurface(clock, RenderBudget(edit=(update,), final=(update,))))
+    for text in ("a", "ab", "abc"):
+        other.update(text)
+        await clock.advance(1.0)
+    # The other reply's edits keep a slot for this reply's final and one for a reply yet to come.
+    assert pacer.bucket_for(update).wait_time(clock.now(), first_or_final=False) > 0
+    assert pacer.bucket_for(update).wait_time(clock.now()) == 0
+    surface.budget = RenderBudget(edit=(update,), final=(update,))
+    await renderer.finish("done")
+    assert pacer.bucket_for(update).replies == 1  # only the other reply is owed anything now

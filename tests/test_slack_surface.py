@@ -48,11 +48,11 @@ async def test_stream_sends_only_new_text_and_counts_its_calls(slack: SlackAPI) 
     reply = surface(slack)
     assert reply.budget.min_interval == 1.0
     assert reply.budget.cost(final=False) == (START,) and reply.budget.cost(final=True) == (START, STOP)
-    assert await reply.render("Hello", final=False) == 1  # chat.startStream
+    assert await reply.render("Hello", final=False) == [START]
     assert reply.budget.cost(final=False) == (APPEND,) and reply.budget.cost(final=True) == (STOP,)
-    assert await reply.render("Hello", final=False) == 0  # nothing new, nothing sent
-    assert await reply.render("Hello wor", final=False) == 1
-    assert await reply.render("Hello world", final=True) == 1
+    assert await reply.render("Hello", final=False) == []  # nothing new, nothing sent
+    assert await reply.render("Hello wor", final=False) == [APPEND]
+    assert await reply.render("Hello world", final=True) == [STOP]
     assert slack.methods() == ["chat.startStream", "chat.appendStream", "chat.stopStream"]
     assert [slack._streamed(c.args) for c in slack.calls] == ["Hello", " wor", "ld"]
     (message,) = slack.replies()
@@ -60,7 +60,7 @@ async def test_stream_sends_only_new_text_and_counts_its_calls(slack: SlackAPI) 
 
 
 async def test_short_reply_rendered_once_starts_and_stops_the_stream(slack: SlackAPI) -> None:
-    assert await surface(slack).render("Done.", final=True) == 2
+    assert await surface(slack).render("Done.", final=True) == [START, STOP]
     assert slack.replies()[0].text == "Done."
 
 
@@ -68,8 +68,9 @@ async def test_expired_stream_continues_by_chat_update_on_the_same_message(slack
     reply = surface(slack)
     await reply.render("First **part**", final=False)
     slack.expire_streams()  # Slack ends streams after a few minutes
-    assert await reply.render("First **part** and more", final=False) == 2  # failed append + update
-    assert reply.budget.cost(final=False) == reply.budget.cost(final=True) == (UPDATE,)
+    assert await reply.render("First **part** and more", final=False) == [APPEND, UPDATE]  # refused, then
+    assert reply.budget.cost(final=False) == (UPDATE,)
+    assert reply.budget.cost(final=True) == (UPDATE, post_limit("T1", "C1"))
     assert UPDATE.capacity == 45 and UPDATE.window == 60.0
     await reply.render("First **part** and more, done.", final=True)
     (message,) = slack.replies()
@@ -89,10 +90,11 @@ async def test_top_level_reply_posts_then_updates_and_rolls_over(slack: SlackAPI
     reply = surface(slack, thread_ts=None)
     await reply.start()  # no thread, so no status call
     assert reply.budget.cost(final=False) == (post_limit("T1", "C1"),)
-    assert await reply.render("a " * 100, final=False) == 1  # a post, paced per channel
+    assert await reply.render("a " * 100, final=False) == [post_limit("T1", "C1")]  # paced per channel
     assert reply.budget.cost(final=False) == (UPDATE,)
     long = ("word " * 60 + "\n\n") * 30  # about 9,000 characters
-    assert await reply.render(long, final=True) == 3  # update page 1, then post pages 2 and 3
+    # Update page 1, then post pages 2 and 3.
+    assert await reply.render(long, final=True) == [UPDATE, post_limit("T1", "C1"), post_limit("T1", "C1")]
     pages = slack.replies()
     assert len(pages) == 3 and all(len(p.text) <= PAGE_LIMIT for p in pages)
     assert all(p.thread_ts is None for p in pages)
@@ -117,7 +119,7 @@ async def test_workspace_that_refuses_streams_starts_later_replies_on_the_messag
         client, channel="C1", thread_ts="1.1", team_id="T1", user_id="U1", streamless_teams=refused
     )
     assert first.budget.cost(final=True) == (START, STOP)
-    assert await first.render("hello", final=True) == 2  # the refused start, then chat.postMessage
+    assert await first.render("hello", final=True) == [START, post_limit("T1", "C1")]  # refused, then
     second = SlackSurface(
         client, channel="C2", thread_ts="2.1", team_id="T1", user_id="U1", streamless_teams=refused
     )
@@ -168,8 +170,8 @@ async def test_a_reply_streams_while_starts_and_stops_have_room(slack: SlackAPI)
 async def test_stream_text_goes_out_in_pieces_of_at_most_12000_characters(slack: SlackAPI) -> None:
     reply = surface(slack)
     text = "".join(f"line {i:05d} of a long answer\n" for i in range(1400))  # 39,200 characters
-    assert await reply.render(text[:20_000], final=False) == 2  # start, append
-    assert await reply.render(text, final=True) == 2  # append, stop
+    assert await reply.render(text[:20_000], final=False) == [START, APPEND]
+    assert await reply.render(text, final=True) == [APPEND, STOP]
     sizes = [len(slack._streamed(c.args)) for c in slack.calls]
     assert max(sizes) == STREAM_TEXT_LIMIT and all(size <= STREAM_TEXT_LIMIT for size in sizes)
     assert slack.methods("chat.update", "chat.postMessage") == []  # the stream took all of it
@@ -179,7 +181,7 @@ async def test_stream_text_goes_out_in_pieces_of_at_most_12000_characters(slack:
 
 async def test_a_long_first_and_final_text_starts_appends_and_stops(slack: SlackAPI) -> None:
     text = "x" * (STREAM_TEXT_LIMIT * 2 + 5)
-    assert await surface(slack).render(text, final=True) == 3
+    assert await surface(slack).render(text, final=True) == [START, APPEND, STOP]
     assert slack.methods() == ["chat.startStream", "chat.appendStream", "chat.stopStream"]
     assert slack.replies()[0].text == text
 
@@ -248,3 +250,30 @@ async def test_status_arguments_are_checked_like_slack_does(slack: SlackAPI) -> 
         with pytest.raises(Exception, match=error):
             await client.assistant_threads_setStatus(**args)
     assert slack.statuses == {}
+
+
+async def test_a_page_that_fills_up_leaves_the_next_post_to_the_next_render(slack: SlackAPI) -> None:
+    reply = surface(slack, thread_ts=None)
+    post = post_limit("T1", "C1")
+    paragraphs = [f"Paragraph {i}: " + "word " * 60 + "\n\n" for i in range(20)]  # 6,500 characters
+    assert await reply.render("".join(paragraphs[:5]), final=False) == [post]
+    assert await reply.render("".join(paragraphs[:16]), final=False) == [UPDATE]  # page 1 is full
+    assert len(slack.replies()) == 1
+    assert reply.budget.cost(final=False) == (post,)  # so the next render waits for the channel
+    assert reply.budget.owed_to_final() == (UPDATE,)
+    assert await reply.render("".join(paragraphs[:18]), final=False) == [post]
+    assert await reply.render("".join(paragraphs), final=True) == [UPDATE]
+    pages = slack.replies()
+    assert len(pages) == 2 and all(len(page.text) <= PAGE_LIMIT for page in pages)
+    assert "".join(page.text for page in pages).split() == "".join(paragraphs).split()
+
+
+async def test_a_final_on_the_message_path_reserves_a_post_it_may_need(slack: SlackAPI) -> None:
+    reply = surface(slack, thread_ts=None)
+    post = post_limit("T1", "C1")
+    paragraph = "word " * 60 + "\n\n"
+    await reply.render(paragraph, final=False)
+    assert reply.budget.cost(final=False) == (UPDATE,)
+    assert reply.budget.cost(final=True) == (UPDATE, post)  # the final may run onto a new page
+    assert await reply.render(paragraph * 14, final=True) == [UPDATE, post]  # and this one did
+    assert len(slack.replies()) == 2

@@ -107,22 +107,25 @@ class SlackSurface:
         self._sent = ""  # neutralized text the stream has carried so far
         self._pages: list[_Page] = []
         self._status_task: asyncio.Task[None] | None = None
+        self._spent: list[RateLimit] = []  # the budget of every request the current render made
 
     @property
     def budget(self) -> RenderBudget:
         self._choose_path()
+        interval = self._min_interval
         if self._streaming:
             start, stop = (method_limit(self._team_id, m) for m in ("chat.startStream", "chat.stopStream"))
             if self._stream is None or self._stream.ts is None:
-                return RenderBudget(self._min_interval, edit=(start,), final=(start, stop))
-            return RenderBudget(
-                self._min_interval, edit=(method_limit(self._team_id, "chat.appendStream"),), final=(stop,)
-            )
-        if not self._pages or self._pages[0].ts is None:
-            post = (post_limit(self._team_id, self._channel),)
-            return RenderBudget(self._min_interval, edit=post, final=post)
+                return RenderBudget(interval, edit=(start,), final=(start, stop), owed=(stop,))
+            append = method_limit(self._team_id, "chat.appendStream")
+            return RenderBudget(interval, edit=(append,), final=(stop,))
         update = (method_limit(self._team_id, "chat.update"),)
-        return RenderBudget(self._min_interval, edit=update, final=update)
+        post = (post_limit(self._team_id, self._channel),)
+        if not self._pages or self._pages[-1].ts is None:  # the first page, or the next, is to be posted
+            return RenderBudget(interval, edit=post, final=post, owed=update)
+        # However far the final text runs past the last one shown, it may need a new page: its post
+        # slot is reserved, and given back at once when the text fits.
+        return RenderBudget(interval, edit=update, final=update + post, owed=update)
 
     def _choose_path(self) -> None:
         """Before the first render: stream only if the start and stop budgets have room for this reply
@@ -181,29 +184,30 @@ class SlackSurface:
             await asyncio.gather(self._status_task, return_exceptions=True)
             self._status_task = None
 
-    async def render(self, text: str, *, final: bool) -> int:
+    async def render(self, text: str, *, final: bool) -> list[RateLimit]:
         await self._stop_status()  # the text replaces the status, which Slack clears itself
+        self._spent = []
         try:
-            return await self._render(text, final)
+            shown = neutralize(text if final else text[: stable_length(text)])
+            if not self._streaming or not await self._render_stream(plain_destinations(shown), final):
+                await self._render_pages(shown, final)
         except Exception:
             if final and self._thread_ts is not None and not self.message_ts:
                 await self._set_status("")  # nothing was posted that would clear it
             raise
+        return self._spent
 
-    async def _render(self, text: str, final: bool) -> int:
-        shown = neutralize(text if final else text[: stable_length(text)])
-        if self._streaming:
-            calls, done = await self._render_stream(plain_destinations(shown), final)
-            if done:
-                return calls
-            return calls + await self._render_pages(shown, final)
-        return await self._render_pages(shown, final)
+    def _spend(self, method: str) -> None:
+        if method == "chat.postMessage":
+            self._spent.append(post_limit(self._team_id, self._channel))
+        else:
+            self._spent.append(method_limit(self._team_id, method))
 
-    async def _render_stream(self, shown: str, final: bool) -> tuple[int, bool]:
-        """Send the new suffix to the stream. Returns calls made and whether the stream took the text."""
+    async def _render_stream(self, shown: str, final: bool) -> bool:
+        """Send the new suffix to the stream. Returns whether the stream took the text."""
         suffix = shown[len(self._sent) :] if shown.startswith(self._sent) else ""
         if not suffix and not final:
-            return 0, True
+            return True
         if self._stream is None:
             assert self._thread_ts is not None
             # buffer_size=1: every append goes out at once, because the engine already paces renders.
@@ -216,24 +220,25 @@ class SlackSurface:
             )
         pieces = [suffix[i : i + STREAM_TEXT_LIMIT] for i in range(0, len(suffix), STREAM_TEXT_LIMIT)]
         last = pieces.pop() if final and pieces else ""
-        calls = 0
         try:
             for piece in pieces:
-                calls += 1
+                self._spend("chat.startStream" if self._stream.ts is None else "chat.appendStream")
                 await self._stream.append(markdown_text=piece)
                 self._sent += piece
             if final:
                 started = self._stream.ts is not None
-                calls += 1
                 try:
-                    await self._stream.stop(markdown_text=last)
+                    await self._stream.stop(markdown_text=last)  # starts the stream first if need be
                 finally:
-                    calls += int(not started and self._stream.ts is not None)  # it started the stream too
+                    if not started:
+                        self._spend("chat.startStream")
+                    if self._stream.ts is not None:
+                        self._spend("chat.stopStream")
                 self._sent += last
         except SlackApiError as error:
             self._leave_stream(error)
-            return calls, False
-        return calls, True
+            return False
+        return True
 
     def _leave_stream(self, error: SlackApiError) -> None:
         """Continue on the message path: by chat.update on the stream's message, if it has one."""
@@ -245,26 +250,31 @@ class SlackSurface:
         if self._stream.ts:
             self._pages = [_Page(0, self._stream.ts, to_mrkdwn(self._sent))]
 
-    async def _render_pages(self, shown: str, final: bool) -> int:
+    async def _render_pages(self, shown: str, final: bool) -> None:
+        """Fill the last page; a text that outgrows it continues on a new page, which an intermediate
+        render leaves to the next render to post, so the post waits for the channel's budget."""
         if not shown:
-            return 0
+            return
         if not self._pages:
             self._pages.append(_Page(0))
-        calls = 0
         while True:
             page = self._pages[-1]
             body = to_mrkdwn(page_markdown(shown, page.start, len(shown)))
             if len(body) <= PAGE_LIMIT:
-                return calls + await self._write(page, body)
+                await self._write(page, body)
+                return
             cut = cut_point(shown, page.start, PAGE_LIMIT)
-            calls += await self._write(page, to_mrkdwn(page_markdown(shown, page.start, cut)))
+            await self._write(page, to_mrkdwn(page_markdown(shown, page.start, cut)))
             self._pages.append(_Page(cut))
+            if not final:
+                return
 
-    async def _write(self, page: _Page, body: str) -> int:
-        """Post or update one page; returns the calls made."""
+    async def _write(self, page: _Page, body: str) -> None:
+        """Post or update one page."""
         if page.ts is not None and body == page.shown:
-            return 0
+            return
         if page.ts is None:
+            self._spend("chat.postMessage")
             response = await self._client.chat_postMessage(
                 channel=self._channel,
                 thread_ts=self._thread_ts,
@@ -274,6 +284,6 @@ class SlackSurface:
             )
             page.ts = str(response["ts"])
         else:
+            self._spend("chat.update")
             await self._client.chat_update(channel=self._channel, ts=page.ts, text=body)
         page.shown = body
-        return 1

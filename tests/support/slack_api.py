@@ -87,6 +87,7 @@ class Call:
     args: dict[str, Any]
     headers: dict[str, str]
     at: float
+    ok: bool = True  # False when Slack refused it (an error, or 429)
 
 
 @dataclass
@@ -267,7 +268,13 @@ class SlackAPI:
         else:
             args = dict(parse_qsl(raw.decode()))
         args.update(request.query)
-        self.calls.append(Call(method, args, dict(request.headers), time.monotonic()))
+        call = Call(method, args, dict(request.headers), time.monotonic())
+        self.calls.append(call)
+        response = self._answer(method, args)
+        call.ok = response.status == 200 and json.loads(response.text or "{}").get("ok", False)
+        return response
+
+    def _answer(self, method: str, args: dict[str, Any]) -> web.Response:
         wait = 0 if self.rate_limit.get(method, 0) > 0 else self._over_limit(method, args)
         if wait is not None:
             self.rate_limit[method] = max(0, self.rate_limit.get(method, 0) - 1)

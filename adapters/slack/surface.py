@@ -102,7 +102,7 @@ class SlackSurface:
         self._clock = clock or SystemClock()
         self._stream: AsyncChatStream | None = None
         self._streamless_teams = streamless_teams if streamless_teams is not None else set()
-        self._streaming = thread_ts is not None and team_id not in self._streamless_teams
+        self._streaming = thread_ts is not None
         self._path_chosen = False
         self._sent = ""  # neutralized text the stream has carried so far
         self._pages: list[_Page] = []
@@ -111,6 +111,8 @@ class SlackSurface:
 
     @property
     def budget(self) -> RenderBudget:
+        """What the next render costs; the pacer reads it before every render, and the first read
+        chooses between the stream and the message path."""
         self._choose_path()
         interval = self._min_interval
         if self._streaming:
@@ -133,6 +135,8 @@ class SlackSurface:
         if self._path_chosen:
             return
         self._path_chosen = True
+        if self._team_id in self._streamless_teams:  # learned by another reply, maybe since this one began
+            self._streaming = False
         if not self._streaming:
             return
         limits = [method_limit(self._team_id, m) for m in ("chat.startStream", "chat.stopStream")]

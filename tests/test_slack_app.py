@@ -448,7 +448,9 @@ async def test_images_reach_vision_models_and_are_named_for_others(harness: Harn
         "and this?", channel="C2", ts="1700000050.000100", files=[image], subtype="file_share"
     )
     await harness.finished_streams(2)
-    seen, blind = (r.json["messages"][-1]["content"] for r in harness.llm.chat_requests())
+    # The two mentions are answered concurrently, so their requests may arrive in either order.
+    by_model = {r.json["model"]: r.json["messages"][-1]["content"] for r in harness.llm.chat_requests()}
+    seen, blind = by_model["openai/gpt-4o-mini"], by_model["xiaomi/mimo-v2-flash"]
     assert {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORy1jYXQ="}} in seen
     assert isinstance(blind, str) and "image_url" not in blind
     (reply,) = harness.slack.replies("C2")

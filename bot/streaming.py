@@ -76,8 +76,10 @@ class RequestBucket:
         self._sent.extend([now] * count)
 
     def refund(self, at: float) -> None:
-        """Give back a slot reserved at `at` that the render did not use."""
-        self._sent.remove(at)
+        """Give back a slot reserved at `at` that the render did not use (unless it left the window
+        while the render took its time)."""
+        if at in self._sent:
+            self._sent.remove(at)
 
 
 class Pacer:

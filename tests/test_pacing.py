@@ -309,3 +309,22 @@ async def test_a_reply_is_owed_a_final_slot_where_its_final_will_draw(clock: Fak
     surface.budget = RenderBudget(edit=(update,), final=(update,))
     await renderer.finish("done")
     assert pacer.bucket_for(update).replies == 1  # only the other reply is owed anything now
+
+
+async def test_a_slot_given_back_after_its_window_passed_is_simply_gone(clock: FakeClock) -> None:
+    post = RateLimit("post", 1, 1.0)
+    pacer = Pacer(clock)
+
+    class SlowSurface(RecordingSurface):
+        async def render(self, text: str, *, final: bool) -> int | list[RateLimit]:
+            await clock.sleep(5.0)  # a 429 retried after Retry-After, say: longer than the window
+            self.renders.append((clock.now(), text, final))
+            return []  # and in the end nothing was sent
+
+    surface = SlowSurface(clock, RenderBudget(final=(post,)))
+    finishing = asyncio.create_task(pacer.renderer(surface).finish("slow"))
+    await clock.advance(1.0 + LATENCY_MARGIN)
+    assert pacer.bucket_for(post).wait_time(clock.now()) == 0  # the reservation left the window
+    await clock.advance(5.0)
+    await finishing  # giving back a slot no longer in the window is not an error
+    assert surface.renders == [(1005.0, "slow", True)]

@@ -644,10 +644,8 @@ async def test_an_unsigned_ssl_check_is_answered_and_nothing_else(harness: Harne
 
 async def test_past_the_stream_budget_replies_post_and_edit_rather_than_queue(harness: Harness) -> None:
     count = START_CAPACITY + 4  # more replies in a minute than Slack allows chat.startStream calls
-    for index in range(count):
-        assert (
-            await harness.mention(f"q{index}", channel=f"C{index % 4}", ts=f"1700000100.{index:06d}") == 200
-        )
+    for index in range(count):  # each in a channel of its own: the budget at stake is the workspace's
+        assert await harness.mention(f"q{index}", channel=f"C{index}", ts=f"1700000100.{index:06d}") == 200
 
     expected = {f"echo: Alice: q{index}" for index in range(count)}
 

@@ -51,7 +51,7 @@ BOT_ID = "BBOT"
 TEAM = "T1"
 
 # Slack's tiers, per method per workspace: (calls, seconds). chat.postMessage is limited per channel:
-# about one a second, with short bursts allowed (Slack does not say how long; we allow 3 in 3 s).
+# about one a second, with short bursts allowed (Slack does not say how large; we allow 3 in 3 s).
 RATE_LIMITS: dict[str, tuple[int, float]] = {
     "chat.startStream": (20, 60.0),  # Tier 2
     "chat.stopStream": (20, 60.0),  # Tier 2

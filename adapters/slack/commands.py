@@ -84,7 +84,7 @@ class SlashCommands:
             message,
             context.client,
             team_id=team_id,
-            recipient_team_id=command.get("user_team") or command.get("team_id") or team_id,
+            recipient_team_id=command.get("team_id") or team_id,  # the caller's team
             thread_ts=thread_ts,
         )
 

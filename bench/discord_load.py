@@ -1,9 +1,10 @@
-"""Discord end to end: concurrent mentions through the real discord.py client and a loopback Discord.
+"""Discord end to end: concurrent mentions and /ask commands through the real discord.py client.
 
-The loopback Discord enforces 5 message writes per 5 s per channel (answering 429 beyond it) and runs in
-this process; the provider runs in its own and stamps its send time into every token.
+The loopback Discord runs in this process and enforces its buckets (5 message creates and 5 edits per
+5 s per channel, 5 webhook edits per 5 s per interaction token, answering 429 beyond them); the provider
+runs in its own and stamps its send time into every token.
 
-    python bench/discord_load.py                    # 20 replies in one channel, then 20 across two
+    python bench/discord_load.py          # 20 mentions in one channel, 20 across two, 20 /ask in one
     python bench/discord_load.py --replies 40 --tokens 60 --rate 30
 """
 
@@ -20,7 +21,7 @@ from loopback_provider import engine_settings, start, token_times
 
 from adapters.discord import serve
 from bot.engine import Engine
-from tests.support.discord_emulator import BOT_ID, GENERAL, RANDOM, DiscordEmulator
+from tests.support.discord_emulator import BOT_ID, GENERAL, RANDOM, Call, DiscordEmulator
 
 MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
 
@@ -30,8 +31,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def run(port: int, channels: list[int], replies: int, tokens: int) -> dict[str, float]:
-    async with DiscordEmulator(bucket=(5, 5.0)) as discord_api, _engine(port, discord_api) as engine:
+async def run(port: int, channels: list[int], replies: int, tokens: int, ask: bool) -> dict[str, float]:
+    async with DiscordEmulator() as discord_api, _engine(port, discord_api) as engine:
         task = asyncio.create_task(serve(engine, engine.settings))
         await asyncio.wait_for(discord_api.ready.wait(), 30)
         await asyncio.sleep(0.5)
@@ -44,33 +45,25 @@ async def run(port: int, channels: list[int], replies: int, tokens: int) -> dict
                 "global_name": f"U{index}",
             }
             channel = channels[index % len(channels)]
-            sent_at[
-                await discord_api.send_message(
-                    channel, f"<@{BOT_ID}> q{index}", mentions=[MENTION], author=author
-                )
-            ] = time.monotonic()
+            if ask:
+                prompt = [{"name": "prompt", "type": 3, "value": f"q{index}"}]
+                incoming = await discord_api.interact("ask", prompt, channel=channel, user=author)
+            else:
+                text = f"<@{BOT_ID}> q{index}"
+                incoming = await discord_api.send_message(channel, text, mentions=[MENTION], author=author)
+            sent_at[incoming] = time.monotonic()
         async with asyncio.timeout(600):
-            while not all(_finished(discord_api, incoming, tokens) for incoming in sent_at):
+            while not all(_finished(discord_api, incoming, tokens, ask) for incoming in sent_at):
                 await asyncio.sleep(0.05)
         cpu = _cpu() - cpu_before
         first_visible, first_after_token, final, edits = [], [], [], []
         for incoming, started in sent_at.items():
-            reply = _reply(discord_api, incoming)
-            post = next(
-                c
-                for c in discord_api.calls
-                if c.method == "POST"
-                and str((c.json or {}).get("message_reference", {}).get("message_id")) == incoming
-            )
-            patches = [
-                c
-                for c in discord_api.calls
-                if c.method == "PATCH" and c.path.endswith(f"/messages/{reply['id']}")
-            ]
-            first_visible.append(post.at - started)
-            first_after_token.append(post.at - token_times(post.json["content"])[0])
-            final.append((patches[-1].at if patches else post.at) - started)
-            edits.append(len(patches))
+            writes = _writes(discord_api, incoming, ask)
+            first, last = writes[0], writes[-1]
+            first_visible.append(first.at - started)
+            first_after_token.append(first.at - token_times(first.json["content"])[0])
+            final.append(last.at - started)
+            edits.append(len(writes) - 1)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     return {
@@ -87,19 +80,43 @@ async def run(port: int, channels: list[int], replies: int, tokens: int) -> dict
     }
 
 
-def _reply(discord_api: DiscordEmulator, incoming: str) -> dict[str, Any]:
+def _reply(discord_api: DiscordEmulator, incoming: str, ask: bool) -> dict[str, Any] | None:
+    if ask:
+        return discord_api.original_response(incoming)
     return next(
-        m
-        for m in discord_api.state.messages.values()
-        if str((m.get("message_reference") or {}).get("message_id")) == incoming
+        (
+            m
+            for m in discord_api.state.messages.values()
+            if str((m.get("message_reference") or {}).get("message_id")) == incoming
+        ),
+        None,
     )
 
 
-def _finished(discord_api: DiscordEmulator, incoming: str, tokens: int) -> bool:
-    try:
-        return len(token_times(_reply(discord_api, incoming)["content"])) == tokens
-    except StopIteration:
-        return False
+def _writes(discord_api: DiscordEmulator, incoming: str, ask: bool) -> list[Call]:
+    """The accepted requests that showed a reply's text: its first text, then its edits."""
+    reply = _reply(discord_api, incoming, ask)
+    assert reply is not None
+    if ask:
+        target = f"/token-{incoming}/messages/@original"
+        return [c for c in discord_api.calls if c.path.endswith(target) and c.status == 200]
+    return [
+        c
+        for c in discord_api.calls
+        if c.status == 200
+        and (
+            (
+                c.method == "POST"
+                and str((c.json or {}).get("message_reference", {}).get("message_id")) == incoming
+            )
+            or (c.method == "PATCH" and c.path.endswith(f"/messages/{reply['id']}"))
+        )
+    ]
+
+
+def _finished(discord_api: DiscordEmulator, incoming: str, tokens: int, ask: bool) -> bool:
+    reply = _reply(discord_api, incoming, ask)
+    return reply is not None and len(token_times(reply["content"])) == tokens
 
 
 class _engine:
@@ -139,9 +156,14 @@ async def main() -> None:
     args = parser.parse_args()
     provider, port = start(args.tokens, args.rate)
     shape = f"{args.tokens} tokens at {args.rate:g}/s"
-    for title, channels in (("one channel", [GENERAL]), ("two channels", [GENERAL, RANDOM])):
-        print(f"{args.replies} concurrent mentions, {title}, {shape}")
-        for name, value in (await run(port, channels, args.replies, args.tokens)).items():
+    runs = (
+        ("mentions, one channel", [GENERAL], False),
+        ("mentions, two channels", [GENERAL, RANDOM], False),
+        ("/ask commands, one channel", [GENERAL], True),
+    )
+    for title, channels, ask in runs:
+        print(f"{args.replies} concurrent {title}, {shape}")
+        for name, value in (await run(port, channels, args.replies, args.tokens, ask)).items():
             print(f"  {name:32} {value:10.3f}")
     provider.terminate()
 

@@ -54,6 +54,7 @@ class ModelCatalog:
         self._clock = clock
         self._listings: dict[str, tuple[float, list[ModelInfo]]] = {}
         self._locks: dict[str, asyncio.Lock] = {name: asyncio.Lock() for name in providers}
+        self._refreshing: asyncio.Task[tuple[list[str], dict[str, ProviderError]]] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelCatalog:
@@ -69,6 +70,8 @@ class ModelCatalog:
         return cls(providers, settings.models_cache_seconds)
 
     async def aclose(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
         await asyncio.gather(*(provider.aclose() for provider in self.providers.values()))
 
     async def listing(self, provider_name: str) -> list[ModelInfo]:
@@ -96,6 +99,24 @@ class ModelCatalog:
             else:
                 names.extend(f"{provider_name}/{model.id}" for model in result)
         return names, failures
+
+    def refresh(self) -> asyncio.Task[tuple[list[str], dict[str, ProviderError]]]:
+        """List every provider in the background (at start, so the first picker finds a warm cache)."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self.all_names())
+            self._refreshing.add_done_callback(_log_refresh_failure)
+        return self._refreshing
+
+    async def names_within(self, seconds: float) -> list[str]:
+        """Every model name for a picker that must answer at once (Discord's autocomplete has 3 s).
+
+        Waits at most `seconds` for the listings; past that, answers from the last ones listed, however
+        old, while they go on loading for the next call."""
+        try:
+            names, _failures = await asyncio.wait_for(asyncio.shield(self.refresh()), seconds)
+        except TimeoutError:
+            return [f"{name}/{model.id}" for name, (_, models) in self._listings.items() for model in models]
+        return names
 
     async def locate(self, name: str) -> tuple[str, str]:
         """The (provider, model id) a name means: `provider/model` as written, or a bare model id that
@@ -171,6 +192,11 @@ class ModelCatalog:
         close = list(dict.fromkeys(close))[:3]
         hint = f" Did you mean {', '.join(close)}?" if close else " See /models for what is available."
         return f"Unknown model {name}.{hint}"
+
+
+def _log_refresh_failure(task: asyncio.Task[tuple[list[str], dict[str, ProviderError]]]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("listing the models failed", exc_info=error)
 
 
 def _not_configured(provider_name: str) -> str:

@@ -268,5 +268,9 @@ async def discord_sync(settings: Settings, args: argparse.Namespace) -> int:
         print("Set DISCORD_TOKEN first.", file=sys.stderr)
         return 2
     adapter = importlib.import_module("adapters.discord")
-    print(await adapter.sync_commands(settings, args.guild))
+    try:
+        print(await adapter.sync_commands(settings, args.guild))
+    except SetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0

@@ -213,10 +213,17 @@ class Engine:
             skills=modes,
         )
 
-    async def model_choices(self, key: ConversationKey, typed: str, limit: int = 25) -> list[str]:
-        """Model names for a picker: the current one first, then those matching what was typed."""
+    async def model_choices(
+        self, key: ConversationKey, typed: str, limit: int = 25, *, wait: float | None = None
+    ) -> list[str]:
+        """Model names for a picker: the current one first, then those matching what was typed.
+
+        With `wait`, answers within about that many seconds, from older listings if need be."""
         current = (await self.settings_for(key)).model
-        names, _failures = await self.catalog.all_names()
+        if wait is None:
+            names, _failures = await self.catalog.all_names()
+        else:
+            names = await self.catalog.names_within(wait)
         needle = typed.strip().lower()
         matches = [name for name in names if needle in name.lower() and name != current]
         if not needle or needle in current.lower():

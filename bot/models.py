@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -68,18 +68,48 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
-class RenderBudget:
-    """How often a platform lets one reply be re-rendered.
+class RateLimit:
+    """A platform request budget shared by every reply that draws on it: at most `capacity` requests in
+    any `window` seconds, under the name `key` (a Discord channel, one Slack method in one workspace)."""
 
-    `min_interval` spaces renders of one reply. `bucket` names a request budget shared by every reply
-    that draws on it (a Discord channel, a Slack workspace): at most `capacity` requests per `window`
-    seconds. The engine's pacer enforces both, so adapters never need their own throttling.
+    key: str
+    capacity: int
+    window: float
+
+
+@dataclass(frozen=True, slots=True)
+class RenderBudget:
+    """What the next render of one reply may cost; the surface's budget is read before every render.
+
+    `min_interval` spaces renders of one reply. `bucket` names the one request budget every render
+    draws on (a Discord channel): at most `capacity` requests per `window` seconds. Where renders draw
+    on different budgets (Slack limits each method on its own), `edit` lists the requests the next
+    render makes when it is not the final text and `final` those it makes when it is. `owed` names
+    the budgets where a slot is kept for the reply's final text while it is under way, when that is
+    not where a final would draw now (a Slack reply not yet posted will finish by chat.update). The
+    engine's pacer enforces all of it, so adapters never need their own throttling.
     """
 
     min_interval: float = 0.0
     bucket: str | None = None
     capacity: int = 0
     window: float = 0.0
+    edit: tuple[RateLimit, ...] | None = None
+    final: tuple[RateLimit, ...] | None = None
+    owed: tuple[RateLimit, ...] | None = None
+
+    def cost(self, *, final: bool) -> tuple[RateLimit, ...]:
+        """The requests the next render makes, each naming the budget it draws on."""
+        listed = self.final if final else self.edit
+        if listed is not None:
+            return listed
+        if self.bucket and self.capacity > 0:
+            return (RateLimit(self.bucket, self.capacity, self.window),)
+        return ()
+
+    def owed_to_final(self) -> tuple[RateLimit, ...]:
+        """The budgets that keep a slot for this reply's final text while it is under way."""
+        return self.owed if self.owed is not None else self.cost(final=True)
 
 
 class Surface(Protocol):
@@ -90,11 +120,12 @@ class Surface(Protocol):
     async def start(self) -> None:
         """Show that a reply is on its way (typing indicator, status line)."""
 
-    async def render(self, text: str, *, final: bool) -> int:
+    async def render(self, text: str, *, final: bool) -> int | Sequence[RateLimit]:
         """Show `text`: the whole reply so far. Each text extends the one before it, the final one too.
 
-        Returns how many requests it spent from its budget, so the pacer can charge the shared bucket
-        (0 when it sent nothing, or only requests the budget does not cover).
+        Returns the requests it made, so the pacer can charge the shared budgets: the RateLimit of each,
+        or just how many (charged to the budgets `budget.cost` named, any beyond them to the edits of the
+        path the surface is on now; 0 when it sent nothing, or only requests no budget covers).
         """
         ...
 

@@ -1,11 +1,13 @@
 """One pacing policy for every platform: how often a streaming reply may be re-rendered.
 
 A reply shows its first text at once, then re-renders no sooner than the surface's `min_interval`, and
-only while the shared request bucket (a Discord channel, a Slack workspace) has room. Intermediate texts
-that went stale while waiting are skipped: only the newest text is ever sent. The final text is always
-rendered, as soon as the budget allows. The edits between a reply's first and final texts leave one slot
-of the bucket free for the final text of every reply drawing on it and one for the next reply's first
-text, so under contention replies start and finish first and animate second.
+only while every request bucket the render draws on (a Discord channel, one Slack method in a workspace)
+has room. Intermediate texts that went stale while waiting are skipped: only the newest text is ever
+sent. The final text is always rendered, as soon as the budget allows. The edits between a reply's first
+and final texts leave one slot of a bucket free for the final text of every reply whose final draws on
+it and one for the next reply's first text, so under contention replies start and finish first and
+animate second. A surface that has another way to show a reply (a Slack stream or a plain message) can
+ask `Pacer.has_room` and take the other way rather than queue.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
-from bot.models import RenderBudget, Surface
+from bot.models import RateLimit, Surface
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class SystemClock:
 class RequestBucket:
     """At most `capacity` requests in any `window` seconds: a sliding window, so fixed windows hold too.
 
-    `replies` counts the replies drawing on the bucket; each is owed a slot for its final text."""
+    `replies` counts the replies whose final text will draw on the bucket; each is owed a slot for it."""
 
     def __init__(self, capacity: int, window: float) -> None:
         self.capacity = capacity
@@ -50,23 +52,34 @@ class RequestBucket:
         self.replies = 0
         self._sent: deque[float] = deque()
 
-    def wait_time(self, now: float, *, first_or_final: bool = True) -> float:
-        """Seconds until a request may go. A reply's first and final texts may use the whole bucket; the
-        edits between them leave a slot for every reply's final text and one for the first text of a reply
-        yet to come (but may always use one)."""
+    def _expire(self, now: float) -> None:
         while self._sent and self._sent[0] <= now - self.window:
             self._sent.popleft()
+
+    def wait_time(self, now: float, *, count: int = 1, first_or_final: bool = True) -> float:
+        """Seconds until `count` requests may go. A reply's first and final texts may use the whole
+        bucket; the edits between them leave a slot for every reply's final text and one for the first
+        text of a reply yet to come (but may always use one)."""
+        self._expire(now)
         usable = self.capacity if first_or_final else max(1, self.capacity - self.replies - 1)
-        if len(self._sent) < usable:
+        over = len(self._sent) + min(count, usable) - usable
+        if over <= 0:
             return 0.0
-        return self._sent[-usable] + self.window - now
+        return self._sent[over - 1] + self.window - now
+
+    def has_room(self, now: float, count: int) -> bool:
+        """Whether `count` requests fit now beside the final text owed to every reply counted here."""
+        self._expire(now)
+        return len(self._sent) + self.replies + count <= self.capacity
 
     def charge(self, now: float, count: int = 1) -> None:
         self._sent.extend([now] * count)
 
     def refund(self, at: float) -> None:
-        """Give back a slot reserved at `at` that the render did not use."""
-        self._sent.remove(at)
+        """Give back a slot reserved at `at` that the render did not use (unless it left the window
+        while the render took its time)."""
+        if at in self._sent:
+            self._sent.remove(at)
 
 
 class Pacer:
@@ -82,20 +95,25 @@ class Pacer:
         """`on_render` runs after each render (the engine records where the reply shows)."""
         return PacedRenderer(surface, self, on_render)
 
-    def bucket_for(self, budget: RenderBudget) -> RequestBucket | None:
-        if not budget.bucket or budget.capacity <= 0:
-            return None
-        bucket = self._buckets.get(budget.bucket)
+    def bucket_for(self, limit: RateLimit) -> RequestBucket:
+        bucket = self._buckets.get(limit.key)
         if bucket is None:
-            bucket = self._buckets[budget.bucket] = RequestBucket(budget.capacity, budget.window)
+            bucket = self._buckets[limit.key] = RequestBucket(limit.capacity, limit.window)
         return bucket
+
+    def has_room(self, limits: Iterable[RateLimit]) -> bool:
+        """Whether these requests could go now, leaving every reply's final text its slot."""
+        now = self.clock.now()
+        wanted = Counter(limits)
+        return all(self.bucket_for(limit).has_room(now, count) for limit, count in wanted.items())
 
 
 class PacedRenderer:
     """Renders one reply through its surface; `update` never blocks the token stream.
 
     The surface's budget is read before every render: a reply can change path midway (a Slack stream
-    that expires continues by chat.update, which has a budget of its own)."""
+    that expires continues by chat.update, which has a budget of its own), and its final text can draw
+    on other buckets than its edits (chat.stopStream, chat.appendStream)."""
 
     def __init__(
         self, surface: Surface, pacer: Pacer, on_render: Callable[[], Awaitable[None]] | None = None
@@ -111,7 +129,7 @@ class PacedRenderer:
         self._wake = asyncio.Event()
         self._finishing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._claimed: RequestBucket | None = None  # the bucket that counts this reply among its replies
+        self._claimed: set[RequestBucket] = set()  # the buckets that count this reply among their replies
         self.renders = 0
         self.first_render_at: float | None = None
 
@@ -137,21 +155,49 @@ class PacedRenderer:
         wait = 0.0
         if self._last_render is not None:
             wait = self._last_render + budget.min_interval - now
-        bucket = self._pacer.bucket_for(budget)
-        self._claim(bucket)
-        if bucket is not None:
-            first_or_final = self._final or self._last_render is None
-            wait = max(wait, bucket.wait_time(now, first_or_final=first_or_final))
+        self._claim(budget.owed_to_final())
+        first_or_final = self._final or self._last_render is None
+        for limit, count in Counter(budget.cost(final=self._final)).items():
+            bucket = self._pacer.bucket_for(limit)
+            wait = max(wait, bucket.wait_time(now, count=count, first_or_final=first_or_final))
         return wait
 
-    def _claim(self, bucket: RequestBucket | None) -> None:
-        if bucket is self._claimed:
-            return
-        if self._claimed is not None:
-            self._claimed.replies -= 1
-        if bucket is not None:
+    def _claim(self, limits: Iterable[RateLimit]) -> None:
+        """Count this reply among the replies of the buckets its final text will draw on, and only those."""
+        buckets = {self._pacer.bucket_for(limit) for limit in limits}
+        for bucket in self._claimed - buckets:
+            bucket.replies -= 1
+        for bucket in buckets - self._claimed:
             bucket.replies += 1
-        self._claimed = bucket
+        self._claimed = buckets
+
+    def _reserve(self, final: bool, now: float) -> list[RequestBucket]:
+        """Take the render's slots before awaiting it, so concurrent replies cannot both take the last."""
+        reserved = [self._pacer.bucket_for(limit) for limit in self._surface.budget.cost(final=final)]
+        for bucket in reserved:
+            bucket.charge(now)
+        return reserved
+
+    def _settle(self, reserved: list[RequestBucket], at: float, spent: int | Sequence[RateLimit]) -> None:
+        """Give back the slots a render did not use and charge the requests it made beyond them: to the
+        buckets it names, or (given only a count) to the edits of the path the surface is on now."""
+        if isinstance(spent, int):
+            path = self._surface.budget.cost(final=False)
+            extra = [path[0]] * (spent - len(reserved)) if path else []
+            unused = reserved[spent:]
+        else:
+            unused = list(reserved)
+            extra = []
+            for limit in spent:
+                bucket = self._pacer.bucket_for(limit)
+                if bucket in unused:
+                    unused.remove(bucket)
+                else:
+                    extra.append(limit)
+        for bucket in unused:
+            bucket.refund(at)
+        for limit in extra:
+            self._pacer.bucket_for(limit).charge(self._clock.now())
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake for the final text: it may use the slot kept for it, an intermediate may not."""
@@ -170,7 +216,7 @@ class PacedRenderer:
         try:
             await self._render_until_final()
         finally:
-            self._claim(None)
+            self._claim(())
 
     async def _render_until_final(self) -> None:
         while True:
@@ -183,20 +229,16 @@ class PacedRenderer:
             if not final and text == self._shown:
                 continue
             now = self._clock.now()
-            # Reserve the request before awaiting, so concurrent replies cannot both take the last slot.
-            if (reserved := self._pacer.bucket_for(self._surface.budget)) is not None:
-                reserved.charge(now)
-            self._last_render = now
+            reserved = self._reserve(final, now)
             try:
                 spent = await self._surface.render(text, final=final)
             except Exception:
                 log.exception("rendering a reply failed; the next render will try again")
-                spent = 1
-            if spent == 0 and reserved is not None:
-                reserved.refund(now)
-            # Requests beyond the reserved one go to the budget of the path the surface is on now.
-            if spent > 1 and (bucket := self._pacer.bucket_for(self._surface.budget)) is not None:
-                bucket.charge(self._clock.now(), spent - 1)
+                spent = len(reserved)
+            # The interval runs from when the platform accepted this render: one it held back (a 429
+            # retried inside the client) must not be followed at once by the next.
+            self._last_render = self._clock.now()
+            self._settle(reserved, now, spent)
             self._shown = text
             self.renders += 1
             if self.first_render_at is None:

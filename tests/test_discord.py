@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 
@@ -24,6 +22,7 @@ from tests.support.discord_emulator import (
     RANDOM,
     THREAD,
     DiscordEmulator,
+    until,
 )
 from tests.support.llm_server import LLMServer, Script
 from tests.support.search_server import SearchServer
@@ -56,12 +55,6 @@ async def bot(
     with pytest.raises(asyncio.CancelledError):
         await task
     await engine.aclose()
-
-
-async def until(predicate: Callable[[], Any], seconds: float = 10.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 def assert_no_pings(discord_api: DiscordEmulator) -> None:
@@ -138,7 +131,6 @@ async def test_a_429_on_an_edit_is_honoured_and_the_reply_completes(
 async def test_concurrent_replies_in_one_channel_keep_the_channel_budget(
     bot: Engine, discord_api: DiscordEmulator, llm: LLMServer
 ) -> None:
-    discord_api.bucket = (5, 5.0)  # the emulator now answers 429 past Discord's channel budget
     for _ in range(4):
         llm.enqueue(Script(tokens=[f"w{i} " for i in range(12)], delay=0.25))
     for user in range(4):
@@ -243,24 +235,6 @@ async def test_a_dm_is_answered_without_a_mention(
     await discord_api.send_message(DM_CHANNEL, "hello in private", guild=False)
     await until(lambda: llm.chat_requests())
     assert llm.chat_requests()[0].json["messages"][-1]["content"] == "Alice: hello in private"
-
-
-async def test_message_content_intent_off_is_warned_about(
-    discord_api: DiscordEmulator, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
-) -> None:
-    discord_api.app_flags = 0
-    settings = make_settings(
-        discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
-    )
-    engine = await Engine.create(settings)
-    caplog.set_level(logging.INFO)
-    task = asyncio.create_task(serve(engine, settings))
-    await until(lambda: "Message Content intent is off" in caplog.text)
-    assert "scope=bot+applications.commands" in caplog.text
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await engine.aclose()
 
 
 async def test_autoreply_and_replies_to_the_bot_need_no_mention(

@@ -7,13 +7,15 @@ import logging
 
 import pytest
 
-from bot.models import RenderBudget
+from bot.models import RateLimit, RenderBudget
 from bot.streaming import LATENCY_MARGIN, Pacer, RequestBucket
 from tests.support.clock import FakeClock, settle
 
 
 class RecordingSurface:
-    def __init__(self, clock: FakeClock, budget: RenderBudget, spend: int = 1, fail_first: int = 0) -> None:
+    def __init__(
+        self, clock: FakeClock, budget: RenderBudget, spend: int | list[RateLimit] = 1, fail_first: int = 0
+    ) -> None:
         self.clock = clock
         self.budget = budget
         self.spend = spend
@@ -23,7 +25,7 @@ class RecordingSurface:
     async def start(self) -> None:
         return None
 
-    async def render(self, text: str, *, final: bool) -> int:
+    async def render(self, text: str, *, final: bool) -> int | list[RateLimit]:
         if self.fail_first:
             self.fail_first -= 1
             raise RuntimeError("platform said no")
@@ -140,7 +142,7 @@ async def test_edits_leave_a_slot_for_each_final_and_one_for_a_new_reply(clock: 
     await settle()
     assert all(task.done() for task in finishing)  # every final went at once
     assert [surface.renders[-1][1:] for surface in surfaces] == [("done", True)] * 3
-    assert pacer.bucket_for(budget).replies == 0  # type: ignore[union-attr]
+    assert pacer.bucket_for(budget.cost(final=True)[0]).replies == 0
 
 
 async def test_a_final_does_not_wait_out_the_pause_of_an_intermediate(clock: FakeClock) -> None:
@@ -167,7 +169,7 @@ async def test_a_render_that_spent_nothing_gives_its_slot_back(clock: FakeClock)
     pacer = Pacer(clock)
     free = RecordingSurface(clock, budget, spend=0)  # e.g. a chat.postMessage, outside chat.update's budget
     await pacer.renderer(free).finish("posted")
-    assert pacer.bucket_for(budget).wait_time(clock.now()) == 0  # type: ignore[union-attr]
+    assert pacer.bucket_for(budget.cost(final=True)[0]).wait_time(clock.now()) == 0
     paid = RecordingSurface(clock, budget)
     finishing = [asyncio.create_task(pacer.renderer(paid).finish(text)) for text in ("one", "two")]
     await settle()
@@ -194,3 +196,135 @@ def test_bucket_wait_time_counts_the_oldest_request_in_the_window() -> None:
     bucket.charge(3.0)
     assert bucket.wait_time(4.0) == pytest.approx(6.0 + LATENCY_MARGIN)
     assert bucket.wait_time(10.0 + LATENCY_MARGIN) == 0.0
+
+
+# Renders that draw on different buckets (Slack limits every method on its own).
+APPEND = RateLimit("append", 3, 10.0)
+STOP = RateLimit("stop", 2, 10.0)
+
+
+async def test_edits_and_finals_draw_on_the_buckets_their_costs_name(clock: FakeClock) -> None:
+    budget = RenderBudget(min_interval=1.0, edit=(APPEND,), final=(STOP,))
+    surface = RecordingSurface(clock, budget)
+    renderer = Pacer(clock).renderer(surface)
+    for step in range(6):
+        renderer.update(f"text {step}")
+        await clock.advance(1.0)
+    # The first text may use all of `append`; the edits then keep one slot for a reply yet to come.
+    assert [text for _, text, _ in surface.renders] == ["text 0", "text 1"]
+    finishing = asyncio.create_task(renderer.finish("done"))
+    await clock.advance(1.0)
+    assert finishing.done()  # `stop` had room, however full `append` was
+    assert surface.renders[-1][1:] == ("done", True)
+
+
+async def test_a_final_drawing_on_two_buckets_waits_for_the_fuller_one(clock: FakeClock) -> None:
+    pacer = Pacer(clock)
+    stop = pacer.bucket_for(STOP)
+    stop.charge(clock.now(), 2)  # both `stop` slots taken by other replies
+    surface = RecordingSurface(clock, RenderBudget(final=(APPEND, STOP)), spend=2)
+    finishing = asyncio.create_task(pacer.renderer(surface).finish("start and stop at once"))
+    await clock.advance(9.0)
+    assert not finishing.done()
+    await clock.advance(1.0 + LATENCY_MARGIN)
+    await finishing
+    assert surface.renders == [(clock.now(), "start and stop at once", True)]
+    assert pacer.bucket_for(APPEND).wait_time(clock.now(), count=3) > 0  # one `append` slot charged
+
+
+async def test_one_bucket_named_twice_needs_two_slots(clock: FakeClock) -> None:
+    pacer = Pacer(clock)
+    pacer.bucket_for(STOP).charge(clock.now())
+    surface = RecordingSurface(clock, RenderBudget(final=(STOP, STOP)), spend=2)
+    finishing = asyncio.create_task(pacer.renderer(surface).finish("two requests"))
+    await clock.advance(5.0)
+    assert not finishing.done()
+    await clock.advance(5.0 + LATENCY_MARGIN)
+    await finishing
+
+
+async def test_slots_a_render_did_not_use_are_given_back(clock: FakeClock) -> None:
+    pacer = Pacer(clock)
+    surface = RecordingSurface(clock, RenderBudget(final=(APPEND, STOP)), spend=1)
+    await pacer.renderer(surface).finish("only the first request went out")
+    assert pacer.bucket_for(APPEND).wait_time(clock.now(), count=3) > 0
+    assert pacer.bucket_for(STOP).wait_time(clock.now(), count=2) == 0  # the second slot came back
+
+
+async def test_has_room_keeps_a_slot_for_the_final_of_every_reply_drawing_on_a_bucket(
+    clock: FakeClock,
+) -> None:
+    start = RateLimit("start", 5, 60.0)
+    stop = RateLimit("stop", 3, 60.0)
+    streaming = RenderBudget(min_interval=1.0, edit=(APPEND,), final=(stop,))
+    pacer = Pacer(clock)
+    assert pacer.has_room((start, stop))
+    renderers = [pacer.renderer(RecordingSurface(clock, streaming)) for _ in range(2)]
+    for renderer in renderers:
+        renderer.update("streaming")
+    await settle()
+    # Two streams are owed a stop each: a third still fits beside them, a fourth would not.
+    assert pacer.has_room((start, stop))
+    third = pacer.renderer(RecordingSurface(clock, streaming))
+    third.update("streaming too")
+    await settle()
+    assert not pacer.has_room((start, stop))
+    assert pacer.has_room((start,))  # `start` itself has room: only `stop` is spent
+    finishing = asyncio.create_task(third.finish("done"))
+    await clock.advance(1.0)
+    await finishing
+    assert pacer.bucket_for(stop).replies == 2  # the third is owed nothing more
+    assert not pacer.has_room((start, stop))  # but its stop is in the window for a minute
+    await clock.advance(60.0 + LATENCY_MARGIN)
+    assert pacer.has_room((start, stop))
+
+
+async def test_a_render_that_names_its_requests_is_charged_exactly_those(clock: FakeClock) -> None:
+    post = RateLimit("post", 1, 1.0)
+    pacer = Pacer(clock)
+    # The budget said a stream start and stop; the start was refused and the text was posted instead.
+    surface = RecordingSurface(clock, RenderBudget(final=(APPEND, STOP)), spend=[APPEND, post])
+    await pacer.renderer(surface).finish("posted")
+    assert pacer.bucket_for(STOP).wait_time(clock.now(), count=2) == 0  # its reserved slot came back
+    assert pacer.bucket_for(APPEND).wait_time(clock.now(), count=3) > 0
+    assert pacer.bucket_for(post).wait_time(clock.now()) > 0  # the post was charged where it went
+
+
+async def test_a_reply_is_owed_a_final_slot_where_its_final_will_draw(clock: FakeClock) -> None:
+    post, update = RateLimit("post", 5, 10.0), RateLimit("update", 3, 10.0)
+    pacer = Pacer(clock)
+    # Not posted yet: a final now would be a post, but once posted it will be an update.
+    surface = RecordingSurface(clock, RenderBudget(edit=(post,), final=(post,), owed=(update,)))
+    renderer = pacer.renderer(surface)
+    renderer.update("first")
+    await settle()
+    assert (pacer.bucket_for(update).replies, pacer.bucket_for(post).replies) == (1, 0)
+    other = pacer.renderer(RecordingSurface(clock, RenderBudget(edit=(update,), final=(update,))))
+    for text in ("a", "ab", "abc"):
+        other.update(text)
+        await clock.advance(1.0)
+    # The other reply's edits keep a slot for this reply's final and one for a reply yet to come.
+    assert pacer.bucket_for(update).wait_time(clock.now(), first_or_final=False) > 0
+    assert pacer.bucket_for(update).wait_time(clock.now()) == 0
+    surface.budget = RenderBudget(edit=(update,), final=(update,))
+    await renderer.finish("done")
+    assert pacer.bucket_for(update).replies == 1  # only the other reply is owed anything now
+
+
+async def test_a_slot_given_back_after_its_window_passed_is_simply_gone(clock: FakeClock) -> None:
+    post = RateLimit("post", 1, 1.0)
+    pacer = Pacer(clock)
+
+    class SlowSurface(RecordingSurface):
+        async def render(self, text: str, *, final: bool) -> int | list[RateLimit]:
+            await clock.sleep(5.0)  # a 429 retried after Retry-After, say: longer than the window
+            self.renders.append((clock.now(), text, final))
+            return []  # and in the end nothing was sent
+
+    surface = SlowSurface(clock, RenderBudget(final=(post,)))
+    finishing = asyncio.create_task(pacer.renderer(surface).finish("slow"))
+    await clock.advance(1.0 + LATENCY_MARGIN)
+    assert pacer.bucket_for(post).wait_time(clock.now()) == 0  # the reservation left the window
+    await clock.advance(5.0)
+    await finishing  # giving back a slot no longer in the window is not an error
+    assert surface.renders == [(1005.0, "slow", True)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,14 +17,28 @@ import aiohttp
 import pytest
 
 import adapters.slack
+import adapters.slack.surface
 from adapters.slack import build_app, serve, start_http
+from adapters.slack.files import may_carry_token
+from adapters.slack.surface import START_CAPACITY
 from bot.config import Settings
 from bot.engine import Engine
 from tests.support.llm_server import LLMServer, Script
+from tests.support.loopback import serve_app
 from tests.support.search_server import SearchServer
-from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser, signed_headers
+from tests.support.slack_api import (
+    BOT_USER,
+    METHOD_SCOPES,
+    STREAM_TEXT_LIMIT,
+    TEAM,
+    SlackAPI,
+    SlackUser,
+    signed_headers,
+)
 
 SECRET = "shh-signing-secret"
+MANIFEST = json.loads((Path(adapters.slack.__file__).parent / "manifest.json").read_text())
+GRANTED = frozenset(MANIFEST["oauth_config"]["scopes"]["bot"])  # what installing the manifest grants
 ALICE = SlackUser("UALICE", "Alice")
 BOB = SlackUser("UBOB", "Bob")
 ADMIN = SlackUser("UADMIN", "Ada", is_admin=True)
@@ -96,7 +111,7 @@ class Harness:
 
 @pytest.fixture
 async def slack() -> AsyncIterator[SlackAPI]:
-    async with SlackAPI(users={u.id: u for u in (ALICE, BOB, ADMIN)}) as api:
+    async with SlackAPI(users={u.id: u for u in (ALICE, BOB, ADMIN)}, scopes=set(GRANTED)) as api:
         yield api
 
 
@@ -123,7 +138,7 @@ async def harness(
 ) -> AsyncIterator[Harness]:
     engine = await Engine.create(slack_settings())
     app, listeners = build_app(engine, engine.settings)
-    runner = await start_http(app, 0, host="127.0.0.1")
+    runner = await start_http(app, SECRET, 0, host="127.0.0.1")
     port = runner.addresses[0][1]
     async with aiohttp.ClientSession() as http:
         yield Harness(slack, llm, engine, f"http://127.0.0.1:{port}/slack/events", http)
@@ -186,7 +201,7 @@ async def test_retries_and_double_delivery_answer_once_even_after_restart(
     # A restarted process (new engine and app on the same database) sees the retry as answered too.
     engine = await Engine.create(slack_settings())
     app, listeners = build_app(engine, engine.settings)
-    runner = await start_http(app, 0, host="127.0.0.1")
+    runner = await start_http(app, SECRET, 0, host="127.0.0.1")
     try:
         url = f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events"
         restarted = Harness(harness.slack, harness.llm, engine, url, harness.http)
@@ -433,7 +448,9 @@ async def test_images_reach_vision_models_and_are_named_for_others(harness: Harn
         "and this?", channel="C2", ts="1700000050.000100", files=[image], subtype="file_share"
     )
     await harness.finished_streams(2)
-    seen, blind = (r.json["messages"][-1]["content"] for r in harness.llm.chat_requests())
+    # The two mentions are answered concurrently, so their requests may arrive in either order.
+    by_model = {r.json["model"]: r.json["messages"][-1]["content"] for r in harness.llm.chat_requests()}
+    seen, blind = by_model["openai/gpt-4o-mini"], by_model["xiaomi/mimo-v2-flash"]
     assert {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORy1jYXQ="}} in seen
     assert isinstance(blind, str) and "image_url" not in blind
     (reply,) = harness.slack.replies("C2")
@@ -511,37 +528,251 @@ async def test_shutdown_mid_reply_closes_the_message(
     assert not reply.streaming and reply.text == "Halfway there\n\n_Cut off: Parley is restarting._"
 
 
-# The Web API methods Parley calls and the bot scope each needs (auth.test needs none).
-METHOD_SCOPES = {
-    "assistant.threads.setStatus": "assistant:write",
-    "chat.postMessage": "chat:write",
-    "chat.update": "chat:write",
-    "chat.startStream": "chat:write",
-    "chat.appendStream": "chat:write",
-    "chat.stopStream": "chat:write",
-    "users.info": "users:read",
-    "conversations.info": "channels:read",
-}
-
-
 async def test_the_manifest_grants_what_the_app_uses(harness: Harness) -> None:
-    manifest = json.loads((Path(adapters.slack.__file__).parent / "manifest.json").read_text())
     harness.slack.files["a.txt"] = b"text"
     file = {"name": "a.txt", "mimetype": "text/plain", "size": 4}
     file["url_private_download"] = f"{harness.slack.base_url}/files/a.txt"
     await harness.mention("hi", files=[file], subtype="file_share")
     await harness.finished_streams(1)
-    await harness.command("system be brief", user=ALICE.id, channel="C2")  # a manager check
+    harness.slack.channel_types |= {"G2": "group", "G3": "mpim", "D4": "im"}
+    for channel in ("C2", "G2", "G3", "D4"):  # a manager check in every kind of conversation
+        await harness.command("system be brief", user=ALICE.id, channel=channel)
     harness.slack.fail["chat.startStream"] = "not_allowed_token_type"
     await harness.mention("again", ts="1700000030.000100")
     await until(lambda: harness.slack.calls_to("chat.update"), "the fallback path")
-    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
-    for method in set(harness.slack.methods()) - {"auth.test"}:
-        assert method in METHOD_SCOPES, f"{method}: add its scope to the manifest and to METHOD_SCOPES"
-        assert METHOD_SCOPES[method] in scopes, method
-    (command,) = manifest["features"]["slash_commands"]
+    await until(lambda: len(harness.slack.responses) == 4, "the commands' answers")
+    assert harness.slack.refused_scopes == []
+    assert "a.txt" in str(harness.llm.chat_requests()[0].json["messages"])  # files:read
+    used = set(harness.slack.methods()) - {"auth.test", "conversations.info"}
+    assert used <= set(METHOD_SCOPES), "a method the emulator does not know the scope of"
+    assert "assistant:write" not in GRANTED  # Slack is retiring it; chat:write covers the status
+    (command,) = MANIFEST["features"]["slash_commands"]
     assert command["command"] == "/parley" and command["should_escape"] is False  # text arrives as typed
-    events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
+    events = set(MANIFEST["settings"]["event_subscriptions"]["bot_events"])
     assert {"app_mention", "message.channels", "message.groups", "message.im"} <= events
-    assert {"files:read", "commands", "channels:history", "im:history"} <= scopes
-    assert manifest["settings"]["socket_mode_enabled"] and manifest["settings"]["interactivity"]["is_enabled"]
+    assert {"files:read", "commands", "channels:history", "im:history"} <= GRANTED
+    assert MANIFEST["settings"]["socket_mode_enabled"] and MANIFEST["settings"]["interactivity"]["is_enabled"]
+
+
+async def test_the_creator_of_a_group_dm_may_change_its_settings(harness: Harness) -> None:
+    harness.slack.channel_types["G7"] = "mpim"  # conversations.info on it needs mpim:read
+    harness.slack.channel_creators["G7"] = BOB.id
+    await harness.command("system Answer in French.", user=BOB.id, channel="G7")
+    await until(lambda: harness.slack.responses, "the answer")
+    (answer,) = harness.slack.responses
+    assert answer["response_type"] == "in_channel" and "Only channel managers" not in answer["text"]
+    assert harness.slack.refused_scopes == []
+
+
+async def test_a_missing_scope_is_named_once_in_the_log(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert harness.slack.scopes is not None
+    harness.slack.scopes.discard("mpim:read")  # an app installed before the manifest asked for it
+    harness.slack.channel_types |= {"G7": "mpim", "G8": "mpim"}
+    harness.slack.channel_creators |= {"G7": BOB.id, "G8": ALICE.id}
+    with caplog.at_level(logging.WARNING):
+        await harness.command("system one", user=BOB.id, channel="G7")
+        await until(lambda: len(harness.slack.responses) == 1, "the first answer")
+        await harness.command("system two", user=ALICE.id, channel="G8")
+        await until(lambda: len(harness.slack.responses) == 2, "the second answer")
+    assert all("Only channel managers" in r["text"] for r in harness.slack.responses)
+    assert harness.slack.refused_scopes == [("conversations.info", "mpim:read")] * 2
+    warnings = [r.getMessage() for r in caplog.records if "mpim:read" in r.getMessage()]
+    assert len(warnings) == 1 and "reinstall the app" in warnings[0] and "conversations.info" in warnings[0]
+
+
+def _mention_body(harness: Harness) -> str:
+    event = {
+        "type": "app_mention",
+        "user": ALICE.id,
+        "text": f"<@{BOT_USER}> hi",
+        "ts": "1.1",
+        "channel": "C1",
+    }
+    return json.dumps(harness.event(event))
+
+
+async def test_unsigned_requests_get_401_and_unparsable_signed_ones_400_without_a_traceback(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = _mention_body(harness)
+    now = int(time.time())
+    good = signed_headers(body, SECRET)
+    unsigned = {
+        "no signature": {},
+        "a timestamp that is not a number": {**good, "X-Slack-Request-Timestamp": "soon"},
+        "digits that are not ASCII": {**good, "X-Slack-Request-Timestamp": "١٧٠٠٠٠٠٠٠٠"},
+        "a stale timestamp": signed_headers(body, SECRET, timestamp=now - 600),
+        "a timestamp from the future": signed_headers(body, SECRET, timestamp=now + 600),
+        "the wrong secret": signed_headers(body, "not-the-secret"),
+        "a signature that is not ASCII": {**good, "X-Slack-Signature": "v0=é"},
+    }
+    unparsable: dict[str, tuple[str | bytes, str]] = {
+        "malformed JSON": ('{"type": "event_callback", "event": ', "application/json"),
+        "a JSON array": ("[1, 2, 3]", "application/json"),
+        "a JSON string": ('"event_callback"', "application/json"),
+        "a broken form payload": ("payload=%7B%22type%22%3A", "application/x-www-form-urlencoded"),
+        "a form payload that is an array": ("payload=%5B1%5D", "application/x-www-form-urlencoded"),
+        "bytes that are not UTF-8": (b"\xff\xfe{}", "application/json"),
+    }
+    statuses = {}
+    with caplog.at_level(logging.DEBUG):
+        for what, headers in unsigned.items():
+            sent = {"Content-Type": "application/json", **headers}
+            async with harness.http.post(harness.url, data=body, headers=sent) as response:
+                statuses[what] = response.status
+        for what, (raw, content_type) in unparsable.items():
+            sent = {"Content-Type": content_type, **signed_headers(raw, SECRET)}
+            async with harness.http.post(harness.url, data=raw, headers=sent) as response:
+                statuses[what] = response.status
+    assert statuses == {**dict.fromkeys(unsigned, 401), **dict.fromkeys(unparsable, 400)}
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert "Traceback" not in caplog.text
+    assert harness.llm.chat_requests() == [] and harness.slack.calls == []
+    assert await harness.mention("still answering") == 200  # and a good request still goes through
+
+
+async def test_an_unsigned_ssl_check_is_answered_and_nothing_else(harness: Harness) -> None:
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with harness.http.post(harness.url, data="ssl_check=1&token=x", headers=form) as response:
+        assert response.status == 200
+    async with harness.http.post(harness.url, data="ssl_check=1&command=%2Fparley", headers=form) as response:
+        assert response.status == 200  # answered as a check: the command is not run
+    assert harness.slack.calls == [] and harness.slack.responses == []
+
+
+async def test_past_the_stream_budget_replies_post_and_edit_rather_than_queue(harness: Harness) -> None:
+    count = START_CAPACITY + 4  # more replies in a minute than Slack allows chat.startStream calls
+    for index in range(count):  # each in a channel of its own: the budget at stake is the workspace's
+        assert await harness.mention(f"q{index}", channel=f"C{index}", ts=f"1700000100.{index:06d}") == 200
+
+    expected = {f"echo: Alice: q{index}" for index in range(count)}
+
+    def shown() -> set[str]:
+        return {m.text for m in harness.slack.replies() if not m.streaming}
+
+    await until(lambda: expected <= shown(), "every reply")
+    assert harness.slack.throttled == {}  # not one 429: nothing queued behind Slack's limits either
+    assert len(harness.slack.calls_to("chat.startStream")) == START_CAPACITY
+    posts = harness.slack.calls_to("chat.postMessage")
+    assert len(posts) == count - START_CAPACITY and all(p.args["thread_ts"] for p in posts)
+
+
+async def test_stream_text_over_12000_characters_goes_out_in_pieces(harness: Harness) -> None:
+    text = "A long answer, word after word. " * 600  # 19,200 characters in one chunk
+    harness.llm.enqueue(Script(tokens=[text]))
+    await harness.mention("write a lot")
+    await harness.finished_streams(1)
+    stream_calls = [c for c in harness.slack.calls if c.method.endswith("Stream")]
+    assert len(stream_calls) >= 3 and all(
+        len(harness.slack._streamed(c.args)) <= STREAM_TEXT_LIMIT for c in stream_calls
+    )
+    assert harness.slack.methods("chat.update", "chat.postMessage") == []  # the stream took it all
+    (reply,) = harness.slack.replies("C1")
+    assert reply.text == text
+
+
+async def test_in_a_slack_connect_channel_the_stream_goes_to_the_askers_team(harness: Harness) -> None:
+    await harness.mention("hello from next door", team="T2", user_team="T2")  # installed in T1
+    await harness.finished_streams(1)
+    start = harness.slack.calls_to("chat.startStream")[0].args
+    assert (start["recipient_user_id"], start["recipient_team_id"]) == (ALICE.id, "T2")
+
+
+async def test_the_thinking_status_stays_until_the_first_text(
+    slack: SlackAPI,
+    llm: LLMServer,
+    slack_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(adapters.slack.surface, "STATUS_REFRESH", 0.05)  # Slack's two minutes, shrunk
+    llm.enqueue(Script(tokens=["too late"], first_delay=30.0))
+    engine = await Engine.create(slack_settings(first_token_timeout=2.0))
+    app, listeners = build_app(engine, engine.settings)
+    runner = await start_http(app, SECRET, 0, host="127.0.0.1")
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events"
+            harness = Harness(slack, llm, engine, url, http)
+            await harness.mention("slow one")
+            await until(lambda: len(slack.calls_to("assistant.threads.setStatus")) >= 3, "a refreshed status")
+            assert slack.status("C1", "1700000001.000100") == "is thinking…"
+            await harness.finished_streams(1)
+    finally:
+        await runner.cleanup()
+        await listeners.finish(cancel=False)
+        await engine.aclose()
+    first_text = slack.methods().index("chat.startStream")
+    assert "assistant.threads.setStatus" not in slack.methods()[first_text:]
+    assert slack.status("C1", "1700000001.000100") == ""
+    assert slack.replies("C1")[0].text == "_openrouter took too long to answer; try again._"
+
+
+async def test_file_links_outside_slack_never_get_the_token(harness: Harness) -> None:
+    seen: list[str | None] = []
+
+    async def elsewhere(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return aiohttp.web.Response(text="the secret number is 42")
+
+    other = aiohttp.web.Application()
+    other.router.add_get("/{name}", elsewhere)
+    runner, port = await serve_app(other)
+    try:
+        files = [{"name": "lure.txt", "mimetype": "text/plain", "size": 23,
+                  "url_private_download": f"http://127.0.0.1:{port}/lure.txt"},
+                 {"name": "plain.txt", "mimetype": "text/plain", "size": 23,
+                  "url_private_download": "http://files.slack.com/files-pri/T1-F1/plain.txt"}]  # fmt: skip
+        await harness.mention("read these", files=files, subtype="file_share")
+        await harness.finished_streams(1)
+    finally:
+        await runner.cleanup()
+    assert seen == []  # not fetched at all, so the token went nowhere
+    reply = harness.slack.replies("C1")[0].text
+    assert "lure.txt was not read: its link does not point to Slack." in reply
+    assert "plain.txt was not read: its link does not point to Slack." in reply
+
+
+def test_the_token_goes_only_to_slack_file_hosts_over_https() -> None:
+    api = "https://slack.com/api/"
+    allowed = [
+        "https://files.slack.com/files-pri/T1-F1/notes.txt",
+        "https://files.slack.com:443/files-pri/T1-F1/notes.txt",
+        "https://FILES.SLACK.COM./files-pri/T1-F1/notes.txt",
+        "https://files.slack-gov.com/files-pri/T1-F1/notes.txt",
+    ]
+    refused = [
+        "http://files.slack.com/files-pri/T1-F1/notes.txt",
+        "https://files.slack.com.example.test/notes.txt",
+        "https://example.test/files.slack.com/notes.txt",
+        "https://notslack.com/notes.txt",
+        "https://user@files.slack.com/notes.txt",
+        "https://files.slack.com:8443/notes.txt",
+        "https://files.slack.com:port/notes.txt",
+        "file:///etc/passwd",
+        "",
+    ]
+    assert [url for url in allowed if not may_carry_token(url, api)] == []
+    assert [url for url in refused if may_carry_token(url, api)] == []
+    loopback = "http://127.0.0.1:8080/api/"  # SLACK_API_URL pointed at a gateway or a test Slack
+    assert may_carry_token("http://127.0.0.1:8080/files/a.txt", loopback)
+    assert not may_carry_token("http://127.0.0.1:9090/files/a.txt", loopback)
+
+
+async def test_an_envelope_acked_too_late_is_delivered_again_and_answered_once(
+    slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
+) -> None:
+    slack.socket_ack_timeout = 0.0  # every ack arrives after Slack stopped waiting for it
+    async with socket_mode_app(slack_settings):
+        await socket_mention(slack, "twice?", ts="1700000011.1", event_id="EvR")
+        await until(lambda: len(slack.socket_deliveries) == 4, "Slack's three redeliveries")
+        await until(lambda: len(slack.calls_to("chat.stopStream")) == 1, "the reply")
+        await until(lambda: len(slack.socket_acks) == 4, "every delivery acked")
+    assert [(d["retry_attempt"], d["retry_reason"]) for d in slack.socket_deliveries] == [
+        (0, ""),
+        (1, "timeout"),
+        (2, "timeout"),
+        (3, "timeout"),
+    ]
+    assert len(llm.chat_requests()) == 1 and len(slack.calls_to("chat.startStream")) == 1

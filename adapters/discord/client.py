@@ -10,6 +10,11 @@ import logging
 import discord
 from discord import app_commands
 
+from adapters.discord.interactions import (
+    AUTOCOMPLETE_WAIT,
+    CHOICE_LIMIT,
+    answer_command,
+)
 from adapters.discord.surface import NO_PINGS, InteractionSurface, MessageSurface
 from bot.config import Settings
 from bot.engine import Engine
@@ -64,12 +69,21 @@ class ParleyDiscord(discord.Client):
     async def setup_hook(self) -> None:
         if not self._sync_on_start:
             return
+        self.engine.catalog.refresh()  # so /model's autocomplete finds the model lists warm
         payload = json.dumps(
             [command.to_dict(self.tree) for command in self.tree.get_commands()], sort_keys=True
         )
         digest = hashlib.sha256(payload.encode()).hexdigest()
         if await self.engine.store.get_meta(COMMANDS_HASH) != digest:
-            await self.tree.sync()
+            try:
+                await self.tree.sync()
+            except discord.HTTPException as error:  # the bot still answers mentions; the next start retries
+                log.error(
+                    "Discord refused the slash commands (%s: %s); they were not updated",
+                    error.status,
+                    error.text,
+                )
+                return
             await self.engine.store.set_meta(COMMANDS_HASH, digest)
             log.info("slash commands changed; synced them globally")
 
@@ -86,12 +100,6 @@ class ParleyDiscord(discord.Client):
             self.application_id, permissions=PERMISSIONS, scopes=("bot", "applications.commands")
         )
         log.info("Discord: logged in as %s. Invite: %s", self.user, url)
-        flags = self.application_flags
-        if not (flags.gateway_message_content or flags.gateway_message_content_limited):
-            log.warning(
-                "Discord: the Message Content intent is off, so mentions arrive without their text. "
-                "Turn it on under Bot → Privileged Gateway Intents in the developer portal."
-            )
 
     async def on_message(self, message: discord.Message) -> None:
         if not await self._addressed(message):
@@ -166,44 +174,53 @@ def _register_commands(bot: ParleyDiscord) -> None:
         )
 
     async def run(interaction: discord.Interaction, line: str) -> None:
-        result = await engine.run_command(incoming(interaction, ""), line)
-        await interaction.response.send_message(
-            result.text[:2000], ephemeral=result.ephemeral, allowed_mentions=NO_PINGS
-        )
+        await answer_command(interaction, engine.run_command(incoming(interaction, ""), line))
 
     async def stream(interaction: discord.Interaction, text: str) -> None:
         await interaction.response.defer(thinking=True)
-        await engine.handle(
-            incoming(interaction, text), InteractionSurface(interaction, interaction.channel_id or 0)
-        )
+        # discord.py runs the command in a task of its own: count it among the replies closed at shutdown.
+        task = asyncio.current_task()
+        assert task is not None
+        bot._replies.add(task)
+        try:
+            surface = InteractionSurface(interaction, interaction.channel_id or 0)
+            await engine.handle(incoming(interaction, text), surface)
+        finally:
+            bot._replies.discard(task)
 
     @tree.command(name="ask", description="Ask Parley something here, with this channel's memory")
+    @app_commands.describe(prompt="What to ask")
     async def ask(interaction: discord.Interaction, prompt: str) -> None:
         await stream(interaction, prompt)
 
     @tree.command(name="web", description="Answer from fresh web results")
+    @app_commands.describe(query="What to search the web for")
     async def web(interaction: discord.Interaction, query: str) -> None:
         await stream(interaction, f"/web {query}")
 
     @tree.command(name="model", description="Show or switch this channel's model")
+    @app_commands.describe(name="PROVIDER/MODEL to switch to, or 'default'; empty shows the current one")
     async def model(interaction: discord.Interaction, name: str | None = None) -> None:
         await run(interaction, f"model {name}" if name else "model")
 
     @model.autocomplete("name")
     async def model_names(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         key = incoming(interaction, "").key
-        choices = await engine.model_choices(key, current, limit=25)
+        choices = await engine.model_choices(key, current, limit=25, wait=AUTOCOMPLETE_WAIT)
         active = (await engine.settings_for(key)).model
         return [
-            app_commands.Choice(name=f"{n} (current)"[:100] if n == active else n[:100], value=n)
+            app_commands.Choice(name=f"{n} (current)"[:CHOICE_LIMIT] if n == active else n, value=n)
             for n in choices
+            if len(n) <= CHOICE_LIMIT  # Discord refuses the whole answer over a longer one; type it instead
         ]
 
     @tree.command(name="models", description="List the models you can switch to")
+    @app_commands.describe(filter="Only models whose name contains this")
     async def models(interaction: discord.Interaction, filter: str | None = None) -> None:
         await run(interaction, f"models {filter or ''}")
 
     @tree.command(name="system", description="Show, set or clear (with 'clear') this channel's system prompt")
+    @app_commands.describe(text="The new system prompt, or 'clear'; empty shows the current one")
     async def system(interaction: discord.Interaction, text: str | None = None) -> None:
         await run(interaction, f"system {text or ''}")
 
@@ -212,11 +229,13 @@ def _register_commands(bot: ParleyDiscord) -> None:
         await run(interaction, "reset")
 
     @tree.command(name="search", description="Web search for this channel: off, on or auto")
+    @app_commands.describe(mode="off, on or auto; empty shows the current mode")
     @app_commands.choices(mode=[app_commands.Choice(name=m, value=m) for m in ("off", "on", "auto")])
     async def search(interaction: discord.Interaction, mode: str | None = None) -> None:
         await run(interaction, f"search {mode or ''}")
 
     @tree.command(name="autoreply", description="Answer every message in this channel, not only mentions")
+    @app_commands.describe(state="on or off; empty shows the current state")
     @app_commands.choices(state=[app_commands.Choice(name=s, value=s) for s in ("on", "off")])
     async def autoreply(interaction: discord.Interaction, state: str | None = None) -> None:
         await run(interaction, f"autoreply {state or ''}")

@@ -16,6 +16,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.commands import SlashCommands
 from adapters.slack.errors import error_code
+from adapters.slack.http import EVENTS_PATH, events_app
 from adapters.slack.listeners import Listeners
 from adapters.slack.people import People
 from bot.config import Settings, SetupError
@@ -29,7 +30,6 @@ bolt_log = logging.getLogger("adapters.slack.bolt")
 # (which carries the same token, the API URL and the 429 handler) at every start: noise, not news.
 bolt_log.addFilter(lambda record: "`token` will be unused" not in record.getMessage())
 
-EVENTS_PATH = "/slack/events"
 RATE_LIMIT_RETRIES = 5
 
 
@@ -56,9 +56,9 @@ def build_app(engine: Engine, settings: Settings) -> tuple[AsyncApp, Listeners]:
     return app, listeners
 
 
-async def start_http(app: AsyncApp, port: int, host: str = "0.0.0.0") -> web.AppRunner:
+async def start_http(app: AsyncApp, signing_secret: str, port: int, host: str = "0.0.0.0") -> web.AppRunner:
     """Serve events, slash commands and interactivity at /slack/events; the caller cleans the runner up."""
-    runner = web.AppRunner(app.web_app(path=EVENTS_PATH, port=port), access_log=None)
+    runner = web.AppRunner(events_app(app, signing_secret), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
@@ -80,8 +80,9 @@ async def serve(engine: Engine, settings: Settings) -> None:
             await listeners.finish(cancel=True)
             await handler.close_async()
         return
+    assert settings.slack_signing_secret is not None
     try:
-        runner = await start_http(app, settings.port)
+        runner = await start_http(app, settings.slack_signing_secret.get_secret_value(), settings.port)
     except OSError as error:
         raise SetupError(f"could not serve Slack events on port {settings.port} ({error.strerror})") from None
     log.info("Slack events served at %s on port %d", EVENTS_PATH, settings.port)

@@ -80,7 +80,13 @@ class SlashCommands:
         key = ConversationKey("slack", channel, thread_ts)
         message = Message(key=key, author=author, text=f"/web {query}", id=thread_ts)
         team_id = context.team_id or command.get("team_id") or ""
-        await self.listeners.reply(message, context.client, team_id=team_id, thread_ts=thread_ts)
+        await self.listeners.reply(
+            message,
+            context.client,
+            team_id=team_id,
+            recipient_team_id=command.get("team_id") or team_id,  # the caller's team
+            thread_ts=thread_ts,
+        )
 
     async def on_pick(
         self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond

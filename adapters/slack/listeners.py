@@ -99,10 +99,13 @@ class Listeners:
         except Exception:
             log.exception("could not read a Slack message in %s", channel)
             return
+        team_id = context.team_id or event.get("team") or ""
         await self.reply(
             message,
             context.client,
-            team_id=context.team_id or event.get("team") or "",
+            team_id=team_id,
+            # In a Slack Connect channel the asker belongs to another team than the installing one.
+            recipient_team_id=event.get("user_team") or event.get("team") or team_id,
             thread_ts=thread_ts,
             followed=event.get("channel_type") != "im",
         )
@@ -114,10 +117,11 @@ class Listeners:
         *,
         team_id: str,
         thread_ts: str | None,
+        recipient_team_id: str | None = None,
         followed: bool = True,
     ) -> None:
         """Stream the engine's answer into `thread_ts` (or the channel); `followed` threads are answered
-        again without a mention."""
+        again without a mention. `team_id` is the installing workspace, `recipient_team_id` the asker's."""
         channel = message.key.channel_id
         if thread_ts and followed:
             await self.engine.store.set_meta(_thread_mark(channel, thread_ts), "1")
@@ -127,8 +131,11 @@ class Listeners:
             thread_ts=thread_ts,
             team_id=team_id,
             user_id=message.author.id,
+            recipient_team_id=recipient_team_id,
             min_interval=self.settings.slack_render_interval,
             streamless_teams=self.streamless_teams,
+            room=self.engine.pacer.has_room,
+            clock=self.engine.clock,
         )
         task = asyncio.current_task()
         assert task is not None
@@ -137,6 +144,7 @@ class Listeners:
             await self.engine.handle(message, surface)
         finally:
             self.in_flight.discard(task)
+            await surface.close()
 
     async def _message(
         self, event: dict[str, Any], context: AsyncBoltContext, *, thread_ts: str | None
@@ -152,7 +160,9 @@ class Listeners:
             author=author,
             text=text,
             id=event["ts"],
-            attachments=await download_files(files, self.token) if files else (),
+            attachments=(
+                await download_files(files, self.token, self.settings.slack_api_url) if files else ()
+            ),
             is_direct=event.get("channel_type") == "im",
             created_at=float(event["ts"]),
         )

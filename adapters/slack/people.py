@@ -5,13 +5,17 @@ Answers are kept for a few minutes, so a busy channel costs a lookup per person,
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.slack.errors import error_code
+
 CACHE_SECONDS = 300.0
+log = logging.getLogger(__name__)
 
 
 class People:
@@ -19,6 +23,7 @@ class People:
         self._client = client
         self._users: dict[str, tuple[float, dict[str, Any]]] = {}
         self._creators: dict[str, tuple[float, str]] = {}
+        self._missing_scopes: set[str] = set()  # said once each, not at every lookup
 
     async def _user(self, user_id: str) -> dict[str, Any]:
         cached = self._users.get(user_id)
@@ -26,7 +31,8 @@ class People:
             return cached[1]
         try:
             user = dict((await self._client.users_info(user=user_id)).get("user") or {})
-        except SlackApiError:
+        except SlackApiError as error:
+            self._note_missing_scope(error)
             user = {}
         self._users[user_id] = (time.monotonic() + CACHE_SECONDS, user)
         return user
@@ -52,7 +58,22 @@ class People:
         try:
             info = await self._client.conversations_info(channel=channel)
             creator = str((info.get("channel") or {}).get("creator") or "")
-        except SlackApiError:
+        except SlackApiError as error:
+            self._note_missing_scope(error)
             creator = ""
         self._creators[channel] = (time.monotonic() + CACHE_SECONDS, creator)
         return creator == user_id
+
+    def _note_missing_scope(self, error: SlackApiError) -> None:
+        """A scope the app was installed without is the operator's to fix: say which, once."""
+        if error_code(error) != "missing_scope" or error.response is None:
+            return
+        needed = str(error.response.get("needed") or "a scope")
+        if needed not in self._missing_scopes:
+            self._missing_scopes.add(needed)
+            log.warning(
+                "Slack refused %s: the app lacks the %s scope; add it to the app (the manifest has it) "
+                "and reinstall the app to the workspace",
+                error.response.api_url.rsplit("/", 1)[-1],
+                needed,
+            )

@@ -1,13 +1,15 @@
 """One Slack reply: a status while waiting, Slack's native text stream, and chat.update pages as fallback.
 
-The engine paces renders from `budget`; this class only turns each render into the fewest Web API calls.
-`render` returns the calls the budget covers: stream methods on the stream path, chat.update on the
-message path (chat.postMessage is limited per channel, separately).
+The engine paces renders from `budget`, which names the Web API method behind every request of the next
+render: Slack limits each method on its own, per workspace (chat.postMessage per channel). A reply that
+would have to wait for a stream slot posts and edits a message instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from slack_sdk.errors import SlackApiError
@@ -23,18 +25,42 @@ from adapters.slack.mrkdwn import (
     stable_length,
     to_mrkdwn,
 )
-from bot.models import RenderBudget
+from bot.models import RateLimit, RenderBudget
+from bot.streaming import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
 # chat.update answers msg_too_long near 4,000 characters: each page stays under this.
 PAGE_LIMIT = 3800
+# chat.startStream, chat.appendStream and chat.stopStream take at most 12,000 characters a call.
+STREAM_TEXT_LIMIT = 12_000
 STATUS = "is thinking…"
-STREAM_CAPACITY = 90  # chat.appendStream is Tier 4 (100+ per minute per workspace)
-UPDATE_CAPACITY = 45  # chat.update is Tier 3 (about 50 per minute per workspace)
+# Slack removes a thread status after two minutes without a message; it is set again well before that.
+STATUS_REFRESH = 60.0
+# Calls a minute per workspace, a little under Slack's tiers for each method.
+START_CAPACITY = 18  # chat.startStream, Tier 2 (20+)
+STOP_CAPACITY = 18  # chat.stopStream, Tier 2 (20+)
+APPEND_CAPACITY = 90  # chat.appendStream, Tier 4 (100+)
+UPDATE_CAPACITY = 45  # chat.update, Tier 3 (50+)
 # Stream errors that hold for the whole workspace (not one channel or one message): later replies there
 # start on the message path at once, with its budget.
 WORKSPACE_STREAM_ERRORS = {"not_allowed_token_type", "unknown_method", "missing_scope", "feature_not_enabled"}
+
+
+def method_limit(team_id: str, method: str) -> RateLimit:
+    """Slack's per-workspace budget for one of the methods a reply uses."""
+    capacity = {
+        "chat.startStream": START_CAPACITY,
+        "chat.stopStream": STOP_CAPACITY,
+        "chat.appendStream": APPEND_CAPACITY,
+        "chat.update": UPDATE_CAPACITY,
+    }[method]
+    return RateLimit(f"slack:{team_id}:{method}", capacity, 60.0)
+
+
+def post_limit(team_id: str, channel: str) -> RateLimit:
+    """chat.postMessage: about one message a second per channel."""
+    return RateLimit(f"slack:{team_id}:chat.postMessage:{channel}", 1, 1.0)
 
 
 @dataclass(slots=True)
@@ -45,7 +71,11 @@ class _Page:
 
 
 class SlackSurface:
-    """Streams into `thread_ts` when there is one; a top-level reply (a DM) uses the message path."""
+    """Streams into `thread_ts` when there is one; a top-level reply (a DM) uses the message path.
+
+    `team_id` is the workspace the app is installed in, whose budgets the reply draws on;
+    `recipient_team_id` is the asker's own team, which differs in Slack Connect channels. `room` says
+    whether requests would fit their budgets now (the engine's `Pacer.has_room`)."""
 
     def __init__(
         self,
@@ -55,26 +85,66 @@ class SlackSurface:
         thread_ts: str | None,
         team_id: str,
         user_id: str,
+        recipient_team_id: str | None = None,
         min_interval: float = 1.0,
         streamless_teams: set[str] | None = None,
+        room: Callable[[Iterable[RateLimit]], bool] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._client = client
         self._channel = channel
         self._thread_ts = thread_ts
         self._team_id = team_id
         self._user_id = user_id
+        self._recipient_team_id = recipient_team_id or team_id
         self._min_interval = min_interval
+        self._room = room or (lambda limits: True)
+        self._clock = clock or SystemClock()
         self._stream: AsyncChatStream | None = None
         self._streamless_teams = streamless_teams if streamless_teams is not None else set()
-        self._streaming = thread_ts is not None and team_id not in self._streamless_teams
+        self._streaming = thread_ts is not None
+        self._path_chosen = False
         self._sent = ""  # neutralized text the stream has carried so far
         self._pages: list[_Page] = []
+        self._status_task: asyncio.Task[None] | None = None
+        self._spent: list[RateLimit] = []  # the budget of every request the current render made
 
     @property
     def budget(self) -> RenderBudget:
+        """What the next render costs; the pacer reads it before every render, and the first read
+        chooses between the stream and the message path."""
+        self._choose_path()
+        interval = self._min_interval
         if self._streaming:
-            return RenderBudget(self._min_interval, f"slack-stream:{self._team_id}", STREAM_CAPACITY, 60.0)
-        return RenderBudget(self._min_interval, f"slack:{self._team_id}", UPDATE_CAPACITY, 60.0)
+            start, stop = (method_limit(self._team_id, m) for m in ("chat.startStream", "chat.stopStream"))
+            if self._stream is None or self._stream.ts is None:
+                return RenderBudget(interval, edit=(start,), final=(start, stop), owed=(stop,))
+            append = method_limit(self._team_id, "chat.appendStream")
+            return RenderBudget(interval, edit=(append,), final=(stop,))
+        update = (method_limit(self._team_id, "chat.update"),)
+        post = (post_limit(self._team_id, self._channel),)
+        if not self._pages or self._pages[-1].ts is None:  # the first page, or the next, is to be posted
+            return RenderBudget(interval, edit=post, final=post, owed=update)
+        # However far the final text runs past the last one shown, it may need a new page: its post
+        # slot is reserved, and given back at once when the text fits.
+        return RenderBudget(interval, edit=update, final=update + post, owed=update)
+
+    def _choose_path(self) -> None:
+        """Before the first render: stream only if the start and stop budgets have room for this reply
+        beside every stream under way, else post and edit a message rather than queue."""
+        if self._path_chosen:
+            return
+        self._path_chosen = True
+        if self._team_id in self._streamless_teams:  # learned by another reply, maybe since this one began
+            self._streaming = False
+        if not self._streaming:
+            return
+        limits = [method_limit(self._team_id, m) for m in ("chat.startStream", "chat.stopStream")]
+        if not self._room(limits):
+            log.debug(
+                "stream budget of %s spent; replying in %s by chat.update", self._team_id, self._channel
+            )
+            self._streaming = False
 
     @property
     def message_ts(self) -> list[str]:
@@ -84,29 +154,64 @@ class SlackSurface:
         return [self._stream.ts] if self._stream and self._stream.ts else []
 
     async def start(self) -> None:
+        """Show the thread's status, and keep it shown until the first text: Slack drops it after two
+        minutes, and a slow provider can take longer than that."""
         if self._thread_ts is None:
             return
+        if await self._set_status(STATUS):
+            self._status_task = asyncio.create_task(self._keep_status())
+
+    async def _keep_status(self) -> None:
+        while True:
+            await self._clock.sleep(STATUS_REFRESH)
+            if not await self._set_status(STATUS):
+                return
+
+    async def _set_status(self, status: str) -> bool:
+        assert self._thread_ts is not None
         try:
             await self._client.assistant_threads_setStatus(
-                channel_id=self._channel, thread_ts=self._thread_ts, status=STATUS
+                channel_id=self._channel, thread_ts=self._thread_ts, status=status
             )
         except Exception as error:  # a workspace or channel without assistant status: no indicator
             log.debug("no thinking status in %s: %s", self._channel, error)
+            return False
+        return True
 
-    async def render(self, text: str, *, final: bool) -> int:
-        shown = neutralize(text if final else text[: stable_length(text)])
-        if self._streaming:
-            calls, done = await self._render_stream(plain_destinations(shown), final)
-            if done:
-                return calls
-            return calls + await self._render_pages(shown, final)
-        return await self._render_pages(shown, final)
+    async def close(self) -> None:
+        """Stop keeping the status alive, if the reply ended without a render (it was cancelled)."""
+        await self._stop_status()
 
-    async def _render_stream(self, shown: str, final: bool) -> tuple[int, bool]:
-        """Send the new suffix to the stream. Returns calls made and whether the stream took the text."""
+    async def _stop_status(self) -> None:
+        if self._status_task is not None:
+            self._status_task.cancel()
+            await asyncio.gather(self._status_task, return_exceptions=True)
+            self._status_task = None
+
+    async def render(self, text: str, *, final: bool) -> list[RateLimit]:
+        await self._stop_status()  # the text replaces the status, which Slack clears itself
+        self._spent = []
+        try:
+            shown = neutralize(text if final else text[: stable_length(text)])
+            if not self._streaming or not await self._render_stream(plain_destinations(shown), final):
+                await self._render_pages(shown, final)
+        except Exception:
+            if final and self._thread_ts is not None and not self.message_ts:
+                await self._set_status("")  # nothing was posted that would clear it
+            raise
+        return self._spent
+
+    def _spend(self, method: str) -> None:
+        if method == "chat.postMessage":
+            self._spent.append(post_limit(self._team_id, self._channel))
+        else:
+            self._spent.append(method_limit(self._team_id, method))
+
+    async def _render_stream(self, shown: str, final: bool) -> bool:
+        """Send the new suffix to the stream. Returns whether the stream took the text."""
         suffix = shown[len(self._sent) :] if shown.startswith(self._sent) else ""
         if not suffix and not final:
-            return 0, True
+            return True
         if self._stream is None:
             assert self._thread_ts is not None
             # buffer_size=1: every append goes out at once, because the engine already paces renders.
@@ -114,48 +219,66 @@ class SlackSurface:
                 buffer_size=1,
                 channel=self._channel,
                 thread_ts=self._thread_ts,
-                recipient_team_id=self._team_id,
+                recipient_team_id=self._recipient_team_id,
                 recipient_user_id=self._user_id,
             )
-        started = self._stream.ts is not None
+        pieces = [suffix[i : i + STREAM_TEXT_LIMIT] for i in range(0, len(suffix), STREAM_TEXT_LIMIT)]
+        last = pieces.pop() if final and pieces else ""
         try:
+            for piece in pieces:
+                self._spend("chat.startStream" if self._stream.ts is None else "chat.appendStream")
+                await self._stream.append(markdown_text=piece)
+                self._sent += piece
             if final:
-                await self._stream.stop(markdown_text=suffix)
-            else:
-                await self._stream.append(markdown_text=suffix)
+                started = self._stream.ts is not None
+                try:
+                    await self._stream.stop(markdown_text=last)  # starts the stream first if need be
+                finally:
+                    if not started:
+                        self._spend("chat.startStream")
+                    if self._stream.ts is not None:
+                        self._spend("chat.stopStream")
+                self._sent += last
         except SlackApiError as error:
-            log.info(
-                "Slack stream in %s unavailable (%s); using chat.update", self._channel, error_code(error)
-            )
-            self._streaming = False
-            if error_code(error) in WORKSPACE_STREAM_ERRORS:
-                self._streamless_teams.add(self._team_id)
-            if self._stream.ts:
-                self._pages = [_Page(0, self._stream.ts, to_mrkdwn(self._sent))]
-            return (1 if started else 1 + int(final and self._stream.ts is not None)), False
-        self._sent = shown
-        return (1 if started else 1 + int(final)), True
+            self._leave_stream(error)
+            return False
+        return True
 
-    async def _render_pages(self, shown: str, final: bool) -> int:
+    def _leave_stream(self, error: SlackApiError) -> None:
+        """Continue on the message path: by chat.update on the stream's message, if it has one."""
+        assert self._stream is not None
+        log.info("Slack stream in %s unavailable (%s); using chat.update", self._channel, error_code(error))
+        self._streaming = False
+        if error_code(error) in WORKSPACE_STREAM_ERRORS:
+            self._streamless_teams.add(self._team_id)
+        if self._stream.ts:
+            self._pages = [_Page(0, self._stream.ts, to_mrkdwn(self._sent))]
+
+    async def _render_pages(self, shown: str, final: bool) -> None:
+        """Fill the last page; a text that outgrows it continues on a new page, which an intermediate
+        render leaves to the next render to post, so the post waits for the channel's budget."""
         if not shown:
-            return 0
+            return
         if not self._pages:
             self._pages.append(_Page(0))
-        calls = 0
         while True:
             page = self._pages[-1]
             body = to_mrkdwn(page_markdown(shown, page.start, len(shown)))
             if len(body) <= PAGE_LIMIT:
-                return calls + await self._write(page, body)
+                await self._write(page, body)
+                return
             cut = cut_point(shown, page.start, PAGE_LIMIT)
-            calls += await self._write(page, to_mrkdwn(page_markdown(shown, page.start, cut)))
+            await self._write(page, to_mrkdwn(page_markdown(shown, page.start, cut)))
             self._pages.append(_Page(cut))
+            if not final:
+                return
 
-    async def _write(self, page: _Page, body: str) -> int:
-        """Post or update one page; returns the chat.update calls made, the requests the budget counts."""
+    async def _write(self, page: _Page, body: str) -> None:
+        """Post or update one page."""
         if page.ts is not None and body == page.shown:
-            return 0
+            return
         if page.ts is None:
+            self._spend("chat.postMessage")
             response = await self._client.chat_postMessage(
                 channel=self._channel,
                 thread_ts=self._thread_ts,
@@ -164,8 +287,7 @@ class SlackSurface:
                 unfurl_media=False,
             )
             page.ts = str(response["ts"])
-            page.shown = body
-            return 0  # chat.postMessage has a limit of its own, per channel, not chat.update's
-        await self._client.chat_update(channel=self._channel, ts=page.ts, text=body)
+        else:
+            self._spend("chat.update")
+            await self._client.chat_update(channel=self._channel, ts=page.ts, text=body)
         page.shown = body
-        return 1

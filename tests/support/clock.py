@@ -16,6 +16,11 @@ class FakeClock:
     def now(self) -> float:
         return self.t
 
+    @property
+    def sleepers(self) -> int:
+        """Tasks asleep on this clock now."""
+        return sum(1 for _, _, future in self._sleepers if not future.done())
+
     async def sleep(self, seconds: float) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self.t + max(seconds, 0.0), next(self._seq), future))

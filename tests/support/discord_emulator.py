@@ -7,23 +7,42 @@
         await discord_api.ready.wait()
         await discord_api.send_message(CHANNEL, "<@BOT> hello", author=ALICE)
 
+It refuses what Discord refuses (checked against Discord's API docs and OpenAPI spec):
+
+- the gateway closes with 4014 when IDENTIFY asks for a privileged intent the application lacks;
+- message sends and edits, in channels and through interaction webhooks, over 2,000 characters (50035)
+  or empty (50006); edits of a message that is not there or not the bot's;
+- command registrations with bad names, descriptions, option order, or more than 25 options or choices,
+  and autocomplete answers with more than 25 choices or a choice name or value over 100 characters;
+- an interaction answered after 3 seconds (10062) or twice (40060); its token after 15 minutes (50027);
+- more than 5 requests per 5 s in one bucket, answering 429 with `Via`, `Retry-After` and a JSON
+  `retry_after`. Buckets are per route and top-level resource, as Discord's are: message creates and
+  edits per channel, webhook executes and edits per interaction token. Every limited response carries
+  `X-RateLimit-*` headers.
+
 With `token=`, REST calls without `Authorization: Bot TOKEN` get Discord's 401, as a bad token does.
-Every REST call is recorded (`calls`), sends and edits per channel are timestamped so a test can check a
-rate budget, and `fail_next(method, path_fragment, status)` injects one error (429 carries `Via` and a
-JSON `retry_after`, as Discord's do).
+Every REST call is recorded (`calls`, with the status it got), and `fail_next(method, path_fragment,
+status)` injects one error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import itertools
 import json
+import math
+import re
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from adapters.discord import serve
+from bot.engine import Engine
 from tests.support.loopback import serve_app
 
 BOT_ID = 100_000_000_000_000_000 + 900
@@ -31,14 +50,62 @@ APP_ID = 100_000_000_000_000_000 + 901
 GUILD_ID = 100_000_000_000_000_000 + 100
 GENERAL = 100_000_000_000_000_000 + 200
 RANDOM = 100_000_000_000_000_000 + 201
-THREAD = 100_000_000_000_000_000 + 210
+THREAD = 100_000_000_000_000_000 + 210  # a thread under GENERAL
 DM_CHANNEL = 100_000_000_000_000_000 + 300
 ALICE = {"id": str(100_000_000_000_000_000 + 1001), "username": "alice", "global_name": "Alice"}
 BOB = {"id": str(100_000_000_000_000_000 + 1002), "username": "bob", "global_name": "Bob"}
 MANAGER_ROLE = 100_000_000_000_000_000 + 500
+
+# Permission bits
 MANAGE_CHANNELS = 1 << 4
-# Message content intent granted (limited, as for an unverified bot).
-MESSAGE_CONTENT_LIMITED = 1 << 19
+ADMINISTRATOR = 1 << 3
+VIEW_CHANNEL = 1 << 10
+SEND_MESSAGES = 1 << 11
+READ_MESSAGE_HISTORY = 1 << 16
+ALL_PERMISSIONS = (1 << 53) - 1
+
+# Application flags and the privileged gateway intents they allow (each: the full and the limited flag).
+GATEWAY_MESSAGE_CONTENT_LIMITED = 1 << 19
+MESSAGE_CONTENT_LIMITED = GATEWAY_MESSAGE_CONTENT_LIMITED  # granted, as for an unverified bot
+PRIVILEGED_INTENTS = {
+    1 << 1: (1 << 14) | (1 << 15),  # GUILD_MEMBERS: GATEWAY_GUILD_MEMBERS(_LIMITED)
+    1 << 8: (1 << 12) | (1 << 13),  # GUILD_PRESENCES: GATEWAY_PRESENCE(_LIMITED)
+    1 << 15: (1 << 18) | (1 << 19),  # MESSAGE_CONTENT: GATEWAY_MESSAGE_CONTENT(_LIMITED)
+}
+
+MESSAGE_LIMIT = 2000
+EPHEMERAL = 1 << 6
+LOADING = 1 << 7
+INITIAL_RESPONSE_SECONDS = 3.0
+TOKEN_SECONDS = 15 * 60.0
+# Requests per window in each bucket. Discord does not document these; they are what its headers report
+# for message writes, and what Parley is built to stay within.
+RATE_LIMITS: dict[str, tuple[int, float]] = {
+    "create": (5, 5.0),  # POST /channels/{channel}/messages
+    "edit": (5, 5.0),  # PATCH /channels/{channel}/messages/{message}
+    "webhook-create": (5, 5.0),  # POST /webhooks/{application}/{token}
+    "webhook-edit": (5, 5.0),  # PATCH /webhooks/{application}/{token}/messages/{message}
+}
+
+Handler = Callable[[re.Match[str], Any], Awaitable[web.Response]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One REST route, matched against the path after /api/v10.
+
+    A rate-limited route names its `bucket` and which group of the path holds the bucket's top-level
+    resource (a channel, or an interaction webhook's token)."""
+
+    method: str
+    path: str
+    handler: Handler
+    bucket: str | None = None
+    resource: int = 1
+    pattern: re.Pattern[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pattern", re.compile(self.path))
 
 
 def _user(data: dict[str, Any], bot: bool = False) -> dict[str, Any]:
@@ -48,12 +115,18 @@ def _user(data: dict[str, Any], bot: bool = False) -> dict[str, Any]:
 BOT_USER = _user({"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}, bot=True)
 
 
+def overwrite(target: int | str, *, allow: int = 0, deny: int = 0, member: bool = False) -> dict[str, Any]:
+    """A channel permission overwrite for a role (or, with `member`, one person)."""
+    return {"id": str(target), "type": 1 if member else 0, "allow": str(allow), "deny": str(deny)}
+
+
 @dataclass
 class Call:
     method: str
     path: str
     json: Any
     at: float
+    status: int = 0  # what the emulator answered
 
 
 @dataclass
@@ -65,10 +138,33 @@ class Fault:
 
 
 @dataclass
+class Interaction:
+    """One interaction as Discord tracks it: who may still answer it, and how."""
+
+    id: str
+    token: str
+    channel: str
+    autocomplete: bool
+    created: float
+    response: int | None = None  # the callback type it was answered with
+    original: str | None = None  # the original response's message id
+    original_done: bool = False  # sent or edited with content: follow-ups then create new messages
+    followups: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Window:
+    start: float
+    count: int = 0
+
+
+@dataclass
 class _State:
     calls: list[Call] = field(default_factory=list)
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
+    interactions: dict[str, Interaction] = field(default_factory=dict)
+    incoming: set[str] = field(default_factory=set)  # ids of messages users sent
 
 
 class DiscordEmulator:
@@ -76,7 +172,9 @@ class DiscordEmulator:
         self,
         *,
         message_content: bool = True,
-        bucket: tuple[int, float] | None = None,
+        limits: dict[str, tuple[int, float]] | None = None,
+        initial_response_seconds: float = INITIAL_RESPONSE_SECONDS,
+        token_seconds: float = TOKEN_SECONDS,
         token: str | None = None,
     ) -> None:
         self.state = _State()
@@ -84,13 +182,18 @@ class DiscordEmulator:
         self.token = token
         self.ready = asyncio.Event()
         self.app_flags = MESSAGE_CONTENT_LIMITED if message_content else 0
-        # With `bucket=(requests, seconds)`, message sends and edits beyond it per channel get a 429.
-        self.bucket = bucket
+        self.limits = dict(RATE_LIMITS if limits is None else limits)
+        self.initial_response_seconds = initial_response_seconds
+        self.token_seconds = token_seconds
+        self.overwrites: dict[int, list[dict[str, Any]]] = {}
         self.rate_limited = 0
+        self.closed_with: list[int] = []  # gateway close codes sent
+        self._windows: dict[tuple[str, str], _Window] = {}
         self._ids = itertools.count(100_000_000_000_000_000 + 10_000)
         self._sequence = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
         self._runner: web.AppRunner | None = None
+        self._routes = self._route_table()
         self.files: dict[str, bytes] = {}
         self.port = 0
 
@@ -109,15 +212,28 @@ class DiscordEmulator:
         return self.state.calls
 
     def messages_in(self, channel: int) -> list[dict[str, Any]]:
+        """The bot's messages in a channel, interaction responses included, oldest first."""
         return [m for m in self.state.messages.values() if m["channel_id"] == str(channel)]
 
     def writes(self, channel: int) -> list[Call]:
-        """Sends and edits of messages in one channel: what Discord's per-channel bucket counts."""
+        """Sends and edits of messages in one channel that Discord accepted."""
         prefix = f"/api/v10/channels/{channel}/messages"
-        return [c for c in self.calls if c.path.startswith(prefix) and c.method in ("POST", "PATCH")]
+        return [
+            c
+            for c in self.calls
+            if c.path.startswith(prefix) and c.method in ("POST", "PATCH") and c.status < 300
+        ]
 
     def fail_next(self, method: str, fragment: str, status: int, retry_after: float = 0.3) -> None:
         self.state.faults.append(Fault(method, fragment, status, retry_after))
+
+    def interaction_responses(self, interaction_id: str) -> list[Call]:
+        token = f"token-{interaction_id}"
+        return [c for c in self.calls if interaction_id in c.path or token in c.path]
+
+    def original_response(self, interaction_id: str) -> dict[str, Any] | None:
+        original = self.state.interactions[interaction_id].original
+        return self.state.messages[original] if original else None
 
     # What tests do
 
@@ -133,8 +249,10 @@ class DiscordEmulator:
         attachments: list[dict[str, Any]] | None = None,
         bot: bool = False,
         message_type: int = 0,
+        roles: list[int] | None = None,
     ) -> str:
         message_id = str(next(self._ids))
+        self.state.incoming.add(message_id)
         data: dict[str, Any] = {
             "id": message_id,
             "channel_id": str(channel),
@@ -154,7 +272,7 @@ class DiscordEmulator:
         }
         if guild:
             data["guild_id"] = str(GUILD_ID)
-            data["member"] = self._member(author)
+            data["member"] = self._member(author, roles)
         if referenced is not None:
             data["message_reference"] = {"message_id": referenced["id"], "channel_id": str(channel)}
             data["referenced_message"] = referenced
@@ -170,8 +288,12 @@ class DiscordEmulator:
         user: dict[str, Any] = ALICE,
         autocomplete: bool = False,
         manager: bool = False,
+        roles: list[int] | None = None,
     ) -> str:
+        """Dispatch a slash command (or an autocomplete request); its 3 seconds start now."""
         interaction_id = str(next(self._ids))
+        roles = roles if roles is not None else ([MANAGER_ROLE] if manager else [])
+        member = self._member(user, roles)
         data = {
             "id": interaction_id,
             "application_id": str(APP_ID),
@@ -184,9 +306,11 @@ class DiscordEmulator:
                 "id": str(channel),
                 "type": 11 if channel == THREAD else 0,
                 "guild_id": str(GUILD_ID),
+                **({"parent_id": str(GENERAL)} if channel == THREAD else {}),
             },
-            "member": {**self._member(user, manager), "permissions": str(MANAGE_CHANNELS if manager else 0)},
-            "app_permissions": str((1 << 53) - 1),
+            # Discord sends the member's permissions in this channel, overwrites applied.
+            "member": {**member, "permissions": str(self.permissions(user["id"], roles, channel))},
+            "app_permissions": str(ALL_PERMISSIONS),
             "locale": "en-US",
             "guild_locale": "en-US",
             "entitlements": [],
@@ -195,119 +319,52 @@ class DiscordEmulator:
             "attachment_size_limit": 10_485_760,
             "data": {"id": str(800_000 + sum(map(ord, name))), "name": name, "type": 1, "options": options},
         }
+        self.state.interactions[interaction_id] = Interaction(
+            interaction_id, data["token"], str(channel), autocomplete, time.monotonic()
+        )
         await self.dispatch("INTERACTION_CREATE", data)
         return interaction_id
 
-    def interaction_responses(self, interaction_id: str) -> list[Call]:
-        token = f"token-{interaction_id}"
-        return [c for c in self.calls if interaction_id in c.path or token in c.path]
+    async def delete_message(self, channel: int, message_id: str) -> None:
+        """Someone deletes their message, as MESSAGE_DELETE tells the client."""
+        self.state.incoming.discard(message_id)
+        data = {"id": message_id, "channel_id": str(channel), "guild_id": str(GUILD_ID)}
+        await self.dispatch("MESSAGE_DELETE", data)
+
+    async def set_overwrites(self, channel: int, overwrites: list[dict[str, Any]]) -> None:
+        """Change a channel's permission overwrites, telling connected clients as Discord does."""
+        self.overwrites[channel] = overwrites
+        await self.dispatch("CHANNEL_UPDATE", self._text_channel(channel))
+
+    def permissions(self, user_id: str, roles: list[int], channel: int) -> int:
+        """A member's permissions in a channel (a thread takes its parent's), as Discord computes them."""
+        by_role = {int(role["id"]): int(role["permissions"]) for role in self._roles()}
+        base = by_role[GUILD_ID]
+        for role in roles:
+            base |= by_role.get(role, 0)
+        if base & ADMINISTRATOR:
+            return ALL_PERMISSIONS
+        found = {o["id"]: o for o in self.overwrites.get(GENERAL if channel == THREAD else channel, [])}
+
+        def apply(permissions: int, allow: int, deny: int) -> int:
+            return (permissions & ~deny) | allow
+
+        if everyone := found.get(str(GUILD_ID)):
+            base = apply(base, int(everyone["allow"]), int(everyone["deny"]))
+        role_overwrites = [found[str(role)] for role in roles if str(role) in found]
+        allow = deny = 0
+        for role_overwrite in role_overwrites:
+            allow |= int(role_overwrite["allow"])
+            deny |= int(role_overwrite["deny"])
+        base = apply(base, allow, deny)
+        if personal := found.get(user_id):
+            base = apply(base, int(personal["allow"]), int(personal["deny"]))
+        return base
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
         payload = json.dumps({"op": 0, "t": event, "s": next(self._sequence), "d": data})
         for socket in self._sockets:
             await socket.send_str(payload)
-
-    # The server
-
-    async def __aenter__(self) -> DiscordEmulator:
-        app = web.Application()
-        app.router.add_get("/gateway", self._gateway)
-        app.router.add_get("/attachments/{name}", self._attachment)
-        app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
-        self._runner, self.port = await serve_app(app)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for socket in self._sockets:
-            await socket.close()
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    def _member(self, user: dict[str, Any], manager: bool = False) -> dict[str, Any]:
-        roles = [str(MANAGER_ROLE)] if manager else []
-        return {
-            "user": _user(user),
-            "roles": roles,
-            "joined_at": "2026-01-01T00:00:00+00:00",
-            "deaf": False,
-            "mute": False,
-            "flags": 0,
-            "nick": None,
-        }
-
-    def _guild(self) -> dict[str, Any]:
-        def text_channel(channel_id: int, name: str) -> dict[str, Any]:
-            return {
-                "id": str(channel_id),
-                "type": 0,
-                "name": name,
-                "position": channel_id,
-                "guild_id": str(GUILD_ID),
-                "permission_overwrites": [],
-                "nsfw": False,
-                "parent_id": None,
-            }
-
-        thread = {
-            "id": str(THREAD),
-            "type": 11,
-            "name": "a thread",
-            "guild_id": str(GUILD_ID),
-            "parent_id": str(GENERAL),
-            "owner_id": ALICE["id"],
-            "thread_metadata": {
-                "archived": False,
-                "auto_archive_duration": 1440,
-                "archive_timestamp": "2026-11-22T12:00:00+00:00",
-                "locked": False,
-            },
-            "message_count": 0,
-            "member_count": 1,
-        }
-        everyone = {
-            "id": str(GUILD_ID),
-            "name": "@everyone",
-            "permissions": str(1024 | 2048 | 65536),
-            "position": 0,
-            "color": 0,
-            "hoist": False,
-            "managed": False,
-            "mentionable": False,
-            "flags": 0,
-        }
-        managers = {
-            **everyone,
-            "id": str(MANAGER_ROLE),
-            "name": "managers",
-            "position": 1,
-            "permissions": str(MANAGE_CHANNELS | 1024 | 2048),
-        }
-        return {
-            "id": str(GUILD_ID),
-            "name": "Test guild",
-            "icon": None,
-            "owner_id": str(100_000_000_000_000_000 + 999),
-            "features": [],
-            "emojis": [],
-            "stickers": [],
-            "roles": [everyone, managers],
-            "channels": [text_channel(GENERAL, "general"), text_channel(RANDOM, "random")],
-            "threads": [thread],
-            "members": [{**self._member(BOT_USER), "user": BOT_USER}],
-            "member_count": 3,
-            "large": False,
-            "unavailable": False,
-            "voice_states": [],
-            "presences": [],
-            "verification_level": 0,
-            "default_message_notifications": 0,
-            "explicit_content_filter": 0,
-            "mfa_level": 0,
-            "premium_tier": 0,
-            "preferred_locale": "en-US",
-            "nsfw_level": 0,
-            "system_channel_flags": 0,
-        }
 
     def attachment(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
         """An attachment payload whose file this emulator serves."""
@@ -320,6 +377,22 @@ class DiscordEmulator:
             "proxy_url": f"http://127.0.0.1:{self.port}/attachments/{name}",
             "content_type": content_type,
         }
+
+    # The server
+
+    async def __aenter__(self) -> DiscordEmulator:
+        app = web.Application()
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/attachments/{name}", self._attachment)
+        app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
+        self._runner, self.port = await serve_app(app)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for socket in list(self._sockets):
+            await socket.close()
+        assert self._runner is not None
+        await self._runner.cleanup()
 
     async def _attachment(self, request: web.Request) -> web.Response:
         return web.Response(body=self.files[request.match_info["name"]])
@@ -336,6 +409,10 @@ class DiscordEmulator:
             if payload["op"] == 1:
                 await socket.send_str(json.dumps({"op": 11}))
             elif payload["op"] == 2:
+                if not self._intents_allowed(int(payload["d"].get("intents", 0))):
+                    self.closed_with.append(4014)
+                    await socket.close(code=4014, message=b"Disallowed intent(s).")
+                    break
                 ready = {
                     "v": 10,
                     "user": BOT_USER,
@@ -350,6 +427,11 @@ class DiscordEmulator:
         self._sockets.remove(socket)
         return socket
 
+    def _intents_allowed(self, intents: int) -> bool:
+        return all(
+            not intents & intent or self.app_flags & flags for intent, flags in PRIVILEGED_INTENTS.items()
+        )
+
     async def _rest(self, request: web.Request) -> web.Response:
         body: Any = None
         if request.can_read_body:
@@ -358,116 +440,237 @@ class DiscordEmulator:
                 body = json.loads(raw)
             elif request.content_type.startswith("multipart/"):
                 body = {"multipart": True}
-        path = request.path
-        self.state.calls.append(Call(request.method, path, body, time.monotonic()))
-        in_path = path.startswith(("/api/v10/interactions/", "/api/v10/webhooks/"))  # the token is in the URL
-        if (
-            self.token is not None
-            and not in_path
-            and request.headers.get("Authorization") != f"Bot {self.token}"
-        ):
-            return _json({"message": "401: Unauthorized", "code": 0}, 401)
-        if self.bucket is not None and "/messages" in path and request.method in ("POST", "PATCH"):
-            channel_prefix = path.split("/messages")[0] + "/messages"
-            limit, window = self.bucket
-            now = time.monotonic()
-            recent = [
-                c
-                for c in self.calls[:-1]
-                if c.path.startswith(channel_prefix) and c.method in ("POST", "PATCH")
-            ]
-            if sum(1 for c in recent if now - c.at < window) >= limit:
-                self.calls.pop()  # a refused request does not count against the bucket
-                self.rate_limited += 1
-                body = {"message": "You are being rate limited.", "retry_after": 1.0, "global": False}
-                return _json(body, 429, {"Via": "1.1 google", "Retry-After": "1"})
+        call = Call(request.method, request.path, body, time.monotonic())
+        self.state.calls.append(call)
+        response = await self._answer(call, request.headers.get("Authorization"))
+        call.status = response.status
+        return response
+
+    async def _answer(self, call: Call, authorization: str | None) -> web.Response:
+        in_path = call.path.startswith(("/api/v10/interactions/", "/api/v10/webhooks/"))  # token in the URL
+        if self.token is not None and not in_path and authorization != f"Bot {self.token}":
+            return _error(401, 0, "401: Unauthorized")
         for fault in list(self.state.faults):
-            if fault.method == request.method and fault.fragment in path:
+            if fault.method == call.method and fault.fragment in call.path:
                 self.state.faults.remove(fault)
                 if fault.status == 429:
-                    return _json(
-                        {
-                            "message": "You are being rate limited.",
-                            "retry_after": fault.retry_after,
-                            "global": False,
-                        },
-                        429,
-                        {"Via": "1.1 google", "Retry-After": "1"},
-                    )
-                return _json({"message": "Injected failure", "code": 0}, fault.status)
-        return await self._route(request.method, path.removeprefix("/api/v10"), body)
+                    return _rate_limited(fault.retry_after, {})
+                return _error(fault.status, 0, "Injected failure")
+        path = call.path.removeprefix("/api/v10")
+        for route in self._routes:
+            if route.method != call.method or not (match := route.pattern.fullmatch(path)):
+                continue
+            if route.bucket is None or route.bucket not in self.limits:
+                return await route.handler(match, call.json)
+            refused, headers = self._take(route.bucket, match.group(route.resource))
+            if refused is not None:
+                return refused
+            response = await route.handler(match, call.json)
+            response.headers.update(headers)
+            return response
+        return _error(404, 0, f"unknown route {call.method} {path}")
 
-    async def _route(self, method: str, path: str, body: Any) -> web.Response:
-        parts = path.strip("/").split("/")
-        if path == "/users/@me":
-            return _json(BOT_USER)
-        if path in ("/oauth2/applications/@me", "/applications/@me"):
-            return _json(
-                {
-                    "id": str(APP_ID),
-                    "name": "Parley",
-                    "icon": None,
-                    "description": "",
-                    "bot_public": True,
-                    "bot_require_code_grant": False,
-                    "verify_key": "k",
-                    "flags": self.app_flags,
-                    "owner": _user(ALICE),
-                    "team": None,
-                    "summary": "",
-                }
-            )
-        if parts[0] == "channels" and parts[-1] == "typing":
-            return web.Response(status=204)
-        if parts[0] == "channels" and len(parts) == 3 and method == "POST":
-            return _json(self._store_message(parts[1], body or {}))
-        if parts[0] == "channels" and len(parts) == 4 and method == "PATCH":
-            message = self.state.messages[parts[3]]
-            message.update({k: v for k, v in (body or {}).items() if k in ("content", "allowed_mentions")})
-            message["edited_timestamp"] = "2026-11-22T12:00:01+00:00"
-            return _json(message)
-        if parts[0] == "applications" and parts[-1] == "commands" and method == "PUT":
-            return _json(
-                [
-                    {**c, "id": str(800_000 + i), "application_id": str(APP_ID), "version": "1"}
-                    for i, c in enumerate(body or [])
-                ]
-            )
-        if parts[0] == "applications" and parts[-1] == "commands":
-            return _json([])
-        if parts[0] == "interactions":  # /interactions/{id}/{token}/callback
-            response_type = (body or {}).get("type")
-            return _json(
-                {
-                    "interaction": {
-                        "id": parts[1],
-                        "type": 2,
-                        "response_message_loading": response_type == 5,
-                        "response_message_ephemeral": bool(
-                            ((body or {}).get("data") or {}).get("flags", 0) & 64
-                        ),
-                    }
-                }
-            )
-        if parts[0] == "webhooks":  # edits of the original response and follow-ups
-            channel = str(GENERAL)
-            if len(parts) >= 5 and parts[4] == "@original" and method == "PATCH":
-                original = self.state.messages.setdefault(
-                    f"original-{parts[2]}", self._new_message(channel, {})
-                )
-                original.update(
-                    {k: v for k, v in (body or {}).items() if k in ("content", "allowed_mentions", "flags")}
-                )
-                return _json(original)
-            if method == "POST":
-                return _json(self._store_message(channel, body or {}))
-            if method == "PATCH":
-                message = self.state.messages[parts[-1]]
-                message.update(
-                    {k: v for k, v in (body or {}).items() if k in ("content", "allowed_mentions")}
-                )
-                return _json(message)
-        return _json({"message": f"unknown route {method} {path}", "code": 0}, 404)
+    # Rate limits
+
+    def _take(self, kind: str, resource: str) -> tuple[web.Response | None, dict[str, str]]:
+        """Count one request in its bucket: a fixed window that opens with its first request."""
+        limit, seconds = self.limits[kind]
+        now = time.monotonic()
+        window = self._windows.get((kind, resource))
+        if window is None or now >= window.start + seconds:
+            window = self._windows[(kind, resource)] = _Window(now)
+        reset_after = window.start + seconds - now
+        headers = {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+            "X-RateLimit-Bucket": hashlib.sha1(kind.encode()).hexdigest()[:16],
+        }
+        if window.count >= limit:
+            self.rate_limited += 1
+            return _rate_limited(reset_after, {**headers, "X-RateLimit-Remaining": "0"}), {}
+        window.count += 1
+        return None, {**headers, "X-RateLimit-Remaining": str(limit - window.count)}
+
+    # Routes
+
+    def _route_table(self) -> list[Route]:
+        snowflake, token = r"(\d+)", r"([^/]+)"
+        return [
+            Route("GET", "/users/@me", self._me),
+            Route("GET", "/oauth2/applications/@me", self._application),
+            Route("GET", "/applications/@me", self._application),
+            Route("POST", f"/channels/{snowflake}/typing", self._typing),
+            Route("POST", f"/channels/{snowflake}/messages", self._create_message, "create"),
+            Route("PATCH", f"/channels/{snowflake}/messages/{snowflake}", self._edit_message, "edit"),
+            Route("PUT", f"/applications/{snowflake}/commands", self._put_commands),
+            Route("PUT", f"/applications/{snowflake}/guilds/{snowflake}/commands", self._put_commands),
+            Route("GET", f"/applications/{snowflake}/commands", self._no_commands),
+            Route("GET", f"/applications/{snowflake}/guilds/{snowflake}/commands", self._no_commands),
+            Route("POST", f"/interactions/{snowflake}/{token}/callback", self._callback),
+            Route("POST", f"/webhooks/{snowflake}/{token}", self._execute_webhook, "webhook-create", 2),
+            Route(
+                "PATCH",
+                f"/webhooks/{snowflake}/{token}/messages/(@original|\\d+)",
+                self._edit_webhook_message,
+                "webhook-edit",
+                2,
+            ),
+        ]
+
+    async def _me(self, match: re.Match[str], body: Any) -> web.Response:
+        return _json(BOT_USER)
+
+    async def _application(self, match: re.Match[str], body: Any) -> web.Response:
+        return _json(
+            {
+                "id": str(APP_ID),
+                "name": "Parley",
+                "icon": None,
+                "description": "",
+                "bot_public": True,
+                "bot_require_code_grant": False,
+                "verify_key": "k",
+                "flags": self.app_flags,
+                "owner": _user(ALICE),
+                "team": None,
+                "summary": "",
+            }
+        )
+
+    async def _typing(self, match: re.Match[str], body: Any) -> web.Response:
+        if int(match.group(1)) not in self._channels():
+            return _error(404, 10003, "Unknown Channel")
+        return web.Response(status=204)
+
+    async def _create_message(self, match: re.Match[str], body: Any) -> web.Response:
+        channel = match.group(1)
+        body = body or {}
+        if int(channel) not in self._channels():
+            return _error(404, 10003, "Unknown Channel")
+        if problem := _message_problem(body, creating=True):
+            return problem
+        reference = body.get("message_reference")
+        if reference and not self._referable(reference):
+            return _form_error("message_reference", "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message")
+        return _json(self._store_message(channel, body))
+
+    async def _edit_message(self, match: re.Match[str], body: Any) -> web.Response:
+        channel, message_id = match.group(1), match.group(2)
+        message = self.state.messages.get(message_id)
+        if message is None or message["channel_id"] != channel:
+            return _error(404, 10008, "Unknown Message")
+        if message["author"]["id"] != str(BOT_ID):
+            return _error(403, 50005, "Cannot edit a message authored by another user")
+        return self._edit(message, body or {})
+
+    async def _put_commands(self, match: re.Match[str], body: Any) -> web.Response:
+        if match.group(1) != str(APP_ID):
+            return _error(403, 50001, "Missing Access")
+        if problem := _commands_problem(body or []):
+            return problem
+        return _json(
+            [
+                {**c, "id": str(800_000 + i), "application_id": str(APP_ID), "version": "1"}
+                for i, c in enumerate(body or [])
+            ]
+        )
+
+    async def _no_commands(self, match: re.Match[str], body: Any) -> web.Response:
+        return _json([])
+
+    async def _callback(self, match: re.Match[str], body: Any) -> web.Response:
+        interaction = self.state.interactions.get(match.group(1))
+        if interaction is None or interaction.token != match.group(2):
+            return _error(404, 10062, "Unknown interaction")
+        if interaction.response is not None:
+            return _error(400, 40060, "Interaction has already been acknowledged.")
+        if time.monotonic() - interaction.created > self.initial_response_seconds:
+            return _error(404, 10062, "Unknown interaction")
+        body = body or {}
+        kind, data = body.get("type"), body.get("data") or {}
+        allowed = (8,) if interaction.autocomplete else (4, 5, 9)
+        if kind not in allowed:
+            return _form_error("type", "INTERACTION_CALLBACK_TYPE_INVALID", "Invalid callback type")
+        if kind == 8 and (problem := _choices_problem(data.get("choices") or [], "data.choices")):
+            return problem
+        if kind == 4 and (problem := _message_problem(data, creating=True, field="data.")):
+            return problem
+        interaction.response = kind
+        answer: dict[str, Any] = {"id": interaction.id, "type": 4 if interaction.autocomplete else 2}
+        if kind in (4, 5):
+            flags = (data.get("flags") or 0) & EPHEMERAL
+            loading = {"content": "", "flags": flags | LOADING}
+            message = self._store_message(interaction.channel, data if kind == 4 else loading)
+            interaction.original, interaction.original_done = message["id"], kind == 4
+            answer |= {
+                "response_message_id": message["id"],
+                "response_message_loading": kind == 5,
+                "response_message_ephemeral": bool(flags),
+            }
+        return _json({"interaction": answer})
+
+    def _interaction_for(self, application: str, token: str) -> Interaction | web.Response:
+        """The interaction behind a webhook token, or Discord's refusal of the token."""
+        interaction = next((i for i in self.state.interactions.values() if i.token == token), None)
+        if application != str(APP_ID) or interaction is None:
+            return _error(404, 10015, "Unknown Webhook")
+        age = time.monotonic() - interaction.created
+        if age > self.token_seconds:
+            return _error(401, 50027, "Invalid Webhook Token")
+        if interaction.response is None:  # never acknowledged: invalidated after 3 s, unusable before
+            return _error(404, 10015, "Unknown Webhook")
+        return interaction
+
+    async def _execute_webhook(self, match: re.Match[str], body: Any) -> web.Response:
+        interaction = self._interaction_for(match.group(1), match.group(2))
+        if isinstance(interaction, web.Response):
+            return interaction
+        body = body or {}
+        if interaction.response == 5 and not interaction.original_done:
+            # Documented: the first follow-up after a deferral edits the loading message instead.
+            assert interaction.original is not None
+            interaction.original_done = True
+            return self._edit(self.state.messages[interaction.original], body, keep_flags=True)
+        if problem := _message_problem(body, creating=True):
+            return problem
+        message = self._store_message(interaction.channel, body)
+        interaction.followups.add(message["id"])
+        return _json(message)
+
+    async def _edit_webhook_message(self, match: re.Match[str], body: Any) -> web.Response:
+        interaction = self._interaction_for(match.group(1), match.group(2))
+        if isinstance(interaction, web.Response):
+            return interaction
+        target = match.group(3)
+        message_id = interaction.original if target == "@original" else target
+        if message_id is None or (target != "@original" and target not in interaction.followups):
+            return _error(404, 10008, "Unknown Message")
+        if target == "@original":
+            interaction.original_done = True
+        return self._edit(self.state.messages[message_id], body or {}, keep_flags=True)
+
+    # Messages
+
+    def _edit(
+        self, message: dict[str, Any], body: dict[str, Any], *, keep_flags: bool = False
+    ) -> web.Response:
+        if problem := _message_problem(body, creating=False):
+            return problem
+        content = body.get("content", message["content"])
+        if not content and not body.get("embeds", message["embeds"]) and not body.get("attachments"):
+            return _error(400, 50006, "Cannot send an empty message")
+        message.update({k: v for k, v in body.items() if k in ("content", "allowed_mentions")})
+        if keep_flags:
+            message["flags"] &= ~LOADING
+        message["edited_timestamp"] = "2026-11-22T12:00:01+00:00"
+        return _json(message)
+
+    def _referable(self, reference: dict[str, Any]) -> bool:
+        if reference.get("fail_if_not_exists") is False:
+            return True
+        message_id = str(reference.get("message_id"))
+        return message_id in self.state.incoming or message_id in self.state.messages
 
     def _new_message(self, channel: str, body: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -497,8 +700,225 @@ class DiscordEmulator:
         self.state.messages[message["id"]] = message
         return message
 
+    # The guild
+
+    def _channels(self) -> set[int]:
+        return {GENERAL, RANDOM, THREAD, DM_CHANNEL}
+
+    def _member(self, user: dict[str, Any], roles: list[int] | None = None) -> dict[str, Any]:
+        return {
+            "user": _user(user),
+            "roles": [str(role) for role in roles or []],
+            "joined_at": "2026-01-01T00:00:00+00:00",
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "nick": None,
+        }
+
+    def _roles(self) -> list[dict[str, Any]]:
+        everyone = {
+            "id": str(GUILD_ID),
+            "name": "@everyone",
+            "permissions": str(VIEW_CHANNEL | SEND_MESSAGES | READ_MESSAGE_HISTORY),
+            "position": 0,
+            "color": 0,
+            "hoist": False,
+            "managed": False,
+            "mentionable": False,
+            "flags": 0,
+        }
+        managers = {
+            **everyone,
+            "id": str(MANAGER_ROLE),
+            "name": "managers",
+            "position": 1,
+            "permissions": str(MANAGE_CHANNELS | VIEW_CHANNEL | SEND_MESSAGES),
+        }
+        return [everyone, managers]
+
+    def _text_channel(self, channel_id: int) -> dict[str, Any]:
+        return {
+            "id": str(channel_id),
+            "type": 0,
+            "name": {GENERAL: "general", RANDOM: "random"}[channel_id],
+            "position": channel_id,
+            "guild_id": str(GUILD_ID),
+            "permission_overwrites": self.overwrites.get(channel_id, []),
+            "nsfw": False,
+            "parent_id": None,
+        }
+
+    def _guild(self) -> dict[str, Any]:
+        thread = {
+            "id": str(THREAD),
+            "type": 11,
+            "name": "a thread",
+            "guild_id": str(GUILD_ID),
+            "parent_id": str(GENERAL),
+            "owner_id": ALICE["id"],
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": "2026-11-22T12:00:00+00:00",
+                "locked": False,
+            },
+            "message_count": 0,
+            "member_count": 1,
+        }
+        return {
+            "id": str(GUILD_ID),
+            "name": "Test guild",
+            "icon": None,
+            "owner_id": str(100_000_000_000_000_000 + 999),
+            "features": [],
+            "emojis": [],
+            "stickers": [],
+            "roles": self._roles(),
+            "channels": [self._text_channel(GENERAL), self._text_channel(RANDOM)],
+            "threads": [thread],
+            "members": [{**self._member(BOT_USER), "user": BOT_USER}],
+            "member_count": 3,
+            "large": False,
+            "unavailable": False,
+            "voice_states": [],
+            "presences": [],
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "mfa_level": 0,
+            "premium_tier": 0,
+            "preferred_locale": "en-US",
+            "nsfw_level": 0,
+            "system_channel_flags": 0,
+        }
+
+
+@contextlib.asynccontextmanager
+async def running(discord_api: DiscordEmulator, engine: Engine) -> AsyncIterator[asyncio.Task[None]]:
+    """Parley's Discord adapter connected to this emulator until the block ends."""
+    discord_api.ready.clear()
+    task = asyncio.create_task(serve(engine, engine.settings))
+    try:
+        await asyncio.wait_for(discord_api.ready.wait(), 10)
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def until(predicate: Callable[[], Any], seconds: float = 10.0) -> None:
+    """Wait for something the bot does to show in the emulator (polled: it lands from another task)."""
+    async with asyncio.timeout(seconds):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+# What Discord refuses
+
+
+def _message_problem(body: dict[str, Any], *, creating: bool, field: str = "") -> web.Response | None:
+    if body.get("multipart"):
+        return None
+    content = body.get("content") or ""
+    if len(content) > MESSAGE_LIMIT:
+        return _form_error(f"{field}content", "BASE_TYPE_MAX_LENGTH", "Must be 2000 or fewer in length.")
+    carries = ("embeds", "sticker_ids", "components", "attachments", "poll")
+    if creating and not content and not any(body.get(key) for key in carries):
+        return _error(400, 50006, "Cannot send an empty message")
+    return None
+
+
+_NAME = re.compile(r"[-_'\w]{1,32}")
+
+
+def _name_problem(name: Any) -> str | None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name != name.lower():
+        return "APPLICATION_COMMAND_INVALID_NAME"
+    return None
+
+
+def _description_problem(description: Any) -> str | None:
+    if not isinstance(description, str) or not 1 <= len(description) <= 100:
+        return "BASE_TYPE_BAD_LENGTH"
+    return None
+
+
+def _commands_problem(commands: list[dict[str, Any]]) -> web.Response | None:
+    names = [command.get("name") for command in commands]
+    if len(set(names)) != len(names):
+        return _form_error("_errors", "APPLICATION_COMMANDS_DUPLICATE_NAME", "Duplicate command names")
+    for index, command in enumerate(commands):
+        where = f"{index}"
+        if code := _name_problem(command.get("name")):
+            return _form_error(f"{where}.name", code, "Invalid command name")
+        if command.get("type", 1) == 1 and (code := _description_problem(command.get("description"))):
+            return _form_error(f"{where}.description", code, "Must be between 1 and 100 in length.")
+        if problem := _options_problem(command.get("options") or [], f"{where}.options"):
+            return problem
+    return None
+
+
+def _options_problem(options: list[dict[str, Any]], where: str) -> web.Response | None:
+    if len(options) > 25:
+        return _form_error(where, "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
+    names = [option.get("name") for option in options]
+    if len(set(names)) != len(names):
+        return _form_error(where, "APPLICATION_COMMAND_OPTIONS_DUPLICATE_NAME", "Duplicate option names")
+    required = [bool(option.get("required")) for option in options]
+    if required != sorted(required, reverse=True):
+        message = "Required options must be placed before non-required options"
+        return _form_error(where, "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID", message)
+    for index, option in enumerate(options):
+        here = f"{where}.{index}"
+        if code := _name_problem(option.get("name")):
+            return _form_error(f"{here}.name", code, "Invalid option name")
+        if code := _description_problem(option.get("description")):
+            return _form_error(f"{here}.description", code, "Must be between 1 and 100 in length.")
+        choices = option.get("choices") or []
+        if choices and option.get("autocomplete"):
+            message = "Autocomplete cannot be set with choices"
+            return _form_error(f"{here}.autocomplete", "APPLICATION_COMMAND_AUTOCOMPLETE_INVALID", message)
+        if problem := _choices_problem(choices, f"{here}.choices"):
+            return problem
+        if problem := _options_problem(option.get("options") or [], f"{here}.options"):
+            return problem
+    return None
+
+
+def _choices_problem(choices: list[dict[str, Any]], where: str) -> web.Response | None:
+    if len(choices) > 25:
+        return _form_error(where, "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
+    for index, choice in enumerate(choices):
+        name, value = choice.get("name"), choice.get("value")
+        if not isinstance(name, str) or not 1 <= len(name) <= 100:
+            return _form_error(f"{where}.{index}.name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100.")
+        if isinstance(value, str) and len(value) > 100:
+            return _form_error(f"{where}.{index}.value", "BASE_TYPE_MAX_LENGTH", "Must be 100 or fewer.")
+    return None
+
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     # discord.py reads JSON only when the Content-Type is exactly application/json.
     headers = {"Content-Type": "application/json", **(headers or {})}
     return web.Response(body=json.dumps(data).encode(), status=status, headers=headers)
+
+
+def _error(status: int, code: int, message: str) -> web.Response:
+    return _json({"message": message, "code": code}, status)
+
+
+def _form_error(where: str, code: str, message: str) -> web.Response:
+    """Discord's 50035 Invalid Form Body, naming the field at fault."""
+    errors: dict[str, Any] = {"_errors": [{"code": code, "message": message}]}
+    for part in reversed(where.split(".")):
+        if part != "_errors":
+            errors = {part: errors}
+    return _json({"message": "Invalid Form Body", "code": 50035, "errors": errors}, 400)
+
+
+def _rate_limited(retry_after: float, headers: dict[str, str]) -> web.Response:
+    # discord.py retries a 429 only when it carries `Via` (else it takes it for a Cloudflare ban).
+    body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False}
+    extra = {"Via": "1.1 google", "Retry-After": str(math.ceil(retry_after)), "X-RateLimit-Scope": "user"}
+    return _json(body, 429, {**headers, **extra})

@@ -4,7 +4,6 @@
         client = AsyncWebClient(token="xoxb-test", base_url=slack.api_url)
         slack.fail["chat.startStream"] = "not_allowed_token_type"  # every call fails this way
         slack.rate_limit["chat.update"] = 2                         # the next 2 calls get 429, Retry-After 0
-        slack.limits["chat.update"] = (50, 60.0)                    # or Slack's budget, with real Retry-After
         ...
         assert slack.methods() == ["auth.test", "assistant.threads.setStatus", "chat.startStream", ...]
         assert slack.messages[ts].text == "final text"
@@ -15,6 +14,18 @@ not_allowed_token_type. Messages are kept as Slack would show them: streamed
 text accumulates, chat.update replaces, and chat.update over `UPDATE_LIMIT` characters fails with
 msg_too_long. `expire_streams()` ends every open stream, as Slack does after a few minutes.
 `send_socket_event(payload)` pushes an events_api envelope through the Socket Mode connection.
+
+As strict as Slack where Parley depends on it:
+- rate limits: each method's own tier per workspace (`RATE_LIMITS`, chat.postMessage per channel),
+  answered with 429 and Retry-After; `limits` can be changed or cleared by a test;
+- scopes: `SlackAPI(scopes={...})` grants only those, and a method (conversations.info by channel type)
+  without its scope answers missing_scope; `scopes=None` grants every scope;
+- chat.startStream needs recipient_user_id and recipient_team_id outside DMs, and no markdown_text or
+  chunk text may pass 12,000 characters;
+- assistant.threads.setStatus checks its arguments; `status(channel, thread_ts)` is what the thread
+  shows: cleared by the app's next message in the thread, by an empty status or after `status_timeout`;
+- Socket Mode sends an envelope again, with `retry_attempt` counting up, when it was not acked within
+  `socket_ack_timeout`.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import hmac
 import itertools
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,9 +47,40 @@ from aiohttp import WSMsgType, web
 from tests.support.loopback import serve_app
 
 UPDATE_LIMIT = 4000
+STREAM_TEXT_LIMIT = 12_000  # markdown_text, and the text of each chunk, in the chat.*Stream methods
 BOT_USER = "UBOT"
 BOT_ID = "BBOT"
 TEAM = "T1"
+
+# Slack's tiers, per method per workspace: (calls, seconds). chat.postMessage is limited per channel:
+# about one a second, with short bursts allowed (Slack does not say how large; we allow 3 in 3 s).
+RATE_LIMITS: dict[str, tuple[int, float]] = {
+    "chat.startStream": (20, 60.0),  # Tier 2
+    "chat.stopStream": (20, 60.0),  # Tier 2
+    "chat.appendStream": (100, 60.0),  # Tier 4
+    "chat.update": (50, 60.0),  # Tier 3
+    "chat.postMessage": (3, 3.0),  # special, per channel
+}
+PER_CHANNEL_LIMITS = {"chat.postMessage"}
+
+# The bot scope each method needs; conversations.info needs the one for the conversation's type.
+METHOD_SCOPES = {
+    "assistant.threads.setStatus": "chat:write",  # assistant:write is being retired
+    "chat.postMessage": "chat:write",
+    "chat.update": "chat:write",
+    "chat.startStream": "chat:write",
+    "chat.appendStream": "chat:write",
+    "chat.stopStream": "chat:write",
+    "users.info": "users:read",
+}
+CONVERSATION_SCOPES = {
+    "channel": "channels:read",
+    "group": "groups:read",
+    "mpim": "mpim:read",
+    "im": "im:read",
+}
+_CHANNEL_ID = re.compile(r"[CDG][A-Z0-9]+")
+_TS = re.compile(r"\d+\.\d+")
 
 
 @dataclass
@@ -46,6 +89,7 @@ class Call:
     args: dict[str, Any]
     headers: dict[str, str]
     at: float
+    ok: bool = True  # False when Slack refused it (an error, or 429)
 
 
 @dataclass
@@ -56,6 +100,12 @@ class SlackMessage:
     text: str
     streaming: bool = False
     edits: int = 0
+
+
+@dataclass
+class ThreadStatus:
+    text: str
+    set_at: float
 
 
 @dataclass
@@ -86,6 +136,11 @@ class SlackAPI:
     files: dict[str, bytes] = field(default_factory=dict)  # served at /files/NAME to the bot token only
     bot_token: str = "xoxb-test"
     app_token: str = "xapp-test"  # the only token apps.connections.open accepts
+    scopes: set[str] | None = None  # the bot scopes granted; None grants every scope
+    # Conversation types Slack would report; otherwise D… is a DM, G… a private channel, C… a public one.
+    channel_types: dict[str, str] = field(default_factory=dict)
+    status_timeout: float = 120.0  # Slack removes a thread status after two minutes without a message
+    socket_ack_timeout: float = 3.0  # how long Socket Mode waits for an ack before sending again
 
     def __post_init__(self) -> None:
         self.calls: list[Call] = []
@@ -93,11 +148,17 @@ class SlackAPI:
         self.responses: list[dict[str, Any]] = []  # what slash commands and actions sent to response_url
         self.fail: dict[str, str] = {}
         self.rate_limit: dict[str, int] = {}
-        # Slack's own budgets, enforced when set: method -> (calls, seconds); `throttled` counts the 429s.
-        self.limits: dict[str, tuple[int, float]] = {}
+        # Slack's own budgets: method -> (calls, seconds); `throttled` counts the 429s per method.
+        self.limits: dict[str, tuple[int, float]] = dict(RATE_LIMITS)
         self.throttled: dict[str, int] = {}
         self._recent: dict[str, list[float]] = {}
+        self.refused_scopes: list[tuple[str, str]] = []  # (method, scope) for every missing_scope answer
+        self.statuses: dict[tuple[str, str], ThreadStatus] = {}
         self.socket_acks: list[str] = []
+        self.socket_deliveries: list[dict[str, Any]] = []  # every envelope sent, redeliveries included
+        self._delivered_at: dict[str, float] = {}
+        self._acked_at: dict[str, float] = {}
+        self._redeliveries: set[asyncio.Task[None]] = set()
         self._ts = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
         self._runner: web.AppRunner | None = None
@@ -124,6 +185,18 @@ class SlackAPI:
         for message in self.messages.values():
             message.streaming = False
 
+    def channel_type(self, channel: str) -> str:
+        if channel in self.channel_types:
+            return self.channel_types[channel]
+        return {"D": "im", "G": "group"}.get(channel[:1], "channel")
+
+    def status(self, channel: str, thread_ts: str) -> str:
+        """The status the thread shows now ("" for none)."""
+        shown = self.statuses.get((channel, thread_ts))
+        if shown is None or time.monotonic() - shown.set_at > self.status_timeout:
+            return ""
+        return shown.text
+
     async def __aenter__(self) -> SlackAPI:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
@@ -134,6 +207,8 @@ class SlackAPI:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for task in self._redeliveries:
+            task.cancel()
         for socket in self._sockets:
             await socket.close()
         assert self._runner is not None
@@ -142,19 +217,37 @@ class SlackAPI:
     # Socket Mode
 
     async def send_socket_event(self, payload: dict[str, Any], kind: str = "events_api") -> str:
+        """Deliver `payload`; like Slack, deliver it again (up to 3 times) while it is not acked in time."""
         while not self._sockets:
             await asyncio.sleep(0.01)
+        envelope_id = await self._deliver(payload, kind, attempt=0)
+        task = asyncio.create_task(self._redeliver(payload, kind, envelope_id))
+        self._redeliveries.add(task)
+        task.add_done_callback(self._redeliveries.discard)
+        return envelope_id
+
+    async def _deliver(self, payload: dict[str, Any], kind: str, *, attempt: int) -> str:
         envelope_id = f"env-{next(self._ts)}"
         envelope = {
             "envelope_id": envelope_id,
             "type": kind,
             "payload": payload,
             "accepts_response_payload": kind != "events_api",
-            "retry_attempt": 0,
-            "retry_reason": "",
+            "retry_attempt": attempt,
+            "retry_reason": "timeout" if attempt else "",
         }
+        self.socket_deliveries.append(envelope)
+        self._delivered_at[envelope_id] = time.monotonic()
         await self._sockets[-1].send_str(json.dumps(envelope))
         return envelope_id
+
+    async def _redeliver(self, payload: dict[str, Any], kind: str, envelope_id: str) -> None:
+        for attempt in (1, 2, 3):
+            await asyncio.sleep(self.socket_ack_timeout)
+            acked = self._acked_at.get(envelope_id)
+            if acked is not None and acked - self._delivered_at[envelope_id] <= self.socket_ack_timeout:
+                return
+            envelope_id = await self._deliver(payload, kind, attempt=attempt)
 
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()
@@ -163,7 +256,9 @@ class SlackAPI:
         await socket.send_str(json.dumps({"type": "hello", "num_connections": 1}))
         async for frame in socket:
             if frame.type == WSMsgType.TEXT:
-                self.socket_acks.append(json.loads(frame.data).get("envelope_id", ""))
+                envelope_id = json.loads(frame.data).get("envelope_id", "")
+                self.socket_acks.append(envelope_id)
+                self._acked_at.setdefault(envelope_id, time.monotonic())
         return socket
 
     # Web API
@@ -176,18 +271,30 @@ class SlackAPI:
         else:
             args = dict(parse_qsl(raw.decode()))
         args.update(request.query)
-        self.calls.append(Call(method, args, dict(request.headers), time.monotonic()))
-        wait = 0 if self.rate_limit.get(method, 0) > 0 else self._over_limit(method)
+        call = Call(method, args, dict(request.headers), time.monotonic())
+        self.calls.append(call)
+        response = self._answer(method, args, request.headers.get("Authorization", ""))
+        call.ok = response.status == 200 and json.loads(response.text or "{}").get("ok", False)
+        return response
+
+    def _answer(self, method: str, args: dict[str, Any], authorization: str) -> web.Response:
+        if refusal := self._token_refusal(method, authorization, args):
+            return web.json_response({"ok": False, "error": refusal})
+        wait = 0 if self.rate_limit.get(method, 0) > 0 else self._over_limit(method, args)
         if wait is not None:
             self.rate_limit[method] = max(0, self.rate_limit.get(method, 0) - 1)
             self.throttled[method] = self.throttled.get(method, 0) + 1
             return web.json_response(
                 {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": str(wait)}
             )
-        if refusal := self._token_refusal(method, request.headers.get("Authorization", ""), args):
-            return web.json_response({"ok": False, "error": refusal})
         if method in self.fail:
             return web.json_response({"ok": False, "error": self.fail[method]})
+        if (needed := self._missing_scope(method, args)) is not None:
+            self.refused_scopes.append((method, needed))
+            provided = ",".join(sorted(self.scopes or ()))
+            return web.json_response(
+                {"ok": False, "error": "missing_scope", "needed": needed, "provided": provided}
+            )
         handler = getattr(self, "_" + method.replace(".", "_"), None)
         body = handler(args) if handler else {}
         if "error" in body:
@@ -208,17 +315,27 @@ class SlackAPI:
             return None
         return "not_allowed_token_type" if token in (self.bot_token, self.app_token) else "invalid_auth"
 
-    def _over_limit(self, method: str) -> int | None:
+    def _over_limit(self, method: str, args: dict[str, Any]) -> int | None:
         """None when the call is within Slack's budget, else the Retry-After seconds until a slot frees."""
         if method not in self.limits:
             return None
         capacity, window = self.limits[method]
+        key = f"{method}:{args.get('channel', '')}" if method in PER_CHANNEL_LIMITS else method
         now = time.monotonic()
-        recent = self._recent[method] = [t for t in self._recent.get(method, []) if t > now - window]
+        recent = self._recent[key] = [t for t in self._recent.get(key, []) if t > now - window]
         if len(recent) >= capacity:
-            return math.ceil(recent[0] + window - now)
+            return max(1, math.ceil(recent[0] + window - now))
         recent.append(now)
         return None
+
+    def _missing_scope(self, method: str, args: dict[str, Any]) -> str | None:
+        """The scope Slack would say is missing for this call, if any."""
+        if self.scopes is None:
+            return None
+        needed = METHOD_SCOPES.get(method)
+        if method == "conversations.info":
+            needed = CONVERSATION_SCOPES[self.channel_type(str(args.get("channel", "")))]
+        return needed if needed is not None and needed not in self.scopes else None
 
     def _new_ts(self) -> str:
         return f"1700000000.{next(self._ts):06d}"
@@ -243,13 +360,43 @@ class SlackAPI:
 
     def _conversations_info(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = args.get("channel", "")
-        return {"channel": {"id": channel, "creator": self.channel_creators.get(channel, "UNOBODY")}}
+        kind = self.channel_type(channel)
+        flags = {f"is_{name}": kind == name for name in ("channel", "group", "mpim", "im")}
+        info = {"id": channel, "creator": self.channel_creators.get(channel, "UNOBODY"), **flags}
+        return {"channel": {**info, "is_private": kind != "channel"}}
+
+    def _assistant_threads_setStatus(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, thread_ts, status = args.get("channel_id"), args.get("thread_ts"), args.get("status")
+        if channel is None or thread_ts is None or not isinstance(status, str):
+            return {"error": "invalid_arguments"}
+        if not _CHANNEL_ID.fullmatch(str(channel)):
+            return {"error": "channel_not_found"}
+        if not _TS.fullmatch(str(thread_ts)):
+            return {"error": "invalid_thread_ts"}
+        loading = args.get("loading_messages")
+        if loading is not None and not (
+            isinstance(loading, list)
+            and 1 <= len(loading) <= 10
+            and all(isinstance(m, str) and 1 <= len(m) <= 50 for m in loading)
+        ):
+            return {"error": "invalid_arguments"}
+        if status:
+            self.statuses[(channel, thread_ts)] = ThreadStatus(status, time.monotonic())
+        else:
+            self.statuses.pop((channel, thread_ts), None)
+        return {}
 
     def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
         ts = self._new_ts()
         message = SlackMessage(args["channel"], ts, args.get("thread_ts"), args.get("text", ""))
         self.messages[ts] = message
+        self._replied(message.channel, message.thread_ts)
         return {"channel": message.channel, "ts": ts, "message": {"text": message.text, "ts": ts}}
+
+    def _replied(self, channel: str, thread_ts: str | None) -> None:
+        """The app's message in a thread clears the thread's status."""
+        if thread_ts:
+            self.statuses.pop((channel, thread_ts), None)
 
     def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
         message = self.messages.get(args.get("ts", ""))
@@ -269,18 +416,36 @@ class SlackAPI:
                 text += chunk.get("text", "")
         return text
 
+    def _stream_text_error(self, args: dict[str, Any]) -> dict[str, Any] | None:
+        """Slack refuses more than 12,000 characters of markdown_text, or of text in one chunk."""
+        if len(args.get("markdown_text") or "") > STREAM_TEXT_LIMIT:
+            return {"error": "msg_too_long"}
+        if any(len(chunk.get("text") or "") > STREAM_TEXT_LIMIT for chunk in args.get("chunks") or []):
+            return {"error": "invalid_chunks"}
+        return None
+
     def _chat_startStream(self, args: dict[str, Any]) -> dict[str, Any]:
         if not args.get("thread_ts"):
             return {"error": "invalid_arguments"}
+        if self.channel_type(args["channel"]) != "im":  # outside DMs Slack must know who reads along
+            if not args.get("recipient_user_id"):
+                return {"error": "missing_recipient_user_id"}
+            if not args.get("recipient_team_id"):
+                return {"error": "missing_recipient_team_id"}
+        if (refused := self._stream_text_error(args)) is not None:
+            return refused
         ts = self._new_ts()
         text = self._streamed(args)
         self.messages[ts] = SlackMessage(args["channel"], ts, args["thread_ts"], text, streaming=True)
+        self._replied(args["channel"], args["thread_ts"])
         return {"channel": args["channel"], "ts": ts}
 
     def _chat_appendStream(self, args: dict[str, Any]) -> dict[str, Any]:
         message = self.messages.get(args.get("ts", ""))
         if message is None or not message.streaming:
             return {"error": "message_not_in_streaming_state"}
+        if (refused := self._stream_text_error(args)) is not None:
+            return refused
         message.text += self._streamed(args)
         return {"channel": message.channel, "ts": message.ts}
 
@@ -299,12 +464,15 @@ class SlackAPI:
     async def _file(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {self.bot_token}":
             return web.Response(status=403)
+        if self.scopes is not None and "files:read" not in self.scopes:
+            return web.Response(status=403)
         data = self.files.get(request.match_info["name"])
         return web.Response(body=data) if data is not None else web.Response(status=404)
 
 
-def signed_headers(body: str, secret: str, timestamp: int | None = None) -> dict[str, str]:
+def signed_headers(body: str | bytes, secret: str, timestamp: int | None = None) -> dict[str, str]:
     """The headers Slack sends with an HTTP delivery, signed the way Slack signs them."""
     stamp = str(int(time.time()) if timestamp is None else timestamp)
-    digest = hmac.new(secret.encode(), f"v0:{stamp}:{body}".encode(), hashlib.sha256).hexdigest()
+    raw = body.encode() if isinstance(body, str) else body
+    digest = hmac.new(secret.encode(), f"v0:{stamp}:".encode() + raw, hashlib.sha256).hexdigest()
     return {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": f"v0={digest}"}

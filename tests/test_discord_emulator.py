@@ -1,0 +1,197 @@
+"""The loopback Discord refuses what Discord refuses, or the Discord tests would prove nothing.
+
+Requests go over plain HTTP, as a client that does not check anything itself would send them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support.discord_emulator import APP_ID, GENERAL, RANDOM, DiscordEmulator
+
+OPTION = {"type": 3, "name": "text", "description": "Some text"}
+COMMAND = {"name": "ask", "description": "Ask something", "type": 1, "options": [OPTION]}
+
+
+@pytest.fixture
+async def discord_api() -> AsyncIterator[DiscordEmulator]:
+    async with DiscordEmulator() as emulator:
+        yield emulator
+
+
+async def call(
+    discord_api: DiscordEmulator, method: str, path: str, body: Any = None
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    url = discord_api.api_base + path
+    async with aiohttp.ClientSession() as session, session.request(method, url, json=body) as response:
+        text = await response.text()
+        return response.status, json.loads(text) if text else {}, dict(response.headers)
+
+
+def code(answer: tuple[int, dict[str, Any], dict[str, str]]) -> tuple[int, int | None]:
+    return answer[0], answer[1].get("code")
+
+
+async def test_messages_over_2000_characters_or_empty_are_refused(discord_api: DiscordEmulator) -> None:
+    messages = f"/channels/{GENERAL}/messages"
+    assert code(await call(discord_api, "POST", messages, {"content": "x" * 2001})) == (400, 50035)
+    assert code(await call(discord_api, "POST", messages, {"content": ""})) == (400, 50006)
+    status, sent, _ = await call(discord_api, "POST", messages, {"content": "x" * 2000})
+    assert status == 200
+    edit = f"{messages}/{sent['id']}"
+    assert code(await call(discord_api, "PATCH", edit, {"content": "y" * 2001})) == (400, 50035)
+    assert code(await call(discord_api, "PATCH", edit, {"content": ""})) == (400, 50006)
+    assert code(await call(discord_api, "PATCH", f"{messages}/123", {"content": "z"})) == (404, 10008)
+    assert code(await call(discord_api, "POST", "/channels/42/messages", {"content": "z"})) == (404, 10003)
+
+
+async def test_only_the_bots_own_messages_can_be_edited_and_replies_need_their_message(
+    discord_api: DiscordEmulator,
+) -> None:
+    theirs = await discord_api.send_message(GENERAL, "hello")
+    messages = f"/channels/{GENERAL}/messages"
+    reply = {"content": "hi", "message_reference": {"message_id": theirs}}
+    assert (await call(discord_api, "POST", messages, reply))[0] == 200
+    gone = {"content": "hi", "message_reference": {"message_id": "999"}}
+    assert code(await call(discord_api, "POST", messages, gone)) == (400, 50035)
+    tolerant = {"content": "hi", "message_reference": {"message_id": "999", "fail_if_not_exists": False}}
+    assert (await call(discord_api, "POST", messages, tolerant))[0] == 200
+
+
+async def test_command_registrations_are_validated(discord_api: DiscordEmulator) -> None:
+    path = f"/applications/{APP_ID}/commands"
+    assert (await call(discord_api, "PUT", path, [COMMAND]))[0] == 200
+    refused = [
+        {**COMMAND, "name": "Ask"},
+        {**COMMAND, "name": "a" * 33},
+        {**COMMAND, "description": ""},
+        {**COMMAND, "description": "d" * 101},
+        {**COMMAND, "options": [{**OPTION, "name": f"o{i}"} for i in range(26)]},
+        {**COMMAND, "options": [{**OPTION, "description": "…" * 101}]},
+        {**COMMAND, "options": [{**OPTION, "name": "a"}, {**OPTION, "name": "b", "required": True}]},
+        {**COMMAND, "options": [OPTION, OPTION]},
+        {
+            **COMMAND,
+            "options": [{**OPTION, "choices": [{"name": str(i), "value": str(i)} for i in range(26)]}],
+        },
+        {**COMMAND, "options": [{**OPTION, "choices": [{"name": "n", "value": "v" * 101}]}]},
+        {**COMMAND, "options": [{**OPTION, "choices": [{"name": "", "value": "v"}]}]},
+        {**COMMAND, "options": [{**OPTION, "autocomplete": True, "choices": [{"name": "n", "value": "v"}]}]},
+    ]
+    for command in refused:
+        assert code(await call(discord_api, "PUT", path, [command])) == (400, 50035), command
+    assert code(await call(discord_api, "PUT", path, [COMMAND, COMMAND])) == (400, 50035)
+
+
+async def test_an_interaction_is_answered_once_within_3_seconds(discord_api: DiscordEmulator) -> None:
+    first = await discord_api.interact("ask", [])
+    callback = f"/interactions/{first}/token-{first}/callback"
+    assert (await call(discord_api, "POST", callback, {"type": 5}))[0] == 200
+    assert code(await call(discord_api, "POST", callback, {"type": 4, "data": {"content": "x"}})) == (
+        400,
+        40060,
+    )
+    discord_api.initial_response_seconds = 0.0  # every answer from now on is late
+    late = await discord_api.interact("ask", [])
+    late_callback = f"/interactions/{late}/token-{late}/callback"
+    assert code(await call(discord_api, "POST", late_callback, {"type": 5})) == (404, 10062)
+    # Its token was never acknowledged, so it cannot be used for edits or follow-ups either.
+    edit = f"/webhooks/{APP_ID}/token-{late}/messages/@original"
+    assert code(await call(discord_api, "PATCH", edit, {"content": "x"})) == (404, 10015)
+
+
+async def test_interaction_messages_are_checked_like_any_other(discord_api: DiscordEmulator) -> None:
+    asked = await discord_api.interact("ask", [])
+    callback = f"/interactions/{asked}/token-{asked}/callback"
+    too_long = {"type": 4, "data": {"content": "x" * 2001}}
+    assert code(await call(discord_api, "POST", callback, too_long)) == (400, 50035)
+    assert (await call(discord_api, "POST", callback, {"type": 5}))[0] == 200
+    webhook = f"/webhooks/{APP_ID}/token-{asked}"
+    assert code(await call(discord_api, "PATCH", f"{webhook}/messages/@original", {"content": ""})) == (
+        400,
+        50006,
+    )
+    status, original, _ = await call(discord_api, "PATCH", f"{webhook}/messages/@original", {"content": "a"})
+    assert status == 200 and original["content"] == "a"
+    assert code(await call(discord_api, "POST", webhook, {"content": "x" * 2001})) == (400, 50035)
+    status, followup, _ = await call(discord_api, "POST", webhook, {"content": "b"})
+    assert status == 200 and followup["id"] != original["id"]
+    edit = f"{webhook}/messages/{followup['id']}"
+    assert code(await call(discord_api, "PATCH", edit, {"content": "y" * 2001})) == (400, 50035)
+
+
+async def test_the_first_follow_up_after_a_deferral_edits_the_loading_message(
+    discord_api: DiscordEmulator,
+) -> None:
+    asked = await discord_api.interact("ask", [])
+    await call(discord_api, "POST", f"/interactions/{asked}/token-{asked}/callback", {"type": 5})
+    webhook = f"/webhooks/{APP_ID}/token-{asked}"
+    status, first, _ = await call(discord_api, "POST", webhook, {"content": "one", "flags": 64})
+    assert status == 200 and discord_api.original_response(asked) == first and first["flags"] == 0
+    status, second, _ = await call(discord_api, "POST", webhook, {"content": "two"})
+    assert status == 200 and second["id"] != first["id"]
+
+
+async def test_autocomplete_answers_are_validated(discord_api: DiscordEmulator) -> None:
+    async def answer(choices: list[dict[str, str]]) -> tuple[int, int | None]:
+        asked = await discord_api.interact("model", [], autocomplete=True)
+        body = {"type": 8, "data": {"choices": choices}}
+        return code(await call(discord_api, "POST", f"/interactions/{asked}/token-{asked}/callback", body))
+
+    assert await answer([{"name": "n", "value": "v" * 100}]) == (200, None)
+    assert await answer([{"name": "n", "value": "v" * 101}]) == (400, 50035)
+    assert await answer([{"name": "n" * 101, "value": "v"}]) == (400, 50035)
+    assert await answer([{"name": str(i), "value": str(i)} for i in range(26)]) == (400, 50035)
+    asked = await discord_api.interact("model", [], autocomplete=True)
+    not_a_choice = {"type": 4, "data": {"content": "x"}}
+    assert code(
+        await call(discord_api, "POST", f"/interactions/{asked}/token-{asked}/callback", not_a_choice)
+    ) == (
+        400,
+        50035,
+    )
+
+
+async def test_an_interaction_token_expires(discord_api: DiscordEmulator) -> None:
+    asked = await discord_api.interact("ask", [])
+    await call(discord_api, "POST", f"/interactions/{asked}/token-{asked}/callback", {"type": 5})
+    discord_api.token_seconds = 0.0
+    edit = f"/webhooks/{APP_ID}/token-{asked}/messages/@original"
+    assert code(await call(discord_api, "PATCH", edit, {"content": "late"})) == (401, 50027)
+
+
+async def test_rate_limits_have_headers_and_a_bucket_per_route_and_resource(
+    discord_api: DiscordEmulator,
+) -> None:
+    messages = f"/channels/{GENERAL}/messages"
+    remaining = []
+    for _ in range(5):
+        status, sent, headers = await call(discord_api, "POST", messages, {"content": "x"})
+        assert status == 200 and headers["X-RateLimit-Limit"] == "5" and headers["X-RateLimit-Bucket"]
+        assert 0 < float(headers["X-RateLimit-Reset-After"]) <= 5.0
+        remaining.append(headers["X-RateLimit-Remaining"])
+    assert remaining == ["4", "3", "2", "1", "0"]
+    status, body, headers = await call(discord_api, "POST", messages, {"content": "x"})
+    assert status == 429 and headers["Via"] and int(headers["Retry-After"]) >= 1
+    assert 0 < body["retry_after"] <= 5.0 and body["global"] is False
+    assert discord_api.rate_limited == 1
+    # Edits in that channel, and sends in another, have buckets of their own.
+    assert (await call(discord_api, "PATCH", f"{messages}/{sent['id']}", {"content": "y"}))[0] == 200
+    assert (await call(discord_api, "POST", f"/channels/{RANDOM}/messages", {"content": "x"}))[0] == 200
+
+
+async def test_a_privileged_intent_the_application_lacks_closes_the_gateway_with_4014(
+    discord_api: DiscordEmulator,
+) -> None:
+    discord_api.app_flags = 0
+    async with aiohttp.ClientSession() as session, session.ws_connect(discord_api.gateway_url) as socket:
+        assert (await socket.receive_json())["op"] == 10
+        await socket.send_json({"op": 2, "d": {"token": "t", "intents": 1 << 15, "properties": {}}})
+        closing = await socket.receive()
+    assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 4014
+    assert discord_api.closed_with == [4014] and not discord_api.ready.is_set()  # no READY was sent

@@ -101,6 +101,8 @@ class Engine:
         if not stripped.startswith("/"):
             return "message", None, stripped
         name, _, rest = stripped[1:].partition(" ")
+        if name.lower() == commands.ASK.name:  # a message typed as a command
+            return "message", None, rest.strip()
         skill = self.skills.by_command(name.lower())
         if skill is not None:
             return "skill", skill, rest.strip()

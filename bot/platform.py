@@ -25,6 +25,11 @@ class Platform(Protocol):
         """Disconnect; the engine has already ended the replies under way."""
         ...
 
+    async def wait_closed(self) -> None:
+        """Returns when the platform has stopped on its own, past what it can recover from (a token
+        revoked while running); the reason is in the log. `stop` needs no waiting on it."""
+        ...
+
     async def surface_for(
         self, conversation: ConversationKey, reply_to: Mapping[str, Any] | None = None
     ) -> Surface:

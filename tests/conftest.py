@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -100,6 +101,9 @@ class RecordingPlatform:
 
     async def stop(self) -> None:
         return None
+
+    async def wait_closed(self) -> None:
+        await asyncio.Event().wait()
 
     async def surface_for(
         self, conversation: ConversationKey, reply_to: Mapping[str, Any] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,6 +24,9 @@ class ConsolePlatform:
 
     async def stop(self) -> None:
         return None
+
+    async def wait_closed(self) -> None:
+        await asyncio.Event().wait()  # a terminal never goes away on its own
 
     async def surface_for(
         self, conversation: ConversationKey, reply_to: Mapping[str, Any] | None = None

@@ -20,8 +20,8 @@ from bot.catalog import ModelCatalog, UnknownModelError
 from bot.config import ConfigError, Settings, SetupError
 from bot.database_url import describe_database
 from bot.engine import Engine
-from bot.platform import Platform
 from bot.logs import configure_logging
+from bot.platform import Platform
 from bot.providers.base import ProviderError
 from bot.settings_loader import Loaded, load_settings
 from bot.store import Store

@@ -181,11 +181,13 @@ class Engine:
         await self.store.close_inbox(entry.id, "expired")
 
     async def drain(self, grace: float) -> None:
-        """Let replies under way finish for up to `grace` seconds, then cut the rest off with a note."""
-        tasks = set(self._tasks)
-        if not tasks:
-            return
-        _done, pending = await asyncio.wait(tasks, timeout=grace)
+        """Let replies under way finish for up to `grace` seconds, then cut the rest off with a note.
+
+        Replies still waiting their turn when cut stay pending in the inbox: the next start answers them."""
+        deadline = asyncio.get_running_loop().time() + grace
+        while self._tasks and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)  # messages may still arrive meanwhile
+        pending = set(self._tasks)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

@@ -52,6 +52,8 @@ class Engine:
         self.addressing = Addressing(store, self.settings_for)
         self._gate = Gate()
         self._tasks: set[asyncio.Task[Outcome]] = set()
+        # What this process accepted or started is its own; recovery only takes what an earlier one left.
+        self._started_at = time.time()
         self._trimmed: set[str] = set()  # conversations whose last reply already said turns were left out
 
     @classmethod
@@ -145,11 +147,11 @@ class Engine:
         the replies it cut short, then answer the messages it accepted but did not answer (closing, with a
         line, those too old to answer now)."""
         platform = self.platforms[platform_name]
-        for reply in await self.store.streaming(platform_name):
+        for reply in await self.store.streaming(platform_name, before=self._started_at):
             if conversation is None or reply.conversation == str(conversation):
                 await self._repair(platform, reply)
         now = time.time()
-        for entry in await self.store.pending(platform_name):
+        for entry in await self.store.pending(platform_name, before=self._started_at):
             if conversation is not None and entry.message.key != conversation:
                 continue
             if now - entry.received_at <= self.settings.pending_max_age_seconds:

@@ -127,3 +127,18 @@ async def _streaming_when_shown(engine: Engine) -> list[Any]:
     while not (found := await engine.store.streaming("test")):
         await asyncio.sleep(0.01)
     return found
+
+
+async def test_recovery_leaves_alone_what_this_process_is_answering(engine: Engine, llm: LLMServer) -> None:
+    """Messages arrive as soon as a platform starts, before recovery runs: they are this process's own,
+    neither answered a second time nor repaired as if a crash had cut them."""
+    llm.enqueue(Script(tokens=["still", " going"], delay=0.2))
+    message = msg("long one")
+    task = await engine.accept(message, {"message": message.id})
+    assert task is not None
+    await first_render(engine, message)
+    await engine.recover("test")
+    assert await task == "ok"
+    assert len(llm.chat_requests()) == 1
+    assert not [s for _, _, s in engine.platforms["test"].surfaces if s.reopened]
+    assert surface_of(engine, message).final == "still going"

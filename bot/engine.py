@@ -54,6 +54,7 @@ class Engine:
         self._tasks: set[asyncio.Task[Outcome]] = set()
         # What this process accepted or started is its own; recovery only takes what an earlier one left.
         self._started_at = time.time()
+        self._closing = False  # set once drained: what arrives later waits, stored, for the next start
         self._trimmed: set[str] = set()  # conversations whose last reply already said turns were left out
 
     @classmethod
@@ -79,12 +80,18 @@ class Engine:
         """Store a message the moment its adapter accepts it, then answer it in its turn.
 
         Returns the task that answers it (awaiting it gives the outcome), or None when this delivery was
-        accepted before: a redelivered message is answered once.
+        accepted before (a redelivered message is answered once) or Parley is stopping (it is answered at
+        the next start).
         """
         content, tokens = self._user_turn(message)
         entry = await self.store.accept(message, reply_to, content, tokens)
         if entry is None:
             log.info("%s: message %s was delivered again; already answered", message.key, message.id)
+            return None
+        if self._closing:  # stored, so the next start answers it
+            log.info(
+                "%s: message %s arrived while stopping; it waits for the next start", message.key, message.id
+            )
             return None
         return self._submit(entry)
 
@@ -189,6 +196,7 @@ class Engine:
         deadline = asyncio.get_running_loop().time() + grace
         while self._tasks and (left := deadline - asyncio.get_running_loop().time()) > 0:
             await asyncio.wait(set(self._tasks), timeout=left)  # messages may still arrive meanwhile
+        self._closing = True
         pending = set(self._tasks)
         for task in pending:
             task.cancel()

@@ -142,3 +142,18 @@ async def test_recovery_leaves_alone_what_this_process_is_answering(engine: Engi
     assert len(llm.chat_requests()) == 1
     assert not [s for _, _, s in engine.platforms["test"].surfaces if s.reopened]
     assert surface_of(engine, message).final == "still going"
+
+
+async def test_a_message_arriving_while_parley_stops_waits_stored_for_the_next_start(
+    make_engine: Callable[..., Any], llm: LLMServer
+) -> None:
+    stopping = await make_engine()
+    await stopping.drain(grace=0.1)
+    late = msg("just in time?")
+    assert await stopping.accept(late, {"message": late.id}) is None
+    assert llm.chat_requests() == []
+    await stopping.aclose()
+    restarted = await make_engine()
+    await restarted.recover("test")
+    await asyncio.gather(*restarted._tasks)
+    assert surface_of(restarted, late).final == "echo: Ada: just in time?"

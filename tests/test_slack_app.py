@@ -112,12 +112,13 @@ class Harness:
         }
 
     async def mention(
-        self, text: str, *, channel: str = "C1", ts: str = "1700000001.000100", **more: Any
+        self, text: str, *, channel: str = "C1", ts: str | None = "1700000001.000100", **more: Any
     ) -> int:
-        """A person mentions Parley: the message is in the channel (as Slack keeps it), then its event."""
+        """A person mentions Parley: the message is in the channel (as Slack keeps it), then its event.
+        With `ts=None` the message gets the emulator's next ts, after everything said before it."""
         user, thread_ts = more.pop("user", ALICE.id), more.get("thread_ts")
-        self.slack.say(user, channel, f"<@{BOT_USER}> {text}", ts=ts, thread_ts=thread_ts)
-        event = {"type": "app_mention", "user": user, "text": f"<@{BOT_USER}> {text}", "ts": ts}
+        said = self.slack.say(user, channel, f"<@{BOT_USER}> {text}", ts=ts, thread_ts=thread_ts)
+        event = {"type": "app_mention", "user": user, "text": said.text, "ts": said.ts}
         return await self.post(self.event({**event, "channel": channel, "team": TEAM, **more}))
 
     async def command(self, text: str, *, user: str, channel: str = "C1") -> int:
@@ -136,14 +137,12 @@ class Harness:
         await until(lambda: len(self.slack.calls_to("chat.stopStream")) >= count, f"{count} finished streams")
 
 
-@pytest.fixture
-async def slack() -> AsyncIterator[SlackAPI]:
-    async with SlackAPI(users={u.id: u for u in (ALICE, BOB, ADMIN)}, scopes=set(GRANTED)) as api:
-        yield api
+def emulator() -> SlackAPI:
+    """The loopback Slack of these tests: three people, and the scopes the manifest grants."""
+    return SlackAPI(users={u.id: u for u in (ALICE, BOB, ADMIN)}, scopes=set(GRANTED))
 
 
-@pytest.fixture
-def slack_settings(
+def settings_builder(
     make_settings: Callable[..., Settings], slack: SlackAPI, search: SearchServer
 ) -> Callable[..., Settings]:
     def build(**overrides: Any) -> Settings:
@@ -159,12 +158,31 @@ def slack_settings(
     return build
 
 
+@asynccontextmanager
+async def serving(slack: SlackAPI, llm: LLMServer, settings: Settings) -> AsyncIterator[Harness]:
+    async with running(settings) as (engine, platform), aiohttp.ClientSession() as http:
+        yield Harness(slack, llm, engine, platform, http)
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[SlackAPI]:
+    async with emulator() as api:
+        yield api
+
+
+@pytest.fixture
+def slack_settings(
+    make_settings: Callable[..., Settings], slack: SlackAPI, search: SearchServer
+) -> Callable[..., Settings]:
+    return settings_builder(make_settings, slack, search)
+
+
 @pytest.fixture
 async def harness(
     slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
 ) -> AsyncIterator[Harness]:
-    async with running(slack_settings()) as (engine, platform), aiohttp.ClientSession() as http:
-        yield Harness(slack, llm, engine, platform, http)
+    async with serving(slack, llm, slack_settings()) as started:
+        yield started
 
 
 async def test_mention_sets_status_then_streams_the_reply_into_its_thread(harness: Harness) -> None:
@@ -722,9 +740,7 @@ async def test_the_thinking_status_stays_until_the_first_text(
 ) -> None:
     monkeypatch.setattr(adapters.slack.surface, "STATUS_REFRESH", 0.05)  # Slack's two minutes, shrunk
     llm.enqueue(Script(tokens=["too late"], first_delay=30.0))
-    settings = slack_settings(first_token_timeout=2.0)
-    async with running(settings) as (engine, platform), aiohttp.ClientSession() as http:
-        harness = Harness(slack, llm, engine, platform, http)
+    async with serving(slack, llm, slack_settings(first_token_timeout=2.0)) as harness:
         await harness.mention("slow one")
         await until(lambda: len(slack.calls_to("assistant.threads.setStatus")) >= 3, "a refreshed status")
         assert slack.status("C1", "1700000001.000100") == "is thinking…"

@@ -18,6 +18,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.slack.errors import error_code
 from adapters.slack.markup import readable
 from adapters.slack.people import People
 from adapters.slack.workspace import Workspace
@@ -29,6 +30,10 @@ PAGE_SIZE = 200  # messages a call; Slack recommends no more than 200
 SHOWN_SUBTYPES = {None, "file_share", "thread_broadcast", "bot_message", "me_message"}
 
 Message = dict[str, Any]
+
+
+class HistoryUnavailable(Exception):
+    """Slack would not show a conversation's messages; says which call it refused and why, in one line."""
 
 
 class History:
@@ -50,7 +55,8 @@ class History:
                 messages = await self._thread(key.channel_id, key.thread_id, limit, before, after)
         except SlackApiError as error:
             self._people.note_missing_scope(error)
-            raise
+            method = error.response.api_url.rsplit("/", 1)[-1] if error.response is not None else "a call"
+            raise HistoryUnavailable(f"Slack refused {method} in {key} ({error_code(error)})") from None
         return [await self._entry(key.channel_id, message) for message in messages]
 
     async def _channel(

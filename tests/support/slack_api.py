@@ -559,9 +559,7 @@ class SlackAPI:
         try:
             limit = min(largest, int(args.get("limit") or default))
         except ValueError:
-            return {"error": "invalid_limit"}
-        if limit < 1:
-            return {"error": "invalid_limit"}
+            return {"error": "invalid_arguments"}
 
         def within(ts: Decimal) -> bool:
             low, high = bounds.get("oldest"), bounds.get("latest")

@@ -15,13 +15,13 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncResp
 from slack_sdk.errors import SlackApiError
 
 from adapters.slack.errors import error_code
+from adapters.slack.listeners import PLATFORM
 from adapters.slack.mrkdwn import escape, neutralize
 from adapters.slack.people import People
 from bot.commands import Command, registered
 from bot.engine import Engine
 from bot.models import Author, CommandResult, ConversationKey, Message
 
-PLATFORM = "slack"
 PICK_ACTION = "parley_model_pick"
 PICKER_OPTIONS = 100  # a static select holds at most 100 options
 CANNOT_POST = "Parley can't post here; invite it with `/invite @Parley` and try again."

@@ -197,18 +197,18 @@ async def test_the_loopback_history_refuses_what_slack_refuses(slack: SlackAPI) 
 
 async def test_a_reply_nobody_asked_for_posts_and_edits_without_a_stream(harness: Harness) -> None:
     slack = harness.slack
-    for key in (
-        ConversationKey("slack", "C3"),
-        ConversationKey("slack", "C3", slack.say(BOB.id, "C3", "hi").ts),
-    ):
+    keys = [ConversationKey("slack", "C3"), ConversationKey("slack", "C3", slack.say(BOB.id, "C3", "hi").ts)]
+    for count, key in enumerate(keys, start=1):
         renderer = harness.engine.pacer.renderer(await harness.platform.surface_for(key))
         renderer.update("The weekly digest")
+        await until(lambda count=count: len(slack.replies("C3")) == count, "the post")
         await renderer.finish("The weekly digest: all **quiet**.")
     channel_post, thread_post = slack.replies("C3")
-    assert (channel_post.thread_ts, thread_post.thread_ts) == (None, key.thread_id)
+    assert (channel_post.thread_ts, thread_post.thread_ts) == (None, keys[1].thread_id)
     assert channel_post.text == thread_post.text == "The weekly digest: all *quiet*."  # mrkdwn
     assert slack.methods("chat.startStream", "chat.appendStream", "chat.stopStream") == []
-    assert slack.methods("chat.postMessage", "chat.update").count("chat.postMessage") == 2
+    edited = [call.args["ts"] for call in slack.calls_to("chat.update")]
+    assert edited == [channel_post.ts, thread_post.ts]
 
 
 # Reopening a reply a crash cut short

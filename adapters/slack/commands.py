@@ -94,15 +94,15 @@ class SlashCommands:
             id=ts,
             created_at=float(ts),
         )
-        team = context.team_id or command.get("team_id")
-        # The caller's own team is the stream's recipient team (slash command payloads carry no user_team).
         reply_to = {
             "channel": channel,
             "thread_ts": ts,
             "user": user,
-            "user_team": command.get("team_id") or team,
+            # The stream's recipient team is the caller's (slash command payloads carry no user_team).
+            "user_team": command.get("team_id") or context.team_id,
+            "team": context.team_id or command.get("team_id"),
         }
-        await self.engine.accept(message, {**reply_to, "team": team})
+        await self.engine.accept(message, reply_to)
         await self.engine.addressing.follow(key)
 
     async def on_pick(

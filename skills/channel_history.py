@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import Any, ClassVar
@@ -9,6 +10,8 @@ from typing import Any, ClassVar
 from bot.models import HistoryEntry
 from bot.skills import Question, SkillContext, SkillResult
 from bot.untrusted import messages_block
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MESSAGES = 50
 MAX_MESSAGES = 100
@@ -61,7 +64,14 @@ class ChannelHistory:
         except (TypeError, ValueError):
             limit = DEFAULT_MESSAGES
         limit = max(1, min(MAX_MESSAGES, limit))
-        entries = await context.platform.history(context.conversation, limit=limit)
+        try:
+            entries = await context.platform.history(context.conversation, limit=limit)
+        except Exception as error:  # the platform refused (a permission missing, a channel gone)
+            log.warning("could not read the messages of %s: %s", context.conversation, error)
+            return SkillResult(
+                "The messages of this conversation could not be read.",
+                note="Parley could not read the messages here, so this answer is without them.",
+            )
         if not entries:
             return SkillResult("There are no earlier messages in this conversation.")
         return SkillResult(messages_block([_line(entry) for entry in entries]))

@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from adapters.discord import serve, sync_commands
+from adapters.discord import sync_commands
 from adapters.discord.text import split_reply
 from bot.config import Settings
 from bot.engine import Engine
+from skills import builtin
 from tests.support.discord_emulator import (
     APP_ID,
     BOB,
@@ -22,6 +23,7 @@ from tests.support.discord_emulator import (
     RANDOM,
     THREAD,
     DiscordEmulator,
+    running,
     until,
 )
 from tests.support.llm_server import LLMServer, Script
@@ -46,14 +48,9 @@ async def bot(
         discord_gateway_url=discord_api.gateway_url,
         **search.settings(),
     )
-    engine = await Engine.create(settings)
-    task = asyncio.create_task(serve(engine, settings))
-    await asyncio.wait_for(discord_api.ready.wait(), 10)
-    await asyncio.sleep(0.3)  # let the client process READY and GUILD_CREATE
-    yield engine
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    engine = await Engine.create(settings, skills=builtin(settings))
+    async with running(discord_api, engine):
+        yield engine
     await engine.aclose()
 
 
@@ -280,18 +277,14 @@ async def test_commands_are_synced_only_when_they_change(
         discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
     )
     for _ in range(2):
-        discord_api.ready.clear()
-        engine = await Engine.create(settings)
-        task = asyncio.create_task(serve(engine, settings))
-        await asyncio.wait_for(discord_api.ready.wait(), 10)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        engine = await Engine.create(settings, skills=builtin(settings))
+        async with running(discord_api, engine):
+            pass
         await engine.aclose()
     syncs = [c for c in discord_api.calls if c.method == "PUT" and c.path.endswith("/commands")]
     assert len(syncs) == 1
     assert {command["name"] for command in syncs[0].json} == {
-        "ask", "web", "model", "models", "system", "reset", "search", "autoreply", "help",
+        "ask", "web", "read", "model", "models", "system", "reset", "search", "skills", "autoreply", "help",
     }  # fmt: skip
 
 
@@ -301,7 +294,7 @@ async def test_sync_to_one_server_registers_the_commands_there(
     settings = make_settings(
         discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
     )
-    said = await sync_commands(settings, 4242)
-    assert said == "Synced 9 commands to server 4242; they are available there now."
+    said = await sync_commands(settings, 4242, builtin(settings))
+    assert said == "Synced 11 commands to server 4242; they are available there now."
     puts = [c for c in discord_api.calls if c.method == "PUT"]
     assert [c.path for c in puts] == [f"/api/v10/applications/{APP_ID}/guilds/4242/commands"]

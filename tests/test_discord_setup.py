@@ -5,7 +5,6 @@ Every setup problem an operator can fix ends in one sentence and exit status 1, 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 from collections.abc import Callable
@@ -13,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.discord import serve
 from bot.config import Settings
 from bot.engine import Engine
-from tests.support.discord_emulator import APP_ID, BOT_ID, GENERAL, DiscordEmulator, until
+from tests.support.discord_emulator import APP_ID, BOT_ID, GENERAL, DiscordEmulator, running, until
 from tests.support.llm_server import LLMServer
 from tests.support.slack_api import SlackAPI
 from tests.test_cli import parley
@@ -109,7 +107,7 @@ async def test_discord_sync_answers_with_what_it_registered(llm: LLMServer, work
         code, out, err = await parley(llm, workdir, "discord", "sync", **discord_env(discord_api))
     assert (code, out.strip()) == (
         0,
-        "Synced 9 commands globally; Discord may take a while to show them everywhere.",
+        "Synced 11 commands globally; Discord may take a while to show them everywhere.",
     ), err
 
 
@@ -124,31 +122,26 @@ async def test_refused_slash_commands_are_logged_and_the_bot_still_answers(
             discord_gateway_url=discord_api.gateway_url,
         )
         engine = await Engine.create(settings)
-        task = asyncio.create_task(serve(engine, settings))
         try:
-            await asyncio.wait_for(discord_api.ready.wait(), 10)
-            await discord_api.send_message(GENERAL, f"<@{BOT_ID}> still there?", mentions=[MENTION])
-            await until(
-                lambda: (
-                    [m["content"] for m in discord_api.messages_in(GENERAL)] == ["echo: Alice: still there?"]
+            async with running(discord_api, engine):
+                await discord_api.send_message(GENERAL, f"<@{BOT_ID}> still there?", mentions=[MENTION])
+                await until(
+                    lambda: (
+                        [m["content"] for m in discord_api.messages_in(GENERAL)]
+                        == ["echo: Alice: still there?"]
+                    )
                 )
-            )
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             await engine.aclose()
         assert (
             "Discord refused the slash commands (400: Injected failure); they were not updated" in caplog.text
         )
         # Nothing was remembered as synced, so the next start tries again.
-        discord_api.ready.clear()
         engine = await Engine.create(settings)
-        task = asyncio.create_task(serve(engine, settings))
         try:
-            await asyncio.wait_for(discord_api.ready.wait(), 10)
+            async with running(discord_api, engine):
+                pass
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             await engine.aclose()
     puts = [c.status for c in discord_api.calls if c.method == "PUT"]
     assert puts == [400, 200]

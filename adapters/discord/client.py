@@ -37,10 +37,13 @@ NOT_STORED = (
 
 
 class ParleyDiscord(discord.Client):
-    def __init__(self, platform: DiscordPlatform, *, sync_on_start: bool = True) -> None:
+    def __init__(
+        self, platform: DiscordPlatform, *, sync_on_start: bool = True, guild_ready: float = 2.0
+    ) -> None:
         intents = discord.Intents.default()
         intents.message_content = True
-        super().__init__(intents=intents, allowed_mentions=NO_PINGS)
+        # `guild_ready`: how long READY waits for one more server to arrive (each arrives on its own).
+        super().__init__(intents=intents, allowed_mentions=NO_PINGS, guild_ready_timeout=guild_ready)
         self.platform = platform
         self.engine = platform.engine
         self.tree = app_commands.CommandTree(self)

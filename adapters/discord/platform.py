@@ -26,10 +26,12 @@ START_SECONDS = 60.0  # how long the gateway may take to let Parley in
 class DiscordPlatform:
     name = "discord"
 
-    def __init__(self, engine: Engine, settings: Settings, *, sync_on_start: bool = True) -> None:
+    def __init__(
+        self, engine: Engine, settings: Settings, *, sync_on_start: bool = True, guild_ready: float = 2.0
+    ) -> None:
         self.engine = engine
         self.settings = settings
-        self.client = ParleyDiscord(self, sync_on_start=sync_on_start)
+        self.client = ParleyDiscord(self, sync_on_start=sync_on_start, guild_ready=guild_ready)
         self._connection: asyncio.Task[None] | None = None
         self._stopping = False
         # /ask replies deferred but not yet begun, by token: each moves to the channel before its token

@@ -42,7 +42,6 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from adapters.discord import platform
 from adapters.discord.platform import DiscordPlatform
 from bot.engine import Engine
 from tests.support.loopback import serve_app
@@ -908,7 +907,8 @@ class DiscordEmulator:
 async def running(discord_api: DiscordEmulator, engine: Engine) -> AsyncIterator[DiscordPlatform]:
     """Parley's Discord platform connected to this emulator until the block ends, started and stopped as
     `parley run` does: start, recover what a previous run left, and at the end drain, then stop."""
-    discord = platform(engine, engine.settings)
+    # The loopback Discord sends its one server right after READY: no need to wait 2 s for more.
+    discord = DiscordPlatform(engine, engine.settings, guild_ready=0.5)
     engine.register(discord)
     async with asyncio.timeout(20):
         await discord.start()

@@ -52,6 +52,9 @@ class Engine:
         self.addressing = Addressing(store, self.settings_for)
         self._gate = Gate()
         self._tasks: set[asyncio.Task[Outcome]] = set()
+        # What this process is answering, by inbox id: messages can arrive while a platform starts,
+        # before `recover` runs, and recovery must leave those alone.
+        self._answering: dict[int, tuple[InboxEntry, asyncio.Task[Outcome]]] = {}
         self._trimmed: set[str] = set()  # conversations whose last reply already said turns were left out
 
     @classmethod
@@ -109,10 +112,14 @@ class Engine:
         return "command", None, stripped[1:]
 
     def _submit(self, entry: InboxEntry) -> asyncio.Task[Outcome]:
+        if entry.id in self._answering:  # accepted and found pending at once: answered once
+            return self._answering[entry.id][1]
         name = f"reply to {entry.message.key} {entry.message.id}"
         task = asyncio.create_task(self._answer(entry), name=name)
         self._tasks.add(task)
+        self._answering[entry.id] = (entry, task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._answering.pop(entry.id, None))
         return task
 
     async def _answer(self, entry: InboxEntry) -> Outcome:
@@ -146,11 +153,16 @@ class Engine:
         line, those too old to answer now)."""
         platform = self.platforms[platform_name]
         for reply in await self.store.streaming(platform_name):
+            live = {entry.turn_id for entry, _ in self._answering.values()}
+            if reply.answers in live:  # streaming in this process, not cut short
+                continue
             if conversation is None or reply.conversation == str(conversation):
                 await self._repair(platform, reply)
         now = time.time()
         for entry in await self.store.pending(platform_name):
             if conversation is not None and entry.message.key != conversation:
+                continue
+            if entry.id in self._answering:
                 continue
             if now - entry.received_at <= self.settings.pending_max_age_seconds:
                 self._submit(entry)

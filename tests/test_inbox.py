@@ -94,6 +94,27 @@ async def test_after_a_crash_cut_replies_are_repaired_and_waiting_messages_answe
     ]
 
 
+async def test_recovery_leaves_alone_what_this_process_is_already_answering(
+    engine: Engine, platform: RecordingPlatform, llm: LLMServer
+) -> None:
+    """A platform delivers messages as soon as it connects, before `recover` runs after its start: a
+    reply already streaming is not taken for one a crash cut short, nor a queued message answered twice."""
+    llm.enqueue(Script(tokens=["one", " two"], delay=0.5))
+    streaming, queued = msg("first"), msg("second")
+    first = await engine.accept(streaming, {"message": streaming.id})
+    second = await engine.accept(queued, {"message": queued.id})
+    assert first and second
+    await first_render(engine, streaming)
+    async with asyncio.timeout(10):  # its row is written just after its first render
+        while not await engine.store.streaming("test"):
+            await asyncio.sleep(0.01)
+    await engine.recover("test")
+    assert await asyncio.gather(first, second) == ["ok", "ok"]
+    assert not [s for _, _, s in platform.surfaces if s.reopened]
+    assert surface_of(engine, streaming).final == "one two" and surface_of(engine, queued).final
+    assert len(llm.chat_requests()) == 2
+
+
 async def test_shutdown_lets_replies_finish_within_the_grace_then_cuts_them_off(
     engine: Engine, llm: LLMServer
 ) -> None:

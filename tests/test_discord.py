@@ -270,6 +270,21 @@ async def test_attachments_are_read_in_or_named(
     assert final_text(discord_api, GENERAL)[-1].endswith("_slides.pdf is not a file type I can read._")
 
 
+async def test_one_persons_messages_are_answered_in_the_order_they_were_sent(
+    bot: Engine, discord_api: DiscordEmulator, llm: LLMServer
+) -> None:
+    """The first message's file takes a while to download; the second, sent just after, waits for it."""
+    slow = [discord_api.attachment("minutes.txt", b"we met", "text/plain", delay=1.0)]
+    first = await discord_api.send_message(
+        GENERAL, f"<@{BOT_ID}> read this", mentions=[MENTION], attachments=slow
+    )
+    second = await discord_api.send_message(GENERAL, f"<@{BOT_ID}> and then this", mentions=[MENTION])
+    await until(lambda: discord_api.replies_to(first) and discord_api.replies_to(second))
+    asked = [r.json["messages"][-1]["content"] for r in llm.chat_requests()]
+    assert asked[0].startswith("Alice: read this") and asked[1] == "Alice: and then this"
+    assert int(discord_api.replies_to(first)[0]["id"]) < int(discord_api.replies_to(second)[0]["id"])
+
+
 async def test_commands_are_synced_only_when_they_change(
     discord_api: DiscordEmulator, make_settings: Callable[..., Settings]
 ) -> None:

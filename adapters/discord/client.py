@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -48,6 +49,8 @@ class ParleyDiscord(discord.Client):
         self.engine = platform.engine
         self.tree = app_commands.CommandTree(self)
         self._sync_on_start = sync_on_start
+        # By channel and person: the newest message still on its way to the engine.
+        self._arrivals: dict[tuple[int, int], asyncio.Future[None]] = {}
         install(self.tree, platform)
 
     async def setup_hook(self) -> None:
@@ -79,6 +82,20 @@ class ParleyDiscord(discord.Client):
         log.info("Discord: logged in as %s. Invite: %s", self.user, url)
 
     async def on_message(self, message: discord.Message) -> None:
+        # discord.py hands each event to a task of its own, and what comes before accepting a message
+        # (reading settings, downloading files) takes longer for some than for others; a person's
+        # messages in a channel are still stored, and so answered, in the order they were sent.
+        sender = (message.channel.id, message.author.id)
+        previous = self._arrivals.get(sender)
+        mine = self._arrivals[sender] = asyncio.get_running_loop().create_future()
+        try:
+            await self._take(message, previous)
+        finally:
+            mine.set_result(None)
+            if self._arrivals.get(sender) is mine:
+                del self._arrivals[sender]
+
+    async def _take(self, message: discord.Message, previous: asyncio.Future[None] | None) -> None:
         assert self.user is not None
         key = conversation_key(message.channel)
         reference = message.reference.resolved if message.reference else None
@@ -102,6 +119,8 @@ class ParleyDiscord(discord.Client):
             is_direct=arrival.direct,
         )
         reply_to = {"channel": str(message.channel.id), "message": str(message.id)}
+        if previous is not None:
+            await previous
         try:
             await self.engine.accept(incoming, reply_to)
         except Exception:

@@ -201,6 +201,7 @@ class DiscordEmulator:
         self._runner: web.AppRunner | None = None
         self._routes = self._route_table()
         self.files: dict[str, bytes] = {}
+        self.file_delays: dict[str, float] = {}
         self.port = 0
 
     # What tests read
@@ -405,9 +406,10 @@ class DiscordEmulator:
         for socket in self._sockets:
             await socket.send_str(payload)
 
-    def attachment(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
-        """An attachment payload whose file this emulator serves."""
+    def attachment(self, name: str, data: bytes, content_type: str, *, delay: float = 0.0) -> dict[str, Any]:
+        """An attachment payload whose file this emulator serves (`delay` seconds late: a big one)."""
         self.files[name] = data
+        self.file_delays[name] = delay
         return {
             "id": self.snowflake(),
             "filename": name,
@@ -434,6 +436,7 @@ class DiscordEmulator:
         await self._runner.cleanup()
 
     async def _attachment(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(self.file_delays[request.match_info["name"]])
         return web.Response(body=self.files[request.match_info["name"]])
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from adapters.discord.platform import DiscordPlatform
+import adapters.discord.surface as surfaces
+from adapters.discord.port import DiscordPlatform
 from adapters.discord.text import split_reply
 from bot.config import Settings
 from bot.engine import RESTARTED_NOTE, Engine
@@ -278,3 +279,85 @@ async def test_an_ask_reply_is_reopened_through_the_channel_after_its_token_expi
         f"/api/v10/channels/{GENERAL}/messages/{original['id']}",
         200,
     )
+
+
+# An /ask that waited its turn when Parley stopped
+
+
+async def ask_then_restart(
+    discord_api: DiscordEmulator, settings: Settings, llm: LLMServer, answer: Script
+) -> tuple[str, Engine]:
+    """Alice's /ask waits behind her mention's reply when Parley stops; returns it and the engine started
+    again on the same database, which answers it (the caller closes that engine)."""
+    first = await Engine.create(settings, skills=builtin(settings))
+    llm.enqueue(Script(tokens=["Halfway"], stall_after=1), answer)
+    async with running(discord_api, first):
+        mention = await discord_api.send_message(GENERAL, f"<@{BOT_ID}> first", mentions=[MENTION])
+        await until(lambda: contents(discord_api, GENERAL) == ["Halfway"])
+        asked = await discord_api.interact("ask", [{"name": "prompt", "type": 3, "value": "then me"}])
+        await until(
+            lambda: len([c for c in discord_api.interaction_responses(asked) if c.status == 200]) == 1
+        )
+    await first.aclose()
+    assert [m["content"] for m in discord_api.replies_to(mention)] == [
+        "Halfway\n\n_Cut off: Parley is restarting._"
+    ]
+    assert discord_api.original_response(asked)["content"] == ""  # type: ignore[index]  # still thinking
+    return asked, await Engine.create(settings, skills=builtin(settings))
+
+
+def token_writes(discord_api: DiscordEmulator, interaction: str) -> list[Any]:
+    return [c for c in discord_api.calls if "/webhooks/" in c.path and f"token-{interaction}" in c.path]
+
+
+async def test_an_ask_waiting_when_parley_stopped_is_answered_through_its_token_after_the_restart(
+    discord_api: DiscordEmulator, make_settings: Callable[..., Settings], llm: LLMServer
+) -> None:
+    settings = make_settings(
+        discord_token="t",
+        discord_api_base=discord_api.api_base,
+        discord_gateway_url=discord_api.gateway_url,
+        shutdown_grace_seconds=0.3,
+    )
+    asked, restarted = await ask_then_restart(discord_api, settings, llm, Script(tokens=["Now", " you."]))
+    try:
+        async with running(discord_api, restarted):
+            await until(lambda: (discord_api.original_response(asked) or {}).get("content") == "Now you.")
+    finally:
+        await restarted.aclose()
+    writes = token_writes(discord_api, asked)
+    assert writes and all(c.path.endswith("/messages/@original") and c.status == 200 for c in writes)
+
+
+async def test_a_recovered_ask_still_moves_to_the_channel_before_its_token_expires(
+    make_settings: Callable[..., Settings], llm: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(surfaces, "TOKEN_SECONDS", 6.0)
+    monkeypatch.setattr(surfaces, "TOKEN_MARGIN", 2.0)
+    lines = [f"Line {i} of a long answer.\n" for i in range(16)]
+    async with DiscordEmulator(token_seconds=6.0) as discord_api:
+        settings = make_settings(
+            discord_token="t",
+            discord_api_base=discord_api.api_base,
+            discord_gateway_url=discord_api.gateway_url,
+            shutdown_grace_seconds=0.3,
+        )
+        asked, restarted = await ask_then_restart(
+            discord_api, settings, llm, Script(tokens=lines, delay=0.4)
+        )  # about 6 s: past the token's life
+
+        def continued() -> str:
+            posts = [m for m in discord_api.messages_in(GENERAL) if m.get("message_reference")]
+            return str(posts[-1]["content"]) if len(posts) == 2 else ""
+
+        try:
+            async with running(discord_api, restarted):
+                await until(lambda: continued().endswith("Line 15 of a long answer.\n"), seconds=30)
+        finally:
+            await restarted.aclose()
+        original = discord_api.original_response(asked)
+        assert original is not None
+        reference = [m for m in discord_api.messages_in(GENERAL) if m.get("message_reference")][-1]
+        assert str(reference["message_reference"]["message_id"]) == original["id"]
+        assert original["content"] + continued() == "".join(lines)
+        assert all(c.status == 200 for c in token_writes(discord_api, asked))  # never used past its life

@@ -5,7 +5,7 @@ from __future__ import annotations
 import discord
 
 from adapters.discord.login import login, point_at
-from adapters.discord.platform import DiscordPlatform
+from adapters.discord.port import DiscordPlatform
 from bot.config import Settings, SetupError
 from bot.engine import Engine
 from bot.skills import Skill

@@ -18,7 +18,7 @@ from bot.addressing import Arrival, Rules
 from bot.models import Attachment, Message
 
 if TYPE_CHECKING:
-    from adapters.discord.platform import DiscordPlatform
+    from adapters.discord.port import DiscordPlatform
 
 log = logging.getLogger(__name__)
 

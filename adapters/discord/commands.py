@@ -21,7 +21,7 @@ from bot import commands
 from bot.models import ConversationKey, Message
 
 if TYPE_CHECKING:
-    from adapters.discord.platform import DiscordPlatform
+    from adapters.discord.port import DiscordPlatform
 
 log = logging.getLogger(__name__)
 

@@ -34,21 +34,36 @@ async def login(client: discord.Client, settings: Settings) -> None:
         raise SetupError(message) from None
 
 
-def connection_refused(error: BaseException, application_id: int | None) -> SetupError:
+def connection_refused(error: BaseException | None, application_id: int | None, gateway: str) -> SetupError:
     """Why the gateway connection ended before Parley was ready, as one sentence."""
     if isinstance(error, discord.PrivilegedIntentsRequired):
         return SetupError(intent_off(application_id))
-    if isinstance(error, discord.ConnectionClosed) and error.code == 4004:
+    if isinstance(error, discord.ConnectionClosed):
+        if error.code == 4004:
+            return SetupError(
+                "Discord refused DISCORD_TOKEN on the gateway; reset the token in the developer portal"
+            )
         return SetupError(
-            "Discord refused DISCORD_TOKEN on the gateway; reset the token in the developer portal"
+            f"Discord closed the gateway connection (code {error.code}) before Parley was ready"
         )
-    reason = f"closed with code {error.code}" if isinstance(error, discord.ConnectionClosed) else str(error)
-    return SetupError(
-        f"Discord ended the gateway connection before Parley was ready ({reason or type(error).__name__})"
-    )
+    if isinstance(error, AttributeError):  # discord.py 2.7 loses a first failed connection in its retry
+        error = error.__context__
+    if isinstance(error, (aiohttp.ClientError, OSError, TimeoutError)):
+        return SetupError(
+            f"Could not reach Discord's gateway at {gateway} ({_reason(error)}); check the network "
+            "connection, or DISCORD_GATEWAY_URL if you set it"
+        )
+    return SetupError(f"Discord's gateway connection ended before Parley was ready ({error!r})")
 
 
 def unreachable(api_base: str, error: BaseException) -> str:
+    return (
+        f"Could not reach Discord at {api_base} ({_reason(error)}); check the network connection, "
+        "or DISCORD_API_BASE if you set it"
+    )
+
+
+def _reason(error: BaseException) -> str:
     cause = getattr(error, "os_error", error)
     if isinstance(cause, ConnectionRefusedError):
         reason = "nothing answers there"
@@ -58,10 +73,7 @@ def unreachable(api_base: str, error: BaseException) -> str:
         reason = "it did not answer in time"
     else:
         reason = str(error) or type(error).__name__
-    return (
-        f"Could not reach Discord at {api_base} ({reason}); check the network connection, "
-        "or DISCORD_API_BASE if you set it"
-    )
+    return reason
 
 
 def intent_off(application_id: int | None) -> str:

@@ -42,7 +42,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from adapters.discord.platform import DiscordPlatform
+from adapters.discord.port import DiscordPlatform
 from bot.engine import Engine
 from tests.support.loopback import serve_app
 
@@ -194,6 +194,8 @@ class DiscordEmulator:
         self.overwrites: dict[int, list[dict[str, Any]]] = {}
         self.rate_limited = 0
         self.closed_with: list[int] = []  # gateway close codes sent
+        self.identify_refused: int | None = None  # a close code to answer IDENTIFY with (4004: bad token)
+        self.hold_ready = False  # never answer IDENTIFY
         self._windows: dict[tuple[str, str], _Window] = {}
         self._last_id = 0
         self._sequence = itertools.count(1)
@@ -451,6 +453,12 @@ class DiscordEmulator:
             if payload["op"] == 1:
                 await socket.send_str(json.dumps({"op": 11}))
             elif payload["op"] == 2:
+                if self.hold_ready:
+                    continue
+                if self.identify_refused is not None:
+                    self.closed_with.append(self.identify_refused)
+                    await socket.close(code=self.identify_refused, message=b"Authentication failed.")
+                    break
                 if not self._intents_allowed(int(payload["d"].get("intents", 0))):
                     self.closed_with.append(4014)
                     await socket.close(code=4014, message=b"Disallowed intent(s).")

@@ -60,7 +60,9 @@ class DiscordPlatform:
         if self.client.is_ready() and not self._connection.done():
             return
         if self._connection.done() and not self._connection.cancelled():
-            refused = connection_refused(self._connection.exception(), self.client.application_id)
+            refused = connection_refused(
+                self._connection.exception(), self.client.application_id, self.settings.discord_gateway_url
+            )
         else:
             refused = SetupError(
                 f"Discord's gateway at {self.settings.discord_gateway_url} did not let Parley in within "

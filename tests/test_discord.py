@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from adapters.discord import sync_commands
+from adapters.discord.client import NOT_STORED
 from adapters.discord.text import split_reply
 from bot.config import Settings
 from bot.engine import Engine
@@ -283,6 +284,22 @@ async def test_one_persons_messages_are_answered_in_the_order_they_were_sent(
     asked = [r.json["messages"][-1]["content"] for r in llm.chat_requests()]
     assert asked[0].startswith("Alice: read this") and asked[1] == "Alice: and then this"
     assert int(discord_api.replies_to(first)[0]["id"]) < int(discord_api.replies_to(second)[0]["id"])
+
+
+async def test_a_message_that_cannot_be_stored_is_refused_in_one_sentence(
+    bot: Engine, discord_api: DiscordEmulator, llm: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def unavailable(*args: object) -> None:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(bot.store, "accept", unavailable)
+    sent = await discord_api.send_message(GENERAL, f"<@{BOT_ID}> hello", mentions=[MENTION])
+    await until(lambda: discord_api.replies_to(sent))
+    assert [m["content"] for m in discord_api.replies_to(sent)] == [NOT_STORED]
+    asked = await discord_api.interact("ask", [{"name": "prompt", "type": 3, "value": "hi"}])
+    await until(lambda: (discord_api.original_response(asked) or {}).get("content"))
+    assert discord_api.original_response(asked)["content"].startswith("Parley could not take this command")  # type: ignore[index]
+    assert llm.chat_requests() == []
 
 
 async def test_commands_are_synced_only_when_they_change(

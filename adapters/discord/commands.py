@@ -52,6 +52,7 @@ def _slash(command: commands.Command, platform: DiscordPlatform) -> app_commands
             work = platform.engine.run_command(incoming(interaction, ""), line)
             await answer_command(interaction, work)
 
+    # discord.py reads a command's options from its callback's signature: this one is made from the list.
     parameters = [inspect.Parameter("interaction", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     for option in command.options:
         parameters.append(

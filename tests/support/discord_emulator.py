@@ -3,9 +3,8 @@
     async with DiscordEmulator() as discord_api:
         settings = Settings(discord_token="t", discord_api_base=discord_api.api_base,
                             discord_gateway_url=discord_api.gateway_url, ...)
-        ...start the adapter...
-        await discord_api.ready.wait()
-        await discord_api.send_message(CHANNEL, "<@BOT> hello", author=ALICE)
+        async with running(discord_api, engine) as platform:  # started as `parley run` starts it
+            await discord_api.send_message(CHANNEL, "<@BOT> hello", author=ALICE)
 
 It refuses what Discord refuses (checked against Discord's API docs and OpenAPI spec):
 
@@ -15,10 +14,18 @@ It refuses what Discord refuses (checked against Discord's API docs and OpenAPI 
 - command registrations with bad names, descriptions, option order, or more than 25 options or choices,
   and autocomplete answers with more than 25 choices or a choice name or value over 100 characters;
 - an interaction answered after 3 seconds (10062) or twice (40060); its token after 15 minutes (50027);
+- reading history (GET /channels/{channel}/messages) with a limit outside 1–100, more than one of
+  before/after/around, an id that is not a snowflake or a parameter it does not take; without View
+  Channel it answers 50001, without Read Message History an empty page, as Discord documents;
+- deleting another person's message (50013), and editing an ephemeral message through the channel;
 - more than 5 requests per 5 s in one bucket, answering 429 with `Via`, `Retry-After` and a JSON
   `retry_after`. Buckets are per route and top-level resource, as Discord's are: message creates and
   edits per channel, webhook executes and edits per interaction token. Every limited response carries
   `X-RateLimit-*` headers.
+
+It keeps everyone's messages, as a channel does, and serves them newest first a page at a time; ids
+are snowflakes made as Discord makes them (the time in the high bits). `deliver_again` replays a
+MESSAGE_CREATE, as a client can see one after a gateway resume.
 
 With `token=`, REST calls without `Authorization: Bot TOKEN` get Discord's 401, as a bad token does.
 Every REST call is recorded (`calls`, with the status it got), and `fail_next(method, path_fragment,

@@ -55,6 +55,7 @@ class Engine:
         # What this process is answering, by inbox id: messages can arrive while a platform starts,
         # before `recover` runs, and recovery must leave those alone.
         self._answering: dict[int, tuple[InboxEntry, asyncio.Task[Outcome]]] = {}
+        self._stopping = False  # draining: what arrives now is kept for the next start
         self._trimmed: set[str] = set()  # conversations whose last reply already said turns were left out
 
     @classmethod
@@ -80,12 +81,20 @@ class Engine:
         """Store a message the moment its adapter accepts it, then answer it in its turn.
 
         Returns the task that answers it (awaiting it gives the outcome), or None when this delivery was
-        accepted before: a redelivered message is answered once.
+        accepted before (a redelivered message is answered once) or Parley is stopping (it is stored,
+        and answered at the next start).
         """
         content, tokens = self._user_turn(message)
         entry = await self.store.accept(message, reply_to, content, tokens)
         if entry is None:
             log.info("%s: message %s was delivered again; already answered", message.key, message.id)
+            return None
+        if self._stopping:
+            log.info(
+                "%s: message %s arrived while Parley stops; answered at the next start",
+                message.key,
+                message.id,
+            )
             return None
         return self._submit(entry)
 
@@ -193,7 +202,9 @@ class Engine:
         await self.store.close_inbox(entry.id, "expired")
 
     async def drain(self, grace: float) -> None:
-        """Let replies under way finish for up to `grace` seconds, then cut the rest off with a note."""
+        """Let replies under way finish for up to `grace` seconds, then cut the rest off with a note.
+        Messages accepted from now on are stored and left for the next start."""
+        self._stopping = True
         tasks = set(self._tasks)
         if not tasks:
             return

@@ -5,12 +5,15 @@ Requests go over plain HTTP, as a client that does not check anything itself wou
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import aiohttp
 import pytest
+from discord.utils import snowflake_time
 
 from tests.support.discord_emulator import (
     APP_ID,
@@ -231,7 +234,9 @@ async def test_history_is_newest_first_a_page_at_a_time(discord_api: DiscordEmul
     assert (await listing(discord_api, GENERAL, limit="1"))[1][0]["id"] == sent[1]["id"]
     await discord_api.send_message(THREAD, "in a thread")
     assert [m["content"] for m in (await listing(discord_api, THREAD))[1]] == ["in a thread"]
-    assert int(ids[0]) < int(ids[1]) and page[0]["timestamp"] > page[-1]["timestamp"]
+    # Ids grow with time, and a message's timestamp is the time its id holds.
+    assert all(int(a) < int(b) for a, b in itertools.pairwise(ids))
+    assert all(datetime.fromisoformat(m["timestamp"]) == snowflake_time(int(m["id"])) for m in page)
 
 
 async def test_history_refuses_what_discord_refuses(discord_api: DiscordEmulator) -> None:

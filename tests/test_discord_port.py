@@ -230,7 +230,7 @@ async def test_reopen_replaces_what_every_message_of_the_reply_shows(
 ) -> None:
     long = "\n\n".join(f"Paragraph {n}. " + "word " * 120 for n in range(7))  # about 4,500 characters
     async with running(discord_api, engine) as first:
-        asked = await discord_api.send_message(GENERAL, f"<@{BOT_ID}> long one", mentions=[MENTION])
+        asked = await discord_api.send_message(GENERAL, "a message the reply answers")
         surface = await first.surface_for(IN_GENERAL, {"channel": str(GENERAL), "message": asked})
         await engine.pacer.renderer(surface).finish(long)
         refs = surface.refs
@@ -361,3 +361,26 @@ async def test_a_recovered_ask_still_moves_to_the_channel_before_its_token_expir
         assert str(reference["message_reference"]["message_id"]) == original["id"]
         assert original["content"] + continued() == "".join(lines)
         assert all(c.status == 200 for c in token_writes(discord_api, asked))  # never used past its life
+
+
+async def test_a_message_still_downloading_when_parley_stops_is_stored_and_answered_at_the_next_start(
+    discord_api: DiscordEmulator, engine: Engine, settings: Settings
+) -> None:
+    slow = [discord_api.attachment("big.txt", b"the contents", "text/plain", delay=1.0)]
+    async with running(discord_api, engine):
+        sent = await discord_api.send_message(
+            GENERAL, f"<@{BOT_ID}> read this", mentions=[MENTION], attachments=slow
+        )
+        await until(lambda: discord_api.downloads == ["big.txt"])  # it arrived; Parley stops meanwhile
+    (turn,) = await engine.store.history(str(IN_GENERAL), 10)
+    assert turn.content.startswith("read this") and "the contents" in turn.content
+    assert [entry.message.id for entry in await engine.store.pending("discord")] == [sent]
+    assert discord_api.replies_to(sent) == []
+    restarted = await Engine.create(settings, skills=builtin(settings))
+    try:
+        async with running(discord_api, restarted):
+            await until(lambda: discord_api.replies_to(sent))
+    finally:
+        await restarted.aclose()
+    (reply,) = discord_api.replies_to(sent)
+    assert reply["content"].startswith("echo: Alice: read this") and "the contents" in reply["content"]

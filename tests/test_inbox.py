@@ -115,6 +115,24 @@ async def test_recovery_leaves_alone_what_this_process_is_already_answering(
     assert len(llm.chat_requests()) == 2
 
 
+async def test_a_message_accepted_while_parley_stops_is_kept_for_the_next_start(
+    make_engine: Callable[..., Any], platform: RecordingPlatform, llm: LLMServer
+) -> None:
+    """Once the replies under way are drained, a reply started now could not be shown: the platform is
+    about to close. The message is stored and answered by the next process."""
+    stopping = await make_engine()
+    await stopping.drain(1.0)
+    late = msg("just in time")
+    assert await stopping.accept(late, {"message": late.id}) is None
+    assert platform.surfaces == [] and llm.chat_requests() == []
+    assert [entry.message.id for entry in await stopping.store.pending("test")] == [late.id]
+    await stopping.aclose()
+    restarted = await make_engine()
+    await restarted.recover("test")
+    await asyncio.gather(*restarted._tasks)
+    assert surface_of(restarted, late).final == "echo: Ada: just in time"
+
+
 async def test_shutdown_lets_replies_finish_within_the_grace_then_cuts_them_off(
     engine: Engine, llm: LLMServer
 ) -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
+import aiohttp
 import discord
 from discord import app_commands
 
@@ -51,6 +52,7 @@ class ParleyDiscord(discord.Client):
         self._sync_on_start = sync_on_start
         # By channel and person: the newest message still on its way to the engine.
         self._arrivals: dict[tuple[int, int], asyncio.Future[None]] = {}
+        self.arriving: set[asyncio.Task[None]] = set()  # messages on their way to the engine
         install(self.tree, platform)
 
     async def setup_hook(self) -> None:
@@ -88,12 +90,16 @@ class ParleyDiscord(discord.Client):
         sender = (message.channel.id, message.author.id)
         previous = self._arrivals.get(sender)
         mine = self._arrivals[sender] = asyncio.get_running_loop().create_future()
+        task = asyncio.current_task()
+        assert task is not None
+        self.arriving.add(task)
         try:
             await self._take(message, previous)
         finally:
             mine.set_result(None)
             if self._arrivals.get(sender) is mine:
                 del self._arrivals[sender]
+            self.arriving.discard(task)
 
     async def _take(self, message: discord.Message, previous: asyncio.Future[None] | None) -> None:
         assert self.user is not None
@@ -148,7 +154,7 @@ async def _download(attachment: discord.Attachment) -> Attachment:
         )
     try:
         data = await attachment.read()
-    except discord.HTTPException:
+    except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError):  # the message is kept
         return Attachment(
             attachment.filename,
             attachment.content_type,

@@ -21,6 +21,7 @@ from bot.models import ConversationKey, HistoryEntry, Surface
 log = logging.getLogger(__name__)
 
 START_SECONDS = 60.0  # how long the gateway may take to let Parley in
+ARRIVING_SECONDS = 10.0  # how long a stop waits for messages still being stored (their files downloading)
 
 
 class DiscordPlatform:
@@ -77,9 +78,16 @@ class DiscordPlatform:
         for waiting in self._waiting.values():
             waiting.cancel()
         self._waiting.clear()
+        await self._stored_arrivals()  # while their files can still be downloaded
         await self.client.close()
         if self._connection is not None:
             await asyncio.gather(self._connection, return_exceptions=True)
+        await self._stored_arrivals()
+
+    async def _stored_arrivals(self) -> None:
+        """Let messages that arrived before the gateway closed reach the inbox."""
+        if self.client.arriving:
+            await asyncio.wait(set(self.client.arriving), timeout=ARRIVING_SECONDS)
 
     async def wait_closed(self) -> None:
         assert self._connection is not None, "start() first"

@@ -211,6 +211,7 @@ class DiscordEmulator:
         self._routes = self._route_table()
         self.files: dict[str, bytes] = {}
         self.file_delays: dict[str, float] = {}
+        self.downloads: list[str] = []  # the files fetched, by name
         self.port = 0
 
     # What tests read
@@ -445,6 +446,7 @@ class DiscordEmulator:
         await self._runner.cleanup()
 
     async def _attachment(self, request: web.Request) -> web.Response:
+        self.downloads.append(request.match_info["name"])
         await asyncio.sleep(self.file_delays[request.match_info["name"]])
         return web.Response(body=self.files[request.match_info["name"]])
 

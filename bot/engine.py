@@ -52,10 +52,9 @@ class Engine:
         self.addressing = Addressing(store, self.settings_for)
         self._gate = Gate()
         self._tasks: set[asyncio.Task[Outcome]] = set()
-        # What this process is answering, by inbox id: messages can arrive while a platform starts,
-        # before `recover` runs, and recovery must leave those alone.
-        self._answering: dict[int, tuple[InboxEntry, asyncio.Task[Outcome]]] = {}
-        self._stopping = False  # draining: what arrives now is kept for the next start
+        # What this process accepted or started is its own; recovery only takes what an earlier one left.
+        self._started_at = time.time()
+        self._closing = False  # set once drained: what arrives later waits, stored, for the next start
         self._trimmed: set[str] = set()  # conversations whose last reply already said turns were left out
 
     @classmethod
@@ -81,19 +80,17 @@ class Engine:
         """Store a message the moment its adapter accepts it, then answer it in its turn.
 
         Returns the task that answers it (awaiting it gives the outcome), or None when this delivery was
-        accepted before (a redelivered message is answered once) or Parley is stopping (it is stored,
-        and answered at the next start).
+        accepted before (a redelivered message is answered once) or Parley is stopping (it is answered at
+        the next start).
         """
         content, tokens = self._user_turn(message)
         entry = await self.store.accept(message, reply_to, content, tokens)
         if entry is None:
             log.info("%s: message %s was delivered again; already answered", message.key, message.id)
             return None
-        if self._stopping:
+        if self._closing:  # stored, so the next start answers it
             log.info(
-                "%s: message %s arrived while Parley stops; answered at the next start",
-                message.key,
-                message.id,
+                "%s: message %s arrived while stopping; it waits for the next start", message.key, message.id
             )
             return None
         return self._submit(entry)
@@ -121,14 +118,10 @@ class Engine:
         return "command", None, stripped[1:]
 
     def _submit(self, entry: InboxEntry) -> asyncio.Task[Outcome]:
-        if entry.id in self._answering:  # accepted and found pending at once: answered once
-            return self._answering[entry.id][1]
         name = f"reply to {entry.message.key} {entry.message.id}"
         task = asyncio.create_task(self._answer(entry), name=name)
         self._tasks.add(task)
-        self._answering[entry.id] = (entry, task)
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _: self._answering.pop(entry.id, None))
         return task
 
     async def _answer(self, entry: InboxEntry) -> Outcome:
@@ -161,17 +154,12 @@ class Engine:
         the replies it cut short, then answer the messages it accepted but did not answer (closing, with a
         line, those too old to answer now)."""
         platform = self.platforms[platform_name]
-        for reply in await self.store.streaming(platform_name):
-            live = {entry.turn_id for entry, _ in self._answering.values()}
-            if reply.answers in live:  # streaming in this process, not cut short
-                continue
+        for reply in await self.store.streaming(platform_name, before=self._started_at):
             if conversation is None or reply.conversation == str(conversation):
                 await self._repair(platform, reply)
         now = time.time()
-        for entry in await self.store.pending(platform_name):
+        for entry in await self.store.pending(platform_name, before=self._started_at):
             if conversation is not None and entry.message.key != conversation:
-                continue
-            if entry.id in self._answering:
                 continue
             if now - entry.received_at <= self.settings.pending_max_age_seconds:
                 self._submit(entry)
@@ -203,12 +191,13 @@ class Engine:
 
     async def drain(self, grace: float) -> None:
         """Let replies under way finish for up to `grace` seconds, then cut the rest off with a note.
-        Messages accepted from now on are stored and left for the next start."""
-        self._stopping = True
-        tasks = set(self._tasks)
-        if not tasks:
-            return
-        _done, pending = await asyncio.wait(tasks, timeout=grace)
+
+        Replies still waiting their turn when cut stay pending in the inbox: the next start answers them."""
+        deadline = asyncio.get_running_loop().time() + grace
+        while self._tasks and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)  # messages may still arrive meanwhile
+        self._closing = True
+        pending = set(self._tasks)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

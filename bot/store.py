@@ -170,16 +170,14 @@ class Store:
         async with self._db.begin() as conn:
             await _close(conn, inbox.c.id == inbox_id, state)
 
-    async def pending(self, platform: str) -> list[InboxEntry]:
-        """The platform's accepted messages not yet answered, oldest first, with their files."""
+    async def pending(self, platform: str, before: float | None = None) -> list[InboxEntry]:
+        """The platform's accepted messages not yet answered (received before `before`), oldest first,
+        with their files."""
+        query = select(inbox).where(inbox.c.state == "pending", inbox.c.platform == platform)
+        if before is not None:
+            query = query.where(inbox.c.received_at < before)
         async with self._db.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(inbox)
-                    .where(inbox.c.state == "pending", inbox.c.platform == platform)
-                    .order_by(inbox.c.id)
-                )
-            ).mappings()
+            rows = (await conn.execute(query.order_by(inbox.c.id))).mappings()
             entries = []
             for row in rows.all():
                 files = (
@@ -274,14 +272,15 @@ class Store:
         async with self._db.begin() as conn:
             await conn.execute(update(turns).where(turns.c.id == turn_id).values(reply_refs=json.dumps(refs)))
 
-    async def streaming(self, platform: str) -> list[StreamingReply]:
-        """The platform's replies a stopped process left streaming."""
+    async def streaming(self, platform: str, before: float | None = None) -> list[StreamingReply]:
+        """The platform's replies still streaming (those started before `before`): a stopped process's."""
+        query = select(
+            turns.c.id, turns.c.conversation, turns.c.content, turns.c.reply_refs, turns.c.answers
+        ).where(turns.c.outcome == "streaming", turns.c.conversation.startswith(f"{platform}:"))
+        if before is not None:
+            query = query.where(turns.c.created_at < before)
         async with self._db.connect() as conn:
-            rows = await conn.execute(
-                select(turns.c.id, turns.c.conversation, turns.c.content, turns.c.reply_refs, turns.c.answers)
-                .where(turns.c.outcome == "streaming", turns.c.conversation.startswith(f"{platform}:"))
-                .order_by(turns.c.id)
-            )
+            rows = await conn.execute(query.order_by(turns.c.id))
             return [
                 StreamingReply(row.id, row.conversation, row.content, _json(row.reply_refs), row.answers)
                 for row in rows

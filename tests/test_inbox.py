@@ -94,45 +94,6 @@ async def test_after_a_crash_cut_replies_are_repaired_and_waiting_messages_answe
     ]
 
 
-async def test_recovery_leaves_alone_what_this_process_is_already_answering(
-    engine: Engine, platform: RecordingPlatform, llm: LLMServer
-) -> None:
-    """A platform delivers messages as soon as it connects, before `recover` runs after its start: a
-    reply already streaming is not taken for one a crash cut short, nor a queued message answered twice."""
-    llm.enqueue(Script(tokens=["one", " two"], delay=0.5))
-    streaming, queued = msg("first"), msg("second")
-    first = await engine.accept(streaming, {"message": streaming.id})
-    second = await engine.accept(queued, {"message": queued.id})
-    assert first and second
-    await first_render(engine, streaming)
-    async with asyncio.timeout(10):  # its row is written just after its first render
-        while not await engine.store.streaming("test"):
-            await asyncio.sleep(0.01)
-    await engine.recover("test")
-    assert await asyncio.gather(first, second) == ["ok", "ok"]
-    assert not [s for _, _, s in platform.surfaces if s.reopened]
-    assert surface_of(engine, streaming).final == "one two" and surface_of(engine, queued).final
-    assert len(llm.chat_requests()) == 2
-
-
-async def test_a_message_accepted_while_parley_stops_is_kept_for_the_next_start(
-    make_engine: Callable[..., Any], platform: RecordingPlatform, llm: LLMServer
-) -> None:
-    """Once the replies under way are drained, a reply started now could not be shown: the platform is
-    about to close. The message is stored and answered by the next process."""
-    stopping = await make_engine()
-    await stopping.drain(1.0)
-    late = msg("just in time")
-    assert await stopping.accept(late, {"message": late.id}) is None
-    assert platform.surfaces == [] and llm.chat_requests() == []
-    assert [entry.message.id for entry in await stopping.store.pending("test")] == [late.id]
-    await stopping.aclose()
-    restarted = await make_engine()
-    await restarted.recover("test")
-    await asyncio.gather(*restarted._tasks)
-    assert surface_of(restarted, late).final == "echo: Ada: just in time"
-
-
 async def test_shutdown_lets_replies_finish_within_the_grace_then_cuts_them_off(
     engine: Engine, llm: LLMServer
 ) -> None:
@@ -166,3 +127,33 @@ async def _streaming_when_shown(engine: Engine) -> list[Any]:
     while not (found := await engine.store.streaming("test")):
         await asyncio.sleep(0.01)
     return found
+
+
+async def test_recovery_leaves_alone_what_this_process_is_answering(engine: Engine, llm: LLMServer) -> None:
+    """Messages arrive as soon as a platform starts, before recovery runs: they are this process's own,
+    neither answered a second time nor repaired as if a crash had cut them."""
+    llm.enqueue(Script(tokens=["still", " going"], delay=0.2))
+    message = msg("long one")
+    task = await engine.accept(message, {"message": message.id})
+    assert task is not None
+    await first_render(engine, message)
+    await engine.recover("test")
+    assert await task == "ok"
+    assert len(llm.chat_requests()) == 1
+    assert not [s for _, _, s in engine.platforms["test"].surfaces if s.reopened]
+    assert surface_of(engine, message).final == "still going"
+
+
+async def test_a_message_arriving_while_parley_stops_waits_stored_for_the_next_start(
+    make_engine: Callable[..., Any], llm: LLMServer
+) -> None:
+    stopping = await make_engine()
+    await stopping.drain(grace=0.1)
+    late = msg("just in time?")
+    assert await stopping.accept(late, {"message": late.id}) is None
+    assert llm.chat_requests() == []
+    await stopping.aclose()
+    restarted = await make_engine()
+    await restarted.recover("test")
+    await asyncio.gather(*restarted._tasks)
+    assert surface_of(restarted, late).final == "echo: Ada: just in time?"

@@ -48,7 +48,12 @@ async def start_parley(
             sys.executable, "-m", "bot", "run", cwd=workdir, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
         )  # fmt: skip
-    await asyncio.wait_for(discord_api.ready.wait(), 30)
+    try:
+        await asyncio.wait_for(discord_api.ready.wait(), 30)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
     return process
 
 

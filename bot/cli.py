@@ -295,8 +295,10 @@ async def discord_sync(settings: Settings, args: argparse.Namespace) -> int:
         print("Set DISCORD_TOKEN first.", file=sys.stderr)
         return 2
     adapter = importlib.import_module("adapters.discord")
-    try:
-        print(await adapter.sync_commands(settings, args.guild))
+    from skills import builtin
+
+    try:  # the skills' commands (/web, /read) are slash commands too
+        print(await adapter.sync_commands(settings, args.guild, builtin(settings)))
     except SetupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

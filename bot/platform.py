@@ -13,6 +13,11 @@ from typing import Any, Protocol
 from bot.models import ConversationKey, HistoryEntry, Surface
 
 
+class HistoryUnavailable(Exception):
+    """The platform would not show a conversation's messages (a permission missing, a channel gone); the
+    message says which and why, in one line."""
+
+
 class Platform(Protocol):
     name: str  # the platform of the conversations it serves: ConversationKey.platform
 
@@ -50,7 +55,7 @@ class Platform(Protocol):
         after: str | None = None,
     ) -> list[HistoryEntry]:
         """Up to `limit` messages of the channel or thread, oldest first, whoever they were addressed to:
-        the newest ones, or those before/after a message id."""
+        the newest ones, or those before/after a message id. HistoryUnavailable when it refuses."""
         ...
 
     async def permalink(self, conversation: ConversationKey, message_id: str) -> str: ...

@@ -8,6 +8,7 @@ import time
 from typing import Any, ClassVar
 
 from bot.models import HistoryEntry
+from bot.platform import HistoryUnavailable
 from bot.skills import Question, SkillContext, SkillResult
 from bot.untrusted import messages_block
 
@@ -66,7 +67,7 @@ class ChannelHistory:
         limit = max(1, min(MAX_MESSAGES, limit))
         try:
             entries = await context.platform.history(context.conversation, limit=limit)
-        except Exception as error:  # the platform refused (a permission missing, a channel gone)
+        except HistoryUnavailable as error:
             log.warning("could not read the messages of %s: %s", context.conversation, error)
             return SkillResult(
                 "The messages of this conversation could not be read.",

@@ -17,6 +17,7 @@ from adapters.discord.text import split_reply
 from bot.config import Settings
 from bot.engine import RESTARTED_NOTE, Engine
 from bot.models import ConversationKey
+from bot.platform import HistoryUnavailable
 from bot.reply import extend
 from skills import builtin
 from tests.support.discord_emulator import (
@@ -37,6 +38,7 @@ from tests.support.llm_server import LLMServer, Script
 
 MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
 READ_MESSAGE_HISTORY = 1 << 16
+VIEW_CHANNEL = 1 << 10
 IN_GENERAL = ConversationKey("discord", str(GENERAL))
 IN_THREAD = ConversationKey("discord", str(GENERAL), str(THREAD))
 
@@ -206,6 +208,14 @@ async def test_without_read_message_history_the_channel_reads_as_empty(
     await discord_api.send_message(RANDOM, "hidden from Parley")
     await discord_api.set_overwrites(RANDOM, [overwrite(BOT_ID, deny=READ_MESSAGE_HISTORY, member=True)])
     assert await discord.history(ConversationKey("discord", str(RANDOM)), limit=10) == []
+
+
+async def test_a_channel_parley_cannot_see_is_refused_in_one_sentence(
+    discord: DiscordPlatform, discord_api: DiscordEmulator
+) -> None:
+    await discord_api.set_overwrites(RANDOM, [overwrite(BOT_ID, deny=VIEW_CHANNEL, member=True)])
+    with pytest.raises(HistoryUnavailable, match=r"Discord refused the messages of discord:\d+ \(403: "):
+        await discord.history(ConversationKey("discord", str(RANDOM)), limit=10)
 
 
 # Replies nobody asked for, and replies reopened

@@ -11,10 +11,10 @@ import pytest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack.history import HistoryUnavailable
 from bot.config import Settings
 from bot.engine import RESTARTED_NOTE
 from bot.models import ConversationKey
+from bot.platform import HistoryUnavailable
 from bot.reply import extend
 from tests.support.llm_server import LLMServer, Script
 from tests.support.search_server import SearchServer

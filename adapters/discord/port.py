@@ -17,6 +17,7 @@ from adapters.discord.surface import InteractionSurface, MessageSurface, referen
 from bot.config import Settings, SetupError
 from bot.engine import Engine
 from bot.models import ConversationKey, HistoryEntry, Surface
+from bot.platform import HistoryUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -166,13 +167,18 @@ class DiscordPlatform:
         before: str | None = None,
         after: str | None = None,
     ) -> list[HistoryEntry]:
-        channel = await self._channel(conversation)
         asked: dict[str, Any] = {"limit": limit}
         if before is not None:
             asked["before"] = discord.Object(int(before))
         if after is not None:
             asked["after"] = discord.Object(int(after))
-        messages = [message async for message in channel.history(**asked, oldest_first=after is not None)]
+        try:
+            channel = await self._channel(conversation)
+            messages = [message async for message in channel.history(**asked, oldest_first=after is not None)]
+        except discord.HTTPException as error:
+            raise HistoryUnavailable(
+                f"Discord refused the messages of {conversation} ({error.status}: {error.text})"
+            ) from None
         if after is None:  # Discord reads back from the newest
             messages.reverse()
         assert self.client.user is not None

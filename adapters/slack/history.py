@@ -23,6 +23,7 @@ from adapters.slack.markup import readable
 from adapters.slack.people import People
 from adapters.slack.workspace import Workspace
 from bot.models import ConversationKey, HistoryEntry
+from bot.platform import HistoryUnavailable
 
 PAGE_SIZE = 200  # messages a call; Slack recommends no more than 200
 # Messages people read: plain ones, files, broadcasts from threads, other apps' posts, /me. Joins, topic
@@ -30,10 +31,6 @@ PAGE_SIZE = 200  # messages a call; Slack recommends no more than 200
 SHOWN_SUBTYPES = {None, "file_share", "thread_broadcast", "bot_message", "me_message"}
 
 Message = dict[str, Any]
-
-
-class HistoryUnavailable(Exception):
-    """Slack would not show a conversation's messages; says which call it refused and why, in one line."""
 
 
 class History:

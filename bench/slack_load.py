@@ -25,9 +25,9 @@ import aiohttp
 from aiohttp import web
 from loopback_provider import engine_settings, start, token_times
 
-from adapters.slack import build_app, start_http
+from adapters.slack import SlackPlatform
 from bot.engine import Engine
-from bot.models import Message, Surface
+from bot.models import Message
 from tests.support.loopback import serve_app
 from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser, signed_headers
 
@@ -89,19 +89,21 @@ async def main() -> None:
         )
         engine = await Engine.create(settings)
         await engine.catalog.all_names()
-        answered = 0
-        handle = engine.handle
+        replies: list[asyncio.Task[object]] = []
+        accept = engine.accept
 
-        async def counted(message: Message, surface: Surface) -> None:
-            """Engine.handle returns once the final text is shown: count replies that are done."""
-            nonlocal answered
-            await handle(message, surface)
-            answered += 1
+        async def accepted(message: Message, reply_to: dict[str, object] | None = None) -> object:
+            """The task that answers a message ends once its final text is shown: keep them to await."""
+            task = await accept(message, reply_to)
+            if task is not None:
+                replies.append(task)
+            return task
 
-        engine.handle = counted  # type: ignore[method-assign]
-        app, listeners = build_app(engine, settings)
-        runner = await start_http(app, SECRET, 0, host="127.0.0.1")
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events"
+        engine.accept = accepted  # type: ignore[method-assign]
+        platform = SlackPlatform(engine, settings, host="127.0.0.1", port=0)
+        engine.register(platform)
+        await platform.start()
+        url = f"http://127.0.0.1:{platform.port}/slack/events"
         posted: dict[str, float] = {}
         async with aiohttp.ClientSession() as http:
 
@@ -125,13 +127,14 @@ async def main() -> None:
             cpu_before = resource.getrusage(resource.RUSAGE_SELF)
             await asyncio.gather(*(mention(i) for i in range(args.mentions)))
             async with asyncio.timeout(600):
-                while answered < args.mentions:
-                    await asyncio.sleep(0.05)
+                while len(replies) < args.mentions:  # Bolt hands each event to its listener in a task
+                    await asyncio.sleep(0.01)
+                await asyncio.gather(*replies)
             cpu_after = resource.getrusage(resource.RUSAGE_SELF)
             async with http.get(f"http://127.0.0.1:{record_port}/calls") as response:
                 record = await response.json()
-        await runner.cleanup()
-        await listeners.finish(cancel=False)
+        await engine.drain(settings.shutdown_grace_seconds)
+        await platform.stop()
         await engine.aclose()
     slack_process.terminate()
     provider.terminate()

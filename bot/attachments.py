@@ -43,11 +43,12 @@ def read_attachments(attachments: tuple[Attachment, ...], *, vision: bool) -> At
             continue
         content_type = (attachment.content_type or "").split(";")[0].strip().lower()
         if content_type in IMAGE_TYPES:
+            # The text is the same whichever model answers: it is stored once, when the message arrives.
+            parts.append(f"[attached image {name}]")
             if vision:
                 result.images.append(Image(content_type, attachment.data))
             else:
                 result.notes.append(f"{name} is an image and this model does not take images.")
-                parts.append(f"[attached image {name}, not visible to this model]")
             continue
         text = _as_text(attachment.data, content_type, name)
         if text is None:

@@ -21,6 +21,7 @@ from bot.config import ConfigError, Settings, SetupError
 from bot.database_url import describe_database
 from bot.engine import Engine
 from bot.logs import configure_logging
+from bot.platform import Platform
 from bot.providers.base import ProviderError
 from bot.settings_loader import Loaded, load_settings
 from bot.store import Store
@@ -124,37 +125,63 @@ def _version() -> str:
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
-    platforms = []
-    if settings.discord_token:
-        platforms.append("adapters.discord")
-    if settings.slack_bot_token:
-        platforms.append("adapters.slack")
-    if not platforms:
+    adapters = [
+        name
+        for name, token in (
+            ("adapters.discord", settings.discord_token),
+            ("adapters.slack", settings.slack_bot_token),
+        )
+        if token
+    ]
+    if not adapters:
         print(NO_PLATFORM, file=sys.stderr)
         return 2
     if not settings.provider_settings():
         print(f"warning: {NO_PROVIDER}", file=sys.stderr)
-    engine = await Engine.create(settings)
-    main_task = asyncio.current_task()
+    from skills import builtin
+
+    engine = await Engine.create(settings, skills=builtin(settings))
+    platforms = [importlib.import_module(name).platform(engine, settings) for name in adapters]
+    for platform in platforms:
+        engine.register(platform)
+    stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, main_task.cancel)  # type: ignore[union-attr]
-    code = 0
+            loop.add_signal_handler(sig, stopping.set)
+    started: list[Platform] = []
     try:
-        try:
-            async with asyncio.TaskGroup() as platforms_running:  # one refusing its setup stops the others
-                for name in platforms:
-                    platforms_running.create_task(importlib.import_module(name).serve(engine, settings))
-        except* SetupError as refused:
-            for error in refused.exceptions:
-                print(f"error: {error}", file=sys.stderr)
-            code = 1
-    except asyncio.CancelledError:
-        print("Parley stopped.", file=sys.stderr)
+        for platform in platforms:  # one refusing its setup stops the others
+            await platform.start()
+            started.append(platform)
+        for platform in platforms:
+            await engine.recover(platform.name)
+        return await _until_stopped(stopping, platforms)
+    except SetupError as refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 1
     finally:
+        await engine.drain(settings.shutdown_grace_seconds)
+        for platform in reversed(started):
+            await platform.stop()
         await engine.aclose()
-    return code
+
+
+async def _until_stopped(stopping: asyncio.Event, platforms: list[Platform]) -> int:
+    """Serve until a signal (0), or until a platform stops on its own (1: it said why in the log)."""
+    signalled = asyncio.ensure_future(stopping.wait())
+    closed = {asyncio.ensure_future(platform.wait_closed()): platform for platform in platforms}
+    try:
+        done, _ = await asyncio.wait({signalled, *closed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in (signalled, *closed):
+            waiter.cancel()
+    if signalled in done:
+        print("Parley stopped.", file=sys.stderr)
+        return 0
+    gone = ", ".join(closed[waiter].name for waiter in done if waiter in closed)
+    print(f"error: {gone} stopped on its own (see the log above); Parley stops with it", file=sys.stderr)
+    return 1
 
 
 async def chat(settings: Settings, args: argparse.Namespace) -> int:
@@ -167,11 +194,13 @@ async def chat(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.provider_settings():
         print(NO_PROVIDER, file=sys.stderr)
         return 2
+    from skills import builtin
+
     # The terminal's input history and log live beside the SQLite file, else in ./data.
     database = make_url(settings.database_url)
     on_disk = database.get_backend_name() == "sqlite" and database.database not in (None, "", ":memory:")
     session = Chat(args.channel, Path(str(database.database)).parent if on_disk else Path("data"))
-    engine = await Engine.create(settings)
+    engine = await Engine.create(settings, skills=builtin(settings))
     try:
         return await session.run(engine)
     finally:
@@ -266,8 +295,10 @@ async def discord_sync(settings: Settings, args: argparse.Namespace) -> int:
         print("Set DISCORD_TOKEN first.", file=sys.stderr)
         return 2
     adapter = importlib.import_module("adapters.discord")
-    try:
-        print(await adapter.sync_commands(settings, args.guild))
+    from skills import builtin
+
+    try:  # the skills' commands (/web, /read) are slash commands too
+        print(await adapter.sync_commands(settings, args.guild, builtin(settings)))
     except SetupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -1,4 +1,5 @@
-"""The commands every platform shares: /model, /models, /system, /reset, /search, /autoreply, /help."""
+"""The commands every platform shares, in one list that each platform's registration is generated from:
+Discord's slash commands and their options, Slack's `/parley` subcommands, every platform's /help."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 from bot.catalog import UnknownModelError
 from bot.models import CommandResult, Message
 from bot.providers.base import ModelInfo
+from bot.skills import MODES, SkillRegistry
 
 if TYPE_CHECKING:
     from bot.engine import Engine
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
 Handler = Callable[["Engine", Message, str], Awaitable[CommandResult]]
 
 MODELS_SHOWN = 40
-SEARCH_MODES = ("off", "on", "auto")
+WEB_SEARCH = "web_search"
 SYSTEM_PROMPT_LIMIT = 4000
 
 # What /help says first, by `ConversationKey.platform`; the default fits the chat apps.
@@ -26,18 +28,56 @@ HELP_INTRO = "Mention Parley to talk to it. Commands:"
 
 
 @dataclass(frozen=True, slots=True)
+class Option:
+    """One argument of a command, as a platform with typed commands (Discord) registers it."""
+
+    name: str
+    description: str
+    choices: tuple[str, ...] = ()
+    required: bool = False
+    models: bool = False  # suggest model names as the person types
+
+
+@dataclass(frozen=True, slots=True)
 class Command:
-    usage: str
+    name: str
+    usage: str  # how it is typed after the slash: "model [NAME|default]"
     summary: str
-    handler: Handler
+    # None: the command starts a reply, which the engine answers like a message (/ask, a skill's command).
+    handler: Handler | None
+    options: tuple[Option, ...] = ()
     # Platforms (by `ConversationKey.platform`) where it means nothing: the terminal answers every
     # message, so it has no /autoreply.
     not_on: frozenset[str] = frozenset()
 
+    @property
+    def starts_reply(self) -> bool:
+        return self.handler is None
+
+    def line(self, values: list[str | None]) -> str:
+        """The command as typed, from its options' values in order (a platform's form of it)."""
+        return " ".join([self.name, *(value for value in values if value)])
+
 
 def available(platform: str) -> dict[str, Command]:
-    """The commands that mean something on `platform`, for its help and its registrations."""
+    """The settings commands that mean something on `platform`."""
     return {name: command for name, command in COMMANDS.items() if platform not in command.not_on}
+
+
+def registered(skills: SkillRegistry, platform: str) -> list[Command]:
+    """Every command a platform offers: the settings commands, /ask, and each skill's command."""
+    offered = list(available(platform).values())
+    if platform not in ASK.not_on:
+        offered.insert(0, ASK)
+    for skill in skills:
+        if skill.command:
+            name, _, argument = skill.command.partition(" ")
+            described = next(iter(skill.parameters.get("properties", {}).values()), {}).get("description")
+            option = Option(
+                argument.lower() or "text", described or f"what {skill.name} works on", required=True
+            )
+            offered.append(Command(name, skill.command, skill.summary, None, (option,)))
+    return offered
 
 
 async def run(engine: Engine, message: Message, line: str) -> CommandResult:
@@ -130,18 +170,39 @@ async def reset(engine: Engine, message: Message, args: str) -> CommandResult:
 
 
 async def search(engine: Engine, message: Message, args: str) -> CommandResult:
-    if not args:
-        mode = (await engine.settings_for(message.key)).search_mode
+    """`/search MODE`: web search's mode, the skill people ask for most, by its own name."""
+    return await skills(engine, message, f"{WEB_SEARCH} {args}".strip())
+
+
+async def skills(engine: Engine, message: Message, args: str) -> CommandResult:
+    """`/skills` lists the skills and their modes here; `/skills NAME MODE` sets one (managers)."""
+    conf = await engine.settings_for(message.key)
+    name, _, mode = args.lower().partition(" ")
+    if not name:
+        lines = [f"Skills in {_where(message)} (off, on: before every answer, auto: when useful):"]
+        for skill in engine.skills:
+            lines.append(f"{skill.name}: {engine.skills.mode(skill, conf.skills)} — {skill.summary}")
+        if len(lines) == 1:
+            lines = ["No skills are installed."]
+        else:
+            lines.append("Change one with /skills NAME off|on|auto.")
+        return CommandResult("\n".join(lines))
+    skill = engine.skills.get(name)
+    if skill is None:
+        known = ", ".join(s.name for s in engine.skills) or "none"
+        return CommandResult(f"There is no skill named {name!r}; the skills are: {known}.")
+    mode = mode.strip()
+    if not mode:
+        shown = engine.skills.mode(skill, conf.skills)
         return CommandResult(
-            f"Web search in {_where(message)} is {mode}. Change it with /search off|on|auto."
+            f"{skill.name} in {_where(message)} is {shown}. Change it with /skills {name} off|on|auto."
         )
-    mode = args.lower()
-    if mode not in SEARCH_MODES:
-        return CommandResult(f"Web search can be off, on or auto, not {args!r}.")
+    if mode not in MODES:
+        return CommandResult(f"{skill.name} can be off, on or auto, not {mode!r}.")
     if not engine.may_change_settings(message.author):
-        return _refusal("web search")
-    await engine.store.set_setting(str(message.key), "search_mode", mode, message.author.id)
-    return CommandResult(f"Web search in {_where(message)} is now {mode}.", ephemeral=False)
+        return _refusal(skill.name)
+    await engine.store.set_skill_mode(str(message.key), skill.name, mode, message.author.id)
+    return CommandResult(f"{skill.name} in {_where(message)} is now {mode}.", ephemeral=False)
 
 
 async def autoreply(engine: Engine, message: Message, args: str) -> CommandResult:
@@ -158,16 +219,10 @@ async def autoreply(engine: Engine, message: Message, args: str) -> CommandResul
     return CommandResult(f"Parley will now {state} in {_where(message)}.", ephemeral=False)
 
 
-async def web(engine: Engine, message: Message, args: str) -> CommandResult:
-    # Engine.handle streams /web QUERY as a reply; this is reached only where a platform runs commands
-    # without a reply surface.
-    return CommandResult("Send /web QUERY as a message to get an answer drawn from fresh web results.")
-
-
 async def help_(engine: Engine, message: Message, args: str) -> CommandResult:
     platform = message.key.platform
     lines = [HELP_INTROS.get(platform, HELP_INTRO)]
-    lines += [f"/{command.usage} — {command.summary}" for command in available(platform).values()]
+    lines += [f"/{command.usage} — {command.summary}" for command in registered(engine.skills, platform)]
     return CommandResult("\n".join(lines))
 
 
@@ -187,17 +242,71 @@ def _describe(info: ModelInfo) -> str:
 _NO_PROVIDERS = "No model provider is configured: set OPENROUTER_API_KEY (or another provider) and restart."
 
 COMMANDS: dict[str, Command] = {
-    "model": Command("model [NAME|default]", "show or switch this conversation's model", model),
-    "models": Command("models [FILTER]", "list the models you can switch to", models),
-    "system": Command("system [TEXT|clear]", "show, set or clear the system prompt", system),
-    "reset": Command("reset", "forget this conversation's messages", reset),
-    "search": Command("search [off|on|auto]", "show or set web search for this conversation", search),
-    "autoreply": Command(
-        "autoreply [on|off]",
-        "answer every message here, not only mentions",
-        autoreply,
-        not_on=frozenset({"console"}),
-    ),
-    "web": Command("web QUERY", "answer with fresh web results, whatever the search mode", web),
-    "help": Command("help", "this list", help_),
+    command.name: command
+    for command in (
+        Command(
+            "model",
+            "model [NAME|default]",
+            "show or switch this conversation's model",
+            model,
+            (
+                Option(
+                    "name",
+                    "PROVIDER/MODEL to switch to, or 'default'; empty shows the current one",
+                    models=True,
+                ),
+            ),
+        ),
+        Command(
+            "models",
+            "models [FILTER]",
+            "list the models you can switch to",
+            models,
+            (Option("filter", "Only models whose name contains this"),),
+        ),
+        Command(
+            "system",
+            "system [TEXT|clear]",
+            "show, set or clear the system prompt",
+            system,
+            (Option("text", "The new system prompt, or 'clear'; empty shows the current one"),),
+        ),
+        Command("reset", "reset", "forget this conversation's messages", reset),
+        Command(
+            "search",
+            "search [off|on|auto]",
+            "show or set web search for this conversation",
+            search,
+            (Option("mode", "off, on or auto; empty shows the current mode", MODES),),
+        ),
+        Command(
+            "skills",
+            "skills [NAME off|on|auto]",
+            "list the skills, or set how one is used here",
+            skills,
+            (
+                Option("name", "The skill to show or set; empty lists them all"),
+                Option("mode", "off, on (before every answer) or auto (when useful)", MODES),
+            ),
+        ),
+        Command(
+            "autoreply",
+            "autoreply [on|off]",
+            "answer every message here, not only mentions",
+            autoreply,
+            (Option("state", "on or off; empty shows the current state", ("on", "off")),),
+            not_on=frozenset({"console"}),
+        ),
+        Command("help", "help", "this list", help_),
+    )
 }
+
+# A message by command, for platforms where typing to Parley needs one (a slash command on Discord).
+ASK = Command(
+    "ask",
+    "ask PROMPT",
+    "ask Parley here, with this conversation's memory",
+    None,
+    (Option("prompt", "What to ask", required=True),),
+    not_on=frozenset({"console", "slack"}),
+)

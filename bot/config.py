@@ -155,6 +155,11 @@ class Settings(BaseSettings):
     first_token_timeout: float = Field(90.0, gt=0)
     chunk_timeout: float = Field(60.0, gt=0)
     reply_timeout: float = Field(300.0, gt=0)
+    # A message accepted but not answered before a crash is answered after the restart when it is younger
+    # than this; older ones get a line saying they went unanswered.
+    pending_max_age_seconds: float = Field(600.0, ge=0)
+    # At shutdown, replies under way get this long to finish before they are cut off with a note.
+    shutdown_grace_seconds: float = Field(10.0, ge=0)
     max_retries: int = Field(3, ge=0)
     retry_after_cap: float = Field(30.0, ge=0)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,13 @@ class ConversationKey:
     def __str__(self) -> str:
         base = f"{self.platform}:{self.channel_id}"
         return f"{base}:{self.thread_id}" if self.thread_id else base
+
+    @classmethod
+    def parse(cls, text: str) -> ConversationKey:
+        """The key `str(key)` made, for platforms whose ids hold no colon (Discord's and Slack's)."""
+        platform, _, rest = text.partition(":")
+        channel, _, thread = rest.partition(":")
+        return cls(platform, channel, thread or None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +129,12 @@ class Surface(Protocol):
         """
         ...
 
+    @property
+    def refs(self) -> dict[str, Any] | None:
+        """Where the reply is shown so far (JSON the adapter can reopen it from after a crash), or None
+        while nothing is shown or when it cannot be edited later."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ConversationSettings:
@@ -129,8 +142,21 @@ class ConversationSettings:
 
     model: str
     system_prompt: str | None
-    search_mode: str  # off, on, auto
     autoreply: bool
+    skills: Mapping[str, str] = field(default_factory=dict)  # modes chosen here, by skill name
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """A message of a channel or thread as its platform keeps it, whoever it was addressed to."""
+
+    id: str
+    author_id: str
+    author_name: str
+    text: str
+    created_at: float  # Unix time
+    by_parley: bool
+    permalink: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,88 +1,29 @@
-"""Durable memory and settings on SQLAlchemy Core: SQLite by default, PostgreSQL when DATABASE_URL says so."""
+"""Durable memory, settings and the inbox on SQLAlchemy Core: SQLite, or PostgreSQL by DATABASE_URL."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import (
-    Boolean,
-    Column,
-    Float,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    delete,
-    event,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import and_, delete, event, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from bot import migrations
 from bot.config import SetupError
+from bot.models import Attachment, Author, ConversationKey, Message
+from bot.schema import conversation_settings, inbox, inbox_files, meta, skill_modes, turns
 
-metadata = MetaData()
-
-turns = Table(
-    "turns",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("conversation", String(255), nullable=False),
-    Column("role", String(16), nullable=False),
-    Column("author_id", String(255), nullable=False, default=""),
-    Column("author_name", String(255), nullable=False, default=""),
-    Column("content", Text, nullable=False),
-    Column("tokens", Integer, nullable=False),
-    Column("model", String(255)),
-    Column("prompt_tokens", Integer),
-    Column("completion_tokens", Integer),
-    Column("cost", Float),
-    Column("latency_ms", Integer),
-    Column("outcome", String(16)),
-    Column("created_at", Float, nullable=False),
-    Index("ix_turns_conversation_id", "conversation", "id"),
-)
-
-conversation_settings = Table(
-    "conversation_settings",
-    metadata,
-    Column("conversation", String(255), primary_key=True),
-    Column("model", String(255)),
-    Column("system_prompt", Text),
-    Column("search_mode", String(8)),
-    Column("autoreply", Boolean),
-    Column("updated_by", String(255)),
-    Column("updated_at", Float),
-)
-
-event_claims = Table(
-    "event_claims",
-    metadata,
-    Column("kind", String(32), primary_key=True),
-    Column("key", String(255), primary_key=True),
-    Column("created_at", Float, nullable=False),
-)
-
-meta = Table(
-    "meta",
-    metadata,
-    Column("name", String(255), primary_key=True),
-    Column("value", Text, nullable=False),
-)
-
-SETTING_FIELDS = ("model", "system_prompt", "search_mode", "autoreply")
+SETTING_FIELDS = ("model", "system_prompt", "autoreply")
 FIRST_PAGE = 32  # turns the first query reads while filling a context budget; each later query reads 4x more
 
 
@@ -97,19 +38,54 @@ class Turn:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredTurn:
+    """A turn as history shows it."""
+
+    id: int
+    role: str
+    author_id: str
+    author_name: str
+    content: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class AssistantRecord:
     content: str
     model: str
-    outcome: str  # ok, error, cut_off, streaming (until finished), interrupted (found streaming at start)
+    outcome: str  # ok, error, cut_off, streaming (until finished), interrupted (cut short by a crash)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cost: float | None = None
     latency_ms: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """A message Parley accepted and has yet to answer, as stored."""
+
+    id: int
+    message: Message
+    reply_to: dict[str, Any] | None  # what the adapter needs to answer it, as it gave it
+    turn_id: int | None  # its user turn; None for commands and messages with nothing to remember
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamingReply:
+    """A reply that was still streaming when its process stopped."""
+
+    turn_id: int
+    conversation: str
+    content: str
+    refs: dict[str, Any] | None
+    answers: int | None
+
+
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self._db = engine
+        self._dialect = engine.dialect.name
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -127,11 +103,9 @@ class Store:
             if parsed.get_backend_name() == "sqlite":
                 event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
             async with engine.begin() as conn:
-                await conn.run_sync(metadata.create_all)
-                # A reply still "streaming" when the process starts was cut short by a crash or restart.
-                await conn.execute(
-                    update(turns).where(turns.c.outcome == "streaming").values(outcome="interrupted")
-                )
+                await conn.run_sync(migrations.upgrade)
+                # A schema at head needs no write, but answering does: find out now if none is allowed.
+                await conn.execute(update(meta).where(meta.c.name == "").values(value=meta.c.value))
         except (OSError, sqlite3.Error, SQLAlchemyError) as error:
             if engine is not None:
                 await engine.dispose()
@@ -141,55 +115,210 @@ class Store:
     async def close(self) -> None:
         await self._db.dispose()
 
+    # The inbox
+
+    async def accept(
+        self, message: Message, reply_to: dict[str, Any] | None, content: str, tokens: int
+    ) -> InboxEntry | None:
+        """Store a message the moment it is accepted: its inbox row, its files and (when there is something
+        to remember) its user turn, in one transaction. None when this delivery was stored before."""
+        now = time.time()
+        key = message.key
+        try:
+            async with self._db.begin() as conn:
+                turn_id = None
+                if content:
+                    result = await conn.execute(
+                        insert(turns).values(
+                            conversation=str(key),
+                            role="user",
+                            author_id=message.author.id,
+                            author_name=message.author.display_name,
+                            content=content,
+                            tokens=tokens,
+                            created_at=now,
+                        )
+                    )
+                    turn_id = int(result.inserted_primary_key[0])
+                result = await conn.execute(
+                    insert(inbox).values(
+                        platform=key.platform,
+                        channel=key.channel_id,
+                        thread=key.thread_id,
+                        message_id=message.id,
+                        conversation=str(key),
+                        author=_author_json(message.author),
+                        text=message.text,
+                        is_direct=message.is_direct,
+                        reply_to=json.dumps(reply_to) if reply_to is not None else None,
+                        turn_id=turn_id,
+                        state="pending",
+                        received_at=now,
+                    )
+                )
+                inbox_id = int(result.inserted_primary_key[0])
+                if message.attachments:
+                    await conn.execute(
+                        insert(inbox_files),
+                        [_file_values(inbox_id, attachment) for attachment in message.attachments],
+                    )
+        except IntegrityError:
+            return None
+        return InboxEntry(inbox_id, message, reply_to, turn_id, now)
+
+    async def close_inbox(self, inbox_id: int, state: str = "done") -> None:
+        async with self._db.begin() as conn:
+            await _close(conn, inbox.c.id == inbox_id, state)
+
+    async def pending(self, platform: str, before: float | None = None) -> list[InboxEntry]:
+        """The platform's accepted messages not yet answered (received before `before`), oldest first,
+        with their files."""
+        query = select(inbox).where(inbox.c.state == "pending", inbox.c.platform == platform)
+        if before is not None:
+            query = query.where(inbox.c.received_at < before)
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(query.order_by(inbox.c.id))).mappings()
+            entries = []
+            for row in rows.all():
+                files = (
+                    await conn.execute(
+                        select(inbox_files)
+                        .where(inbox_files.c.inbox_id == row["id"])
+                        .order_by(inbox_files.c.id)
+                    )
+                ).mappings()
+                entries.append(_entry(row, [_attachment(f) for f in files.all()]))
+        return entries
+
     # Turns
 
-    async def add_assistant_turn(self, conversation: str, record: AssistantRecord, tokens: int) -> int:
+    async def recall(
+        self, conversation: str, token_budget: int, upto: int | None = None
+    ) -> tuple[list[Turn], bool]:
+        """The context of a reply: the newest turns that fit the budget, oldest first, and whether older
+        ones were left out.
+
+        With `upto` (the user turn being answered), the conversation as it stood at that question: turns up
+        to it, and the finished answers to earlier questions. Replies still streaming are never included.
+        """
+        async with self._db.connect() as conn:
+            return await _recent(conn, conversation, token_budget, upto)
+
+    async def start_reply(
+        self,
+        conversation: str,
+        answers: int | None,
+        author_id: str,
+        record: AssistantRecord,
+        tokens: int,
+        refs: dict[str, Any] | None = None,
+    ) -> int:
+        """The assistant turn of a reply now showing: written at its first render, with where it shows."""
         async with self._db.begin() as conn:
             result = await conn.execute(
                 insert(turns).values(
                     conversation=conversation,
                     role="assistant",
+                    author_id=author_id,
+                    author_name="",
                     created_at=time.time(),
                     tokens=tokens,
+                    answers=answers,
+                    reply_refs=json.dumps(refs) if refs is not None else None,
                     **_record_values(record),
                 )
             )
             return int(result.inserted_primary_key[0])
 
-    async def update_assistant_turn(self, turn_id: int, record: AssistantRecord, tokens: int) -> None:
+    async def update_reply(self, turn_id: int, record: AssistantRecord, tokens: int) -> None:
         async with self._db.begin() as conn:
             await conn.execute(
                 update(turns).where(turns.c.id == turn_id).values(tokens=tokens, **_record_values(record))
             )
 
-    async def add_user_turn_and_recall(
+    async def finish_reply(
         self,
+        inbox_id: int,
         conversation: str,
+        turn_id: int | None,
+        answers: int | None,
         author_id: str,
-        author_name: str,
-        content: str,
+        record: AssistantRecord,
         tokens: int,
-        token_budget: int,
-    ) -> tuple[int, list[Turn], bool]:
-        """Store a user turn and read back the context it ends, in one transaction: one round trip."""
+    ) -> None:
+        """Save a reply's final record and close its message in the inbox, in one transaction: after a
+        crash a message is either answered or still pending, never both."""
         async with self._db.begin() as conn:
-            result = await conn.execute(
-                insert(turns).values(
-                    conversation=conversation,
-                    role="user",
-                    author_id=author_id,
-                    author_name=author_name,
-                    content=content,
-                    tokens=tokens,
-                    created_at=time.time(),
+            if turn_id is None:
+                await conn.execute(
+                    insert(turns).values(
+                        conversation=conversation,
+                        role="assistant",
+                        author_id=author_id,
+                        author_name="",
+                        created_at=time.time(),
+                        tokens=tokens,
+                        answers=answers,
+                        **_record_values(record),
+                    )
                 )
-            )
-            recalled, trimmed = await _recent(conn, conversation, token_budget)
-            return int(result.inserted_primary_key[0]), recalled, trimmed
+            else:
+                await conn.execute(
+                    update(turns).where(turns.c.id == turn_id).values(tokens=tokens, **_record_values(record))
+                )
+            await _close(conn, inbox.c.id == inbox_id, "done")
 
-    async def recent_turns(self, conversation: str, token_budget: int) -> tuple[list[Turn], bool]:
+    async def save_refs(self, turn_id: int, refs: dict[str, Any]) -> None:
+        async with self._db.begin() as conn:
+            await conn.execute(update(turns).where(turns.c.id == turn_id).values(reply_refs=json.dumps(refs)))
+
+    async def streaming(self, platform: str, before: float | None = None) -> list[StreamingReply]:
+        """The platform's replies still streaming (those started before `before`): a stopped process's."""
+        query = select(
+            turns.c.id, turns.c.conversation, turns.c.content, turns.c.reply_refs, turns.c.answers
+        ).where(turns.c.outcome == "streaming", turns.c.conversation.startswith(f"{platform}:"))
+        if before is not None:
+            query = query.where(turns.c.created_at < before)
         async with self._db.connect() as conn:
-            return await _recent(conn, conversation, token_budget)
+            rows = await conn.execute(query.order_by(turns.c.id))
+            return [
+                StreamingReply(row.id, row.conversation, row.content, _json(row.reply_refs), row.answers)
+                for row in rows
+            ]
+
+    async def interrupted(self, reply: StreamingReply) -> None:
+        """Record a reply a crash cut short; its question counts as answered, so it is not asked again."""
+        async with self._db.begin() as conn:
+            await conn.execute(update(turns).where(turns.c.id == reply.turn_id).values(outcome="interrupted"))
+            if reply.answers is not None:
+                await _close(conn, and_(inbox.c.turn_id == reply.answers, inbox.c.state == "pending"), "done")
+
+    async def drop_turn(self, turn_id: int) -> None:
+        async with self._db.begin() as conn:
+            await conn.execute(delete(turns).where(turns.c.id == turn_id))
+
+    async def history(
+        self, conversation: str, limit: int, before: int | None = None, after: int | None = None
+    ) -> list[StoredTurn]:
+        """Up to `limit` stored turns, oldest first: the newest, or those before/after a turn id."""
+        query = select(
+            turns.c.id,
+            turns.c.role,
+            turns.c.author_id,
+            turns.c.author_name,
+            turns.c.content,
+            turns.c.created_at,
+        ).where(turns.c.conversation == conversation)
+        if before is not None:
+            query = query.where(turns.c.id < before)
+        if after is not None:
+            query = query.where(turns.c.id > after).order_by(turns.c.id).limit(limit)
+        else:
+            query = query.order_by(turns.c.id.desc()).limit(limit)
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        stored = [StoredTurn(r.id, r.role, r.author_id, r.author_name, r.content, r.created_at) for r in rows]
+        return stored if after is not None else stored[::-1]
 
     async def count_turns(self, conversation: str) -> int:
         async with self._db.connect() as conn:
@@ -220,46 +349,65 @@ class Store:
         if name not in SETTING_FIELDS:
             raise ValueError(f"unknown setting {name}")
         values = {name: value, "updated_by": updated_by, "updated_at": time.time()}
-        async with self._db.begin() as conn:
-            result = await conn.execute(
-                update(conversation_settings)
-                .where(conversation_settings.c.conversation == conversation)
-                .values(**values)
+        await self._upsert(conversation_settings, {"conversation": conversation}, values)
+
+    async def skill_modes(self, conversations: Sequence[str]) -> list[dict[str, str]]:
+        """Skill modes set for the given conversations, in the order asked: {skill: mode} each."""
+        async with self._db.connect() as conn:
+            rows = await conn.execute(
+                select(skill_modes.c.conversation, skill_modes.c.skill, skill_modes.c.mode).where(
+                    skill_modes.c.conversation.in_(conversations)
+                )
             )
-            if not result.rowcount:
-                await conn.execute(insert(conversation_settings).values(conversation=conversation, **values))
+            by_key: dict[str, dict[str, str]] = {}
+            for row in rows:
+                by_key.setdefault(row.conversation, {})[row.skill] = row.mode
+        return [by_key.get(c, {}) for c in conversations]
 
-    # Dedupe and small durable values
+    async def set_skill_mode(self, conversation: str, skill: str, mode: str, updated_by: str) -> None:
+        values = {"mode": mode, "updated_by": updated_by, "updated_at": time.time()}
+        await self._upsert(skill_modes, {"conversation": conversation, "skill": skill}, values)
 
-    async def claim_event(self, kind: str, key: str) -> bool:
-        """True the first time (kind, key) is claimed, across processes and restarts."""
-        try:
-            async with self._db.begin() as conn:
-                await conn.execute(insert(event_claims).values(kind=kind, key=key, created_at=time.time()))
-        except IntegrityError:
-            return False
-        return True
+    # Small durable values
 
     async def get_meta(self, name: str) -> str | None:
         async with self._db.connect() as conn:
             return (await conn.execute(select(meta.c.value).where(meta.c.name == name))).scalar()
 
     async def set_meta(self, name: str, value: str) -> None:
+        await self._upsert(meta, {"name": name}, {"value": value})
+
+    async def _upsert(self, table: Any, key: dict[str, Any], values: dict[str, Any]) -> None:
+        """INSERT … ON CONFLICT DO UPDATE: two writers racing on one key both succeed, the last one wins."""
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        statement = dialect_insert(table).values(**key, **values)
+        statement = statement.on_conflict_do_update(index_elements=list(key), set_=values)
         async with self._db.begin() as conn:
-            result = await conn.execute(update(meta).where(meta.c.name == name).values(value=value))
-            if not result.rowcount:
-                await conn.execute(insert(meta).values(name=name, value=value))
+            await conn.execute(statement)
 
 
-async def _recent(conn: AsyncConnection, conversation: str, token_budget: int) -> tuple[list[Turn], bool]:
-    """The newest turns whose token estimates fit the budget, oldest first, and whether older ones exist.
+async def _close(conn: AsyncConnection, which: Any, state: str) -> None:
+    """Close inbox rows; their files were kept only to answer them."""
+    ids = [row.id for row in await conn.execute(select(inbox.c.id).where(which))]
+    if ids:
+        await conn.execute(update(inbox).where(inbox.c.id.in_(ids)).values(state=state, done_at=time.time()))
+        await conn.execute(delete(inbox_files).where(inbox_files.c.inbox_id.in_(ids)))
 
-    Reads in pages from the newest end, so the cost depends on what fits, not on how much is stored.
-    """
-    chosen: list[Turn] = []
+
+async def _recent(
+    conn: AsyncConnection, conversation: str, token_budget: int, upto: int | None
+) -> tuple[list[Turn], bool]:
+    """Reads in pages from the newest end, so the cost depends on what fits, not on how much is stored."""
+    chosen: list[tuple[int, Turn]] = []
     used = 0
     before: int | None = None
     page = FIRST_PAGE
+    condition = and_(
+        turns.c.conversation == conversation,
+        or_(turns.c.outcome.is_(None), turns.c.outcome != "streaming"),
+    )
+    if upto is not None:
+        condition = and_(condition, or_(turns.c.id <= upto, turns.c.answers < upto))
     columns = (
         turns.c.id,
         turns.c.role,
@@ -267,28 +415,28 @@ async def _recent(conn: AsyncConnection, conversation: str, token_budget: int) -
         turns.c.content,
         turns.c.tokens,
         turns.c.outcome,
+        turns.c.answers,
     )
+    trimmed = False
     while True:
-        query = (
-            select(*columns)
-            .where(turns.c.conversation == conversation)
-            .order_by(turns.c.id.desc())
-            .limit(page)
-        )
+        query = select(*columns).where(condition).order_by(turns.c.id.desc()).limit(page)
         if before is not None:
             query = query.where(turns.c.id < before)
         rows = (await conn.execute(query)).all()
         for row in rows:
             if used + row.tokens > token_budget:
-                chosen.reverse()
-                return chosen, True
+                trimmed = True
+                break
             used += row.tokens
-            chosen.append(Turn(row.id, row.role, row.author_name, row.content, row.tokens, row.outcome))
-        if len(rows) < page:
-            chosen.reverse()
-            return chosen, False
+            turn = Turn(row.id, row.role, row.author_name, row.content, row.tokens, row.outcome)
+            chosen.append((row.answers if row.answers is not None else row.id, turn))
+        if trimmed or len(rows) < page:
+            break
         before = rows[-1].id
         page *= 4
+    # An answer right after its question, whenever it was written.
+    chosen.sort(key=lambda pair: (pair[0], pair[1].id))
+    return [turn for _, turn in chosen], trimmed
 
 
 def _open_and_close(path: str) -> None:
@@ -327,6 +475,52 @@ def _record_values(record: AssistantRecord) -> dict[str, object]:
     }
 
 
+def _author_json(author: Author) -> str:
+    return json.dumps(
+        {
+            "id": author.id,
+            "name": author.display_name,
+            "manager": author.is_channel_manager,
+            "roles": list(author.role_ids),
+        }
+    )
+
+
+def _file_values(inbox_id: int, attachment: Attachment) -> dict[str, Any]:
+    return {
+        "inbox_id": inbox_id,
+        "filename": attachment.filename,
+        "content_type": attachment.content_type,
+        "size": attachment.size,
+        "data": attachment.data,
+        "unavailable_reason": attachment.unavailable_reason,
+    }
+
+
+def _attachment(row: Any) -> Attachment:
+    return Attachment(
+        row["filename"], row["content_type"], row["size"], row["data"], row["unavailable_reason"]
+    )
+
+
+def _entry(row: Any, attachments: list[Attachment]) -> InboxEntry:
+    author = json.loads(row["author"])
+    message = Message(
+        key=ConversationKey(row["platform"], row["channel"], row["thread"]),
+        author=Author(author["id"], author["name"], author["manager"], tuple(author["roles"])),
+        text=row["text"],
+        id=row["message_id"],
+        attachments=tuple(attachments),
+        is_direct=bool(row["is_direct"]),
+        created_at=row["received_at"],
+    )
+    return InboxEntry(row["id"], message, _json(row["reply_to"]), row["turn_id"], row["received_at"])
+
+
+def _json(text: str | None) -> dict[str, Any] | None:
+    return json.loads(text) if text else None
+
+
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     # WAL lets readers proceed while a reply is being written; the busy timeout rides out short locks.
     # synchronous=NORMAL is WAL's recommended pairing: no corruption on a crash, and no fsync per commit
@@ -335,4 +529,5 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()

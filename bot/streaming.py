@@ -6,8 +6,9 @@ has room. Intermediate texts that went stale while waiting are skipped: only the
 sent. The final text is always rendered, as soon as the budget allows. The edits between a reply's first
 and final texts leave one slot of a bucket free for the final text of every reply whose final draws on
 it and one for the next reply's first text, so under contention replies start and finish first and
-animate second. A surface that has another way to show a reply (a Slack stream or a plain message) can
-ask `Pacer.has_room` and take the other way rather than queue.
+animate second. Renders waiting for one bucket go in order of need: a reply that shows nothing yet, then
+a finished reply's final text, then anyone's edits. A surface that has another way to show a reply (a
+Slack stream or a plain message) can ask `Pacer.has_room` and take the other way rather than queue.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 from bot.models import RateLimit, Surface
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # Requests reach the platform a little later than we send them; keep that much clear of the window edge.
 LATENCY_MARGIN = 0.15
+# What a render is, for who goes first when renders wait for one bucket.
+FIRST_TEXT, FINAL_TEXT, EDIT = 0, 1, 2
 
 
 class Clock(Protocol):
@@ -51,21 +54,39 @@ class RequestBucket:
         self.window = window + LATENCY_MARGIN
         self.replies = 0
         self._sent: deque[float] = deque()
+        # Renders waiting for this bucket, by rank: FIRST_TEXT before FINAL_TEXT before EDIT.
+        self._waiting: dict[object, int] = {}
 
     def _expire(self, now: float) -> None:
         while self._sent and self._sent[0] <= now - self.window:
             self._sent.popleft()
 
-    def wait_time(self, now: float, *, count: int = 1, first_or_final: bool = True) -> float:
-        """Seconds until `count` requests may go. A reply's first and final texts may use the whole
-        bucket; the edits between them leave a slot for every reply's final text and one for the first
-        text of a reply yet to come (but may always use one)."""
+    def wait_time(
+        self, now: float, *, count: int = 1, rank: int = FIRST_TEXT, waiter: object = None
+    ) -> float:
+        """Seconds until `count` requests of this rank may go.
+
+        A reply's first and final texts may use the whole bucket; the edits between them leave a slot for
+        every reply's final text and one for the first text of a reply yet to come (but may always use
+        one). Renders of a better rank waiting for the bucket go first: a reply that shows nothing yet
+        before a finished one's final text, both before anyone's edits."""
         self._expire(now)
-        usable = self.capacity if first_or_final else max(1, self.capacity - self.replies - 1)
-        over = len(self._sent) + min(count, usable) - usable
+        usable = self.capacity if rank != EDIT else max(1, self.capacity - self.replies - 1)
+        ahead = sum(1 for other, its in self._waiting.items() if its < rank and other is not waiter)
+        over = len(self._sent) + min(count, usable) + ahead - usable
         if over <= 0:
             return 0.0
+        if over > len(
+            self._sent
+        ):  # the slots free now go to the renders ahead; look again once they took them
+            return LATENCY_MARGIN
         return self._sent[over - 1] + self.window - now
+
+    def wait(self, waiter: object, rank: int) -> None:
+        self._waiting[waiter] = rank
+
+    def done_waiting(self, waiter: object) -> None:
+        self._waiting.pop(waiter, None)
 
     def has_room(self, now: float, count: int) -> bool:
         """Whether `count` requests fit now beside the final text owed to every reply counted here."""
@@ -89,8 +110,11 @@ class Pacer:
         self.clock = clock
         self._buckets: dict[str, RequestBucket] = {}
 
-    def renderer(self, surface: Surface) -> PacedRenderer:
-        return PacedRenderer(surface, self)
+    def renderer(
+        self, surface: Surface, on_render: Callable[[], Awaitable[None]] | None = None
+    ) -> PacedRenderer:
+        """`on_render` runs after each render (the engine records where the reply shows)."""
+        return PacedRenderer(surface, self, on_render)
 
     def bucket_for(self, limit: RateLimit) -> RequestBucket:
         bucket = self._buckets.get(limit.key)
@@ -112,9 +136,12 @@ class PacedRenderer:
     that expires continues by chat.update, which has a budget of its own), and its final text can draw
     on other buckets than its edits (chat.stopStream, chat.appendStream)."""
 
-    def __init__(self, surface: Surface, pacer: Pacer) -> None:
+    def __init__(
+        self, surface: Surface, pacer: Pacer, on_render: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self._surface = surface
         self._pacer = pacer
+        self._on_render = on_render
         self._clock = pacer.clock
         self._latest = ""
         self._shown = ""
@@ -124,6 +151,7 @@ class PacedRenderer:
         self._finishing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._claimed: set[RequestBucket] = set()  # the buckets that count this reply among their replies
+        self._waiting_at: set[RequestBucket] = set()  # the buckets this reply waits in line at
         self.renders = 0
         self.first_render_at: float | None = None
 
@@ -144,17 +172,28 @@ class PacedRenderer:
         await asyncio.shield(self._task)
 
     def _wait_time(self) -> float:
+        """Seconds until the next render may go; meanwhile this reply waits in line at its buckets."""
         now = self._clock.now()
         budget = self._surface.budget
         wait = 0.0
         if self._last_render is not None:
             wait = self._last_render + budget.min_interval - now
         self._claim(budget.owed_to_final())
-        first_or_final = self._final or self._last_render is None
-        for limit, count in Counter(budget.cost(final=self._final)).items():
-            bucket = self._pacer.bucket_for(limit)
-            wait = max(wait, bucket.wait_time(now, count=count, first_or_final=first_or_final))
+        rank = FIRST_TEXT if self._last_render is None else FINAL_TEXT if self._final else EDIT
+        buckets = Counter(self._pacer.bucket_for(limit) for limit in budget.cost(final=self._final))
+        self._stop_waiting()
+        for bucket, count in buckets.items():
+            wait = max(wait, bucket.wait_time(now, count=count, rank=rank, waiter=self))
+        if wait > 0:
+            for bucket in buckets:
+                bucket.wait(self, rank)
+            self._waiting_at = set(buckets)
         return wait
+
+    def _stop_waiting(self) -> None:
+        for bucket in self._waiting_at:
+            bucket.done_waiting(self)
+        self._waiting_at = set()
 
     def _claim(self, limits: Iterable[RateLimit]) -> None:
         """Count this reply among the replies of the buckets its final text will draw on, and only those."""
@@ -210,6 +249,7 @@ class PacedRenderer:
         try:
             await self._render_until_final()
         finally:
+            self._stop_waiting()
             self._claim(())
 
     async def _render_until_final(self) -> None:
@@ -237,5 +277,7 @@ class PacedRenderer:
             self.renders += 1
             if self.first_render_at is None:
                 self.first_render_at = now
+            if self._on_render is not None:
+                await self._on_render()
             if final:
                 return

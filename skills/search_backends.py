@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from bot.config import Settings
-from skills.base import Source
+from bot.skills import Source
 
 log = logging.getLogger(__name__)
 

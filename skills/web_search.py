@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
 from bot.config import Settings
-from skills.base import Skill, SkillResult, Source
+from bot.skills import Citations, Question, SkillContext, SkillResult, Source
+from bot.untrusted import clean, results_block
 from skills.page_reader import FetchRefused, read_page
 from skills.search_backends import SearchBackend, SearchError, backend_for
-from skills.untrusted import clean, results_block
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +34,20 @@ FOLLOW_UP = re.compile(r"\b(it|its|that|this|they|them|those|these|he|she|there)
 class WebSearch:
     """The web-search skill. One per engine: it owns the HTTP client and the query cache."""
 
+    name = "web_search"
+    summary = "searches the web and answers with cited sources"
+    description = (
+        "Search the web for current information. Use for recent events, prices, releases, facts you are "
+        "unsure of, or anything after your training data."
+    )
+    parameters: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {"query": {"type": "string", "description": "What to search for"}},
+        "required": ["query"],
+    }
+    default_mode = "off"
+    command = "web QUERY"
+
     def __init__(
         self,
         settings: Settings,
@@ -52,23 +65,19 @@ class WebSearch:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    def skill(self) -> Skill:
-        return Skill(
-            name="web_search",
-            description="Search the web for current information. Use for recent events, prices, releases, "
-            "facts you are unsure of, or anything after your training data.",
-            parameters={
-                "type": "object",
-                "properties": {"query": {"type": "string", "description": "What to search for"}},
-                "required": ["query"],
-            },
-            run=self._run_tool,
-        )
+    def prefetch(self, question: Question) -> list[dict[str, Any]]:
+        """Mode on: every question. Auto, for a model without tools: questions that sound time-sensitive."""
+        if question.mode == "on" or looks_time_sensitive(question.text):
+            return [{"query": search_query(list(question.recent))}]
+        return []
 
-    async def _run_tool(self, arguments: dict[str, Any], first_source: int) -> SkillResult:
-        return await self.search(str(arguments.get("query") or ""), first=first_source)
+    def arguments_for(self, text: str) -> dict[str, Any]:
+        return {"query": text}
 
-    async def search(self, query: str, first: int = 1) -> SkillResult:
+    async def run(self, arguments: dict[str, Any], context: SkillContext) -> SkillResult:
+        return await self.search(str(arguments.get("query") or ""), context.citations)
+
+    async def search(self, query: str, citations: Citations | None = None) -> SkillResult:
         """Results as an untrusted-data block for the model, plus the sources the bot may cite.
 
         A failing backend gives an empty result with a note, never an exception: the answer goes on
@@ -98,6 +107,7 @@ class WebSearch:
             return SkillResult(
                 f"Web search for {query!r} found nothing.", note=f"Web search found nothing for {query!r}."
             )
+        first = (citations or Citations()).add(sources)
         return SkillResult(results_block(sources, pages, first), sources)
 
     def _remember(self, key: str, sources: tuple[Source, ...], pages: dict[str, str]) -> None:
@@ -140,11 +150,3 @@ def search_query(texts: list[str]) -> str:
 
 def looks_time_sensitive(text: str) -> bool:
     return bool(TIME_SENSITIVE.search(text))
-
-
-def tool_arguments(raw: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}

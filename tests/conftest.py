@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +10,9 @@ import pytest
 
 from bot.config import Settings
 from bot.engine import Engine
-from bot.models import RenderBudget
+from bot.models import ConversationKey, HistoryEntry, RenderBudget
+from bot.streaming import Clock
+from skills import builtin
 from tests.support.llm_server import LLMServer
 from tests.support.search_server import SearchServer
 
@@ -52,18 +56,16 @@ def make_settings(tmp_path: Path, llm: LLMServer) -> Callable[..., Settings]:
     return build
 
 
-@pytest.fixture
-async def engine(make_settings: Callable[..., Settings]) -> AsyncIterator[Engine]:
-    engine = await Engine.create(make_settings())
-    yield engine
-    await engine.aclose()
+_surface_ids = itertools.count(1)
 
 
 class RecordingSurface:
     """Remembers every render, so tests can check order, growth and the final state."""
 
-    def __init__(self, budget: RenderBudget | None = None) -> None:
+    def __init__(self, budget: RenderBudget | None = None, reopened: Mapping[str, Any] | None = None) -> None:
         self.budget = budget or RenderBudget()
+        self.id = int(reopened["surface"]) if reopened else next(_surface_ids)
+        self.reopened = reopened is not None
         self.started = 0
         self.renders: list[tuple[str, bool]] = []
 
@@ -75,6 +77,84 @@ class RecordingSurface:
         return 1
 
     @property
+    def refs(self) -> dict[str, Any] | None:
+        return {"surface": self.id} if self.renders else None
+
+    @property
     def final(self) -> str:
         assert self.renders and self.renders[-1][1], f"no final render: {self.renders}"
         return self.renders[-1][0]
+
+
+class RecordingPlatform:
+    """The platform port for engine tests: every reply gets a RecordingSurface; history is what the test
+    puts in `channel_messages`."""
+
+    name = "test"
+
+    def __init__(self) -> None:
+        self.surfaces: list[tuple[ConversationKey, Mapping[str, Any] | None, RecordingSurface]] = []
+        self.channel_messages: dict[ConversationKey, list[HistoryEntry]] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def wait_closed(self) -> None:
+        await asyncio.Event().wait()
+
+    async def surface_for(
+        self, conversation: ConversationKey, reply_to: Mapping[str, Any] | None = None
+    ) -> RecordingSurface:
+        surface = RecordingSurface()
+        self.surfaces.append((conversation, reply_to, surface))
+        return surface
+
+    async def reopen(self, conversation: ConversationKey, refs: Mapping[str, Any]) -> RecordingSurface:
+        surface = RecordingSurface(reopened=refs)
+        self.surfaces.append((conversation, None, surface))
+        return surface
+
+    async def history(
+        self,
+        conversation: ConversationKey,
+        *,
+        limit: int,
+        before: str | None = None,
+        after: str | None = None,
+    ) -> list[HistoryEntry]:
+        return self.channel_messages.get(conversation, [])[-limit:]
+
+    async def permalink(self, conversation: ConversationKey, message_id: str) -> str:
+        return f"https://chat.example/{conversation}/{message_id}"
+
+
+@pytest.fixture
+def platform() -> RecordingPlatform:
+    return RecordingPlatform()
+
+
+@pytest.fixture
+async def make_engine(
+    make_settings: Callable[..., Settings], platform: RecordingPlatform
+) -> AsyncIterator[Callable[..., Any]]:
+    """Engines with the built-in skills and the recording platform; closed at the end of the test."""
+    made: list[Engine] = []
+
+    async def build(*, clock: Clock | None = None, **overrides: Any) -> Engine:
+        settings = make_settings(**overrides)
+        engine = await Engine.create(settings, skills=builtin(settings), clock=clock)
+        engine.register(platform)
+        made.append(engine)
+        return engine
+
+    yield build
+    for engine in made:
+        await engine.aclose()
+
+
+@pytest.fixture
+async def engine(make_engine: Callable[..., Any]) -> Engine:
+    return await make_engine()

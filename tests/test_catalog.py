@@ -5,29 +5,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from bot.catalog import UnknownModelError
-from bot.config import Settings
 from bot.engine import Engine
-from bot.models import Author, ConversationKey, Message
-from tests.conftest import RecordingSurface
+from tests.support.asking import CHANNEL, ask
 from tests.support.llm_server import LLMServer, Script
-
-CHANNEL = ConversationKey("test", "general")
-
-
-async def ask(engine: Engine, text: str) -> str:
-    surface = RecordingSurface()
-    await engine.handle(Message(key=CHANNEL, author=Author("u-ada", "Ada"), text=text), surface)
-    return surface.final
 
 
 async def test_a_bare_default_model_answers_replies_and_shows_in_model(
-    make_settings: Callable[..., Settings], llm: LLMServer
+    make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:
-    engine = await Engine.create(make_settings(default_model="openai/gpt-4o-mini"))
+    engine = await make_engine(default_model="openai/gpt-4o-mini")
     try:
         assert await ask(engine, "hello") == "echo: Ada: hello"
         assert llm.chat_requests()[-1].json["model"] == "openai/gpt-4o-mini"  # the openrouter id
@@ -36,17 +27,17 @@ async def test_a_bare_default_model_answers_replies_and_shows_in_model(
             "(context 128,000 tokens, $0.15 in / $0.60 out per M tokens, reads images)."
         )
         assert await engine.catalog.canonical("openai/gpt-4o-mini") == ("openrouter/openai/gpt-4o-mini", None)
-        turns, _ = await engine.store.recent_turns(str(CHANNEL), 10_000)
+        turns, _ = await engine.store.recall(str(CHANNEL), 10_000)
         assert [t.role for t in turns] == ["user", "assistant"]
     finally:
         await engine.aclose()
 
 
 async def test_fallbacks_written_for_the_full_name_serve_a_bare_default(
-    make_settings: Callable[..., Settings], llm: LLMServer
+    make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:
     fallbacks = {"openrouter/xiaomi/mimo-v2-flash": ["openrouter/openai/gpt-4o-mini"]}
-    engine = await Engine.create(make_settings(default_model="xiaomi/mimo-v2-flash", fallbacks=fallbacks))
+    engine = await make_engine(default_model="xiaomi/mimo-v2-flash", fallbacks=fallbacks)
     llm.enqueue(Script(status=502), Script(tokens=["rescued"]))
     try:
         assert await ask(engine, "hi") == "rescued"
@@ -56,12 +47,10 @@ async def test_fallbacks_written_for_the_full_name_serve_a_bare_default(
 
 
 async def test_a_bare_id_two_providers_offer_is_refused_by_name(
-    make_settings: Callable[..., Settings], llm: LLMServer
+    make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:
     second = {"base_url": llm.openai_base_url, "api_key": "k2"}
-    engine = await Engine.create(
-        make_settings(default_model="xiaomi/mimo-v2-flash", providers={"mirror": second})
-    )
+    engine = await make_engine(default_model="xiaomi/mimo-v2-flash", providers={"mirror": second})
     sentence = (
         "xiaomi/mimo-v2-flash is offered by several providers: openrouter/xiaomi/mimo-v2-flash, "
         "mirror/xiaomi/mimo-v2-flash. Pick one."
@@ -76,10 +65,10 @@ async def test_a_bare_id_two_providers_offer_is_refused_by_name(
 
 
 async def test_a_bare_id_when_the_listing_fails_says_so(
-    make_settings: Callable[..., Settings], llm: LLMServer
+    make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:
     llm.models_error = Script(status=401)
-    engine = await Engine.create(make_settings(default_model="gpt-4o-mini"))
+    engine = await make_engine(default_model="gpt-4o-mini")
     try:
         assert await ask(engine, "hi") == (
             "_Could not look up gpt-4o-mini, as the openrouter model list is unavailable: "
@@ -99,7 +88,7 @@ async def test_unknown_and_unconfigured_names(engine: Engine) -> None:
 async def test_each_answered_message_logs_one_line_without_its_text(
     engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="bot.engine"):
+    with caplog.at_level(logging.INFO, logger="bot.reply"):
         await ask(engine, "a private thought")
         await ask(engine, "/help")  # a command is not a model reply
     [record] = [r for r in caplog.records if getattr(r, "event", None) == "reply"]

@@ -14,7 +14,6 @@ import pytest
 
 from bot.engine import Engine
 from bot.models import Author, ConversationKey, Message
-from tests.conftest import RecordingSurface
 from tests.support.llm_server import LLMServer, Script
 from tests.test_cli import environment
 
@@ -143,10 +142,9 @@ async def test_ctrl_c_while_a_piped_chat_waits_for_input_exits_at_once(llm: LLMS
 
 async def test_help_and_commands_follow_the_platform(engine: Engine) -> None:
     async def ask(platform: str, text: str) -> str:
-        surface = RecordingSurface()
         key = ConversationKey(platform, "c1")
-        await engine.handle(Message(key, Author("u1", "Ada", is_channel_manager=True), text), surface)
-        return surface.final
+        message = Message(key, Author("u1", "Ada", is_channel_manager=True), text)
+        return (await engine.run_command(message, text.removeprefix("/"))).text
 
     terminal = await ask("console", "/help")
     assert terminal.startswith("Type a message to talk to Parley. Commands:\n")

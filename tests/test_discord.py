@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from adapters.discord import serve, sync_commands
+from adapters.discord import sync_commands
+from adapters.discord.client import NOT_STORED
 from adapters.discord.text import split_reply
 from bot.config import Settings
 from bot.engine import Engine
+from skills import builtin
 from tests.support.discord_emulator import (
     APP_ID,
     BOB,
@@ -22,6 +24,7 @@ from tests.support.discord_emulator import (
     RANDOM,
     THREAD,
     DiscordEmulator,
+    running,
     until,
 )
 from tests.support.llm_server import LLMServer, Script
@@ -46,14 +49,9 @@ async def bot(
         discord_gateway_url=discord_api.gateway_url,
         **search.settings(),
     )
-    engine = await Engine.create(settings)
-    task = asyncio.create_task(serve(engine, settings))
-    await asyncio.wait_for(discord_api.ready.wait(), 10)
-    await asyncio.sleep(0.3)  # let the client process READY and GUILD_CREATE
-    yield engine
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    engine = await Engine.create(settings, skills=builtin(settings))
+    async with running(discord_api, engine):
+        yield engine
     await engine.aclose()
 
 
@@ -273,6 +271,37 @@ async def test_attachments_are_read_in_or_named(
     assert final_text(discord_api, GENERAL)[-1].endswith("_slides.pdf is not a file type I can read._")
 
 
+async def test_one_persons_messages_are_answered_in_the_order_they_were_sent(
+    bot: Engine, discord_api: DiscordEmulator, llm: LLMServer
+) -> None:
+    """The first message's file takes a while to download; the second, sent just after, waits for it."""
+    slow = [discord_api.attachment("minutes.txt", b"we met", "text/plain", delay=1.0)]
+    first = await discord_api.send_message(
+        GENERAL, f"<@{BOT_ID}> read this", mentions=[MENTION], attachments=slow
+    )
+    second = await discord_api.send_message(GENERAL, f"<@{BOT_ID}> and then this", mentions=[MENTION])
+    await until(lambda: discord_api.replies_to(first) and discord_api.replies_to(second))
+    asked = [r.json["messages"][-1]["content"] for r in llm.chat_requests()]
+    assert asked[0].startswith("Alice: read this") and asked[1] == "Alice: and then this"
+    assert int(discord_api.replies_to(first)[0]["id"]) < int(discord_api.replies_to(second)[0]["id"])
+
+
+async def test_a_message_that_cannot_be_stored_is_refused_in_one_sentence(
+    bot: Engine, discord_api: DiscordEmulator, llm: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def unavailable(*args: object) -> None:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(bot.store, "accept", unavailable)
+    sent = await discord_api.send_message(GENERAL, f"<@{BOT_ID}> hello", mentions=[MENTION])
+    await until(lambda: discord_api.replies_to(sent))
+    assert [m["content"] for m in discord_api.replies_to(sent)] == [NOT_STORED]
+    asked = await discord_api.interact("ask", [{"name": "prompt", "type": 3, "value": "hi"}])
+    await until(lambda: (discord_api.original_response(asked) or {}).get("content"))
+    assert discord_api.original_response(asked)["content"].startswith("Parley could not take this command")  # type: ignore[index]
+    assert llm.chat_requests() == []
+
+
 async def test_commands_are_synced_only_when_they_change(
     discord_api: DiscordEmulator, make_settings: Callable[..., Settings]
 ) -> None:
@@ -280,18 +309,14 @@ async def test_commands_are_synced_only_when_they_change(
         discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
     )
     for _ in range(2):
-        discord_api.ready.clear()
-        engine = await Engine.create(settings)
-        task = asyncio.create_task(serve(engine, settings))
-        await asyncio.wait_for(discord_api.ready.wait(), 10)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        engine = await Engine.create(settings, skills=builtin(settings))
+        async with running(discord_api, engine):
+            pass
         await engine.aclose()
     syncs = [c for c in discord_api.calls if c.method == "PUT" and c.path.endswith("/commands")]
     assert len(syncs) == 1
     assert {command["name"] for command in syncs[0].json} == {
-        "ask", "web", "model", "models", "system", "reset", "search", "autoreply", "help",
+        "ask", "web", "read", "model", "models", "system", "reset", "search", "skills", "autoreply", "help",
     }  # fmt: skip
 
 
@@ -301,7 +326,7 @@ async def test_sync_to_one_server_registers_the_commands_there(
     settings = make_settings(
         discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
     )
-    said = await sync_commands(settings, 4242)
-    assert said == "Synced 9 commands to server 4242; they are available there now."
+    said = await sync_commands(settings, 4242, builtin(settings))
+    assert said == "Synced 11 commands to server 4242; they are available there now."
     puts = [c for c in discord_api.calls if c.method == "PUT"]
     assert [c.path for c in puts] == [f"/api/v10/applications/{APP_ID}/guilds/4242/commands"]

@@ -16,6 +16,7 @@ from aiohttp import web
 from bot.config import Settings
 from bot.engine import Engine
 from bot.models import ConversationKey
+from skills import builtin
 from tests.support.discord_emulator import EPHEMERAL, GENERAL, Call, DiscordEmulator, running, until
 from tests.support.llm_server import LLMServer
 from tests.support.loopback import serve_app
@@ -76,7 +77,7 @@ async def engine(
         ollama_base_url=slow.base_url,
         models_cache_seconds=0.0,  # every listing is stale at once: the pickers must not wait for it
     )
-    engine = await Engine.create(settings)
+    engine = await Engine.create(settings, skills=builtin(settings))
     async with running(discord_api, engine):
         yield engine
     await engine.aclose()
@@ -147,7 +148,7 @@ async def test_quick_commands_are_answered_at_once_without_deferring(
     await until(lambda: answered_in_time(discord_api, asked))
     assert answered_in_time(discord_api, asked) == [4]
     assert (
-        callbacks(discord_api, asked)[0].json["data"]["content"] == "Web search in this channel is now auto."
+        callbacks(discord_api, asked)[0].json["data"]["content"] == "web_search in this channel is now auto."
     )
 
 
@@ -201,8 +202,9 @@ async def test_every_command_option_says_what_it_is_for(engine: Engine, discord_
         for option in command.get("options", [])
     }
     assert set(options) == {
-        ("ask", "prompt"), ("web", "query"), ("model", "name"), ("models", "filter"),
-        ("system", "text"), ("search", "mode"), ("autoreply", "state"),
+        ("ask", "prompt"), ("web", "query"), ("read", "url"), ("model", "name"), ("models", "filter"),
+        ("system", "text"), ("search", "mode"), ("skills", "name"), ("skills", "mode"),
+        ("autoreply", "state"),
     }  # fmt: skip
     assert all(description != "…" and 1 <= len(description) <= 100 for description in options.values())
 

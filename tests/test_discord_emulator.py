@@ -5,14 +5,29 @@ Requests go over plain HTTP, as a client that does not check anything itself wou
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import aiohttp
 import pytest
+from discord.utils import snowflake_time
 
-from tests.support.discord_emulator import APP_ID, GENERAL, RANDOM, DiscordEmulator
+from tests.support.discord_emulator import (
+    APP_ID,
+    BOT_ID,
+    DM_CHANNEL,
+    GENERAL,
+    RANDOM,
+    THREAD,
+    DiscordEmulator,
+    overwrite,
+)
+
+VIEW_CHANNEL = 1 << 10
+READ_MESSAGE_HISTORY = 1 << 16
 
 OPTION = {"type": 3, "name": "text", "description": "Some text"}
 COMMAND = {"name": "ask", "description": "Ask something", "type": 1, "options": [OPTION]}
@@ -195,3 +210,83 @@ async def test_a_privileged_intent_the_application_lacks_closes_the_gateway_with
         closing = await socket.receive()
     assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 4014
     assert discord_api.closed_with == [4014] and not discord_api.ready.is_set()  # no READY was sent
+
+
+async def listing(discord_api: DiscordEmulator, channel: int, **query: str) -> tuple[int, Any]:
+    url = f"{discord_api.api_base}/channels/{channel}/messages"
+    async with aiohttp.ClientSession() as session, session.get(url, params=query) as response:
+        return response.status, await response.json()
+
+
+async def test_history_is_newest_first_a_page_at_a_time(discord_api: DiscordEmulator) -> None:
+    ids = [await discord_api.send_message(GENERAL, f"m{n}") for n in range(120)]
+    status, page = await listing(discord_api, GENERAL)
+    assert status == 200 and [m["id"] for m in page] == ids[::-1][:50]  # 50 when no limit is given
+    assert "guild_id" not in page[0] and "member" not in page[0]  # as REST gives messages
+    assert [m["id"] for m in (await listing(discord_api, GENERAL, limit="100"))[1]] == ids[::-1][:100]
+    before = (await listing(discord_api, GENERAL, limit="3", before=ids[10]))[1]
+    assert [m["id"] for m in before] == [ids[9], ids[8], ids[7]]
+    after = (await listing(discord_api, GENERAL, limit="3", after=ids[10]))[1]
+    assert [m["id"] for m in after] == [ids[13], ids[12], ids[11]]  # the next ones, newest first
+    around = (await listing(discord_api, GENERAL, limit="4", around=ids[10]))[1]
+    assert [m["id"] for m in around] == [ids[12], ids[11], ids[10], ids[9]]
+    sent = await call(discord_api, "POST", f"/channels/{GENERAL}/messages", {"content": "mine"})
+    assert (await listing(discord_api, GENERAL, limit="1"))[1][0]["id"] == sent[1]["id"]
+    await discord_api.send_message(THREAD, "in a thread")
+    assert [m["content"] for m in (await listing(discord_api, THREAD))[1]] == ["in a thread"]
+    # Ids grow with time, and a message's timestamp is the time its id holds.
+    assert all(int(a) < int(b) for a, b in itertools.pairwise(ids))
+    assert all(datetime.fromisoformat(m["timestamp"]) == snowflake_time(int(m["id"])) for m in page)
+
+
+async def test_history_refuses_what_discord_refuses(discord_api: DiscordEmulator) -> None:
+    for query in ({"limit": "0"}, {"limit": "101"}, {"limit": "ten"}, {"before": "x"}):
+        status, body = await listing(discord_api, GENERAL, **query)
+        assert (status, body["code"]) == (400, 50035), query
+    status, body = await listing(discord_api, GENERAL, before="1", after="2")  # one of them at a time
+    assert (status, body["code"]) == (400, 50035)
+    assert (await listing(discord_api, GENERAL, sort="asc"))[0] == 400
+    status, body = await listing(discord_api, 42)
+    assert (status, body["code"]) == (404, 10003)
+
+
+async def test_history_follows_the_bots_permissions_in_the_channel(discord_api: DiscordEmulator) -> None:
+    await discord_api.send_message(RANDOM, "hello")
+    await discord_api.send_message(DM_CHANNEL, "psst", guild=False)
+    bot = str(BOT_ID)
+    discord_api.overwrites[RANDOM] = [overwrite(bot, deny=READ_MESSAGE_HISTORY, member=True)]
+    assert await listing(discord_api, RANDOM) == (200, [])  # documented: no messages, no error
+    discord_api.overwrites[RANDOM] = [overwrite(bot, deny=VIEW_CHANNEL, member=True)]
+    status, body = await listing(discord_api, RANDOM)
+    assert (status, body["code"]) == (403, 50001)
+    assert [m["content"] for m in (await listing(discord_api, DM_CHANNEL))[1]] == ["psst"]
+
+
+async def test_the_bot_deletes_its_own_messages_only(discord_api: DiscordEmulator) -> None:
+    theirs = await discord_api.send_message(GENERAL, "not yours")
+    _, mine, _ = await call(discord_api, "POST", f"/channels/{GENERAL}/messages", {"content": "mine"})
+    messages = f"/channels/{GENERAL}/messages"
+    assert code(await call(discord_api, "DELETE", f"{messages}/{theirs}")) == (403, 50013)
+    assert (await call(discord_api, "DELETE", f"{messages}/{mine['id']}"))[0] == 204
+    assert code(await call(discord_api, "DELETE", f"{messages}/{mine['id']}")) == (404, 10008)
+    assert code(await call(discord_api, "DELETE", f"/channels/{RANDOM}/messages/{theirs}")) == (404, 10008)
+
+
+async def test_an_ephemeral_response_is_out_of_the_channel_endpoints_reach(
+    discord_api: DiscordEmulator,
+) -> None:
+    asked = await discord_api.interact("help", [])
+    callback = f"/interactions/{asked}/token-{asked}/callback"
+    answer = {"type": 4, "data": {"content": "only you", "flags": 64}}
+    _, sent, _ = await call(discord_api, "POST", callback, answer)
+    message = sent["interaction"]["response_message_id"]
+    edit = f"/channels/{GENERAL}/messages/{message}"
+    assert code(await call(discord_api, "PATCH", edit, {"content": "everyone"})) == (404, 10008)
+    public = await discord_api.interact("ask", [])
+    await call(discord_api, "POST", f"/interactions/{public}/token-{public}/callback", {"type": 5})
+    webhook = f"/webhooks/{APP_ID}/token-{public}/messages/@original"
+    await call(discord_api, "PATCH", webhook, {"content": "for all"})
+    original = discord_api.original_response(public)
+    assert original is not None
+    path = f"/channels/{GENERAL}/messages/{original['id']}"
+    assert (await call(discord_api, "PATCH", path, {"content": "edited later"}))[0] == 200

@@ -13,6 +13,7 @@ import pytest
 from bot.config import Settings
 from bot.engine import Engine
 from bot.models import ConversationKey
+from skills import builtin
 from tests.support.discord_emulator import (
     ALICE,
     BOB,
@@ -29,7 +30,8 @@ from tests.support.discord_emulator import (
 )
 
 MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
-REFUSED = "Only channel managers and Parley admins can change web search."
+REFUSED = "Only channel managers and Parley admins can change web_search."
+SWITCHED = "web_search in this channel is now on."
 
 
 @pytest.fixture
@@ -45,7 +47,7 @@ async def engine(
     settings = make_settings(
         discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
     )
-    engine = await Engine.create(settings)
+    engine = await Engine.create(settings, skills=builtin(settings))
     async with running(discord_api, engine):
         yield engine
     await engine.aclose()
@@ -64,7 +66,9 @@ async def set_search(
 
 async def search_mode(engine: Engine, channel: int, thread: int | None = None) -> str:
     key = ConversationKey("discord", str(channel), str(thread) if thread else None)
-    return (await engine.settings_for(key)).search_mode
+    skill = engine.skills.get("web_search")
+    assert skill is not None
+    return engine.skills.mode(skill, (await engine.settings_for(key)).skills)
 
 
 async def test_a_role_denied_manage_channels_in_one_channel_cannot_change_it(
@@ -73,10 +77,7 @@ async def test_a_role_denied_manage_channels_in_one_channel_cannot_change_it(
     await discord_api.set_overwrites(RANDOM, [overwrite(MANAGER_ROLE, deny=MANAGE_CHANNELS)])
     assert await set_search(discord_api, RANDOM, ALICE, [MANAGER_ROLE]) == REFUSED
     assert await search_mode(engine, RANDOM) == "off"
-    assert (
-        await set_search(discord_api, GENERAL, ALICE, [MANAGER_ROLE])
-        == "Web search in this channel is now on."
-    )
+    assert await set_search(discord_api, GENERAL, ALICE, [MANAGER_ROLE]) == SWITCHED
 
 
 async def test_a_person_denied_in_a_channel_is_refused_there_and_in_its_threads(
@@ -86,17 +87,14 @@ async def test_a_person_denied_in_a_channel_is_refused_there_and_in_its_threads(
     assert await set_search(discord_api, GENERAL, ALICE, [MANAGER_ROLE]) == REFUSED
     assert await set_search(discord_api, THREAD, ALICE, [MANAGER_ROLE]) == REFUSED
     assert (await search_mode(engine, GENERAL), await search_mode(engine, GENERAL, THREAD)) == ("off", "off")
-    assert (
-        await set_search(discord_api, RANDOM, ALICE, [MANAGER_ROLE])
-        == "Web search in this channel is now on."
-    )
+    assert await set_search(discord_api, RANDOM, ALICE, [MANAGER_ROLE]) == SWITCHED
 
 
 async def test_a_person_allowed_in_one_channel_manages_only_that_channel(
     engine: Engine, discord_api: DiscordEmulator
 ) -> None:
     await discord_api.set_overwrites(RANDOM, [overwrite(BOB["id"], allow=MANAGE_CHANNELS, member=True)])
-    assert await set_search(discord_api, RANDOM, BOB, []) == "Web search in this channel is now on."
+    assert await set_search(discord_api, RANDOM, BOB, []) == SWITCHED
     assert await set_search(discord_api, GENERAL, BOB, []) == REFUSED
 
 
@@ -113,6 +111,4 @@ async def test_overwrites_also_hold_for_commands_sent_as_mentions(
         GENERAL, f"<@{BOT_ID}> /search on", mentions=[MENTION], roles=[MANAGER_ROLE]
     )
     await until(lambda: discord_api.messages_in(GENERAL))
-    assert [m["content"] for m in discord_api.messages_in(GENERAL)] == [
-        "Web search in this channel is now on."
-    ]
+    assert [m["content"] for m in discord_api.messages_in(GENERAL)] == [SWITCHED]

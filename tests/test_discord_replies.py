@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator, Callable
 
+import discord
 import pytest
 
 import adapters.discord.surface as surface
@@ -13,6 +15,7 @@ from bot.config import Settings
 from bot.engine import Engine
 from bot.models import RenderBudget
 from bot.streaming import Pacer
+from skills import builtin
 from tests.support.clock import FakeClock, settle
 from tests.support.discord_emulator import BOT_ID, GENERAL, RANDOM, Call, DiscordEmulator, running, until
 from tests.support.llm_server import LLMServer, Script
@@ -38,7 +41,7 @@ async def engine(
     settings = make_settings(
         discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
     )
-    engine = await Engine.create(settings)
+    engine = await Engine.create(settings, skills=builtin(settings))
     async with running(discord_api, engine):
         yield engine
     await engine.aclose()
@@ -129,16 +132,23 @@ async def test_ask_edits_are_paced_per_interaction_not_on_the_channel_budget() -
         async def render(self, text: str, *, final: bool) -> int:
             return 1
 
-    class Interaction:
-        """The part of discord.py's Interaction that a short /ask reply uses."""
+    class Webhook:
+        """The part of an interaction's webhook that a short /ask reply uses."""
 
-        async def edit_original_response(self, *, content: str, allowed_mentions: object) -> None:
+        async def edit_message(self, message_id: object, *, content: str, allowed_mentions: object) -> object:
             edited.append(clock.now())
+            return discord.Object(1)
+
+        async def send(self, content: str, *, allowed_mentions: object, wait: bool) -> object:
+            raise AssertionError("a short reply needs no follow-up")
+
+    channel = discord.Object(GENERAL)
 
     for _ in range(5):  # five short replies in the channel: its budget is spent for the next 5 s
         await pacer.renderer(ChannelReply()).finish("done")
     start = clock.now()
-    ask = pacer.renderer(surface.InteractionSurface(Interaction(), GENERAL))  # type: ignore[arg-type]
+    interaction = surface.InteractionSurface(Webhook(), channel, expires_at=time.time() + 900)  # type: ignore[arg-type]
+    ask = pacer.renderer(interaction)
     for text in ("a", "ab", "abc"):
         ask.update(text)
         await clock.advance(1.0)
@@ -203,7 +213,10 @@ async def test_replies_under_way_are_closed_when_parley_stops(
     discord_api: DiscordEmulator, make_settings: Callable[..., Settings], llm: LLMServer
 ) -> None:
     settings = make_settings(
-        discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
+        discord_token="t",
+        discord_api_base=discord_api.api_base,
+        discord_gateway_url=discord_api.gateway_url,
+        shutdown_grace_seconds=0.5,
     )
     engine = await Engine.create(settings)
     llm.enqueue(

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.discord import serve
-from bot.config import Settings
+import adapters.discord.port as discord_port
+from adapters.discord.port import DiscordPlatform
+from bot.config import Settings, SetupError
 from bot.engine import Engine
-from tests.support.discord_emulator import APP_ID, BOT_ID, GENERAL, DiscordEmulator, until
+from tests.support.discord_emulator import APP_ID, BOT_ID, GENERAL, DiscordEmulator, running, until
 from tests.support.llm_server import LLMServer
 from tests.support.slack_api import SlackAPI
 from tests.test_cli import parley
@@ -109,7 +110,7 @@ async def test_discord_sync_answers_with_what_it_registered(llm: LLMServer, work
         code, out, err = await parley(llm, workdir, "discord", "sync", **discord_env(discord_api))
     assert (code, out.strip()) == (
         0,
-        "Synced 9 commands globally; Discord may take a while to show them everywhere.",
+        "Synced 11 commands globally; Discord may take a while to show them everywhere.",
     ), err
 
 
@@ -124,32 +125,109 @@ async def test_refused_slash_commands_are_logged_and_the_bot_still_answers(
             discord_gateway_url=discord_api.gateway_url,
         )
         engine = await Engine.create(settings)
-        task = asyncio.create_task(serve(engine, settings))
         try:
-            await asyncio.wait_for(discord_api.ready.wait(), 10)
-            await discord_api.send_message(GENERAL, f"<@{BOT_ID}> still there?", mentions=[MENTION])
-            await until(
-                lambda: (
-                    [m["content"] for m in discord_api.messages_in(GENERAL)] == ["echo: Alice: still there?"]
+            async with running(discord_api, engine):
+                await discord_api.send_message(GENERAL, f"<@{BOT_ID}> still there?", mentions=[MENTION])
+                await until(
+                    lambda: (
+                        [m["content"] for m in discord_api.messages_in(GENERAL)]
+                        == ["echo: Alice: still there?"]
+                    )
                 )
-            )
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             await engine.aclose()
         assert (
             "Discord refused the slash commands (400: Injected failure); they were not updated" in caplog.text
         )
         # Nothing was remembered as synced, so the next start tries again.
-        discord_api.ready.clear()
         engine = await Engine.create(settings)
-        task = asyncio.create_task(serve(engine, settings))
         try:
-            await asyncio.wait_for(discord_api.ready.wait(), 10)
+            async with running(discord_api, engine):
+                pass
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             await engine.aclose()
     puts = [c.status for c in discord_api.calls if c.method == "PUT"]
     assert puts == [400, 200]
     assert not any(r.levelno >= logging.ERROR and r.exc_info for r in caplog.records)
+
+
+def connected_to(
+    discord_api: DiscordEmulator, make_settings: Callable[..., Settings], **more: str
+) -> Settings:
+    where = {"discord_api_base": discord_api.api_base, "discord_gateway_url": discord_api.gateway_url}
+    return make_settings(discord_token="t", **{**where, **more})
+
+
+async def test_a_token_the_gateway_refuses_is_one_sentence(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with DiscordEmulator() as discord_api:
+        discord_api.identify_refused = 4004
+        engine = await Engine.create(connected_to(discord_api, make_settings))
+        try:
+            with pytest.raises(SetupError) as refused:
+                await DiscordPlatform(engine, engine.settings).start()
+        finally:
+            await engine.aclose()
+    assert str(refused.value) == (
+        "Discord refused DISCORD_TOKEN on the gateway; reset the token in the developer portal"
+    )
+
+
+async def test_a_gateway_that_cannot_be_reached_is_one_sentence(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with DiscordEmulator() as discord_api:
+        gateway = f"ws://127.0.0.1:{closed_port()}/gateway"
+        engine = await Engine.create(connected_to(discord_api, make_settings, discord_gateway_url=gateway))
+        try:
+            with pytest.raises(SetupError) as refused:
+                await DiscordPlatform(engine, engine.settings).start()
+        finally:
+            await engine.aclose()
+    assert str(refused.value) == (
+        f"Could not reach Discord's gateway at {gateway} (nothing answers there); check the network "
+        "connection, or DISCORD_GATEWAY_URL if you set it"
+    )
+
+
+async def test_a_gateway_that_never_lets_parley_in_is_one_sentence_within_the_start_limit(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discord_port, "START_SECONDS", 0.5)
+    async with DiscordEmulator() as discord_api:
+        discord_api.hold_ready = True  # the gateway answers but never says READY
+        engine = await Engine.create(connected_to(discord_api, make_settings))
+        try:
+            with pytest.raises(SetupError) as refused:
+                await DiscordPlatform(engine, engine.settings).start()
+        finally:
+            await engine.aclose()
+    assert str(refused.value) == (
+        f"Discord's gateway at {discord_api.gateway_url} did not let Parley in within 0.5 seconds; check "
+        "the network connection, or DISCORD_GATEWAY_URL if you set it"
+    )
+
+
+async def test_when_discord_drops_parley_for_good_wait_closed_returns_and_says_why(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with DiscordEmulator() as discord_api:
+        engine = await Engine.create(connected_to(discord_api, make_settings))
+        async with running(discord_api, engine) as platform:
+            await discord_api.close_gateway(4004)  # the token was reset while Parley ran
+            await asyncio.wait_for(platform.wait_closed(), 10)
+        await engine.aclose()
+    assert "Discord stopped: the gateway closed the connection with code 4004" in caplog.text
+
+
+async def test_a_stop_is_not_taken_for_discord_going_away(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with DiscordEmulator() as discord_api:
+        engine = await Engine.create(connected_to(discord_api, make_settings))
+        async with running(discord_api, engine) as platform:
+            waiting = asyncio.ensure_future(platform.wait_closed())
+        await asyncio.wait_for(waiting, 10)
+        await engine.aclose()
+    assert "Discord stopped" not in caplog.text

@@ -10,36 +10,23 @@ from typing import Any
 
 import pytest
 
-from bot.config import ProviderSettings, Settings
-from bot.engine import INTERNAL_ERROR, Engine
-from bot.models import Attachment, Author, ConversationKey, Message
+from bot.config import ProviderSettings
+from bot.engine import Engine
+from bot.models import Attachment, Author, ConversationKey
+from bot.reply import INTERNAL_ERROR
 from bot.store import AssistantRecord
-from tests.conftest import RecordingSurface
+from tests.support.asking import CHANNEL, answer, ask, first_render, msg, surface_of
 from tests.support.clock import FakeClock
 from tests.support.llm_server import LLMServer, Script
 from tests.support.search_server import SearchServer
 
-ADA = Author("u-ada", "Ada")
+BO = Author("u-bo", "Bo")
 MANAGER = Author("u-boss", "Boss", is_channel_manager=True)
-CHANNEL = ConversationKey("test", "general")
-
-
-def msg(text: str, key: ConversationKey = CHANNEL, author: Author = ADA, **extra: object) -> Message:
-    return Message(key=key, author=author, text=text, **extra)  # type: ignore[arg-type]
-
-
-async def ask(
-    engine: Engine, text: str, key: ConversationKey = CHANNEL, author: Author = ADA, **extra: object
-) -> str:
-    surface = RecordingSurface()
-    await engine.handle(msg(text, key, author, **extra), surface)
-    return surface.final
 
 
 async def test_a_reply_streams_in_growing_renders_and_ends_final(engine: Engine, llm: LLMServer) -> None:
     llm.enqueue(Script(tokens=["One", " two", " three"], delay=0.02))
-    surface = RecordingSurface()
-    await engine.handle(msg("count"), surface)
+    surface = await answer(engine, msg("count"))
     texts = [text for text, _ in surface.renders]
     assert surface.started == 1
     assert texts[-1] == "One two three" and surface.renders[-1][1] is True
@@ -59,13 +46,12 @@ async def test_memory_carries_names_and_earlier_turns(engine: Engine, llm: LLMSe
     ]
 
 
-async def test_memory_survives_a_restart(make_settings: Callable[..., Settings], llm: LLMServer) -> None:
-    first = await Engine.create(make_settings())
+async def test_memory_survives_a_restart(make_engine: Callable[..., Any], llm: LLMServer) -> None:
+    first = await make_engine()
     await ask(first, "Remember 42.")
     await first.aclose()
-    second = await Engine.create(make_settings())
+    second = await make_engine()
     await ask(second, "What number?")
-    await second.aclose()
     contents = [m["content"] for m in llm.chat_requests()[-1].json["messages"][1:]]
     assert contents == ["Ada: Remember 42.", "echo: Ada: Remember 42.", "Ada: What number?"]
 
@@ -75,7 +61,7 @@ async def test_the_user_turn_is_stored_before_the_provider_is_asked(engine: Engi
     task = asyncio.create_task(ask(engine, "stored first?"))
     while not llm.chat_requests():
         await asyncio.sleep(0.01)
-    turns, _ = await engine.store.recent_turns(str(CHANNEL), 10_000)
+    turns, _ = await engine.store.recall(str(CHANNEL), 10_000)
     assert [(t.role, t.content) for t in turns] == [("user", "stored first?")]
     assert await task == "late"
 
@@ -117,9 +103,9 @@ def listed_cost(prompt_tokens: int, completion_tokens: int) -> float:
 
 
 async def test_cost_comes_from_listed_prices_when_the_provider_reports_none(
-    make_settings: Callable[..., Settings], llm: LLMServer
+    make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:
-    engine = await Engine.create(make_settings(default_model="openrouter/openai/gpt-4o-mini"))
+    engine = await make_engine(default_model="openrouter/openai/gpt-4o-mini")
     assert await ask(engine, "/model") == (
         "This channel uses openrouter/openai/gpt-4o-mini "
         "(context 128,000 tokens, $0.15 in / $0.60 out per M tokens, reads images)."
@@ -136,12 +122,10 @@ async def test_cost_comes_from_listed_prices_when_the_provider_reports_none(
 
 
 async def test_cost_covers_every_tool_round_and_a_fallback_models_prices(
-    make_settings: Callable[..., Settings], llm: LLMServer, search: SearchServer
+    make_engine: Callable[..., Any], llm: LLMServer, search: SearchServer
 ) -> None:
     llm.models[1]["supported_parameters"] = ["tools"]
-    engine = await Engine.create(
-        make_settings(default_model="openrouter/openai/gpt-4o-mini", **search.settings())
-    )
+    engine = await make_engine(default_model="openrouter/openai/gpt-4o-mini", **search.settings())
     await ask(engine, "/search auto", author=MANAGER)
     llm.enqueue(
         Script(tokens=[], tool_calls=[("web_search", '{"query": "parley"}')], usage=(100, 10)),
@@ -154,7 +138,7 @@ async def test_cost_covers_every_tool_round_and_a_fallback_models_prices(
     assert searched["cost"] == pytest.approx(listed_cost(400, 30))
 
     fallbacks = {"openrouter/xiaomi/mimo-v2-flash": ["openrouter/openai/gpt-4o-mini"]}
-    engine = await Engine.create(make_settings(fallbacks=fallbacks))  # mimo-v2-flash lists no prices
+    engine = await make_engine(fallbacks=fallbacks)  # mimo-v2-flash lists no prices
     llm.enqueue(Script(status=502), Script(tokens=["rescued"], usage=(1000, 200)))
     assert await ask(engine, "hi") == "rescued"
     rescued = await assistant_row(engine)
@@ -164,52 +148,57 @@ async def test_cost_covers_every_tool_round_and_a_fallback_models_prices(
 
 
 async def test_a_long_reply_is_checkpointed_every_two_seconds_of_the_engines_clock(
-    make_settings: Callable[..., Settings], llm: LLMServer, monkeypatch: pytest.MonkeyPatch
+    make_engine: Callable[..., Any], llm: LLMServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The row is written at the first render; then the text every 2 s of the engine's clock; then the end."""
     clock = FakeClock()
-    engine = await Engine.create(make_settings(), clock=clock)
+    engine = await make_engine(clock=clock)
     writes: list[tuple[str, str]] = []
-    add, update = engine.store.add_assistant_turn, engine.store.update_assistant_turn
+    store = engine.store
+    start, update, finish = store.start_reply, store.update_reply, store.finish_reply
 
-    async def spy_add(conversation: str, record: AssistantRecord, tokens: int) -> int:
-        turn_id = await add(conversation, record, tokens)
+    async def spy_start(
+        conversation: str, answers: Any, author: str, record: AssistantRecord, *rest: Any
+    ) -> int:
         writes.append((record.content, record.outcome))
-        return turn_id
+        return await start(conversation, answers, author, record, *rest)
 
     async def spy_update(turn_id: int, record: AssistantRecord, tokens: int) -> None:
         await update(turn_id, record, tokens)
         writes.append((record.content, record.outcome))
 
-    monkeypatch.setattr(engine.store, "add_assistant_turn", spy_add)
-    monkeypatch.setattr(engine.store, "update_assistant_turn", spy_update)
+    async def spy_finish(*args: Any) -> None:
+        await finish(*args)
+        writes.append((args[5].content, args[5].outcome))
+
+    monkeypatch.setattr(store, "start_reply", spy_start)
+    monkeypatch.setattr(store, "update_reply", spy_update)
+    monkeypatch.setattr(store, "finish_reply", spy_finish)
     gate = asyncio.Semaphore(0)  # the loopback sends one token per release
     llm.enqueue(Script(tokens=["A", "B", "C", "D", "E"], gate=gate))
-    surface = RecordingSurface()
-    reply = asyncio.create_task(engine.handle(msg("tell me a long story"), surface))
+    message = msg("tell me a long story")
+    reply = await engine.accept(message, {"message": message.id})
+    assert reply is not None
     # Seconds of the engine's clock that pass after each token: C comes 2.5 s in, E 2.1 s after C.
     for token, seconds in (("A", 1.0), ("B", 1.5), ("C", 0.1), ("D", 2.0), ("E", 0.0)):
         gate.release()
-        shown = f"{token} shown"
-        await until(lambda t=token: bool(surface.renders) and surface.renders[-1][0].endswith(t), shown)
+        surface = await first_render(engine, message)
+        await until(lambda t=token, s=surface: s.renders[-1][0].endswith(t), f"{token} shown")
         if token == "C":
-            await until(lambda: bool(writes) and writes[-1][0] == "ABC", f"a checkpoint of ABC: {writes}")
-            turns, _ = await engine.store.recent_turns(str(CHANNEL), 10_000)
-            assert [(t.content, t.outcome) for t in turns] == [
-                ("tell me a long story", None),
-                ("ABC", "streaming"),  # what a crash now would keep
-            ]
+            await until(lambda: writes[-1][0] == "ABC", f"a checkpoint of ABC: {writes}")
+            (streaming,) = await store.streaming("test")
+            assert streaming.content == "ABC"  # what a crash now would keep
         await clock.advance(seconds)
     await reply
-    await engine.aclose()
     assert surface.final == "ABCDE"
-    assert writes == [("ABC", "streaming"), ("ABCDE", "streaming"), ("ABCDE", "ok")]
+    assert writes == [("A", "streaming"), ("ABC", "streaming"), ("ABCDE", "streaming"), ("ABCDE", "ok")]
 
 
 async def test_context_is_trimmed_to_the_window_and_the_reply_says_so_once(
-    make_settings: Callable[..., Settings], llm: LLMServer
+    make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:
     small = ProviderSettings(base_url=llm.openai_base_url, models=["tiny"], context_length={"tiny": 1200})
-    engine = await Engine.create(make_settings(providers={"local": small}, default_model="local/tiny"))
+    engine = await make_engine(providers={"local": small}, default_model="local/tiny")
     finals = []
     for index in range(12):  # no usage reported, so the estimate is not corrected mid-test
         llm.enqueue(Script(tokens=["ok"], usage=None))
@@ -228,10 +217,10 @@ async def test_context_is_trimmed_to_the_window_and_the_reply_says_so_once(
 
 
 async def test_a_message_larger_than_the_window_gets_one_sentence(
-    make_settings: Callable[..., Settings], llm: LLMServer
+    make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:
     small = ProviderSettings(base_url=llm.openai_base_url, models=["tiny"], context_length={"tiny": 1200})
-    engine = await Engine.create(make_settings(providers={"local": small}, default_model="local/tiny"))
+    engine = await make_engine(providers={"local": small}, default_model="local/tiny")
     reply = await ask(engine, "word " * 5000)
     await engine.aclose()
     assert reply.startswith("_Your message is too long for local/tiny") and llm.chat_requests() == []
@@ -268,21 +257,22 @@ async def test_settings_changes_need_permission(engine: Engine, llm: LLMServer) 
     refusals = {
         "/model openrouter/openai/gpt-4o-mini": "the model",
         "/system Talk like a pirate.": "the system prompt",
-        "/search on": "web search",
+        "/search on": "web_search",
+        "/skills read_page off": "read_page",
         "/autoreply on": "autoreply",
     }
     for command, what in refusals.items():
         assert await ask(engine, command) == f"Only channel managers and Parley admins can change {what}."
     settings = await engine.settings_for(CHANNEL)
-    assert (settings.model, settings.system_prompt, settings.search_mode, settings.autoreply) == (
+    assert (settings.model, settings.system_prompt, settings.skills, settings.autoreply) == (
         "openrouter/xiaomi/mimo-v2-flash",
         None,
-        "off",
+        {},
         False,
     )
     admin = Author("u-admin", "Admin")
     engine.settings.admin_user_ids.append("u-admin")
-    assert await ask(engine, "/search on", author=admin) == "Web search in this channel is now on."
+    assert await ask(engine, "/search on", author=admin) == "web_search in this channel is now on."
     role_holder = Author("u-r", "R", role_ids=("role-ops",))
     engine.settings.admin_role_ids.append("role-ops")
     assert await ask(engine, "/autoreply on", author=role_holder) == (
@@ -304,12 +294,12 @@ async def test_system_prompt_search_and_reset_commands(engine: Engine, llm: LLMS
     )
     assert (
         await ask(engine, "/search sometimes", author=MANAGER)
-        == "Web search can be off, on or auto, not 'sometimes'."
+        == "web_search can be off, on or auto, not 'sometimes'."
     )
-    assert await ask(engine, "/search auto", author=MANAGER) == "Web search in this channel is now auto."
+    assert await ask(engine, "/search auto", author=MANAGER) == "web_search in this channel is now auto."
     assert (
         await ask(engine, "/search")
-        == "Web search in this channel is auto. Change it with /search off|on|auto."
+        == "web_search in this channel is auto. Change it with /skills web_search off|on|auto."
     )
     assert await ask(engine, "/reset") == "Forgot 2 messages in this channel."
     await ask(engine, "fresh start")
@@ -372,7 +362,7 @@ async def test_each_failure_class_ends_the_reply_in_one_sentence(
 ) -> None:
     llm.enqueue(script)
     assert await ask(engine, "hello?") == f"_{sentence}_"
-    turns, _ = await engine.store.recent_turns(str(CHANNEL), 10_000)
+    turns, _ = await engine.store.recall(str(CHANNEL), 10_000)
     assert [(t.role, t.outcome) for t in turns] == [("user", None), ("assistant", "error")]
 
 
@@ -382,16 +372,16 @@ async def test_a_failure_after_text_keeps_the_text_and_says_it_was_cut_off(
     llm.enqueue(Script(tokens=["Partial", " answer"], error_after=2))
     reply = await ask(engine, "long question")
     assert reply == "Partial answer\n\n_openrouter is unavailable right now; try again shortly._"
-    turns, _ = await engine.store.recent_turns(str(CHANNEL), 10_000)
+    turns, _ = await engine.store.recall(str(CHANNEL), 10_000)
     assert (turns[-1].content, turns[-1].outcome) == ("Partial answer", "cut_off")
 
 
-async def test_timeouts_end_the_reply(make_settings: Callable[..., Settings], llm: LLMServer) -> None:
-    engine = await Engine.create(make_settings(first_token_timeout=0.3))
+async def test_timeouts_end_the_reply(make_engine: Callable[..., Any], llm: LLMServer) -> None:
+    engine = await make_engine(first_token_timeout=0.3)
     llm.enqueue(Script(first_delay=3))
     assert await ask(engine, "anyone?") == "_openrouter took too long to answer; try again._"
     await engine.aclose()
-    engine = await Engine.create(make_settings(reply_timeout=0.5))
+    engine = await make_engine(reply_timeout=0.5)
     llm.enqueue(Script(tokens=["slow"] * 50, delay=0.1))
     reply = await ask(engine, "take your time")
     await engine.aclose()
@@ -401,10 +391,10 @@ async def test_timeouts_end_the_reply(make_settings: Callable[..., Settings], ll
 
 
 async def test_retries_and_fallbacks_come_from_settings(
-    make_settings: Callable[..., Settings], llm: LLMServer
+    make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:
     fallbacks = {"openrouter/xiaomi/mimo-v2-flash": ["openrouter/openai/gpt-4o-mini"]}
-    engine = await Engine.create(make_settings(max_retries=1, fallbacks=fallbacks))
+    engine = await make_engine(max_retries=1, fallbacks=fallbacks)
     llm.enqueue(Script(status=502), Script(status=502), Script(tokens=["rescued"]))
     assert await ask(engine, "hi") == "rescued"
     await engine.aclose()
@@ -414,13 +404,13 @@ async def test_retries_and_fallbacks_come_from_settings(
 
 
 async def test_reasoning_is_hidden_by_default_and_shown_as_a_quote_on_request(
-    make_settings: Callable[..., Settings], llm: LLMServer
+    make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:
-    engine = await Engine.create(make_settings())
+    engine = await make_engine()
     llm.enqueue(Script(reasoning=["Thinking", " hard"], tokens=["Answer"]))
     assert await ask(engine, "q") == "Answer"
     await engine.aclose()
-    engine = await Engine.create(make_settings(show_reasoning=True))
+    engine = await make_engine(show_reasoning=True)
     llm.enqueue(Script(reasoning=["Thinking", "\nhard"], tokens=["Answer"]))
     assert await ask(engine, "q") == "> Thinking\n> hard\n\nAnswer"
     await engine.aclose()
@@ -433,15 +423,94 @@ async def test_empty_and_length_limited_replies_are_explained(engine: Engine, ll
     assert await ask(engine, "story") == "Once upon\n\n_Cut off: the reply reached its length limit._"
 
 
-def claude_settings(make_settings: Callable[..., Settings], llm: LLMServer, **extra: Any) -> Settings:
-    claude = ProviderSettings(base_url=llm.anthropic_base_url, api="anthropic", api_key="sk-ant")
-    return make_settings(providers={"claude": claude}, default_model="claude/claude-sonnet-4-5", **extra)
+async def test_one_person_is_answered_in_order_and_other_people_meanwhile(
+    engine: Engine, llm: LLMServer
+) -> None:
+    llm.enqueue(
+        Script(tokens=["first"], first_delay=0.4), Script(tokens=["to Bo"]), Script(tokens=["second"])
+    )
+    ada_a, ada_b, bo_c = msg("a"), msg("b"), msg("c", author=BO)
+    first = await engine.accept(ada_a, {"message": ada_a.id})
+    while not llm.chat_requests():
+        await asyncio.sleep(0.01)
+    second = await engine.accept(ada_b, {"message": ada_b.id})
+    bo = await engine.accept(bo_c, {"message": bo_c.id})
+    assert first and second and bo
+    assert await bo == "ok"
+    # Bo was answered while Ada's first reply still streamed; Ada's next message waited for it.
+    assert not first.done() and not second.done()
+    assert [r.json["messages"][-1]["content"] for r in llm.chat_requests()] == ["Ada: a", "Bo: c"]
+    # Bo's reply saw the conversation as stored when it started: everyone's questions, no unfinished answer.
+    assert [m["content"] for m in llm.chat_requests()[1].json["messages"][1:]] == [
+        "Ada: a",
+        "Ada: b",
+        "Bo: c",
+    ]
+    assert (await first, await second) == ("ok", "ok")
+    assert surface_of(engine, ada_a).final == "first" and surface_of(engine, ada_b).final == "second"
+    # Ada's second reply: the conversation up to her question, her first answer right after its question.
+    assert [m["content"] for m in llm.chat_requests()[2].json["messages"][1:]] == [
+        "Ada: a",
+        "first",
+        "Ada: b",
+    ]
+    turns, _ = await engine.store.recall(str(CHANNEL), 10_000)
+    assert [t.content for t in turns] == ["a", "first", "b", "second", "c", "to Bo"]
+
+
+async def test_attachments_reach_the_model(engine: Engine, llm: LLMServer) -> None:
+    await ask(engine, "/model openrouter/openai/gpt-4o-mini", author=MANAGER)
+    files = (
+        Attachment("notes.txt", "text/plain", 5, data=b"hello"),
+        Attachment("cat.png", "image/png", 4, data=b"\x89PNG"),
+        Attachment("deck.pdf", "application/pdf", 4, data=b"%PDF"),
+    )
+    reply = await ask(engine, "look", attachments=files)
+    content = llm.chat_requests()[-1].json["messages"][-1]["content"]
+    assert content[0]["text"].startswith('Ada: look\n\n<file name="notes.txt">\nhello\n</file>')
+    assert content[1]["image_url"]["url"] == "data:image/png;base64,iVBORw=="
+    assert reply.endswith("_deck.pdf is not a file type I can read._")
+
+
+async def test_an_internal_error_still_finishes_the_reply(
+    engine: Engine, llm: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("database on fire")
+
+    monkeypatch.setattr(engine.store, "recall", broken)
+    assert await ask(engine, "hello") == f"_{INTERNAL_ERROR}_"
+
+
+async def test_cancelling_a_reply_closes_the_message_and_keeps_the_text(
+    engine: Engine, llm: LLMServer
+) -> None:
+    llm.enqueue(Script(tokens=["kept", " text", " lost"], stall_after=2))
+    message = msg("go")
+    task = await engine.accept(message, {"message": message.id})
+    assert task is not None
+    surface = await first_render(engine, message)
+    while surface.renders[-1] != ("kept text", False):
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert surface_of(engine, message).final == "kept text\n\n_Cut off: Parley is restarting._"
+    turns, _ = await engine.store.recall(str(CHANNEL), 10_000)
+    assert (turns[-1].content, turns[-1].outcome) == ("kept text", "cut_off")
+    assert await engine.store.pending("test") == []
+
+
+def claude(llm: LLMServer) -> dict[str, Any]:
+    """Settings for an Anthropic provider named claude, answering by default."""
+    provider = ProviderSettings(base_url=llm.anthropic_base_url, api="anthropic", api_key="sk-ant")
+    return {"providers": {"claude": provider}, "default_model": "claude/claude-sonnet-4-5"}
 
 
 async def test_context_window_stops_and_refusals_are_explained(
-    make_settings: Callable[..., Settings], llm: LLMServer
+    make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:
-    engine = await Engine.create(claude_settings(make_settings, llm))
+    engine = await make_engine(**claude(llm))
     llm.enqueue(Script(tokens=["The story so far"], finish="model_context_window_exceeded"))
     assert await ask(engine, "go on") == (
         "The story so far\n\n"
@@ -451,29 +520,21 @@ async def test_context_window_stops_and_refusals_are_explained(
     assert await ask(engine, "something risky") == "_The provider's safety filters stopped this reply._"
     await engine.aclose()
     llm.enqueue(Script(tokens=["Partly"], finish="content_filter"))  # OpenAI's name for it
-    assert await ask_once(make_settings, "again") == (
+    assert await ask_once(make_engine, "again") == (
         "Partly\n\n_The provider's safety filters stopped this reply._"
     )
 
 
-async def ask_once(make_settings: Callable[..., Settings], text: str, **settings: Any) -> str:
-    engine = await Engine.create(make_settings(**settings))
-    try:
-        return await ask(engine, text)
-    finally:
-        await engine.aclose()
+async def ask_once(make_engine: Callable[..., Any], text: str, **settings: Any) -> str:
+    """A question to an engine of its own, with these settings."""
+    return await ask(await make_engine(**settings), text)
 
 
 @pytest.mark.parametrize("api", ["openrouter", "anthropic"])
 async def test_a_tool_round_sends_the_models_signed_reasoning_back(
-    make_settings: Callable[..., Settings], llm: LLMServer, search: SearchServer, api: str
+    make_engine: Callable[..., Any], llm: LLMServer, search: SearchServer, api: str
 ) -> None:
-    settings = (
-        claude_settings(make_settings, llm, **search.settings())
-        if api == "anthropic"
-        else make_settings(**search.settings())
-    )
-    engine = await Engine.create(settings)
+    engine = await make_engine(**search.settings(), **(claude(llm) if api == "anthropic" else {}))
     await ask(engine, "/search auto", author=MANAGER)
     llm.enqueue(
         Script(
@@ -506,74 +567,15 @@ async def test_a_tool_round_sends_the_models_signed_reasoning_back(
 
 
 async def test_a_provider_that_is_not_running_is_named_in_the_reply(
-    make_settings: Callable[..., Settings],
+    make_engine: Callable[..., Any],
 ) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))  # nothing listens here
         base = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"
         local = ProviderSettings(base_url=base, models=["qwen3-8b"])
         reply = await ask_once(
-            make_settings, "hello?", providers={"lmstudio": local}, default_model="lmstudio/qwen3-8b"
+            make_engine, "hello?", providers={"lmstudio": local}, default_model="lmstudio/qwen3-8b"
         )
     assert reply == (
         f"_Nothing answers at {base}; check that the lmstudio server is running and its address is right._"
     )
-
-
-async def test_one_reply_at_a_time_per_conversation_but_conversations_run_together(
-    engine: Engine, llm: LLMServer
-) -> None:
-    llm.enqueue(
-        Script(tokens=["first"], first_delay=0.3), Script(tokens=["elsewhere"]), Script(tokens=["second"])
-    )
-    same_a = asyncio.create_task(ask(engine, "a"))
-    await asyncio.sleep(0.05)
-    same_b = asyncio.create_task(ask(engine, "b"))
-    other = asyncio.create_task(ask(engine, "c", key=ConversationKey("test", "other")))
-    await asyncio.sleep(0.15)
-    # While "a" is still streaming, "c" (another conversation) has been sent but "b" waits its turn.
-    assert [r.json["messages"][-1]["content"] for r in llm.chat_requests()] == ["Ada: a", "Ada: c"]
-    assert await same_a == "first" and await same_b == "second"
-    await other
-    history = [m["content"] for m in llm.chat_requests()[-1].json["messages"][1:]]
-    assert history == ["Ada: a", "first", "Ada: b"]
-
-
-async def test_attachments_reach_the_model(engine: Engine, llm: LLMServer) -> None:
-    await ask(engine, "/model openrouter/openai/gpt-4o-mini", author=MANAGER)
-    files = (
-        Attachment("notes.txt", "text/plain", 5, data=b"hello"),
-        Attachment("cat.png", "image/png", 4, data=b"\x89PNG"),
-        Attachment("deck.pdf", "application/pdf", 4, data=b"%PDF"),
-    )
-    reply = await ask(engine, "look", attachments=files)
-    content = llm.chat_requests()[-1].json["messages"][-1]["content"]
-    assert content[0]["text"].startswith('Ada: look\n\n<file name="notes.txt">\nhello\n</file>')
-    assert content[1]["image_url"]["url"] == "data:image/png;base64,iVBORw=="
-    assert reply.endswith("_deck.pdf is not a file type I can read._")
-
-
-async def test_an_internal_error_still_finishes_the_reply(
-    engine: Engine, llm: LLMServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("database on fire")
-
-    monkeypatch.setattr(engine.store, "add_user_turn_and_recall", broken)
-    assert await ask(engine, "hello") == f"_{INTERNAL_ERROR}_"
-
-
-async def test_cancelling_a_reply_closes_the_message_and_keeps_the_text(
-    engine: Engine, llm: LLMServer
-) -> None:
-    llm.enqueue(Script(tokens=["kept", " text", " lost"], stall_after=2))
-    surface = RecordingSurface()
-    task = asyncio.create_task(engine.handle(msg("go"), surface))
-    while not surface.renders or surface.renders[-1][0] != "kept text":
-        await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert surface.final == "kept text\n\n_Cut off: Parley is restarting._"
-    turns, _ = await engine.store.recent_turns(str(CHANNEL), 10_000)
-    assert (turns[-1].content, turns[-1].outcome) == ("kept text", "cut_off")

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from bot.models import RateLimit, RenderBudget
-from bot.streaming import LATENCY_MARGIN, Pacer, RequestBucket
+from bot.streaming import EDIT, LATENCY_MARGIN, Pacer, RequestBucket
 from tests.support.clock import FakeClock, settle
 
 
@@ -304,7 +304,7 @@ async def test_a_reply_is_owed_a_final_slot_where_its_final_will_draw(clock: Fak
         other.update(text)
         await clock.advance(1.0)
     # The other reply's edits keep a slot for this reply's final and one for a reply yet to come.
-    assert pacer.bucket_for(update).wait_time(clock.now(), first_or_final=False) > 0
+    assert pacer.bucket_for(update).wait_time(clock.now(), rank=EDIT) > 0
     assert pacer.bucket_for(update).wait_time(clock.now()) == 0
     surface.budget = RenderBudget(edit=(update,), final=(update,))
     await renderer.finish("done")
@@ -328,3 +328,29 @@ async def test_a_slot_given_back_after_its_window_passed_is_simply_gone(clock: F
     await clock.advance(5.0)
     await finishing  # giving back a slot no longer in the window is not an error
     assert surface.renders == [(1005.0, "slow", True)]
+
+
+async def test_replies_that_show_nothing_go_first_then_finals_then_edits(clock: FakeClock) -> None:
+    """Ten replies in a channel that takes five requests per five seconds, all wanting to show at once and
+    all finished three seconds in: the five that showed nothing yet go as soon as slots free, before the
+    finals of the five that did, and nobody's intermediate edits take a slot meanwhile."""
+    budget = RenderBudget(min_interval=1.0, bucket="channel", capacity=5, window=5.0)
+    pacer = Pacer(clock)
+    surfaces = [RecordingSurface(clock, budget) for _ in range(10)]
+    renderers = [pacer.renderer(surface) for surface in surfaces]
+    finishing = []
+    for step in range(15):  # tokens every 0.2 s, then the end
+        for renderer in renderers:
+            renderer.update("x" * (step + 1))
+        await clock.advance(0.2)
+    finishing = [asyncio.create_task(renderer.finish("done")) for renderer in renderers]
+    await clock.advance(15.0)
+    assert all(task.done() for task in finishing)
+    window = 5.0 + LATENCY_MARGIN
+    started, waited = surfaces[:5], surfaces[5:]
+    assert all(s.renders[0][0] == 1000.0 for s in started)
+    # Those that showed nothing had finished meanwhile: their first render is their final.
+    assert [s.renders for s in waited] == [[(pytest.approx(1000.0 + window), "done", True)]] * 5
+    assert [s.renders[1:] for s in started] == [[(pytest.approx(1000.0 + 2 * window), "done", True)]] * 5
+    times = sorted(t for s in surfaces for t, _, _ in s.renders)
+    assert all(later - earlier >= window - 1e-9 for earlier, later in zip(times, times[5:], strict=False))

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
+from bot.citations import sources_footer, unknown_citations
 from bot.config import Settings
+from bot.skills import Source
+from bot.untrusted import results_block
 from skills import web_search
-from skills.base import Source
-from skills.citations import sources_footer, unknown_citations
 from skills.page_reader import FetchRefused, read_page, safe_address
 from skills.search_backends import SearchError, duckduckgo
-from skills.untrusted import results_block
 from skills.web_search import WebSearch
 from tests.support.search_server import SearchServer
 

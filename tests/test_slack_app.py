@@ -18,16 +18,20 @@ import pytest
 
 import adapters.slack
 import adapters.slack.surface
-from adapters.slack import build_app, serve, start_http
+from adapters.slack import SlackPlatform
 from adapters.slack.files import may_carry_token
 from adapters.slack.surface import START_CAPACITY
+from bot.commands import registered
 from bot.config import Settings
 from bot.engine import Engine
+from bot.models import ConversationKey
+from skills import builtin
 from tests.support.llm_server import LLMServer, Script
 from tests.support.loopback import serve_app
 from tests.support.search_server import SearchServer
 from tests.support.slack_api import (
     BOT_USER,
+    HISTORY_METHODS,
     METHOD_SCOPES,
     STREAM_TEXT_LIMIT,
     TEAM,
@@ -53,14 +57,34 @@ async def until(condition: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[tuple[Engine, SlackPlatform]]:
+    """Parley on Slack as `parley run` composes it: start, recover, and at the end drain and stop."""
+    engine = await Engine.create(settings, skills=builtin(settings))
+    platform = SlackPlatform(engine, settings, host="127.0.0.1", port=0)
+    engine.register(platform)
+    await platform.start()
+    try:
+        await engine.recover(platform.name)
+        yield engine, platform
+    finally:
+        await engine.drain(settings.shutdown_grace_seconds)
+        await platform.stop()
+        await engine.aclose()
+
+
 @dataclass
 class Harness:
     slack: SlackAPI
     llm: LLMServer
     engine: Engine
-    url: str
+    platform: SlackPlatform
     http: aiohttp.ClientSession
     events: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.platform.port}/slack/events"
 
     async def post(
         self, payload: dict[str, Any], *, form: bool = False, retry: int = 0, **headers: str
@@ -88,9 +112,13 @@ class Harness:
         }
 
     async def mention(
-        self, text: str, *, channel: str = "C1", ts: str = "1700000001.000100", **more: Any
+        self, text: str, *, channel: str = "C1", ts: str | None = "1700000001.000100", **more: Any
     ) -> int:
-        event = {"type": "app_mention", "user": ALICE.id, "text": f"<@{BOT_USER}> {text}", "ts": ts}
+        """A person mentions Parley: the message is in the channel (as Slack keeps it), then its event.
+        With `ts=None` the message gets the emulator's next ts, after everything said before it."""
+        user, thread_ts = more.pop("user", ALICE.id), more.get("thread_ts")
+        said = self.slack.say(user, channel, f"<@{BOT_USER}> {text}", ts=ts, thread_ts=thread_ts)
+        event = {"type": "app_mention", "user": user, "text": said.text, "ts": said.ts}
         return await self.post(self.event({**event, "channel": channel, "team": TEAM, **more}))
 
     async def command(self, text: str, *, user: str, channel: str = "C1") -> int:
@@ -109,14 +137,12 @@ class Harness:
         await until(lambda: len(self.slack.calls_to("chat.stopStream")) >= count, f"{count} finished streams")
 
 
-@pytest.fixture
-async def slack() -> AsyncIterator[SlackAPI]:
-    async with SlackAPI(users={u.id: u for u in (ALICE, BOB, ADMIN)}, scopes=set(GRANTED)) as api:
-        yield api
+def emulator() -> SlackAPI:
+    """The loopback Slack of these tests: three people, and the scopes the manifest grants."""
+    return SlackAPI(users={u.id: u for u in (ALICE, BOB, ADMIN)}, scopes=set(GRANTED))
 
 
-@pytest.fixture
-def slack_settings(
+def settings_builder(
     make_settings: Callable[..., Settings], slack: SlackAPI, search: SearchServer
 ) -> Callable[..., Settings]:
     def build(**overrides: Any) -> Settings:
@@ -132,19 +158,31 @@ def slack_settings(
     return build
 
 
+@asynccontextmanager
+async def serving(slack: SlackAPI, llm: LLMServer, settings: Settings) -> AsyncIterator[Harness]:
+    async with running(settings) as (engine, platform), aiohttp.ClientSession() as http:
+        yield Harness(slack, llm, engine, platform, http)
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[SlackAPI]:
+    async with emulator() as api:
+        yield api
+
+
+@pytest.fixture
+def slack_settings(
+    make_settings: Callable[..., Settings], slack: SlackAPI, search: SearchServer
+) -> Callable[..., Settings]:
+    return settings_builder(make_settings, slack, search)
+
+
 @pytest.fixture
 async def harness(
     slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
 ) -> AsyncIterator[Harness]:
-    engine = await Engine.create(slack_settings())
-    app, listeners = build_app(engine, engine.settings)
-    runner = await start_http(app, SECRET, 0, host="127.0.0.1")
-    port = runner.addresses[0][1]
-    async with aiohttp.ClientSession() as http:
-        yield Harness(slack, llm, engine, f"http://127.0.0.1:{port}/slack/events", http)
-    await runner.cleanup()
-    await listeners.finish(cancel=False)
-    await engine.aclose()
+    async with serving(slack, llm, slack_settings()) as started:
+        yield started
 
 
 async def test_mention_sets_status_then_streams_the_reply_into_its_thread(harness: Harness) -> None:
@@ -189,30 +227,32 @@ async def test_stream_failure_falls_back_to_post_and_paced_updates(harness: Harn
 
 
 async def test_retries_and_double_delivery_answer_once_even_after_restart(
-    harness: Harness, slack_settings: Callable[..., Settings]
+    harness: Harness, slack_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
+    slack = harness.slack
+
+    def refused() -> int:
+        return sum("was delivered again" in record.getMessage() for record in caplog.records)
+
     event = {"type": "app_mention", "user": ALICE.id, "text": f"<@{BOT_USER}> hi", "ts": "1700000002.000100"}
     event |= {"channel": "C1", "team": TEAM}
-    assert await harness.post(harness.event(event, "EvA")) == 200
-    assert await harness.post(harness.event(event, "EvA"), retry=1) == 200
     as_message = {**event, "type": "message", "channel_type": "channel"}
-    assert await harness.post(harness.event(as_message, "EvB")) == 200
-    await harness.finished_streams(1)
-    # A restarted process (new engine and app on the same database) sees the retry as answered too.
-    engine = await Engine.create(slack_settings())
-    app, listeners = build_app(engine, engine.settings)
-    runner = await start_http(app, SECRET, 0, host="127.0.0.1")
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events"
-        restarted = Harness(harness.slack, harness.llm, engine, url, harness.http)
-        assert await restarted.post(harness.event(event, "EvA"), retry=2) == 200
-        await asyncio.sleep(0.2)
-    finally:
-        await runner.cleanup()
-        await listeners.finish(cancel=False)
-        await engine.aclose()
-    assert len(harness.slack.calls_to("chat.startStream")) == 1
-    assert len(harness.llm.chat_requests()) == 1
+    with caplog.at_level(logging.INFO, logger="bot.engine"):
+        assert await harness.post(harness.event(event, "EvA")) == 200
+        assert await harness.post(harness.event(event, "EvA"), retry=1) == 200
+        assert await harness.post(harness.event(as_message, "EvB")) == 200
+        await until(lambda: refused() == 2, "the retry and the message event refused")
+        await harness.finished_streams(1)
+        # A restarted process (new engine and app on the same database) sees both as answered too.
+        async with running(slack_settings()) as (engine, platform):
+            restarted = Harness(slack, harness.llm, engine, platform, harness.http)
+            assert await restarted.post(harness.event(event, "EvA"), retry=2) == 200
+            assert await restarted.post(harness.event(as_message, "EvB"), retry=1) == 200
+            await until(lambda: refused() == 4, "both refused after the restart")
+    assert len(slack.calls_to("chat.startStream")) == 1
+    assert [r.json["messages"][-1]["content"] for r in harness.llm.chat_requests()] == ["Alice: hi"]
+    (reply,) = slack.replies("C1")
+    assert reply.text == "echo: Alice: hi" and reply.thread_ts == "1700000002.000100"
 
 
 async def test_bad_or_stale_signature_is_refused(harness: Harness) -> None:
@@ -274,8 +314,6 @@ async def test_model_without_name_offers_a_picker_that_switches(harness: Harness
     assert await harness.post({"payload": json.dumps(action)}, form=True) == 200
     await until(lambda: len(harness.slack.responses) == 2, "the pick's answer")
     assert "now uses openrouter/openai/gpt-4o-mini" in harness.slack.responses[1]["text"]
-    from bot.models import ConversationKey
-
     assert (
         await harness.engine.settings_for(ConversationKey("slack", "C1"))
     ).model == "openrouter/openai/gpt-4o-mini"
@@ -286,8 +324,13 @@ async def test_help_names_the_slack_subcommands(harness: Harness) -> None:
     await harness.command("modle gpt", user=ALICE.id)
     await until(lambda: len(harness.slack.responses) == 2, "two answers")
     help_text, unknown = (r["text"] for r in harness.slack.responses)
-    assert "/parley model [NAME|default]" in help_text and "/parley web QUERY" in help_text
-    assert "\n/model" not in help_text
+    lines = help_text.splitlines()
+    offered = registered(harness.engine.skills, "slack")
+    assert lines[1:] == [f"/parley {command.usage} — {command.summary}" for command in offered]
+    assert {"/parley web QUERY", "/parley read URL", "/parley skills [NAME off|on|auto]"} <= {
+        line.split(" — ")[0] for line in lines
+    }
+    assert not any(line.startswith("/parley ask") for line in lines)  # Slack has no /ask: mention Parley
     assert unknown == "Unknown command /modle. Did you mean /parley model? Try /parley help."
 
 
@@ -298,7 +341,7 @@ async def test_parley_web_posts_the_question_and_streams_a_cited_answer_into_its
     await harness.finished_streams(1)
     assert search.queries == ["parley release"]
     header, answer = harness.slack.replies("C1")
-    assert header.thread_ts is None and header.text == "*Alice* searched the web: parley release"
+    assert header.thread_ts is None and header.text == "*Alice* asked with `/parley web`: parley release"
     assert answer.thread_ts == header.ts  # streamed natively into the header's thread
     # Standard Markdown in a stream: the link destination without the <…> that only Discord needs.
     sources = f"**Sources**\n[1] [Parley 2.0 | released]({search.base_url}/release)"
@@ -337,7 +380,8 @@ async def test_parley_web_without_a_query_or_a_place_to_post_says_so(
     await harness.command("web anything", user=ALICE.id, channel="C7")
     await until(lambda: len(harness.slack.responses) == 2, "the refusal")
     usage, refused = harness.slack.responses
-    assert usage == {"text": "Say what to search for: `/parley web QUERY`.", "response_type": "ephemeral"}
+    summary = harness.engine.skills.get("web_search").summary  # type: ignore[union-attr]
+    assert usage == {"text": f"Usage: `/parley web QUERY` ({summary}).", "response_type": "ephemeral"}
     assert refused["response_type"] == "ephemeral" and "invite it with `/invite @Parley`" in refused["text"]
     assert search.queries == [] and harness.llm.chat_requests() == []
 
@@ -480,18 +524,11 @@ async def test_provider_and_slack_failures_end_in_a_sentence_and_the_app_goes_on
 
 
 @asynccontextmanager
-async def socket_mode_app(slack_settings: Callable[..., Settings]) -> AsyncIterator[Engine]:
-    """`serve` in Socket Mode, as `parley run` starts it; cancelled on the way out, as at shutdown."""
-    settings = slack_settings(slack_app_token="xapp-test", slack_signing_secret=None)
-    engine = await Engine.create(settings)
-    task = asyncio.create_task(serve(engine, settings))
-    try:
+async def socket_mode_app(slack_settings: Callable[..., Settings], **overrides: Any) -> AsyncIterator[Engine]:
+    """Parley on Slack in Socket Mode, as `parley run` starts it."""
+    settings = slack_settings(slack_app_token="xapp-test", slack_signing_secret=None, **overrides)
+    async with running(settings) as (engine, _platform):
         yield engine
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await engine.aclose()
 
 
 async def socket_mention(slack: SlackAPI, text: str, *, ts: str, event_id: str) -> str:
@@ -521,7 +558,7 @@ async def test_shutdown_mid_reply_closes_the_message(
     slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
 ) -> None:
     llm.enqueue(Script(tokens=["Halfway", " there", " never"], stall_after=2))
-    async with socket_mode_app(slack_settings):
+    async with socket_mode_app(slack_settings, shutdown_grace_seconds=0):
         await socket_mention(slack, "long one", ts="1700000010.1", event_id="EvT")
         await until(lambda: any("there" in m.text for m in slack.replies()), "the first text")
     (reply,) = slack.replies("C9")
@@ -537,21 +574,36 @@ async def test_the_manifest_grants_what_the_app_uses(harness: Harness) -> None:
     harness.slack.channel_types |= {"G2": "group", "G3": "mpim", "D4": "im"}
     for channel in ("C2", "G2", "G3", "D4"):  # a manager check in every kind of conversation
         await harness.command("system be brief", user=ALICE.id, channel=channel)
+    for channel in ("C2", "G2", "G3", "D4"):  # history in every kind of conversation, and a thread
+        harness.slack.say(BOB.id, channel, "hello")
+        await harness.platform.history(ConversationKey("slack", channel), limit=5)
+    await harness.platform.history(ConversationKey("slack", "C1", "1700000001.000100"), limit=5)
     harness.slack.fail["chat.startStream"] = "not_allowed_token_type"
     await harness.mention("again", ts="1700000030.000100")
     await until(lambda: harness.slack.calls_to("chat.update"), "the fallback path")
     await until(lambda: len(harness.slack.responses) == 4, "the commands' answers")
     assert harness.slack.refused_scopes == []
     assert "a.txt" in str(harness.llm.chat_requests()[0].json["messages"])  # files:read
-    used = set(harness.slack.methods()) - {"auth.test", "conversations.info"}
+    assert set(harness.slack.methods()) >= HISTORY_METHODS
+    by_type = {"auth.test", "conversations.info", *HISTORY_METHODS}  # their scope follows the channel
+    used = set(harness.slack.methods()) - by_type
     assert used <= set(METHOD_SCOPES), "a method the emulator does not know the scope of"
     assert "assistant:write" not in GRANTED  # Slack is retiring it; chat:write covers the status
     (command,) = MANIFEST["features"]["slash_commands"]
     assert command["command"] == "/parley" and command["should_escape"] is False  # text arrives as typed
     events = set(MANIFEST["settings"]["event_subscriptions"]["bot_events"])
-    assert {"app_mention", "message.channels", "message.groups", "message.im"} <= events
-    assert {"files:read", "commands", "channels:history", "im:history"} <= GRANTED
+    assert {"app_mention", "message.channels", "message.groups", "message.im", "message.mpim"} <= events
+    assert {"app_uninstalled", "tokens_revoked"} <= events  # how Parley learns it was removed
+    assert {"files:read", "commands", "channels:history", "groups:history", "im:history"} <= GRANTED
+    assert "mpim:history" in GRANTED
     assert MANIFEST["settings"]["socket_mode_enabled"] and MANIFEST["settings"]["interactivity"]["is_enabled"]
+
+
+def test_the_manifest_lists_every_parley_subcommand(engine: Engine) -> None:
+    """The usage hint Slack shows while typing /parley is the one command list, in its order."""
+    (command,) = MANIFEST["features"]["slash_commands"]
+    usages = [entry.usage for entry in registered(engine.skills, "slack")]
+    assert command["usage_hint"] == " | ".join(usages)
 
 
 async def test_the_creator_of_a_group_dm_may_change_its_settings(harness: Harness) -> None:
@@ -629,7 +681,7 @@ async def test_unsigned_requests_get_401_and_unparsable_signed_ones_400_without_
     assert statuses == {**dict.fromkeys(unsigned, 401), **dict.fromkeys(unparsable, 400)}
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert "Traceback" not in caplog.text
-    assert harness.llm.chat_requests() == [] and harness.slack.calls == []
+    assert harness.llm.chat_requests() == [] and harness.slack.methods() == ["auth.test"]  # at start
     assert await harness.mention("still answering") == 200  # and a good request still goes through
 
 
@@ -639,7 +691,7 @@ async def test_an_unsigned_ssl_check_is_answered_and_nothing_else(harness: Harne
         assert response.status == 200
     async with harness.http.post(harness.url, data="ssl_check=1&command=%2Fparley", headers=form) as response:
         assert response.status == 200  # answered as a check: the command is not run
-    assert harness.slack.calls == [] and harness.slack.responses == []
+    assert harness.slack.methods() == ["auth.test"] and harness.slack.responses == []
 
 
 async def test_past_the_stream_budget_replies_post_and_edit_rather_than_queue(harness: Harness) -> None:
@@ -688,21 +740,11 @@ async def test_the_thinking_status_stays_until_the_first_text(
 ) -> None:
     monkeypatch.setattr(adapters.slack.surface, "STATUS_REFRESH", 0.05)  # Slack's two minutes, shrunk
     llm.enqueue(Script(tokens=["too late"], first_delay=30.0))
-    engine = await Engine.create(slack_settings(first_token_timeout=2.0))
-    app, listeners = build_app(engine, engine.settings)
-    runner = await start_http(app, SECRET, 0, host="127.0.0.1")
-    try:
-        async with aiohttp.ClientSession() as http:
-            url = f"http://127.0.0.1:{runner.addresses[0][1]}/slack/events"
-            harness = Harness(slack, llm, engine, url, http)
-            await harness.mention("slow one")
-            await until(lambda: len(slack.calls_to("assistant.threads.setStatus")) >= 3, "a refreshed status")
-            assert slack.status("C1", "1700000001.000100") == "is thinking…"
-            await harness.finished_streams(1)
-    finally:
-        await runner.cleanup()
-        await listeners.finish(cancel=False)
-        await engine.aclose()
+    async with serving(slack, llm, slack_settings(first_token_timeout=2.0)) as harness:
+        await harness.mention("slow one")
+        await until(lambda: len(slack.calls_to("assistant.threads.setStatus")) >= 3, "a refreshed status")
+        assert slack.status("C1", "1700000001.000100") == "is thinking…"
+        await harness.finished_streams(1)
     first_text = slack.methods().index("chat.startStream")
     assert "assistant.threads.setStatus" not in slack.methods()[first_text:]
     assert slack.status("C1", "1700000001.000100") == ""

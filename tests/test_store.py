@@ -1,12 +1,17 @@
-"""Durable memory and settings on SQLite: what survives a restart, what fits a budget, what dedupes."""
+"""Durable memory, settings and the inbox on SQLite: what survives a restart, what fits, what dedupes."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
+from bot.models import Attachment, Author, ConversationKey, Message
 from bot.store import AssistantRecord, Store
+
+ADA = Author("u1", "Ada", is_channel_manager=True, role_ids=("r1",))
+BO = Author("u2", "Bo")
 
 
 @pytest.fixture
@@ -14,81 +19,157 @@ def db_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path}/nested/dir/parley.db"
 
 
+def message(text: str, message_id: str, key: str = "c", author: Author = ADA, **extra: object) -> Message:
+    return Message(ConversationKey("test", key), author, text, id=message_id, **extra)  # type: ignore[arg-type]
+
+
+async def remember(store: Store, text: str, message_id: str, key: str = "c", author: Author = ADA) -> int:
+    entry = await store.accept(message(text, message_id, key, author), None, text, 10)
+    assert entry is not None and entry.turn_id is not None
+    return entry.turn_id
+
+
 async def test_turns_and_settings_survive_a_restart(db_url: str) -> None:
     store = await Store.open(db_url)
-    turn_id, recalled, trimmed = await store.add_user_turn_and_recall(
-        "console:a", "u1", "Ada", "remember the number 42", 10, 100
+    question = await remember(store, "remember the number 42", "m1")
+    reply = await store.start_reply(
+        "test:c", question, "u1", AssistantRecord("I", "openrouter/x", "streaming"), 1
     )
-    assert [(t.id, t.content) for t in recalled] == [(turn_id, "remember the number 42")] and not trimmed
-    await store.add_assistant_turn("console:a", AssistantRecord("I will.", "openrouter/x", "ok"), 5)
-    await store.set_setting("console:a", "model", "openai/gpt-4o", "u1")
+    await store.update_reply(reply, AssistantRecord("I will.", "openrouter/x", "ok"), 5)
+    await store.set_setting("test:c", "model", "openai/gpt-4o", "u1")
     await store.close()
 
     reopened = await Store.open(db_url)
-    turns, trimmed = await reopened.recent_turns("console:a", 1000)
+    turns, trimmed = await reopened.recall("test:c", 1000)
     assert [(t.role, t.author_name, t.content) for t in turns] == [
         ("user", "Ada", "remember the number 42"),
         ("assistant", "", "I will."),
     ]
     assert not trimmed
-    assert (await reopened.settings(["console:a"]))[0]["model"] == "openai/gpt-4o"
+    assert (await reopened.settings(["test:c"]))[0]["model"] == "openai/gpt-4o"
     await reopened.close()
 
 
-async def test_recent_turns_keep_the_newest_that_fit_and_say_so(db_url: str) -> None:
+async def test_recall_keeps_the_newest_that_fit_and_says_so(db_url: str) -> None:
     store = await Store.open(db_url)
     for index in range(200):  # more than one page
-        await store.add_user_turn_and_recall("c", "u", "U", f"turn {index}", 10, 0)
-    await store.add_user_turn_and_recall("other", "u", "U", "not mine", 10, 0)
-    turns, trimmed = await store.recent_turns("c", 95)
+        await remember(store, f"turn {index}", f"m{index}")
+    await remember(store, "not mine", "x", key="other")
+    turns, trimmed = await store.recall("test:c", 95)
     assert [t.content for t in turns] == [f"turn {i}" for i in range(191, 200)]
     assert trimmed
-    everything, trimmed_all = await store.recent_turns("c", 10_000)
+    everything, trimmed_all = await store.recall("test:c", 10_000)
     assert len(everything) == 200 and not trimmed_all
+    await store.close()
+
+
+async def test_recall_up_to_a_question_reads_the_conversation_as_it_stood(db_url: str) -> None:
+    """Ada and Bo ask at once; Ada's answer lands after Bo's question but is read back after her own."""
+    store = await Store.open(db_url)
+    ada = await remember(store, "Ada asks", "m1")
+    bo = await remember(store, "Bo asks", "m2", author=BO)
+    ada_reply = await store.start_reply("test:c", ada, "u1", AssistantRecord("to Ada", "m", "streaming"), 2)
+    bo_reply = await store.start_reply("test:c", bo, "u2", AssistantRecord("to B", "m", "streaming"), 2)
+    later = await remember(store, "Ada again", "m3")
+    # While both stream, neither answer is part of any context.
+    turns, _ = await store.recall("test:c", 1000, upto=later)
+    assert [t.content for t in turns] == ["Ada asks", "Bo asks", "Ada again"]
+    await store.update_reply(ada_reply, AssistantRecord("to Ada", "m", "ok"), 2)
+    await store.update_reply(bo_reply, AssistantRecord("to Bo", "m", "ok"), 2)
+    turns, _ = await store.recall("test:c", 1000, upto=later)
+    assert [t.content for t in turns] == ["Ada asks", "to Ada", "Bo asks", "to Bo", "Ada again"]
+    # Bo's context is his question and what came before it: not Ada's later question.
+    turns, _ = await store.recall("test:c", 1000, upto=bo)
+    assert [t.content for t in turns] == ["Ada asks", "to Ada", "Bo asks"]
     await store.close()
 
 
 async def test_forget_only_clears_one_conversation(db_url: str) -> None:
     store = await Store.open(db_url)
-    await store.add_user_turn_and_recall("c1", "u", "U", "a", 1, 0)
-    await store.add_user_turn_and_recall("c1", "u", "U", "b", 1, 0)
-    await store.add_user_turn_and_recall("c2", "u", "U", "c", 1, 0)
-    assert await store.forget("c1") == 2
-    assert await store.count_turns("c1") == 0
-    assert await store.count_turns("c2") == 1
+    await remember(store, "a", "1", key="c1")
+    await remember(store, "b", "2", key="c1")
+    await remember(store, "c", "3", key="c2")
+    assert await store.forget("test:c1") == 2
+    assert await store.count_turns("test:c1") == 0
+    assert await store.count_turns("test:c2") == 1
     await store.close()
 
 
-async def test_a_reply_streaming_at_a_crash_is_marked_interrupted_on_restart(db_url: str) -> None:
+async def test_an_accepted_message_is_stored_once_with_its_files_across_restarts(db_url: str) -> None:
     store = await Store.open(db_url)
-    turn_id = await store.add_assistant_turn("c", AssistantRecord("half an ans", "m", "streaming"), 3)
+    files = (
+        Attachment("notes.txt", "text/plain", 5, data=b"hello"),
+        Attachment("big.bin", None, 10**9, unavailable_reason="it is too large"),
+    )
+    incoming = message("look", "m1", attachments=files, is_direct=True)
+    first = await store.accept(incoming, {"channel": 5, "message": 7}, "look", 4)
+    assert first is not None
+    assert await store.accept(incoming, None, "look", 4) is None  # the same delivery again
+    await store.close()
+
+    reopened = await Store.open(db_url)
+    assert await reopened.accept(incoming, None, "look", 4) is None  # also after a restart
+    (pending,) = await reopened.pending("test")
+    assert pending.id == first.id and pending.turn_id == first.turn_id
+    assert pending.reply_to == {"channel": 5, "message": 7}
+    assert pending.message.key == incoming.key and pending.message.author == ADA
+    assert pending.message.text == "look" and pending.message.is_direct
+    assert pending.message.attachments == files
+    assert await reopened.count_turns("test:c") == 1
+    await reopened.close_inbox(pending.id)
+    assert await reopened.pending("test") == []
+    async with reopened._db.connect() as conn:  # files were kept only to answer the message
+        assert (await conn.exec_driver_sql("SELECT count(*) FROM inbox_files")).scalar() == 0
+    await reopened.close()
+
+
+async def test_pending_is_per_platform_oldest_first_and_commands_keep_no_turn(db_url: str) -> None:
+    store = await Store.open(db_url)
+    await store.accept(message("first", "1"), None, "first", 3)
+    command = await store.accept(message("/model", "2"), None, "", 0)
+    other = Message(ConversationKey("elsewhere", "c"), ADA, "not here", id="1")
+    await store.accept(other, None, "not here", 3)
+    assert command is not None and command.turn_id is None
+    assert [entry.message.text for entry in await store.pending("test")] == ["first", "/model"]
+    assert [entry.message.text for entry in await store.pending("elsewhere")] == ["not here"]
+    await store.close()
+
+
+async def test_a_reply_cut_short_by_a_crash_is_found_and_its_question_closed(db_url: str) -> None:
+    store = await Store.open(db_url)
+    entry = await store.accept(message("question", "m1"), None, "question", 3)
+    assert entry is not None and entry.turn_id is not None
+    turn = await store.start_reply(
+        "test:c", entry.turn_id, "u1", AssistantRecord("half", "m", "streaming"), 3
+    )
+    await store.save_refs(turn, {"messages": [11]})
     await store.close()  # the process dies here, mid-reply
+
     reopened = await Store.open(db_url)
-    turns, _ = await reopened.recent_turns("c", 100)
-    assert [(t.id, t.content, t.outcome) for t in turns] == [(turn_id, "half an ans", "interrupted")]
+    (streaming,) = await reopened.streaming("test")
+    assert (streaming.turn_id, streaming.content, streaming.refs) == (turn, "half", {"messages": [11]})
+    assert await reopened.streaming("elsewhere") == []
+    await reopened.interrupted(streaming)
+    assert await reopened.streaming("test") == []
+    assert await reopened.pending("test") == []
+    turns, _ = await reopened.recall("test:c", 100)
+    assert [(t.content, t.outcome) for t in turns] == [("question", None), ("half", "interrupted")]
     await reopened.close()
 
 
-async def test_event_claims_are_durable_and_single(db_url: str) -> None:
-    store = await Store.open(db_url)
-    assert await store.claim_event("slack", "Ev1")
-    assert not await store.claim_event("slack", "Ev1")
-    assert await store.claim_event("discord", "Ev1")
-    await store.close()
-    reopened = await Store.open(db_url)
-    assert not await reopened.claim_event("slack", "Ev1")
-    await reopened.close()
-
-
-async def test_meta_values_and_setting_updates(db_url: str) -> None:
+async def test_meta_values_setting_updates_and_skill_modes(db_url: str) -> None:
     store = await Store.open(db_url)
     assert await store.get_meta("hash") is None
-    await store.set_meta("hash", "one")
+    await asyncio.gather(*(store.set_meta("hash", f"v{index}") for index in range(5)))  # racing writers
     await store.set_meta("hash", "two")
     assert await store.get_meta("hash") == "two"
-    await store.set_setting("c", "search_mode", "on", "u")
-    await store.set_setting("c", "search_mode", None, "u")
-    assert (await store.settings(["c"]))[0]["search_mode"] is None
+    await store.set_setting("c", "model", "a/b", "u")
+    await store.set_setting("c", "model", None, "u")
+    assert (await store.settings(["c"]))[0]["model"] is None
     with pytest.raises(ValueError):
         await store.set_setting("c", "password", "x", "u")
+    await store.set_skill_mode("c", "web_search", "on", "u")
+    await store.set_skill_mode("c", "web_search", "auto", "u")
+    await store.set_skill_mode("c:t", "read_page", "off", "u")
+    assert await store.skill_modes(["c:t", "c", "none"]) == [{"read_page": "off"}, {"web_search": "auto"}, {}]
     await store.close()

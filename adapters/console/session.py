@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,10 +29,12 @@ from rich.console import Console
 from rich.text import Text
 
 from adapters.console.input import BadInput, LineInput, PromptInput
+from adapters.console.platform import PLATFORM, ConsolePlatform
 from adapters.console.safe_text import neutralize
 from adapters.console.surfaces import PlainSurface, TerminalSurface
-from bot.engine import STOPPED, Engine, Outcome
+from bot.engine import Engine
 from bot.models import Author, ConversationKey, Message
+from bot.reply import STOPPED, Outcome
 
 try:
     import termios
@@ -68,7 +71,7 @@ class Chat:
     """
 
     def __init__(self, channel: str, data_dir: Path) -> None:
-        self.key = ConversationKey("console", channel)
+        self.key = ConversationKey(PLATFORM, channel)
         self.author = Author(id="terminal", display_name=_user_name(), is_channel_manager=True)
         user = re.sub(r"[^\w.-]", "_", self.author.display_name)  # history and log are per user
         self.history_path = data_dir / f"chat-history-{user}"
@@ -86,6 +89,8 @@ class Chat:
         self.log: LogFile | None = None
         self.log_problem = ""
         self.reader_gone = False
+        self._surface: TerminalSurface | PlainSurface | None = None  # the reply being shown
+        self._stop: Callable[[], None] = lambda: None  # stops the reply being shown
         if self.screen is not None:
             try:
                 data_dir.mkdir(parents=True, exist_ok=True)
@@ -95,6 +100,8 @@ class Chat:
 
     async def run(self, engine: Engine) -> int:
         """Answer messages until the input ends or the person leaves; returns the exit status."""
+        engine.register(ConsolePlatform(engine.store, self._new_surface))
+        await engine.recover(PLATFORM, self.key)  # what a chat in this channel left unanswered
         if self.screen is None:
             reader: PromptInput | LineInput = LineInput(sys.stdin.fileno(), from_terminal=sys.stdin.isatty())
         else:
@@ -122,33 +129,40 @@ class Chat:
     async def _answer(self, engine: Engine, text: str) -> Outcome | None:
         """Show the answer to one message. None when it was stopped: by Ctrl-C, or because whoever reads
         our output has gone. The engine keeps a stopped reply's text as cut off."""
-        message = Message(key=self.key, author=self.author, text=text)
-        task: asyncio.Task[Outcome] | None = None
+        message = Message(key=self.key, author=self.author, text=text, id=uuid.uuid4().hex)
+        task = await engine.accept(message)
+        if task is None:  # a fresh id is never a redelivery
+            return None
 
         def stop() -> None:
-            if task is not None and not task.done() and not task.cancelling():
+            if not task.done() and not task.cancelling():
                 task.cancel(STOPPED)
 
-        def reader_gone() -> None:
-            self.reader_gone = True
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to tell anyone
-            stop()
-
-        # isatty, not rich's is_terminal: FORCE_COLOR in the environment must not put live regions in a pipe.
-        surface = (
-            TerminalSurface(self.replies) if sys.stdout.isatty() else PlainSurface(sys.stdout, reader_gone)
-        )
-        task = asyncio.create_task(engine.handle(message, surface))
+        self._stop = stop
         try:
             with _on_sigint(stop), _typing_held(self.screen is not None):
                 await asyncio.wait({task})
         finally:
-            if isinstance(surface, TerminalSurface):
-                surface.close()
+            if isinstance(self._surface, TerminalSurface):
+                self._surface.close()
             if not task.done():
                 task.cancel()
                 await asyncio.wait({task})
         return None if task.cancelled() else task.result()
+
+    def _new_surface(self) -> TerminalSurface | PlainSurface:
+        """Where the engine shows the next reply."""
+
+        def reader_gone() -> None:
+            self.reader_gone = True
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to tell anyone
+            self._stop()
+
+        # isatty, not rich's is_terminal: FORCE_COLOR in the environment must not put live regions in a pipe.
+        self._surface = (
+            TerminalSurface(self.replies) if sys.stdout.isatty() else PlainSurface(sys.stdout, reader_gone)
+        )
+        return self._surface
 
     async def _welcome(self, engine: Engine) -> History:
         """Greet the person at the terminal; returns their input history, kept in the data directory."""

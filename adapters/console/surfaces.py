@@ -50,6 +50,7 @@ class TerminalSurface:
 
     # A re-render parses and draws the block in progress; ten a second reads as smooth and costs little.
     budget = RenderBudget(min_interval=0.1)
+    refs = None  # printed text cannot be edited later
 
     def __init__(self, console: Console) -> None:
         self._console = console
@@ -123,6 +124,7 @@ class PlainSurface:
     """A reply written to a pipe or a file: the text as it arrives, then a newline."""
 
     budget = RenderBudget()
+    refs = None
 
     def __init__(self, out: TextIO, reader_gone: Callable[[], None]) -> None:
         self._out = out

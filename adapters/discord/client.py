@@ -1,4 +1,4 @@
-"""The Discord bot: which messages it answers, its slash commands, and how they reach the engine."""
+"""The Discord client: what arrives (messages, slash commands) becomes facts and Messages for the engine."""
 
 from __future__ import annotations
 
@@ -6,19 +6,20 @@ import asyncio
 import hashlib
 import json
 import logging
+from typing import TYPE_CHECKING
 
+import aiohttp
 import discord
 from discord import app_commands
 
-from adapters.discord.interactions import (
-    AUTOCOMPLETE_WAIT,
-    CHOICE_LIMIT,
-    answer_command,
-)
-from adapters.discord.surface import NO_PINGS, InteractionSurface, MessageSurface
-from bot.config import Settings
-from bot.engine import Engine
-from bot.models import Attachment, Author, ConversationKey, Message
+from adapters.discord.commands import install
+from adapters.discord.facts import author_of, conversation_key
+from adapters.discord.surface import NO_PINGS
+from bot.addressing import Arrival, Rules
+from bot.models import Attachment, Message
+
+if TYPE_CHECKING:
+    from adapters.discord.port import DiscordPlatform
 
 log = logging.getLogger(__name__)
 
@@ -32,39 +33,27 @@ PERMISSIONS = discord.Permissions(
     embed_links=True,
     attach_files=True,
 )
-
-
-def conversation_key(
-    channel: discord.abc.Messageable | discord.abc.GuildChannel | discord.Thread,
-) -> ConversationKey:
-    if isinstance(channel, discord.Thread) and channel.parent_id:
-        return ConversationKey("discord", str(channel.parent_id), str(channel.id))
-    return ConversationKey("discord", str(getattr(channel, "id", "dm")))
-
-
-def author_of(user: discord.User | discord.Member, channel: object) -> Author:
-    is_manager = False
-    roles: tuple[str, ...] = ()
-    if isinstance(user, discord.Member):
-        roles = tuple(str(role.id) for role in user.roles)
-        permissions = (
-            channel.permissions_for(user) if hasattr(channel, "permissions_for") else user.guild_permissions
-        )
-        is_manager = permissions.manage_channels
-    return Author(str(user.id), user.display_name, is_channel_manager=is_manager, role_ids=roles)
+NOT_STORED = (
+    "Parley could not take this message just now (its memory is unavailable); please try again shortly."
+)
 
 
 class ParleyDiscord(discord.Client):
-    def __init__(self, engine: Engine, settings: Settings, *, sync_on_start: bool = True) -> None:
+    def __init__(
+        self, platform: DiscordPlatform, *, sync_on_start: bool = True, guild_ready: float = 2.0
+    ) -> None:
         intents = discord.Intents.default()
         intents.message_content = True
-        super().__init__(intents=intents, allowed_mentions=NO_PINGS)
-        self.engine = engine
-        self.settings = settings
+        # `guild_ready`: how long READY waits for one more server to arrive (each arrives on its own).
+        super().__init__(intents=intents, allowed_mentions=NO_PINGS, guild_ready_timeout=guild_ready)
+        self.platform = platform
+        self.engine = platform.engine
         self.tree = app_commands.CommandTree(self)
-        self._replies: set[asyncio.Task[None]] = set()
         self._sync_on_start = sync_on_start
-        _register_commands(self)
+        # By channel and person: the newest message still on its way to the engine.
+        self._arrivals: dict[tuple[int, int], asyncio.Future[None]] = {}
+        self.arriving: set[asyncio.Task[None]] = set()  # messages on their way to the engine
+        install(self.tree, platform)
 
     async def setup_hook(self) -> None:
         if not self._sync_on_start:
@@ -87,13 +76,6 @@ class ParleyDiscord(discord.Client):
             await self.engine.store.set_meta(COMMANDS_HASH, digest)
             log.info("slash commands changed; synced them globally")
 
-    async def close(self) -> None:
-        # Replies in flight get the engine's grace period to close their messages while the session is open.
-        for task in self._replies:
-            task.cancel()
-        await asyncio.gather(*self._replies, return_exceptions=True)
-        await super().close()
-
     async def on_ready(self) -> None:
         assert self.user is not None and self.application_id is not None
         url = discord.utils.oauth_url(
@@ -102,42 +84,66 @@ class ParleyDiscord(discord.Client):
         log.info("Discord: logged in as %s. Invite: %s", self.user, url)
 
     async def on_message(self, message: discord.Message) -> None:
-        if not await self._addressed(message):
-            return
-        task = asyncio.create_task(self._answer(message))
-        self._replies.add(task)
-        task.add_done_callback(self._replies.discard)
-
-    async def _addressed(self, message: discord.Message) -> bool:
-        if message.author.bot or message.type not in (discord.MessageType.default, discord.MessageType.reply):
-            return False
-        if isinstance(message.channel, discord.DMChannel):
-            return self.settings.discord_reply_in_dms
-        assert self.user is not None
-        if self.user in message.mentions:
-            return True
-        reference = message.reference.resolved if message.reference else None
-        if isinstance(reference, discord.Message) and reference.author == self.user:
-            return True
-        return (await self.engine.settings_for(conversation_key(message.channel))).autoreply
-
-    async def _answer(self, message: discord.Message) -> None:
+        # discord.py hands each event to a task of its own, and what comes before accepting a message
+        # (reading settings, downloading files) takes longer for some than for others; a person's
+        # messages in a channel are still stored, and so answered, in the order they were sent.
+        sender = (message.channel.id, message.author.id)
+        previous = self._arrivals.get(sender)
+        mine = self._arrivals[sender] = asyncio.get_running_loop().create_future()
+        task = asyncio.current_task()
+        assert task is not None
+        self.arriving.add(task)
         try:
-            text = message.clean_content
-            if self.user is not None:
-                for name in {self.user.display_name, self.user.name}:
-                    text = text.replace(f"@{name}", "")
-            incoming = Message(
-                key=conversation_key(message.channel),
-                author=author_of(message.author, message.channel),
-                text=" ".join(text.split(" ")).strip(),
-                id=str(message.id),
-                attachments=tuple([await _download(a) for a in message.attachments]),
-                is_direct=isinstance(message.channel, discord.DMChannel),
+            await self._take(message, previous)
+        finally:
+            mine.set_result(None)
+            if self._arrivals.get(sender) is mine:
+                del self._arrivals[sender]
+            self.arriving.discard(task)
+
+    async def _take(self, message: discord.Message, previous: asyncio.Future[None] | None) -> None:
+        assert self.user is not None
+        key = conversation_key(message.channel)
+        reference = message.reference.resolved if message.reference else None
+        arrival = Arrival(
+            key,
+            from_bot=message.author.bot,
+            ordinary=message.type in (discord.MessageType.default, discord.MessageType.reply),
+            direct=isinstance(message.channel, discord.DMChannel),
+            mentions_parley=self.user in message.mentions,
+            replies_to_parley=isinstance(reference, discord.Message) and reference.author == self.user,
+        )
+        rules = Rules(reply_in_dms=self.platform.settings.discord_reply_in_dms)
+        if await self.engine.addressing.reason(arrival, rules) is None:
+            return
+        incoming = Message(
+            key=key,
+            author=author_of(message.author, message.channel),
+            text=self._readable(message),
+            id=str(message.id),
+            attachments=tuple([await _download(attachment) for attachment in message.attachments]),
+            is_direct=arrival.direct,
+        )
+        reply_to = {"channel": str(message.channel.id), "message": str(message.id)}
+        if previous is not None:
+            await previous
+        try:
+            await self.engine.accept(incoming, reply_to)
+        except Exception:
+            log.exception("could not store message %s; telling its author", message.id)
+            await message.channel.send(
+                NOT_STORED,
+                reference=message.to_reference(fail_if_not_exists=False),
+                allowed_mentions=NO_PINGS,
             )
-            await self.engine.handle(incoming, MessageSurface(message.channel, message.channel.id, message))
-        except discord.DiscordException:
-            log.exception("a Discord request failed while answering message %s", message.id)
+
+    def _readable(self, message: discord.Message) -> str:
+        """The text as people read it, without Parley's own mention."""
+        text = message.clean_content
+        if self.user is not None:
+            for name in {self.user.display_name, self.user.name}:
+                text = text.replace(f"@{name}", "")
+        return " ".join(text.split(" ")).strip()
 
 
 async def _download(attachment: discord.Attachment) -> Attachment:
@@ -148,7 +154,7 @@ async def _download(attachment: discord.Attachment) -> Attachment:
         )
     try:
         data = await attachment.read()
-    except discord.HTTPException:
+    except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError):  # the message is kept
         return Attachment(
             attachment.filename,
             attachment.content_type,
@@ -156,90 +162,3 @@ async def _download(attachment: discord.Attachment) -> Attachment:
             unavailable_reason="the download failed",
         )
     return Attachment(attachment.filename, attachment.content_type, attachment.size, data=data)
-
-
-def _register_commands(bot: ParleyDiscord) -> None:
-    tree = bot.tree
-    engine = bot.engine
-
-    def incoming(interaction: discord.Interaction, text: str) -> Message:
-        channel = interaction.channel
-        return Message(
-            key=conversation_key(channel)
-            if channel
-            else ConversationKey("discord", str(interaction.channel_id)),
-            author=author_of(interaction.user, channel),
-            text=text,
-            id=str(interaction.id),
-        )
-
-    async def run(interaction: discord.Interaction, line: str) -> None:
-        await answer_command(interaction, engine.run_command(incoming(interaction, ""), line))
-
-    async def stream(interaction: discord.Interaction, text: str) -> None:
-        await interaction.response.defer(thinking=True)
-        # discord.py runs the command in a task of its own: count it among the replies closed at shutdown.
-        task = asyncio.current_task()
-        assert task is not None
-        bot._replies.add(task)
-        try:
-            surface = InteractionSurface(interaction, interaction.channel_id or 0)
-            await engine.handle(incoming(interaction, text), surface)
-        finally:
-            bot._replies.discard(task)
-
-    @tree.command(name="ask", description="Ask Parley something here, with this channel's memory")
-    @app_commands.describe(prompt="What to ask")
-    async def ask(interaction: discord.Interaction, prompt: str) -> None:
-        await stream(interaction, prompt)
-
-    @tree.command(name="web", description="Answer from fresh web results")
-    @app_commands.describe(query="What to search the web for")
-    async def web(interaction: discord.Interaction, query: str) -> None:
-        await stream(interaction, f"/web {query}")
-
-    @tree.command(name="model", description="Show or switch this channel's model")
-    @app_commands.describe(name="PROVIDER/MODEL to switch to, or 'default'; empty shows the current one")
-    async def model(interaction: discord.Interaction, name: str | None = None) -> None:
-        await run(interaction, f"model {name}" if name else "model")
-
-    @model.autocomplete("name")
-    async def model_names(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        key = incoming(interaction, "").key
-        choices = await engine.model_choices(key, current, limit=25, wait=AUTOCOMPLETE_WAIT)
-        active = (await engine.settings_for(key)).model
-        return [
-            app_commands.Choice(name=f"{n} (current)"[:CHOICE_LIMIT] if n == active else n, value=n)
-            for n in choices
-            if len(n) <= CHOICE_LIMIT  # Discord refuses the whole answer over a longer one; type it instead
-        ]
-
-    @tree.command(name="models", description="List the models you can switch to")
-    @app_commands.describe(filter="Only models whose name contains this")
-    async def models(interaction: discord.Interaction, filter: str | None = None) -> None:
-        await run(interaction, f"models {filter or ''}")
-
-    @tree.command(name="system", description="Show, set or clear (with 'clear') this channel's system prompt")
-    @app_commands.describe(text="The new system prompt, or 'clear'; empty shows the current one")
-    async def system(interaction: discord.Interaction, text: str | None = None) -> None:
-        await run(interaction, f"system {text or ''}")
-
-    @tree.command(name="reset", description="Forget this channel's messages")
-    async def reset(interaction: discord.Interaction) -> None:
-        await run(interaction, "reset")
-
-    @tree.command(name="search", description="Web search for this channel: off, on or auto")
-    @app_commands.describe(mode="off, on or auto; empty shows the current mode")
-    @app_commands.choices(mode=[app_commands.Choice(name=m, value=m) for m in ("off", "on", "auto")])
-    async def search(interaction: discord.Interaction, mode: str | None = None) -> None:
-        await run(interaction, f"search {mode or ''}")
-
-    @tree.command(name="autoreply", description="Answer every message in this channel, not only mentions")
-    @app_commands.describe(state="on or off; empty shows the current state")
-    @app_commands.choices(state=[app_commands.Choice(name=s, value=s) for s in ("on", "off")])
-    async def autoreply(interaction: discord.Interaction, state: str | None = None) -> None:
-        await run(interaction, f"autoreply {state or ''}")
-
-    @tree.command(name="help", description="What Parley can do")
-    async def help_(interaction: discord.Interaction) -> None:
-        await run(interaction, "help")

@@ -1,10 +1,18 @@
-"""A reply in Discord: typing until the first token, then one message edited, continued past 2,000 chars."""
+"""A reply in Discord: typing until the first text, then messages edited as it grows, past 2,000 chars.
+
+Every message a reply occupies is a message of the bot's in a channel, interaction responses included
+(they are public), so `refs` lists their ids and a reply can be finished through the channel's own
+endpoints after a restart, whatever showed it first.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import discord
 
@@ -18,6 +26,8 @@ TYPING_REFRESH = 8.0  # Discord shows "is typing" for 10 s after each trigger
 TOKEN_SECONDS = 15 * 60.0  # how long Discord accepts an interaction's token for edits and follow-ups
 TOKEN_MARGIN = 60.0  # move to channel messages this long before, while the token can still edit
 WAITING_NOTE = "_The answer will follow in a new message in this channel._"
+# The interaction's original response, as the webhook routes name it (discord.py types ids as int).
+ORIGINAL: Any = "@original"
 
 
 def channel_budget(channel_id: int) -> RenderBudget:
@@ -30,18 +40,50 @@ def interaction_budget() -> RenderBudget:
     return RenderBudget(min_interval=1.0)
 
 
+def reference(channel_id: int, message_id: int | None) -> discord.MessageReference | None:
+    """A reply's link to the message it answers; sent even when that message was deleted meanwhile."""
+    if message_id is None:
+        return None
+    return discord.MessageReference(message_id=message_id, channel_id=channel_id, fail_if_not_exists=False)
+
+
+class Webhook(Protocol):
+    """The part of discord.py's Webhook that an interaction's reply uses."""
+
+    async def edit_message(
+        self, message_id: int, *, content: str, allowed_mentions: discord.AllowedMentions
+    ) -> discord.abc.Snowflake: ...
+
+    async def send(
+        self, content: str, *, allowed_mentions: discord.AllowedMentions, wait: bool
+    ) -> discord.abc.Snowflake: ...
+
+
 class MessageSurface:
-    """Answers a message with a reply to it, then follow-up messages as the text grows."""
+    """A reply in channel messages: the first answers a message (when there is one), the rest follow.
+
+    Built with `sent`, it takes over messages a reply already occupies (after a restart): its next
+    render rewrites each of them, and its final render deletes those the text no longer needs."""
 
     def __init__(
-        self, channel: discord.abc.Messageable, channel_id: int, reply_to: discord.Message | None
+        self,
+        channel: discord.PartialMessageable,
+        *,
+        reply_to: discord.MessageReference | None = None,
+        sent: Sequence[int] = (),
     ) -> None:
-        self.budget = channel_budget(channel_id)
+        self.budget = channel_budget(channel.id)
         self._channel = channel
         self._reply_to = reply_to
-        self._sent: list[discord.Message] = []
-        self._shown: list[str] = []
+        self._sent: list[int] = list(sent)
+        self._shown: list[str | None] = [None] * len(self._sent)  # None: not known, rewrite it
         self._typing: asyncio.Task[None] | None = None
+
+    @property
+    def refs(self) -> dict[str, Any] | None:
+        if not self._sent:
+            return None
+        return {"channel": str(self._channel.id), "messages": [str(sent) for sent in self._sent]}
 
     async def start(self) -> None:
         self._typing = asyncio.create_task(self._keep_typing())
@@ -62,22 +104,28 @@ class MessageSurface:
                 await self._typing
             self._typing = None
         requests = 0
-        for index, piece in enumerate(split_reply(text)):
+        pieces = split_reply(text)
+        for index, piece in enumerate(pieces):
             if index < len(self._sent):
                 if self._shown[index] != piece:
-                    await self._sent[index].edit(content=piece, allowed_mentions=NO_PINGS)
+                    message = self._channel.get_partial_message(self._sent[index])
+                    await message.edit(content=piece or "…", allowed_mentions=NO_PINGS)
                     self._shown[index] = piece
                     requests += 1
                 continue
-            extra = {}
+            extra: dict[str, Any] = {}
             if index == 0 and self._reply_to is not None:
-                # A reply to a message deleted meanwhile is still sent, without the reference.
-                reference = self._reply_to.to_reference(fail_if_not_exists=False)
-                extra = {"reference": reference, "mention_author": False}
+                extra = {"reference": self._reply_to, "mention_author": False}
             message = await self._channel.send(piece or "…", allowed_mentions=NO_PINGS, **extra)
-            self._sent.append(message)
+            self._sent.append(message.id)
             self._shown.append(piece)
             requests += 1
+        if final:
+            while len(self._sent) > len(pieces):  # a reopened reply whose text now needs fewer messages
+                await self._channel.get_partial_message(self._sent[-1]).delete()
+                self._sent.pop()
+                self._shown.pop()
+                requests += 1
         return requests
 
 
@@ -86,21 +134,44 @@ class InteractionSurface:
 
     Discord accepts the interaction's token for 15 minutes. Shortly before it runs out (a reply that waited
     its turn, or a long one) the reply moves to channel messages: the response is cut back to its last
-    full line, or says the answer follows, and the rest continues in a message replying to it."""
+    full line, or says the answer follows, and the rest continues in a message replying to it. The
+    surface exists from the deferral on, so that move happens even while the reply waits its turn."""
 
-    def __init__(self, interaction: discord.Interaction, channel_id: int) -> None:
+    def __init__(
+        self,
+        webhook: Webhook,
+        channel: discord.PartialMessageable,
+        *,
+        expires_at: float,
+        original: int | None = None,
+    ) -> None:
         self.budget = interaction_budget()
-        self._interaction = interaction
-        self._channel_id = channel_id
-        self._original: discord.InteractionMessage | None = None
-        self._followups: list[discord.WebhookMessage] = []
+        self._webhook = webhook
+        self._channel = channel
+        self._original = original  # the response's message id, once known
+        self._edited = False  # whether the response shows anything of this reply yet
+        self._followups: list[int] = []
         self._shown: list[str] = []
         self._text = ""  # the reply as far as the interaction's messages show it
         self._continuation: MessageSurface | None = None
         self._offset = 0  # where in the reply the channel messages take over
         self._lock = asyncio.Lock()
         self._finished = False
-        self._expiry = asyncio.create_task(self._move_before_expiry(TOKEN_SECONDS - TOKEN_MARGIN))
+        moving_in = max(0.0, expires_at - TOKEN_MARGIN - time.time())
+        self._expiry = asyncio.create_task(self._move_before_expiry(moving_in))
+
+    @property
+    def refs(self) -> dict[str, Any] | None:
+        ids = ([self._original] if self._edited and self._original is not None else []) + self._followups
+        continued = self._continuation.refs if self._continuation is not None else None
+        ids += [int(sent) for sent in (continued or {}).get("messages", [])]
+        if not ids:
+            return None
+        return {"channel": str(self._channel.id), "messages": [str(sent) for sent in ids]}
+
+    def cancel(self) -> None:
+        """Give the reply up before it rendered (Parley stops): no move before the token expires."""
+        self._expiry.cancel()
 
     async def start(self) -> None:
         if self._continuation is not None:  # it waited its turn past the token's life
@@ -146,11 +217,10 @@ class InteractionSurface:
             self._continue_in_channel(cut)
 
     def _continue_in_channel(self, offset: int) -> None:
-        interaction = self._interaction
-        channel = interaction.channel or interaction.client.get_partial_messageable(self._channel_id)
-        assert isinstance(channel, discord.abc.Messageable)
         self._offset = offset
-        self._continuation = MessageSurface(channel, self._channel_id, self._original)
+        self._continuation = MessageSurface(
+            self._channel, reply_to=reference(self._channel.id, self._original)
+        )
         self.budget = self._continuation.budget
 
     async def _render_interaction(self, text: str) -> int:
@@ -162,10 +232,12 @@ class InteractionSurface:
             if index == 0:
                 await self._edit_original(piece or "…")
             elif index - 1 < len(self._followups):
-                await self._followups[index - 1].edit(content=piece, allowed_mentions=NO_PINGS)
+                await self._webhook.edit_message(
+                    self._followups[index - 1], content=piece, allowed_mentions=NO_PINGS
+                )
             else:
-                sent = await self._interaction.followup.send(piece, allowed_mentions=NO_PINGS, wait=True)
-                self._followups.append(sent)
+                sent = await self._webhook.send(piece, allowed_mentions=NO_PINGS, wait=True)
+                self._followups.append(sent.id)
             if index < len(self._shown):
                 self._shown[index] = piece
             else:
@@ -175,9 +247,9 @@ class InteractionSurface:
         return requests
 
     async def _edit_original(self, content: str) -> None:
-        self._original = await self._interaction.edit_original_response(
-            content=content, allowed_mentions=NO_PINGS
-        )
+        message = await self._webhook.edit_message(ORIGINAL, content=content, allowed_mentions=NO_PINGS)
+        self._original = message.id
+        self._edited = True
 
 
 def _last_break(text: str, pieces: int) -> int:

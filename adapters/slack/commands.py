@@ -1,7 +1,8 @@
-"""`/parley SUBCOMMAND` and its model picker: acknowledged at once, answered through the response URL.
+"""`/parley SUBCOMMAND`, generated from the engine's one list of commands, and its model picker.
 
-`/parley web QUERY` is the exception: everyone should see a searched answer, so it is posted in the
-channel and streamed into that post's thread like the answer to a mention.
+Settings commands are acknowledged at once and answered through the response URL. A command that starts
+a reply (`/parley web QUERY`, `/parley read URL`) is for everyone to see: the question is posted in the
+channel and answered in that post's thread, which Parley then follows like a mention's.
 """
 
 from __future__ import annotations
@@ -14,25 +15,27 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncResp
 from slack_sdk.errors import SlackApiError
 
 from adapters.slack.errors import error_code
-from adapters.slack.listeners import Listeners
+from adapters.slack.listeners import PLATFORM
 from adapters.slack.mrkdwn import escape, neutralize
 from adapters.slack.people import People
-from bot.commands import COMMANDS
+from bot.commands import Command, registered
 from bot.engine import Engine
 from bot.models import Author, CommandResult, ConversationKey, Message
 
 PICK_ACTION = "parley_model_pick"
 PICKER_OPTIONS = 100  # a static select holds at most 100 options
+CANNOT_POST = "Parley can't post here; invite it with `/invite @Parley` and try again."
 log = logging.getLogger(__name__)
-# The engine names its commands /model, /help …; on Slack they are subcommands of /parley.
-_COMMAND_NAME = re.compile(rf"(?<![\w/])/({'|'.join(COMMANDS)})\b")
 
 
 class SlashCommands:
-    def __init__(self, engine: Engine, people: People, listeners: Listeners) -> None:
+    def __init__(self, engine: Engine, people: People) -> None:
         self.engine = engine
         self.people = people
-        self.listeners = listeners
+        self.commands = {command.name: command for command in registered(engine.skills, PLATFORM)}
+        # The engine names its commands /model, /help …; on Slack they are subcommands of /parley.
+        names = "|".join(re.escape(name) for name in self.commands)
+        self._command_name = re.compile(rf"(?<![\w/])/({names})\b")
 
     def register(self, app: AsyncApp) -> None:
         app.command("/parley")(self.on_command)
@@ -44,49 +47,63 @@ class SlashCommands:
         await ack()  # within Slack's 3 seconds; the answer follows through the response URL
         line = " ".join(command.get("text", "").split()) or "help"
         verb, _, rest = line.partition(" ")
-        if verb.lower() == "web":
-            await self._web(rest, command, respond, context)
+        chosen = self.commands.get(verb.lower())
+        if chosen is not None and chosen.starts_reply:
+            await self._start_reply(chosen, rest, command, respond, context)
             return
         message = await self._message(command["user_id"], command["channel_id"], line)
         if line.lower() == "model":
             await respond(**await self._picker(message.key))
             return
-        await _send(respond, await self.engine.run_command(message, line))
+        await self._send(respond, await self.engine.run_command(message, line))
 
-    async def _web(
-        self, query: str, command: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
+    async def _start_reply(
+        self,
+        chosen: Command,
+        text: str,
+        command: dict[str, Any],
+        respond: AsyncRespond,
+        context: AsyncBoltContext,
     ) -> None:
-        if not query:
-            await respond(text="Say what to search for: `/parley web QUERY`.", response_type="ephemeral")
+        """Post the question where everyone sees it, then accept it as the message its thread answers."""
+        if not text:
+            usage = f"Usage: `/parley {chosen.usage}` ({chosen.summary})."
+            await respond(text=usage, response_type="ephemeral")
             return
         user, channel = command["user_id"], command["channel_id"]
         name = await self.people.display_name(user)
         try:
             posted = await context.client.chat_postMessage(
                 channel=channel,
-                text=f"*{_plain(name)}* searched the web: {_plain(query)}",
+                text=f"*{_plain(name)}* asked with `/parley {chosen.name}`: {_plain(text)}",
                 unfurl_links=False,
                 unfurl_media=False,
             )
         except SlackApiError as error:
-            log.info("could not post a /parley web answer in %s: %s", channel, error_code(error))
-            await respond(
-                text="Parley can't post here; invite it with `/invite @Parley` and try again.",
-                response_type="ephemeral",
+            log.info(
+                "could not post a /parley %s question in %s: %s", chosen.name, channel, error_code(error)
             )
+            await respond(text=CANNOT_POST, response_type="ephemeral")
             return
-        thread_ts = str(posted["ts"])
-        author = Author(user, name)
-        key = ConversationKey("slack", channel, thread_ts)
-        message = Message(key=key, author=author, text=f"/web {query}", id=thread_ts)
-        team_id = context.team_id or command.get("team_id") or ""
-        await self.listeners.reply(
-            message,
-            context.client,
-            team_id=team_id,
-            recipient_team_id=command.get("team_id") or team_id,  # the caller's team
-            thread_ts=thread_ts,
+        ts = str(posted["ts"])
+        key = ConversationKey(PLATFORM, channel, ts)
+        message = Message(
+            key=key,
+            author=Author(user, name),
+            text="/" + chosen.line([text]),
+            id=ts,
+            created_at=float(ts),
         )
+        reply_to = {
+            "channel": channel,
+            "thread_ts": ts,
+            "user": user,
+            # The stream's recipient team is the caller's (slash command payloads carry no user_team).
+            "user_team": command.get("team_id") or context.team_id,
+            "team": context.team_id or command.get("team_id"),
+        }
+        await self.engine.accept(message, reply_to)
+        await self.engine.addressing.follow(key)
 
     async def on_pick(
         self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond
@@ -107,7 +124,11 @@ class SlashCommands:
             await self.people.display_name(user_id),
             is_channel_manager=await self.people.is_channel_manager(user_id, channel),
         )
-        return Message(key=ConversationKey("slack", channel), author=author, text="/" + line)
+        return Message(key=ConversationKey(PLATFORM, channel), author=author, text="/" + line)
+
+    async def _send(self, respond: AsyncRespond, result: CommandResult) -> None:
+        text = self._command_name.sub(r"/parley \1", _plain(result.text))
+        await respond(text=text, response_type="ephemeral" if result.ephemeral else "in_channel")
 
     async def _picker(self, key: ConversationKey) -> dict[str, Any]:
         names = await self.engine.model_choices(key, "", limit=PICKER_OPTIONS)
@@ -132,11 +153,6 @@ class SlashCommands:
                 {"type": "actions", "elements": [select]},
             ],
         }
-
-
-async def _send(respond: AsyncRespond, result: CommandResult) -> None:
-    text = _COMMAND_NAME.sub(r"/parley \1", _plain(result.text))
-    await respond(text=text, response_type="ephemeral" if result.ephemeral else "in_channel")
 
 
 def _plain(text: str) -> str:

@@ -32,7 +32,7 @@ class People:
         try:
             user = dict((await self._client.users_info(user=user_id)).get("user") or {})
         except SlackApiError as error:
-            self._note_missing_scope(error)
+            self.note_missing_scope(error)
             user = {}
         self._users[user_id] = (time.monotonic() + CACHE_SECONDS, user)
         return user
@@ -59,12 +59,12 @@ class People:
             info = await self._client.conversations_info(channel=channel)
             creator = str((info.get("channel") or {}).get("creator") or "")
         except SlackApiError as error:
-            self._note_missing_scope(error)
+            self.note_missing_scope(error)
             creator = ""
         self._creators[channel] = (time.monotonic() + CACHE_SECONDS, creator)
         return creator == user_id
 
-    def _note_missing_scope(self, error: SlackApiError) -> None:
+    def note_missing_scope(self, error: SlackApiError) -> None:
         """A scope the app was installed without is the operator's to fix: say which, once."""
         if error_code(error) != "missing_scope" or error.response is None:
             return

@@ -2,15 +2,18 @@
 
 The engine paces renders from `budget`, which names the Web API method behind every request of the next
 render: Slack limits each method on its own, per workspace (chat.postMessage per channel). A reply that
-would have to wait for a stream slot posts and edits a message instead.
+would have to wait for a stream slot posts and edits a message instead, and so does a reply nobody asked
+for (a stream needs a recipient). `refs` says where the reply shows, so that after a crash `reopened`
+can rewrite it: the stream stopped, its messages updated with the stored text, leftover pages deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_chat_stream import AsyncChatStream
@@ -42,6 +45,7 @@ START_CAPACITY = 18  # chat.startStream, Tier 2 (20+)
 STOP_CAPACITY = 18  # chat.stopStream, Tier 2 (20+)
 APPEND_CAPACITY = 90  # chat.appendStream, Tier 4 (100+)
 UPDATE_CAPACITY = 45  # chat.update, Tier 3 (50+)
+DELETE_CAPACITY = 45  # chat.delete, Tier 3 (50+)
 # Stream errors that hold for the whole workspace (not one channel or one message): later replies there
 # start on the message path at once, with its budget.
 WORKSPACE_STREAM_ERRORS = {"not_allowed_token_type", "unknown_method", "missing_scope", "feature_not_enabled"}
@@ -54,6 +58,7 @@ def method_limit(team_id: str, method: str) -> RateLimit:
         "chat.stopStream": STOP_CAPACITY,
         "chat.appendStream": APPEND_CAPACITY,
         "chat.update": UPDATE_CAPACITY,
+        "chat.delete": DELETE_CAPACITY,
     }[method]
     return RateLimit(f"slack:{team_id}:{method}", capacity, 60.0)
 
@@ -71,7 +76,8 @@ class _Page:
 
 
 class SlackSurface:
-    """Streams into `thread_ts` when there is one; a top-level reply (a DM) uses the message path.
+    """Streams into `thread_ts` when there is one and someone to stream to (`user_id`, the asker); a
+    top-level reply (a DM) and a reply nobody asked for use the message path.
 
     `team_id` is the workspace the app is installed in, whose budgets the reply draws on;
     `recipient_team_id` is the asker's own team, which differs in Slack Connect channels. `room` says
@@ -84,7 +90,7 @@ class SlackSurface:
         channel: str,
         thread_ts: str | None,
         team_id: str,
-        user_id: str,
+        user_id: str | None = None,
         recipient_team_id: str | None = None,
         min_interval: float = 1.0,
         streamless_teams: set[str] | None = None,
@@ -102,12 +108,57 @@ class SlackSurface:
         self._clock = clock or SystemClock()
         self._stream: AsyncChatStream | None = None
         self._streamless_teams = streamless_teams if streamless_teams is not None else set()
-        self._streaming = thread_ts is not None
+        self._streaming = thread_ts is not None and user_id is not None
         self._path_chosen = False
         self._sent = ""  # neutralized text the stream has carried so far
         self._pages: list[_Page] = []
         self._status_task: asyncio.Task[None] | None = None
         self._spent: list[RateLimit] = []  # the budget of every request the current render made
+        # A reopened reply: its stream to stop first, and its later pages, reused in order as pages fill.
+        self._open_stream: str | None = None
+        self._reusable: list[str] = []
+        self._stream_open = True  # until chat.stopStream ended it
+
+    @classmethod
+    def reopened(
+        cls,
+        client: AsyncWebClient,
+        refs: Mapping[str, Any],
+        *,
+        channel: str,
+        min_interval: float = 1.0,
+        clock: Clock | None = None,
+    ) -> SlackSurface:
+        """The reply `refs` describe, on the message path: its next final render rewrites it."""
+        surface = cls(
+            client,
+            channel=channel,
+            thread_ts=refs.get("thread_ts"),
+            team_id=str(refs.get("team") or ""),
+            min_interval=min_interval,
+            clock=clock,
+        )
+        if refs.get("stream"):
+            pages = [str(refs["stream"])]
+            surface._open_stream = pages[0] if refs.get("open") else None
+        else:
+            pages = [str(ts) for ts in refs.get("pages") or ()]
+        if pages:
+            surface._pages = [_Page(0, pages[0])]
+            surface._reusable = pages[1:]
+        return surface
+
+    @property
+    def refs(self) -> dict[str, Any] | None:
+        """Where the reply shows: its stream (and whether it is still open), or its pages; None while
+        nothing shows."""
+        where: dict[str, Any] = {"thread_ts": self._thread_ts, "team": self._team_id}
+        if self._pages:
+            shown = [page.ts for page in self._pages if page.ts] + self._reusable
+            return {**where, "pages": shown} if shown else None
+        if self._stream is not None and self._stream.ts:
+            return {**where, "stream": self._stream.ts, "open": self._stream_open}
+        return None
 
     @property
     def budget(self) -> RenderBudget:
@@ -193,8 +244,12 @@ class SlackSurface:
         self._spent = []
         try:
             shown = neutralize(text if final else text[: stable_length(text)])
+            if self._open_stream is not None:
+                await self._stop_reopened_stream()
             if not self._streaming or not await self._render_stream(plain_destinations(shown), final):
                 await self._render_pages(shown, final)
+            if final:
+                await self._delete_leftovers()
         except Exception:
             if final and self._thread_ts is not None and not self.message_ts:
                 await self._set_status("")  # nothing was posted that would clear it
@@ -239,6 +294,7 @@ class SlackSurface:
                     if self._stream.ts is not None:
                         self._spend("chat.stopStream")
                 self._sent += last
+                self._stream_open = False
         except SlackApiError as error:
             self._leave_stream(error)
             return False
@@ -273,10 +329,31 @@ class SlackSurface:
             if not final:
                 return
 
+    async def _stop_reopened_stream(self) -> None:
+        """End the stream a crash left open, so its message can be rewritten."""
+        ts, self._open_stream = self._open_stream, None
+        self._spend("chat.stopStream")
+        try:
+            await self._client.chat_stopStream(channel=self._channel, ts=ts)
+        except SlackApiError as error:  # Slack ended it already, after a few minutes
+            log.debug("stream %s in %s was not open: %s", ts, self._channel, error_code(error))
+
+    async def _delete_leftovers(self) -> None:
+        """A reopened reply whose text now needs fewer pages than it showed: the rest go."""
+        while self._reusable:
+            ts = self._reusable.pop()
+            self._spend("chat.delete")
+            try:
+                await self._client.chat_delete(channel=self._channel, ts=ts)
+            except SlackApiError as error:  # someone deleted it already
+                log.info("could not delete page %s in %s: %s", ts, self._channel, error_code(error))
+
     async def _write(self, page: _Page, body: str) -> None:
-        """Post or update one page."""
+        """Post or update one page (a reopened reply's own messages first)."""
         if page.ts is not None and body == page.shown:
             return
+        if page.ts is None and self._reusable:
+            page.ts = self._reusable.pop(0)
         if page.ts is None:
             self._spend("chat.postMessage")
             response = await self._client.chat_postMessage(

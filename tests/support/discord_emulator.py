@@ -3,9 +3,8 @@
     async with DiscordEmulator() as discord_api:
         settings = Settings(discord_token="t", discord_api_base=discord_api.api_base,
                             discord_gateway_url=discord_api.gateway_url, ...)
-        ...start the adapter...
-        await discord_api.ready.wait()
-        await discord_api.send_message(CHANNEL, "<@BOT> hello", author=ALICE)
+        async with running(discord_api, engine) as platform:  # started as `parley run` starts it
+            await discord_api.send_message(CHANNEL, "<@BOT> hello", author=ALICE)
 
 It refuses what Discord refuses (checked against Discord's API docs and OpenAPI spec):
 
@@ -15,10 +14,18 @@ It refuses what Discord refuses (checked against Discord's API docs and OpenAPI 
 - command registrations with bad names, descriptions, option order, or more than 25 options or choices,
   and autocomplete answers with more than 25 choices or a choice name or value over 100 characters;
 - an interaction answered after 3 seconds (10062) or twice (40060); its token after 15 minutes (50027);
+- reading history (GET /channels/{channel}/messages) with a limit outside 1–100, more than one of
+  before/after/around, an id that is not a snowflake or a parameter it does not take; without View
+  Channel it answers 50001, without Read Message History an empty page, as Discord documents;
+- deleting another person's message (50013), and editing an ephemeral message through the channel;
 - more than 5 requests per 5 s in one bucket, answering 429 with `Via`, `Retry-After` and a JSON
   `retry_after`. Buckets are per route and top-level resource, as Discord's are: message creates and
   edits per channel, webhook executes and edits per interaction token. Every limited response carries
   `X-RateLimit-*` headers.
+
+It keeps everyone's messages, as a channel does, and serves them newest first a page at a time; ids
+are snowflakes made as Discord makes them (the time in the high bits). `deliver_again` replays a
+MESSAGE_CREATE, as a client can see one after a gateway resume.
 
 With `token=`, REST calls without `Authorization: Bot TOKEN` get Discord's 401, as a bad token does.
 Every REST call is recorded (`calls`, with the status it got), and `fail_next(method, path_fragment,
@@ -37,11 +44,12 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from adapters.discord import serve
+from adapters.discord.port import DiscordPlatform
 from bot.engine import Engine
 from tests.support.loopback import serve_app
 
@@ -51,6 +59,7 @@ GUILD_ID = 100_000_000_000_000_000 + 100
 GENERAL = 100_000_000_000_000_000 + 200
 RANDOM = 100_000_000_000_000_000 + 201
 THREAD = 100_000_000_000_000_000 + 210  # a thread under GENERAL
+ROOMS = [100_000_000_000_000_000 + 220 + n for n in range(10)]  # more text channels: room-0 … room-9
 DM_CHANNEL = 100_000_000_000_000_000 + 300
 ALICE = {"id": str(100_000_000_000_000_000 + 1001), "username": "alice", "global_name": "Alice"}
 BOB = {"id": str(100_000_000_000_000_000 + 1002), "username": "bob", "global_name": "Bob"}
@@ -74,6 +83,8 @@ PRIVILEGED_INTENTS = {
 }
 
 MESSAGE_LIMIT = 2000
+DISCORD_EPOCH_MS = 1_420_070_400_000
+HISTORY_DEFAULT, HISTORY_MAX = 50, 100  # GET /channels/{channel}/messages: limit 1–100, 50 when not given
 EPHEMERAL = 1 << 6
 LOADING = 1 << 7
 INITIAL_RESPONSE_SECONDS = 3.0
@@ -83,6 +94,7 @@ TOKEN_SECONDS = 15 * 60.0
 RATE_LIMITS: dict[str, tuple[int, float]] = {
     "create": (5, 5.0),  # POST /channels/{channel}/messages
     "edit": (5, 5.0),  # PATCH /channels/{channel}/messages/{message}
+    "delete": (5, 5.0),  # DELETE /channels/{channel}/messages/{message}
     "webhook-create": (5, 5.0),  # POST /webhooks/{application}/{token}
     "webhook-edit": (5, 5.0),  # PATCH /webhooks/{application}/{token}/messages/{message}
 }
@@ -127,6 +139,7 @@ class Call:
     json: Any
     at: float
     status: int = 0  # what the emulator answered
+    query: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -161,10 +174,10 @@ class _Window:
 @dataclass
 class _State:
     calls: list[Call] = field(default_factory=list)
-    messages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    messages: dict[str, dict[str, Any]] = field(default_factory=dict)  # everyone's, by id
     faults: list[Fault] = field(default_factory=list)
     interactions: dict[str, Interaction] = field(default_factory=dict)
-    incoming: set[str] = field(default_factory=set)  # ids of messages users sent
+    events: dict[str, dict[str, Any]] = field(default_factory=dict)  # MESSAGE_CREATE payloads sent, by id
 
 
 class DiscordEmulator:
@@ -188,13 +201,17 @@ class DiscordEmulator:
         self.overwrites: dict[int, list[dict[str, Any]]] = {}
         self.rate_limited = 0
         self.closed_with: list[int] = []  # gateway close codes sent
+        self.identify_refused: int | None = None  # a close code to answer IDENTIFY with (4004: bad token)
+        self.hold_ready = False  # never answer IDENTIFY
         self._windows: dict[tuple[str, str], _Window] = {}
-        self._ids = itertools.count(100_000_000_000_000_000 + 10_000)
+        self._last_id = 0
         self._sequence = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
         self._runner: web.AppRunner | None = None
         self._routes = self._route_table()
         self.files: dict[str, bytes] = {}
+        self.file_delays: dict[str, float] = {}
+        self.downloads: list[str] = []  # the files fetched, by name
         self.port = 0
 
     # What tests read
@@ -213,7 +230,19 @@ class DiscordEmulator:
 
     def messages_in(self, channel: int) -> list[dict[str, Any]]:
         """The bot's messages in a channel, interaction responses included, oldest first."""
-        return [m for m in self.state.messages.values() if m["channel_id"] == str(channel)]
+        return [
+            m
+            for m in self.state.messages.values()
+            if m["channel_id"] == str(channel) and m["author"]["id"] == str(BOT_ID)
+        ]
+
+    def replies_to(self, message_id: str) -> list[dict[str, Any]]:
+        """The bot's messages that answer one message (a reply's first message references it)."""
+        return [
+            m
+            for m in self.state.messages.values()
+            if str((m.get("message_reference") or {}).get("message_id")) == message_id
+        ]
 
     def writes(self, channel: int) -> list[Call]:
         """Sends and edits of messages in one channel that Discord accepted."""
@@ -251,14 +280,13 @@ class DiscordEmulator:
         message_type: int = 0,
         roles: list[int] | None = None,
     ) -> str:
-        message_id = str(next(self._ids))
-        self.state.incoming.add(message_id)
+        message_id = self.snowflake()
         data: dict[str, Any] = {
             "id": message_id,
             "channel_id": str(channel),
             "author": _user(author, bot=bot),
             "content": content,
-            "timestamp": "2026-11-22T12:00:00+00:00",
+            "timestamp": _timestamp(message_id),
             "edited_timestamp": None,
             "tts": False,
             "mention_everyone": False,
@@ -276,8 +304,30 @@ class DiscordEmulator:
         if referenced is not None:
             data["message_reference"] = {"message_id": referenced["id"], "channel_id": str(channel)}
             data["referenced_message"] = referenced
+        # Kept as Discord keeps a message: no guild or member in what GET .../messages returns.
+        self.state.messages[message_id] = {
+            k: v for k, v in data.items() if k not in ("guild_id", "member", "referenced_message")
+        }
+        self.state.events[message_id] = data
         await self.dispatch("MESSAGE_CREATE", data)
         return message_id
+
+    async def deliver_again(self, message_id: str) -> None:
+        """The same MESSAGE_CREATE once more, as a client can see it after a gateway resume."""
+        await self.dispatch("MESSAGE_CREATE", self.state.events[message_id])
+
+    async def close_gateway(self, code: int) -> None:
+        """Close every gateway connection with `code` (4004: the token was revoked)."""
+        for socket in list(self._sockets):
+            self.closed_with.append(code)
+            await socket.close(code=code, message=b"Closed by the test.")
+
+    def snowflake(self) -> str:
+        """A new id, made as Discord makes them: milliseconds since 2015 in the high bits, so it tells
+        when the message was sent and ids sort by time."""
+        now = (int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22
+        self._last_id = max(now, self._last_id + 1)
+        return str(self._last_id)
 
     async def interact(
         self,
@@ -291,7 +341,7 @@ class DiscordEmulator:
         roles: list[int] | None = None,
     ) -> str:
         """Dispatch a slash command (or an autocomplete request); its 3 seconds start now."""
-        interaction_id = str(next(self._ids))
+        interaction_id = self.snowflake()
         roles = roles if roles is not None else ([MANAGER_ROLE] if manager else [])
         member = self._member(user, roles)
         data = {
@@ -327,7 +377,7 @@ class DiscordEmulator:
 
     async def delete_message(self, channel: int, message_id: str) -> None:
         """Someone deletes their message, as MESSAGE_DELETE tells the client."""
-        self.state.incoming.discard(message_id)
+        self.state.messages.pop(message_id, None)
         data = {"id": message_id, "channel_id": str(channel), "guild_id": str(GUILD_ID)}
         await self.dispatch("MESSAGE_DELETE", data)
 
@@ -366,11 +416,12 @@ class DiscordEmulator:
         for socket in self._sockets:
             await socket.send_str(payload)
 
-    def attachment(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
-        """An attachment payload whose file this emulator serves."""
+    def attachment(self, name: str, data: bytes, content_type: str, *, delay: float = 0.0) -> dict[str, Any]:
+        """An attachment payload whose file this emulator serves (`delay` seconds late: a big one)."""
         self.files[name] = data
+        self.file_delays[name] = delay
         return {
-            "id": str(next(self._ids)),
+            "id": self.snowflake(),
             "filename": name,
             "size": len(data),
             "url": f"http://127.0.0.1:{self.port}/attachments/{name}",
@@ -395,6 +446,8 @@ class DiscordEmulator:
         await self._runner.cleanup()
 
     async def _attachment(self, request: web.Request) -> web.Response:
+        self.downloads.append(request.match_info["name"])
+        await asyncio.sleep(self.file_delays[request.match_info["name"]])
         return web.Response(body=self.files[request.match_info["name"]])
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
@@ -409,6 +462,12 @@ class DiscordEmulator:
             if payload["op"] == 1:
                 await socket.send_str(json.dumps({"op": 11}))
             elif payload["op"] == 2:
+                if self.hold_ready:
+                    continue
+                if self.identify_refused is not None:
+                    self.closed_with.append(self.identify_refused)
+                    await socket.close(code=self.identify_refused, message=b"Authentication failed.")
+                    break
                 if not self._intents_allowed(int(payload["d"].get("intents", 0))):
                     self.closed_with.append(4014)
                     await socket.close(code=4014, message=b"Disallowed intent(s).")
@@ -440,7 +499,7 @@ class DiscordEmulator:
                 body = json.loads(raw)
             elif request.content_type.startswith("multipart/"):
                 body = {"multipart": True}
-        call = Call(request.method, request.path, body, time.monotonic())
+        call = Call(request.method, request.path, body, time.monotonic(), query=dict(request.query))
         self.state.calls.append(call)
         response = await self._answer(call, request.headers.get("Authorization"))
         call.status = response.status
@@ -460,6 +519,10 @@ class DiscordEmulator:
         for route in self._routes:
             if route.method != call.method or not (match := route.pattern.fullmatch(path)):
                 continue
+            if route.method == "GET" and call.query:
+                if route.handler != self._list_messages:  # no other route here takes a query
+                    return _form_error(sorted(call.query)[0], "UNKNOWN_FIELD", "Unknown query parameter")
+                return await self._list_messages(match, call.json, call.query)
             if route.bucket is None or route.bucket not in self.limits:
                 return await route.handler(match, call.json)
             refused, headers = self._take(route.bucket, match.group(route.resource))
@@ -501,6 +564,9 @@ class DiscordEmulator:
             Route("GET", "/oauth2/applications/@me", self._application),
             Route("GET", "/applications/@me", self._application),
             Route("POST", f"/channels/{snowflake}/typing", self._typing),
+            Route("GET", f"/channels/{snowflake}", self._get_channel),
+            Route("GET", f"/channels/{snowflake}/messages", self._list_messages),
+            Route("DELETE", f"/channels/{snowflake}/messages/{snowflake}", self._delete_message, "delete"),
             Route("POST", f"/channels/{snowflake}/messages", self._create_message, "create"),
             Route("PATCH", f"/channels/{snowflake}/messages/{snowflake}", self._edit_message, "edit"),
             Route("PUT", f"/applications/{snowflake}/commands", self._put_commands),
@@ -562,7 +628,69 @@ class DiscordEmulator:
             return _error(404, 10008, "Unknown Message")
         if message["author"]["id"] != str(BOT_ID):
             return _error(403, 50005, "Cannot edit a message authored by another user")
+        if message["flags"] & EPHEMERAL:  # only its interaction's token can reach an ephemeral message
+            return _error(404, 10008, "Unknown Message")
         return self._edit(message, body or {})
+
+    async def _delete_message(self, match: re.Match[str], body: Any) -> web.Response:
+        channel, message_id = match.group(1), match.group(2)
+        message = self.state.messages.get(message_id)
+        if message is None or message["channel_id"] != channel or message["flags"] & EPHEMERAL:
+            return _error(404, 10008, "Unknown Message")
+        if message["author"]["id"] != str(BOT_ID):  # another's message needs Manage Messages
+            return _error(403, 50013, "Missing Permissions")
+        del self.state.messages[message_id]
+        return web.Response(status=204)
+
+    async def _get_channel(self, match: re.Match[str], body: Any) -> web.Response:
+        channel = int(match.group(1))
+        if channel not in self._channels():
+            return _error(404, 10003, "Unknown Channel")
+        if channel == DM_CHANNEL:
+            return _json({"id": str(DM_CHANNEL), "type": 1, "recipients": [_user(ALICE)], "flags": 0})
+        if channel == THREAD:
+            return _json(self._thread())
+        return _json(self._text_channel(channel))
+
+    async def _list_messages(self, match: re.Match[str], body: Any, query: Any = None) -> web.Response:
+        """A page of a channel's (or thread's) messages, newest first, as Discord gives them."""
+        channel = int(match.group(1))
+        if channel not in self._channels():
+            return _error(404, 10003, "Unknown Channel")
+        asked = dict(query or {})
+        unknown = set(asked) - {"limit", "before", "after", "around"}
+        if unknown:
+            return _form_error(sorted(unknown)[0], "UNKNOWN_FIELD", "Unknown query parameter")
+        raw_limit = asked.pop("limit", str(HISTORY_DEFAULT))
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= HISTORY_MAX:
+            return _form_error("limit", "NUMBER_TYPE_MAX", "int value should be between 1 and 100.")
+        limit = int(raw_limit)
+        if len(asked) > 1:  # documented: before, after and around are mutually exclusive
+            return _form_error("_errors", "QUERY_PARAMETERS_EXCLUSIVE", "Only one of before, after, around")
+        for name, value in asked.items():
+            if not value.isdigit():
+                return _form_error(name, "NUMBER_TYPE_COERCE", f"Value {value!r} is not snowflake.")
+        permissions = self.permissions(str(BOT_ID), [], channel) if channel != DM_CHANNEL else ALL_PERMISSIONS
+        if not permissions & VIEW_CHANNEL:
+            return _error(403, 50001, "Missing Access")
+        if not permissions & READ_MESSAGE_HISTORY:  # documented: no messages, not an error
+            return _json([])
+        here = sorted(
+            (m for m in self.state.messages.values() if m["channel_id"] == str(channel)),
+            key=lambda m: int(m["id"]),
+        )
+        if "before" in asked:
+            page = [m for m in here if int(m["id"]) < int(asked["before"])][-limit:]
+        elif "after" in asked:
+            page = [m for m in here if int(m["id"]) > int(asked["after"])][:limit]
+        elif "around" in asked:
+            pivot = int(asked["around"])
+            older = [m for m in here if int(m["id"]) <= pivot]
+            newer = [m for m in here if int(m["id"]) > pivot]
+            page = older[-(limit - limit // 2) :] + newer[: limit // 2]
+        else:
+            page = here[-limit:]
+        return _json(page[::-1])
 
     async def _put_commands(self, match: re.Match[str], body: Any) -> web.Response:
         if match.group(1) != str(APP_ID):
@@ -663,23 +791,22 @@ class DiscordEmulator:
         message.update({k: v for k, v in body.items() if k in ("content", "allowed_mentions")})
         if keep_flags:
             message["flags"] &= ~LOADING
-        message["edited_timestamp"] = "2026-11-22T12:00:01+00:00"
+        message["edited_timestamp"] = datetime.now(UTC).isoformat()
         return _json(message)
 
     def _referable(self, reference: dict[str, Any]) -> bool:
         if reference.get("fail_if_not_exists") is False:
             return True
-        message_id = str(reference.get("message_id"))
-        return message_id in self.state.incoming or message_id in self.state.messages
+        return str(reference.get("message_id")) in self.state.messages
 
     def _new_message(self, channel: str, body: dict[str, Any]) -> dict[str, Any]:
+        message_id = self.snowflake()
         return {
-            "id": str(next(self._ids)),
+            "id": message_id,
             "channel_id": channel,
-            "guild_id": str(GUILD_ID),
             "author": BOT_USER,
             "content": body.get("content", ""),
-            "timestamp": "2026-11-22T12:00:00+00:00",
+            "timestamp": _timestamp(message_id),
             "edited_timestamp": None,
             "tts": False,
             "mention_everyone": False,
@@ -703,7 +830,7 @@ class DiscordEmulator:
     # The guild
 
     def _channels(self) -> set[int]:
-        return {GENERAL, RANDOM, THREAD, DM_CHANNEL}
+        return {GENERAL, RANDOM, THREAD, DM_CHANNEL, *ROOMS}
 
     def _member(self, user: dict[str, Any], roles: list[int] | None = None) -> dict[str, Any]:
         return {
@@ -741,7 +868,7 @@ class DiscordEmulator:
         return {
             "id": str(channel_id),
             "type": 0,
-            "name": {GENERAL: "general", RANDOM: "random"}[channel_id],
+            "name": {GENERAL: "general", RANDOM: "random"}.get(channel_id, f"room-{channel_id - ROOMS[0]}"),
             "position": channel_id,
             "guild_id": str(GUILD_ID),
             "permission_overwrites": self.overwrites.get(channel_id, []),
@@ -749,8 +876,8 @@ class DiscordEmulator:
             "parent_id": None,
         }
 
-    def _guild(self) -> dict[str, Any]:
-        thread = {
+    def _thread(self) -> dict[str, Any]:
+        return {
             "id": str(THREAD),
             "type": 11,
             "name": "a thread",
@@ -766,6 +893,8 @@ class DiscordEmulator:
             "message_count": 0,
             "member_count": 1,
         }
+
+    def _guild(self) -> dict[str, Any]:
         return {
             "id": str(GUILD_ID),
             "name": "Test guild",
@@ -775,8 +904,8 @@ class DiscordEmulator:
             "emojis": [],
             "stickers": [],
             "roles": self._roles(),
-            "channels": [self._text_channel(GENERAL), self._text_channel(RANDOM)],
-            "threads": [thread],
+            "channels": [self._text_channel(channel) for channel in (GENERAL, RANDOM, *ROOMS)],
+            "threads": [self._thread()],
             "members": [{**self._member(BOT_USER), "user": BOT_USER}],
             "member_count": 3,
             "large": False,
@@ -795,16 +924,20 @@ class DiscordEmulator:
 
 
 @contextlib.asynccontextmanager
-async def running(discord_api: DiscordEmulator, engine: Engine) -> AsyncIterator[asyncio.Task[None]]:
-    """Parley's Discord adapter connected to this emulator until the block ends."""
-    discord_api.ready.clear()
-    task = asyncio.create_task(serve(engine, engine.settings))
+async def running(discord_api: DiscordEmulator, engine: Engine) -> AsyncIterator[DiscordPlatform]:
+    """Parley's Discord platform connected to this emulator until the block ends, started and stopped as
+    `parley run` does: start, recover what a previous run left, and at the end drain, then stop."""
+    # The loopback Discord sends its one server right after READY: no need to wait 2 s for more.
+    discord = DiscordPlatform(engine, engine.settings, guild_ready=0.5)
+    engine.register(discord)
+    async with asyncio.timeout(20):
+        await discord.start()
     try:
-        await asyncio.wait_for(discord_api.ready.wait(), 10)
-        yield task
+        await engine.recover(discord.name)
+        yield discord
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await engine.drain(engine.settings.shutdown_grace_seconds)
+        await discord.stop()
 
 
 async def until(predicate: Callable[[], Any], seconds: float = 10.0) -> None:
@@ -896,6 +1029,12 @@ def _choices_problem(choices: list[dict[str, Any]], where: str) -> web.Response 
         if isinstance(value, str) and len(value) > 100:
             return _form_error(f"{where}.{index}.value", "BASE_TYPE_MAX_LENGTH", "Must be 100 or fewer.")
     return None
+
+
+def _timestamp(snowflake: str) -> str:
+    """When a message with this id was sent, as Discord writes message timestamps."""
+    milliseconds = (int(snowflake) >> 22) + DISCORD_EPOCH_MS
+    return datetime.fromtimestamp(milliseconds / 1000, UTC).isoformat()
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

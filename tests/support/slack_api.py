@@ -14,6 +14,9 @@ not_allowed_token_type. Messages are kept as Slack would show them: streamed
 text accumulates, chat.update replaces, and chat.update over `UPDATE_LIMIT` characters fails with
 msg_too_long. `expire_streams()` ends every open stream, as Slack does after a few minutes.
 `send_socket_event(payload)` pushes an events_api envelope through the Socket Mode connection.
+`say(user, channel, text)` records what a person posted (it then shows in conversations.history and
+conversations.replies, whether or not Parley was told about it); a message's ts is Unix time, later
+than every ts the emulator has seen.
 
 As strict as Slack where Parley depends on it:
 - rate limits: each method's own tier per workspace (`RATE_LIMITS`, chat.postMessage per channel),
@@ -25,12 +28,20 @@ As strict as Slack where Parley depends on it:
 - assistant.threads.setStatus checks its arguments; `status(channel, thread_ts)` is what the thread
   shows: cleared by the app's next message in the thread, by an empty status or after `status_timeout`;
 - Socket Mode sends an envelope again, with `retry_attempt` counting up, when it was not acked within
-  `socket_ack_timeout`.
+  `socket_ack_timeout`;
+- conversations.history pages newest first (from `oldest` forward when only `oldest` is given) and
+  conversations.replies oldest first, the parent first, both by `limit`, `cursor` and
+  `response_metadata.next_cursor` with `has_more`, `oldest`/`latest` exclusive unless `inclusive`;
+  they answer channel_not_found for a malformed or unknown channel (`channels`, when set, lists the ones
+  that exist), thread_not_found for a `ts` that is no message there, invalid_cursor, invalid_ts_oldest
+  and invalid_ts_latest, and need the `*:history` scope of the conversation's type.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import itertools
@@ -39,6 +50,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -60,6 +72,10 @@ RATE_LIMITS: dict[str, tuple[int, float]] = {
     "chat.appendStream": (100, 60.0),  # Tier 4
     "chat.update": (50, 60.0),  # Tier 3
     "chat.postMessage": (3, 3.0),  # special, per channel
+    "chat.delete": (50, 60.0),  # Tier 3
+    # Tier 3 for internal and Marketplace apps (apps distributed outside the Marketplace get 1 a minute).
+    "conversations.history": (50, 60.0),
+    "conversations.replies": (50, 60.0),
 }
 PER_CHANNEL_LIMITS = {"chat.postMessage"}
 
@@ -68,6 +84,7 @@ METHOD_SCOPES = {
     "assistant.threads.setStatus": "chat:write",  # assistant:write is being retired
     "chat.postMessage": "chat:write",
     "chat.update": "chat:write",
+    "chat.delete": "chat:write",
     "chat.startStream": "chat:write",
     "chat.appendStream": "chat:write",
     "chat.stopStream": "chat:write",
@@ -79,6 +96,16 @@ CONVERSATION_SCOPES = {
     "mpim": "mpim:read",
     "im": "im:read",
 }
+# conversations.history and conversations.replies need the history scope of the conversation's type.
+HISTORY_SCOPES = {
+    "channel": "channels:history",
+    "group": "groups:history",
+    "mpim": "mpim:history",
+    "im": "im:history",
+}
+HISTORY_METHODS = {"conversations.history", "conversations.replies"}
+# Page sizes: the largest `limit` each method honours, and what it uses when none is given.
+HISTORY_PAGE = {"conversations.history": (999, 100), "conversations.replies": (1000, 1000)}
 _CHANNEL_ID = re.compile(r"[CDG][A-Z0-9]+")
 _TS = re.compile(r"\d+\.\d+")
 
@@ -100,6 +127,30 @@ class SlackMessage:
     text: str
     streaming: bool = False
     edits: int = 0
+    user: str | None = BOT_USER  # who posted it; the app's own messages also carry its bot_id
+    bot_id: str | None = BOT_ID
+    subtype: str | None = None
+    files: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def is_reply(self) -> bool:
+        return self.thread_ts is not None and self.thread_ts != self.ts
+
+    def payload(self, replies: list[SlackMessage]) -> dict[str, Any]:
+        """The message as conversations.history and conversations.replies show it."""
+        shown: dict[str, Any] = {"type": "message", "ts": self.ts, "text": self.text}
+        for name in ("user", "bot_id", "subtype"):
+            if getattr(self, name) is not None:
+                shown[name] = getattr(self, name)
+        if self.files:
+            shown["files"] = self.files
+        if self.is_reply:
+            shown["thread_ts"] = self.thread_ts
+        elif replies:  # a thread's parent
+            users = list(dict.fromkeys(r.user or r.bot_id or "" for r in replies))
+            shown |= {"thread_ts": self.ts, "reply_count": len(replies), "reply_users": users}
+            shown["latest_reply"] = replies[-1].ts
+        return shown
 
 
 @dataclass
@@ -118,6 +169,7 @@ class SlackUser:
     def payload(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "deleted": False,
             "team_id": TEAM,
             "name": self.name.lower(),
             "real_name": self.name,
@@ -141,6 +193,7 @@ class SlackAPI:
     channel_types: dict[str, str] = field(default_factory=dict)
     status_timeout: float = 120.0  # Slack removes a thread status after two minutes without a message
     socket_ack_timeout: float = 3.0  # how long Socket Mode waits for an ack before sending again
+    channels: set[str] | None = None  # the conversations that exist; None: every well-formed id
 
     def __post_init__(self) -> None:
         self.calls: list[Call] = []
@@ -159,7 +212,8 @@ class SlackAPI:
         self._delivered_at: dict[str, float] = {}
         self._acked_at: dict[str, float] = {}
         self._redeliveries: set[asyncio.Task[None]] = set()
-        self._ts = itertools.count(1)
+        self._ids = itertools.count(1)
+        self._last_ts = Decimal(0)
         self._sockets: list[web.WebSocketResponse] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -179,7 +233,31 @@ class SlackAPI:
         return [c for c in self.calls if c.method == method]
 
     def replies(self, channel: str | None = None) -> list[SlackMessage]:
-        return [m for m in self.messages.values() if channel is None or m.channel == channel]
+        """Parley's messages (in `channel`), in the order they were posted."""
+        mine = [m for m in self.messages.values() if m.bot_id == BOT_ID]
+        return [m for m in mine if channel is None or m.channel == channel]
+
+    def say(
+        self,
+        user: str,
+        channel: str,
+        text: str,
+        *,
+        thread_ts: str | None = None,
+        ts: str | None = None,
+        **more: Any,
+    ) -> SlackMessage:
+        """Record what a person posted, as Slack keeps it; the event about it is the test's to send."""
+        ts = ts or self._new_ts()
+        self._seen_ts(ts)
+        message = SlackMessage(channel, ts, thread_ts, text, user=user, bot_id=None, **more)
+        self.messages[ts] = message
+        return message
+
+    def thread(self, channel: str, thread_ts: str) -> list[SlackMessage]:
+        """The replies in a thread, oldest first (its parent not included)."""
+        replies = [m for m in self.messages.values() if m.channel == channel and m.thread_ts == thread_ts]
+        return sorted((m for m in replies if m.ts != thread_ts), key=lambda m: Decimal(m.ts))
 
     def expire_streams(self) -> None:
         for message in self.messages.values():
@@ -227,7 +305,7 @@ class SlackAPI:
         return envelope_id
 
     async def _deliver(self, payload: dict[str, Any], kind: str, *, attempt: int) -> str:
-        envelope_id = f"env-{next(self._ts)}"
+        envelope_id = f"env-{next(self._ids)}"
         envelope = {
             "envelope_id": envelope_id,
             "type": kind,
@@ -335,10 +413,18 @@ class SlackAPI:
         needed = METHOD_SCOPES.get(method)
         if method == "conversations.info":
             needed = CONVERSATION_SCOPES[self.channel_type(str(args.get("channel", "")))]
+        if method in HISTORY_METHODS:
+            needed = HISTORY_SCOPES[self.channel_type(str(args.get("channel", "")))]
         return needed if needed is not None and needed not in self.scopes else None
 
     def _new_ts(self) -> str:
-        return f"1700000000.{next(self._ts):06d}"
+        """Unix time in microseconds, as Slack's ts is: later than every ts seen so far."""
+        now = Decimal(time.time_ns() // 1000) / 1_000_000
+        self._last_ts = max(now, self._last_ts + Decimal("0.000001"))
+        return f"{self._last_ts:.6f}"
+
+    def _seen_ts(self, ts: str) -> None:
+        self._last_ts = max(self._last_ts, Decimal(ts))
 
     def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -355,8 +441,13 @@ class SlackAPI:
         return {"url": f"ws://127.0.0.1:{self.port}/socket"}
 
     def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        if args.get("user") == BOT_USER:
+            return {"user": {**SlackUser(BOT_USER, "Parley").payload(), "is_bot": True, "name": "parley"}}
         user = self.users.get(args.get("user", ""))
         return {"user": user.payload()} if user else {"error": "user_not_found"}
+
+    def _exists(self, channel: str) -> bool:
+        return bool(_CHANNEL_ID.fullmatch(channel)) and (self.channels is None or channel in self.channels)
 
     def _conversations_info(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = args.get("channel", "")
@@ -387,6 +478,8 @@ class SlackAPI:
         return {}
 
     def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not self._exists(str(args.get("channel", ""))):
+            return {"error": "channel_not_found"}
         ts = self._new_ts()
         message = SlackMessage(args["channel"], ts, args.get("thread_ts"), args.get("text", ""))
         self.messages[ts] = message
@@ -409,6 +502,93 @@ class SlackAPI:
         message.edits += 1
         return {"channel": message.channel, "ts": message.ts, "text": text}
 
+    def _chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self.messages.get(args.get("ts", ""))
+        if message is None or message.channel != args.get("channel"):
+            return {"error": "message_not_found"}
+        if message.bot_id != BOT_ID:  # a bot token deletes only its own messages
+            return {"error": "cant_delete_message"}
+        del self.messages[message.ts]
+        return {"channel": message.channel, "ts": message.ts}
+
+    # Reading conversations
+
+    def _conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A channel's top-level messages (thread parents and broadcasts included, other replies not),
+        newest first: the newest before `latest`, or, given only `oldest`, those just after it."""
+        channel = str(args.get("channel", ""))
+        if not self._exists(channel):
+            return {"error": "channel_not_found"}
+        shown = [
+            m
+            for m in self.messages.values()
+            if m.channel == channel and (not m.is_reply or m.subtype == "thread_broadcast")
+        ]
+        forward = "oldest" in args and "latest" not in args
+        page = self._page("conversations.history", args, shown, forward=forward)
+        if "error" in page:
+            return page
+        page["messages"].sort(key=lambda m: Decimal(m["ts"]), reverse=True)
+        return page
+
+    def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A thread oldest first, its parent first; a message without replies is a thread of one."""
+        channel, ts = str(args.get("channel", "")), str(args.get("ts", ""))
+        if not self._exists(channel):
+            return {"error": "channel_not_found"}
+        parent = self.messages.get(ts)
+        if parent is None or parent.channel != channel:
+            return {"error": "thread_not_found"}
+        if parent.is_reply:  # a reply's ts reads its whole thread
+            parent = self.messages.get(str(parent.thread_ts)) or parent
+        return self._page("conversations.replies", args, [parent, *self.thread(channel, parent.ts)])
+
+    def _page(
+        self, method: str, args: dict[str, Any], messages: list[SlackMessage], *, forward: bool = True
+    ) -> dict[str, Any]:
+        """One page of `messages` within oldest/latest: from the oldest forward, or from the newest back."""
+        bounds: dict[str, Decimal] = {}
+        for name in ("oldest", "latest"):
+            if name in args:
+                try:
+                    bounds[name] = Decimal(str(args[name]))
+                except InvalidOperation:
+                    return {"error": f"invalid_ts_{name}"}
+        inclusive = str(args.get("inclusive", "0")).lower() in ("1", "true")
+        largest, default = HISTORY_PAGE[method]
+        try:
+            limit = min(largest, int(args.get("limit") or default))
+        except ValueError:
+            return {"error": "invalid_arguments"}
+
+        def within(ts: Decimal) -> bool:
+            low, high = bounds.get("oldest"), bounds.get("latest")
+            if low is not None and (ts < low or (ts == low and not inclusive)):
+                return False
+            return high is None or ts < high or (ts == high and inclusive)
+
+        ordered = sorted(
+            (m for m in messages if within(Decimal(m.ts))), key=lambda m: Decimal(m.ts), reverse=not forward
+        )
+        start = 0
+        if args.get("cursor"):
+            try:
+                boundary = Decimal(
+                    base64.b64decode(str(args["cursor"]), validate=True).decode().split(":")[1]
+                )
+            except (binascii.Error, UnicodeDecodeError, InvalidOperation):
+                return {"error": "invalid_cursor"}
+            # The page goes on from the message the cursor names, in the page's direction.
+            onward = [boundary <= Decimal(m.ts) if forward else Decimal(m.ts) <= boundary for m in ordered]
+            start = onward.index(True) if True in onward else len(ordered)
+        page, rest = ordered[start : start + limit], ordered[start + limit :]
+        cursor = base64.b64encode(f"next_ts:{rest[0].ts}".encode()).decode() if rest else ""
+        return {
+            "messages": [m.payload(self.thread(m.channel, m.ts)) for m in page],
+            "has_more": bool(rest),
+            "response_metadata": {"next_cursor": cursor},
+        }
+
     def _streamed(self, args: dict[str, Any]) -> str:
         text = args.get("markdown_text") or ""
         for chunk in args.get("chunks") or []:
@@ -425,6 +605,8 @@ class SlackAPI:
         return None
 
     def _chat_startStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        if not self._exists(str(args.get("channel", ""))):
+            return {"error": "channel_not_found"}
         if not args.get("thread_ts"):
             return {"error": "invalid_arguments"}
         if self.channel_type(args["channel"]) != "im":  # outside DMs Slack must know who reads along

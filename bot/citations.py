@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
-from skills.base import Source
-from skills.untrusted import clean
+from bot.skills import Source
+from bot.untrusted import clean
 
 # "[3]" as a citation, not "items[3]" in code: no word character or closing bracket right before it.
 CITATION = re.compile(r"(?<![\w\]])\[(\d{1,3})\]")

@@ -1,0 +1,27 @@
+"""What a Discord event says in neutral terms: where it belongs and who sent it."""
+
+from __future__ import annotations
+
+import discord
+
+from bot.models import Author, ConversationKey
+
+
+def conversation_key(
+    channel: discord.abc.Messageable | discord.abc.GuildChannel | discord.Thread,
+) -> ConversationKey:
+    if isinstance(channel, discord.Thread) and channel.parent_id:
+        return ConversationKey("discord", str(channel.parent_id), str(channel.id))
+    return ConversationKey("discord", str(getattr(channel, "id", "dm")))
+
+
+def author_of(user: discord.User | discord.Member, channel: object) -> Author:
+    is_manager = False
+    roles: tuple[str, ...] = ()
+    if isinstance(user, discord.Member):
+        roles = tuple(str(role.id) for role in user.roles)
+        permissions = (
+            channel.permissions_for(user) if hasattr(channel, "permissions_for") else user.guild_permissions
+        )
+        is_manager = permissions.manage_channels
+    return Author(str(user.id), user.display_name, is_channel_manager=is_manager, role_ids=roles)

@@ -1,0 +1,45 @@
+"""Schema migrations (Alembic), run when the store opens, so every start finds the schema at head."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, inspect
+
+HERE = Path(__file__).resolve().parent
+FIRST_REVISION = "0001"
+log = logging.getLogger(__name__)
+# Alembic narrates every step at INFO; one line of ours says what changed.
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def config(connection: Connection | None = None) -> Config:
+    """Alembic's configuration without an alembic.ini: the scripts live in this package."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(HERE))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(connection: Connection) -> None:
+    """Bring the database to the newest revision.
+
+    A database made before migrations existed (its tables created directly) holds exactly the first
+    revision's schema: it is stamped with that revision, then upgraded like any other.
+    """
+    tables = set(inspect(connection).get_table_names())
+    if "turns" in tables and "alembic_version" not in tables:
+        command.stamp(config(connection), FIRST_REVISION)
+    before = current(connection)
+    command.upgrade(config(connection), "head")
+    after = current(connection)
+    if after != before:
+        log.info("database schema %s revision %s", "created at" if before is None else "upgraded to", after)
+
+
+def current(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()

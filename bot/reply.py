@@ -1,0 +1,217 @@
+"""One reply from its first sign of life to its final text, and the promise that it always ends there."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from bot.accounting import calibrate, priced
+from bot.catalog import UnknownModelError
+from bot.citations import sources_footer
+from bot.context import ReplyFailed, assemble
+from bot.logs import log_event
+from bot.models import ConversationSettings, Surface
+from bot.providers.base import ProviderError, Usage
+from bot.skills import Citations, Skill, SkillContext, prefetch
+from bot.store import AssistantRecord, InboxEntry
+from bot.stored_reply import StoredReply
+from bot.toolloop import Answer, ToolLoop
+
+if TYPE_CHECKING:
+    from bot.engine import Engine
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = "Something went wrong on our side while answering; it has been logged. Please try again."
+SHUTDOWN_NOTE = "Cut off: Parley is restarting."
+# Cancel a reply's task with this message (`task.cancel(STOPPED)`) when the person asking stopped it: the
+# reply ends saying so, instead of saying that Parley is restarting, and is kept as cut off.
+STOPPED = "stopped by the user"
+STOPPED_NOTE = "Stopped."
+
+Outcome = Literal["ok", "cut_off", "error", "command"]  # how a reply ended; "command": not a reply
+SHUTDOWN_GRACE = 5.0  # seconds a cancelled reply has to close its message
+# What the reply says when the model stopped early, by Finish reason.
+FINISH_NOTES = {
+    "length": "Cut off: the reply reached its length limit.",
+    "context_window": "Cut off: the conversation filled the model's context window; /reset starts afresh.",
+    "refusal": "The provider's safety filters stopped this reply.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Forced:
+    """A skill a command runs before the model answers (`/web QUERY`), whatever its mode."""
+
+    skill: Skill
+    arguments: dict[str, Any]
+
+
+class Reply:
+    def __init__(
+        self,
+        engine: Engine,
+        entry: InboxEntry,
+        surface: Surface,
+        conf: ConversationSettings,
+        forced: Forced | None = None,
+    ) -> None:
+        self._engine = engine
+        self._entry = entry
+        self._conf = conf
+        self._forced = forced
+        self._surface = surface
+        self._stored = StoredReply(engine.store, engine.clock, entry, surface)
+        self._answer = Answer(model=conf.model)
+        self._citations = Citations()
+        self._renderer = engine.pacer.renderer(surface, on_render=self._shown)
+
+    async def run(self) -> Outcome:
+        """Answer on the surface; returns how the reply ended."""
+        settings = self._engine.settings
+        started = self._engine.clock.now()
+        try:
+            await self._surface.start()
+        except Exception:
+            log.warning("could not show that a reply is coming", exc_info=True)
+        answer = self._answer
+        outcome: Outcome = "error"
+        try:
+            async with asyncio.timeout(settings.reply_timeout):
+                notes = await self._steps()
+            outcome = "ok"
+            final = self._final_text(notes)
+        except (ReplyFailed, UnknownModelError) as error:
+            final = extend(answer.text, str(error))
+        except ProviderError as error:
+            final = extend(answer.text, error.user_message())
+            outcome = "cut_off" if answer.text else "error"
+        except TimeoutError:
+            sentence = f"The reply took longer than {settings.reply_timeout:g} seconds and was stopped."
+            final = extend(answer.text, sentence)
+            outcome = "cut_off" if answer.text else "error"
+        except asyncio.CancelledError as cancelled:
+            await self._end_cancelled(STOPPED_NOTE if cancelled.args[:1] == (STOPPED,) else SHUTDOWN_NOTE)
+            raise
+        except Exception:
+            log.exception("reply in %s failed", self._entry.message.key)
+            final = extend(answer.text, INTERNAL_ERROR)
+            outcome = "cut_off" if answer.text else "error"
+        await self._renderer.finish(final)
+        latency_ms = int((self._engine.clock.now() - started) * 1000)
+        await self._stored.finish(self._record(outcome, latency_ms))
+        self._log(outcome, latency_ms)
+        return outcome
+
+    async def _steps(self) -> list[str]:
+        """Model, context, skills first, then the model's own rounds; returns notes for the person."""
+        engine = self._engine
+        if self._entry.turn_id is None:
+            raise ReplyFailed("There is nothing to answer: the message was empty.")
+        resolved = await engine.catalog.resolve(self._conf.model)
+        self._answer.model = resolved.name
+        context = await assemble(
+            engine.settings, engine.store, engine.calibration, resolved, self._conf, self._entry
+        )
+        skill_context = SkillContext(
+            self._entry.message.key,
+            self._entry.message.author,
+            self._conf,
+            engine.platforms.get(self._entry.message.key.platform),
+            self._citations,
+        )
+        recent = tuple(turn.content for turn in context.turns if turn.role == "user")[-3:]
+        forced = (self._forced.skill, self._forced.arguments) if self._forced else None
+        notes = list(context.notes)
+        for result in await prefetch(
+            engine.skills, recent[-1], recent, context.takes_tools, skill_context, forced
+        ):
+            context.add_material(result.text)
+            if result.note and result.note not in notes:
+                notes.append(result.note)
+        if engine.left_out_note(self._entry.message.key, context.trimmed):
+            notes.insert(0, "Older messages were left out to fit the model's context.")
+        tools = engine.skills.tools(self._conf.skills) if context.takes_tools else ()
+
+        async def price(usage: Usage, model: str) -> Usage:
+            return await priced(engine.catalog, usage, model, resolved)
+
+        loop = ToolLoop(
+            engine.attempts_for(self._conf.model, resolved),
+            price,
+            engine.skills,
+            skill_context,
+            self._renderer,
+            self._on_text,
+            max_retries=engine.settings.max_retries,
+            retry_after_cap=engine.settings.retry_after_cap,
+            show_reasoning=engine.settings.show_reasoning,
+        )
+        prompt_estimate = context.prompt_estimate()
+        await loop.run(context.request(tools), self._answer)
+        answer = self._answer
+        calibrate(engine.calibration, answer.usage, answer.model, resolved, prompt_estimate, answer.rounds)
+        notes += [note for note in answer.notes if note not in notes]
+        if note := FINISH_NOTES.get(answer.finish or ""):
+            notes.insert(0, note)
+        return notes
+
+    async def _on_text(self, answer: Answer) -> None:
+        await self._stored.checkpoint(answer.text, answer.model)
+
+    async def _shown(self) -> None:
+        await self._stored.shown(self._answer.text, self._answer.model)
+
+    def _final_text(self, notes: list[str]) -> str:
+        text = self._answer.shown
+        if not self._answer.text and self._answer.finish != "refusal":  # its note says why there is none
+            text = extend(text, "The model returned an empty reply.")
+        if footer := sources_footer(self._answer.text, tuple(self._citations.sources)):
+            text = f"{text}\n\n{footer}"
+        for note in notes:
+            text = extend(text, note)
+        return text
+
+    def _log(self, outcome: Outcome, latency_ms: int) -> None:
+        """One line per answered message for operators: never what anyone wrote."""
+        usage = self._answer.usage
+        log_event(
+            log,
+            "reply",
+            platform=self._entry.message.key.platform,
+            conversation=str(self._entry.message.key),
+            model=self._answer.model or None,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            latency_ms=latency_ms,
+            outcome=outcome,
+        )
+
+    def _record(self, outcome: Outcome, latency_ms: int) -> AssistantRecord:
+        usage = self._answer.usage
+        return AssistantRecord(
+            content=self._answer.text,
+            model=self._answer.model,
+            outcome=outcome,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            cost=usage.cost if usage else None,
+            latency_ms=latency_ms,
+        )
+
+    async def _end_cancelled(self, note: str) -> None:
+        """On shutdown or a stop, close the message and keep what was said, within a short grace period."""
+        try:
+            async with asyncio.timeout(SHUTDOWN_GRACE):
+                await self._renderer.finish(extend(self._answer.text, note))
+                await self._stored.finish(self._record("cut_off", 0))
+        except (TimeoutError, asyncio.CancelledError):
+            log.warning("could not close the reply in %s during shutdown", self._entry.message.key)
+
+
+def extend(text: str, note: str) -> str:
+    """Append a note in italics; the reply text only ever grows, which streaming surfaces rely on."""
+    note = f"_{note}_"
+    return f"{text}\n\n{note}" if text else note

@@ -18,7 +18,7 @@ from bot.logs import JsonFormatter, RedactingFormatter, configure_logging, log_e
 from bot.settings_loader import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-TOML_ONLY = {"providers", "fallbacks"}  # tables, documented with parley.toml
+TOML_ONLY = {"providers", "fallbacks", "budgets", "access", "preset_extras"}  # tables, in parley.toml
 LOCATIONS = {"PARLEY_HOME", "PARLEY_CONFIG"}  # environment only: they say where the rest is read from
 
 

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from bot.config import AccessLists
+from bot.config import AccessLists, Settings
 from bot.models import Author, CommandResult, ConversationKey, Message
 
 if TYPE_CHECKING:
@@ -30,20 +30,19 @@ class Refused(Exception):
 
 
 class Access:
-    def __init__(
-        self, lists: AccessLists, rate_limit_per_minute: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.lists = lists
-        self._rate = rate_limit_per_minute
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.lists: AccessLists = settings.access
+        self._rate = settings.rate_limit_per_minute
+        self._admins = (set(settings.admin_user_ids), set(settings.admin_role_ids))
         self._clock = clock
         self._asked: dict[str, deque[float]] = {}
 
     def refusal(self, key: ConversationKey, author: Author, server_id: str | None = None) -> str | None:
         """The sentence for someone who may not use Parley here, or None when they may."""
-        if key.platform in OPERATOR_PLATFORMS:
-            return None
-        lists = self.lists
         roles = set(author.role_ids)
+        if key.platform in OPERATOR_PLATFORMS or author.id in self._admins[0] or roles & self._admins[1]:
+            return None  # Parley admins cannot lock themselves out
+        lists = self.lists
         if author.id in lists.deny_users or roles & set(lists.deny_roles):
             return NOT_ALLOWED
         if (lists.allow_users or lists.allow_roles) and not (

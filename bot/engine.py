@@ -59,7 +59,7 @@ class Engine:
         self._started_at = time.time()
         self._closing = False  # set once drained: what arrives later waits, stored, for the next start
         self._trimmed: set[str] = set()  # conversations whose last reply already said turns were left out
-        self.access = Access(settings.access, settings.rate_limit_per_minute)
+        self.access = Access(settings)
         self.budgets = Budgets(store, settings.budgets)
         self.metrics = Metrics()
         self.health = Health()

@@ -8,6 +8,7 @@ HTTP mode on PORT beside the events.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from typing import TYPE_CHECKING
 
@@ -137,7 +138,6 @@ async def serve(
         await web.TCPSite(runner, host, port).start()
     except OSError as error:
         await runner.cleanup()
-        raise SetupError(
-            f"could not serve /metrics and /healthz on METRICS_PORT {port} ({error.strerror})"
-        ) from None
+        reason = "another program uses it" if error.errno == errno.EADDRINUSE else error.strerror or error
+        raise SetupError(f"could not serve /metrics and /healthz on METRICS_PORT {port} ({reason})") from None
     return runner

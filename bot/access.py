@@ -61,6 +61,14 @@ class Access:
         """Where the platform cannot answer privately, whether a refusal says nothing."""
         return self.lists.refuse_in_channel == "silent"
 
+    def tells(self, reason: str, private: bool) -> bool:
+        """Whether a refused person is told (by `bot.addressing`'s reason the message was for Parley):
+        only when they addressed Parley themselves, privately where the platform can, else as configured.
+        A message Parley would only have read along (autoreply, a followed thread) gets silence."""
+        if reason in ("autoreply", "thread"):
+            return False
+        return private or not self.silent_in_channels()
+
     def count_reply(self, key: ConversationKey, author: Author) -> None:
         """Count a reply this person starts; Refused, with when to try again, past RATE_LIMIT_PER_MINUTE."""
         if not self._rate or key.platform in OPERATOR_PLATFORMS:
@@ -94,7 +102,7 @@ class Access:
         ):
             lines.append(f"{label}: {', '.join(values) if values else '(none)'}")
         where = "say nothing" if self.silent_in_channels() else "reply in the channel"
-        lines.append(f"A refused message in a channel without private answers: {where}.")
+        lines.append(f"A refused mention where the platform has no private answer: {where}.")
         rate = f"{self._rate} per person per minute" if self._rate else "off"
         lines.append(f"Rate limit: {rate}.")
         if not any(value for name, value in lists if name != "refuse_in_channel"):

@@ -19,6 +19,7 @@ from tests.support.discord_emulator import (
     ALICE,
     BOB,
     BOT_ID,
+    DM_CHANNEL,
     EPHEMERAL,
     GENERAL,
     GUILD_ID,
@@ -170,3 +171,12 @@ async def test_metrics_count_discords_429s_and_the_reply(
 
 def _sample(engine: Engine, name: str, **labels: str) -> float | None:
     return engine.metrics.registry.get_sample_value(name, {"platform": "discord", **labels})
+
+
+async def test_a_denied_person_is_answered_in_a_dm(
+    on_discord: Callable[..., Any], discord_api: DiscordEmulator, llm: LLMServer
+) -> None:
+    async with on_discord(access={"deny_users": [ALICE["id"]]}):
+        await discord_api.send_message(DM_CHANNEL, "hello in private", guild=False)
+        await until(lambda: [m["content"] for m in discord_api.messages_in(DM_CHANNEL)][-1:] == [NOT_ALLOWED])
+        assert llm.chat_requests() == []

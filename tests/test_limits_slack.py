@@ -133,3 +133,20 @@ def answered(harness: Harness) -> float:
     """Replies finished and accounted for (their usage recorded)."""
     labels = {"platform": "slack", "outcome": "ok"}
     return harness.engine.metrics.registry.get_sample_value("parley_replies_total", labels) or 0
+
+
+async def test_a_denied_person_talking_where_parley_only_reads_along_meets_silence(
+    slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
+) -> None:
+    async with serving(slack, llm, slack_settings(access={"deny_users": [ALICE.id]})) as harness:
+        await harness.command("autoreply on", user=ADMIN.id)
+        await until(lambda: slack.responses, "autoreply on")
+        plain = {"type": "message", "channel": "C1", "channel_type": "channel", "team": TEAM}
+        await harness.post(harness.event({**plain, "user": ALICE.id, "text": "lunch?", "ts": "1700000001.1"}))
+        await harness.post(harness.event({**plain, "user": BOB.id, "text": "sure", "ts": "1700000002.1"}))
+        await harness.finished_streams(1)  # Bob's, answered after Alice's was read
+        assert slack.ephemerals == []
+        await harness.mention("and me?", ts="1700000003.1")
+        await until(lambda: slack.ephemerals, "the refusal of a mention")
+        assert [e["text"] for e in slack.ephemerals] == [NOT_ALLOWED]
+        assert [r.json["messages"][-1]["content"] for r in llm.chat_requests()] == ["Bob: sure"]

@@ -120,11 +120,14 @@ class ParleyDiscord(discord.Client):
             replies_to_parley=isinstance(reference, discord.Message) and reference.author == self.user,
         )
         rules = Rules(reply_in_dms=self.platform.settings.discord_reply_in_dms)
-        if await self.engine.addressing.reason(arrival, rules) is None:
+        reason = await self.engine.addressing.reason(arrival, rules)
+        if reason is None:
             return
         author, server = author_of(message.author, message.channel), server_of(message.channel)
         if refusal := self.engine.access.refusal(key, author, server):
-            await self._refuse(message, refusal, arrival.direct)
+            self.engine.metrics.refused.labels("access").inc()
+            if self.engine.access.tells(reason, private=arrival.direct):  # a DM is private
+                await self._refuse(message, refusal)
             return
         incoming = Message(
             key=key,
@@ -148,11 +151,7 @@ class ParleyDiscord(discord.Client):
                 allowed_mentions=NO_PINGS,
             )
 
-    async def _refuse(self, message: discord.Message, refusal: str, direct: bool) -> None:
-        """A channel message has no private answer: say nothing there unless `[access]` asks to reply."""
-        self.engine.metrics.refused.labels("access").inc()
-        if not direct and self.engine.access.silent_in_channels():
-            return
+    async def _refuse(self, message: discord.Message, refusal: str) -> None:
         try:
             await message.channel.send(
                 refusal, reference=message.to_reference(fail_if_not_exists=False), allowed_mentions=NO_PINGS

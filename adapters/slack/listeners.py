@@ -71,7 +71,9 @@ class Listeners:
         if reason == "autoreply" and not thread_ts and not direct:
             key = key.channel  # the channel's memory, answered in the message's thread
         if refusal := self.engine.access.refusal(key, Author(event["user"], ""), reply_to["team"]):
-            await self._refuse(context, channel, event["user"], key.thread_id, refusal)
+            self.engine.metrics.refused.labels("access").inc()
+            if self.engine.access.tells(reason, private=True):  # an ephemeral message
+                await self._refuse(context, channel, event["user"], key.thread_id, refusal)
             return
         try:
             message = await self._message(event, key, bot_user, direct, reply_to["team"])
@@ -84,7 +86,6 @@ class Listeners:
         self, context: AsyncBoltContext, channel: str, user: str, thread_ts: str | None, refusal: str
     ) -> None:
         """Only the person refused sees why (an ephemeral message); nothing of theirs is stored."""
-        self.engine.metrics.refused.labels("access").inc()
         try:
             await context.client.chat_postEphemeral(
                 channel=channel, user=user, text=refusal, thread_ts=thread_ts

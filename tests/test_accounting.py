@@ -110,3 +110,24 @@ async def test_a_reply_that_failed_after_spending_still_counts(engine: Engine, l
     assert await ask(engine, "hello") == "_openrouter is unavailable right now; try again shortly._"
     row = (await by_model(engine))[MIMO]
     assert (row["prompt_tokens"], row["completion_tokens"]) == (30, 2)
+
+
+async def test_anthropic_lists_no_prices_so_parley_toml_prices_it_with_its_cached_tokens(
+    make_engine: Callable[..., Any], llm: LLMServer
+) -> None:
+    engine = await make_engine(
+        anthropic_api_key="sk-ant-test",
+        anthropic_base_url=llm.anthropic_base_url,
+        default_model="anthropic/claude-sonnet-4-5",
+        providers={"anthropic": {"prices": {"claude-sonnet-4-5": {"prompt": 3.0, "completion": 15.0}}}},
+    )
+    llm.enqueue(Script(tokens=["Cached."], usage=(1000, 10), cached_tokens=800))
+    assert await ask(engine, "hello") == "Cached."
+    row = (await by_model(engine))["anthropic/claude-sonnet-4-5"]
+    assert (row["prompt_tokens"], row["cached_tokens"], row["completion_tokens"]) == (1000, 800, 10)
+    assert row["cost"] == pytest.approx(1000 * 3e-6 + 10 * 15e-6)
+    # A call Anthropic failed after counting the prompt is still counted.
+    llm.enqueue(Script(tokens=["never"], usage=(500, 0), error_after=0))
+    assert await ask(engine, "again") == "_anthropic is unavailable right now; try again shortly._"
+    row = (await by_model(engine))["anthropic/claude-sonnet-4-5"]
+    assert row["prompt_tokens"] == 1500

@@ -292,7 +292,12 @@ class LLMServer:
                 "message": {
                     "id": "msg_1",
                     "role": "assistant",
-                    "usage": {"input_tokens": prompt, "output_tokens": 1},
+                    # Anthropic's input_tokens leave out what the prompt cache read.
+                    "usage": {
+                        "input_tokens": prompt - script.cached_tokens,
+                        "output_tokens": 1,
+                        **({"cache_read_input_tokens": script.cached_tokens} if script.cached_tokens else {}),
+                    },
                 }
             },
         )

@@ -33,15 +33,15 @@ class Access:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.lists: AccessLists = settings.access
         self._rate = settings.rate_limit_per_minute
-        self._admins = (set(settings.admin_user_ids), set(settings.admin_role_ids))
+        self._settings = settings
         self._clock = clock
         self._asked: dict[str, deque[float]] = {}
 
     def refusal(self, key: ConversationKey, author: Author, server_id: str | None = None) -> str | None:
         """The sentence for someone who may not use Parley here, or None when they may."""
-        roles = set(author.role_ids)
-        if key.platform in OPERATOR_PLATFORMS or author.id in self._admins[0] or roles & self._admins[1]:
+        if key.platform in OPERATOR_PLATFORMS or self.admin(author):
             return None  # Parley admins cannot lock themselves out
+        roles = set(author.role_ids)
         lists = self.lists
         if author.id in lists.deny_users or roles & set(lists.deny_roles):
             return NOT_ALLOWED
@@ -56,6 +56,13 @@ class Access:
         if lists.allow_servers and server_id not in lists.allow_servers:
             return NOT_HERE
         return None
+
+    def admin(self, author: Author) -> bool:
+        """Listed in ADMIN_USER_IDS, or holding a role in ADMIN_ROLE_IDS."""
+        settings = self._settings
+        return author.id in settings.admin_user_ids or any(
+            r in settings.admin_role_ids for r in author.role_ids
+        )
 
     def silent_in_channels(self) -> bool:
         """Where the platform cannot answer privately, whether a refusal says nothing."""

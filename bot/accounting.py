@@ -110,6 +110,16 @@ async def prices_of(
     return price.prompt * PER_MILLION, price.completion * PER_MILLION
 
 
+async def estimate(
+    catalog: ModelCatalog, settings: Settings, resolved: ResolvedModel, prompt_tokens: int, reply_room: int
+) -> tuple[float, int]:
+    """What a reply may spend, in USD (0 when nothing prices the model) and tokens: its prompt and the
+    room kept for its answer. Budgets hold this until the real usage is recorded."""
+    prices = await prices_of(catalog, settings, resolved.name, resolved)
+    usd = prompt_tokens * prices[0] + reply_room * prices[1] if prices else 0.0
+    return usd, prompt_tokens + reply_room
+
+
 def calibrate(
     calibration: TokenCalibration,
     usage: Usage | None,

@@ -258,20 +258,11 @@ class Engine:
         return matches[:limit]
 
     def may_change_settings(self, author: Author) -> bool:
-        return (
-            author.is_channel_manager
-            or author.id in self.settings.admin_user_ids
-            or any(role in self.settings.admin_role_ids for role in author.role_ids)
-        )
+        return author.is_channel_manager or self.access.admin(author)
 
     def is_admin(self, message: Message) -> bool:
         """A Parley admin: configured by id or role, or whoever runs the terminal chat."""
-        author = message.author
-        return (
-            message.key.platform == "console"
-            or author.id in self.settings.admin_user_ids
-            or any(role in self.settings.admin_role_ids for role in author.role_ids)
-        )
+        return message.key.platform == "console" or self.access.admin(message.author)
 
     # What replies ask of the engine
 

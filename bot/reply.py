@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from bot.access import Refused
-from bot.accounting import calibrate, priced, prices_of
+from bot.accounting import calibrate, estimate, priced
 from bot.budgets import Reservation
 from bot.catalog import UnknownModelError
 from bot.citations import sources_footer
@@ -147,10 +147,9 @@ class Reply:
         context = await assemble(
             engine.settings, engine.store, engine.calibration, resolved, self._conf, self._entry
         )
-        # The budgets hold the prompt and the room kept for the answer until the real usage is in.
-        tokens = context.prompt_estimate() + context.reply_room
-        prices = await prices_of(engine.catalog, engine.settings, resolved.name, resolved)
-        usd = context.prompt_estimate() * prices[0] + context.reply_room * prices[1] if prices else 0.0
+        usd, tokens = await estimate(
+            engine.catalog, engine.settings, resolved, context.prompt_estimate(), context.reply_room
+        )
         self._reservation = await engine.budgets.reserve(message, usd, tokens)
         skill_context = SkillContext(
             self._entry.message.key,

@@ -134,8 +134,11 @@ class Budgets:
         """Hold a reply's estimate against its budgets; Refused, in one sentence, when one is used up."""
         now = self._clock()
         warning = None
+        limits = await self.limits(message)
+        if not limits:  # nothing to hold against: no lock, so replies without budgets never queue here
+            return Reservation([], 0.0, 0)
         async with self._lock:
-            for limit in await self.limits(message):
+            for limit in limits:
                 used = await self._used(limit, now)
                 held = self._reserved.get((limit.scope, limit.target), [0.0, 0])[UNITS.index(limit.unit)]
                 if used + held >= limit.amount:

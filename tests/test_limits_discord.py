@@ -24,6 +24,7 @@ from tests.support.discord_emulator import (
     GENERAL,
     GUILD_ID,
     MANAGER_ROLE,
+    RANDOM,
     DiscordEmulator,
     running,
     until,
@@ -180,3 +181,15 @@ async def test_a_denied_person_is_answered_in_a_dm(
         await discord_api.send_message(DM_CHANNEL, "hello in private", guild=False)
         await until(lambda: [m["content"] for m in discord_api.messages_in(DM_CHANNEL)][-1:] == [NOT_ALLOWED])
         assert llm.chat_requests() == []
+
+
+async def test_a_denied_channel_is_silent_and_the_others_are_answered(
+    on_discord: Callable[..., Any], discord_api: DiscordEmulator, llm: LLMServer
+) -> None:
+    async with on_discord(access={"deny_channels": [str(GENERAL)]}):
+        await mention(discord_api, "hello")
+        await discord_api.send_message(RANDOM, f"<@{BOT_ID}> over here", mentions=[MENTION])
+        await until(
+            lambda: [m["content"] for m in discord_api.messages_in(RANDOM)][-1:] == ["echo: Alice: over here"]
+        )
+        assert texts(discord_api) == [] and len(llm.chat_requests()) == 1

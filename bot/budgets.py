@@ -124,11 +124,12 @@ class Budgets:
 
     async def standing(self, message: Message) -> list[Standing]:
         now = self._clock()
-        result = []
-        for limit in await self.limits(message):
-            used = await self._used(limit, now)
-            result.append(Standing(limit, used, period_end(limit.period, now)))
-        return result
+        limits = await self.limits(message)
+        used = await self._used(limits, now)
+        return [
+            Standing(limit, spent, period_end(limit.period, now))
+            for limit, spent in zip(limits, used, strict=True)
+        ]
 
     async def reserve(self, message: Message, usd: float, tokens: int) -> Reservation:
         """Hold a reply's estimate against its budgets; Refused, in one sentence, when one is used up."""
@@ -138,8 +139,7 @@ class Budgets:
         if not limits:  # nothing to hold against: no lock, so replies without budgets never queue here
             return Reservation([], 0.0, 0)
         async with self._lock:
-            for limit in limits:
-                used = await self._used(limit, now)
+            for limit, used in zip(limits, await self._used(limits, now), strict=True):
                 held = self._reserved.get((limit.scope, limit.target), [0.0, 0])[UNITS.index(limit.unit)]
                 if used + held >= limit.amount:
                     raise Refused(refusal(message, limit, used, period_end(limit.period, now)))
@@ -164,10 +164,18 @@ class Budgets:
             if held[0] <= 1e-12 and held[1] <= 0:
                 del self._reserved[target]
 
-    async def _used(self, limit: Limit, now: float) -> float:
-        since = period_start(limit.period, now).timestamp()
-        usd, tokens = await self._store.spent(limit.scope, limit.target, since)
-        return usd if limit.unit == "usd" else float(tokens)
+    async def _used(self, limits: list[Limit], now: float) -> list[float]:
+        """What each budget's target spent in its period: one query per target and period."""
+        spent: dict[tuple[str, str, str], tuple[float, int]] = {}
+        used = []
+        for limit in limits:
+            key = (limit.scope, limit.target, limit.period)
+            if key not in spent:
+                since = period_start(limit.period, now).timestamp()
+                spent[key] = await self._store.spent(limit.scope, limit.target, since)
+            usd, tokens = spent[key]
+            used.append(usd if limit.unit == "usd" else float(tokens))
+        return used
 
     async def _warn_once(self, message: Message, limit: Limit, used: float, now: float) -> str | None:
         """The 80 % note, once per budget and period (remembered across restarts)."""

@@ -60,7 +60,7 @@ async def test_parley_run_serves_health_and_metrics_on_metrics_port(llm: LLMServ
             )
             scraped: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
             replied = ("parley_replies_total", (("outcome", "ok"), ("platform", "slack")))
-            for _ in range(300):
+            for _ in range(600):  # up to 30 s on a busy machine
                 status, text = await get(f"http://127.0.0.1:{port}/metrics")
                 assert status == 200
                 scraped = {

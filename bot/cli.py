@@ -13,18 +13,25 @@ import importlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 from bot.catalog import ModelCatalog, UnknownModelError
 from bot.config import ConfigError, Settings, SetupError
 from bot.database_url import describe_database
 from bot.engine import Engine
 from bot.logs import configure_logging
+from bot.metrics import serve as serve_metrics
 from bot.platform import Platform
 from bot.providers.base import ProviderError
 from bot.settings_loader import Loaded, load_settings
 from bot.store import Store
+from bot.usage import BY_COLUMNS, BadPeriod, operator_report, parse_date, since
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SETTINGS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    usage = sub.add_parser("usage", help="tokens and cost by model, person or channel")
+    usage.add_argument("--since", help="a date, YYYY-MM-DD (UTC); by default the 1st of this month")
+    usage.add_argument("--by", choices=tuple(BY_COLUMNS), default="model", help="what to sum by (model)")
+    usage.add_argument("--csv", action="store_true", help="comma-separated values, with a header row")
     discord = sub.add_parser("discord", help="Discord tools")
     discord_sub = discord.add_subparsers(dest="discord_command", required=True)
     sync = discord_sub.add_parser("sync", help="register the slash commands now")
@@ -105,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "chat": chat,
         "models": list_models,
         "discord": discord_sync,
+        "usage": usage_report,
     }
     try:
         if args.command == "check":
@@ -150,10 +162,16 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stopping.set)
     started: list[Platform] = []
+    operators: web.AppRunner | None = None  # /healthz and /metrics on METRICS_PORT
     try:
+        if settings.metrics_port:
+            operators = await serve_metrics(
+                engine.store, engine.metrics, engine.health, settings.metrics_port
+            )
         for platform in platforms:  # one refusing its setup stops the others
             await platform.start()
             started.append(platform)
+            engine.health.up(platform.name)
         for platform in platforms:
             await engine.recover(platform.name)
         return await _until_stopped(stopping, platforms)
@@ -161,6 +179,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: {refused}", file=sys.stderr)
         return 1
     finally:
+        for platform in started:
+            engine.health.down(platform.name)
+        if operators is not None:
+            await operators.cleanup()
         await engine.drain(settings.shutdown_grace_seconds)
         for platform in reversed(started):
             await platform.stop()
@@ -205,6 +227,21 @@ async def chat(settings: Settings, args: argparse.Namespace) -> int:
         return await session.run(engine)
     finally:
         await engine.aclose()
+
+
+async def usage_report(settings: Settings, args: argparse.Namespace) -> int:
+    """`parley usage`: what every platform used since a date, for operators."""
+    try:
+        start = parse_date(args.since).timestamp() if args.since else since([], time.time())[0]
+    except BadPeriod as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    store = await Store.open(settings.database_url)
+    try:
+        print(await operator_report(store, start, args.by, args.csv), end="" if args.csv else "\n")
+    finally:
+        await store.close()
+    return 0
 
 
 async def list_models(settings: Settings, args: argparse.Namespace) -> int:

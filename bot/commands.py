@@ -8,10 +8,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bot.access import access_command
+from bot.budgets import budget_command
 from bot.catalog import UnknownModelError
 from bot.models import CommandResult, Message
 from bot.providers.base import ModelInfo
 from bot.skills import MODES, SkillRegistry
+from bot.usage import usage_command
 
 if TYPE_CHECKING:
     from bot.engine import Engine
@@ -297,6 +300,29 @@ COMMANDS: dict[str, Command] = {
             (Option("state", "on or off; empty shows the current state", ("on", "off")),),
             not_on=frozenset({"console"}),
         ),
+        Command(
+            "usage",
+            "usage [me|channel|server] [today|week|month|since DATE]",
+            "tokens and cost: yours, this channel's or this server's",
+            usage_command,
+            (
+                Option("scope", "Whose usage; empty is yours", ("me", "channel", "server")),
+                Option("period", "today, week, month (the default) or since YYYY-MM-DD"),
+            ),
+        ),
+        Command(
+            "budget",
+            "budget [channel|server daily|monthly usd|tokens AMOUNT|off|default]",
+            "show the budgets here, or set this channel's or server's",
+            budget_command,
+            (
+                Option("scope", "channel or server; empty shows the budgets here", ("channel", "server")),
+                Option("period", "daily or monthly", ("daily", "monthly")),
+                Option("unit", "usd or tokens", ("usd", "tokens")),
+                Option("amount", "a number, off or default"),
+            ),
+        ),
+        Command("access", "access", "who may use Parley (admins)", access_command),
         Command("help", "help", "this list", help_),
     )
 }

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -101,6 +101,15 @@ class Locations:
         return f"the environment, then {shown(self.env_file)}, then {shown(self.config_file)}"
 
 
+class ModelPrice(BaseModel):
+    """USD per million tokens, for models whose listing has no price (`[providers.NAME.prices]`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: float = Field(ge=0)
+    completion: float = Field(0.0, ge=0)
+
+
 class ProviderSettings(BaseModel):
     """One LLM endpoint. Built-in presets and `[providers.NAME]` tables in TOML share this shape."""
 
@@ -114,6 +123,7 @@ class ProviderSettings(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     # What the reply's token limit is called; None: max_completion_tokens for `openai`, else max_tokens.
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] | None = None
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)  # per model id, used when nothing else says
 
     def key(self) -> str | None:
         if self.api_key is not None:
@@ -121,6 +131,57 @@ class ProviderSettings(BaseModel):
         if self.api_key_env:
             return os.environ.get(self.api_key_env) or None
         return None
+
+
+# Usage, budgets and access (issue 15).
+PRESETS = ("openrouter", "openai", "anthropic", "ollama")
+
+
+class PresetExtras(BaseModel):
+    """A `[providers.NAME]` table for a built-in preset without a base_url: it adds to the preset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    context_length: dict[str, int] = Field(default_factory=dict)
+    vision: list[str] = Field(default_factory=list)
+
+
+class BudgetDefaults(BaseModel):
+    """`[budgets]`: limits for every person, channel and server (Discord server, Slack workspace)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    person_daily_usd: float | None = Field(None, ge=0)
+    person_monthly_usd: float | None = Field(None, ge=0)
+    person_daily_tokens: int | None = Field(None, ge=0)
+    person_monthly_tokens: int | None = Field(None, ge=0)
+    channel_daily_usd: float | None = Field(None, ge=0)
+    channel_monthly_usd: float | None = Field(None, ge=0)
+    channel_daily_tokens: int | None = Field(None, ge=0)
+    channel_monthly_tokens: int | None = Field(None, ge=0)
+    server_daily_usd: float | None = Field(None, ge=0)
+    server_monthly_usd: float | None = Field(None, ge=0)
+    server_daily_tokens: int | None = Field(None, ge=0)
+    server_monthly_tokens: int | None = Field(None, ge=0)
+
+
+class AccessLists(BaseModel):
+    """`[access]`: who may use Parley, by platform ids. A deny list always wins; an allow list that is set
+    lets in only what it names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow_users: list[str] = Field(default_factory=list)
+    deny_users: list[str] = Field(default_factory=list)
+    allow_roles: list[str] = Field(default_factory=list)
+    deny_roles: list[str] = Field(default_factory=list)
+    allow_channels: list[str] = Field(default_factory=list)
+    deny_channels: list[str] = Field(default_factory=list)
+    allow_servers: list[str] = Field(default_factory=list)
+    deny_servers: list[str] = Field(default_factory=list)
+    # Where the platform has no private answer (a Discord channel message): say nothing, or reply.
+    refuse_in_channel: Literal["silent", "reply"] = "silent"
 
 
 class Settings(BaseSettings):
@@ -167,6 +228,13 @@ class Settings(BaseSettings):
     admin_user_ids: CommaList = Field(default_factory=list)
     admin_role_ids: CommaList = Field(default_factory=list)
 
+    # Usage, budgets and access (issue 15).
+    budgets: BudgetDefaults = Field(default_factory=BudgetDefaults)
+    access: AccessLists = Field(default_factory=AccessLists)
+    rate_limit_per_minute: int = Field(0, ge=0)  # replies one person may start per minute; 0: no limit
+    metrics_port: int | None = Field(None, ge=1, le=65535)  # /healthz and /metrics; unset: not served
+    preset_extras: dict[str, PresetExtras] = Field(default_factory=dict)  # see `_preset_tables`
+
     # Discord.
     discord_token: SecretStr | None = None
     discord_api_base: str = "https://discord.com/api/v10"
@@ -203,6 +271,20 @@ class Settings(BaseSettings):
     @property
     def fetch_allow_private(self) -> bool:
         return self._fetch_allow_private
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_tables(cls, data: Any) -> Any:
+        """`[providers.anthropic.prices]` and the like: a preset's table without a base_url adds to it."""
+        if not isinstance(data, dict) or not isinstance(data.get("providers"), dict):
+            return data
+        tables = dict(data["providers"])
+        extras = {
+            name: tables.pop(name)
+            for name in list(tables)
+            if name in PRESETS and isinstance(tables[name], dict) and "base_url" not in tables[name]
+        }
+        return {**data, "providers": tables, "preset_extras": extras} if extras else data
 
     @field_validator("admin_user_ids", "admin_role_ids", mode="before")
     @classmethod
@@ -265,6 +347,10 @@ class Settings(BaseSettings):
             )
         if self.ollama_base_url:
             active["ollama"] = ProviderSettings(base_url=self.ollama_base_url)
+        for name, extras in self.preset_extras.items():
+            if name in active:
+                added = {field: getattr(extras, field) for field in extras.model_fields_set}
+                active[name] = active[name].model_copy(update=added)
         active.update(self.providers)
         return active
 

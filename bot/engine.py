@@ -10,11 +10,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 
 from bot import commands
+from bot.access import Access
 from bot.addressing import Addressing
 from bot.attachments import read_attachments
+from bot.budgets import Budgets
 from bot.catalog import ModelCatalog, ResolvedModel, UnknownModelError
 from bot.config import Settings
 from bot.gate import Gate
+from bot.metrics import Health, Metrics
 from bot.models import Author, CommandResult, ConversationKey, ConversationSettings, Message
 from bot.platform import Platform
 from bot.providers.base import ChatRequest
@@ -56,6 +59,10 @@ class Engine:
         self._started_at = time.time()
         self._closing = False  # set once drained: what arrives later waits, stored, for the next start
         self._trimmed: set[str] = set()  # conversations whose last reply already said turns were left out
+        self.access = Access(settings)
+        self.budgets = Budgets(store, settings.budgets)
+        self.metrics = Metrics()
+        self.health = Health()
 
     @classmethod
     async def create(
@@ -83,6 +90,9 @@ class Engine:
         accepted before (a redelivered message is answered once) or Parley is stopping (it is answered at
         the next start).
         """
+        if self.access.refusal(message.key, message.author, message.server_id):  # adapters said why
+            self.metrics.refused.labels("access").inc()
+            return None
         content, tokens = self._user_turn(message)
         entry = await self.store.accept(message, reply_to, content, tokens)
         if entry is None:
@@ -205,6 +215,9 @@ class Engine:
     # Commands and settings
 
     async def run_command(self, message: Message, line: str) -> CommandResult:
+        if refusal := self.access.refusal(message.key, message.author, message.server_id):
+            self.metrics.refused.labels("access").inc()
+            return CommandResult(refusal)
         try:
             return await commands.run(self, message, line)
         except Exception:
@@ -245,11 +258,11 @@ class Engine:
         return matches[:limit]
 
     def may_change_settings(self, author: Author) -> bool:
-        return (
-            author.is_channel_manager
-            or author.id in self.settings.admin_user_ids
-            or any(role in self.settings.admin_role_ids for role in author.role_ids)
-        )
+        return author.is_channel_manager or self.access.admin(author)
+
+    def is_admin(self, message: Message) -> bool:
+        """A Parley admin: configured by id or role, or whoever runs the terminal chat."""
+        return message.key.platform == "console" or self.access.admin(message.author)
 
     # What replies ask of the engine
 

@@ -65,6 +65,8 @@ class Message:
     attachments: tuple[Attachment, ...] = ()
     is_direct: bool = False
     created_at: float = field(default_factory=time.time)
+    # The Discord server or Slack workspace it was written in (None: a DM on Discord, the terminal).
+    server_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from bot.accounting import calibrate, priced
+from bot.access import Refused
+from bot.accounting import calibrate, estimate, priced
+from bot.budgets import Reservation
 from bot.catalog import UnknownModelError
 from bot.citations import sources_footer
 from bot.context import ReplyFailed, assemble
@@ -31,7 +34,7 @@ SHUTDOWN_NOTE = "Cut off: Parley is restarting."
 STOPPED = "stopped by the user"
 STOPPED_NOTE = "Stopped."
 
-Outcome = Literal["ok", "cut_off", "error", "command"]  # how a reply ended; "command": not a reply
+Outcome = Literal["ok", "cut_off", "error", "refused", "command"]  # how it ended; "command": not a reply
 SHUTDOWN_GRACE = 5.0  # seconds a cancelled reply has to close its message
 # What the reply says when the model stopped early, by Finish reason.
 FINISH_NOTES = {
@@ -67,11 +70,15 @@ class Reply:
         self._answer = Answer(model=conf.model)
         self._citations = Citations()
         self._renderer = engine.pacer.renderer(surface, on_render=self._shown)
+        self._reservation: Reservation | None = None  # what it holds against its budgets
+        self._started = 0.0
+        self._first_text: float | None = None
 
     async def run(self) -> Outcome:
         """Answer on the surface; returns how the reply ended."""
         settings = self._engine.settings
-        started = self._engine.clock.now()
+        started = self._started = self._engine.clock.now()
+        self._engine.metrics.active.inc()
         try:
             await self._surface.start()
         except Exception:
@@ -83,17 +90,21 @@ class Reply:
                 notes = await self._steps()
             outcome = "ok"
             final = self._final_text(notes)
+        except Refused as refusal:
+            final, outcome = str(refusal), "refused"
         except (ReplyFailed, UnknownModelError) as error:
             final = extend(answer.text, str(error))
         except ProviderError as error:
             final = extend(answer.text, error.user_message())
             outcome = "cut_off" if answer.text else "error"
+            self._engine.metrics.provider_errors.labels(error.kind.value).inc()
         except TimeoutError:
             sentence = f"The reply took longer than {settings.reply_timeout:g} seconds and was stopped."
             final = extend(answer.text, sentence)
             outcome = "cut_off" if answer.text else "error"
         except asyncio.CancelledError as cancelled:
             await self._end_cancelled(STOPPED_NOTE if cancelled.args[:1] == (STOPPED,) else SHUTDOWN_NOTE)
+            await self._account("cut_off", None)
             raise
         except Exception:
             log.exception("reply in %s failed", self._entry.message.key)
@@ -103,18 +114,43 @@ class Reply:
         latency_ms = int((self._engine.clock.now() - started) * 1000)
         await self._stored.finish(self._record(outcome, latency_ms))
         self._log(outcome, latency_ms)
+        await self._account(outcome, latency_ms / 1000)
         return outcome
+
+    async def _account(self, outcome: Outcome, seconds: float | None) -> None:
+        """Record what the reply spent, release what it held against its budgets, count it."""
+        engine, message = self._engine, self._entry.message
+        try:
+            await engine.store.record_usage(self._answer.ledger.rows(message, self._entry.id, time.time()))
+        except Exception:
+            log.exception("could not record the usage of the reply in %s", message.key)
+        if self._reservation is not None:
+            engine.budgets.settle(self._reservation)
+        metrics = engine.metrics
+        metrics.active.dec()
+        metrics.replies.labels(message.key.platform, outcome).inc()
+        metrics.spent(self._answer.ledger)
+        if outcome == "refused":
+            metrics.refused.labels("limit").inc()
+        if seconds is not None:
+            metrics.final_text.labels(message.key.platform).observe(seconds)
 
     async def _steps(self) -> list[str]:
         """Model, context, skills first, then the model's own rounds; returns notes for the person."""
         engine = self._engine
         if self._entry.turn_id is None:
             raise ReplyFailed("There is nothing to answer: the message was empty.")
+        message = self._entry.message
+        engine.access.count_reply(message.key, message.author)
         resolved = await engine.catalog.resolve(self._conf.model)
         self._answer.model = resolved.name
         context = await assemble(
             engine.settings, engine.store, engine.calibration, resolved, self._conf, self._entry
         )
+        usd, tokens = await estimate(
+            engine.catalog, engine.settings, resolved, context.prompt_estimate(), context.reply_room
+        )
+        self._reservation = await engine.budgets.reserve(message, usd, tokens)
         skill_context = SkillContext(
             self._entry.message.key,
             self._entry.message.author,
@@ -125,9 +161,13 @@ class Reply:
         recent = tuple(turn.content for turn in context.turns if turn.role == "user")[-3:]
         forced = (self._forced.skill, self._forced.arguments) if self._forced else None
         notes = list(context.notes)
+        if self._reservation.warning:
+            notes.append(self._reservation.warning)
         for result in await prefetch(
             engine.skills, recent[-1], recent, context.takes_tools, skill_context, forced
         ):
+            if result.searched:
+                self._answer.ledger.searches[result.searched] += 1
             context.add_material(result.text)
             if result.note and result.note not in notes:
                 notes.append(result.note)
@@ -136,7 +176,7 @@ class Reply:
         tools = engine.skills.tools(self._conf.skills) if context.takes_tools else ()
 
         async def price(usage: Usage, model: str) -> Usage:
-            return await priced(engine.catalog, usage, model, resolved)
+            return await priced(engine.catalog, engine.settings, usage, model, resolved)
 
         loop = ToolLoop(
             engine.attempts_for(self._conf.model, resolved),
@@ -159,6 +199,9 @@ class Reply:
         return notes
 
     async def _on_text(self, answer: Answer) -> None:
+        if self._first_text is None:
+            self._first_text = self._engine.clock.now() - self._started
+            self._engine.metrics.first_text.labels(self._entry.message.key.platform).observe(self._first_text)
         await self._stored.checkpoint(answer.text, answer.model)
 
     async def _shown(self) -> None:

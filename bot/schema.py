@@ -79,6 +79,7 @@ inbox = Table(
     Column("text", Text, nullable=False),
     Column("is_direct", Boolean, nullable=False, default=False),
     Column("reply_to", Text),  # JSON the adapter needs to answer it
+    Column("server", String(255)),  # the Discord server or Slack workspace it came from, if any
     Column("turn_id", Integer),  # the user turn stored with it; none for commands and empty messages
     Column("state", String(16), nullable=False),  # pending, done, expired
     Column("received_at", Float, nullable=False),
@@ -105,4 +106,45 @@ meta = Table(
     metadata,
     Column("name", String(255), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+# What replies used: one row per reply and model (every provider call, failed attempts included), and one
+# per reply and search backend. Kept apart from the turns, so /reset forgets the words, not the spending.
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("inbox_id", Integer),  # the message the reply answered
+    Column("platform", String(32), nullable=False),
+    Column("server", String(255)),  # "platform:id" of the Discord server or Slack workspace
+    Column("channel", String(255), nullable=False),  # "platform:channel", threads counted in their channel
+    Column("conversation", String(255), nullable=False),
+    Column("person", String(255), nullable=False),  # "platform:user id" of who asked
+    Column("person_name", String(255), nullable=False, default=""),
+    Column("kind", String(16), nullable=False),  # "model" or "search"
+    Column("name", String(255), nullable=False),  # the model that answered, or the search backend
+    Column("calls", Integer, nullable=False, default=0),  # provider calls, or searches made
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("reasoning_tokens", Integer, nullable=False, default=0),
+    Column("cached_tokens", Integer, nullable=False, default=0),
+    Column("cost", Float),  # USD; None when nothing said what it cost
+    Column("created_at", Float, nullable=False),
+    Index("ix_usage_person_created", "person", "created_at"),
+    Index("ix_usage_channel_created", "channel", "created_at"),
+    Index("ix_usage_server_created", "server", "created_at"),
+    Index("ix_usage_created", "created_at"),
+)
+
+# Budgets managers set with /budget, over the `[budgets]` defaults.
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("scope", String(16), primary_key=True),  # "channel" or "server"
+    Column("target", String(255), primary_key=True),  # "platform:id"
+    Column("period", String(8), primary_key=True),  # "daily" or "monthly"
+    Column("unit", String(8), primary_key=True),  # "usd" or "tokens"
+    Column("amount", Float),  # None: no limit here, whatever the default
+    Column("updated_by", String(255)),
+    Column("updated_at", Float),
 )

@@ -74,9 +74,13 @@ class _Written:
 
     def explain(self, problem: ErrorDetails) -> str:
         loc = tuple(str(part) for part in problem["loc"])
+        if loc[0] == "preset_extras":  # a preset's own [providers.NAME] table
+            loc = ("providers", *loc[1:])
         name, origin = self._origin(loc)
         kind = problem["type"]
         context = problem.get("ctx") or {}
+        if kind == "extra_forbidden":  # a key a [budgets] or [access] table does not have
+            return f"{name}{f' ({origin})' if origin else ''} is not a setting{_close_key(loc)}"
         if kind == "value_error":
             requirement = str(context.get("error", problem["msg"]))
         elif kind == "literal_error":
@@ -161,6 +165,14 @@ def _unknown_provider_keys(providers: dict[str, Any], config: Path) -> list[str]
                 hint = f"; did you mean {close[0]}?" if close else "."
                 found.append(f"{key} in [providers.{name}] of {config} is not a provider setting{hint}")
     return found
+
+
+def _close_key(loc: tuple[str, ...]) -> str:
+    """`; did you mean person_daily_usd?` for a misspelt key of a table Settings knows, else `.`."""
+    field = Settings.model_fields.get(loc[0])
+    keys = list(getattr(field.annotation, "model_fields", {})) if field is not None else []
+    close = difflib.get_close_matches(loc[-1], keys, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close and len(loc) == 2 else "."
 
 
 def _secret(loc: tuple[str, ...]) -> bool:

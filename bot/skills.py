@@ -37,6 +37,7 @@ class SkillResult:
     text: str  # what the model reads
     sources: tuple[Source, ...] = ()  # what the reply may cite, from the skill's own records
     note: str | None = None  # shown to the person, e.g. when the skill could not do its job
+    searched: str | None = None  # the search backend it asked (not a cached answer), for the usage
 
 
 @dataclass(slots=True)

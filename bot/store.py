@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, event, func, insert, or_, select, update
+from sqlalchemy import and_, delete, event, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from bot import migrations
 from bot.config import SetupError
 from bot.models import Attachment, Author, ConversationKey, Message
-from bot.schema import conversation_settings, inbox, inbox_files, meta, skill_modes, turns
+from bot.schema import budgets, conversation_settings, inbox, inbox_files, meta, skill_modes, turns, usage
 
 SETTING_FIELDS = ("model", "system_prompt", "autoreply")
 FIRST_PAGE = 32  # turns the first query reads while filling a context budget; each later query reads 4x more
@@ -151,6 +151,7 @@ class Store:
                         text=message.text,
                         is_direct=message.is_direct,
                         reply_to=json.dumps(reply_to) if reply_to is not None else None,
+                        server=message.server_id,
                         turn_id=turn_id,
                         state="pending",
                         received_at=now,
@@ -377,6 +378,91 @@ class Store:
     async def set_meta(self, name: str, value: str) -> None:
         await self._upsert(meta, {"name": name}, {"value": value})
 
+    # Usage and budgets
+
+    async def record_usage(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            async with self._db.begin() as conn:
+                await conn.execute(insert(usage), list(rows))
+
+    async def spent(self, column: str, target: str, since: float) -> tuple[float, int]:
+        """USD and tokens the models used for `target` (a person, channel or server) since a moment."""
+        query = select(
+            func.coalesce(func.sum(usage.c.cost), 0.0),
+            func.coalesce(func.sum(usage.c.prompt_tokens + usage.c.completion_tokens), 0),
+        ).where(usage.c[column] == target, usage.c.kind == "model", usage.c.created_at >= since)
+        async with self._db.connect() as conn:
+            cost, tokens = (await conn.execute(query)).one()
+        return float(cost), int(tokens)
+
+    async def usage_report(
+        self, kind: str, by: str, since: float, where: dict[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Usage since a moment, summed by a column (`name`, `person`, `channel`), biggest cost first."""
+        group = usage.c[by]
+        query = select(
+            group.label("key"),
+            func.max(usage.c.person_name).label("person_name"),
+            func.sum(usage.c.calls).label("calls"),
+            func.sum(usage.c.prompt_tokens).label("prompt_tokens"),
+            func.sum(usage.c.completion_tokens).label("completion_tokens"),
+            func.sum(usage.c.reasoning_tokens).label("reasoning_tokens"),
+            func.sum(usage.c.cached_tokens).label("cached_tokens"),
+            func.sum(usage.c.cost).label("cost"),
+            func.count(func.distinct(usage.c.inbox_id)).label("replies"),
+        ).where(usage.c.kind == kind, usage.c.created_at >= since)
+        for column, value in (where or {}).items():
+            query = query.where(usage.c[column] == value)
+        query = query.group_by(group).order_by(
+            func.coalesce(func.sum(usage.c.cost), 0.0).desc(),
+            func.sum(usage.c.prompt_tokens + usage.c.completion_tokens).desc(),
+            group,
+        )
+        async with self._db.connect() as conn:
+            return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+    async def budget_overrides(self, targets: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Budgets set with /budget for the given (scope, target) pairs."""
+        if not targets:
+            return []
+        which = or_(
+            *(and_(budgets.c.scope == scope, budgets.c.target == target) for scope, target in targets)
+        )
+        async with self._db.connect() as conn:
+            return [dict(row) for row in (await conn.execute(select(budgets).where(which))).mappings()]
+
+    async def set_budget(
+        self, scope: str, target: str, period: str, unit: str, amount: float | None, updated_by: str
+    ) -> None:
+        key = {"scope": scope, "target": target, "period": period, "unit": unit}
+        await self._upsert(
+            budgets, key, {"amount": amount, "updated_by": updated_by, "updated_at": time.time()}
+        )
+
+    async def clear_budget(self, scope: str, target: str, period: str, unit: str) -> None:
+        """Back to the `[budgets]` default."""
+        async with self._db.begin() as conn:
+            await conn.execute(
+                delete(budgets).where(
+                    budgets.c.scope == scope,
+                    budgets.c.target == target,
+                    budgets.c.period == period,
+                    budgets.c.unit == unit,
+                )
+            )
+
+    # For operators
+
+    async def ping(self) -> None:
+        """Raises when the database cannot be reached."""
+        async with self._db.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def pending_count(self) -> int:
+        async with self._db.connect() as conn:
+            query = select(func.count()).select_from(inbox).where(inbox.c.state == "pending")
+            return int((await conn.execute(query)).scalar_one())
+
     async def _upsert(self, table: Any, key: dict[str, Any], values: dict[str, Any]) -> None:
         """INSERT … ON CONFLICT DO UPDATE: two writers racing on one key both succeed, the last one wins."""
         dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
@@ -513,6 +599,7 @@ def _entry(row: Any, attachments: list[Attachment]) -> InboxEntry:
         attachments=tuple(attachments),
         is_direct=bool(row["is_direct"]),
         created_at=row["received_at"],
+        server_id=row["server"],
     )
     return InboxEntry(row["id"], message, _json(row["reply_to"]), row["turn_id"], row["received_at"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
-from bot.accounting import add_usage
+from bot.accounting import Ledger, add_usage
 from bot.providers.base import (
     ChatMessage,
     ChatRequest,
@@ -36,6 +36,7 @@ class Answer:
     finish: str | None = None
     rounds: int = 0
     notes: list[str] = field(default_factory=list)  # from the skills it called
+    ledger: Ledger = field(default_factory=Ledger)  # what it spent, by model and search backend
 
     @property
     def shown(self) -> str:
@@ -79,6 +80,8 @@ class ToolLoop:
                 result = await self._registry.call(call.name, call.arguments, self._skill_context)
                 if result.note and result.note not in answer.notes:
                     answer.notes.append(result.note)
+                if result.searched:
+                    answer.ledger.searches[result.searched] += 1
                 results.append(ChatMessage("tool", result.text, tool_call_id=call.id))
             assistant = ChatMessage(
                 "assistant", answer.round_text, tool_calls=tuple(calls), replay=answer.round_replay
@@ -92,7 +95,6 @@ class ToolLoop:
             attempts, max_retries=self._max_retries, retry_after_cap=self._retry_after_cap
         )
         calls: list[ToolCall] = []
-        usage: Usage | None = None
         answer.round_text = ""
         answer.round_replay = None
         answer.rounds += 1
@@ -111,13 +113,14 @@ class ToolLoop:
                 calls.append(event)
             elif isinstance(event, Replay):
                 answer.round_replay = event
-            elif isinstance(event, Usage):
-                usage = event
+            elif isinstance(event, Usage):  # priced by the model that spent it, a failed attempt's too
+                model = stream.attempting or answer.model
+                spent = await self._price(event, model)
+                answer.usage = add_usage(answer.usage, spent)
+                answer.ledger.add(model, spent)
             elif isinstance(event, Finish):
                 answer.finish = event.reason
         answer.model = stream.answered_by or answer.model
-        if usage is not None:  # each call is priced by the model that answered it
-            answer.usage = add_usage(answer.usage, await self._price(usage, answer.model))
         return calls
 
 

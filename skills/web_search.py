@@ -89,9 +89,11 @@ class WebSearch:
                 "No search was made: the query was empty.", note="Web search had nothing to search for."
             )
         cached = self._cache.get(query.lower())
+        searched = None  # the backend asked, for the usage; a cached answer asked none
         if cached and self._clock() - cached[0] < self._settings.search_cache_seconds:
             sources, pages = cached[1], cached[2]
         else:
+            searched = self._settings.search_backend
             try:
                 backend = self._backend or backend_for(self._settings, self._client)
                 self.searches += 1
@@ -100,15 +102,18 @@ class WebSearch:
                 return SkillResult(
                     f"Web search failed: {error}",
                     note=f"Web search failed, so this answer is without it: {error}",
+                    searched=searched,
                 )
             pages = await self._read_pages(sources[: self._settings.search_pages_read])
             self._remember(query.lower(), sources, pages)
         if not sources:
             return SkillResult(
-                f"Web search for {query!r} found nothing.", note=f"Web search found nothing for {query!r}."
+                f"Web search for {query!r} found nothing.",
+                note=f"Web search found nothing for {query!r}.",
+                searched=searched,
             )
         first = (citations or Citations()).add(sources)
-        return SkillResult(results_block(sources, pages, first), sources)
+        return SkillResult(results_block(sources, pages, first), sources, searched=searched)
 
     def _remember(self, key: str, sources: tuple[Source, ...], pages: dict[str, str]) -> None:
         """Cache a search, dropping expired entries so a long-running bot does not grow without end."""

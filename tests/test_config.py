@@ -18,7 +18,7 @@ from bot.logs import JsonFormatter, RedactingFormatter, configure_logging, log_e
 from bot.settings_loader import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-TOML_ONLY = {"providers", "fallbacks"}  # tables, documented with parley.toml
+TOML_ONLY = {"providers", "fallbacks", "budgets", "access", "preset_extras"}  # tables, in parley.toml
 LOCATIONS = {"PARLEY_HOME", "PARLEY_CONFIG"}  # environment only: they say where the rest is read from
 
 
@@ -415,3 +415,32 @@ def test_every_setting_is_in_env_example_and_the_readme_tables_and_nothing_else(
     for table in ("[providers.NAME]", "[fallbacks]"):
         assert table in readme and table in example
     assert all(name in example for name in LOCATIONS)
+
+
+def test_budgets_access_and_prices_are_checked_in_the_names_written(isolated: Path) -> None:
+    (isolated / "parley.toml").write_text(
+        "[budgets]\nperson_dayly_usd = 1\nchannel_monthly_tokens = -5\n"
+        '[access]\nallow_user = ["U1"]\nrefuse_in_channel = "shout"\n'
+        '[providers.anthropic.prices]\n"claude-sonnet-4-5" = { prompt = "lots" }\n'
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    where = f"(in {isolated}/parley.toml)"
+    assert sorted(refused.value.problems) == [
+        f"access.allow_user {where} is not a setting; did you mean allow_users?",
+        f"access.refuse_in_channel {where} must be 'silent' or 'reply', not 'shout'.",
+        f"budgets.channel_monthly_tokens {where} must be at least 0, not -5.",
+        f"budgets.person_dayly_usd {where} is not a setting; did you mean person_daily_usd?",
+        f"providers.anthropic.prices.claude-sonnet-4-5.prompt {where} must be a number, not 'lots'.",
+    ]
+
+
+def test_a_presets_prices_table_adds_to_the_preset(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-1")
+    (isolated / "parley.toml").write_text(
+        '[providers.anthropic.prices]\n"claude-sonnet-4-5" = { prompt = 3, completion = 15 }\n'
+    )
+    anthropic = load_settings().settings.provider_settings()["anthropic"]
+    assert (anthropic.api, anthropic.base_url) == ("anthropic", "https://api.anthropic.com")
+    price = anthropic.prices["claude-sonnet-4-5"]
+    assert (price.prompt, price.completion) == (3.0, 15.0)

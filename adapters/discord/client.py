@@ -13,9 +13,10 @@ import discord
 from discord import app_commands
 
 from adapters.discord.commands import install
-from adapters.discord.facts import author_of, conversation_key
+from adapters.discord.facts import author_of, conversation_key, server_of
 from adapters.discord.surface import NO_PINGS
 from bot.addressing import Arrival, Rules
+from bot.metrics import Metrics
 from bot.models import Attachment, Message
 
 if TYPE_CHECKING:
@@ -45,7 +46,12 @@ class ParleyDiscord(discord.Client):
         intents = discord.Intents.default()
         intents.message_content = True
         # `guild_ready`: how long READY waits for one more server to arrive (each arrives on its own).
-        super().__init__(intents=intents, allowed_mentions=NO_PINGS, guild_ready_timeout=guild_ready)
+        super().__init__(
+            intents=intents,
+            allowed_mentions=NO_PINGS,
+            guild_ready_timeout=guild_ready,
+            http_trace=_rate_limits_counted(platform.engine.metrics),
+        )
         self.platform = platform
         self.engine = platform.engine
         self.tree = app_commands.CommandTree(self)
@@ -114,15 +120,23 @@ class ParleyDiscord(discord.Client):
             replies_to_parley=isinstance(reference, discord.Message) and reference.author == self.user,
         )
         rules = Rules(reply_in_dms=self.platform.settings.discord_reply_in_dms)
-        if await self.engine.addressing.reason(arrival, rules) is None:
+        reason = await self.engine.addressing.reason(arrival, rules)
+        if reason is None:
+            return
+        author, server = author_of(message.author, message.channel), server_of(message.channel)
+        if refusal := self.engine.access.refusal(key, author, server):
+            self.engine.metrics.refused.labels("access").inc()
+            if self.engine.access.tells(reason, private=arrival.direct):  # a DM is private
+                await self._refuse(message, refusal)
             return
         incoming = Message(
             key=key,
-            author=author_of(message.author, message.channel),
+            author=author,
             text=self._readable(message),
             id=str(message.id),
             attachments=tuple([await _download(attachment) for attachment in message.attachments]),
             is_direct=arrival.direct,
+            server_id=server,
         )
         reply_to = {"channel": str(message.channel.id), "message": str(message.id)}
         if previous is not None:
@@ -137,6 +151,14 @@ class ParleyDiscord(discord.Client):
                 allowed_mentions=NO_PINGS,
             )
 
+    async def _refuse(self, message: discord.Message, refusal: str) -> None:
+        try:
+            await message.channel.send(
+                refusal, reference=message.to_reference(fail_if_not_exists=False), allowed_mentions=NO_PINGS
+            )
+        except discord.HTTPException as error:
+            log.warning("could not tell %s they may not use Parley (%s)", message.author.id, error.status)
+
     def _readable(self, message: discord.Message) -> str:
         """The text as people read it, without Parley's own mention."""
         text = message.clean_content
@@ -144,6 +166,18 @@ class ParleyDiscord(discord.Client):
             for name in {self.user.display_name, self.user.name}:
                 text = text.replace(f"@{name}", "")
         return " ".join(text.split(" ")).strip()
+
+
+def _rate_limits_counted(metrics: Metrics) -> aiohttp.TraceConfig:
+    """Every 429 Discord answers, for the metrics (discord.py waits and retries on its own)."""
+    trace = aiohttp.TraceConfig()
+
+    async def on_request_end(session: object, context: object, params: aiohttp.TraceRequestEndParams) -> None:
+        if params.response.status == 429:
+            metrics.platform_429s.labels("discord").inc()
+
+    trace.on_request_end.append(on_request_end)
+    return trace
 
 
 async def _download(attachment: discord.Attachment) -> Attachment:

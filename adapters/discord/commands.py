@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord import app_commands
 
-from adapters.discord.facts import author_of, conversation_key
+from adapters.discord.facts import author_of, conversation_key, server_of
 from adapters.discord.interactions import AUTOCOMPLETE_WAIT, CHOICE_LIMIT, answer_command
 from adapters.discord.surface import NO_PINGS
 from bot import commands
@@ -40,12 +40,23 @@ def install(tree: app_commands.CommandTree[discord.Client], platform: DiscordPla
 def incoming(interaction: discord.Interaction, text: str) -> Message:
     channel = interaction.channel
     key = conversation_key(channel) if channel else ConversationKey("discord", str(interaction.channel_id))
-    return Message(key=key, author=author_of(interaction.user, channel), text=text, id=str(interaction.id))
+    return Message(
+        key=key,
+        author=author_of(interaction.user, channel),
+        text=text,
+        id=str(interaction.id),
+        server_id=str(interaction.guild_id) if interaction.guild_id else server_of(channel),
+    )
 
 
 def _slash(command: commands.Command, platform: DiscordPlatform) -> app_commands.Command:
     async def callback(interaction: discord.Interaction, **values: str | None) -> None:
         line = command.line([values.get(option.name) for option in command.options])
+        asking = incoming(interaction, "")
+        if refusal := platform.engine.access.refusal(asking.key, asking.author, asking.server_id):
+            platform.engine.metrics.refused.labels("access").inc()
+            await interaction.response.send_message(refusal, ephemeral=True, allowed_mentions=NO_PINGS)
+            return
         if command.starts_reply:
             await _start_reply(platform, interaction, line)
         else:

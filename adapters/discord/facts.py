@@ -25,3 +25,9 @@ def author_of(user: discord.User | discord.Member, channel: object) -> Author:
         )
         is_manager = permissions.manage_channels
     return Author(str(user.id), user.display_name, is_channel_manager=is_manager, role_ids=roles)
+
+
+def server_of(channel: object) -> str | None:
+    """The server (guild) a channel belongs to; None in a DM."""
+    guild = getattr(channel, "guild", None)
+    return str(guild.id) if guild is not None else None

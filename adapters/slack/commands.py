@@ -45,13 +45,19 @@ class SlashCommands:
         self, ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
     ) -> None:
         await ack()  # within Slack's 3 seconds; the answer follows through the response URL
+        team = context.team_id or command.get("team_id")
+        asking = ConversationKey(PLATFORM, command["channel_id"])
+        if refusal := self.engine.access.refusal(asking, Author(command["user_id"], ""), team):
+            self.engine.metrics.refused.labels("access").inc()
+            await respond(text=refusal, response_type="ephemeral")
+            return
         line = " ".join(command.get("text", "").split()) or "help"
         verb, _, rest = line.partition(" ")
         chosen = self.commands.get(verb.lower())
         if chosen is not None and chosen.starts_reply:
             await self._start_reply(chosen, rest, command, respond, context)
             return
-        message = await self._message(command["user_id"], command["channel_id"], line)
+        message = await self._message(command["user_id"], command["channel_id"], line, team)
         if line.lower() == "model":
             await respond(**await self._picker(message.key))
             return
@@ -93,6 +99,7 @@ class SlashCommands:
             text="/" + chosen.line([text]),
             id=ts,
             created_at=float(ts),
+            server_id=context.team_id or command.get("team_id"),
         )
         reply_to = {
             "channel": channel,
@@ -111,20 +118,21 @@ class SlashCommands:
         await ack()
         name = action["selected_option"]["value"]
         channel = (body.get("channel") or {}).get("id") or body.get("container", {}).get("channel_id", "")
-        message = await self._message(body["user"]["id"], channel, f"model {name}")
+        team = (body.get("team") or {}).get("id") or body["user"].get("team_id")
+        message = await self._message(body["user"]["id"], channel, f"model {name}", team)
         result = await self.engine.run_command(message, f"model {name}")
         if result.ephemeral:  # a refusal or an unknown name: shown in place of the picker
             await respond(text=_plain(result.text), replace_original=True)
         else:  # a change everyone in the channel should see
             await respond(text=_plain(result.text), response_type="in_channel", delete_original=True)
 
-    async def _message(self, user_id: str, channel: str, line: str) -> Message:
+    async def _message(self, user_id: str, channel: str, line: str, team: str | None) -> Message:
         author = Author(
             user_id,
             await self.people.display_name(user_id),
             is_channel_manager=await self.people.is_channel_manager(user_id, channel),
         )
-        return Message(key=ConversationKey(PLATFORM, channel), author=author, text="/" + line)
+        return Message(key=ConversationKey(PLATFORM, channel), author=author, text="/" + line, server_id=team)
 
     async def _send(self, respond: AsyncRespond, result: CommandResult) -> None:
         text = self._command_name.sub(r"/parley \1", _plain(result.text))

@@ -12,7 +12,9 @@ import logging
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_sdk.errors import SlackApiError
 
+from adapters.slack.errors import error_code
 from adapters.slack.files import download_files
 from adapters.slack.markup import readable
 from adapters.slack.people import People
@@ -68,15 +70,31 @@ class Listeners:
         }
         if reason == "autoreply" and not thread_ts and not direct:
             key = key.channel  # the channel's memory, answered in the message's thread
+        if refusal := self.engine.access.refusal(key, Author(event["user"], ""), reply_to["team"]):
+            self.engine.metrics.refused.labels("access").inc()
+            if self.engine.access.tells(reason, private=True):  # an ephemeral message
+                await self._refuse(context, channel, event["user"], key.thread_id, refusal)
+            return
         try:
-            message = await self._message(event, key, bot_user, direct)
+            message = await self._message(event, key, bot_user, direct, reply_to["team"])
         except Exception:
             log.exception("could not read a Slack message in %s", channel)
             return
         await self.engine.accept(message, reply_to)
 
+    async def _refuse(
+        self, context: AsyncBoltContext, channel: str, user: str, thread_ts: str | None, refusal: str
+    ) -> None:
+        """Only the person refused sees why (an ephemeral message); nothing of theirs is stored."""
+        try:
+            await context.client.chat_postEphemeral(
+                channel=channel, user=user, text=refusal, thread_ts=thread_ts
+            )
+        except SlackApiError as error:
+            log.warning("could not tell %s they may not use Parley: %s", user, error_code(error))
+
     async def _message(
-        self, event: dict[str, Any], key: ConversationKey, bot_user: str, direct: bool
+        self, event: dict[str, Any], key: ConversationKey, bot_user: str, direct: bool, team: str | None
     ) -> Message:
         user = event["user"]
         text = await readable(event.get("text", ""), self.people, strip=bot_user)
@@ -94,4 +112,5 @@ class Listeners:
             ),
             is_direct=direct,
             created_at=float(event["ts"]),
+            server_id=team,
         )

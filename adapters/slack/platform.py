@@ -15,6 +15,9 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.commands import SlashCommands
@@ -27,6 +30,7 @@ from adapters.slack.surface import SlackSurface
 from adapters.slack.workspace import Workspace
 from bot.config import Settings, SetupError
 from bot.engine import Engine
+from bot.metrics import Metrics, routes
 from bot.models import ConversationKey, HistoryEntry
 
 log = logging.getLogger(__name__)
@@ -66,7 +70,9 @@ class SlackPlatform:
             token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url
         )
         # Slack's 429s carry Retry-After; the client waits that long and sends the call again.
-        client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES))
+        client.retry_handlers.append(
+            CountedRateLimits(self._engine.metrics, max_retry_count=RATE_LIMIT_RETRIES)
+        )
         self._client = client
         people = People(client)
         self._workspace = Workspace.from_auth_test(
@@ -80,7 +86,9 @@ class SlackPlatform:
             log.info("Slack connected over Socket Mode")
             return
         assert settings.slack_signing_secret is not None
-        self._runner = web.AppRunner(events_app(app, settings.slack_signing_secret.get_secret_value()))
+        served = events_app(app, settings.slack_signing_secret.get_secret_value())
+        served.add_routes(routes(self._engine.store, self._engine.metrics, self._engine.health))
+        self._runner = web.AppRunner(served)
         await self._runner.setup()
         try:
             await web.TCPSite(self._runner, self._host, self.port).start()
@@ -172,6 +180,26 @@ class SlackPlatform:
     async def permalink(self, conversation: ConversationKey, message_id: str) -> str:
         assert self._workspace is not None
         return self._workspace.permalink(conversation.channel_id, message_id, conversation.thread_id)
+
+
+class CountedRateLimits(AsyncRateLimitErrorRetryHandler):
+    """Slack's 429s, waited out and retried as before, and counted for the metrics."""
+
+    def __init__(self, metrics: Metrics, *, max_retry_count: int) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self._metrics = metrics
+
+    async def can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if response is not None and response.status_code == 429:
+            self._metrics.platform_429s.labels(PLATFORM).inc()
+        return await super().can_retry_async(state=state, request=request, response=response, error=error)
 
 
 async def _check(call: Awaitable[Any], token_name: str, api_url: str) -> Any:

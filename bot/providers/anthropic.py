@@ -43,7 +43,7 @@ class AnthropicProvider(HTTPProvider):
         await stream.open(
             self._client, f"{self._base}/v1/messages", _body(request, source), self._headers(), secret
         )
-        prompt_tokens = completion_tokens = 0
+        prompt_tokens = completion_tokens = cached_tokens = 0
         stop_reason: str | None = None
         blocks: dict[int, dict[str, Any]] = {}  # every content block as it arrived, for the replay
         tools: dict[int, list[str]] = {}  # the JSON pieces of each tool_use block
@@ -57,10 +57,18 @@ class AnthropicProvider(HTTPProvider):
                 kind = data.get("type") or event.event
                 index = data.get("index", 0)
                 if kind == "error":
+                    if prompt_tokens:  # a failed call that consumed tokens is still paid for
+                        yield Usage(prompt_tokens, completion_tokens, cached_tokens=cached_tokens)
                     raise error_from_payload(self.name, request.model, data.get("error") or data, secret)
                 if kind == "message_start":
                     usage = (data.get("message") or {}).get("usage") or {}
-                    prompt_tokens = int(usage.get("input_tokens") or 0)
+                    # input_tokens leaves out what the prompt cache wrote and read; the prompt is all three.
+                    cached_tokens = int(usage.get("cache_read_input_tokens") or 0)
+                    prompt_tokens = (
+                        int(usage.get("input_tokens") or 0)
+                        + cached_tokens
+                        + int(usage.get("cache_creation_input_tokens") or 0)
+                    )
                     completion_tokens = int(usage.get("output_tokens") or 0)
                 elif kind == "content_block_start":
                     block = dict(data.get("content_block") or {})
@@ -103,7 +111,7 @@ class AnthropicProvider(HTTPProvider):
             raise stream.broken("the stream ended before the reply was complete")
         if content := _replayed([blocks[i] for i in sorted(blocks)]):
             yield Replay(source, {"content": content})
-        yield Usage(prompt_tokens, completion_tokens)
+        yield Usage(prompt_tokens, completion_tokens, cached_tokens=cached_tokens)
         yield Finish(_FINISH.get(stop_reason or "end_turn", stop_reason or "stop"))
 
     async def list_models(self) -> list[ModelInfo]:

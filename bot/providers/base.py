@@ -72,6 +72,8 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cost: float | None = None  # USD, when the provider reports it
+    reasoning_tokens: int = 0  # of the completion tokens, those spent thinking
+    cached_tokens: int = 0  # of the prompt tokens, those read from the provider's prompt cache
 
 
 @dataclass(frozen=True, slots=True)

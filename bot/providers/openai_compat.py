@@ -55,10 +55,12 @@ class OpenAICompatibleProvider(HTTPProvider):
                     chunk = json.loads(event.data)
                 except ValueError:
                     raise stream.broken("the provider sent a chunk that is not JSON") from None
-                if chunk.get("error"):
-                    raise error_from_payload(self.name, request.model, chunk["error"], secret)
                 if isinstance(chunk.get("usage"), dict):
                     usage = _usage(chunk["usage"])
+                if chunk.get("error"):
+                    if usage is not None:  # a failed call that consumed tokens is still paid for
+                        yield usage
+                    raise error_from_payload(self.name, request.model, chunk["error"], secret)
                 for choice in chunk.get("choices") or []:
                     delta = choice.get("delta") or {}
                     for fragment in delta.get("reasoning_details") or []:
@@ -206,10 +208,14 @@ def _merge_tool_call(calls: dict[int, dict[str, Any]], fragment: dict[str, Any])
 
 def _usage(raw: dict[str, Any]) -> Usage:
     cost = raw.get("cost")
+    completion_details = raw.get("completion_tokens_details") or {}
+    prompt_details = raw.get("prompt_tokens_details") or {}
     return Usage(
         prompt_tokens=int(raw.get("prompt_tokens") or 0),
         completion_tokens=int(raw.get("completion_tokens") or 0),
         cost=float(cost) if isinstance(cost, int | float) else None,
+        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+        cached_tokens=int(prompt_details.get("cached_tokens") or 0),
     )
 
 

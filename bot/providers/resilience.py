@@ -45,10 +45,12 @@ class ResilientStream:
         self._sleep = sleep
         self._rng = rng
         self.answered_by: str | None = None
+        self.attempting: str | None = None  # the model the events now come from, failed attempts included
 
     async def events(self) -> AsyncIterator[StreamEvent]:
         first_error: ProviderError | None = None
         for attempt in self._attempts:
+            self.attempting = attempt.label
             for retry in range(self._max_retries + 1):
                 visible = False
                 try:

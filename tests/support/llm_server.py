@@ -44,6 +44,8 @@ class Script:
     tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, JSON arguments)
     usage: tuple[int, int] | None = (12, 3)
     cost: float | None = None
+    reasoning_tokens: int = 0  # of the completion tokens; sent in the usage's details, as OpenAI does
+    cached_tokens: int = 0  # of the prompt tokens
     finish: str = "stop"
     delay: float = 0.0  # between tokens
     first_delay: float = 0.0  # before the first token
@@ -267,6 +269,10 @@ class LLMServer:
             usage: dict[str, Any] = {"prompt_tokens": script.usage[0], "completion_tokens": script.usage[1]}
             if script.cost is not None:
                 usage["cost"] = script.cost
+            if script.reasoning_tokens:
+                usage["completion_tokens_details"] = {"reasoning_tokens": script.reasoning_tokens}
+            if script.cached_tokens:
+                usage["prompt_tokens_details"] = {"cached_tokens": script.cached_tokens}
             await send({"object": "chat.completion.chunk", "choices": [], "usage": usage})
         await response.write(b"data: [DONE]\n\n")
         return response
@@ -286,7 +292,12 @@ class LLMServer:
                 "message": {
                     "id": "msg_1",
                     "role": "assistant",
-                    "usage": {"input_tokens": prompt, "output_tokens": 1},
+                    # Anthropic's input_tokens leave out what the prompt cache read.
+                    "usage": {
+                        "input_tokens": prompt - script.cached_tokens,
+                        "output_tokens": 1,
+                        **({"cache_read_input_tokens": script.cached_tokens} if script.cached_tokens else {}),
+                    },
                 }
             },
         )

@@ -83,6 +83,7 @@ PER_CHANNEL_LIMITS = {"chat.postMessage"}
 METHOD_SCOPES = {
     "assistant.threads.setStatus": "chat:write",  # assistant:write is being retired
     "chat.postMessage": "chat:write",
+    "chat.postEphemeral": "chat:write",
     "chat.update": "chat:write",
     "chat.delete": "chat:write",
     "chat.startStream": "chat:write",
@@ -199,6 +200,7 @@ class SlackAPI:
         self.calls: list[Call] = []
         self.messages: dict[str, SlackMessage] = {}
         self.responses: list[dict[str, Any]] = []  # what slash commands and actions sent to response_url
+        self.ephemerals: list[dict[str, Any]] = []  # chat.postEphemeral: seen only by `user`, never stored
         self.fail: dict[str, str] = {}
         self.rate_limit: dict[str, int] = {}
         # Slack's own budgets: method -> (calls, seconds); `throttled` counts the 429s per method.
@@ -485,6 +487,18 @@ class SlackAPI:
         self.messages[ts] = message
         self._replied(message.channel, message.thread_ts)
         return {"channel": message.channel, "ts": ts, "message": {"text": message.text, "ts": ts}}
+
+    def _chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Shown to one person in a channel and kept nowhere; Slack wants the channel, the user and a text."""
+        channel, user = str(args.get("channel", "")), str(args.get("user", ""))
+        if not self._exists(channel):
+            return {"error": "channel_not_found"}
+        if not user or (self.users and user not in self.users):
+            return {"error": "user_not_found"}
+        if not args.get("text") and not args.get("blocks") and not args.get("attachments"):
+            return {"error": "no_text"}
+        self.ephemerals.append(dict(args))
+        return {"message_ts": self._new_ts()}
 
     def _replied(self, channel: str, thread_ts: str | None) -> None:
         """The app's message in a thread clears the thread's status."""

@@ -1,0 +1,287 @@
+"""Budgets per person, channel and server, per day or month, in USD or tokens.
+
+A reply starts only while what was spent plus what the replies under way have reserved is below every
+budget that applies; it reserves its own estimate (its prompt and the room kept for its answer) before
+anything is sent to the provider, and the reservation is settled once its real usage is recorded. So two
+replies racing at the edge of a budget cannot both pass. Reservations live in this process: a crash
+releases them, and the usage already recorded stays counted. Periods are UTC days and months.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from bot.access import Refused
+from bot.config import BudgetDefaults
+from bot.models import CommandResult, Message
+
+if TYPE_CHECKING:
+    from bot.engine import Engine
+    from bot.store import Store
+
+SCOPES = ("person", "channel", "server")
+PERIODS = ("daily", "monthly")
+UNITS = ("usd", "tokens")
+WARN_AT = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    scope: str  # person, channel or server
+    target: str  # "platform:id"
+    period: str  # daily or monthly
+    unit: str  # usd or tokens
+    amount: float
+    set_here: bool  # set with /budget, not a `[budgets]` default
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """A budget and what is spent against it in its current period."""
+
+    limit: Limit
+    used: float
+    resets: datetime
+
+
+@dataclass(slots=True)
+class Reservation:
+    """What one reply holds against its budgets until its usage is recorded."""
+
+    targets: list[tuple[str, str]]  # (scope, target)
+    usd: float
+    tokens: int
+    warning: str | None = None
+    settled: bool = field(default=False)
+
+
+def targets_of(message: Message) -> list[tuple[str, str]]:
+    key = message.key
+    found = [
+        ("person", f"{key.platform}:{message.author.id}"),
+        ("channel", f"{key.platform}:{key.channel_id}"),
+    ]
+    if message.server_id:
+        found.append(("server", f"{key.platform}:{message.server_id}"))
+    return found
+
+
+def period_start(period: str, now: float) -> datetime:
+    moment = datetime.fromtimestamp(now, UTC)
+    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day if period == "daily" else day.replace(day=1)
+
+
+def period_end(period: str, now: float) -> datetime:
+    start = period_start(period, now)
+    if period == "daily":
+        return start + timedelta(days=1)
+    return (start + timedelta(days=32)).replace(day=1)
+
+
+def amount_text(unit: str, value: float) -> str:
+    return f"${value:,.2f}" if unit == "usd" else f"{int(value):,} tokens"
+
+
+def server_word(platform: str) -> str:
+    return "workspace" if platform == "slack" else "server"
+
+
+class Budgets:
+    def __init__(
+        self, store: Store, defaults: BudgetDefaults, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._store = store
+        self._defaults = defaults
+        self._clock = clock
+        self._lock = asyncio.Lock()  # a check and its reservation are one step
+        self._reserved: dict[tuple[str, str], list[float]] = {}  # (scope, target) -> [usd, tokens]
+
+    async def limits(self, message: Message) -> list[Limit]:
+        """Every budget that applies to a message: /budget's for its channel and server, else the defaults."""
+        targets = targets_of(message)
+        overrides = {
+            (row["scope"], row["target"], row["period"], row["unit"]): row["amount"]
+            for row in await self._store.budget_overrides([t for t in targets if t[0] != "person"])
+        }
+        found = []
+        for scope, target in targets:
+            for period in PERIODS:
+                for unit in UNITS:
+                    name = (scope, target, period, unit)
+                    if name in overrides:
+                        amount, set_here = overrides[name], True
+                    else:
+                        amount, set_here = getattr(self._defaults, f"{scope}_{period}_{unit}"), False
+                    if amount is not None:
+                        found.append(Limit(scope, target, period, unit, float(amount), set_here))
+        return found
+
+    async def standing(self, message: Message) -> list[Standing]:
+        now = self._clock()
+        limits = await self.limits(message)
+        used = await self._used(limits, now)
+        return [
+            Standing(limit, spent, period_end(limit.period, now))
+            for limit, spent in zip(limits, used, strict=True)
+        ]
+
+    async def reserve(self, message: Message, usd: float, tokens: int) -> Reservation:
+        """Hold a reply's estimate against its budgets; Refused, in one sentence, when one is used up."""
+        now = self._clock()
+        warning = None
+        limits = await self.limits(message)
+        if not limits:  # nothing to hold against: no lock, so replies without budgets never queue here
+            return Reservation([], 0.0, 0)
+        async with self._lock:
+            for limit, used in zip(limits, await self._used(limits, now), strict=True):
+                held = self._reserved.get((limit.scope, limit.target), [0.0, 0])[UNITS.index(limit.unit)]
+                if used + held >= limit.amount:
+                    raise Refused(refusal(message, limit, used, period_end(limit.period, now)))
+                if warning is None and used >= WARN_AT * limit.amount:
+                    warning = await self._warn_once(message, limit, used, now)
+            targets = targets_of(message)
+            for target in targets:
+                held = self._reserved.setdefault(target, [0.0, 0])
+                held[0] += usd
+                held[1] += tokens
+        return Reservation(targets, usd, tokens, warning)
+
+    def settle(self, reservation: Reservation) -> None:
+        """Release a reservation: its reply's real usage is recorded (or it spent nothing)."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        for target in reservation.targets:
+            held = self._reserved[target]
+            held[0] -= reservation.usd
+            held[1] -= reservation.tokens
+            if held[0] <= 1e-12 and held[1] <= 0:
+                del self._reserved[target]
+
+    async def _used(self, limits: list[Limit], now: float) -> list[float]:
+        """What each budget's target spent in its period: one query per target and period."""
+        spent: dict[tuple[str, str, str], tuple[float, int]] = {}
+        used = []
+        for limit in limits:
+            key = (limit.scope, limit.target, limit.period)
+            if key not in spent:
+                since = period_start(limit.period, now).timestamp()
+                spent[key] = await self._store.spent(limit.scope, limit.target, since)
+            usd, tokens = spent[key]
+            used.append(usd if limit.unit == "usd" else float(tokens))
+        return used
+
+    async def _warn_once(self, message: Message, limit: Limit, used: float, now: float) -> str | None:
+        """The 80 % note, once per budget and period (remembered across restarts)."""
+        start = period_start(limit.period, now).date().isoformat()
+        name = f"budget-warned:{limit.scope}:{limit.target}:{limit.period}:{limit.unit}:{start}"
+        if await self._store.get_meta(name) is not None:
+            return None
+        await self._store.set_meta(name, "1")
+        share = int(100 * used / limit.amount) if limit.amount else 100
+        return (
+            f"{_whose(message, limit).capitalize()} {limit.period} budget is {share} % used "
+            f"({amount_text(limit.unit, used)} of {amount_text(limit.unit, limit.amount)}); "
+            f"it resets {_when(period_end(limit.period, now))}."
+        )
+
+
+def refusal(message: Message, limit: Limit, used: float, resets: datetime) -> str:
+    """Which budget, how much is used, when it resets and who can raise it: one sentence."""
+    whose, amount = _whose(message, limit).capitalize(), amount_text(limit.unit, limit.amount)
+    return (
+        f"{whose} {limit.period} budget of {amount} "
+        f"is used up ({amount_text(limit.unit, used)} so far), so Parley will not answer until it resets "
+        f"{_when(resets)}; {_raiser(message, limit)} can raise it."
+    )
+
+
+def _whose(message: Message, limit: Limit) -> str:
+    if limit.scope == "person":
+        return "your"
+    if limit.scope == "channel":
+        return "this channel's"
+    return f"this {server_word(message.key.platform)}'s"
+
+
+def _raiser(message: Message, limit: Limit) -> str:
+    if limit.scope == "channel":
+        return "a channel manager (with /budget)"
+    if limit.scope == "server":
+        return "a Parley admin (with /budget)"
+    return "a Parley admin (in parley.toml)"
+
+
+def _when(moment: datetime) -> str:
+    return f"at {moment:%H:%M} UTC on {moment.day} {moment:%b}"
+
+
+BUDGET_USAGE = (
+    "Usage: /budget shows the budgets here; "
+    "/budget channel|server daily|monthly usd|tokens AMOUNT|off|default sets one."
+)
+
+
+async def budget_command(engine: Engine, message: Message, args: str) -> CommandResult:
+    """`/budget` shows what applies here; managers set the channel's, Parley admins the server's."""
+    words = args.lower().split()
+    if not words:
+        return CommandResult(await _show(engine, message))
+    if len(words) != 4 or words[0] not in ("channel", "server") or words[1] not in PERIODS:
+        return CommandResult(BUDGET_USAGE)
+    scope, period, unit, value = words
+    if unit not in UNITS:
+        return CommandResult(f"A budget is in usd or tokens, not {unit!r}.")
+    key = message.key
+    if scope == "server":
+        if not message.server_id:
+            return CommandResult(
+                f"There is no {server_word(key.platform)} here; set a channel budget instead."
+            )
+        if not engine.is_admin(message):
+            return CommandResult(f"Only Parley admins can change this {server_word(key.platform)}'s budgets.")
+        target = f"{key.platform}:{message.server_id}"
+    else:
+        if not engine.may_change_settings(message.author):
+            return CommandResult("Only channel managers and Parley admins can change this channel's budgets.")
+        target = f"{key.platform}:{key.channel_id}"
+    whose = _whose(message, Limit(scope, target, period, unit, 0.0, True)).capitalize()
+    if value == "default":
+        await engine.store.clear_budget(scope, target, period, unit)
+        return CommandResult(f"{whose} {period} {unit} budget is back to the default.", ephemeral=False)
+    amount = None if value == "off" else _amount(value.removeprefix("$"), unit)
+    if value != "off" and amount is None:
+        return CommandResult(f"{value!r} is not an amount; write a number such as 5 or 0.50, or off.")
+    await engine.store.set_budget(scope, target, period, unit, amount, message.author.id)
+    shown = "off" if amount is None else amount_text(unit, amount)
+    return CommandResult(f"{whose} {period} {unit} budget is now {shown}.", ephemeral=False)
+
+
+def _amount(text: str, unit: str) -> float | None:
+    try:
+        amount = float(text) if unit == "usd" else float(int(text.replace(",", "").replace("_", "")))
+    except ValueError:
+        return None
+    return amount if amount >= 0 and amount == amount and amount != float("inf") else None
+
+
+async def _show(engine: Engine, message: Message) -> str:
+    standings = await engine.budgets.standing(message)
+    if not standings:
+        return "No budgets apply here."
+    lines = ["Budgets that apply here (UTC days and months):"]
+    for standing in standings:
+        limit = standing.limit
+        source = "set with /budget" if limit.set_here else "default"
+        lines.append(
+            f"{_whose(message, limit).capitalize()} {limit.period}: "
+            f"{amount_text(limit.unit, standing.used)} of {amount_text(limit.unit, limit.amount)} used, "
+            f"resets {_when(standing.resets)} ({source})"
+        )
+    return "\n".join(lines)

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
+from functools import partial
 
 from bot import commands
 from bot.addressing import Addressing
@@ -112,6 +113,8 @@ class Engine:
         name, _, rest = stripped[1:].partition(" ")
         if name.lower() == commands.ASK.name:  # a message typed as a command
             return "message", None, rest.strip()
+        if name.lower() in commands.REPLIES:  # a reply with steps of its own (/summarize)
+            return "reply", None, stripped
         skill = self.skills.by_command(name.lower())
         if skill is not None:
             return "skill", skill, rest.strip()
@@ -143,8 +146,13 @@ class Engine:
                 await self.pacer.renderer(surface).finish(f"Usage: /{skill.command} — {skill.summary}.")
                 await self.store.close_inbox(entry.id)
                 return "command"
-            forced = Forced(skill, skill.arguments_for(text)) if skill is not None else None
             conf = await self.settings_for(message.key)
+            if kind == "reply":
+                name, _, args = text[1:].partition(" ")
+                steps = commands.REPLIES[name.lower()].steps
+                assert steps is not None
+                return await Reply(self, entry, surface, conf, steps=partial(steps, args=args.strip())).run()
+            forced = Forced(skill, skill.arguments_for(text)) if skill is not None else None
             return await Reply(self, entry, surface, conf, forced).run()
 
     # After a crash, and at shutdown

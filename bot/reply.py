@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from bot.accounting import calibrate, priced
-from bot.catalog import UnknownModelError
+from bot.catalog import ResolvedModel, UnknownModelError
 from bot.citations import sources_footer
 from bot.context import ReplyFailed, assemble
 from bot.logs import log_event
 from bot.models import ConversationSettings, Surface
-from bot.providers.base import ProviderError, Usage
+from bot.providers.base import ChatRequest, ProviderError, Usage
 from bot.skills import Citations, Skill, SkillContext, prefetch
 from bot.store import AssistantRecord, InboxEntry
 from bot.stored_reply import StoredReply
@@ -41,6 +42,10 @@ FINISH_NOTES = {
 }
 
 
+# A command's own way to answer (`/summarize`): returns notes for the person, like Reply's usual steps.
+Steps = Callable[["Reply"], Awaitable[list[str]]]
+
+
 @dataclass(frozen=True, slots=True)
 class Forced:
     """A skill a command runs before the model answers (`/web QUERY`), whatever its mode."""
@@ -57,8 +62,10 @@ class Reply:
         surface: Surface,
         conf: ConversationSettings,
         forced: Forced | None = None,
+        steps: Steps | None = None,
     ) -> None:
         self._engine = engine
+        self._own_steps = steps
         self._entry = entry
         self._conf = conf
         self._forced = forced
@@ -80,7 +87,7 @@ class Reply:
         outcome: Outcome = "error"
         try:
             async with asyncio.timeout(settings.reply_timeout):
-                notes = await self._steps()
+                notes = await (self._own_steps(self) if self._own_steps else self._steps())
             outcome = "ok"
             final = self._final_text(notes)
         except (ReplyFailed, UnknownModelError) as error:
@@ -135,10 +142,22 @@ class Reply:
             notes.insert(0, "Older messages were left out to fit the model's context.")
         tools = engine.skills.tools(self._conf.skills) if context.takes_tools else ()
 
+        prompt_estimate = context.prompt_estimate()
+        await self._tool_loop(resolved, skill_context).run(context.request(tools), self._answer)
+        answer = self._answer
+        calibrate(engine.calibration, answer.usage, answer.model, resolved, prompt_estimate, answer.rounds)
+        notes += [note for note in answer.notes if note not in notes]
+        if note := FINISH_NOTES.get(answer.finish or ""):
+            notes.insert(0, note)
+        return notes
+
+    def _tool_loop(self, resolved: ResolvedModel, skill_context: SkillContext) -> ToolLoop:
+        engine = self._engine
+
         async def price(usage: Usage, model: str) -> Usage:
             return await priced(engine.catalog, usage, model, resolved)
 
-        loop = ToolLoop(
+        return ToolLoop(
             engine.attempts_for(self._conf.model, resolved),
             price,
             engine.skills,
@@ -149,14 +168,36 @@ class Reply:
             retry_after_cap=engine.settings.retry_after_cap,
             show_reasoning=engine.settings.show_reasoning,
         )
-        prompt_estimate = context.prompt_estimate()
-        await loop.run(context.request(tools), self._answer)
-        answer = self._answer
-        calibrate(engine.calibration, answer.usage, answer.model, resolved, prompt_estimate, answer.rounds)
-        notes += [note for note in answer.notes if note not in notes]
-        if note := FINISH_NOTES.get(answer.finish or ""):
-            notes.insert(0, note)
-        return notes
+
+    # What a command's own steps use
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def entry(self) -> InboxEntry:
+        return self._entry
+
+    @property
+    def conf(self) -> ConversationSettings:
+        return self._conf
+
+    @property
+    def answer(self) -> Answer:
+        return self._answer
+
+    def show(self, text: str) -> None:
+        """Add to what the reply shows before the model's text (a progress line); it only ever grows."""
+        self._answer.text += text
+        self._renderer.update(self._answer.shown)
+
+    async def stream(self, request: ChatRequest, resolved: ResolvedModel) -> None:
+        """Stream the model's answer to `request` into this reply, without tools."""
+        skill_context = SkillContext(
+            self._entry.message.key, self._entry.message.author, self._conf, None, self._citations
+        )
+        await self._tool_loop(resolved, skill_context).run(request, self._answer)
 
     async def _on_text(self, answer: Answer) -> None:
         await self._stored.checkpoint(answer.text, answer.model)

@@ -125,7 +125,15 @@ class RecordingPlatform:
         before: str | None = None,
         after: str | None = None,
     ) -> list[HistoryEntry]:
-        return self.channel_messages.get(conversation, [])[-limit:]
+        """As the platforms page: the newest `limit` (before `before`), or the first after `after`."""
+        here = self.channel_messages.get(conversation, [])
+        ids = [entry.id for entry in here]
+        if after is not None:
+            here = here[ids.index(after) + 1 :]
+            return here[:limit]
+        if before is not None:
+            here = here[: ids.index(before)]
+        return here[-limit:]
 
     async def permalink(self, conversation: ConversationKey, message_id: str) -> str:
         return f"https://chat.example/{conversation}/{message_id}"

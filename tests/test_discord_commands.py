@@ -204,7 +204,7 @@ async def test_every_command_option_says_what_it_is_for(engine: Engine, discord_
     assert set(options) == {
         ("ask", "prompt"), ("web", "query"), ("read", "url"), ("model", "name"), ("models", "filter"),
         ("system", "text"), ("search", "mode"), ("skills", "name"), ("skills", "mode"),
-        ("autoreply", "state"),
+        ("autoreply", "state"), ("summarize", "range"),
     }  # fmt: skip
     assert all(description != "…" and 1 <= len(description) <= 100 for description in options.values())
 

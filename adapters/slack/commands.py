@@ -66,7 +66,7 @@ class SlashCommands:
         context: AsyncBoltContext,
     ) -> None:
         """Post the question where everyone sees it, then accept it as the message its thread answers."""
-        if not text:
+        if not text and any(option.required for option in chosen.options):
             usage = f"Usage: `/parley {chosen.usage}` ({chosen.summary})."
             await respond(text=usage, response_type="ephemeral")
             return
@@ -75,7 +75,8 @@ class SlashCommands:
         try:
             posted = await context.client.chat_postMessage(
                 channel=channel,
-                text=f"*{_plain(name)}* asked with `/parley {chosen.name}`: {_plain(text)}",
+                text=f"*{_plain(name)}* asked with `/parley {chosen.name}`"
+                + (f": {_plain(text)}" if text else ""),
                 unfurl_links=False,
                 unfurl_media=False,
             )

@@ -23,6 +23,7 @@ from bot.engine import Engine
 from bot.logs import configure_logging
 from bot.platform import Platform
 from bot.providers.base import ProviderError
+from bot.scheduler import Scheduler
 from bot.settings_loader import Loaded, load_settings
 from bot.store import Store
 
@@ -150,18 +151,21 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stopping.set)
     started: list[Platform] = []
+    scheduler = Scheduler(engine)
     try:
         for platform in platforms:  # one refusing its setup stops the others
             await platform.start()
             started.append(platform)
         for platform in platforms:
             await engine.recover(platform.name)
+        await scheduler.start()
         return await _until_stopped(stopping, platforms)
     except SetupError as refused:
         print(f"error: {refused}", file=sys.stderr)
         return 1
     finally:
         await engine.drain(settings.shutdown_grace_seconds)
+        await scheduler.stop()  # a run that fires while stopping waits in the inbox for the next start
         for platform in reversed(started):
             await platform.stop()
         await engine.aclose()

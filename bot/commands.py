@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from bot.catalog import UnknownModelError
 from bot.models import CommandResult, Message
 from bot.providers.base import ModelInfo
+from bot.schedules import ACTIONS, schedule
 from bot.skills import MODES, SkillRegistry
 from bot.summarize import summarize
 
@@ -301,6 +302,17 @@ COMMANDS: dict[str, Command] = {
             "answer every message here, not only mentions",
             autoreply,
             (Option("state", "on or off; empty shows the current state", ("on", "off")),),
+            not_on=frozenset({"console"}),
+        ),
+        Command(
+            "schedule",
+            "schedule add WHEN PROMPT|list|pause ID|resume ID|delete ID|run ID|tz [ZONE]",
+            "prompts that run on their own, here or in another channel; this conversation's time zone",
+            schedule,
+            (
+                Option("action", "add, list, pause, resume, delete, run or tz", ACTIONS, required=True),
+                Option("details", "For add: WHEN [--to #channel] PROMPT; else an id or a time zone"),
+            ),
             not_on=frozenset({"console"}),
         ),
         Command("help", "help", "this list", help_),

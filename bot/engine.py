@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from functools import partial
+from typing import TYPE_CHECKING
 
 from bot import commands
 from bot.addressing import Addressing
@@ -25,6 +26,9 @@ from bot.skills import Skill, SkillRegistry
 from bot.store import InboxEntry, Store, StreamingReply
 from bot.streaming import Clock, Pacer, SystemClock
 from bot.tokens import TokenCalibration, estimate_tokens
+
+if TYPE_CHECKING:
+    from bot.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,7 @@ class Engine:
         self._started_at = time.time()
         self._closing = False  # set once drained: what arrives later waits, stored, for the next start
         self._trimmed: set[str] = set()  # conversations whose last reply already said turns were left out
+        self.scheduler: Scheduler | None = None  # set while schedules run (parley run)
 
     @classmethod
     async def create(

@@ -114,6 +114,7 @@ schedules = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("conversation", String(255), nullable=False),  # where it runs and posts
     Column("origin", String(255), nullable=False),  # where it was made (and is listed)
+    Column("target_text", String(255)),  # the other channel it posts in, as it was named
     Column("prompt", Text, nullable=False),
     Column("when_text", String(255), nullable=False),  # as typed
     Column("kind", String(16), nullable=False),  # cron, interval or date

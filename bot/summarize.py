@@ -81,11 +81,18 @@ def parse_range(args: str, timezone: str, now: datetime) -> Range:
     return Range(MAX_MESSAGES, since(found[1], timezone, now), f"since {found[1].strip()}")
 
 
-async def conversation_zone(engine: Engine, key: ConversationKey) -> str:
-    """The time zone a conversation set (`/schedule tz`), else its channel's, else SCHEDULE_TIMEZONE."""
+async def conversation_zone(engine: Engine, key: ConversationKey, person: str | None = None) -> str:
+    """The time zone a conversation set (`/schedule tz`), else its channel's, else the zone of the person
+    asking when the platform says (Slack), else SCHEDULE_TIMEZONE."""
     for where in (key, key.channel):
         if chosen := await engine.store.get_meta(f"{ZONE_META}{where}"):
             return chosen
+    if person:
+        try:
+            zone(person)
+            return person
+        except BadWhen:  # a zone this machine's database does not know
+            pass
     return engine.settings.schedule_timezone
 
 

@@ -113,20 +113,20 @@ def parse_when(text: str, timezone: str, now: datetime) -> tuple[When, str]:
         hour, minute = _clock(found)
         days = found["days"].lower()
         dow = {"day": "*", "weekday": "mon-fri"}.get(days, days[:3])
-        return When("cron", f"{minute} {hour} * * {dow}", timezone, found[0]), _rest(stripped, found)
+        return When("cron", f"{minute} {hour} * * {dow}", timezone, found[0].strip()), _rest(stripped, found)
     if found := _EVERY.match(stripped):
         seconds = int(found["count"] or 1) * UNITS[found["unit"].lower()]
         if seconds <= 0:
             raise BadWhen(f"{found[0]!r} never comes round; try `every 30 minutes`.")
-        return When("interval", str(seconds), timezone, found[0]), _rest(stripped, found)
+        return When("interval", str(seconds), timezone, found[0].strip()), _rest(stripped, found)
     if found := _IN.match(stripped):
         at = local_now + timedelta(seconds=int(found["count"]) * UNITS[found["unit"].lower()])
-        return _once(at, timezone, found[0], local_now), _rest(stripped, found)
+        return _once(at, timezone, found[0].strip(), local_now), _rest(stripped, found)
     if found := _TOMORROW.match(stripped):
         hour, minute = _clock(found)
         day = local_now.date() + timedelta(days=1 if found["day"].lower() == "tomorrow" else 0)
         at = datetime(day.year, day.month, day.day, hour, minute, tzinfo=tz)
-        return _once(at, timezone, found[0], local_now), _rest(stripped, found)
+        return _once(at, timezone, found[0].strip(), local_now), _rest(stripped, found)
     if found := _ON.match(stripped):
         hour, minute = _clock(found)
         try:
@@ -134,7 +134,7 @@ def parse_when(text: str, timezone: str, now: datetime) -> tuple[When, str]:
         except ValueError:
             raise BadWhen(f"{found['date']} is not a date; write it as `on 2027-01-15 at 14:00`.") from None
         at = datetime(day.year, day.month, day.day, hour, minute, tzinfo=tz)
-        return _once(at, timezone, found[0], local_now), _rest(stripped, found)
+        return _once(at, timezone, found[0].strip(), local_now), _rest(stripped, found)
     raise BadWhen(f"Parley cannot tell when {stripped[:60]!r} should run; try {EXAMPLES}.")
 
 

@@ -205,6 +205,7 @@ async def test_every_command_option_says_what_it_is_for(engine: Engine, discord_
         ("ask", "prompt"), ("web", "query"), ("read", "url"), ("model", "name"), ("models", "filter"),
         ("system", "text"), ("search", "mode"), ("skills", "name"), ("skills", "mode"),
         ("autoreply", "state"), ("summarize", "range"),
+        ("schedule", "action"), ("schedule", "details"),
     }  # fmt: skip
     assert all(description != "…" and 1 <= len(description) <= 100 for description in options.values())
 

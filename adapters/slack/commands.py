@@ -124,6 +124,7 @@ class SlashCommands:
             user_id,
             await self.people.display_name(user_id),
             is_channel_manager=await self.people.is_channel_manager(user_id, channel),
+            timezone=await self.people.timezone(user_id),
         )
         return Message(key=ConversationKey(PLATFORM, channel), author=author, text="/" + line)
 

@@ -21,6 +21,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("conversation", sa.String(255), nullable=False),
         sa.Column("origin", sa.String(255), nullable=False),
+        sa.Column("target_text", sa.String(255)),
         sa.Column("prompt", sa.Text, nullable=False),
         sa.Column("when_text", sa.String(255), nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),

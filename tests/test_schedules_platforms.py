@@ -1,0 +1,207 @@
+"""Schedules end to end through the real discord.py and Bolt clients and their loopbacks: made with the
+platform's own command, fired by the scheduler, posted as Parley's own message in the conversation or
+a `--to` channel, never answered as an incoming message; paused, and restored after a restart."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from bot.config import Settings
+from bot.engine import Engine
+from bot.scheduler import Scheduler
+from skills import builtin
+from tests.support.discord_emulator import (
+    GENERAL,
+    RANDOM,
+    ROOMS,
+    SEND_MESSAGES,
+    DiscordEmulator,
+    overwrite,
+    running,
+    until,
+)
+from tests.support.discord_emulator import GUILD_ID as EVERYONE
+from tests.support.llm_server import LLMServer
+from tests.support.search_server import SearchServer
+from tests.support.slack_api import SlackUser
+from tests.test_slack_app import ADMIN, ALICE, emulator, serving, settings_builder
+from tests.test_slack_app import until as slack_until
+
+
+def option(name: str, value: str) -> dict[str, Any]:
+    return {"name": name, "type": 3, "value": value}
+
+
+@pytest.fixture
+async def discord_api() -> AsyncIterator[DiscordEmulator]:
+    async with DiscordEmulator() as emulator_:
+        yield emulator_
+
+
+@contextlib.asynccontextmanager
+async def parley_on_discord(discord_api: DiscordEmulator, settings: Settings) -> AsyncIterator[Scheduler]:
+    """Parley as `parley run` starts it: the platform, recovery, then the scheduler; stopped in turn."""
+    engine = await Engine.create(settings, skills=builtin(settings))
+    scheduler = Scheduler(engine)
+    try:
+        async with running(discord_api, engine):
+            await scheduler.start()
+            yield scheduler
+            await engine.drain(1)
+            await scheduler.stop()
+    finally:
+        await engine.aclose()
+
+
+@pytest.fixture
+def discord_settings(discord_api: DiscordEmulator, make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(
+        discord_token="t",
+        discord_api_base=discord_api.api_base,
+        discord_gateway_url=discord_api.gateway_url,
+        schedule_min_interval=1,
+    )
+
+
+def posted(discord_api: DiscordEmulator, channel: int, text: str) -> list[dict[str, Any]]:
+    """Parley's own posts (not replies to anyone) in a channel with this text."""
+    return [
+        m
+        for m in discord_api.messages_in(channel)
+        if m["content"] == text and not m.get("message_reference") and not m["flags"]
+    ]
+
+
+async def test_discord_schedule_posts_in_its_channel_and_in_a_to_channel_then_pauses(
+    discord_api: DiscordEmulator, discord_settings: Settings, llm: LLMServer
+) -> None:
+    async with parley_on_discord(discord_api, discord_settings) as scheduler:
+        here = await discord_api.interact(
+            "schedule", [option("action", "add"), option("details", "every 2 seconds ping")], manager=True
+        )
+        await until(lambda: discord_api.original_response(here))
+        added = discord_api.original_response(here)
+        assert added is not None and added["content"].startswith("Schedule 1 added: every 2 seconds (UTC).")
+        there = await discord_api.interact(
+            "schedule",
+            [option("action", "add"), option("details", f"every 1 hour --to <#{RANDOM}> the digest")],
+            manager=True,
+        )
+        await until(lambda: discord_api.original_response(there))
+        assert f"in <#{RANDOM}>" in discord_api.original_response(there)["content"]  # type: ignore[index]
+        await until(lambda: len(posted(discord_api, GENERAL, "echo: Alice's schedule 1: ping")) >= 2)
+        run = await discord_api.interact(
+            "schedule", [option("action", "run"), option("details", "2")], manager=True
+        )
+        await until(lambda: posted(discord_api, RANDOM, "echo: Alice's schedule 2: the digest"))
+        assert discord_api.original_response(run)["content"] == "Schedule 2 is running now."  # type: ignore[index]
+        pause = await discord_api.interact(
+            "schedule", [option("action", "pause"), option("details", "1")], manager=True
+        )
+        await until(lambda: discord_api.original_response(pause))
+        assert scheduler._timer.get_job("1") is None
+        # Scheduled posts are Parley's own messages: none was taken for a message to answer.
+        runs = len(await scheduler.store.runs(1)) + len(await scheduler.store.runs(2))
+        assert len(llm.chat_requests()) == runs
+        # Where Parley may not send messages, --to is refused in one sentence.
+        await discord_api.set_overwrites(ROOMS[1], [overwrite(EVERYONE, deny=SEND_MESSAGES)])
+        refused = await discord_api.interact(
+            "schedule",
+            [option("action", "add"), option("details", "every 1 hour --to #room-1 x")],
+            manager=True,
+        )
+        await until(lambda: discord_api.original_response(refused))
+        assert discord_api.original_response(refused)["content"].startswith(  # type: ignore[index]
+            "Parley may not post in #room-1; invite it there (or allow it to send messages)"
+        )
+        nobody = await discord_api.interact(
+            "schedule", [option("action", "add"), option("details", "every 1 hour x")]
+        )
+        await until(lambda: discord_api.original_response(nobody))
+        assert discord_api.original_response(nobody)["content"] == (  # type: ignore[index]
+            "Only channel managers and Parley admins can change schedules."
+        )
+
+
+async def test_discord_schedules_are_restored_after_a_restart(
+    discord_api: DiscordEmulator, discord_settings: Settings, llm: LLMServer
+) -> None:
+    async with parley_on_discord(discord_api, discord_settings):
+        asked = await discord_api.interact(
+            "schedule",
+            [option("action", "add"), option("details", "every 2 seconds after restart")],
+            manager=True,
+        )
+        await until(lambda: discord_api.original_response(asked))
+    before = len(posted(discord_api, GENERAL, "echo: Alice's schedule 1: after restart"))
+    async with parley_on_discord(discord_api, discord_settings) as scheduler:
+        assert scheduler._timer.get_job("1") is not None
+        await until(
+            lambda: len(posted(discord_api, GENERAL, "echo: Alice's schedule 1: after restart")) > before
+        )
+
+
+@pytest.fixture
+async def slack_parley(
+    llm: LLMServer, make_settings: Callable[..., Settings], search: SearchServer
+) -> AsyncIterator[Any]:
+    async with emulator() as slack:
+        slack.users[ADMIN.id] = SlackUser(ADMIN.id, ADMIN.name, is_admin=True, tz="America/New_York")
+        slack.channel_names.update({"C1": "general", "C2": "digest", "C3": "secret"})
+        slack.joined = {"C1", "C2"}
+        settings = settings_builder(make_settings, slack, search)(schedule_min_interval=1)
+        async with serving(slack, llm, settings) as harness:
+            scheduler = Scheduler(harness.engine)
+            await scheduler.start()
+            yield harness, scheduler
+            await harness.engine.drain(1)
+            await scheduler.stop()
+
+
+async def test_slack_schedule_in_the_creators_zone_posts_in_a_to_channel(
+    slack_parley: Any, llm: LLMServer
+) -> None:
+    harness, _ = slack_parley
+    slack = harness.slack
+    await harness.command("schedule add every day at 9:00 --to #digest morning digest", user=ADMIN.id)
+    await slack_until(lambda: slack.responses, "the answer")
+    answer = slack.responses[-1]
+    assert answer["response_type"] == "in_channel"
+    assert answer["text"].startswith("Schedule 1 added: every day at 9:00 (America/New_York) in #digest.")
+    assert answer["text"].endswith(" 09:00 EST.")  # users.info's tz: the creator's own
+    await harness.command("schedule run 1", user=ADMIN.id)
+    await slack_until(
+        lambda: any(m.text == "echo: Ada's schedule 1: morning digest" for m in slack.replies("C2")),
+        "the run posted in #digest",
+    )
+    assert slack.replies("C1") == []  # nothing in the channel it was made in
+    await harness.command("schedule add every 1 hour --to <#C3|secret> x", user=ADMIN.id)
+    await slack_until(lambda: len(slack.responses) >= 3, "the refusal")
+    assert slack.responses[-1]["text"].startswith(
+        "Parley may not post in &lt;#C3|secret&gt;; invite it there"
+    )
+    await harness.command("schedule add every 1 hour --to #nowhere x", user=ADMIN.id)
+    await slack_until(lambda: len(slack.responses) >= 4, "the second refusal")
+    assert slack.responses[-1]["text"].startswith("Parley cannot find the channel #nowhere")
+    await harness.command("schedule pause 1", user=ALICE.id)
+    await slack_until(lambda: len(slack.responses) >= 5, "the third refusal")
+    assert slack.responses[-1]["text"] == "Only channel managers and Parley admins can change schedules."
+
+
+async def test_slack_schedule_fires_in_its_channel(slack_parley: Any, llm: LLMServer) -> None:
+    harness, _ = slack_parley
+    await harness.command("schedule tz Europe/Berlin", user=ADMIN.id)
+    await harness.command("schedule add every 2 seconds status please", user=ADMIN.id)
+    await slack_until(lambda: len(harness.slack.responses) >= 2, "the answers")
+    assert "every 2 seconds (Europe/Berlin)" in harness.slack.responses[-1]["text"]
+    await slack_until(
+        lambda: (
+            sum(m.text == "echo: Ada's schedule 1: status please" for m in harness.slack.replies("C1")) >= 2
+        ),
+        "two runs posted",
+    )
+    assert all(m.thread_ts is None for m in harness.slack.replies("C1"))  # posts of its own, not replies

@@ -335,7 +335,7 @@ REPLIES: dict[str, Command] = {
     for command in (
         Command(
             "summarize",
-            "summarize [N|since WHEN]",
+            "summarize [N|since WHEN] [in #channel]",
             "summarize this channel or thread: the last 100 messages, the last N, or since 2h, 1d, "
             "yesterday or monday",
             None,

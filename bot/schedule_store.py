@@ -13,6 +13,7 @@ from bot.schema import inbox, schedule_runs, schedules, turns
 from bot.when import When
 
 FAILURES_TO_PAUSE = 3  # failed runs in a row that pause a schedule
+AUTHOR_PREFIX = "schedule:"  # the author id of a schedule's runs: "schedule:3"
 
 
 @dataclass(frozen=True, slots=True)

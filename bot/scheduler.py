@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.models import Author, ConversationKey, Message
-from bot.schedule_store import FAILURES_TO_PAUSE, Schedule, ScheduleStore
+from bot.schedule_store import AUTHOR_PREFIX, FAILURES_TO_PAUSE, Schedule, ScheduleStore
 from bot.summarize import conversation_zone
 from bot.when import zone
 
@@ -111,7 +111,9 @@ class Scheduler:
         message = Message(
             key=key,
             # Marked as scheduled in memory: "Ada's schedule 3: PROMPT".
-            author=Author(f"schedule:{schedule.id}", f"{schedule.created_by_name}'s schedule {schedule.id}"),
+            author=Author(
+                f"{AUTHOR_PREFIX}{schedule.id}", f"{schedule.created_by_name}'s schedule {schedule.id}"
+            ),
             text=schedule.prompt,
             id=f"schedule-{schedule.id}-{fire_at:.3f}",
             created_at=fire_at,

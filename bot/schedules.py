@@ -74,7 +74,8 @@ async def _add(engine: Engine, message: Message, text: str) -> CommandResult:
     prompt = rest.strip()
     if not prompt:
         return CommandResult(
-            f"Say what to do at {when.text!r}: for example `/schedule add {when.text} summarize yesterday`."
+            f"Say what to do at {when.text!r}: for example "
+            f"`/schedule add {when.text} /summarize since yesterday`."
         )
     gap = when.shortest_gap(now)
     if gap is not None and gap < settings.schedule_min_interval:
@@ -110,7 +111,7 @@ async def _add(engine: Engine, message: Message, text: str) -> CommandResult:
 async def _target(engine: Engine, here: ConversationKey, typed: str) -> ConversationKey | CommandResult:
     """The channel `--to` names, when Parley may post there."""
     platform = engine.platforms.get(here.platform)
-    example = "for example `/schedule add every weekday at 9:00 --to #eng-digest summarize yesterday`"
+    example = "for example `/schedule add every weekday at 9:00 --to #eng-digest /summarize since yesterday`"
     target = await platform.resolve_channel(here, typed) if platform is not None else None
     if target is None:
         return CommandResult(f"Parley cannot find the channel {typed}; name one it is in, {example}.")

@@ -20,6 +20,7 @@ from bot.models import ConversationKey, HistoryEntry
 from bot.platform import HistoryUnavailable, Platform
 from bot.providers.base import ChatMessage, ChatRequest, TextDelta, Usage
 from bot.providers.resilience import ResilientStream
+from bot.schedule_store import AUTHOR_PREFIX
 from bot.tokens import estimate_tokens
 from bot.untrusted import clean
 from bot.when import BadWhen, since, zone
@@ -34,6 +35,8 @@ MIN_NOTES_TOKENS = 64  # the least room a part's notes get
 PAGE = 200  # messages asked of the platform at a time
 MESSAGE_CHARS = 2000  # of each message, so one long paste cannot crowd out the rest
 ZONE_META = "timezone:"  # meta name prefix of a conversation's time zone (`/schedule tz`)
+_ELSEWHERE = re.compile(r"(?P<range>.*?)\s*\bin\s+(?P<channel>\S+)", re.I)
+ELSEWHERE_EXAMPLE = "`/summarize since yesterday in #eng`"
 RANGE_EXAMPLE = "`/summarize`, `/summarize 300` or `/summarize since yesterday` (or `since 2h`)"
 
 SUMMARY_RULES = (
@@ -75,10 +78,13 @@ def parse_range(args: str, timezone: str, now: datetime) -> Range:
                 f"/summarize reads 1 to {MAX_MESSAGES:,} messages, not {count:,}; try {RANGE_EXAMPLE}."
             )
         return Range(count, None, f"the last {count:,} messages")
-    found = re.fullmatch(r"since\s+(.+)", words, re.I)
-    if found is None:
-        raise BadWhen(f"/summarize cannot tell what {words[:60]!r} means; try {RANGE_EXAMPLE}.")
-    return Range(MAX_MESSAGES, since(found[1], timezone, now), f"since {found[1].strip()}")
+    found = re.fullmatch(r"(?:since\s+)?(.+)", words, re.I)  # "since" may be left out: /summarize today
+    assert found is not None
+    try:
+        start = since(found[1], timezone, now)
+    except BadWhen:
+        raise BadWhen(f"/summarize cannot tell what {words[:60]!r} means; try {RANGE_EXAMPLE}.") from None
+    return Range(MAX_MESSAGES, start, f"since {found[1].strip()}")
 
 
 async def conversation_zone(engine: Engine, key: ConversationKey, person: str | None = None) -> str:
@@ -118,14 +124,16 @@ async def summarize(reply: Reply, args: str) -> list[str]:
     """The steps of a `/summarize` reply; returns its notes."""
     engine, message = reply.engine, reply.entry.message
     key = message.key
-    timezone = await conversation_zone(engine, key)
+    timezone = await conversation_zone(engine, key, message.author.timezone)
+    platform = engine.platforms.get(key.platform)
+    if platform is None:
+        raise ReplyFailed("The messages of this conversation cannot be read here.")
+    if elsewhere := _ELSEWHERE.fullmatch(args.strip()):
+        key, args = await _other_channel(reply, platform, elsewhere["channel"]), elsewhere["range"]
     try:
         wanted = parse_range(args, timezone, datetime.now(UTC))
     except BadWhen as error:
         raise ReplyFailed(str(error)) from None
-    platform = engine.platforms.get(key.platform)
-    if platform is None:
-        raise ReplyFailed("The messages of this conversation cannot be read here.")
     resolved = await engine.catalog.resolve(reply.conf.model)
     reply.answer.model = resolved.name
     try:
@@ -156,6 +164,21 @@ async def summarize(reply: Reply, args: str) -> list[str]:
     if wanted.start is not None and len(entries) == wanted.count:
         notes_for_person.append(f"Only the newest {wanted.count:,} messages {_where(wanted)} were read.")
     return notes_for_person
+
+
+async def _other_channel(reply: Reply, platform: Platform, typed: str) -> ConversationKey:
+    """The channel `… in #eng` names. Reading another channel is for managers and their schedules: the
+    person asking here may not be able to see that channel."""
+    author = reply.entry.message.author
+    if not (reply.engine.may_change_settings(author) or author.id.startswith(AUTHOR_PREFIX)):
+        raise ReplyFailed(
+            "Only channel managers (and their schedules) can summarize another channel; "
+            "`/summarize since yesterday` reads this one."
+        )
+    found = await platform.resolve_channel(reply.entry.message.key, typed)
+    if found is None:
+        raise ReplyFailed(f"Parley cannot find the channel {typed}; try {ELSEWHERE_EXAMPLE}.")
+    return found
 
 
 def _where(wanted: Range) -> str:

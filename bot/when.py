@@ -23,8 +23,8 @@ CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")  # crontab 
 UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 GAPS_CHECKED = 200  # cron fire times looked at to find its shortest gap
 EXAMPLES = (
-    "`/schedule add every weekday at 9:00 summarize yesterday`, `/schedule add every 2 hours check the "
-    "build`, `/schedule add in 30 minutes remind us to vote` or `/schedule add 0 9 * * 1-5 PROMPT`"
+    "`/schedule add every weekday at 9:00 /summarize since yesterday`, `/schedule add every 2 hours "
+    "check the build`, `/schedule add in 30 minutes remind us to vote` or `/schedule add 0 9 * * 1-5 PROMPT`"
 )
 
 

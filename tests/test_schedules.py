@@ -16,8 +16,9 @@ from bot.engine import Engine
 from bot.models import Author, ConversationKey
 from bot.scheduler import Scheduler
 from tests.conftest import RecordingPlatform
-from tests.support.asking import ADA, CHANNEL, msg
+from tests.support.asking import ADA, CHANNEL, ask, msg
 from tests.support.llm_server import LLMServer, Script
+from tests.test_summarize import said
 
 MANAGER = Author("u-mia", "Mia", is_channel_manager=True)
 
@@ -198,7 +199,7 @@ async def test_to_another_channel_posts_there_only_where_parley_may(
     assert schedule.conversation == "test:digest" and schedule.prompt == "summarize yesterday in general"
     assert await command(engine, "schedule add every 1 hour --to #announcements x") == (
         "Parley may not post in #announcements; invite it there (or allow it to send messages), for example "
-        "`/schedule add every weekday at 9:00 --to #eng-digest summarize yesterday`."
+        "`/schedule add every weekday at 9:00 --to #eng-digest /summarize since yesterday`."
     )
     assert "Parley cannot find the channel #nowhere" in await command(
         engine, "schedule add every 1 hour --to #nowhere x"
@@ -219,7 +220,7 @@ async def test_every_bad_input_gets_one_sentence_with_an_example(
         "schedule add 61 9 * * * x": "is not a valid cron expression",
         "schedule add on 2020-01-01 at 10:00 x": "has already passed; pick a later time",
         "schedule add every day at 9:00": "Say what to do at 'every day at 9:00': for example "
-        "`/schedule add every day at 9:00 summarize yesterday`.",
+        "`/schedule add every day at 9:00 /summarize since yesterday`.",
         "schedule pause 7": "There is no schedule 7 here; try `/schedule pause 3`",
         "schedule delete first": "/schedule delete needs a schedule's id, for example `/schedule delete 3`",
         "schedule tz Mars/Base": "'Mars/Base' is not a time zone Parley knows; use an IANA name such as "
@@ -267,3 +268,28 @@ async def _moved(engine: Engine, back: float) -> None:
         await conn.execute(
             update(schedules).values(anchor=row["anchor"] - back, next_run_at=row["next_run_at"] - back)
         )
+
+
+async def test_a_digest_summarizes_another_channel_and_posts_where_it_was_sent(
+    running: Callable[..., Any], platform: RecordingPlatform, llm: LLMServer
+) -> None:
+    engine, scheduler = await running()
+    platform.channel_messages[CHANNEL] = said(12, start=time.time() - 3600)
+    added = await command(
+        engine, "schedule add every 1 hour --to #digest /summarize since yesterday in #general"
+    )
+    assert added.startswith("Schedule 1 added: every 1 hour (UTC) in #digest.")
+    llm.enqueue(Script(tokens=["The team shipped."]))
+    await command(engine, "schedule run 1")
+    assert [o for _, _, o, _ in await recorded(scheduler, 1, 1)] == ["ok"]
+    assert posts(platform, ConversationKey("test", "digest")) == ["The team shipped."]
+    block = str(llm.chat_requests()[0].json["messages"][-1]["content"])
+    assert block.count("message number") == 12  # #general, read through the port
+    # Reading another channel is for managers (and their schedules), since the asker may not see it.
+    assert await ask(engine, "/summarize in #general", ConversationKey("test", "digest")) == (
+        "_Only channel managers (and their schedules) can summarize another channel; "
+        "`/summarize since yesterday` reads this one._"
+    )
+    assert await ask(engine, "/summarize in #elsewhere", ConversationKey("test", "digest"), MANAGER) == (
+        "_Parley cannot find the channel #elsewhere; try `/summarize since yesterday in #eng`._"
+    )

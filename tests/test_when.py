@@ -98,7 +98,11 @@ def test_cron_days_are_crontabs_sunday_is_0_and_7() -> None:
         ("today at 9:00 x", "UTC", "has already passed; pick a later time, such as `tomorrow at 10:00`"),
         ("every day at 25:00 x", "UTC", "is not a time of day; write it as `9:00`"),
         ("on 2027-02-30 at 10:00 x", "UTC", "2027-02-30 is not a date; write it as `on 2027-01-15 at 14:00`"),
-        ("whenever you like x", "UTC", "try `/schedule add every weekday at 9:00 summarize yesterday`"),
+        (
+            "whenever you like x",
+            "UTC",
+            "try `/schedule add every weekday at 9:00 /summarize since yesterday`",
+        ),
     ],
 )
 def test_a_time_it_cannot_use_gets_one_sentence_with_an_example(typed: str, zone: str, expected: str) -> None:

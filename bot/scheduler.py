@@ -89,7 +89,10 @@ class Scheduler:
         if schedule.next_run_at > time.time() + EARLY:  # resumed or moved meanwhile
             return
         fire_at = schedule.next_run_at
-        await self.store.advance(schedule.id, fire_at, self._next_after(schedule, fire_at))
+        # Fire times that passed while this one waited (a busy loop) are coalesced into it, as
+        # APScheduler coalesces its wake-ups: the next run is the first one still ahead.
+        upcoming = self._next_after(schedule, max(fire_at, time.time()))
+        await self.store.advance(schedule.id, fire_at, upcoming)
         self._spawn(schedule, fire_at, "scheduled")
 
     def _next_after(self, schedule: Schedule, moment: float) -> float | None:

@@ -205,3 +205,31 @@ async def test_slack_schedule_fires_in_its_channel(slack_parley: Any, llm: LLMSe
         "two runs posted",
     )
     assert all(m.thread_ts is None for m in harness.slack.replies("C1"))  # posts of its own, not replies
+
+
+async def test_slack_finds_a_channel_by_name_past_the_first_page_of_conversations_list(
+    slack_parley: Any, llm: LLMServer
+) -> None:
+    harness, _ = slack_parley
+    slack = harness.slack
+    slack.channel_names.update({f"C9{n:03d}": f"room-{n:03d}" for n in range(450)})
+    assert slack.joined is not None
+    slack.joined.add("C9449")
+    await harness.command("schedule add every 1 hour --to #room-449 x", user=ADMIN.id)
+    await slack_until(lambda: slack.responses, "the answer")
+    assert slack.responses[-1]["text"].startswith(
+        "Schedule 1 added: every 1 hour (America/New_York) in #room-449."
+    )
+    pages = slack.calls_to("conversations.list")
+    assert len(pages) == 3 and all(int(call.args["limit"]) <= 200 for call in pages)
+    assert all(call.args["types"] == "public_channel,private_channel" for call in pages)
+
+
+async def test_slack_schedule_typed_in_a_mention_takes_the_creators_zone_too(slack_parley: Any) -> None:
+    harness, scheduler = slack_parley
+    await harness.mention("/schedule add every day at 7:00 early news", user=ADMIN.id)
+    await slack_until(
+        lambda: any("Schedule 1 added" in m.text for m in harness.slack.replies("C1")), "answer"
+    )
+    (schedule,) = await scheduler.store.active()
+    assert schedule.when.timezone == "America/New_York" and schedule.when.text == "every day at 7:00"

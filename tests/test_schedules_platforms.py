@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
 from bot.engine import Engine
@@ -233,3 +235,32 @@ async def test_slack_schedule_typed_in_a_mention_takes_the_creators_zone_too(sla
     )
     (schedule,) = await scheduler.store.active()
     assert schedule.when.timezone == "America/New_York" and schedule.when.text == "every day at 7:00"
+
+
+async def test_the_slack_loopback_refuses_channel_calls_as_slack_does() -> None:
+    async with emulator() as slack:
+        slack.scopes = {"channels:read", "chat:write", "users:read"}  # no groups:read
+        slack.channel_names.update({"C1": "general", "G1": "private"})
+        slack.joined = {"C1"}
+        slack.users["UTZ"] = SlackUser("UTZ", "Zoe", tz="Asia/Tokyo")
+        client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url)
+        for arguments, error in (
+            ({"limit": 0}, "invalid_limit"),
+            ({"limit": 1001}, "invalid_limit"),
+            ({"types": "public_channel,bogus"}, "invalid_types"),
+            ({"types": "private_channel"}, "missing_scope"),
+            ({"cursor": "not-a-cursor"}, "invalid_cursor"),
+        ):
+            with pytest.raises(SlackApiError) as refused:
+                await client.conversations_list(**arguments)
+            assert refused.value.response["error"] == error, arguments
+        listed = await client.conversations_list()
+        assert [c["name"] for c in listed["channels"]] == ["general"]  # public channels by default
+        info = await client.conversations_info(channel="C2")
+        assert info["channel"]["is_member"] is False
+        with pytest.raises(SlackApiError) as refused:
+            await client.chat_postMessage(channel="C2", text="hello")
+        assert refused.value.response["error"] == "not_in_channel"
+        assert (await client.chat_postMessage(channel="D1", text="hi"))["ok"]  # a DM needs no joining
+        user = (await client.users_info(user="UTZ"))["user"]
+        assert (user["tz"], user["tz_offset"]) == ("Asia/Tokyo", 9 * 3600)

@@ -18,6 +18,7 @@ from tests.support.discord_emulator import (
     BOT_ID,
     GENERAL,
     GUILD_ID,
+    THREAD,
     DiscordEmulator,
     running,
     until,
@@ -131,3 +132,35 @@ async def test_terminal_summarize_reads_the_stored_conversation(llm: LLMServer, 
     assert f"] {USER}: My name is Ada." in block
     assert "Parley (Parley): echo: " in block and "We ship on Friday." in block
     assert "Lines marked (Parley)" in llm.chat_requests()[-1].json["messages"][0]["content"]
+
+
+async def test_discord_summarize_in_a_thread_reads_the_thread(
+    discord_engine: Engine, discord_api: DiscordEmulator, llm: LLMServer
+) -> None:
+    await discord_api.send_message(GENERAL, "in the channel, not the thread")
+    for n in range(3):
+        await discord_api.send_message(THREAD, f"thread note {n}", author=BOB)
+    llm.enqueue(Script(tokens=["Bob wrote three notes."]))
+    asked = await discord_api.interact("summarize", [], channel=THREAD)
+    await until(
+        lambda: (discord_api.original_response(asked) or {}).get("content") == "Bob wrote three notes."
+    )
+    (block,) = user_blocks(llm)
+    assert block.count("thread note") == 3 and "in the channel" not in block
+    assert f"https://discord.com/channels/{GUILD_ID}/{THREAD}/" in block
+
+
+async def test_slack_summarize_in_a_thread_reads_the_thread(harness: Harness, llm: LLMServer) -> None:
+    harness.slack.say(SLACK_BOB.id, "C1", "in the channel, not the thread")
+    parent = harness.slack.say(SLACK_ALICE.id, "C1", "release plan?")
+    for n in range(3):
+        harness.slack.say(SLACK_BOB.id, "C1", f"thread note {n}", thread_ts=parent.ts)
+    llm.enqueue(Script(tokens=["Bob answered Alice."]))
+    await harness.mention("/summarize", ts=None, thread_ts=parent.ts)
+    await harness.finished_streams(1)
+    (block,) = user_blocks(llm)
+    assert "Alice: release plan?" in block and block.count("thread note") == 3
+    assert "in the channel" not in block
+    assert f"archives/C1/p{parent.ts.replace('.', '')}" in block
+    (answer,) = harness.slack.replies("C1")
+    assert answer.thread_ts == parent.ts and answer.text == "Bob answered Alice."

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EARLY = 1.0  # seconds APScheduler's clock may run ahead of the fire time the store holds
+# How often the schedules are read again, for changes another process made in the same database (a run
+# whose time passed meanwhile runs at once, late rather than never).
+RESYNC_SECONDS = 30.0
+RESYNC_JOB = "resync"
 
 
 class Scheduler:
@@ -48,6 +52,7 @@ class Scheduler:
         self._engine.scheduler = self
         await self._missed()
         await self.sync()
+        self._timer.add_job(self.sync, "interval", seconds=RESYNC_SECONDS, id=RESYNC_JOB)
 
     async def stop(self) -> None:
         self._engine.scheduler = None
@@ -61,7 +66,7 @@ class Scheduler:
         """Wake at each active schedule's next run, as the store has it; forget the others."""
         active = {str(s.id): s for s in await self.store.active() if s.next_run_at is not None}
         for job in self._timer.get_jobs():
-            if job.id not in active:
+            if job.id not in active and job.id != RESYNC_JOB:
                 job.remove()
         for job_id, schedule in active.items():
             assert schedule.next_run_at is not None

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 ACTIONS = ("add", "list", "pause", "resume", "delete", "run", "tz")
 PROMPT_SHOWN = 80  # characters of a prompt in /schedule list
 USAGE = (
-    "Use `/schedule add WHEN PROMPT` (for example `/schedule add every weekday at 9:00 summarize "
+    "Use `/schedule add WHEN PROMPT` (for example `/schedule add every weekday at 9:00 /summarize since "
     "yesterday`), `/schedule list`, `/schedule pause|resume|delete|run ID` or `/schedule tz ZONE`."
 )
 _TARGET = re.compile(r"--to\s+(?P<target>\S+)\s*")
@@ -113,9 +113,9 @@ async def _target(engine: Engine, here: ConversationKey, typed: str) -> Conversa
     platform = engine.platforms.get(here.platform)
     example = "for example `/schedule add every weekday at 9:00 --to #eng-digest /summarize since yesterday`"
     target = await platform.resolve_channel(here, typed) if platform is not None else None
-    if target is None:
+    if platform is None or target is None:
         return CommandResult(f"Parley cannot find the channel {typed}; name one it is in, {example}.")
-    if not await platform.may_post(target):  # type: ignore[union-attr]
+    if not await platform.may_post(target):
         return CommandResult(
             f"Parley may not post in {typed}; invite it there (or allow it to send messages), {example}."
         )

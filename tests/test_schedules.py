@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bot import scheduler as scheduler_module
 from bot.engine import Engine
 from bot.models import Author, ConversationKey
 from bot.scheduler import Scheduler
@@ -293,3 +294,15 @@ async def test_a_digest_summarizes_another_channel_and_posts_where_it_was_sent(
     assert await ask(engine, "/summarize in #elsewhere", ConversationKey("test", "digest"), MANAGER) == (
         "_Parley cannot find the channel #elsewhere; try `/summarize since yesterday in #eng`._"
     )
+
+
+async def test_a_schedule_made_by_another_process_is_picked_up(
+    running: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler_module, "RESYNC_SECONDS", 0.2)
+    first, _ = await running()
+    _, other = await running()
+    await command(first, "schedule add every 1 hour from the other process")
+    await until(lambda: other._timer.get_job("1") is not None)
+    await command(first, "schedule delete 1")
+    await until(lambda: other._timer.get_job("1") is None)

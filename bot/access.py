@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from bot.config import AccessLists, Settings
 from bot.models import Author, CommandResult, ConversationKey, Message
+from bot.schedule_store import AUTHOR_PREFIX
 
 if TYPE_CHECKING:
     from bot.engine import Engine
@@ -41,14 +42,11 @@ class Access:
         """The sentence for someone who may not use Parley here, or None when they may."""
         if key.platform in OPERATOR_PLATFORMS or self.admin(author):
             return None  # Parley admins cannot lock themselves out
-        roles = set(author.role_ids)
+        # A schedule's run is no person's message: a manager who could use Parley set it up. Where it
+        # posts still has to be allowed.
+        if not author.id.startswith(AUTHOR_PREFIX) and not self._person_allowed(author):
+            return NOT_ALLOWED
         lists = self.lists
-        if author.id in lists.deny_users or roles & set(lists.deny_roles):
-            return NOT_ALLOWED
-        if (lists.allow_users or lists.allow_roles) and not (
-            author.id in lists.allow_users or roles & set(lists.allow_roles)
-        ):
-            return NOT_ALLOWED
         if key.channel_id in lists.deny_channels or (server_id and server_id in lists.deny_servers):
             return NOT_HERE
         if lists.allow_channels and key.channel_id not in lists.allow_channels:
@@ -56,6 +54,15 @@ class Access:
         if lists.allow_servers and server_id not in lists.allow_servers:
             return NOT_HERE
         return None
+
+    def _person_allowed(self, author: Author) -> bool:
+        roles = set(author.role_ids)
+        lists = self.lists
+        if author.id in lists.deny_users or roles & set(lists.deny_roles):
+            return False
+        return not (lists.allow_users or lists.allow_roles) or bool(
+            author.id in lists.allow_users or roles & set(lists.allow_roles)
+        )
 
     def admin(self, author: Author) -> bool:
         """Listed in ADMIN_USER_IDS, or holding a role in ADMIN_ROLE_IDS."""

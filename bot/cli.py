@@ -26,6 +26,7 @@ from bot.logs import configure_logging
 from bot.metrics import serve as serve_metrics
 from bot.platform import Platform
 from bot.providers.base import ProviderError
+from bot.scheduler import Scheduler
 from bot.settings_loader import Loaded, load_settings
 from bot.store import Store
 from bot.usage import BY_COLUMNS, BadPeriod, operator_report, parse_date, since
@@ -163,6 +164,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stopping.set)
     started: list[Platform] = []
     operators: web.AppRunner | None = None  # /healthz and /metrics on METRICS_PORT
+    scheduler = Scheduler(engine)
     try:
         if settings.metrics_port:
             operators = await serve_metrics(
@@ -174,6 +176,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             engine.health.up(platform.name)
         for platform in platforms:
             await engine.recover(platform.name)
+        await scheduler.start()
         return await _until_stopped(stopping, platforms)
     except SetupError as refused:
         print(f"error: {refused}", file=sys.stderr)
@@ -184,6 +187,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         if operators is not None:
             await operators.cleanup()
         await engine.drain(settings.shutdown_grace_seconds)
+        await scheduler.stop()  # a run that fires while stopping waits in the inbox for the next start
         for platform in reversed(started):
             await platform.stop()
         await engine.aclose()

@@ -13,11 +13,14 @@ from bot.budgets import budget_command
 from bot.catalog import UnknownModelError
 from bot.models import CommandResult, Message
 from bot.providers.base import ModelInfo
+from bot.schedules import ACTIONS, schedule
 from bot.skills import MODES, SkillRegistry
+from bot.summarize import summarize
 from bot.usage import usage_command
 
 if TYPE_CHECKING:
     from bot.engine import Engine
+    from bot.reply import Reply
 
 Handler = Callable[["Engine", Message, str], Awaitable[CommandResult]]
 
@@ -52,6 +55,9 @@ class Command:
     # Platforms (by `ConversationKey.platform`) where it means nothing: the terminal answers every
     # message, so it has no /autoreply.
     not_on: frozenset[str] = frozenset()
+    # A command that starts a reply answered by steps of its own (/summarize): they get the reply and
+    # the text after the command.
+    steps: Callable[[Reply, str], Awaitable[list[str]]] | None = None
 
     @property
     def starts_reply(self) -> bool:
@@ -72,6 +78,7 @@ def registered(skills: SkillRegistry, platform: str) -> list[Command]:
     offered = list(available(platform).values())
     if platform not in ASK.not_on:
         offered.insert(0, ASK)
+    offered += [command for command in REPLIES.values() if platform not in command.not_on]
     for skill in skills:
         if skill.command:
             name, _, argument = skill.command.partition(" ")
@@ -323,6 +330,17 @@ COMMANDS: dict[str, Command] = {
             ),
         ),
         Command("access", "access", "who may use Parley (admins)", access_command),
+        Command(
+            "schedule",
+            "schedule add WHEN PROMPT|list|pause ID|resume ID|delete ID|run ID|tz [ZONE]",
+            "prompts that run on their own, here or in another channel; this conversation's time zone",
+            schedule,
+            (
+                Option("action", "add, list, pause, resume, delete, run or tz", ACTIONS, required=True),
+                Option("details", "For add: WHEN [--to #channel] PROMPT; else an id or a time zone"),
+            ),
+            not_on=frozenset({"console"}),
+        ),
         Command("help", "help", "this list", help_),
     )
 }
@@ -336,3 +354,19 @@ ASK = Command(
     (Option("prompt", "What to ask", required=True),),
     not_on=frozenset({"console", "slack"}),
 )
+
+# Commands that start a reply with steps of their own, by name.
+REPLIES: dict[str, Command] = {
+    command.name: command
+    for command in (
+        Command(
+            "summarize",
+            "summarize [N|since WHEN] [in #channel]",
+            "summarize this channel or thread: the last 100 messages, the last N, or since 2h, 1d, "
+            "yesterday or monday",
+            None,
+            (Option("range", "N messages, or since 2h, 1d, yesterday, monday; empty: the last 100"),),
+            steps=summarize,
+        ),
+    )
+}

@@ -259,6 +259,14 @@ class Settings(BaseSettings):
     search_pages_read: int = Field(2, ge=0)  # result pages whose text is read for the model
     search_cache_seconds: float = Field(600.0, ge=0)
 
+    # Schedules and /summarize: the least time between two runs of one schedule, how many schedules a
+    # conversation may hold, the time zone of conversations that set none, and how late a run missed
+    # while Parley was down may still be made up.
+    schedule_min_interval: float = Field(900.0, ge=0)
+    schedule_max_per_conversation: int = Field(20, ge=1)
+    schedule_timezone: str = "UTC"
+    schedule_catchup_seconds: float = Field(3600.0, ge=0)
+
     # A seam for tests, which serve result pages on loopback: only `Settings(fetch_allow_private=True)` in
     # code sets it. No environment variable, .env or parley.toml key reaches it, so the SSRF guard of
     # page reading cannot be switched off in a deployment.
@@ -305,6 +313,18 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from bot.when import BadWhen, zone
+
+        try:
+            zone(value)
+        except BadWhen:
+            wanted = "must be an IANA time zone such as Europe/Berlin or UTC"
+            raise ValueError(f"{wanted}, not {value!r}") from None
+        return value.strip()
 
     @field_validator("database_url")
     @classmethod

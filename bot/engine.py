@@ -8,6 +8,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
+from functools import partial
+from typing import TYPE_CHECKING
 
 from bot import commands
 from bot.access import Access
@@ -27,6 +29,9 @@ from bot.skills import Skill, SkillRegistry
 from bot.store import InboxEntry, Store, StreamingReply
 from bot.streaming import Clock, Pacer, SystemClock
 from bot.tokens import TokenCalibration, estimate_tokens
+
+if TYPE_CHECKING:
+    from bot.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,7 @@ class Engine:
         self.budgets = Budgets(store, settings.budgets)
         self.metrics = Metrics()
         self.health = Health()
+        self.scheduler: Scheduler | None = None  # set while schedules run (parley run)
 
     @classmethod
     async def create(
@@ -122,6 +128,8 @@ class Engine:
         name, _, rest = stripped[1:].partition(" ")
         if name.lower() == commands.ASK.name:  # a message typed as a command
             return "message", None, rest.strip()
+        if name.lower() in commands.REPLIES:  # a reply with steps of its own (/summarize)
+            return "reply", None, stripped
         skill = self.skills.by_command(name.lower())
         if skill is not None:
             return "skill", skill, rest.strip()
@@ -153,8 +161,13 @@ class Engine:
                 await self.pacer.renderer(surface).finish(f"Usage: /{skill.command} — {skill.summary}.")
                 await self.store.close_inbox(entry.id)
                 return "command"
-            forced = Forced(skill, skill.arguments_for(text)) if skill is not None else None
             conf = await self.settings_for(message.key)
+            if kind == "reply":
+                name, _, args = text[1:].partition(" ")
+                steps = commands.REPLIES[name.lower()].steps
+                assert steps is not None
+                return await Reply(self, entry, surface, conf, steps=partial(steps, args=args.strip())).run()
+            forced = Forced(skill, skill.arguments_for(text)) if skill is not None else None
             return await Reply(self, entry, surface, conf, forced).run()
 
     # After a crash, and at shutdown

@@ -41,6 +41,7 @@ class Author:
     # channel creator, the terminal user). Configured admins are added by the engine.
     is_channel_manager: bool = False
     role_ids: tuple[str, ...] = ()
+    timezone: str | None = None  # the IANA zone the person set on the platform, when it says (Slack)
 
 
 @dataclass(frozen=True, slots=True)

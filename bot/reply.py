@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from bot.access import Refused
 from bot.accounting import calibrate, estimate, priced
 from bot.budgets import Reservation
-from bot.catalog import UnknownModelError
+from bot.catalog import ResolvedModel, UnknownModelError
 from bot.citations import sources_footer
 from bot.context import ReplyFailed, assemble
 from bot.logs import log_event
 from bot.models import ConversationSettings, Surface
-from bot.providers.base import ProviderError, Usage
+from bot.providers.base import ChatRequest, ProviderError, Usage
 from bot.skills import Citations, Skill, SkillContext, prefetch
 from bot.store import AssistantRecord, InboxEntry
 from bot.stored_reply import StoredReply
@@ -44,6 +45,10 @@ FINISH_NOTES = {
 }
 
 
+# A command's own way to answer (`/summarize`): returns notes for the person, like Reply's usual steps.
+Steps = Callable[["Reply"], Awaitable[list[str]]]
+
+
 @dataclass(frozen=True, slots=True)
 class Forced:
     """A skill a command runs before the model answers (`/web QUERY`), whatever its mode."""
@@ -60,8 +65,10 @@ class Reply:
         surface: Surface,
         conf: ConversationSettings,
         forced: Forced | None = None,
+        steps: Steps | None = None,
     ) -> None:
         self._engine = engine
+        self._own_steps = steps
         self._entry = entry
         self._conf = conf
         self._forced = forced
@@ -87,7 +94,7 @@ class Reply:
         outcome: Outcome = "error"
         try:
             async with asyncio.timeout(settings.reply_timeout):
-                notes = await self._steps()
+                notes = await (self._own_steps(self) if self._own_steps else self._steps())
             outcome = "ok"
             final = self._final_text(notes)
         except Refused as refusal:
@@ -135,22 +142,26 @@ class Reply:
         if seconds is not None:
             metrics.final_text.labels(message.key.platform).observe(seconds)
 
+    async def hold(self, resolved: ResolvedModel, prompt_tokens: int, reply_room: int) -> str | None:
+        """Count the reply against the person's rate limit and reserve its estimate against the budgets
+        before anything is sent to the provider (Refused past either); returns the 80 % warning, if due."""
+        engine, message = self._engine, self._entry.message
+        engine.access.count_reply(message.key, message.author)
+        usd, tokens = await estimate(engine.catalog, engine.settings, resolved, prompt_tokens, reply_room)
+        self._reservation = await engine.budgets.reserve(message, usd, tokens)
+        return self._reservation.warning
+
     async def _steps(self) -> list[str]:
         """Model, context, skills first, then the model's own rounds; returns notes for the person."""
         engine = self._engine
         if self._entry.turn_id is None:
             raise ReplyFailed("There is nothing to answer: the message was empty.")
-        message = self._entry.message
-        engine.access.count_reply(message.key, message.author)
         resolved = await engine.catalog.resolve(self._conf.model)
         self._answer.model = resolved.name
         context = await assemble(
             engine.settings, engine.store, engine.calibration, resolved, self._conf, self._entry
         )
-        usd, tokens = await estimate(
-            engine.catalog, engine.settings, resolved, context.prompt_estimate(), context.reply_room
-        )
-        self._reservation = await engine.budgets.reserve(message, usd, tokens)
+        warning = await self.hold(resolved, context.prompt_estimate(), context.reply_room)
         skill_context = SkillContext(
             self._entry.message.key,
             self._entry.message.author,
@@ -161,8 +172,8 @@ class Reply:
         recent = tuple(turn.content for turn in context.turns if turn.role == "user")[-3:]
         forced = (self._forced.skill, self._forced.arguments) if self._forced else None
         notes = list(context.notes)
-        if self._reservation.warning:
-            notes.append(self._reservation.warning)
+        if warning:
+            notes.append(warning)
         for result in await prefetch(
             engine.skills, recent[-1], recent, context.takes_tools, skill_context, forced
         ):
@@ -175,10 +186,22 @@ class Reply:
             notes.insert(0, "Older messages were left out to fit the model's context.")
         tools = engine.skills.tools(self._conf.skills) if context.takes_tools else ()
 
+        prompt_estimate = context.prompt_estimate()
+        await self._tool_loop(resolved, skill_context).run(context.request(tools), self._answer)
+        answer = self._answer
+        calibrate(engine.calibration, answer.usage, answer.model, resolved, prompt_estimate, answer.rounds)
+        notes += [note for note in answer.notes if note not in notes]
+        if note := FINISH_NOTES.get(answer.finish or ""):
+            notes.insert(0, note)
+        return notes
+
+    def _tool_loop(self, resolved: ResolvedModel, skill_context: SkillContext) -> ToolLoop:
+        engine = self._engine
+
         async def price(usage: Usage, model: str) -> Usage:
             return await priced(engine.catalog, engine.settings, usage, model, resolved)
 
-        loop = ToolLoop(
+        return ToolLoop(
             engine.attempts_for(self._conf.model, resolved),
             price,
             engine.skills,
@@ -189,14 +212,36 @@ class Reply:
             retry_after_cap=engine.settings.retry_after_cap,
             show_reasoning=engine.settings.show_reasoning,
         )
-        prompt_estimate = context.prompt_estimate()
-        await loop.run(context.request(tools), self._answer)
-        answer = self._answer
-        calibrate(engine.calibration, answer.usage, answer.model, resolved, prompt_estimate, answer.rounds)
-        notes += [note for note in answer.notes if note not in notes]
-        if note := FINISH_NOTES.get(answer.finish or ""):
-            notes.insert(0, note)
-        return notes
+
+    # What a command's own steps use
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def entry(self) -> InboxEntry:
+        return self._entry
+
+    @property
+    def conf(self) -> ConversationSettings:
+        return self._conf
+
+    @property
+    def answer(self) -> Answer:
+        return self._answer
+
+    def show(self, text: str) -> None:
+        """Add to what the reply shows before the model's text (a progress line); it only ever grows."""
+        self._answer.text += text
+        self._renderer.update(self._answer.shown)
+
+    async def stream(self, request: ChatRequest, resolved: ResolvedModel) -> None:
+        """Stream the model's answer to `request` into this reply, without tools."""
+        skill_context = SkillContext(
+            self._entry.message.key, self._entry.message.author, self._conf, None, self._citations
+        )
+        await self._tool_loop(resolved, skill_context).run(request, self._answer)
 
     async def _on_text(self, answer: Answer) -> None:
         if self._first_text is None:

@@ -148,3 +148,42 @@ budgets = Table(
     Column("updated_by", String(255)),
     Column("updated_at", Float),
 )
+
+# Schedules: prompts that run on their own (`/schedule`), each run claimed once per fire time.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("conversation", String(255), nullable=False),  # where it runs and posts
+    Column("origin", String(255), nullable=False),  # where it was made (and is listed)
+    Column("target_text", String(255)),  # the other channel it posts in, as it was named
+    Column("prompt", Text, nullable=False),
+    Column("when_text", String(255), nullable=False),  # as typed
+    Column("kind", String(16), nullable=False),  # cron, interval or date
+    Column("spec", String(255), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("anchor", Float, nullable=False),  # an interval counts from here
+    Column("state", String(16), nullable=False),  # active, paused, done
+    Column("next_run_at", Float),
+    Column("failures", Integer, nullable=False, default=0),  # failed runs in a row
+    Column("created_by", String(255), nullable=False),
+    Column("created_by_name", String(255), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_schedules_origin", "origin"),
+    Index("ix_schedules_conversation", "conversation"),
+)
+
+schedule_runs = Table(
+    "schedule_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("schedule_id", Integer, ForeignKey("schedules.id", ondelete="CASCADE"), nullable=False),
+    Column("fire_at", Float, nullable=False),  # the fire time it is the run of (now, for `run ID`)
+    Column("kind", String(16), nullable=False),  # scheduled, catchup, manual, skipped
+    Column("outcome", String(16), nullable=False),  # running, ok, cut_off, error, skipped
+    Column("reply", Text),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float),
+    # One run per schedule and fire time, whichever process claims it first.
+    UniqueConstraint("schedule_id", "fire_at", name="uq_schedule_runs_fire"),
+)

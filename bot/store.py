@@ -115,6 +115,11 @@ class Store:
     async def close(self) -> None:
         await self._db.dispose()
 
+    @property
+    def database(self) -> AsyncEngine:
+        """The database, for a feature that keeps tables of its own (schedules)."""
+        return self._db
+
     # The inbox
 
     async def accept(

@@ -95,6 +95,8 @@ class RecordingPlatform:
     def __init__(self) -> None:
         self.surfaces: list[tuple[ConversationKey, Mapping[str, Any] | None, RecordingSurface]] = []
         self.channel_messages: dict[ConversationKey, list[HistoryEntry]] = {}
+        self.channels: set[str] = {"general", "digest", "announcements"}  # what `#name` can name
+        self.read_only: set[str] = {"announcements"}  # channels Parley may not post in
 
     async def start(self) -> None:
         return None
@@ -125,10 +127,26 @@ class RecordingPlatform:
         before: str | None = None,
         after: str | None = None,
     ) -> list[HistoryEntry]:
-        return self.channel_messages.get(conversation, [])[-limit:]
+        """As the platforms page: the newest `limit` (before `before`), or the first after `after`."""
+        here = self.channel_messages.get(conversation, [])
+        ids = [entry.id for entry in here]
+        if after is not None:
+            here = here[ids.index(after) + 1 :]
+            return here[:limit]
+        if before is not None:
+            here = here[: ids.index(before)]
+        return here[-limit:]
 
     async def permalink(self, conversation: ConversationKey, message_id: str) -> str:
         return f"https://chat.example/{conversation}/{message_id}"
+
+    async def resolve_channel(self, near: ConversationKey, typed: str) -> ConversationKey | None:
+        """`#name` for a channel in `channels`."""
+        name = typed.removeprefix("#")
+        return ConversationKey(self.name, name) if typed.startswith("#") and name in self.channels else None
+
+    async def may_post(self, conversation: ConversationKey) -> bool:
+        return conversation.channel_id not in self.read_only
 
 
 @pytest.fixture

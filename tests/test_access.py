@@ -46,6 +46,16 @@ async def test_access_lists(
     assert [refusal(engine, author) for author, _ in refused] == [sentence for _, sentence in refused]
 
 
+async def test_a_schedules_run_passes_the_person_lists_but_not_the_channel_lists(
+    make_engine: Callable[..., Any],
+) -> None:
+    engine = await make_engine(access={"allow_users": ["u-ada"], "deny_channels": ["random"]})
+    run = Author("schedule:3", "Ada's schedule 3")
+    assert refusal(engine, run) is None
+    assert refusal(engine, run, OTHER) == NOT_HERE
+    assert refusal(engine, Author("u-schedule", "Not a schedule")) == NOT_ALLOWED
+
+
 async def test_a_refused_message_is_never_stored_or_sent_and_its_commands_are_refused(
     make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:

@@ -206,6 +206,8 @@ async def test_every_command_option_says_what_it_is_for(engine: Engine, discord_
         ("system", "text"), ("search", "mode"), ("skills", "name"), ("skills", "mode"),
         ("autoreply", "state"), ("usage", "scope"), ("usage", "period"), ("budget", "scope"),
         ("budget", "period"), ("budget", "unit"), ("budget", "amount"),
+        ("summarize", "range"),
+        ("schedule", "action"), ("schedule", "details"),
     }  # fmt: skip
     assert all(description != "…" and 1 <= len(description) <= 100 for description in options.values())
 

@@ -63,3 +63,9 @@ class ConsolePlatform:
 
     async def permalink(self, conversation: ConversationKey, message_id: str) -> str:
         return ""
+
+    async def resolve_channel(self, near: ConversationKey, typed: str) -> ConversationKey | None:
+        return None  # one conversation per session: there is no other channel to post in
+
+    async def may_post(self, conversation: ConversationKey) -> bool:
+        return True

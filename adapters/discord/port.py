@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -187,6 +188,37 @@ class DiscordPlatform:
     async def permalink(self, conversation: ConversationKey, message_id: str) -> str:
         channel = await self._channel(conversation)
         return channel.get_partial_message(int(message_id)).jump_url  # type: ignore[attr-defined]
+
+    # Posting elsewhere (a schedule's --to)
+
+    async def resolve_channel(self, near: ConversationKey, typed: str) -> ConversationKey | None:
+        """`<#ID>` (how Discord writes a channel mention) or `#name`, a text channel or thread of the
+        server `near` is in."""
+        here = self.client.get_channel(int(near.thread_id or near.channel_id))
+        guild = getattr(here, "guild", None)
+        if guild is None:  # a DM: no other channels
+            return None
+        mention = re.fullmatch(r"<#(\d+)>", typed.strip())
+        if mention:
+            found = guild.get_channel_or_thread(int(mention[1]))
+        else:
+            name = typed.strip().removeprefix("#").lower()
+            found = next((c for c in guild.text_channels if c.name.lower() == name), None)
+        if isinstance(found, discord.Thread) and found.parent_id is not None:
+            return ConversationKey(self.name, str(found.parent_id), str(found.id))
+        if isinstance(found, discord.TextChannel):
+            return ConversationKey(self.name, str(found.id))
+        return None
+
+    async def may_post(self, conversation: ConversationKey) -> bool:
+        channel = self.client.get_channel(int(conversation.thread_id or conversation.channel_id))
+        guild = getattr(channel, "guild", None)
+        if channel is None or guild is None or not hasattr(channel, "permissions_for"):
+            return False
+        allowed = channel.permissions_for(guild.me)
+        if isinstance(channel, discord.Thread):
+            return allowed.view_channel and allowed.send_messages_in_threads
+        return allowed.view_channel and allowed.send_messages
 
     async def _channel(self, conversation: ConversationKey) -> discord.abc.Messageable:
         """The channel or thread, from the client's cache or (a DM after a restart) from Discord."""

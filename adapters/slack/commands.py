@@ -72,7 +72,7 @@ class SlashCommands:
         context: AsyncBoltContext,
     ) -> None:
         """Post the question where everyone sees it, then accept it as the message its thread answers."""
-        if not text:
+        if not text and any(option.required for option in chosen.options):
             usage = f"Usage: `/parley {chosen.usage}` ({chosen.summary})."
             await respond(text=usage, response_type="ephemeral")
             return
@@ -81,7 +81,8 @@ class SlashCommands:
         try:
             posted = await context.client.chat_postMessage(
                 channel=channel,
-                text=f"*{_plain(name)}* asked with `/parley {chosen.name}`: {_plain(text)}",
+                text=f"*{_plain(name)}* asked with `/parley {chosen.name}`"
+                + (f": {_plain(text)}" if text else ""),
                 unfurl_links=False,
                 unfurl_media=False,
             )
@@ -131,6 +132,7 @@ class SlashCommands:
             user_id,
             await self.people.display_name(user_id),
             is_channel_manager=await self.people.is_channel_manager(user_id, channel),
+            timezone=await self.people.timezone(user_id),
         )
         return Message(key=ConversationKey(PLATFORM, channel), author=author, text="/" + line, server_id=team)
 

@@ -100,7 +100,8 @@ class Listeners:
         text = await readable(event.get("text", ""), self.people, strip=bot_user)
         # Only commands need the manager check, so ordinary messages cost no extra lookups.
         manager = text.startswith("/") and await self.people.is_channel_manager(user, key.channel_id)
-        author = Author(user, await self.people.display_name(user), is_channel_manager=manager)
+        zone = await self.people.timezone(user) if text.startswith("/") else None  # for /schedule
+        author = Author(user, await self.people.display_name(user), is_channel_manager=manager, timezone=zone)
         files = event.get("files") or []
         return Message(
             key=key,

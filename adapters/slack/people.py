@@ -47,6 +47,10 @@ class People:
             or user.get("name")
         ) or user_id
 
+    async def timezone(self, user_id: str) -> str | None:
+        """The IANA zone the person set in Slack (users.info's `tz`), when known."""
+        return (await self._user(user_id)).get("tz") or None
+
     async def is_channel_manager(self, user_id: str, channel: str) -> bool:
         """Workspace admins and owners manage every channel; a channel's creator manages that channel."""
         user = await self._user(user_id)

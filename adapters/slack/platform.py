@@ -20,6 +20,7 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.slack.channels import Channels
 from adapters.slack.commands import SlashCommands
 from adapters.slack.errors import error_code
 from adapters.slack.history import History
@@ -54,6 +55,7 @@ class SlackPlatform:
         self._client: AsyncWebClient | None = None
         self._workspace: Workspace | None = None
         self._history: History | None = None
+        self._channels: Channels | None = None
         self._socket: AsyncSocketModeHandler | None = None
         self._runner: web.AppRunner | None = None
         self._closed = asyncio.Event()
@@ -79,6 +81,7 @@ class SlackPlatform:
             await _check(client.auth_test(), "SLACK_BOT_TOKEN", settings.slack_api_url)
         )
         self._history = History(client, people, self._workspace)
+        self._channels = Channels(client, people)
         app = self._app(client, people)
         if settings.slack_app_token is not None:
             self._socket = AsyncSocketModeHandler(app, settings.slack_app_token.get_secret_value())
@@ -180,6 +183,14 @@ class SlackPlatform:
     async def permalink(self, conversation: ConversationKey, message_id: str) -> str:
         assert self._workspace is not None
         return self._workspace.permalink(conversation.channel_id, message_id, conversation.thread_id)
+
+    async def resolve_channel(self, near: ConversationKey, typed: str) -> ConversationKey | None:
+        assert self._channels is not None
+        return await self._channels.resolve(typed)
+
+    async def may_post(self, conversation: ConversationKey) -> bool:
+        assert self._channels is not None
+        return await self._channels.may_post(conversation)
 
 
 class CountedRateLimits(AsyncRateLimitErrorRetryHandler):

@@ -34,7 +34,13 @@ As strict as Slack where Parley depends on it:
   `response_metadata.next_cursor` with `has_more`, `oldest`/`latest` exclusive unless `inclusive`;
   they answer channel_not_found for a malformed or unknown channel (`channels`, when set, lists the ones
   that exist), thread_not_found for a `ts` that is no message there, invalid_cursor, invalid_ts_oldest
-  and invalid_ts_latest, and need the `*:history` scope of the conversation's type.
+  and invalid_ts_latest, and need the `*:history` scope of the conversation's type;
+- conversations.list pages by `limit` (at most 1,000) and `cursor`, lists only the `types` asked for
+  (public_channel by default), each needing its `*:read` scope, and answers invalid_types, invalid_limit
+  and invalid_cursor; `channel_names` names the channels;
+- with `joined` set, the app is a member only of those channels: conversations.info says `is_member`,
+  and chat.postMessage elsewhere (outside DMs) answers not_in_channel, as without chat:write.public;
+- users.info gives each person's `tz` (an IANA name), `tz_label` and `tz_offset` when they have one.
 """
 
 from __future__ import annotations
@@ -50,9 +56,11 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qsl
+from zoneinfo import ZoneInfo
 
 from aiohttp import WSMsgType, web
 
@@ -166,6 +174,7 @@ class SlackUser:
     name: str
     is_admin: bool = False
     is_owner: bool = False
+    tz: str | None = None  # the IANA zone the person set in Slack
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -179,6 +188,7 @@ class SlackUser:
             "is_primary_owner": False,
             "is_bot": False,
             "profile": {"display_name": self.name, "real_name": self.name},
+            **({"tz": self.tz, "tz_label": self.tz, "tz_offset": _offset(self.tz)} if self.tz else {}),
         }
 
 
@@ -195,6 +205,8 @@ class SlackAPI:
     status_timeout: float = 120.0  # Slack removes a thread status after two minutes without a message
     socket_ack_timeout: float = 3.0  # how long Socket Mode waits for an ack before sending again
     channels: set[str] | None = None  # the conversations that exist; None: every well-formed id
+    channel_names: dict[str, str] = field(default_factory=dict)  # what conversations.list shows, by id
+    joined: set[str] | None = None  # the channels the app is a member of; None: every one
 
     def __post_init__(self) -> None:
         self.calls: list[Call] = []
@@ -456,7 +468,47 @@ class SlackAPI:
         kind = self.channel_type(channel)
         flags = {f"is_{name}": kind == name for name in ("channel", "group", "mpim", "im")}
         info = {"id": channel, "creator": self.channel_creators.get(channel, "UNOBODY"), **flags}
-        return {"channel": {**info, "is_private": kind != "channel"}}
+        if not self._exists(channel):
+            return {"error": "channel_not_found"}
+        named = {"name": self.channel_names[channel]} if channel in self.channel_names else {}
+        member = {} if kind == "im" else {"is_member": self._member(channel)}
+        return {"channel": {**info, **named, **member, "is_private": kind != "channel"}}
+
+    def _member(self, channel: str) -> bool:
+        return self.joined is None or channel in self.joined
+
+    def _conversations_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The workspace's conversations of the types asked for, `limit` a page, by cursor."""
+        kinds = {"public_channel": "channel", "private_channel": "group", "mpim": "mpim", "im": "im"}
+        asked = [t.strip() for t in str(args.get("types") or "public_channel").split(",") if t.strip()]
+        if any(t not in kinds for t in asked):
+            return {"error": "invalid_types"}
+        for kind in asked:
+            needed = CONVERSATION_SCOPES[kinds[kind]]
+            if self.scopes is not None and needed not in self.scopes:
+                return {"error": "missing_scope", "needed": needed}
+        try:
+            limit = int(args.get("limit") or 100)
+        except ValueError:
+            return {"error": "invalid_limit"}
+        if not 1 <= limit <= 1000:
+            return {"error": "invalid_limit"}
+        wanted = {kinds[t] for t in asked}
+        listed = sorted(c for c in self.channel_names if self.channel_type(c) in wanted)
+        start = 0
+        if args.get("cursor"):
+            try:
+                after = base64.b64decode(str(args["cursor"]), validate=True).decode().split(":")[1]
+            except (binascii.Error, UnicodeDecodeError, IndexError):
+                return {"error": "invalid_cursor"}
+            start = listed.index(after) if after in listed else len(listed)
+        page, rest = listed[start : start + limit], listed[start + limit :]
+        cursor = base64.b64encode(f"next_id:{rest[0]}".encode()).decode() if rest else ""
+        channels = [
+            {"id": c, "name": self.channel_names[c], "is_member": self._member(c), "is_archived": False}
+            for c in page
+        ]
+        return {"channels": channels, "response_metadata": {"next_cursor": cursor}}
 
     def _assistant_threads_setStatus(self, args: dict[str, Any]) -> dict[str, Any]:
         channel, thread_ts, status = args.get("channel_id"), args.get("thread_ts"), args.get("status")
@@ -482,6 +534,9 @@ class SlackAPI:
     def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
         if not self._exists(str(args.get("channel", ""))):
             return {"error": "channel_not_found"}
+        channel = str(args["channel"])
+        if self.channel_type(channel) != "im" and not self._member(channel):
+            return {"error": "not_in_channel"}
         ts = self._new_ts()
         message = SlackMessage(args["channel"], ts, args.get("thread_ts"), args.get("text", ""))
         self.messages[ts] = message
@@ -672,3 +727,9 @@ def signed_headers(body: str | bytes, secret: str, timestamp: int | None = None)
     raw = body.encode() if isinstance(body, str) else body
     digest = hmac.new(secret.encode(), f"v0:{stamp}:".encode() + raw, hashlib.sha256).hexdigest()
     return {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": f"v0={digest}"}
+
+
+def _offset(tz: str) -> int:
+    """Seconds east of UTC now in `tz`, as users.info's tz_offset gives it."""
+    offset = datetime.now(ZoneInfo(tz)).utcoffset()
+    return int(offset.total_seconds()) if offset else 0

@@ -1,0 +1,212 @@
+"""Schedules and their runs in Parley's own tables; a run is claimed once per (schedule, fire time)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import and_, desc, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.schema import inbox, schedule_runs, schedules, turns
+from bot.when import When
+
+FAILURES_TO_PAUSE = 3  # failed runs in a row that pause a schedule
+AUTHOR_PREFIX = "schedule:"  # the author id of a schedule's runs: "schedule:3"
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    id: int
+    conversation: str  # where it runs and posts
+    origin: str  # where it was made
+    prompt: str
+    when: When
+    anchor: float
+    state: str  # active, paused, done
+    next_run_at: float | None
+    failures: int
+    created_by: str
+    created_by_name: str
+    target_text: str | None = None  # the other channel it posts in, as it was named
+    last_outcome: str | None = None
+
+
+class ScheduleStore:
+    def __init__(self, db: AsyncEngine) -> None:
+        self._db = db
+
+    async def add(
+        self,
+        *,
+        conversation: str,
+        origin: str,
+        prompt: str,
+        when: When,
+        anchor: float,
+        next_run_at: float | None,
+        created_by: str,
+        created_by_name: str,
+        target_text: str | None = None,
+    ) -> int:
+        async with self._db.begin() as conn:
+            result = await conn.execute(
+                insert(schedules).values(
+                    conversation=conversation,
+                    origin=origin,
+                    prompt=prompt,
+                    when_text=when.text,
+                    kind=when.kind,
+                    spec=when.spec,
+                    timezone=when.timezone,
+                    anchor=anchor,
+                    state="active",
+                    next_run_at=next_run_at,
+                    failures=0,
+                    created_by=created_by,
+                    created_by_name=created_by_name,
+                    target_text=target_text,
+                    created_at=time.time(),
+                )
+            )
+            return int(result.inserted_primary_key[0])
+
+    async def count(self, origin: str) -> int:
+        query = select(func.count()).select_from(schedules).where(schedules.c.origin == origin)
+        async with self._db.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def listed(self, origin: str) -> list[Schedule]:
+        """The schedules made in a conversation, oldest first, with their last run's outcome."""
+        return await self._select(schedules.c.origin == origin)
+
+    async def get(self, schedule_id: int) -> Schedule | None:
+        found = await self._select(schedules.c.id == schedule_id)
+        return found[0] if found else None
+
+    async def active(self) -> list[Schedule]:
+        return await self._select(schedules.c.state == "active")
+
+    async def _select(self, condition: object) -> list[Schedule]:
+        last = (
+            select(schedule_runs.c.outcome)
+            .where(schedule_runs.c.schedule_id == schedules.c.id, schedule_runs.c.outcome != "running")
+            .order_by(desc(schedule_runs.c.id))
+            .limit(1)
+            .scalar_subquery()
+        )
+        query = select(schedules, last.label("last_outcome")).where(condition).order_by(schedules.c.id)
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [
+            Schedule(
+                id=row["id"],
+                conversation=row["conversation"],
+                origin=row["origin"],
+                prompt=row["prompt"],
+                when=When(row["kind"], row["spec"], row["timezone"], row["when_text"]),
+                anchor=row["anchor"],
+                state=row["state"],
+                next_run_at=row["next_run_at"],
+                failures=row["failures"],
+                created_by=row["created_by"],
+                created_by_name=row["created_by_name"],
+                target_text=row["target_text"],
+                last_outcome=row["last_outcome"],
+            )
+            for row in rows
+        ]
+
+    async def set_state(self, schedule_id: int, state: str, next_run_at: float | None) -> None:
+        async with self._db.begin() as conn:
+            await conn.execute(
+                update(schedules)
+                .where(schedules.c.id == schedule_id)
+                .values(state=state, next_run_at=next_run_at, failures=0)
+            )
+
+    async def advance(self, schedule_id: int, fired_at: float, next_run_at: float | None) -> None:
+        """Move the next run on past `fired_at`, unless another process already moved it further."""
+        values = {"next_run_at": next_run_at} if next_run_at is not None else {"next_run_at": None}
+        if next_run_at is None:
+            values["state"] = "done"
+        async with self._db.begin() as conn:
+            await conn.execute(
+                update(schedules)
+                .where(
+                    schedules.c.id == schedule_id,
+                    schedules.c.state == "active",
+                    schedules.c.next_run_at <= fired_at,
+                )
+                .values(**values)
+            )
+
+    async def delete(self, schedule_id: int) -> None:
+        async with self._db.begin() as conn:
+            await conn.execute(schedule_runs.delete().where(schedule_runs.c.schedule_id == schedule_id))
+            await conn.execute(schedules.delete().where(schedules.c.id == schedule_id))
+
+    # Runs
+
+    async def claim(
+        self, schedule_id: int, fire_at: float, kind: str, outcome: str = "running"
+    ) -> int | None:
+        """Take the run of this fire time; None when another process (or an earlier start) has it."""
+        try:
+            async with self._db.begin() as conn:
+                result = await conn.execute(
+                    insert(schedule_runs).values(
+                        schedule_id=schedule_id,
+                        fire_at=fire_at,
+                        kind=kind,
+                        outcome=outcome,
+                        started_at=time.time(),
+                    )
+                )
+                return int(result.inserted_primary_key[0])
+        except IntegrityError:
+            return None
+
+    async def finish_run(self, run_id: int, schedule_id: int, outcome: str, reply: str | None) -> int:
+        """Record how a run ended; returns the schedule's failed runs in a row since."""
+        failed = outcome == "error"
+        async with self._db.begin() as conn:
+            await conn.execute(
+                update(schedule_runs)
+                .where(schedule_runs.c.id == run_id)
+                .values(outcome=outcome, reply=reply, finished_at=time.time())
+            )
+            await conn.execute(
+                update(schedules)
+                .where(schedules.c.id == schedule_id)
+                .values(failures=schedules.c.failures + 1 if failed else 0)
+            )
+            failures = await conn.execute(select(schedules.c.failures).where(schedules.c.id == schedule_id))
+            return int(failures.scalar() or 0)
+
+    async def runs(self, schedule_id: int) -> list[tuple[float, str, str, str | None]]:
+        """(fire time, kind, outcome, reply) of every run, oldest first."""
+        query = (
+            select(
+                schedule_runs.c.fire_at, schedule_runs.c.kind, schedule_runs.c.outcome, schedule_runs.c.reply
+            )
+            .where(schedule_runs.c.schedule_id == schedule_id)
+            .order_by(schedule_runs.c.id)
+        )
+        async with self._db.connect() as conn:
+            return [tuple(row) for row in (await conn.execute(query)).all()]  # type: ignore[misc]
+
+    async def reply_to(self, platform: str, channel: str, message_id: str) -> str | None:
+        """The stored answer to an accepted message (a run's prompt)."""
+        query = (
+            select(turns.c.content)
+            .select_from(
+                inbox.join(turns, and_(turns.c.answers == inbox.c.turn_id, turns.c.role == "assistant"))
+            )
+            .where(inbox.c.platform == platform, inbox.c.channel == channel, inbox.c.message_id == message_id)
+            .order_by(desc(turns.c.id))
+            .limit(1)
+        )
+        async with self._db.connect() as conn:
+            return (await conn.execute(query)).scalar()

@@ -69,6 +69,8 @@ def registered(skills: SkillRegistry, platform: str) -> list[Command]:
     offered = list(available(platform).values())
     if platform not in ASK.not_on:
         offered.insert(0, ASK)
+    if platform not in REGENERATE.not_on:
+        offered.append(REGENERATE)
     for skill in skills:
         if skill.command:
             name, _, argument = skill.command.partition(" ")
@@ -226,6 +228,11 @@ async def help_(engine: Engine, message: Message, args: str) -> CommandResult:
     return CommandResult("\n".join(lines))
 
 
+async def stop(engine: Engine, message: Message, args: str) -> CommandResult:
+    """`/stop`: the reply being written to you here (see bot/controls.py)."""
+    return await engine.controls.stop_command(message, args)
+
+
 def _describe(info: ModelInfo) -> str:
     parts = []
     if info.context_length:
@@ -298,6 +305,7 @@ COMMANDS: dict[str, Command] = {
             not_on=frozenset({"console"}),
         ),
         Command("help", "help", "this list", help_),
+        Command("stop", "stop", "stop the reply being written to you here", stop),
     )
 }
 
@@ -309,4 +317,15 @@ ASK = Command(
     None,
     (Option("prompt", "What to ask", required=True),),
     not_on=frozenset({"console", "slack"}),
+)
+
+# Answers the newest question here again (the asker's, or a manager's), optionally with another model;
+# Slack's /parley has no thread to act in, so there it is a button, or `/regenerate` in a mention.
+REGENERATE = Command(
+    "regenerate",
+    "regenerate [MODEL]",
+    "answer the last question here again, with another model if you like",
+    None,
+    (Option("model", "PROVIDER/MODEL to answer with; empty keeps this conversation's", models=True),),
+    not_on=frozenset({"slack"}),
 )

@@ -14,6 +14,7 @@ from bot.addressing import Addressing
 from bot.attachments import read_attachments
 from bot.catalog import ModelCatalog, ResolvedModel, UnknownModelError
 from bot.config import Settings
+from bot.controls import Controls, ReplyControls, offer
 from bot.gate import Gate
 from bot.models import Author, CommandResult, ConversationKey, ConversationSettings, Message
 from bot.platform import Platform
@@ -56,6 +57,7 @@ class Engine:
         self._started_at = time.time()
         self._closing = False  # set once drained: what arrives later waits, stored, for the next start
         self._trimmed: set[str] = set()  # conversations whose last reply already said turns were left out
+        self.controls = Controls(self)
 
     @classmethod
     async def create(
@@ -134,6 +136,8 @@ class Engine:
                 await self.store.close_inbox(entry.id, "failed")
                 return "error"
             kind, skill, text = self._classify(message.text)
+            if kind == "command" and (redo := await self.controls.redo(entry, text)) is not None:
+                return await self.controls.regenerate(redo, entry, surface)
             if kind == "command":
                 result = await self.run_command(message, text)
                 await self.pacer.renderer(surface).finish(result.text)
@@ -145,7 +149,7 @@ class Engine:
                 return "command"
             forced = Forced(skill, skill.arguments_for(text)) if skill is not None else None
             conf = await self.settings_for(message.key)
-            return await Reply(self, entry, surface, conf, forced).run()
+            return await self.controls.run(Reply(self, entry, surface, conf, forced), entry, surface)
 
     # After a crash, and at shutdown
 
@@ -172,6 +176,8 @@ class Engine:
             return
         try:
             surface = await platform.reopen(ConversationKey.parse(reply.conversation), reply.refs)
+            if reply.answers is not None:  # its Stop button becomes Regenerate
+                offer(surface, ReplyControls(reply.answers))
             await self.pacer.renderer(surface).finish(extend(reply.content, RESTARTED_NOTE))
         except Exception:
             log.exception("%s: could not mark a reply cut off by the restart", reply.conversation)

@@ -42,6 +42,9 @@ turns = Table(
     Column("answers", Integer),
     # Where the reply is shown on its platform (JSON the adapter wrote), so a crash can be repaired there.
     Column("reply_refs", Text),
+    # Why memory no longer uses this turn while it stays stored: "replaced" (an earlier answer to a
+    # question that was regenerated), "deleted" (its message was deleted), "forgotten" (/forget last).
+    Column("hidden", String(16)),
     Index("ix_turns_conversation_id", "conversation", "id"),
 )
 

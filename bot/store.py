@@ -50,6 +50,16 @@ class StoredTurn:
 
 
 @dataclass(frozen=True, slots=True)
+class Question:
+    """A user turn as reply controls need it: where it was asked, by whom, and what."""
+
+    id: int
+    conversation: str
+    author_id: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
 class AssistantRecord:
     content: str
     model: str
@@ -330,6 +340,54 @@ class Store:
             result = await conn.execute(delete(turns).where(turns.c.conversation == conversation))
             return result.rowcount or 0
 
+    # Reply controls
+
+    async def question(self, turn_id: int) -> Question | None:
+        """A user turn by id, while memory still uses it."""
+        query = select(turns.c.id, turns.c.conversation, turns.c.author_id, turns.c.content).where(
+            turns.c.id == turn_id, turns.c.role == "user", turns.c.hidden.is_(None)
+        )
+        async with self._db.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return Question(row.id, row.conversation, row.author_id, row.content) if row else None
+
+    async def last_question(self, conversation: str) -> Question | None:
+        """The newest question of a conversation that memory still uses."""
+        query = (
+            select(turns.c.id, turns.c.conversation, turns.c.author_id, turns.c.content)
+            .where(turns.c.conversation == conversation, turns.c.role == "user", turns.c.hidden.is_(None))
+            .order_by(turns.c.id.desc())
+            .limit(1)
+        )
+        async with self._db.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return Question(row.id, row.conversation, row.author_id, row.content) if row else None
+
+    async def keep_newest_answer(self, question_id: int) -> None:
+        """After a regeneration: memory uses the newest answer to a question that says something; the
+        earlier ones stay stored as its alternatives."""
+        answers = and_(turns.c.answers == question_id, turns.c.role == "assistant")
+        async with self._db.begin() as conn:
+            newest = (
+                await conn.execute(
+                    select(func.max(turns.c.id)).where(
+                        answers, turns.c.content != "", turns.c.hidden.is_(None)
+                    )
+                )
+            ).scalar()
+            if newest is not None:
+                await conn.execute(
+                    update(turns)
+                    .where(answers, turns.c.id != newest, turns.c.hidden.is_(None))
+                    .values(hidden="replaced")
+                )
+
+    async def answer_count(self, question_id: int) -> int:
+        """How many answers a question has, alternatives included."""
+        query = select(func.count()).where(turns.c.answers == question_id, turns.c.role == "assistant")
+        async with self._db.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
     # Settings
 
     async def settings(self, conversations: Sequence[str]) -> list[dict[str, object]]:
@@ -405,6 +463,7 @@ async def _recent(
     condition = and_(
         turns.c.conversation == conversation,
         or_(turns.c.outcome.is_(None), turns.c.outcome != "streaming"),
+        turns.c.hidden.is_(None),
     )
     if upto is not None:
         condition = and_(condition, or_(turns.c.id <= upto, turns.c.answers < upto))

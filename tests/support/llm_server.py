@@ -89,6 +89,8 @@ class LLMServer:
         self.anthropic_models: list[str] = ["claude-sonnet-4-5"]
         self.models_error: Script | None = None  # set to make the model listing fail
         self._scripts: deque[Script] = deque()
+        # Streams whose client closed the connection while a gated token waited, by request path.
+        self.closed_by_client: list[str] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -240,7 +242,8 @@ class LLMServer:
                     await send({"error": script.error, **chunk({"content": ""}, "error")})
                 return response
             if script.gate is not None:
-                await script.gate.acquire()
+                if not await self._released(script.gate, request):
+                    return response
             elif index:
                 await asyncio.sleep(script.delay)
             await send(chunk({"content": token}))
@@ -357,6 +360,21 @@ class LLMServer:
         await send("message_delta", {"delta": {"stop_reason": stop}, "usage": {"output_tokens": completion}})
         await send("message_stop", {})
         return response
+
+    async def _released(self, gate: asyncio.Semaphore, request: web.Request) -> bool:
+        """Wait for the gate; False (recorded in `closed_by_client`) when the client hung up first."""
+        acquired = asyncio.ensure_future(gate.acquire())
+        try:
+            while not acquired.done():
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    self.closed_by_client.append(request.path)
+                    return False
+                await asyncio.wait({acquired}, timeout=0.01)
+        finally:
+            if not acquired.done():
+                acquired.cancel()
+        return True
 
     async def _fault(self, script: Script, index: int, request: web.Request) -> bool:
         """Apply a fault due after `index` tokens; True when the stream must end here."""

@@ -1,0 +1,183 @@
+"""Stop and regenerate: what a reply's controls act on, who may use them, and the replies they start.
+
+A control names only the question it acts on (the user turn a reply answers), so a button works after a
+restart: who asked, in which conversation, is read from the store. Stopping needs the reply's task,
+which only the process answering it has; a button on a reply that has ended says so.
+
+A regeneration is a message of its own (`/regenerate #QUESTION [MODEL]`, typed or sent by a button),
+accepted into the inbox like any other, so a click seen twice is answered once. Its reply answers the
+question again, from the conversation as it stood then; the earlier answers stay stored as
+alternatives, and memory uses the newest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from bot.catalog import UnknownModelError
+from bot.models import Author, CommandResult, ConversationKey, Message, Surface
+from bot.reply import STOPPED, Outcome, Reply
+from bot.store import InboxEntry
+
+if TYPE_CHECKING:
+    from bot.engine import Engine
+
+REGENERATE = "regenerate"
+MENU_MODELS = 25  # models offered in a reply's "another model" menu (Discord's select holds 25)
+REFUSED = "Only the person who asked, or a channel manager, can stop or regenerate this reply."
+GONE = "That question is no longer in memory, so it cannot be answered again."
+ENDED = "That reply has already ended."
+NOTHING_RUNNING = "Nothing you asked is being answered here right now."
+NOTHING_ASKED = "There is no question here to answer again yet."
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyControls:
+    """What a reply's buttons act on: its question, and the models its menu offers (current first)."""
+
+    question: int
+    models: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Controllable(Protocol):
+    """A surface that shows controls: Stop while the reply is written, Regenerate once it has ended."""
+
+    def show_controls(self, controls: ReplyControls) -> None: ...
+
+
+def offer(surface: Surface, controls: ReplyControls) -> None:
+    if isinstance(surface, Controllable):
+        surface.show_controls(controls)
+
+
+def regenerate_line(question: int, model: str | None = None) -> str:
+    """The message a Regenerate button sends on the clicker's behalf."""
+    return f"/{REGENERATE} #{question}" + (f" {model}" if model else "")
+
+
+@dataclass(frozen=True, slots=True)
+class _Running:
+    task: asyncio.Task[Outcome]
+    conversation: ConversationKey
+    asker: str
+
+
+@dataclass(frozen=True, slots=True)
+class Redo:
+    """A regeneration that may go ahead: the command's inbox entry now answering the question again."""
+
+    entry: InboxEntry
+    model: str | None
+
+
+class Controls:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._running: dict[int, _Running] = {}  # replies under way in this process, by question
+
+    async def run(self, reply: Reply, entry: InboxEntry, surface: Surface) -> Outcome:
+        """Run a reply with its controls shown, and stoppable while it runs."""
+        if entry.turn_id is None:
+            return await reply.run()
+        names = await self._engine.model_choices(entry.message.key, "", MENU_MODELS, wait=0.0)
+        offer(surface, ReplyControls(entry.turn_id, tuple(names)))
+        with self._under_way(entry):
+            return await reply.run()
+
+    @contextlib.contextmanager
+    def _under_way(self, entry: InboxEntry) -> Iterator[None]:
+        task = asyncio.current_task()
+        assert task is not None and entry.turn_id is not None
+        question = entry.turn_id
+        running = self._running[question] = _Running(task, entry.message.key, entry.message.author.id)  # type: ignore[arg-type]
+        try:
+            yield
+        finally:
+            if self._running.get(question) is running:
+                del self._running[question]
+
+    async def refusal(self, question: int, author: Author) -> str | None:
+        """Why `author` may not stop or regenerate the reply to `question`, or None when they may."""
+        asked = await self._engine.store.question(question)
+        if asked is None:
+            return GONE
+        if asked.author_id != author.id and not self._engine.may_change_settings(author):
+            return REFUSED
+        return None
+
+    async def stop(self, question: int, author: Author) -> CommandResult | None:
+        """Stop the reply to `question` (a Stop button); None when it was stopped, else why not."""
+        running = self._running.get(question)
+        if running is None or running.task.done():
+            return CommandResult(ENDED)
+        if running.asker != author.id and not self._engine.may_change_settings(author):
+            return CommandResult(REFUSED)
+        running.task.cancel(STOPPED)
+        return None
+
+    async def stop_command(self, message: Message, args: str) -> CommandResult:
+        """`/stop`: the author's newest reply under way in this conversation (or, from a channel, in its
+        threads); a manager's stops the newest reply there, whoever asked."""
+        manager = self._engine.may_change_settings(message.author)
+        here = [
+            (question, running)
+            for question, running in self._running.items()
+            if not running.task.done()
+            and (running.conversation == message.key or running.conversation.channel == message.key)
+        ]
+        mine = [pair for pair in here if pair[1].asker == message.author.id] or (here if manager else [])
+        if not mine:
+            return CommandResult(REFUSED if here else NOTHING_RUNNING)
+        question, running = max(mine, key=lambda pair: pair[0])
+        running.task.cancel(STOPPED)
+        return CommandResult("Stopped.")
+
+    async def redo(self, entry: InboxEntry, line: str) -> Redo | CommandResult | None:
+        """The regeneration a command asks for (None: the command is another one), or why it cannot be."""
+        name, _, rest = line.strip().partition(" ")
+        if name.lower() != REGENERATE:
+            return None
+        words = rest.split()
+        question_id: int | None = None
+        if words and words[0].startswith("#") and words[0][1:].isdigit():
+            question_id = int(words.pop(0)[1:])
+        store = self._engine.store
+        asked = (
+            await store.question(question_id)
+            if question_id is not None
+            else await store.last_question(str(entry.message.key))
+        )
+        if asked is None:
+            return CommandResult(GONE if question_id is not None else NOTHING_ASKED)
+        if refusal := await self.refusal(asked.id, entry.message.author):
+            return CommandResult(refusal)
+        model = None
+        if words:
+            try:
+                model, _note = await self._engine.catalog.canonical(" ".join(words))
+            except UnknownModelError as error:
+                return CommandResult(str(error))
+        message = replace(entry.message, key=ConversationKey.parse(asked.conversation), text=asked.content)
+        return Redo(replace(entry, message=message, turn_id=asked.id), model)
+
+    async def regenerate(self, redo: Redo | CommandResult, entry: InboxEntry, surface: Surface) -> Outcome:
+        """Answer the question again on `surface` (or say why not); memory then uses the newest answer."""
+        engine = self._engine
+        if isinstance(redo, CommandResult):
+            await engine.pacer.renderer(surface).finish(redo.text)
+            await engine.store.close_inbox(entry.id)
+            return "command"
+        conf = await engine.settings_for(redo.entry.message.key)
+        if redo.model is not None:
+            conf = replace(conf, model=redo.model)
+        question = redo.entry.turn_id
+        assert question is not None
+        try:
+            return await self.run(Reply(engine, redo.entry, surface, conf), redo.entry, surface)
+        finally:
+            await engine.store.keep_newest_answer(question)

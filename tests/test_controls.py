@@ -1,0 +1,172 @@
+"""Stop and regenerate through the engine: the policy every platform shares (bot/controls.py), with the real
+provider code against the loopback LLM server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from bot.controls import ENDED, GONE, NOTHING_RUNNING, REFUSED, ReplyControls, regenerate_line
+from bot.engine import Engine
+from bot.models import Author
+from tests.conftest import RecordingPlatform, RecordingSurface
+from tests.support.asking import ADA, CHANNEL, answer, ask, first_render, msg
+from tests.support.llm_server import LLMServer, Script
+
+BEA = Author("u-bea", "Bea")
+MANAGER = Author("u-max", "Max", is_channel_manager=True)
+OTHER_MODEL = "openrouter/openai/gpt-4o-mini"
+
+
+class ControlledSurface(RecordingSurface):
+    """A surface that shows controls, as Discord's and Slack's do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.controls: list[ReplyControls] = []
+
+    def show_controls(self, controls: ReplyControls) -> None:
+        self.controls.append(controls)
+
+
+class ControlledPlatform(RecordingPlatform):
+    async def surface_for(self, conversation: Any, reply_to: Any = None) -> RecordingSurface:
+        surface = ControlledSurface()
+        self.surfaces.append((conversation, reply_to, surface))
+        return surface
+
+
+async def question_of(engine: Engine) -> int:
+    asked = await engine.store.last_question(str(CHANNEL))
+    assert asked is not None
+    return asked.id
+
+
+async def memory(engine: Engine) -> list[tuple[str, str]]:
+    turns, _ = await engine.store.recall(str(CHANNEL), 100_000)
+    return [(turn.role, turn.content) for turn in turns]
+
+
+async def test_stop_closes_the_provider_request_keeps_what_was_said_and_says_so(
+    engine: Engine, llm: LLMServer
+) -> None:
+    gate = asyncio.Semaphore(1)  # one token, then the loopback waits
+    llm.enqueue(Script(tokens=["Once upon", " a time", " there was"], gate=gate))
+    question = msg("tell me a story")
+    task = await engine.accept(question, {"message": question.id})
+    assert task is not None
+    surface = await first_render(engine, question)
+    turn = await question_of(engine)
+    assert await engine.controls.stop(turn, BEA) is not None  # someone else may not
+    assert not task.done()
+    assert await engine.controls.stop(turn, ADA) is None
+    await asyncio.wait({task})
+    assert surface.final == "Once upon\n\n_Stopped._"
+    async with asyncio.timeout(5):
+        while not llm.closed_by_client:  # the provider saw the connection closed, not a finished stream
+            await asyncio.sleep(0.01)
+    assert llm.closed_by_client == ["/v1/chat/completions"]
+    assert await memory(engine) == [("user", "tell me a story"), ("assistant", "Once upon")]
+    stopped = await engine.controls.stop(turn, ADA)
+    assert stopped is not None and stopped.text == ENDED
+
+
+async def test_the_stop_command_stops_your_reply_and_refuses_anothers(engine: Engine, llm: LLMServer) -> None:
+    gate = asyncio.Semaphore(1)
+    llm.enqueue(Script(tokens=["Partly", " more"], gate=gate))
+    question = msg("go")
+    task = await engine.accept(question, {"message": question.id})
+    assert task is not None
+    surface = await first_render(engine, question)
+    assert (await engine.run_command(msg("/stop", author=BEA), "stop")).text == REFUSED
+    assert (await engine.run_command(msg("/stop"), "stop")).text == "Stopped."
+    await asyncio.wait({task})
+    assert surface.final.endswith("_Stopped._")
+    assert (await engine.run_command(msg("/stop"), "stop")).text == NOTHING_RUNNING
+
+
+async def test_a_manager_may_stop_anyones_reply(engine: Engine, llm: LLMServer) -> None:
+    gate = asyncio.Semaphore(1)
+    llm.enqueue(Script(tokens=["Partly", " more"], gate=gate))
+    question = msg("go")
+    task = await engine.accept(question, {"message": question.id})
+    assert task is not None
+    await first_render(engine, question)
+    assert await engine.controls.stop(await question_of(engine), MANAGER) is None
+    await asyncio.wait({task})
+    assert task.cancelled()
+
+
+async def test_regenerate_with_another_model_keeps_the_first_answer_as_an_alternative(
+    engine: Engine, llm: LLMServer
+) -> None:
+    llm.enqueue(Script(tokens=["Paris."]))
+    await ask(engine, "Capital of France?")
+    turn = await question_of(engine)
+    llm.enqueue(Script(tokens=["It is Paris."]))
+    again = await answer(engine, msg(regenerate_line(turn, OTHER_MODEL)))
+    assert again.final == "It is Paris."
+    sent = llm.chat_requests()[-1].json
+    assert sent["model"] == "openai/gpt-4o-mini"
+    # The question is asked again as it stood: the first answer is not part of it.
+    assert [m["content"] for m in sent["messages"] if m["role"] != "system"] == ["Ada: Capital of France?"]
+    assert await memory(engine) == [("user", "Capital of France?"), ("assistant", "It is Paris.")]
+    assert await engine.store.answer_count(turn) == 2  # the first is kept, as an alternative
+    # The next question sees only the newest answer.
+    await ask(engine, "And of Italy?")
+    history = [m["content"] for m in llm.chat_requests()[-1].json["messages"] if m["role"] != "system"]
+    assert history == ["Ada: Capital of France?", "It is Paris.", "Ada: And of Italy?"]
+
+
+async def test_regenerate_without_a_question_id_answers_the_last_question_again(
+    engine: Engine, llm: LLMServer
+) -> None:
+    assert (
+        await answer(engine, msg("/regenerate"))
+    ).final == "There is no question here to answer again yet."
+    llm.enqueue(Script(tokens=["One"]), Script(tokens=["Two"]))
+    await ask(engine, "Pick a number")
+    assert (await answer(engine, msg("/regenerate"))).final == "Two"
+    assert await memory(engine) == [("user", "Pick a number"), ("assistant", "Two")]
+
+
+async def test_only_the_asker_or_a_manager_may_regenerate(engine: Engine, llm: LLMServer) -> None:
+    await ask(engine, "Mine")
+    turn = await question_of(engine)
+    assert (await answer(engine, msg(regenerate_line(turn), author=BEA))).final == REFUSED
+    assert (await answer(engine, msg(regenerate_line(turn), author=MANAGER))).final == "echo: Ada: Mine"
+    assert (await answer(engine, msg(regenerate_line(turn + 1000)))).final == GONE
+    unknown = await answer(engine, msg(regenerate_line(turn, "openrouter/no-such-model")))
+    assert "no-such-model" in unknown.final
+    assert await engine.store.answer_count(turn) == 2  # refusals and unknown models answer nothing
+
+
+async def test_a_failed_regeneration_leaves_memory_with_the_answer_it_had(
+    engine: Engine, llm: LLMServer
+) -> None:
+    llm.enqueue(Script(tokens=["Good answer"]), Script(status=500))
+    await ask(engine, "Question")
+    turn = await question_of(engine)
+    failed = await answer(engine, msg(regenerate_line(turn)))
+    assert failed.final.startswith("_") and "Good answer" not in failed.final
+    assert await memory(engine) == [("user", "Question"), ("assistant", "Good answer")]
+
+
+async def test_replies_offer_their_controls_with_the_current_model_first(
+    make_engine: Callable[..., Any], llm: LLMServer
+) -> None:
+    engine = await make_engine()
+    platform = ControlledPlatform()
+    engine.register(platform)
+    await engine.catalog.all_names()  # the lists a menu is made from, as at start
+    await ask(engine, "hello")
+    (_, _, surface) = platform.surfaces[-1]
+    assert isinstance(surface, ControlledSurface)
+    (controls,) = surface.controls
+    assert controls.question == await question_of(engine)
+    assert controls.models[0] == "openrouter/xiaomi/mimo-v2-flash" and OTHER_MODEL in controls.models
+    # A command's answer has nothing to stop or regenerate.
+    await answer(engine, msg("/model"))
+    assert isinstance(platform.surfaces[-1][2], ControlledSurface)
+    assert platform.surfaces[-1][2].controls == []

@@ -133,7 +133,7 @@ class Controls:
         mine = [pair for pair in here if pair[1].asker == message.author.id] or (here if manager else [])
         if not mine:
             return CommandResult(REFUSED if here else NOTHING_RUNNING)
-        question, running = max(mine, key=lambda pair: pair[0])
+        _question, running = max(mine, key=lambda pair: pair[0])
         running.task.cancel(STOPPED)
         return CommandResult("Stopped.")
 

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from bot.catalog import UnknownModelError
 from bot.models import Author, CommandResult, ConversationKey, Message, Surface
@@ -62,9 +62,14 @@ def regenerate_line(question: int, model: str | None = None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Running:
-    task: asyncio.Task[Outcome]
+    task: asyncio.Task[Any]
+    reply: Reply
     conversation: ConversationKey
     asker: str
+
+    @property
+    def stoppable(self) -> bool:
+        return not self.task.done() and not self.reply.ending
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +91,15 @@ class Controls:
             return await reply.run()
         names = await self._engine.model_choices(entry.message.key, "", MENU_MODELS, wait=0.0)
         offer(surface, ReplyControls(entry.turn_id, tuple(names)))
-        with self._under_way(entry):
+        with self._under_way(entry, reply):
             return await reply.run()
 
     @contextlib.contextmanager
-    def _under_way(self, entry: InboxEntry) -> Iterator[None]:
+    def _under_way(self, entry: InboxEntry, reply: Reply) -> Iterator[None]:
         task = asyncio.current_task()
         assert task is not None and entry.turn_id is not None
         question = entry.turn_id
-        running = self._running[question] = _Running(task, entry.message.key, entry.message.author.id)  # type: ignore[arg-type]
+        running = self._running[question] = _Running(task, reply, entry.message.key, entry.message.author.id)
         try:
             yield
         finally:
@@ -113,7 +118,7 @@ class Controls:
     async def stop(self, question: int, author: Author) -> CommandResult | None:
         """Stop the reply to `question` (a Stop button); None when it was stopped, else why not."""
         running = self._running.get(question)
-        if running is None or running.task.done():
+        if running is None or not running.stoppable:
             return CommandResult(ENDED)
         if running.asker != author.id and not self._engine.may_change_settings(author):
             return CommandResult(REFUSED)
@@ -127,7 +132,7 @@ class Controls:
         here = [
             (question, running)
             for question, running in self._running.items()
-            if not running.task.done()
+            if running.stoppable
             and (running.conversation == message.key or running.conversation.channel == message.key)
         ]
         mine = [pair for pair in here if pair[1].asker == message.author.id] or (here if manager else [])

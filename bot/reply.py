@@ -67,6 +67,7 @@ class Reply:
         self._answer = Answer(model=conf.model)
         self._citations = Citations()
         self._renderer = engine.pacer.renderer(surface, on_render=self._shown)
+        self.ending = False  # its final text is on its way: a stop now has nothing left to stop
 
     async def run(self) -> Outcome:
         """Answer on the surface; returns how the reply ended."""
@@ -99,6 +100,7 @@ class Reply:
             log.exception("reply in %s failed", self._entry.message.key)
             final = extend(answer.text, INTERNAL_ERROR)
             outcome = "cut_off" if answer.text else "error"
+        self.ending = True
         await self._renderer.finish(final)
         latency_ms = int((self._engine.clock.now() - started) * 1000)
         await self._stored.finish(self._record(outcome, latency_ms))

@@ -13,6 +13,7 @@ import discord
 from discord import app_commands
 
 from adapters.discord.commands import install
+from adapters.discord.controls import on_component
 from adapters.discord.facts import author_of, conversation_key
 from adapters.discord.surface import NO_PINGS
 from bot.addressing import Arrival, Rules
@@ -82,6 +83,11 @@ class ParleyDiscord(discord.Client):
             self.application_id, permissions=PERMISSIONS, scopes=("bot", "applications.commands")
         )
         log.info("Discord: logged in as %s. Invite: %s", self.user, url)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        # Slash commands go to the tree; clicks on a reply's components come here, by their custom ids.
+        if interaction.type == discord.InteractionType.component:
+            await on_component(self.platform, interaction)
 
     async def on_message(self, message: discord.Message) -> None:
         # discord.py hands each event to a task of its own, and what comes before accepting a message

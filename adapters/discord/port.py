@@ -113,7 +113,8 @@ class DiscordPlatform:
             waiting = self._waiting.pop(str(reply_to["interaction"]["token"]), None)
             return waiting or self._interaction_surface(reply_to)
         channel = self._partial(int(reply_to["channel"]))
-        return MessageSurface(channel, reply_to=reference(channel.id, int(reply_to["message"])))
+        answered = reply_to.get("message")
+        return MessageSurface(channel, reply_to=reference(channel.id, int(answered) if answered else None))
 
     async def reopen(self, conversation: ConversationKey, refs: Mapping[str, Any]) -> Surface:
         # Interaction responses are public messages of the bot's: the channel's endpoints edit them too,

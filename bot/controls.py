@@ -37,10 +37,19 @@ NOTHING_ASKED = "There is no question here to answer again yet."
 
 @dataclass(frozen=True, slots=True)
 class ReplyControls:
-    """What a reply's buttons act on: its question, and the models its menu offers (current first)."""
+    """What a reply's buttons act on: its question, and the models its menu offers (current first):
+    listed while the reply is written, so the menu holds what was known by the time it ended."""
 
     question: int
-    models: tuple[str, ...] = ()
+    menu: asyncio.Future[list[str]] | tuple[str, ...] = ()
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        if isinstance(self.menu, tuple):
+            return self.menu
+        if not self.menu.done() or self.menu.cancelled() or self.menu.exception() is not None:
+            return ()
+        return tuple(self.menu.result())
 
 
 @runtime_checkable
@@ -85,14 +94,24 @@ class Controls:
         self._engine = engine
         self._running: dict[int, _Running] = {}  # replies under way in this process, by question
 
-    async def run(self, reply: Reply, entry: InboxEntry, surface: Surface) -> Outcome:
-        """Run a reply with its controls shown, and stoppable while it runs."""
+    async def run(self, reply: Reply, entry: InboxEntry, surface: Surface, model: str) -> Outcome:
+        """Run a reply (answering with `model`) with its controls shown, and stoppable while it runs."""
         if entry.turn_id is None:
             return await reply.run()
-        names = await self._engine.model_choices(entry.message.key, "", MENU_MODELS, wait=0.0)
-        offer(surface, ReplyControls(entry.turn_id, tuple(names)))
-        with self._under_way(entry, reply):
-            return await reply.run()
+        menu = asyncio.ensure_future(self._menu(model))
+        menu.add_done_callback(_quietly)
+        offer(surface, ReplyControls(entry.turn_id, menu))
+        try:
+            with self._under_way(entry, reply):
+                return await reply.run()
+        finally:
+            menu.cancel()
+
+    async def _menu(self, current: str) -> list[str]:
+        """The models to offer: the one answering first, then the others listed (from the catalog's
+        cache, so a reply costs no extra reads)."""
+        names, _failures = await self._engine.catalog.all_names()
+        return [current, *(name for name in names if name != current)][:MENU_MODELS]
 
     @contextlib.contextmanager
     def _under_way(self, entry: InboxEntry, reply: Reply) -> Iterator[None]:
@@ -183,6 +202,12 @@ class Controls:
         question = redo.entry.turn_id
         assert question is not None
         try:
-            return await self.run(Reply(engine, redo.entry, surface, conf), redo.entry, surface)
+            return await self.run(Reply(engine, redo.entry, surface, conf), redo.entry, surface, conf.model)
         finally:
             await engine.store.keep_newest_answer(question)
+
+
+def _quietly(menu: asyncio.Future[list[str]]) -> None:
+    """A menu that could not be listed is left out of the controls; the reply says nothing of it."""
+    if not menu.cancelled():
+        menu.exception()

@@ -149,7 +149,9 @@ class Engine:
                 return "command"
             forced = Forced(skill, skill.arguments_for(text)) if skill is not None else None
             conf = await self.settings_for(message.key)
-            return await self.controls.run(Reply(self, entry, surface, conf, forced), entry, surface)
+            return await self.controls.run(
+                Reply(self, entry, surface, conf, forced), entry, surface, conf.model
+            )
 
     # After a crash, and at shutdown
 

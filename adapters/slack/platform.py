@@ -18,6 +18,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.commands import SlashCommands
+from adapters.slack.controls import ActionHandlers
 from adapters.slack.errors import error_code
 from adapters.slack.history import History
 from adapters.slack.http import EVENTS_PATH, events_app
@@ -101,6 +102,7 @@ class SlackPlatform:
         )
         Listeners(self._engine, self._settings, people).register(app)
         SlashCommands(self._engine, people).register(app)
+        ActionHandlers(self._engine, people).register(app)
         app.event("app_uninstalled")(self._uninstalled)
         app.event("tokens_revoked")(self._tokens_revoked)
         return app

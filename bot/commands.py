@@ -233,6 +233,17 @@ async def stop(engine: Engine, message: Message, args: str) -> CommandResult:
     return await engine.controls.stop_command(message, args)
 
 
+async def history(engine: Engine, message: Message, args: str) -> CommandResult:
+    return await engine.controls.history(message)
+
+
+async def forget(engine: Engine, message: Message, args: str) -> CommandResult:
+    """`/forget last`: the last exchange leaves memory (see bot/controls.py)."""
+    if args.lower() != "last":
+        return CommandResult("Usage: /forget last — remove the last question and its answer from memory.")
+    return await engine.controls.forget_last(message)
+
+
 def _describe(info: ModelInfo) -> str:
     parts = []
     if info.context_length:
@@ -306,6 +317,14 @@ COMMANDS: dict[str, Command] = {
         ),
         Command("help", "help", "this list", help_),
         Command("stop", "stop", "stop the reply being written to you here", stop),
+        Command("history", "history", "how much of this conversation Parley remembers", history),
+        Command(
+            "forget",
+            "forget last",
+            "remove the last question and its answer from memory",
+            forget,
+            (Option("what", "What to forget: the last exchange", ("last",), required=True),),
+        ),
     )
 }
 

@@ -182,6 +182,10 @@ class Settings(BaseSettings):
     slack_render_interval: float = Field(1.0, gt=0)  # seconds between renders of one Slack reply
     port: int = Field(3000, ge=1, le=65535)
 
+    # Reply controls: editing the message Parley answered, this soon after sending it, regenerates the
+    # answer in place.
+    edit_regenerate_seconds: float = Field(300.0, ge=0)
+
     # Web search.
     search_backend: Literal["duckduckgo", "searxng", "brave"] = "duckduckgo"
     searxng_url: str | None = None

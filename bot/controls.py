@@ -14,19 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from bot.catalog import UnknownModelError
+from bot.context import window
 from bot.models import Author, CommandResult, ConversationKey, Message, Surface
 from bot.reply import STOPPED, Outcome, Reply
 from bot.store import InboxEntry
+from bot.tokens import estimate_tokens
 
 if TYPE_CHECKING:
     from bot.engine import Engine
 
 REGENERATE = "regenerate"
+# In an edit's reply_to: where the answer shows (its refs), so the regeneration replaces it in place.
+REOPEN = "reopen"
 MENU_MODELS = 25  # models offered in a reply's "another model" menu (Discord's select holds 25)
 REFUSED = "Only the person who asked, or a channel manager, can stop or regenerate this reply."
 GONE = "That question is no longer in memory, so it cannot be answered again."
@@ -160,6 +165,71 @@ class Controls:
         _question, running = max(mine, key=lambda pair: pair[0])
         running.task.cancel(STOPPED)
         return CommandResult("Stopped.")
+
+    async def edited(self, message: Message, version: str) -> asyncio.Task[Outcome] | None:
+        """Someone edited a message Parley answered (`message` as it reads now, under its own id). Within
+        EDIT_REGENERATE_SECONDS of its arrival the question takes the new text and its answer is
+        regenerated in place: the edit is accepted as a message of its own (`version` tells one edit
+        from the next), so an edit seen twice is answered once. Returns the task that answers it."""
+        engine = self._engine
+        key = message.key
+        delivery = await engine.store.delivered(key.platform, key.channel_id, message.id)
+        if delivery is None or delivery.turn_id is None:
+            return None
+        if time.time() - delivery.received_at > engine.settings.edit_regenerate_seconds:
+            return None
+        asked = await engine.store.question(delivery.turn_id)
+        content = message.text.strip()
+        if asked is None or not content or content == asked.content:  # nothing Parley reads changed
+            return None
+        refs = await engine.store.answer_refs(asked.id)
+        await engine.store.edit_question(asked.id, content, estimate_tokens(content))
+        reply_to = {**(delivery.reply_to or {}), **({REOPEN: refs} if refs else {})}
+        again = Message(
+            key=ConversationKey.parse(delivery.conversation),
+            author=message.author,
+            text=regenerate_line(asked.id),
+            id=f"edit:{message.id}:{version}",
+        )
+        return await engine.accept(again, reply_to)
+
+    async def deleted(self, key: ConversationKey, message_id: str) -> None:
+        """Someone deleted a message Parley took in: memory drops its question and answers."""
+        delivery = await self._engine.store.delivered(key.platform, key.channel_id, message_id)
+        if delivery is not None and delivery.turn_id is not None:
+            await self._engine.store.hide_exchange(delivery.turn_id, "deleted")
+
+    async def forget_last(self, message: Message) -> CommandResult:
+        """`/forget last`: the newest question here and its answers leave memory (they stay stored)."""
+        asked = await self._engine.store.last_question(str(message.key))
+        if asked is None:
+            return CommandResult("There is nothing here to forget.")
+        await self._engine.store.hide_exchange(asked.id, "forgotten")
+        return CommandResult("Forgot the last question and its answer.", ephemeral=False)
+
+    async def history(self, message: Message) -> CommandResult:
+        """`/history`: what is stored here, how much of it the model reads, and what memory leaves out."""
+        engine = self._engine
+        conversation = str(message.key)
+        stored, hidden, alternatives = await engine.store.memory_counts(conversation)
+        if not stored:
+            return CommandResult("Nothing is stored here yet.")
+        conf = await engine.settings_for(message.key)
+        try:
+            resolved = await engine.catalog.resolve(conf.model)
+        except UnknownModelError as error:
+            return CommandResult(f"{stored} turns are stored here. {error}")
+        budget, _room = window(
+            engine.settings, engine.calibration, resolved, conf.system_prompt or engine.settings.system_prompt
+        )
+        seen, _trimmed = await engine.store.recall(conversation, budget)
+        lines = [f"{stored} turns are stored here; {resolved.name} reads the newest {len(seen)} of them."]
+        if hidden:
+            lines.append(f"{hidden} are left out of memory (earlier answers, deleted or forgotten messages).")
+        if alternatives:
+            plural = "question has" if alternatives == 1 else "questions have"
+            lines.append(f"{alternatives} {plural} earlier answers kept as alternatives.")
+        return CommandResult("\n".join(lines))
 
     async def redo(self, entry: InboxEntry, line: str) -> Redo | CommandResult | None:
         """The regeneration a command asks for (None: the command is another one), or why it cannot be."""

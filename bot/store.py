@@ -60,6 +60,16 @@ class Question:
 
 
 @dataclass(frozen=True, slots=True)
+class Delivery:
+    """A platform message as the inbox took it in."""
+
+    turn_id: int | None  # its question, when it had something to remember
+    received_at: float
+    conversation: str
+    reply_to: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
 class AssistantRecord:
     content: str
     model: str
@@ -381,6 +391,61 @@ class Store:
                     .where(answers, turns.c.id != newest, turns.c.hidden.is_(None))
                     .values(hidden="replaced")
                 )
+
+    async def delivered(self, platform: str, channel: str, message_id: str) -> Delivery | None:
+        """How a platform message was taken in (its inbox row), if it was."""
+        query = select(inbox.c.turn_id, inbox.c.received_at, inbox.c.conversation, inbox.c.reply_to).where(
+            inbox.c.platform == platform, inbox.c.channel == channel, inbox.c.message_id == message_id
+        )
+        async with self._db.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return Delivery(row.turn_id, row.received_at, row.conversation, _json(row.reply_to)) if row else None
+
+    async def answer_refs(self, question_id: int) -> dict[str, Any] | None:
+        """Where the answer memory uses for a question shows on its platform."""
+        query = (
+            select(turns.c.reply_refs)
+            .where(turns.c.answers == question_id, turns.c.role == "assistant", turns.c.hidden.is_(None))
+            .order_by(turns.c.id.desc())
+            .limit(1)
+        )
+        async with self._db.connect() as conn:
+            return _json((await conn.execute(query)).scalar())
+
+    async def edit_question(self, turn_id: int, content: str, tokens: int) -> None:
+        """A question as its author edited it."""
+        async with self._db.begin() as conn:
+            await conn.execute(
+                update(turns).where(turns.c.id == turn_id).values(content=content, tokens=tokens)
+            )
+
+    async def hide_exchange(self, question_id: int, why: str) -> None:
+        """Take a question and its answers out of memory (they stay stored): "deleted", "forgotten"."""
+        async with self._db.begin() as conn:
+            await conn.execute(
+                update(turns)
+                .where(
+                    or_(turns.c.id == question_id, turns.c.answers == question_id), turns.c.hidden.is_(None)
+                )
+                .values(hidden=why)
+            )
+
+    async def memory_counts(self, conversation: str) -> tuple[int, int, int]:
+        """(turns stored, turns memory leaves out, questions with alternative answers) of a conversation."""
+        here = turns.c.conversation == conversation
+        async with self._db.connect() as conn:
+            stored = (await conn.execute(select(func.count()).where(here))).scalar_one()
+            hidden = (
+                await conn.execute(select(func.count()).where(here, turns.c.hidden.is_not(None)))
+            ).scalar_one()
+            alternatives = (
+                await conn.execute(
+                    select(func.count(func.distinct(turns.c.answers))).where(
+                        here, turns.c.hidden == "replaced"
+                    )
+                )
+            ).scalar_one()
+        return int(stored), int(hidden), int(alternatives)
 
     async def answer_count(self, question_id: int) -> int:
         """How many answers a question has, alternatives included."""

@@ -170,3 +170,60 @@ async def test_replies_offer_their_controls_with_the_current_model_first(
     await answer(engine, msg("/model"))
     assert isinstance(platform.surfaces[-1][2], ControlledSurface)
     assert platform.surfaces[-1][2].controls == []
+
+
+# Edits, deletions and what memory keeps
+
+
+async def test_an_edit_soon_after_regenerates_the_answer_where_it_shows(
+    engine: Engine, platform: RecordingPlatform, llm: LLMServer
+) -> None:
+    question = msg("What is 2+2?")
+    first = await answer(engine, question)
+    edit = msg("What is 3+3?", id=question.id)
+    task = await engine.controls.edited(edit, "edited-1")
+    assert task is not None
+    await task
+    (_, reply_to, again) = platform.surfaces[-1]
+    assert reply_to == {"message": question.id, "reopen": first.refs}  # the answer is rewritten in place
+    assert again.final == "echo: Ada: What is 3+3?"
+    assert await memory(engine) == [("user", "What is 3+3?"), ("assistant", "echo: Ada: What is 3+3?")]
+    assert await engine.controls.edited(edit, "edited-1") is None  # the same edit seen again
+    assert await engine.controls.edited(msg("What is 3+3?", id=question.id), "edited-2") is None  # no change
+
+
+async def test_an_edit_after_the_window_or_of_a_message_never_answered_changes_nothing(
+    make_engine: Callable[..., Any], llm: LLMServer
+) -> None:
+    engine = await make_engine(edit_regenerate_seconds=0)
+    question = msg("Old question")
+    await answer(engine, question)
+    assert await engine.controls.edited(msg("New question", id=question.id), "later") is None
+    assert await engine.controls.edited(msg("Never seen", id="unknown"), "v") is None
+    assert await memory(engine) == [("user", "Old question"), ("assistant", "echo: Ada: Old question")]
+    assert len(llm.chat_requests()) == 1
+
+
+async def test_a_deleted_question_and_forget_last_leave_memory_and_history_says_so(
+    engine: Engine, llm: LLMServer
+) -> None:
+    first, second = msg("My name is Ada."), msg("I like tea.")
+    await answer(engine, first)
+    await answer(engine, second)
+    llm.enqueue(Script(tokens=["Tea it is."]))
+    await answer(engine, msg(regenerate_line(await question_of(engine))))
+    await engine.controls.deleted(CHANNEL, first.id)
+    assert [content for _, content in await memory(engine)] == ["I like tea.", "Tea it is."]
+    report = (await engine.run_command(msg("/history"), "history")).text
+    assert report == (
+        "5 turns are stored here; openrouter/xiaomi/mimo-v2-flash reads the newest 2 of them.\n"
+        "3 are left out of memory (earlier answers, deleted or forgotten messages).\n"
+        "1 question has earlier answers kept as alternatives."
+    )
+    forgotten = await engine.run_command(msg("/forget last"), "forget last")
+    assert forgotten.text == "Forgot the last question and its answer." and not forgotten.ephemeral
+    assert await memory(engine) == []
+    assert (await engine.run_command(msg("/forget"), "forget")).text.startswith("Usage: /forget last")
+    assert (
+        await engine.run_command(msg("/forget last"), "forget last")
+    ).text == "There is nothing here to forget."

@@ -155,3 +155,32 @@ async def test_the_regenerate_and_stop_slash_commands(
         assert (discord_api.original_response(stopped) or {}).get("content") == (
             "Nothing you asked is being answered here right now."
         )
+
+
+async def test_editing_the_question_regenerates_the_answer_in_place_and_deleting_it_forgets_it(
+    discord_api: DiscordEmulator, engine: Engine, llm: LLMServer
+) -> None:
+    async with running(discord_api, engine):
+        asked = await discord_api.send_message(GENERAL, f"<@{BOT_ID}> two plus two?", mentions=[MENTION])
+        await until(
+            lambda: (answer_to(discord_api, asked) or {}).get("content") == "echo: Alice: two plus two?"
+        )
+        shown = answer_to(discord_api, asked)
+        assert shown is not None
+        await discord_api.edit_message(asked, f"<@{BOT_ID}> three plus three?")
+        await until(lambda: shown["content"] == "echo: Alice: three plus three?")
+        assert len(discord_api.replies_to(asked)) == 1  # the same message, rewritten
+        await until(
+            lambda: custom_ids(shown)[:1] == [custom_ids(shown)[0]] and "regen:" in custom_ids(shown)[0]
+        )
+        key = f"discord:{GENERAL}"
+        turns, _ = await engine.store.recall(key, 10_000)
+        assert [t.content for t in turns] == ["three plus three?", "echo: Alice: three plus three?"]
+        await discord_api.delete_message(GENERAL, asked)
+        await until_forgotten(engine, key)
+
+
+async def until_forgotten(engine: Engine, key: str) -> None:
+    async with asyncio.timeout(10):
+        while (await engine.store.recall(key, 10_000))[0]:
+            await asyncio.sleep(0.02)

@@ -131,3 +131,41 @@ async def test_parley_stop_stops_the_askers_reply_in_its_thread(harness: Harness
     (reply,) = harness.slack.replies("C1")
     assert reply.text == "Once\n\n_Stopped._" and set(elements(reply)) == {REGENERATE, REGENERATE_WITH}
     await until(lambda: bool(harness.llm.closed_by_client), "the provider request closed")
+
+
+async def test_editing_the_question_regenerates_in_place_and_deleting_it_forgets_it(harness: Harness) -> None:
+    await harness.mention("two plus two?")
+    await harness.finished_streams(1)
+    (reply,) = harness.slack.replies("C1")
+    assert reply.text == "echo: Alice: two plus two?"
+    ts = "1700000001.000100"
+    parent = harness.slack.messages[ts]
+    # Someone replying in the thread "changes" its parent too; that is no edit.
+    before = {"type": "message", "user": ALICE.id, "text": parent.text, "ts": ts}
+    reply_count = {
+        "type": "message",
+        "subtype": "message_changed",
+        "channel": "C1",
+        "hidden": True,
+        "message": {**before, "text": "<@UBOT> changed, but not edited", "reply_count": 1},
+        "previous_message": before,
+    }
+    assert await harness.post(harness.event(reply_count)) == 200
+    edited = {
+        **reply_count["message"],
+        "text": "<@UBOT> three plus three?",
+        "edited": {"user": ALICE.id, "ts": "1700000002.000000"},
+    }
+    assert await harness.post(harness.event({**reply_count, "message": edited})) == 200
+    await until(lambda: reply.text == "echo: Alice: three plus three?", "the answer rewritten in place")
+    assert len(harness.slack.replies("C1")) == 1 and len(harness.llm.chat_requests()) == 2
+    await until(lambda: set(elements(reply)) == {REGENERATE, REGENERATE_WITH}, "the controls kept")
+    deleted = {"type": "message", "subtype": "message_deleted", "channel": "C1", "hidden": True,
+               "deleted_ts": ts, "previous_message": edited}  # fmt: skip
+    assert await harness.post(harness.event(deleted)) == 200
+    key = f"slack:C1:{ts}"
+    for _ in range(500):
+        if not (await harness.engine.store.recall(key, 10_000))[0]:
+            break
+        await asyncio.sleep(0.02)
+    assert (await harness.engine.store.recall(key, 10_000))[0] == []

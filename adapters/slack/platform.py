@@ -27,6 +27,7 @@ from adapters.slack.people import People
 from adapters.slack.surface import SlackSurface
 from adapters.slack.workspace import Workspace
 from bot.config import Settings, SetupError
+from bot.controls import REOPEN
 from bot.engine import Engine
 from bot.models import ConversationKey, HistoryEntry
 
@@ -135,6 +136,8 @@ class SlackPlatform:
         a message posted and edited in the conversation."""
         assert self._client is not None and self._workspace is not None
         reply_to = reply_to or {}
+        if REOPEN in reply_to:  # an edited question: its answer is rewritten where it shows
+            return await self.reopen(conversation, reply_to[REOPEN])
         surface = SlackSurface(
             self._client,
             channel=str(reply_to.get("channel") or conversation.channel_id),

@@ -31,7 +31,8 @@ It refuses what Discord refuses (checked against Discord's API docs and OpenAPI 
 
 It keeps everyone's messages, as a channel does, and serves them newest first a page at a time; ids
 are snowflakes made as Discord makes them (the time in the high bits). `deliver_again` replays a
-MESSAGE_CREATE, as a client can see one after a gateway resume.
+MESSAGE_CREATE, as a client can see one after a gateway resume; `edit_message` and `delete_message`
+are a person's edits and deletions, as MESSAGE_UPDATE and MESSAGE_DELETE tell them.
 
 With `token=`, REST calls without `Authorization: Bot TOKEN` get Discord's 401, as a bad token does.
 Every REST call is recorded (`calls`, with the status it got), and `fail_next(method, path_fragment,
@@ -452,6 +453,14 @@ class DiscordEmulator:
         self.state.events[interaction_id] = payload
         await self.dispatch("INTERACTION_CREATE", payload)
         return interaction_id
+
+    async def edit_message(self, message_id: str, content: str) -> None:
+        """Its author edits a message, as MESSAGE_UPDATE tells the client (the whole message, edited)."""
+        stamp = datetime.now(UTC).isoformat()
+        self.state.messages[message_id].update(content=content, edited_timestamp=stamp)
+        event = self.state.events[message_id]
+        event.update(content=content, edited_timestamp=stamp)
+        await self.dispatch("MESSAGE_UPDATE", event)
 
     async def delete_message(self, channel: int, message_id: str) -> None:
         """Someone deletes their message, as MESSAGE_DELETE tells the client."""

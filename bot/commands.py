@@ -167,6 +167,7 @@ async def system(engine: Engine, message: Message, args: str) -> CommandResult:
 
 async def reset(engine: Engine, message: Message, args: str) -> CommandResult:
     forgotten = await engine.store.forget(str(message.key))
+    await engine.summaries.forget(str(message.key))
     plural = "" if forgotten == 1 else "s"
     return CommandResult(f"Forgot {forgotten} message{plural} in {_where(message)}.", ephemeral=False)
 

@@ -185,6 +185,10 @@ class Settings(BaseSettings):
     # Reply controls: editing the message Parley answered, this soon after sending it, regenerates the
     # answer in place.
     edit_regenerate_seconds: float = Field(300.0, ge=0)
+    # Long conversations: turns that fall out of the window are summarized by this model (default: the
+    # conversation's own), and a reply waits at most this long for the summary to be brought up to date.
+    summary_model: str | None = None
+    summary_wait_seconds: float = Field(2.0, ge=0)
 
     # Web search.
     search_backend: Literal["duckduckgo", "searxng", "brave"] = "duckduckgo"

@@ -229,6 +229,8 @@ class Controls:
         if alternatives:
             plural = "question has" if alternatives == 1 else "questions have"
             lines.append(f"{alternatives} {plural} earlier answers kept as alternatives.")
+        if summary := await engine.store.summary(conversation):
+            lines.append(f"Summary of the older turns:\n{summary[0]}")
         return CommandResult("\n".join(lines))
 
     async def redo(self, entry: InboxEntry, line: str) -> Redo | CommandResult | None:

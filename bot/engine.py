@@ -24,6 +24,7 @@ from bot.reply import INTERNAL_ERROR, Forced, Outcome, Reply, extend
 from bot.skills import Skill, SkillRegistry
 from bot.store import InboxEntry, Store, StreamingReply
 from bot.streaming import Clock, Pacer, SystemClock
+from bot.summaries import Summaries
 from bot.tokens import TokenCalibration, estimate_tokens
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Engine:
         self._closing = False  # set once drained: what arrives later waits, stored, for the next start
         self._trimmed: set[str] = set()  # conversations whose last reply already said turns were left out
         self.controls = Controls(self)
+        self.summaries = Summaries(self)
 
     @classmethod
     async def create(
@@ -70,6 +72,7 @@ class Engine:
         self.platforms[platform.name] = platform
 
     async def aclose(self) -> None:
+        await self.summaries.aclose()
         await self.skills.aclose()
         await self.catalog.aclose()
         await self.store.close()

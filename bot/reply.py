@@ -117,6 +117,7 @@ class Reply:
         context = await assemble(
             engine.settings, engine.store, engine.calibration, resolved, self._conf, self._entry
         )
+        await engine.summaries.apply(context, str(self._entry.message.key), resolved)
         skill_context = SkillContext(
             self._entry.message.key,
             self._entry.message.author,

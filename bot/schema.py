@@ -103,6 +103,18 @@ inbox_files = Table(
     Index("ix_inbox_files_inbox_id", "inbox_id"),
 )
 
+# A conversation's running summary of the turns that fell out of the model's window: every turn up to
+# and including `upto` (a turn id) is in it.
+summaries = Table(
+    "summaries",
+    metadata,
+    Column("conversation", String(255), primary_key=True),
+    Column("content", Text, nullable=False),
+    Column("upto", Integer, nullable=False),
+    Column("model", String(255)),
+    Column("updated_at", Float, nullable=False),
+)
+
 meta = Table(
     "meta",
     metadata,

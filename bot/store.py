@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from bot import migrations
 from bot.config import SetupError
 from bot.models import Attachment, Author, ConversationKey, Message
-from bot.schema import conversation_settings, inbox, inbox_files, meta, skill_modes, turns
+from bot.schema import conversation_settings, inbox, inbox_files, meta, skill_modes, summaries, turns
 
 SETTING_FIELDS = ("model", "system_prompt", "autoreply")
 FIRST_PAGE = 32  # turns the first query reads while filling a context budget; each later query reads 4x more
@@ -452,6 +452,48 @@ class Store:
         query = select(func.count()).where(turns.c.answers == question_id, turns.c.role == "assistant")
         async with self._db.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
+
+    # Running summaries
+
+    async def summary(self, conversation: str) -> tuple[str, int] | None:
+        """A conversation's running summary and the last turn id it covers."""
+        query = select(summaries.c.content, summaries.c.upto).where(summaries.c.conversation == conversation)
+        async with self._db.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return (row.content, row.upto) if row else None
+
+    async def set_summary(self, conversation: str, content: str, upto: int, model: str) -> None:
+        values = {"content": content, "upto": upto, "model": model, "updated_at": time.time()}
+        await self._upsert(summaries, {"conversation": conversation}, values)
+
+    async def forget_summary(self, conversation: str) -> None:
+        async with self._db.begin() as conn:
+            await conn.execute(delete(summaries).where(summaries.c.conversation == conversation))
+
+    async def older_turns(self, conversation: str, after: int, before: int, limit: int) -> list[Turn]:
+        """Finished turns memory uses with ids between `after` and `before` (exclusive), oldest first."""
+        query = (
+            select(
+                turns.c.id,
+                turns.c.role,
+                turns.c.author_name,
+                turns.c.content,
+                turns.c.tokens,
+                turns.c.outcome,
+            )
+            .where(
+                turns.c.conversation == conversation,
+                turns.c.id > after,
+                turns.c.id < before,
+                turns.c.hidden.is_(None),
+                or_(turns.c.outcome.is_(None), turns.c.outcome != "streaming"),
+            )
+            .order_by(turns.c.id)
+            .limit(limit)
+        )
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [Turn(r.id, r.role, r.author_name, r.content, r.tokens, r.outcome) for r in rows]
 
     # Settings
 

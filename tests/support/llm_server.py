@@ -6,9 +6,10 @@
         ...
         assert llm.requests[0].json["model"] == "xiaomi/mimo-v2-flash"
 
-Each chat request takes the next queued Script; with none queued it echoes the last user message as
+Each chat request takes the next queued Script (or, first, the one `by_system` keeps for requests whose
+system prompt starts so); with none queued it echoes the last user message as
 `echo: <text>`. Every request is recorded (path, headers, JSON body). `models` sets the model listing
-and `models_error` makes it fail.
+and `models_error` makes it fail. A gated stream whose client hangs up is recorded in `closed_by_client`.
 
 Like the real APIs, it refuses a tool round that drops the reasoning the model signed: Anthropic thinking
 blocks (always signed here), OpenRouter `reasoning_details` (when a Script has a `signature` or
@@ -91,6 +92,8 @@ class LLMServer:
         self._scripts: deque[Script] = deque()
         # Streams whose client closed the connection while a gated token waited, by request path.
         self.closed_by_client: list[str] = []
+        # A script for the next request whose system prompt starts with the key, ahead of the queue.
+        self.by_system: dict[str, Script] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -134,6 +137,11 @@ class LLMServer:
         return web.json_response({"data": self.models})
 
     def _next(self, body: dict[str, Any]) -> Script:
+        system = _system_of(body)
+        for start, script in list(self.by_system.items()):
+            if system.startswith(start):
+                del self.by_system[start]
+                return script
         if self._scripts:
             return self._scripts.popleft()
         last = next((m for m in reversed(body.get("messages", [])) if m.get("role") == "user"), {})
@@ -406,3 +414,14 @@ def _openai_replay(script: Script) -> dict[str, Any]:
 
 def _anthropic_error(message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+
+
+def _system_of(body: dict[str, Any]) -> str:
+    """The system prompt of an OpenAI-compatible or Anthropic request."""
+    system = body.get("system")
+    if isinstance(system, list):
+        return " ".join(part.get("text", "") for part in system if isinstance(part, dict))
+    if isinstance(system, str):
+        return system
+    first = (body.get("messages") or [{}])[0]
+    return str(first.get("content", "")) if first.get("role") == "system" else ""

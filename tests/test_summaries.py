@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from bot.engine import Engine
 from bot.summaries import HEADING, INSTRUCTIONS
 from tests.support.asking import CHANNEL, ask, msg
 from tests.support.llm_server import LLMServer, RecordedRequest, Script
+from tests.test_cli import parley
 
 FILLER = " ".join(f"word{n}" for n in range(120))  # a message that takes a good share of the window
 
@@ -98,3 +100,29 @@ async def test_a_summary_that_cannot_be_made_leaves_the_reply_as_it_was(
     last = await fall_out(engine, llm, "Mittens")
     assert HEADING not in system_of(last) and last.json["messages"]  # answered all the same
     assert await engine.store.summary(str(CHANNEL)) is None
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the subprocess imports this
+    return tmp_path
+
+
+async def test_in_the_terminal_a_first_fact_reaches_the_model_through_the_summary(
+    llm: LLMServer, small_window: dict[str, Any], workdir: Path
+) -> None:
+    llm.echo_usage = None  # the loopback's tiny usage figures would teach Parley that turns cost nothing
+    lines = ["My cat is called Mittens.", *(f"{n} {FILLER}" for n in range(10)), "What is my cat called?"]
+    code, _out, err = await parley(
+        llm,
+        workdir,
+        "chat",
+        stdin="\n".join(lines) + "\n",
+        DEFAULT_MODEL=small_window["default_model"],
+        SUMMARY_WAIT_SECONDS="60",
+    )
+    assert code == 0, err
+    last = replies(llm)[-1]
+    assert conversation_of(last)[-1].endswith("What is my cat called?")
+    assert not any("Mittens" in turn for turn in conversation_of(last))
+    assert HEADING in system_of(last) and "Mittens" in system_of(last)

@@ -92,6 +92,8 @@ class LLMServer:
         self._scripts: deque[Script] = deque()
         # Streams whose client closed the connection while a gated token waited, by request path.
         self.closed_by_client: list[str] = []
+        # The usage echoed replies report (None: none, so token estimates are never corrected).
+        self.echo_usage: tuple[int, int] | None = (12, 3)
         # A script for the next request whose system prompt starts with the key, ahead of the queue.
         self.by_system: dict[str, Script] = {}
         self._runner: web.AppRunner | None = None
@@ -149,7 +151,7 @@ class LLMServer:
         if isinstance(content, list):
             content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
         words = f"echo: {content}".split(" ")
-        return Script(tokens=[w if i == 0 else " " + w for i, w in enumerate(words)])
+        return Script(tokens=[w if i == 0 else " " + w for i, w in enumerate(words)], usage=self.echo_usage)
 
     def _error(self, script: Script) -> web.Response:
         headers = {"Retry-After": f"{script.retry_after:g}"} if script.retry_after is not None else {}

@@ -130,19 +130,20 @@ class Controls:
             if self._running.get(question) is running:
                 del self._running[question]
 
-    async def refusal(self, question: int, author: Author) -> str | None:
-        """Why `author` may not stop or regenerate the reply to `question`, or None when they may."""
+    async def refusal(self, question: int, author: Author, where: ConversationKey) -> str | None:
+        """Why `author`, in `where`, may not regenerate the answer to `question`, or None when they may.
+        A question is answered again only in its own channel: an id typed elsewhere finds nothing."""
         asked = await self._engine.store.question(question)
-        if asked is None:
+        if asked is None or ConversationKey.parse(asked.conversation).channel != where.channel:
             return GONE
         if asked.author_id != author.id and not self._engine.may_change_settings(author):
             return REFUSED
         return None
 
-    async def stop(self, question: int, author: Author) -> CommandResult | None:
-        """Stop the reply to `question` (a Stop button); None when it was stopped, else why not."""
+    async def stop(self, question: int, author: Author, where: ConversationKey) -> CommandResult | None:
+        """Stop the reply to `question` (a Stop button in `where`); None when it was stopped, else why not."""
         running = self._running.get(question)
-        if running is None or not running.stoppable:
+        if running is None or not running.stoppable or running.conversation.channel != where.channel:
             return CommandResult(ENDED)
         if running.asker != author.id and not self._engine.may_change_settings(author):
             return CommandResult(REFUSED)
@@ -250,7 +251,7 @@ class Controls:
         )
         if asked is None:
             return CommandResult(GONE if question_id is not None else NOTHING_ASKED)
-        if refusal := await self.refusal(asked.id, entry.message.author):
+        if refusal := await self.refusal(asked.id, entry.message.author, entry.message.key):
             return CommandResult(refusal)
         model = None
         if words:

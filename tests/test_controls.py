@@ -9,7 +9,7 @@ from typing import Any
 
 from bot.controls import ENDED, GONE, NOTHING_RUNNING, REFUSED, ReplyControls, regenerate_line
 from bot.engine import Engine
-from bot.models import Author
+from bot.models import Author, ConversationKey
 from tests.conftest import RecordingPlatform, RecordingSurface
 from tests.support.asking import ADA, CHANNEL, answer, ask, first_render, msg
 from tests.support.llm_server import LLMServer, Script
@@ -58,9 +58,9 @@ async def test_stop_closes_the_provider_request_keeps_what_was_said_and_says_so(
     assert task is not None
     surface = await first_render(engine, question)
     turn = await question_of(engine)
-    assert await engine.controls.stop(turn, BEA) is not None  # someone else may not
+    assert await engine.controls.stop(turn, BEA, CHANNEL) is not None  # someone else may not
     assert not task.done()
-    assert await engine.controls.stop(turn, ADA) is None
+    assert await engine.controls.stop(turn, ADA, CHANNEL) is None
     await asyncio.wait({task})
     assert surface.final == "Once upon\n\n_Stopped._"
     async with asyncio.timeout(5):
@@ -68,7 +68,7 @@ async def test_stop_closes_the_provider_request_keeps_what_was_said_and_says_so(
             await asyncio.sleep(0.01)
     assert llm.closed_by_client == ["/v1/chat/completions"]
     assert await memory(engine) == [("user", "tell me a story"), ("assistant", "Once upon")]
-    stopped = await engine.controls.stop(turn, ADA)
+    stopped = await engine.controls.stop(turn, ADA, CHANNEL)
     assert stopped is not None and stopped.text == ENDED
 
 
@@ -93,7 +93,7 @@ async def test_a_manager_may_stop_anyones_reply(engine: Engine, llm: LLMServer) 
     task = await engine.accept(question, {"message": question.id})
     assert task is not None
     await first_render(engine, question)
-    assert await engine.controls.stop(await question_of(engine), MANAGER) is None
+    assert await engine.controls.stop(await question_of(engine), MANAGER, CHANNEL) is None
     await asyncio.wait({task})
     assert task.cancelled()
 
@@ -227,3 +227,23 @@ async def test_a_deleted_question_and_forget_last_leave_memory_and_history_says_
     assert (
         await engine.run_command(msg("/forget last"), "forget last")
     ).text == "There is nothing here to forget."
+
+
+async def test_a_question_is_regenerated_or_stopped_only_from_its_own_channel(
+    engine: Engine, llm: LLMServer
+) -> None:
+    await ask(engine, "A secret of this channel")
+    turn = await question_of(engine)
+    elsewhere = ConversationKey("test", "other-channel")
+    leaked = await answer(engine, msg(regenerate_line(turn), key=elsewhere, author=MANAGER))
+    assert leaked.final == GONE and len(llm.chat_requests()) == 1
+    gate = asyncio.Semaphore(1)
+    llm.enqueue(Script(tokens=["Partly", " more"], gate=gate))
+    question = msg("go")
+    task = await engine.accept(question, {"message": question.id})
+    assert task is not None
+    await first_render(engine, question)
+    refused = await engine.controls.stop(await question_of(engine), MANAGER, elsewhere)
+    assert refused is not None and refused.text == ENDED and not task.done()
+    assert await engine.controls.stop(await question_of(engine), MANAGER, CHANNEL) is None
+    await asyncio.wait({task})

@@ -82,20 +82,20 @@ async def on_component(platform: DiscordPlatform, interaction: discord.Interacti
     action, question = parsed
     controls = platform.engine.controls
     author = author_of(interaction.user, interaction.channel)
+    channel = interaction.channel
+    key = conversation_key(channel) if channel else ConversationKey("discord", str(interaction.channel_id))
     if action == STOP:
-        refused = await controls.stop(question, author)
+        refused = await controls.stop(question, author, key)
         if refused is not None:
             await interaction.response.send_message(refused.text, ephemeral=True)
         else:
             await interaction.response.defer()  # the reply's final render shows "Stopped."
         return
-    if refusal := await controls.refusal(question, author):
+    if refusal := await controls.refusal(question, author, key):
         await interaction.response.send_message(refusal, ephemeral=True)
         return
     values = data.get("values") or []
     model = str(values[0]) if action == REGENERATE_WITH and values else None
-    channel = interaction.channel
-    key = conversation_key(channel) if channel else ConversationKey("discord", str(interaction.channel_id))
     message = Message(key=key, author=author, text=regenerate_line(question, model), id=str(interaction.id))
     # The new answer replies to the one whose button was clicked.
     reply_to: dict[str, object] = {"channel": str(interaction.channel_id)}

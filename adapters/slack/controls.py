@@ -103,7 +103,8 @@ class ActionHandlers:
             await self.people.display_name(user),
             is_channel_manager=await self.people.is_channel_manager(user, channel),
         )
-        if refusal := await self.engine.controls.refusal(int(question), author):
+        key = ConversationKey(PLATFORM, channel, thread_ts)
+        if refusal := await self.engine.controls.refusal(int(question), author, key):
             await respond(text=refusal, response_type="ephemeral", replace_original=False)
             return
         model = (
@@ -113,7 +114,7 @@ class ActionHandlers:
         )
         team = (body.get("team") or {}).get("id")
         message = Message(
-            key=ConversationKey(PLATFORM, channel, thread_ts),
+            key=key,
             author=author,
             text=regenerate_line(int(question), model),
             id=f"action:{action.get('action_ts', '')}",  # the same click delivered again has the same ts

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from adapters.slack.controls import REGENERATE, REGENERATE_WITH
+from adapters.slack.controls import REGENERATE, REGENERATE_WITH, STOP
 from bot.config import Settings
 from bot.controls import REFUSED
 from tests.support.llm_server import LLMServer, Script
@@ -89,7 +89,7 @@ async def test_a_posted_reply_carries_its_text_in_sections_above_the_controls(ha
     long = "word " * 700  # past one section's 3,000 characters, within one page
     harness.llm.enqueue(Script(tokens=[long.strip()]))
     await harness.mention("talk")
-    await until(lambda: any(elements(m) for m in harness.slack.replies("C1")), "the controls")
+    await until(lambda: any(REGENERATE in elements(m) for m in harness.slack.replies("C1")), "the controls")
     (reply,) = harness.slack.replies("C1")
     sections = [b["text"]["text"] for b in reply.blocks if b["type"] == "section"]
     assert len(sections) == 2 and "".join(sections).split() == reply.text.split()
@@ -169,3 +169,20 @@ async def test_editing_the_question_regenerates_in_place_and_deleting_it_forgets
             break
         await asyncio.sleep(0.02)
     assert (await harness.engine.store.recall(key, 10_000))[0] == []
+
+
+async def test_a_posted_reply_shows_stop_while_it_is_written_and_a_click_stops_it(harness: Harness) -> None:
+    harness.slack.fail["chat.startStream"] = "not_allowed_token_type"  # the message path, as in a DM
+    gate = asyncio.Semaphore(1)
+    harness.llm.enqueue(Script(tokens=["Once", " upon", " a time"], gate=gate))
+    await harness.mention("a story")
+    await until(lambda: any(STOP in elements(m) for m in harness.slack.replies("C1")), "the Stop button")
+    (reply,) = harness.slack.replies("C1")
+    assert reply.text == "Once" and list(elements(reply)) == [STOP]
+    assert await click(harness, harness.slack.block_action(reply.ts, STOP, user=BOB.id)) == 200
+    await until(lambda: len(harness.slack.responses) == 1, "the refusal")
+    assert harness.slack.responses[0]["text"] == REFUSED and not harness.llm.closed_by_client
+    assert await click(harness, harness.slack.block_action(reply.ts, STOP, user=ALICE.id)) == 200
+    await until(lambda: reply.text == "Once\n\n_Stopped._", "the stopped reply")
+    await until(lambda: set(elements(reply)) == {REGENERATE, REGENERATE_WITH}, "Regenerate in place of Stop")
+    await until(lambda: bool(harness.llm.closed_by_client), "the provider request closed")

@@ -1,8 +1,9 @@
-"""A reply's controls on Slack: Regenerate and a menu of other models, as Block Kit actions under the reply.
+"""A reply's controls on Slack, as Block Kit actions under it: Stop, Regenerate and a menu of other models.
 
 The actions block's id carries the question it acts on (`parley_controls:123`), so a click works after a
-restart. Slack's streaming methods take blocks only when a stream stops, so a reply shows its controls
-once it has ended; while it is written, `/parley stop` (or `/stop` in a mention) stops it. Clicks are
+restart. A posted reply shows Stop while it is written; Slack's streaming methods take blocks only when
+a stream stops, so a streamed reply shows its controls once it has ended, and while it is written
+`/parley stop` (or `/stop` in a mention) stops it. Clicks are
 acknowledged at once; a refusal goes only to the person who clicked, through the response URL.
 """
 
@@ -23,6 +24,7 @@ from bot.models import Author, ConversationKey, Message
 log = logging.getLogger(__name__)
 
 BLOCK_PREFIX = "parley_controls:"
+STOP = "parley_stop"
 REGENERATE = "parley_regenerate"
 REGENERATE_WITH = "parley_regenerate_with"
 SECTION_LIMIT = 3000  # characters of text in a section block
@@ -30,8 +32,12 @@ OPTION_TEXT, OPTION_VALUE, OPTIONS = 75, 150, 100  # a static select's option te
 NOT_STORED = "Parley could not take this just now (its memory is unavailable); please try again shortly."
 
 
-def actions(controls: ReplyControls) -> dict[str, Any]:
-    """The actions block under an ended reply."""
+def actions(controls: ReplyControls, *, ended: bool = True) -> dict[str, Any]:
+    """The actions block under a reply: Stop while it is written, Regenerate and the menu once it ended."""
+    block = f"{BLOCK_PREFIX}{controls.question}"
+    if not ended:
+        stop = {"type": "button", "action_id": STOP, "text": {"type": "plain_text", "text": "Stop"}}
+        return {"type": "actions", "block_id": block, "elements": [{**stop, "style": "danger"}]}
     elements: list[dict[str, Any]] = [
         {
             "type": "button",
@@ -53,14 +59,14 @@ def actions(controls: ReplyControls) -> dict[str, Any]:
                 ],
             }
         )
-    return {"type": "actions", "block_id": f"{BLOCK_PREFIX}{controls.question}", "elements": elements}
+    return {"type": "actions", "block_id": block, "elements": elements}
 
 
-def with_text(body: str, controls: ReplyControls) -> list[dict[str, Any]]:
+def with_text(body: str, controls: ReplyControls, *, ended: bool) -> list[dict[str, Any]]:
     """A message's blocks: its mrkdwn text in sections (Slack shows blocks instead of the text), then the
     actions."""
     return [{"type": "section", "text": {"type": "mrkdwn", "text": part}} for part in _parts(body)] + [
-        actions(controls)
+        actions(controls, ended=ended)
     ]
 
 
@@ -84,16 +90,26 @@ class ActionHandlers:
         self.people = people
 
     def register(self, app: AsyncApp) -> None:
+        app.action(STOP)(self.on_stop)
         app.action(re.compile(f"^({REGENERATE}|{REGENERATE_WITH})$"))(self.on_regenerate)
 
-    async def on_regenerate(
+    async def on_stop(
         self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond
     ) -> None:
-        await ack()  # within Slack's 3 seconds; what follows is answered in the thread or privately
+        await ack()  # the reply's own final render then shows "Stopped." and Regenerate
+        question, key, author = await self._clicked(body, action)
+        if question is None:
+            return
+        refused = await self.engine.controls.stop(question, author, key)
+        if refused is not None:
+            await respond(text=refused.text, response_type="ephemeral", replace_original=False)
+
+    async def _clicked(
+        self, body: dict[str, Any], action: dict[str, Any]
+    ) -> tuple[int | None, ConversationKey, Author]:
+        """The question a click acts on (None: not one of ours), where it was clicked, and by whom."""
         block = str(action.get("block_id", ""))
         question = block.removeprefix(BLOCK_PREFIX)
-        if not block.startswith(BLOCK_PREFIX) or not question.isdigit():
-            return
         container = body.get("container") or {}
         channel = str(container.get("channel_id") or (body.get("channel") or {}).get("id", ""))
         thread_ts = container.get("thread_ts") or (body.get("message") or {}).get("thread_ts")
@@ -103,8 +119,17 @@ class ActionHandlers:
             await self.people.display_name(user),
             is_channel_manager=await self.people.is_channel_manager(user, channel),
         )
-        key = ConversationKey(PLATFORM, channel, thread_ts)
-        if refusal := await self.engine.controls.refusal(int(question), author, key):
+        ours = block.startswith(BLOCK_PREFIX) and question.isdigit()
+        return (int(question) if ours else None), ConversationKey(PLATFORM, channel, thread_ts), author
+
+    async def on_regenerate(
+        self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond
+    ) -> None:
+        await ack()  # within Slack's 3 seconds; what follows is answered in the thread or privately
+        question, key, author = await self._clicked(body, action)
+        if question is None:
+            return
+        if refusal := await self.engine.controls.refusal(question, author, key):
             await respond(text=refusal, response_type="ephemeral", replace_original=False)
             return
         model = (
@@ -116,18 +141,18 @@ class ActionHandlers:
         message = Message(
             key=key,
             author=author,
-            text=regenerate_line(int(question), model),
+            text=regenerate_line(question, model),
             id=f"action:{action.get('action_ts', '')}",  # the same click delivered again has the same ts
         )
         reply_to = {
-            "channel": channel,
-            "thread_ts": thread_ts,
-            "user": user,
+            "channel": key.channel_id,
+            "thread_ts": key.thread_id,
+            "user": author.id,
             "user_team": body["user"].get("team_id") or team,
             "team": team,
         }
         try:
             await self.engine.accept(message, reply_to)
         except Exception:
-            log.exception("could not store a regeneration asked for in %s", channel)
+            log.exception("could not store a regeneration asked for in %s", key)
             await respond(text=NOT_STORED, response_type="ephemeral", replace_original=False)

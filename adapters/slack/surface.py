@@ -75,7 +75,7 @@ class _Page:
     start: int  # offset in the reply text where this message's part begins
     ts: str | None = None
     shown: str = ""
-    controlled: bool = False  # shows the reply's controls
+    controlled: bool | None = None  # the controls it shows: None, Stop (False) or Regenerate (True)
 
 
 class SlackSurface:
@@ -330,7 +330,7 @@ class SlackSurface:
             page = self._pages[-1]
             body = to_mrkdwn(page_markdown(shown, page.start, len(shown)))
             if len(body) <= PAGE_LIMIT:
-                await self._write(page, body, self._controls if final else None)
+                await self._write(page, body, self._controls, ended=final)
                 return
             cut = cut_point(shown, page.start, PAGE_LIMIT)
             await self._write(page, to_mrkdwn(page_markdown(shown, page.start, cut)))
@@ -357,12 +357,19 @@ class SlackSurface:
             except SlackApiError as error:  # someone deleted it already
                 log.info("could not delete page %s in %s: %s", ts, self._channel, error_code(error))
 
-    async def _write(self, page: _Page, body: str, controls: ReplyControls | None = None) -> None:
-        """Post or update one page (a reopened reply's own messages first), with the reply's controls
-        when it is the final text's last page."""
-        if page.ts is not None and body == page.shown and (controls is None or page.controlled):
+    async def _write(
+        self, page: _Page, body: str, controls: ReplyControls | None = None, *, ended: bool = False
+    ) -> None:
+        """Post or update one page (a reopened reply's own messages first); the page being written
+        carries the reply's controls, and a page the text has moved past gives them up."""
+        wanted = None if controls is None else ended
+        if page.ts is not None and body == page.shown and page.controlled == wanted:
             return
-        blocks = {"blocks": with_text(body, controls)} if controls else {}
+        blocks: dict[str, Any] = {}
+        if controls is not None:
+            blocks = {"blocks": with_text(body, controls, ended=ended)}
+        elif page.controlled is not None:
+            blocks = {"blocks": []}
         if page.ts is None and self._reusable:
             page.ts = self._reusable.pop(0)
         if page.ts is None:
@@ -380,4 +387,4 @@ class SlackSurface:
             self._spend("chat.update")
             await self._client.chat_update(channel=self._channel, ts=page.ts, text=body, **blocks)
         page.shown = body
-        page.controlled = bool(blocks)
+        page.controlled = wanted

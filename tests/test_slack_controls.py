@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.controls import REGENERATE, REGENERATE_WITH, STOP
 from bot.config import Settings
@@ -186,3 +188,36 @@ async def test_a_posted_reply_shows_stop_while_it_is_written_and_a_click_stops_i
     await until(lambda: reply.text == "Once\n\n_Stopped._", "the stopped reply")
     await until(lambda: set(elements(reply)) == {REGENERATE, REGENERATE_WITH}, "Regenerate in place of Stop")
     await until(lambda: bool(harness.llm.closed_by_client), "the provider request closed")
+
+
+async def test_the_loopback_slack_refuses_blocks_past_block_kits_limits(slack: SlackAPI) -> None:
+    slack.limits.clear()  # many posts in a row; the rate limits are tested on their own
+    client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url)
+    button = {"type": "button", "action_id": "b", "text": {"type": "plain_text", "text": "Go"}}
+    option = {"text": {"type": "plain_text", "text": "o"}, "value": "v"}
+    menu = {"type": "static_select", "action_id": "s", "options": [option]}
+    refused = {
+        "a section over 3,000": [{"type": "section", "text": {"type": "mrkdwn", "text": "x" * 3001}}],
+        "51 blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "x"}}] * 51,
+        "an action id twice": [{"type": "actions", "elements": [button, button]}],
+        "button text over 75": [
+            {"type": "actions", "elements": [{**button, "text": {"type": "plain_text", "text": "x" * 76}}]}
+        ],
+        "101 options": [{"type": "actions", "elements": [{**menu, "options": [option] * 101}]}],
+        "an option value over 150": [
+            {"type": "actions", "elements": [{**menu, "options": [{**option, "value": "v" * 151}]}]}
+        ],
+        "26 elements": [
+            {"type": "actions", "elements": [{**button, "action_id": f"b{n}"} for n in range(26)]}
+        ],
+    }
+    for what, blocks in refused.items():
+        with pytest.raises(SlackApiError) as error:
+            await client.chat_postMessage(channel="C1", text="x", blocks=blocks)
+        assert error.value.response["error"] == "invalid_blocks", what
+    posted = await client.chat_postMessage(
+        channel="C1", text="x", blocks=[{"type": "actions", "block_id": "k", "elements": [button, menu]}]
+    )
+    with pytest.raises(AssertionError):
+        slack.block_action(posted["ts"], "not-shown", user=ALICE.id)
+    assert slack.block_action(posted["ts"], "s", user=ALICE.id, value="v")["actions"][0]["block_id"] == "k"

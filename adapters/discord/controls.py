@@ -4,7 +4,7 @@ Each component's custom id carries the question it acts on (`parley:regen:123`),
 a restart without anything kept per message: the components are sent as display only, and clicks are
 read in `on_component` from their ids. Discord drops a component interaction not answered within 3
 seconds: a refusal is answered at once, privately; anything else is acknowledged without a message
-(the reply's own renders then change what shows).
+first (the reply's own renders then change what shows).
 """
 
 from __future__ import annotations
@@ -102,12 +102,13 @@ async def on_component(platform: DiscordPlatform, interaction: discord.Interacti
     if interaction.message is not None:
         reply_to["message"] = str(interaction.message.id)
     try:
+        # Acknowledged first, within the 3 seconds whatever the database's load; the answer comes as a
+        # reply of its own.
+        await interaction.response.defer()
+    except discord.HTTPException as error:  # a delivery seen again: the first one was acknowledged
+        log.info("could not acknowledge click %s (%s); it is answered once", interaction.id, error.code)
+    try:
         await platform.engine.accept(message, reply_to)  # a click delivered again is answered once
     except Exception:
         log.exception("could not store a regeneration asked for in %s", key)
-        await interaction.response.send_message(NOT_STORED, ephemeral=True)
-        return
-    try:
-        await interaction.response.defer()  # the new answer comes as a reply of its own
-    except discord.HTTPException as error:  # a delivery seen again: the first one was acknowledged
-        log.info("could not acknowledge click %s (%s); it is answered once", interaction.id, error.code)
+        await interaction.followup.send(NOT_STORED, ephemeral=True)

@@ -174,13 +174,14 @@ async def test_editing_the_question_regenerates_the_answer_in_place_and_deleting
             lambda: custom_ids(shown)[:1] == [custom_ids(shown)[0]] and "regen:" in custom_ids(shown)[0]
         )
         key = f"discord:{GENERAL}"
-        turns, _ = await engine.store.recall(key, 10_000)
-        assert [t.content for t in turns] == ["three plus three?", "echo: Alice: three plus three?"]
+        # Memory keeps the new question and, once the new answer is saved, only that answer.
+        await until_remembered(engine, key, ["three plus three?", "echo: Alice: three plus three?"])
         await discord_api.delete_message(GENERAL, asked)
-        await until_forgotten(engine, key)
+        await until_remembered(engine, key, [])
 
 
-async def until_forgotten(engine: Engine, key: str) -> None:
+async def until_remembered(engine: Engine, key: str, contents: list[str]) -> None:
+    """Wait for memory to hold exactly `contents` (it is written after the reply shows)."""
     async with asyncio.timeout(10):
-        while (await engine.store.recall(key, 10_000))[0]:
+        while [t.content for t in (await engine.store.recall(key, 10_000))[0]] != contents:
             await asyncio.sleep(0.02)

@@ -74,26 +74,32 @@ class Summaries:
         )
         self._updates[conversation] = task
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda done: self._done(conversation, done))
         return task
 
+    def _done(self, conversation: str, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._updates.get(conversation) is task:
+            del self._updates[conversation]
+
     async def _fold(self, conversation: str, first_kept: int, resolved: ResolvedModel) -> None:
+        """One update; whatever goes wrong is logged here, since no reply may be waiting for it."""
+        try:
+            await self._fold_batch(conversation, first_kept, resolved)
+        except (ProviderError, UnknownModelError) as error:
+            log.warning("%s: could not update the summary (%s)", conversation, error)
+        except Exception:
+            log.exception("%s: could not update the summary", conversation)
+
+    async def _fold_batch(self, conversation: str, first_kept: int, resolved: ResolvedModel) -> None:
         store = self._engine.store
         stored = await store.summary(conversation)
         so_far, upto = stored if stored is not None else ("", 0)
         fallen = await store.older_turns(conversation, upto, first_kept, BATCH_TURNS)
         if not fallen:
             return
-        try:
-            model = await self._model(resolved)
-            text = await _summarize(model, so_far, fallen)
-        except (ProviderError, UnknownModelError) as error:
-            log.warning("%s: could not update the summary (%s)", conversation, error)
-            return
-        except Exception:
-            log.exception("%s: could not update the summary", conversation)
-            return
-        if text:
+        model = await self._model(resolved)
+        if text := await _summarize(model, so_far, fallen):
             await store.set_summary(conversation, text, fallen[-1].id, model.name)
 
     async def _model(self, resolved: ResolvedModel) -> ResolvedModel:

@@ -79,6 +79,8 @@ def registered(skills: SkillRegistry, platform: str) -> list[Command]:
     if platform not in ASK.not_on:
         offered.insert(0, ASK)
     offered += [command for command in REPLIES.values() if platform not in command.not_on]
+    if platform not in REGENERATE.not_on:
+        offered.append(REGENERATE)
     for skill in skills:
         if skill.command:
             name, _, argument = skill.command.partition(" ")
@@ -175,6 +177,7 @@ async def system(engine: Engine, message: Message, args: str) -> CommandResult:
 
 async def reset(engine: Engine, message: Message, args: str) -> CommandResult:
     forgotten = await engine.store.forget(str(message.key))
+    await engine.summaries.forget(str(message.key))
     plural = "" if forgotten == 1 else "s"
     return CommandResult(f"Forgot {forgotten} message{plural} in {_where(message)}.", ephemeral=False)
 
@@ -234,6 +237,22 @@ async def help_(engine: Engine, message: Message, args: str) -> CommandResult:
     lines = [HELP_INTROS.get(platform, HELP_INTRO)]
     lines += [f"/{command.usage} — {command.summary}" for command in registered(engine.skills, platform)]
     return CommandResult("\n".join(lines))
+
+
+async def stop(engine: Engine, message: Message, args: str) -> CommandResult:
+    """`/stop`: the reply being written to you here (see bot/controls.py)."""
+    return await engine.controls.stop_command(message, args)
+
+
+async def history(engine: Engine, message: Message, args: str) -> CommandResult:
+    return await engine.controls.history(message)
+
+
+async def forget(engine: Engine, message: Message, args: str) -> CommandResult:
+    """`/forget last`: the last exchange leaves memory (see bot/controls.py)."""
+    if args.lower() != "last":
+        return CommandResult("Usage: /forget last — remove the last question and its answer from memory.")
+    return await engine.controls.forget_last(message)
 
 
 def _describe(info: ModelInfo) -> str:
@@ -342,6 +361,15 @@ COMMANDS: dict[str, Command] = {
             not_on=frozenset({"console"}),
         ),
         Command("help", "help", "this list", help_),
+        Command("stop", "stop", "stop the reply being written to you here", stop),
+        Command("history", "history", "how much of this conversation Parley remembers", history),
+        Command(
+            "forget",
+            "forget last",
+            "remove the last question and its answer from memory",
+            forget,
+            (Option("what", "What to forget: the last exchange", ("last",), required=True),),
+        ),
     )
 }
 
@@ -370,3 +398,13 @@ REPLIES: dict[str, Command] = {
         ),
     )
 }
+# Answers the newest question here again (the asker's, or a manager's), optionally with another model;
+# Slack's /parley has no thread to act in, so there it is a button, or `/regenerate` in a mention.
+REGENERATE = Command(
+    "regenerate",
+    "regenerate [MODEL]",
+    "answer the last question here again, with another model if you like",
+    None,
+    (Option("model", "PROVIDER/MODEL to answer with; empty keeps this conversation's", models=True),),
+    not_on=frozenset({"slack"}),
+)

@@ -250,6 +250,14 @@ class Settings(BaseSettings):
     slack_render_interval: float = Field(1.0, gt=0)  # seconds between renders of one Slack reply
     port: int = Field(3000, ge=1, le=65535)
 
+    # Reply controls: editing the message Parley answered, this soon after sending it, regenerates the
+    # answer in place.
+    edit_regenerate_seconds: float = Field(300.0, ge=0)
+    # Long conversations: turns that fall out of the window are summarized by this model (default: the
+    # conversation's own), and a reply waits at most this long for the summary to be brought up to date.
+    summary_model: str | None = None
+    summary_wait_seconds: float = Field(2.0, ge=0)
+
     # Web search.
     search_backend: Literal["duckduckgo", "searxng", "brave"] = "duckduckgo"
     searxng_url: str | None = None

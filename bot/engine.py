@@ -18,6 +18,7 @@ from bot.attachments import read_attachments
 from bot.budgets import Budgets
 from bot.catalog import ModelCatalog, ResolvedModel, UnknownModelError
 from bot.config import Settings
+from bot.controls import Controls, ReplyControls, offer
 from bot.gate import Gate
 from bot.metrics import Health, Metrics
 from bot.models import Author, CommandResult, ConversationKey, ConversationSettings, Message
@@ -28,6 +29,7 @@ from bot.reply import INTERNAL_ERROR, Forced, Outcome, Reply, extend
 from bot.skills import Skill, SkillRegistry
 from bot.store import InboxEntry, Store, StreamingReply
 from bot.streaming import Clock, Pacer, SystemClock
+from bot.summaries import Summaries
 from bot.tokens import TokenCalibration, estimate_tokens
 
 if TYPE_CHECKING:
@@ -69,6 +71,8 @@ class Engine:
         self.metrics = Metrics()
         self.health = Health()
         self.scheduler: Scheduler | None = None  # set while schedules run (parley run)
+        self.controls = Controls(self)
+        self.summaries = Summaries(self)
 
     @classmethod
     async def create(
@@ -81,6 +85,7 @@ class Engine:
         self.platforms[platform.name] = platform
 
     async def aclose(self) -> None:
+        await self.summaries.aclose()
         await self.skills.aclose()
         await self.catalog.aclose()
         await self.store.close()
@@ -152,6 +157,8 @@ class Engine:
                 await self.store.close_inbox(entry.id, "failed")
                 return "error"
             kind, skill, text = self._classify(message.text)
+            if kind == "command" and (redo := await self.controls.redo(entry, text)) is not None:
+                return await self.controls.regenerate(redo, entry, surface)
             if kind == "command":
                 result = await self.run_command(message, text)
                 await self.pacer.renderer(surface).finish(result.text)
@@ -166,9 +173,11 @@ class Engine:
                 name, _, args = text[1:].partition(" ")
                 steps = commands.REPLIES[name.lower()].steps
                 assert steps is not None
-                return await Reply(self, entry, surface, conf, steps=partial(steps, args=args.strip())).run()
-            forced = Forced(skill, skill.arguments_for(text)) if skill is not None else None
-            return await Reply(self, entry, surface, conf, forced).run()
+                reply = Reply(self, entry, surface, conf, steps=partial(steps, args=args.strip()))
+            else:
+                forced = Forced(skill, skill.arguments_for(text)) if skill is not None else None
+                reply = Reply(self, entry, surface, conf, forced)
+            return await self.controls.run(reply, entry, surface, conf.model)
 
     # After a crash, and at shutdown
 
@@ -195,6 +204,8 @@ class Engine:
             return
         try:
             surface = await platform.reopen(ConversationKey.parse(reply.conversation), reply.refs)
+            if reply.answers is not None:  # its Stop button becomes Regenerate
+                offer(surface, ReplyControls(reply.answers))
             await self.pacer.renderer(surface).finish(extend(reply.content, RESTARTED_NOTE))
         except Exception:
             log.exception("%s: could not mark a reply cut off by the restart", reply.conversation)

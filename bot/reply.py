@@ -57,6 +57,10 @@ class Forced:
     arguments: dict[str, Any]
 
 
+LEFT_OUT_NOTE = "Older messages were left out to fit the model's context."
+SUMMARIZED_NOTE = "Older messages reach the model as a summary, to fit its context."
+
+
 class Reply:
     def __init__(
         self,
@@ -80,6 +84,7 @@ class Reply:
         self._reservation: Reservation | None = None  # what it holds against its budgets
         self._started = 0.0
         self._first_text: float | None = None
+        self.ending = False  # its final text is on its way: a stop now has nothing left to stop
 
     async def run(self) -> Outcome:
         """Answer on the surface; returns how the reply ended."""
@@ -117,6 +122,7 @@ class Reply:
             log.exception("reply in %s failed", self._entry.message.key)
             final = extend(answer.text, INTERNAL_ERROR)
             outcome = "cut_off" if answer.text else "error"
+        self.ending = True
         await self._renderer.finish(final)
         latency_ms = int((self._engine.clock.now() - started) * 1000)
         await self._stored.finish(self._record(outcome, latency_ms))
@@ -161,6 +167,7 @@ class Reply:
         context = await assemble(
             engine.settings, engine.store, engine.calibration, resolved, self._conf, self._entry
         )
+        summarized = await engine.summaries.apply(context, str(self._entry.message.key), resolved)
         warning = await self.hold(resolved, context.prompt_estimate(), context.reply_room)
         skill_context = SkillContext(
             self._entry.message.key,
@@ -183,7 +190,7 @@ class Reply:
             if result.note and result.note not in notes:
                 notes.append(result.note)
         if engine.left_out_note(self._entry.message.key, context.trimmed):
-            notes.insert(0, "Older messages were left out to fit the model's context.")
+            notes.insert(0, SUMMARIZED_NOTE if summarized else LEFT_OUT_NOTE)
         tools = engine.skills.tools(self._conf.skills) if context.takes_tools else ()
 
         prompt_estimate = context.prompt_estimate()

@@ -42,6 +42,9 @@ turns = Table(
     Column("answers", Integer),
     # Where the reply is shown on its platform (JSON the adapter wrote), so a crash can be repaired there.
     Column("reply_refs", Text),
+    # Why memory no longer uses this turn while it stays stored: "replaced" (an earlier answer to a
+    # question that was regenerated), "deleted" (its message was deleted), "forgotten" (/forget last).
+    Column("hidden", String(16)),
     Index("ix_turns_conversation_id", "conversation", "id"),
 )
 
@@ -99,6 +102,18 @@ inbox_files = Table(
     Column("data", LargeBinary),
     Column("unavailable_reason", Text),
     Index("ix_inbox_files_inbox_id", "inbox_id"),
+)
+
+# A conversation's running summary of the turns that fell out of the model's window: every turn up to
+# and including `upto` (a turn id) is in it.
+summaries = Table(
+    "summaries",
+    metadata,
+    Column("conversation", String(255), primary_key=True),
+    Column("content", Text, nullable=False),
+    Column("upto", Integer, nullable=False),
+    Column("model", String(255)),
+    Column("updated_at", Float, nullable=False),
 )
 
 meta = Table(

@@ -21,7 +21,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from bot import migrations
 from bot.config import SetupError
 from bot.models import Attachment, Author, ConversationKey, Message
-from bot.schema import budgets, conversation_settings, inbox, inbox_files, meta, skill_modes, turns, usage
+from bot.schema import (
+    budgets,
+    conversation_settings,
+    inbox,
+    inbox_files,
+    meta,
+    skill_modes,
+    summaries,
+    turns,
+    usage,
+)
 
 SETTING_FIELDS = ("model", "system_prompt", "autoreply")
 FIRST_PAGE = 32  # turns the first query reads while filling a context budget; each later query reads 4x more
@@ -47,6 +57,26 @@ class StoredTurn:
     author_name: str
     content: str
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """A user turn as reply controls need it: where it was asked, by whom, and what."""
+
+    id: int
+    conversation: str
+    author_id: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A platform message as the inbox took it in."""
+
+    turn_id: int | None  # its question, when it had something to remember
+    received_at: float
+    conversation: str
+    reply_to: dict[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +366,151 @@ class Store:
             result = await conn.execute(delete(turns).where(turns.c.conversation == conversation))
             return result.rowcount or 0
 
+    # Reply controls
+
+    async def question(self, turn_id: int) -> Question | None:
+        """A user turn by id, while memory still uses it."""
+        query = select(turns.c.id, turns.c.conversation, turns.c.author_id, turns.c.content).where(
+            turns.c.id == turn_id, turns.c.role == "user", turns.c.hidden.is_(None)
+        )
+        async with self._db.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return Question(row.id, row.conversation, row.author_id, row.content) if row else None
+
+    async def last_question(self, conversation: str) -> Question | None:
+        """The newest question of a conversation that memory still uses."""
+        query = (
+            select(turns.c.id, turns.c.conversation, turns.c.author_id, turns.c.content)
+            .where(turns.c.conversation == conversation, turns.c.role == "user", turns.c.hidden.is_(None))
+            .order_by(turns.c.id.desc())
+            .limit(1)
+        )
+        async with self._db.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return Question(row.id, row.conversation, row.author_id, row.content) if row else None
+
+    async def keep_newest_answer(self, question_id: int) -> None:
+        """After a regeneration: memory uses the newest answer to a question that says something; the
+        earlier ones stay stored as its alternatives."""
+        answers = and_(turns.c.answers == question_id, turns.c.role == "assistant")
+        async with self._db.begin() as conn:
+            newest = (
+                await conn.execute(
+                    select(func.max(turns.c.id)).where(
+                        answers, turns.c.content != "", turns.c.hidden.is_(None)
+                    )
+                )
+            ).scalar()
+            if newest is not None:
+                await conn.execute(
+                    update(turns)
+                    .where(answers, turns.c.id != newest, turns.c.hidden.is_(None))
+                    .values(hidden="replaced")
+                )
+
+    async def delivered(self, platform: str, channel: str, message_id: str) -> Delivery | None:
+        """How a platform message was taken in (its inbox row), if it was."""
+        query = select(inbox.c.turn_id, inbox.c.received_at, inbox.c.conversation, inbox.c.reply_to).where(
+            inbox.c.platform == platform, inbox.c.channel == channel, inbox.c.message_id == message_id
+        )
+        async with self._db.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return Delivery(row.turn_id, row.received_at, row.conversation, _json(row.reply_to)) if row else None
+
+    async def answer_refs(self, question_id: int) -> dict[str, Any] | None:
+        """Where the answer memory uses for a question shows on its platform."""
+        query = (
+            select(turns.c.reply_refs)
+            .where(turns.c.answers == question_id, turns.c.role == "assistant", turns.c.hidden.is_(None))
+            .order_by(turns.c.id.desc())
+            .limit(1)
+        )
+        async with self._db.connect() as conn:
+            return _json((await conn.execute(query)).scalar())
+
+    async def edit_question(self, turn_id: int, content: str, tokens: int) -> None:
+        """A question as its author edited it."""
+        async with self._db.begin() as conn:
+            await conn.execute(
+                update(turns).where(turns.c.id == turn_id).values(content=content, tokens=tokens)
+            )
+
+    async def hide_exchange(self, question_id: int, why: str) -> None:
+        """Take a question and its answers out of memory (they stay stored): "deleted", "forgotten"."""
+        async with self._db.begin() as conn:
+            await conn.execute(
+                update(turns)
+                .where(
+                    or_(turns.c.id == question_id, turns.c.answers == question_id), turns.c.hidden.is_(None)
+                )
+                .values(hidden=why)
+            )
+
+    async def memory_counts(self, conversation: str) -> tuple[int, int, int]:
+        """(turns stored, turns memory leaves out, questions with alternative answers) of a conversation."""
+        here = turns.c.conversation == conversation
+        async with self._db.connect() as conn:
+            stored = (await conn.execute(select(func.count()).where(here))).scalar_one()
+            hidden = (
+                await conn.execute(select(func.count()).where(here, turns.c.hidden.is_not(None)))
+            ).scalar_one()
+            alternatives = (
+                await conn.execute(
+                    select(func.count(func.distinct(turns.c.answers))).where(
+                        here, turns.c.hidden == "replaced"
+                    )
+                )
+            ).scalar_one()
+        return int(stored), int(hidden), int(alternatives)
+
+    async def answer_count(self, question_id: int) -> int:
+        """How many answers a question has, alternatives included."""
+        query = select(func.count()).where(turns.c.answers == question_id, turns.c.role == "assistant")
+        async with self._db.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    # Running summaries
+
+    async def summary(self, conversation: str) -> tuple[str, int] | None:
+        """A conversation's running summary and the last turn id it covers."""
+        query = select(summaries.c.content, summaries.c.upto).where(summaries.c.conversation == conversation)
+        async with self._db.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return (row.content, row.upto) if row else None
+
+    async def set_summary(self, conversation: str, content: str, upto: int, model: str) -> None:
+        values = {"content": content, "upto": upto, "model": model, "updated_at": time.time()}
+        await self._upsert(summaries, {"conversation": conversation}, values)
+
+    async def forget_summary(self, conversation: str) -> None:
+        async with self._db.begin() as conn:
+            await conn.execute(delete(summaries).where(summaries.c.conversation == conversation))
+
+    async def older_turns(self, conversation: str, after: int, before: int, limit: int) -> list[Turn]:
+        """Finished turns memory uses with ids between `after` and `before` (exclusive), oldest first."""
+        query = (
+            select(
+                turns.c.id,
+                turns.c.role,
+                turns.c.author_name,
+                turns.c.content,
+                turns.c.tokens,
+                turns.c.outcome,
+            )
+            .where(
+                turns.c.conversation == conversation,
+                turns.c.id > after,
+                turns.c.id < before,
+                turns.c.hidden.is_(None),
+                or_(turns.c.outcome.is_(None), turns.c.outcome != "streaming"),
+            )
+            .order_by(turns.c.id)
+            .limit(limit)
+        )
+        async with self._db.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [Turn(r.id, r.role, r.author_name, r.content, r.tokens, r.outcome) for r in rows]
+
     # Settings
 
     async def settings(self, conversations: Sequence[str]) -> list[dict[str, object]]:
@@ -496,6 +671,7 @@ async def _recent(
     condition = and_(
         turns.c.conversation == conversation,
         or_(turns.c.outcome.is_(None), turns.c.outcome != "streaming"),
+        turns.c.hidden.is_(None),
     )
     if upto is not None:
         condition = and_(condition, or_(turns.c.id <= upto, turns.c.answers < upto))

@@ -263,6 +263,8 @@ class PacedRenderer:
             if not final and text == self._shown:
                 continue
             now = self._clock.now()
+            if final:  # the slots it reserves now are the ones kept for its final: count them once
+                self._claim(())
             reserved = self._reserve(final, now)
             try:
                 spent = await self._surface.render(text, final=final)

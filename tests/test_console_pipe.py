@@ -155,3 +155,22 @@ async def test_help_and_commands_follow_the_platform(engine: Engine) -> None:
         help_text = await ask(chat_app, "/help")
         assert help_text.startswith("Mention Parley to talk to it.") and "/autoreply [on|off]" in help_text
         assert await ask(chat_app, "/autoreply on") == "Parley will now answer every message in this channel."
+
+
+async def test_regenerate_answers_the_last_question_again_and_stop_says_nothing_runs(
+    llm: LLMServer, workdir: Path
+) -> None:
+    llm.enqueue(Script(tokens=["First."]), Script(tokens=["Second."]), Script(tokens=["Third."]))
+    stdin = b"pick a word\n/regenerate\n/stop\nwhat did you pick?\n"
+    code, out, err = await chat(llm, workdir, stdin)
+    assert code == 0, err
+    assert out.splitlines() == [
+        "First.",
+        "Second.",
+        "Nothing you asked is being answered here right now.",
+        "Third.",
+    ]
+    # The last question was asked with the newest answer only; the first is kept as an alternative.
+    sent = [m["content"] for m in llm.chat_requests()[-1].json["messages"] if m["role"] != "system"]
+    assert sent == [f"{USER}: pick a word", "Second.", f"{USER}: what did you pick?"]
+    assert [content for content, _ in saved_replies(workdir)] == ["First.", "Second.", "Third."]

@@ -203,6 +203,7 @@ async def test_every_command_option_says_what_it_is_for(engine: Engine, discord_
     }
     assert set(options) == {
         ("ask", "prompt"), ("web", "query"), ("read", "url"), ("model", "name"), ("models", "filter"),
+        ("regenerate", "model"), ("forget", "what"),
         ("system", "text"), ("search", "mode"), ("skills", "name"), ("skills", "mode"),
         ("autoreply", "state"), ("usage", "scope"), ("usage", "period"), ("budget", "scope"),
         ("budget", "period"), ("budget", "unit"), ("budget", "amount"),

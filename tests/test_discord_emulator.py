@@ -290,3 +290,73 @@ async def test_an_ephemeral_response_is_out_of_the_channel_endpoints_reach(
     assert original is not None
     path = f"/channels/{GENERAL}/messages/{original['id']}"
     assert (await call(discord_api, "PATCH", path, {"content": "edited later"}))[0] == 200
+
+
+def button(custom_id: str, label: str = "Go", style: int = 1) -> dict[str, Any]:
+    return {"type": 2, "style": style, "label": label, "custom_id": custom_id}
+
+
+def select(custom_id: str, options: int = 2, **more: Any) -> dict[str, Any]:
+    listed = [{"label": f"option {n}", "value": f"v{n}"} for n in range(options)]
+    return {"type": 3, "custom_id": custom_id, "options": listed, **more}
+
+
+def row(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"type": 1, "components": list(items)}
+
+
+async def test_message_components_are_checked_as_discord_checks_them(discord_api: DiscordEmulator) -> None:
+    discord_api.limits.clear()  # many sends in a row; the rate limits are tested on their own
+    messages = f"/channels/{GENERAL}/messages"
+    refused = {
+        "six rows": [row(button(f"b{n}")) for n in range(6)],
+        "six buttons in a row": [row(*(button(f"b{n}") for n in range(6)))],
+        "a select beside a button": [row(select("s"), button("b"))],
+        "a custom id used twice": [row(button("same"), button("same"))],
+        "a custom id over 100": [row(button("x" * 101))],
+        "a label over 80": [row(button("b", label="x" * 81))],
+        "a button without a custom id": [row({"type": 2, "style": 1, "label": "Go"})],
+        "a select without options": [row(select("s", options=0))],
+        "a select of 26 options": [row(select("s", options=26))],
+        "an option value over 100": [row({**select("s"), "options": [{"label": "a", "value": "v" * 101}]})],
+        "a placeholder over 150": [row(select("s", placeholder="p" * 151))],
+    }
+    for what, components in refused.items():
+        answer = await call(discord_api, "POST", messages, {"content": "x", "components": components})
+        assert code(answer) == (400, 50035), what
+    fine = [row(button("a"), button("b", style=4)), row(select("s", options=25))]
+    status, sent, _ = await call(discord_api, "POST", messages, {"content": "x", "components": fine})
+    assert status == 200
+    edit = f"{messages}/{sent['id']}"
+    assert code(await call(discord_api, "PATCH", edit, {"components": [row(button("x" * 101))]})) == (
+        400,
+        50035,
+    )
+
+
+async def test_a_component_interaction_comes_only_from_what_a_message_shows_and_is_answered_in_time(
+    discord_api: DiscordEmulator,
+) -> None:
+    messages = f"/channels/{GENERAL}/messages"
+    components = [row(button("go")), row(select("pick"))]
+    _, sent, _ = await call(discord_api, "POST", messages, {"content": "x", "components": components})
+    with pytest.raises(AssertionError):
+        await discord_api.click(sent["id"], "not-there")
+    with pytest.raises(AssertionError):
+        await discord_api.click(sent["id"], "pick", values=["not-offered"])
+    clicked = await discord_api.click(sent["id"], "go")
+    callback = f"/interactions/{clicked}/token-{clicked}/callback"
+    assert code(await call(discord_api, "POST", callback, {"type": 8, "data": {"choices": []}})) == (
+        400,
+        50035,
+    )
+    assert (await call(discord_api, "POST", callback, {"type": 7, "data": {"content": "updated"}}))[0] == 200
+    assert discord_api.state.messages[sent["id"]]["content"] == "updated"
+    discord_api.initial_response_seconds = 0.0
+    late = await discord_api.click(sent["id"], "pick", values=["v1"])
+    assert code(
+        await call(discord_api, "POST", f"/interactions/{late}/token-{late}/callback", {"type": 6})
+    ) == (
+        404,
+        10062,
+    )

@@ -27,7 +27,7 @@ def test_every_revision_up_and_down_and_head_matches_the_code(tmp_path: Path) ->
     engine = create_engine(f"sqlite:///{tmp_path}/fresh.db")
     with engine.begin() as connection:
         migrations.upgrade(connection)
-        assert migrations.current(connection) == "0004"
+        assert migrations.current(connection) == "0005"
         assert differences(connection) == []
     with engine.begin() as connection:
         command.downgrade(migrations.config(connection), "base")
@@ -58,7 +58,7 @@ async def test_a_database_from_before_migrations_is_adopted_with_its_data(tmp_pa
     await store.close()
     engine = create_engine(f"sqlite:///{path}")
     with engine.connect() as connection:
-        assert migrations.current(connection) == "0004"
+        assert migrations.current(connection) == "0005"
         assert differences(connection) == []
         tables = {
             row[0] for row in connection.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))

@@ -354,3 +354,37 @@ async def test_replies_that_show_nothing_go_first_then_finals_then_edits(clock: 
     assert [s.renders[1:] for s in started] == [[(pytest.approx(1000.0 + 2 * window), "done", True)]] * 5
     times = sorted(t for s in surfaces for t, _, _ in s.renders)
     assert all(later - earlier >= window - 1e-9 for earlier, later in zip(times, times[5:], strict=False))
+
+
+class HeldSurface(RecordingSurface):
+    """Its final render waits until released, as a platform call in flight does."""
+
+    def __init__(self, clock: FakeClock, budget: RenderBudget) -> None:
+        super().__init__(clock, budget)
+        self.final_started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def render(self, text: str, *, final: bool) -> int | list[RateLimit]:
+        if final:
+            self.final_started.set()
+            await self.release.wait()
+        return await super().render(text, final=final)
+
+
+async def test_a_final_render_in_flight_counts_once_against_the_slot_kept_for_it(clock: FakeClock) -> None:
+    stop = RateLimit("stop", 2, 60.0)
+    streaming = RenderBudget(min_interval=1.0, edit=(APPEND,), final=(stop,))
+    pacer = Pacer(clock)
+    surface = HeldSurface(clock, streaming)
+    renderer = pacer.renderer(surface)
+    renderer.update("streaming")
+    await settle()
+    assert pacer.has_room((stop,))  # one stop owed to this reply, one free
+    finishing = asyncio.create_task(renderer.finish("done"))
+    await clock.advance(1.0)
+    await surface.final_started.wait()
+    # The stop being sent is the one kept for this reply: the other slot is still free.
+    assert pacer.has_room((stop,))
+    surface.release.set()
+    await finishing
+    assert pacer.has_room((stop,)) and not pacer.has_room((stop, stop))

@@ -13,11 +13,12 @@ import discord
 from discord import app_commands
 
 from adapters.discord.commands import install
+from adapters.discord.controls import on_component
 from adapters.discord.facts import author_of, conversation_key, server_of
 from adapters.discord.surface import NO_PINGS
 from bot.addressing import Arrival, Rules
 from bot.metrics import Metrics
-from bot.models import Attachment, Message
+from bot.models import Attachment, ConversationKey, Message
 
 if TYPE_CHECKING:
     from adapters.discord.port import DiscordPlatform
@@ -88,6 +89,37 @@ class ParleyDiscord(discord.Client):
             self.application_id, permissions=PERMISSIONS, scopes=("bot", "applications.commands")
         )
         log.info("Discord: logged in as %s. Invite: %s", self.user, url)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        # Slash commands go to the tree; clicks on a reply's components come here, by their custom ids.
+        if interaction.type == discord.InteractionType.component:
+            await on_component(self.platform, interaction)
+
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        """An edited question: answered again in place when it is recent (bot/controls.py decides)."""
+        message = payload.message
+        if message.author.bot or "content" not in payload.data:  # an embed resolved, not an edit
+            return
+        edited = message.edited_at.isoformat() if message.edited_at else ""
+        incoming = Message(
+            key=conversation_key(message.channel),
+            author=author_of(message.author, message.channel),
+            text=self._readable(message),
+            id=str(message.id),
+        )
+        try:
+            await self.engine.controls.edited(incoming, edited)
+        except Exception:
+            log.exception("could not take the edit of message %s", message.id)
+
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        """A deleted question leaves memory."""
+        channel = self.get_channel(payload.channel_id)
+        key = conversation_key(channel) if channel else ConversationKey("discord", str(payload.channel_id))
+        try:
+            await self.engine.controls.deleted(key, str(payload.message_id))
+        except Exception:
+            log.exception("could not forget deleted message %s", payload.message_id)
 
     async def on_message(self, message: discord.Message) -> None:
         # discord.py hands each event to a task of its own, and what comes before accepting a message

@@ -16,6 +16,7 @@ from adapters.discord.client import ParleyDiscord
 from adapters.discord.login import connection_refused, login, point_at
 from adapters.discord.surface import InteractionSurface, MessageSurface, reference
 from bot.config import Settings, SetupError
+from bot.controls import REOPEN
 from bot.engine import Engine
 from bot.models import ConversationKey, HistoryEntry, Surface
 from bot.platform import HistoryUnavailable
@@ -110,11 +111,14 @@ class DiscordPlatform:
     ) -> Surface:
         if reply_to is None:  # nothing to answer: a message of its own in the conversation
             return MessageSurface(self._partial(int(conversation.thread_id or conversation.channel_id)))
+        if REOPEN in reply_to:  # an edited question: its answer is rewritten where it shows
+            return await self.reopen(conversation, reply_to[REOPEN])
         if "interaction" in reply_to:
             waiting = self._waiting.pop(str(reply_to["interaction"]["token"]), None)
             return waiting or self._interaction_surface(reply_to)
         channel = self._partial(int(reply_to["channel"]))
-        return MessageSurface(channel, reply_to=reference(channel.id, int(reply_to["message"])))
+        answered = reply_to.get("message")
+        return MessageSurface(channel, reply_to=reference(channel.id, int(answered) if answered else None))
 
     async def reopen(self, conversation: ConversationKey, refs: Mapping[str, Any]) -> Surface:
         # Interaction responses are public messages of the bot's: the channel's endpoints edit them too,

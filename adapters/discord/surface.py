@@ -16,7 +16,9 @@ from typing import Any, Protocol
 
 import discord
 
+from adapters.discord.controls import Controls
 from adapters.discord.text import reopening, split_reply
+from bot.controls import ReplyControls
 from bot.models import RenderBudget
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ class Webhook(Protocol):
     """The part of discord.py's Webhook that an interaction's reply uses."""
 
     async def edit_message(
-        self, message_id: int, *, content: str, allowed_mentions: discord.AllowedMentions
+        self, message_id: int, *, content: str, allowed_mentions: discord.AllowedMentions, **view: Any
     ) -> discord.abc.Snowflake: ...
 
     async def send(
@@ -78,6 +80,10 @@ class MessageSurface:
         self._sent: list[int] = list(sent)
         self._shown: list[str | None] = [None] * len(self._sent)  # None: not known, rewrite it
         self._typing: asyncio.Task[None] | None = None
+        self._controls = ShownControls()
+
+    def show_controls(self, controls: ReplyControls) -> None:
+        self._controls.offered = controls
 
     @property
     def refs(self) -> dict[str, Any] | None:
@@ -106,19 +112,22 @@ class MessageSurface:
         requests = 0
         pieces = split_reply(text)
         for index, piece in enumerate(pieces):
+            view = self._controls.change(final) if index == 0 else {}  # the first message carries them
             if index < len(self._sent):
-                if self._shown[index] != piece:
+                if self._shown[index] != piece or view:
                     message = self._channel.get_partial_message(self._sent[index])
-                    await message.edit(content=piece or "…", allowed_mentions=NO_PINGS)
+                    await message.edit(content=piece or "…", allowed_mentions=NO_PINGS, **view)
                     self._shown[index] = piece
+                    self._controls.shown(final, view)
                     requests += 1
                 continue
-            extra: dict[str, Any] = {}
+            extra: dict[str, Any] = dict(view)
             if index == 0 and self._reply_to is not None:
-                extra = {"reference": self._reply_to, "mention_author": False}
+                extra |= {"reference": self._reply_to, "mention_author": False}
             message = await self._channel.send(piece or "…", allowed_mentions=NO_PINGS, **extra)
             self._sent.append(message.id)
             self._shown.append(piece)
+            self._controls.shown(final, view)
             requests += 1
         if final:
             while len(self._sent) > len(pieces):  # a reopened reply whose text now needs fewer messages
@@ -127,6 +136,24 @@ class MessageSurface:
                 self._shown.pop()
                 requests += 1
         return requests
+
+
+class ShownControls:
+    """Which of a reply's controls its first message shows: Stop while it is written, Regenerate after."""
+
+    def __init__(self) -> None:
+        self.offered: ReplyControls | None = None
+        self._ended: bool | None = None  # None: none shown yet (or not known, after a restart)
+
+    def change(self, final: bool) -> dict[str, Controls]:
+        """The `view` argument the next write of the first message needs; empty when nothing changes."""
+        if self.offered is None or self._ended == final:
+            return {}
+        return {"view": Controls(self.offered, ended=final)}
+
+    def shown(self, final: bool, view: dict[str, Controls]) -> None:
+        if view:
+            self._ended = final
 
 
 class InteractionSurface:
@@ -157,6 +184,7 @@ class InteractionSurface:
         self._offset = 0  # where in the reply the channel messages take over
         self._lock = asyncio.Lock()
         self._finished = False
+        self._controls = ShownControls()
         moving_in = max(0.0, expires_at - TOKEN_MARGIN - time.time())
         self._expiry = asyncio.create_task(self._move_before_expiry(moving_in))
 
@@ -168,6 +196,9 @@ class InteractionSurface:
         if not ids:
             return None
         return {"channel": str(self._channel.id), "messages": [str(sent) for sent in ids]}
+
+    def show_controls(self, controls: ReplyControls) -> None:
+        self._controls.offered = controls
 
     def cancel(self) -> None:
         """Give the reply up before it rendered (Parley stops): no move before the token expires."""
@@ -221,16 +252,21 @@ class InteractionSurface:
         self._continuation = MessageSurface(
             self._channel, reply_to=reference(self._channel.id, self._original)
         )
+        if self._controls.offered is not None:
+            self._continuation.show_controls(self._controls.offered)
         self.budget = self._continuation.budget
 
     async def _render_interaction(self, text: str) -> int:
         requests = 0
         pieces = split_reply(text)
+        final = self._finished
         for index, piece in enumerate(pieces):
-            if index < len(self._shown) and self._shown[index] == piece:
+            view = self._controls.change(final) if index == 0 else {}
+            if index < len(self._shown) and self._shown[index] == piece and not view:
                 continue
             if index == 0:
-                await self._edit_original(piece or "…")
+                await self._edit_original(piece or "…", **view)
+                self._controls.shown(final, view)
             elif index - 1 < len(self._followups):
                 await self._webhook.edit_message(
                     self._followups[index - 1], content=piece, allowed_mentions=NO_PINGS
@@ -246,8 +282,10 @@ class InteractionSurface:
         self._text = text
         return requests
 
-    async def _edit_original(self, content: str) -> None:
-        message = await self._webhook.edit_message(ORIGINAL, content=content, allowed_mentions=NO_PINGS)
+    async def _edit_original(self, content: str, **view: Controls) -> None:
+        message = await self._webhook.edit_message(
+            ORIGINAL, content=content, allowed_mentions=NO_PINGS, **view
+        )
         self._original = message.id
         self._edited = True
 

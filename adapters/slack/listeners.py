@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 PLATFORM = "slack"
 # Messages that are people talking; every other subtype is an edit, a join, a bot post …
 ANSWERED_SUBTYPES = {None, "file_share", "thread_broadcast"}
+CHANGES = {"message_changed", "message_deleted"}  # a person's edit or deletion of a message
 
 
 class Listeners:
@@ -43,6 +44,9 @@ class Listeners:
         app.event("message")(self.on_event)
 
     async def on_event(self, body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext) -> None:
+        if event.get("subtype") in CHANGES:
+            await self._changed(event, context.bot_user_id or "")
+            return
         if "user" not in event or "ts" not in event or "channel" not in event:
             return  # edits, deletions and other events about a message, not by a person
         bot_user = context.bot_user_id or ""
@@ -92,6 +96,27 @@ class Listeners:
             )
         except SlackApiError as error:
             log.warning("could not tell %s they may not use Parley: %s", user, error_code(error))
+
+    async def _changed(self, event: dict[str, Any], bot_user: str) -> None:
+        """A person edited or deleted a message: an answered question is answered again in place, or
+        leaves memory (bot/controls.py decides)."""
+        channel = str(event.get("channel", ""))
+        key = ConversationKey(PLATFORM, channel)  # the inbox knows the message by channel and ts
+        try:
+            if event["subtype"] == "message_deleted":
+                await self.engine.controls.deleted(key, str(event.get("deleted_ts", "")))
+                return
+            edited = event.get("message") or {}
+            # A thread's parent also "changes" when someone replies to it: only a real edit counts.
+            if not edited.get("edited") or not edited.get("user") or edited.get("bot_id"):
+                return
+            user = edited["user"]
+            text = await readable(edited.get("text", ""), self.people, strip=bot_user)
+            author = Author(user, await self.people.display_name(user))
+            message = Message(key=key, author=author, text=text, id=str(edited.get("ts", "")))
+            await self.engine.controls.edited(message, str(edited["edited"].get("ts", "")))
+        except Exception:
+            log.exception("could not take a change to a Slack message in %s", channel)
 
     async def _message(
         self, event: dict[str, Any], key: ConversationKey, bot_user: str, direct: bool, team: str | None

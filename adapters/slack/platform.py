@@ -22,6 +22,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.channels import Channels
 from adapters.slack.commands import SlashCommands
+from adapters.slack.controls import ActionHandlers
 from adapters.slack.errors import error_code
 from adapters.slack.history import History
 from adapters.slack.http import EVENTS_PATH, events_app
@@ -30,6 +31,7 @@ from adapters.slack.people import People
 from adapters.slack.surface import SlackSurface
 from adapters.slack.workspace import Workspace
 from bot.config import Settings, SetupError
+from bot.controls import REOPEN
 from bot.engine import Engine
 from bot.metrics import Metrics, routes
 from bot.models import ConversationKey, HistoryEntry
@@ -112,6 +114,7 @@ class SlackPlatform:
         )
         Listeners(self._engine, self._settings, people).register(app)
         SlashCommands(self._engine, people).register(app)
+        ActionHandlers(self._engine, people).register(app)
         app.event("app_uninstalled")(self._uninstalled)
         app.event("tokens_revoked")(self._tokens_revoked)
         return app
@@ -144,6 +147,8 @@ class SlackPlatform:
         a message posted and edited in the conversation."""
         assert self._client is not None and self._workspace is not None
         reply_to = reply_to or {}
+        if REOPEN in reply_to:  # an edited question: its answer is rewritten where it shows
+            return await self.reopen(conversation, reply_to[REOPEN])
         surface = SlackSurface(
             self._client,
             channel=str(reply_to.get("channel") or conversation.channel_id),

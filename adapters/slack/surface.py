@@ -19,6 +19,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.slack.controls import actions, with_text
 from adapters.slack.errors import error_code
 from adapters.slack.mrkdwn import (
     cut_point,
@@ -28,6 +29,7 @@ from adapters.slack.mrkdwn import (
     stable_length,
     to_mrkdwn,
 )
+from bot.controls import ReplyControls
 from bot.models import RateLimit, RenderBudget
 from bot.streaming import Clock, SystemClock
 
@@ -73,6 +75,7 @@ class _Page:
     start: int  # offset in the reply text where this message's part begins
     ts: str | None = None
     shown: str = ""
+    controlled: bool | None = None  # the controls it shows: None, Stop (False) or Regenerate (True)
 
 
 class SlackSurface:
@@ -118,6 +121,7 @@ class SlackSurface:
         self._open_stream: str | None = None
         self._reusable: list[str] = []
         self._stream_open = True  # until chat.stopStream ended it
+        self._controls: ReplyControls | None = None  # shown under the final text
 
     @classmethod
     def reopened(
@@ -196,6 +200,9 @@ class SlackSurface:
                 "stream budget of %s spent; replying in %s by chat.update", self._team_id, self._channel
             )
             self._streaming = False
+
+    def show_controls(self, controls: ReplyControls) -> None:
+        self._controls = controls
 
     @property
     def message_ts(self) -> list[str]:
@@ -287,7 +294,9 @@ class SlackSurface:
             if final:
                 started = self._stream.ts is not None
                 try:
-                    await self._stream.stop(markdown_text=last)  # starts the stream first if need be
+                    # Starts the stream first if need be; blocks go under the finished text.
+                    blocks = {"blocks": [actions(self._controls)]} if self._controls else {}
+                    await self._stream.stop(markdown_text=last, **blocks)
                 finally:
                     if not started:
                         self._spend("chat.startStream")
@@ -321,7 +330,7 @@ class SlackSurface:
             page = self._pages[-1]
             body = to_mrkdwn(page_markdown(shown, page.start, len(shown)))
             if len(body) <= PAGE_LIMIT:
-                await self._write(page, body)
+                await self._write(page, body, self._controls, ended=final)
                 return
             cut = cut_point(shown, page.start, PAGE_LIMIT)
             await self._write(page, to_mrkdwn(page_markdown(shown, page.start, cut)))
@@ -348,10 +357,19 @@ class SlackSurface:
             except SlackApiError as error:  # someone deleted it already
                 log.info("could not delete page %s in %s: %s", ts, self._channel, error_code(error))
 
-    async def _write(self, page: _Page, body: str) -> None:
-        """Post or update one page (a reopened reply's own messages first)."""
-        if page.ts is not None and body == page.shown:
+    async def _write(
+        self, page: _Page, body: str, controls: ReplyControls | None = None, *, ended: bool = False
+    ) -> None:
+        """Post or update one page (a reopened reply's own messages first); the page being written
+        carries the reply's controls, and a page the text has moved past gives them up."""
+        wanted = None if controls is None else ended
+        if page.ts is not None and body == page.shown and page.controlled == wanted:
             return
+        blocks: dict[str, Any] = {}
+        if controls is not None:
+            blocks = {"blocks": with_text(body, controls, ended=ended)}
+        elif page.controlled is not None:
+            blocks = {"blocks": []}
         if page.ts is None and self._reusable:
             page.ts = self._reusable.pop(0)
         if page.ts is None:
@@ -362,9 +380,11 @@ class SlackSurface:
                 text=body,
                 unfurl_links=False,
                 unfurl_media=False,
+                **blocks,
             )
             page.ts = str(response["ts"])
         else:
             self._spend("chat.update")
-            await self._client.chat_update(channel=self._channel, ts=page.ts, text=body)
+            await self._client.chat_update(channel=self._channel, ts=page.ts, text=body, **blocks)
         page.shown = body
+        page.controlled = wanted

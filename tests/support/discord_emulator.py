@@ -14,6 +14,12 @@ It refuses what Discord refuses (checked against Discord's API docs and OpenAPI 
 - command registrations with bad names, descriptions, option order, or more than 25 options or choices,
   and autocomplete answers with more than 25 choices or a choice name or value over 100 characters;
 - an interaction answered after 3 seconds (10062) or twice (40060); its token after 15 minutes (50027);
+  a callback type the interaction cannot take (a component's: 4, 5, 6, 7 or 9);
+- message components that break Discord's rules: more than 5 action rows, a row of more than 5 buttons
+  or of a select beside anything, a button without a custom id (1–100 characters) or with a label over
+  80, a string select with no options or more than 25, option labels and values over 100 characters, a
+  placeholder over 150, custom ids used twice in one message. `click(message_id, custom_id)` sends a
+  component interaction (type 3) only for a component the message shows, with values its select offers;
 - reading history (GET /channels/{channel}/messages) with a limit outside 1–100, more than one of
   before/after/around, an id that is not a snowflake or a parameter it does not take; without View
   Channel it answers 50001, without Read Message History an empty page, as Discord documents;
@@ -25,7 +31,8 @@ It refuses what Discord refuses (checked against Discord's API docs and OpenAPI 
 
 It keeps everyone's messages, as a channel does, and serves them newest first a page at a time; ids
 are snowflakes made as Discord makes them (the time in the high bits). `deliver_again` replays a
-MESSAGE_CREATE, as a client can see one after a gateway resume.
+MESSAGE_CREATE, as a client can see one after a gateway resume; `edit_message` and `delete_message`
+are a person's edits and deletions, as MESSAGE_UPDATE and MESSAGE_DELETE tell them.
 
 With `token=`, REST calls without `Authorization: Bot TOKEN` get Discord's 401, as a bad token does.
 Every REST call is recorded (`calls`, with the status it got), and `fail_next(method, path_fragment,
@@ -163,6 +170,7 @@ class Interaction:
     original: str | None = None  # the original response's message id
     original_done: bool = False  # sent or edited with content: follow-ups then create new messages
     followups: set[str] = field(default_factory=set)
+    message: str | None = None  # a component interaction's message, the one clicked
 
 
 @dataclass
@@ -177,7 +185,8 @@ class _State:
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)  # everyone's, by id
     faults: list[Fault] = field(default_factory=list)
     interactions: dict[str, Interaction] = field(default_factory=dict)
-    events: dict[str, dict[str, Any]] = field(default_factory=dict)  # MESSAGE_CREATE payloads sent, by id
+    # MESSAGE_CREATE and component INTERACTION_CREATE payloads sent, by id: `deliver_again` replays them.
+    events: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class DiscordEmulator:
@@ -313,8 +322,10 @@ class DiscordEmulator:
         return message_id
 
     async def deliver_again(self, message_id: str) -> None:
-        """The same MESSAGE_CREATE once more, as a client can see it after a gateway resume."""
-        await self.dispatch("MESSAGE_CREATE", self.state.events[message_id])
+        """The same MESSAGE_CREATE (or a click's INTERACTION_CREATE) once more, as a client can see it
+        after a gateway resume."""
+        event = self.state.events[message_id]
+        await self.dispatch("INTERACTION_CREATE" if event.get("type") == 3 else "MESSAGE_CREATE", event)
 
     async def close_gateway(self, code: int) -> None:
         """Close every gateway connection with `code` (4004: the token was revoked)."""
@@ -374,6 +385,82 @@ class DiscordEmulator:
         )
         await self.dispatch("INTERACTION_CREATE", data)
         return interaction_id
+
+    async def click(
+        self,
+        message_id: str,
+        custom_id: str,
+        *,
+        user: dict[str, Any] = ALICE,
+        values: list[str] | None = None,
+        manager: bool = False,
+    ) -> str:
+        """Someone uses a component a message shows (a button, or a select with `values`); Discord sends
+        the interaction (type 3), and its 3 seconds start now."""
+        message = self.state.messages[message_id]
+        component = next(
+            (
+                c
+                for row in message.get("components") or []
+                for c in row["components"]
+                if c.get("custom_id") == custom_id
+            ),
+            None,
+        )
+        assert component is not None, f"message {message_id} shows no component {custom_id!r}"
+        assert not component.get("disabled"), "a disabled component cannot be used"
+        data: dict[str, Any] = {"custom_id": custom_id, "component_type": component["type"]}
+        if component["type"] == 3:
+            offered = {option["value"] for option in component["options"]}
+            chosen = values or []
+            assert set(chosen) <= offered, f"the select offers no {sorted(set(chosen) - offered)}"
+            low, high = component.get("min_values", 1), component.get("max_values", 1)
+            assert low <= len(chosen) <= high, "Discord enforces the select's min and max values"
+            data["values"] = chosen
+        channel = int(message["channel_id"])
+        interaction_id = self.snowflake()
+        roles = [MANAGER_ROLE] if manager else []
+        member = self._member(user, roles)
+        payload = {
+            "id": interaction_id,
+            "application_id": str(APP_ID),
+            "type": 3,
+            "token": f"token-{interaction_id}",
+            "version": 1,
+            "guild_id": str(GUILD_ID),
+            "channel_id": str(channel),
+            "channel": {
+                "id": str(channel),
+                "type": 11 if channel == THREAD else 0,
+                "guild_id": str(GUILD_ID),
+            },
+            "member": {**member, "permissions": str(self.permissions(user["id"], roles, channel))},
+            "app_permissions": str(ALL_PERMISSIONS),
+            "locale": "en-US",
+            "guild_locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(GUILD_ID)},
+            "context": 0,
+            "attachment_size_limit": 10_485_760,
+            "message": message,
+            "data": data,
+        }
+        if channel == THREAD:
+            payload["channel"]["parent_id"] = str(GENERAL)
+        self.state.interactions[interaction_id] = Interaction(
+            interaction_id, payload["token"], str(channel), False, time.monotonic(), message=message_id
+        )
+        self.state.events[interaction_id] = payload
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return interaction_id
+
+    async def edit_message(self, message_id: str, content: str) -> None:
+        """Its author edits a message, as MESSAGE_UPDATE tells the client (the whole message, edited)."""
+        stamp = datetime.now(UTC).isoformat()
+        self.state.messages[message_id].update(content=content, edited_timestamp=stamp)
+        event = self.state.events[message_id]
+        event.update(content=content, edited_timestamp=stamp)
+        await self.dispatch("MESSAGE_UPDATE", event)
 
     async def delete_message(self, channel: int, message_id: str) -> None:
         """Someone deletes their message, as MESSAGE_DELETE tells the client."""
@@ -717,15 +804,26 @@ class DiscordEmulator:
             return _error(404, 10062, "Unknown interaction")
         body = body or {}
         kind, data = body.get("type"), body.get("data") or {}
-        allowed = (8,) if interaction.autocomplete else (4, 5, 9)
+        if interaction.autocomplete:
+            allowed: tuple[int, ...] = (8,)
+        else:
+            allowed = (4, 5, 6, 7, 9) if interaction.message else (4, 5, 9)
         if kind not in allowed:
             return _form_error("type", "INTERACTION_CALLBACK_TYPE_INVALID", "Invalid callback type")
         if kind == 8 and (problem := _choices_problem(data.get("choices") or [], "data.choices")):
             return problem
         if kind == 4 and (problem := _message_problem(data, creating=True, field="data.")):
             return problem
+        if kind == 7 and (problem := _message_problem(data, creating=False, field="data.")):
+            return problem
         interaction.response = kind
-        answer: dict[str, Any] = {"id": interaction.id, "type": 4 if interaction.autocomplete else 2}
+        answer: dict[str, Any] = {
+            "id": interaction.id,
+            "type": 4 if interaction.autocomplete else 3 if interaction.message else 2,
+        }
+        if kind == 7:  # UPDATE_MESSAGE: the clicked message changes
+            assert interaction.message is not None
+            self._edit(self.state.messages[interaction.message], data)
         if kind in (4, 5):
             flags = (data.get("flags") or 0) & EPHEMERAL
             loading = {"content": "", "flags": flags | LOADING}
@@ -788,7 +886,7 @@ class DiscordEmulator:
         content = body.get("content", message["content"])
         if not content and not body.get("embeds", message["embeds"]) and not body.get("attachments"):
             return _error(400, 50006, "Cannot send an empty message")
-        message.update({k: v for k, v in body.items() if k in ("content", "allowed_mentions")})
+        message.update({k: v for k, v in body.items() if k in ("content", "allowed_mentions", "components")})
         if keep_flags:
             message["flags"] &= ~LOADING
         message["edited_timestamp"] = datetime.now(UTC).isoformat()
@@ -818,6 +916,7 @@ class DiscordEmulator:
             "type": 0,
             "flags": body.get("flags", 0),
             "allowed_mentions": body.get("allowed_mentions"),
+            "components": body.get("components") or [],
         }
 
     def _store_message(self, channel: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -959,6 +1058,79 @@ def _message_problem(body: dict[str, Any], *, creating: bool, field: str = "") -
     carries = ("embeds", "sticker_ids", "components", "attachments", "poll")
     if creating and not content and not any(body.get(key) for key in carries):
         return _error(400, 50006, "Cannot send an empty message")
+    if "components" in body:
+        return _components_problem(body["components"] or [], f"{field}components")
+    return None
+
+
+BUTTON_LABEL, CUSTOM_ID, OPTION_TEXT, PLACEHOLDER = 80, 100, 100, 150
+
+
+def _components_problem(rows: list[dict[str, Any]], where: str) -> web.Response | None:
+    """What Discord refuses in a message's components (action rows of buttons or one select)."""
+    if len(rows) > 5:
+        return _form_error(where, "BASE_TYPE_MAX_LENGTH", "Must be 5 or fewer in length.")
+    seen: set[str] = set()
+    for r, row in enumerate(rows):
+        here = f"{where}.{r}"
+        items = row.get("components") or []
+        if row.get("type") != 1 or not 1 <= len(items) <= 5:
+            return _form_error(f"{here}.components", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 5.")
+        if any(item.get("type") != 2 for item in items) and len(items) > 1:
+            return _form_error(
+                f"{here}.components", "COMPONENT_LAYOUT_WIDTH_EXCEEDED", "A select fills its row"
+            )
+        for i, item in enumerate(items):
+            at = f"{here}.components.{i}"
+            custom = item.get("custom_id")
+            if item.get("type") == 2 and item.get("style") == 5:
+                if custom is not None or not item.get("url"):
+                    return _form_error(
+                        at, "BUTTON_COMPONENT_INVALID", "A link button has a url, no custom_id"
+                    )
+                continue
+            if not isinstance(custom, str) or not 1 <= len(custom) <= CUSTOM_ID:
+                return _form_error(f"{at}.custom_id", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100.")
+            if custom in seen:
+                return _form_error(f"{at}.custom_id", "COMPONENT_CUSTOM_ID_DUPLICATED", "Duplicate custom_id")
+            seen.add(custom)
+            if item.get("type") == 2:
+                if item.get("style") not in (1, 2, 3, 4):
+                    return _form_error(
+                        f"{at}.style", "BASE_TYPE_CHOICES", "Value must be one of (1, 2, 3, 4, 5)."
+                    )
+                if len(item.get("label") or "") > BUTTON_LABEL or not (
+                    item.get("label") or item.get("emoji")
+                ):
+                    return _form_error(f"{at}.label", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 80.")
+            elif item.get("type") == 3:
+                if problem := _select_problem(item, at):
+                    return problem
+            else:
+                return _form_error(f"{at}.type", "UNION_TYPE_CHOICES", "Not a message component type here")
+    return None
+
+
+def _select_problem(select: dict[str, Any], where: str) -> web.Response | None:
+    options = select.get("options") or []
+    if not 1 <= len(options) <= 25:
+        return _form_error(f"{where}.options", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 25 in length.")
+    if len(select.get("placeholder") or "") > PLACEHOLDER:
+        return _form_error(f"{where}.placeholder", "BASE_TYPE_MAX_LENGTH", "Must be 150 or fewer in length.")
+    low, high = select.get("min_values", 1), select.get("max_values", 1)
+    if not 0 <= low <= 25 or not 1 <= high <= min(25, len(options)) or low > high:
+        return _form_error(f"{where}.max_values", "BASE_TYPE_BAD_LENGTH", "Values out of range")
+    for o, option in enumerate(options):
+        for name in ("label", "value"):
+            text = option.get(name)
+            if not isinstance(text, str) or not 1 <= len(text) <= OPTION_TEXT:
+                return _form_error(
+                    f"{where}.options.{o}.{name}", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100."
+                )
+        if len(option.get("description") or "") > OPTION_TEXT:
+            return _form_error(
+                f"{where}.options.{o}.description", "BASE_TYPE_MAX_LENGTH", "Must be 100 or fewer."
+            )
     return None
 
 

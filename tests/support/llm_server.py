@@ -6,9 +6,10 @@
         ...
         assert llm.requests[0].json["model"] == "xiaomi/mimo-v2-flash"
 
-Each chat request takes the next queued Script; with none queued it echoes the last user message as
+Each chat request takes the next queued Script (or, first, the one `by_system` keeps for requests whose
+system prompt starts so); with none queued it echoes the last user message as
 `echo: <text>`. Every request is recorded (path, headers, JSON body). `models` sets the model listing
-and `models_error` makes it fail.
+and `models_error` makes it fail. A gated stream whose client hangs up is recorded in `closed_by_client`.
 
 Like the real APIs, it refuses a tool round that drops the reasoning the model signed: Anthropic thinking
 blocks (always signed here), OpenRouter `reasoning_details` (when a Script has a `signature` or
@@ -91,6 +92,12 @@ class LLMServer:
         self.anthropic_models: list[str] = ["claude-sonnet-4-5"]
         self.models_error: Script | None = None  # set to make the model listing fail
         self._scripts: deque[Script] = deque()
+        # Streams whose client closed the connection while a gated token waited, by request path.
+        self.closed_by_client: list[str] = []
+        # The usage echoed replies report (None: none, so token estimates are never corrected).
+        self.echo_usage: tuple[int, int] | None = (12, 3)
+        # A script for the next request whose system prompt starts with the key, ahead of the queue.
+        self.by_system: dict[str, Script] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -134,6 +141,11 @@ class LLMServer:
         return web.json_response({"data": self.models})
 
     def _next(self, body: dict[str, Any]) -> Script:
+        system = _system_of(body)
+        for start, script in list(self.by_system.items()):
+            if system.startswith(start):
+                del self.by_system[start]
+                return script
         if self._scripts:
             return self._scripts.popleft()
         last = next((m for m in reversed(body.get("messages", [])) if m.get("role") == "user"), {})
@@ -141,7 +153,7 @@ class LLMServer:
         if isinstance(content, list):
             content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
         words = f"echo: {content}".split(" ")
-        return Script(tokens=[w if i == 0 else " " + w for i, w in enumerate(words)])
+        return Script(tokens=[w if i == 0 else " " + w for i, w in enumerate(words)], usage=self.echo_usage)
 
     def _error(self, script: Script) -> web.Response:
         headers = {"Retry-After": f"{script.retry_after:g}"} if script.retry_after is not None else {}
@@ -242,7 +254,8 @@ class LLMServer:
                     await send({"error": script.error, **chunk({"content": ""}, "error")})
                 return response
             if script.gate is not None:
-                await script.gate.acquire()
+                if not await self._released(script.gate, request):
+                    return response
             elif index:
                 await asyncio.sleep(script.delay)
             await send(chunk({"content": token}))
@@ -369,6 +382,21 @@ class LLMServer:
         await send("message_stop", {})
         return response
 
+    async def _released(self, gate: asyncio.Semaphore, request: web.Request) -> bool:
+        """Wait for the gate; False (recorded in `closed_by_client`) when the client hung up first."""
+        acquired = asyncio.ensure_future(gate.acquire())
+        try:
+            while not acquired.done():
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    self.closed_by_client.append(request.path)
+                    return False
+                await asyncio.wait({acquired}, timeout=0.01)
+        finally:
+            if not acquired.done():
+                acquired.cancel()
+        return True
+
     async def _fault(self, script: Script, index: int, request: web.Request) -> bool:
         """Apply a fault due after `index` tokens; True when the stream must end here."""
         if script.stall_after == index:
@@ -399,3 +427,14 @@ def _openai_replay(script: Script) -> dict[str, Any]:
 
 def _anthropic_error(message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+
+
+def _system_of(body: dict[str, Any]) -> str:
+    """The system prompt of an OpenAI-compatible or Anthropic request."""
+    system = body.get("system")
+    if isinstance(system, list):
+        return " ".join(part.get("text", "") for part in system if isinstance(part, dict))
+    if isinstance(system, str):
+        return system
+    first = (body.get("messages") or [{}])[0]
+    return str(first.get("content", "")) if first.get("role") == "system" else ""

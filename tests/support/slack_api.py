@@ -27,6 +27,12 @@ As strict as Slack where Parley depends on it:
   chunk text may pass 12,000 characters;
 - assistant.threads.setStatus checks its arguments; `status(channel, thread_ts)` is what the thread
   shows: cleared by the app's next message in the thread, by an empty status or after `status_timeout`;
+- Block Kit, in chat.postMessage, chat.update and chat.stopStream: more than 50 blocks, a block id used
+  twice or over 255 characters, a section's text over 3,000 characters, an actions block with more
+  than 25 elements, a button's text over 75 characters or value over 2,000, an action id used twice or
+  over 255, a static select with no options or more than 100, an option's text over 75 or value over
+  150 characters, a placeholder over 150: invalid_blocks. `block_action(ts, action_id, user=…)` makes
+  the block_actions payload Slack sends when someone uses an element a message shows, and only then;
 - Socket Mode sends an envelope again, with `retry_attempt` counting up, when it was not acked within
   `socket_ack_timeout`;
 - conversations.history pages newest first (from `oldest` forward when only `oldest` is given) and
@@ -140,6 +146,7 @@ class SlackMessage:
     bot_id: str | None = BOT_ID
     subtype: str | None = None
     files: list[dict[str, Any]] = field(default_factory=list)
+    blocks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_reply(self) -> bool:
@@ -267,6 +274,55 @@ class SlackAPI:
         message = SlackMessage(channel, ts, thread_ts, text, user=user, bot_id=None, **more)
         self.messages[ts] = message
         return message
+
+    def block_action(
+        self, ts: str, action_id: str, *, user: str, value: str | None = None, team: str = TEAM
+    ) -> dict[str, Any]:
+        """The block_actions payload of someone using element `action_id` of message `ts` (choosing
+        `value` in a select), as Slack sends it; only for an element the message shows."""
+        message = self.messages[ts]
+        found = [
+            (block, element)
+            for block in message.blocks
+            if block.get("type") == "actions"
+            for element in block["elements"]
+            if element.get("action_id") == action_id
+        ]
+        assert found, f"message {ts} shows no element {action_id!r}"
+        block, element = found[0]
+        used: dict[str, Any] = {
+            "type": element["type"],
+            "action_id": action_id,
+            "block_id": block["block_id"],
+            "action_ts": self._new_ts(),
+        }
+        if element["type"] == "button":
+            used |= {"text": element["text"], "value": element.get("value")}
+        else:
+            (option,) = [o for o in element["options"] if o["value"] == value]
+            used["selected_option"] = option
+        container = {
+            "type": "message",
+            "message_ts": ts,
+            "channel_id": message.channel,
+            "is_ephemeral": False,
+        }
+        shown: dict[str, Any] = {"type": "message", "ts": ts, "text": message.text, "blocks": message.blocks}
+        if message.thread_ts:
+            container["thread_ts"] = shown["thread_ts"] = message.thread_ts
+        return {
+            "type": "block_actions",
+            "user": {"id": user, "team_id": team},
+            "api_app_id": "A1",
+            "token": "legacy-verification-token",
+            "container": container,
+            "trigger_id": f"trigger-{next(self._ids)}",
+            "team": {"id": team, "domain": "loopback"},
+            "channel": {"id": message.channel, "name": message.channel.lower()},
+            "message": {**shown, "user": message.user, "bot_id": message.bot_id},
+            "response_url": f"{self.base_url}/respond/{message.channel}",
+            "actions": [used],
+        }
 
     def thread(self, channel: str, thread_ts: str) -> list[SlackMessage]:
         """The replies in a thread, oldest first (its parent not included)."""
@@ -537,8 +593,13 @@ class SlackAPI:
         channel = str(args["channel"])
         if self.channel_type(channel) != "im" and not self._member(channel):
             return {"error": "not_in_channel"}
+        blocks = _blocks(args)
+        if isinstance(blocks, str):
+            return {"error": blocks}
         ts = self._new_ts()
-        message = SlackMessage(args["channel"], ts, args.get("thread_ts"), args.get("text", ""))
+        message = SlackMessage(
+            args["channel"], ts, args.get("thread_ts"), args.get("text", ""), blocks=blocks
+        )
         self.messages[ts] = message
         self._replied(message.channel, message.thread_ts)
         return {"channel": message.channel, "ts": ts, "message": {"text": message.text, "ts": ts}}
@@ -567,7 +628,10 @@ class SlackAPI:
         text = args.get("text", "")
         if len(text) > UPDATE_LIMIT:
             return {"error": "msg_too_long"}
-        message.text, message.streaming = text, False
+        blocks = _blocks(args)
+        if isinstance(blocks, str):
+            return {"error": blocks}
+        message.text, message.streaming, message.blocks = text, False, blocks
         message.edits += 1
         return {"channel": message.channel, "ts": message.ts, "text": text}
 
@@ -701,9 +765,13 @@ class SlackAPI:
         return {"channel": message.channel, "ts": message.ts}
 
     def _chat_stopStream(self, args: dict[str, Any]) -> dict[str, Any]:
+        blocks = _blocks(args)
+        if isinstance(blocks, str):
+            return {"error": blocks}
         body = self._chat_appendStream(args)
         if "error" not in body:
             self.messages[args["ts"]].streaming = False
+            self.messages[args["ts"]].blocks = blocks  # rendered under the finished text
         return body
 
     # Response URLs and files
@@ -719,6 +787,74 @@ class SlackAPI:
             return web.Response(status=403)
         data = self.files.get(request.match_info["name"])
         return web.Response(body=data) if data is not None else web.Response(status=404)
+
+
+def _blocks(args: dict[str, Any]) -> list[dict[str, Any]] | str:
+    """A message's blocks as sent (a JSON string in a form body), or the error Slack answers them with."""
+    blocks = args.get("blocks") or []
+    if isinstance(blocks, str):
+        try:
+            blocks = json.loads(blocks)
+        except ValueError:
+            return "invalid_blocks_format"
+    if not isinstance(blocks, list):
+        return "invalid_blocks_format"
+    return "invalid_blocks" if _blocks_problem(blocks) else blocks
+
+
+def _blocks_problem(blocks: list[Any]) -> str | None:
+    """What Block Kit refuses in a message (the limits Slack documents for each block and element)."""
+    if len(blocks) > 50:
+        return "more than 50 blocks"
+    block_ids: set[str] = set()
+    action_ids: set[str] = set()
+    for block in blocks:
+        block_id = block.get("block_id")
+        if block_id is not None:
+            if len(block_id) > 255 or block_id in block_ids:
+                return f"block_id {block_id!r}"
+            block_ids.add(block_id)
+        if block.get("type") == "section":
+            text = (block.get("text") or {}).get("text") or ""
+            if not 1 <= len(text) <= 3000:
+                return "section text"
+        elif block.get("type") == "actions":
+            elements = block.get("elements") or []
+            if not 1 <= len(elements) <= 25:
+                return "actions elements"
+            for element in elements:
+                action_id = element.get("action_id") or ""
+                if len(action_id) > 255 or (action_id and action_id in action_ids):
+                    return f"action_id {action_id!r}"
+                action_ids.add(action_id)
+                if problem := _element_problem(element):
+                    return problem
+        else:
+            return f"block type {block.get('type')!r}"  # none other is sent here
+    return None
+
+
+def _element_problem(element: dict[str, Any]) -> str | None:
+    if element.get("type") == "button":
+        text = element.get("text") or {}
+        if text.get("type") != "plain_text" or not 1 <= len(text.get("text") or "") <= 75:
+            return "button text"
+        if len(element.get("value") or "") > 2000:
+            return "button value"
+        return None
+    if element.get("type") == "static_select":
+        options = element.get("options") or []
+        if not 1 <= len(options) <= 100:
+            return "select options"
+        if len((element.get("placeholder") or {}).get("text") or "") > 150:
+            return "select placeholder"
+        for option in options:
+            if not 1 <= len((option.get("text") or {}).get("text") or "") <= 75:
+                return "option text"
+            if not 1 <= len(option.get("value") or "") <= 150:
+                return "option value"
+        return None
+    return f"element type {element.get('type')!r}"
 
 
 def signed_headers(body: str | bytes, secret: str, timestamp: int | None = None) -> dict[str, str]:

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 
+from bot import migrations
 from bot.catalog import ModelCatalog, UnknownModelError
 from bot.config import ConfigError, Settings, SetupError
 from bot.database_url import describe_database
@@ -75,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SETTINGS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    database = sub.add_parser("db", help="the database schema: its revision, and migrating it")
+    database_sub = database.add_subparsers(dest="db_command", required=True)
+    database_sub.add_parser(
+        "upgrade", help="migrate the schema to this version's newest revision (parley run does it at start)"
+    )
+    database_sub.add_parser("current", help="show the schema's revision; exit 1 when it is behind")
     discord = sub.add_parser("discord", help="Discord tools")
     discord_sub = discord.add_subparsers(dest="discord_command", required=True)
     sync = discord_sub.add_parser("sync", help="register the slash commands now")
@@ -105,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "chat": chat,
         "models": list_models,
         "discord": discord_sync,
+        "db": database_schema,
     }
     try:
         if args.command == "check":
@@ -288,6 +296,33 @@ async def _models_found(catalog: ModelCatalog, label: str, names: list[str]) -> 
     if problems:
         return False, f"{label}: {' '.join(problems)}"
     return True, f"{label}: {' → '.join(shown)}" if len(shown) > 1 else f"{label} {shown[0]}"
+
+
+async def database_schema(settings: Settings, args: argparse.Namespace) -> int:
+    """`parley db upgrade` / `parley db current`, for operators who migrate before starting instances."""
+    url, head = settings.database_url, migrations.head()
+    where = describe_database(url)
+    before = await Store.revision(url)
+    if args.db_command == "upgrade":
+        store = await Store.open(url)  # opening migrates, under the lock instances take at start
+        await store.close()
+        if before == head:
+            print(f"The schema of {where} is already at revision {head}.")
+        else:
+            print(f"The schema of {where} went from {_revision(before)} to revision {head}.")
+        return 0
+    if before == head:
+        print(f"The schema of {where} is at revision {head}, the newest this version knows.")
+        return 0
+    print(
+        f"The schema of {where} is at {_revision(before)}; this version needs revision {head}: "
+        "run `parley db upgrade` (or start Parley, which migrates)."
+    )
+    return 1
+
+
+def _revision(revision: str | None) -> str:
+    return "no Parley schema yet" if revision is None else f"revision {revision}"
 
 
 async def discord_sync(settings: Settings, args: argparse.Namespace) -> int:

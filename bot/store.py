@@ -115,6 +115,22 @@ class Store:
     async def close(self) -> None:
         await self._db.dispose()
 
+    @staticmethod
+    async def revision(url: str) -> str | None:
+        """The schema revision the database is at (None before Parley's first start), changing nothing."""
+        parsed = make_url(url)
+        on_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+        if on_file and not await asyncio.to_thread(Path(str(parsed.database)).is_file):
+            return None  # an SQLite file not made yet
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(migrations.current)
+        except (OSError, sqlite3.Error, SQLAlchemyError) as error:
+            raise SetupError(_unusable(parsed, error)) from None
+        finally:
+            await engine.dispose()
+
     # The inbox
 
     async def accept(

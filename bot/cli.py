@@ -21,6 +21,7 @@ from bot.catalog import ModelCatalog, UnknownModelError
 from bot.config import ConfigError, Settings, SetupError
 from bot.database_url import describe_database
 from bot.engine import Engine
+from bot.instances import Instance
 from bot.logs import configure_logging
 from bot.platform import Platform
 from bot.providers.base import ProviderError
@@ -149,6 +150,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     from skills import builtin
 
     engine = await Engine.create(settings, skills=builtin(settings))
+    instance = Instance(engine)  # its heartbeat, and the leader's chores when it leads
     platforms = [importlib.import_module(name).platform(engine, settings) for name in adapters]
     for platform in platforms:
         engine.register(platform)
@@ -164,12 +166,14 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             started.append(platform)
         for platform in platforms:
             await engine.recover(platform.name)
+        instance.start()
         return await _until_stopped(stopping, platforms)
     except SetupError as refused:
         print(f"error: {refused}", file=sys.stderr)
         return 1
     finally:
         await engine.drain(settings.shutdown_grace_seconds)
+        await instance.stop()  # beating until drained, so nobody takes over replies still finishing
         for platform in reversed(started):
             await platform.stop()
         await engine.aclose()

@@ -182,6 +182,11 @@ class Settings(BaseSettings):
     slack_render_interval: float = Field(1.0, gt=0)  # seconds between renders of one Slack reply
     port: int = Field(3000, ge=1, le=65535)
 
+    # Several instances on one PostgreSQL: each beats its heartbeat this often; one silent for longer
+    # than the timeout is dead, and the leader takes over what it left unfinished.
+    instance_heartbeat_seconds: float = Field(2.0, gt=0)
+    instance_timeout_seconds: float = Field(10.0, gt=0)
+
     # Web search.
     search_backend: Literal["duckduckgo", "searxng", "brave"] = "duckduckgo"
     searxng_url: str | None = None

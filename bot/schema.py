@@ -42,6 +42,8 @@ turns = Table(
     Column("answers", Integer),
     # Where the reply is shown on its platform (JSON the adapter wrote), so a crash can be repaired there.
     Column("reply_refs", Text),
+    # The instance writing a reply still streaming: only a dead instance's replies are repaired.
+    Column("instance", String(64)),
     Index("ix_turns_conversation_id", "conversation", "id"),
 )
 
@@ -83,8 +85,13 @@ inbox = Table(
     Column("state", String(16), nullable=False),  # pending, done, expired
     Column("received_at", Float, nullable=False),
     Column("done_at", Float),
+    # The author's id, so one person's messages are answered in order across instances.
+    Column("author_id", String(255)),
+    # The instance answering it; a dead instance's pending rows are answered by a live one.
+    Column("instance", String(64)),
     UniqueConstraint("platform", "channel", "message_id", name="uq_inbox_delivery"),
     Index("ix_inbox_state_id", "state", "id"),
+    Index("ix_inbox_conversation_author", "conversation", "author_id", "state"),
 )
 
 inbox_files = Table(
@@ -105,4 +112,16 @@ meta = Table(
     metadata,
     Column("name", String(255), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+# Each running Parley (an instance) and its heartbeat, by the database's clock: an instance whose
+# heartbeat stopped is dead, and what it left unfinished is taken over.
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
 )

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import os
+import secrets
+import socket
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -12,7 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, event, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    and_,
+    cast,
+    delete,
+    event,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -21,10 +40,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from bot import migrations
 from bot.config import SetupError
 from bot.models import Attachment, Author, ConversationKey, Message
-from bot.schema import conversation_settings, inbox, inbox_files, meta, skill_modes, turns
+from bot.schema import conversation_settings, inbox, inbox_files, instances, meta, skill_modes, turns
 
 SETTING_FIELDS = ("model", "system_prompt", "autoreply")
 FIRST_PAGE = 32  # turns the first query reads while filling a context budget; each later query reads 4x more
+LEADER_KEY = 0x7061726C65796C  # the advisory lock the leader holds ("parleyl")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +106,16 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self._db = engine
         self._dialect = engine.dialect.name
+        # This process among the instances sharing the database: it owns what it accepts and streams.
+        self.instance_id = f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
+        # On PostgreSQL several instances answer one conversation, so its turns are taken there too.
+        self.shared = self._dialect == "postgresql"
+        # Advisory locks live on connections of their own (autocommit, never used for anything else),
+        # so a lock holder never waits for a pooled connection that a waiter holds.
+        self._locks: AsyncConnection | None = None
+        self._locks_mutex = asyncio.Lock()
+        self._leadership: AsyncConnection | None = None
+        self._leading = False
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -106,13 +136,24 @@ class Store:
                 await conn.run_sync(migrations.upgrade)
                 # A schema at head needs no write, but answering does: find out now if none is allowed.
                 await conn.execute(update(meta).where(meta.c.name == "").values(value=meta.c.value))
+            store = cls(engine)
+            await store.heartbeat()  # registered before it accepts anything, so nobody takes its work
         except (OSError, sqlite3.Error, SQLAlchemyError) as error:
             if engine is not None:
                 await engine.dispose()
             raise SetupError(_unusable(parsed, error)) from None
-        return cls(engine)
+        return store
 
     async def close(self) -> None:
+        """Leave the instances (what this one left pending is taken over at once), then disconnect."""
+        try:
+            for held in (self._locks, self._leadership):
+                if held is not None:
+                    await held.close()
+            async with self._db.begin() as conn:
+                await conn.execute(delete(instances).where(instances.c.id == self.instance_id))
+        except (OSError, SQLAlchemyError):
+            pass  # unreachable now: its heartbeat stops, and it counts as dead soon
         await self._db.dispose()
 
     @staticmethod
@@ -170,6 +211,8 @@ class Store:
                         turn_id=turn_id,
                         state="pending",
                         received_at=now,
+                        author_id=message.author.id,
+                        instance=self.instance_id,
                     )
                 )
                 inbox_id = int(result.inserted_primary_key[0])
@@ -193,18 +236,135 @@ class Store:
         if before is not None:
             query = query.where(inbox.c.received_at < before)
         async with self._db.connect() as conn:
-            rows = (await conn.execute(query.order_by(inbox.c.id))).mappings()
-            entries = []
-            for row in rows.all():
-                files = (
-                    await conn.execute(
-                        select(inbox_files)
-                        .where(inbox_files.c.inbox_id == row["id"])
-                        .order_by(inbox_files.c.id)
-                    )
-                ).mappings()
-                entries.append(_entry(row, [_attachment(f) for f in files.all()]))
-        return entries
+            return await _with_files(conn, (await conn.execute(query.order_by(inbox.c.id))).mappings().all())
+
+    # Instances
+
+    async def heartbeat(self) -> None:
+        """This instance is alive, by the database's clock (also after another took it for dead)."""
+        now = self._now()
+        values = {"host": socket.gethostname()[:255], "pid": os.getpid(), "heartbeat_at": now}
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        statement = dialect_insert(instances).values(id=self.instance_id, started_at=time.time(), **values)
+        statement = statement.on_conflict_do_update(index_elements=["id"], set_={"heartbeat_at": now})
+        async with self._db.begin() as conn:
+            await conn.execute(statement)
+
+    async def claim_streaming(
+        self, platform: str, dead_after: float, conversation: str | None = None
+    ) -> list[StreamingReply]:
+        """Take over the platform's replies (or one conversation's) that dead instances left streaming,
+        to repair them."""
+        statement = (
+            update(turns)
+            .where(
+                turns.c.outcome == "streaming",
+                turns.c.conversation.startswith(f"{platform}:"),
+                self._orphaned(turns.c.instance, dead_after),
+                turns.c.conversation == conversation if conversation is not None else true(),
+            )
+            .values(instance=self.instance_id)
+            .returning(turns.c.id, turns.c.conversation, turns.c.content, turns.c.reply_refs, turns.c.answers)
+        )
+        async with self._db.begin() as conn:
+            rows = sorted((await conn.execute(statement)).all(), key=lambda row: row.id)
+        return [StreamingReply(r.id, r.conversation, r.content, _json(r.reply_refs), r.answers) for r in rows]
+
+    async def claim_pending(
+        self, platform: str, dead_after: float, conversation: str | None = None
+    ) -> list[InboxEntry]:
+        """Take over the platform's messages (or one conversation's) that dead instances accepted and left
+        unanswered, oldest first; claimed in one statement, so two instances sweeping at once never both
+        take one."""
+        statement = (
+            update(inbox)
+            .where(
+                inbox.c.state == "pending",
+                inbox.c.platform == platform,
+                self._orphaned(inbox.c.instance, dead_after),
+                inbox.c.conversation == conversation if conversation is not None else true(),
+            )
+            .values(instance=self.instance_id)
+            .returning(inbox.c.id)
+        )
+        async with self._db.begin() as conn:
+            ids = [row.id for row in await conn.execute(statement)]
+            if not ids:
+                return []
+            query = select(inbox).where(inbox.c.id.in_(ids)).order_by(inbox.c.id)
+            return await _with_files(conn, (await conn.execute(query)).mappings().all())
+
+    def _orphaned(self, owner: Any, dead_after: float) -> ColumnElement[bool]:
+        """Owned by no live instance. On SQLite one process serves the platforms, so every other
+        instance is one that stopped; on PostgreSQL, one silent for more than `dead_after` seconds."""
+        if not self.shared:
+            return or_(owner.is_(None), owner != self.instance_id)
+        live = select(instances.c.id).where(instances.c.heartbeat_at >= self._now() - dead_after)
+        return or_(owner.is_(None), owner.not_in(live))
+
+    def _now(self) -> ColumnElement[float]:
+        """The database's clock in epoch seconds: every instance reads the same one."""
+        if self._dialect == "postgresql":
+            return cast(func.extract("epoch", func.clock_timestamp()), Float)
+        return (func.julianday("now") - 2440587.5) * 86400.0
+
+    async def prune(self, keep_seconds: float) -> int:
+        """Forget answered inbox rows older than `keep_seconds`, and instances long dead; how many rows."""
+        async with self._db.begin() as conn:
+            answered = await conn.execute(
+                delete(inbox).where(inbox.c.state != "pending", inbox.c.done_at < time.time() - keep_seconds)
+            )
+            gone = await conn.execute(
+                delete(instances).where(instances.c.heartbeat_at < self._now() - keep_seconds)
+            )
+        return (answered.rowcount or 0) + (gone.rowcount or 0)
+
+    async def earlier_pending(self, conversation: str, author_id: str, inbox_id: int) -> bool:
+        """Whether this person has an earlier message here still unanswered (on any instance)."""
+        query = select(
+            exists().where(
+                inbox.c.conversation == conversation,
+                inbox.c.author_id == author_id,
+                inbox.c.state == "pending",
+                inbox.c.id < inbox_id,
+            )
+        )
+        async with self._db.connect() as conn:
+            return bool((await conn.execute(query)).scalar())
+
+    async def try_lock(self, name: str) -> bool:
+        """Take the advisory lock `name` for this instance, without waiting (PostgreSQL only)."""
+        async with self._locks_mutex:
+            if self._locks is None:
+                self._locks = await _autocommit(self._db)
+            query = text("SELECT pg_try_advisory_lock(:key)")
+            return bool((await self._locks.execute(query, {"key": _lock_key(name)})).scalar())
+
+    async def unlock(self, name: str) -> None:
+        async with self._locks_mutex:
+            if self._locks is not None:
+                await self._locks.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _lock_key(name)})
+
+    async def lead(self) -> bool:
+        """Whether this instance is the leader: on PostgreSQL the holder of an advisory lock, on its own
+        connection, so it is released the moment the instance dies; on SQLite the only instance."""
+        if not self.shared:
+            return True
+        try:
+            if self._leadership is None:
+                self._leadership = await _autocommit(self._db)
+            if self._leading:
+                await self._leadership.execute(text("SELECT 1"))  # still connected, so still holding it
+            else:
+                query = text("SELECT pg_try_advisory_lock(:key)")
+                self._leading = bool((await self._leadership.execute(query, {"key": LEADER_KEY})).scalar())
+        except (OSError, SQLAlchemyError):
+            self._leading = False
+            if self._leadership is not None:
+                with contextlib.suppress(OSError, SQLAlchemyError):
+                    await self._leadership.close()
+            self._leadership = None
+        return self._leading
 
     # Turns
 
@@ -241,6 +401,7 @@ class Store:
                     tokens=tokens,
                     answers=answers,
                     reply_refs=json.dumps(refs) if refs is not None else None,
+                    instance=self.instance_id,
                     **_record_values(record),
                 )
             )
@@ -400,6 +561,29 @@ class Store:
         statement = statement.on_conflict_do_update(index_elements=list(key), set_=values)
         async with self._db.begin() as conn:
             await conn.execute(statement)
+
+
+async def _autocommit(engine: AsyncEngine) -> AsyncConnection:
+    """A connection that holds session locks, never a transaction (so it pins no snapshot)."""
+    conn = await engine.connect()
+    await conn.execution_options(isolation_level="AUTOCOMMIT")
+    return conn
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+async def _with_files(conn: AsyncConnection, rows: Sequence[Any]) -> list[InboxEntry]:
+    entries = []
+    for row in rows:
+        files = (
+            await conn.execute(
+                select(inbox_files).where(inbox_files.c.inbox_id == row["id"]).order_by(inbox_files.c.id)
+            )
+        ).mappings()
+        entries.append(_entry(row, [_attachment(f) for f in files.all()]))
+    return entries
 
 
 async def _close(conn: AsyncConnection, which: Any, state: str) -> None:

@@ -21,6 +21,7 @@ from bot.schema import metadata
 from tests.support.llm_server import LLMServer
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL_LINE = "This channel uses openrouter/xiaomi/mimo-v2-flash (context 262,144 tokens)."
 
 
 async def start_parley(
@@ -107,7 +108,8 @@ async def test_four_instances_started_at_the_same_instant_on_an_empty_database_a
     llm: LLMServer, tmp_path: Path, database_url: str
 ) -> None:
     """The test holds the migration lock while four `parley chat` processes start, until all four wait
-    for it: they reach the schema at the same instant, and each finds it as the one before left it."""
+    for it: they reach the schema at the same instant, and each finds it as the one before left it.
+    Then each is asked something in the same channel."""
     dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
     holder = await asyncpg.connect(dsn)
     await holder.execute("SELECT pg_advisory_lock($1)", migrations.LOCK_KEY)
@@ -126,12 +128,13 @@ async def test_four_instances_started_at_the_same_instant_on_an_empty_database_a
         exited = [await finish(p) for p in processes if p.returncode is not None]
         assert waiting == 4, f"the four instances did not all wait for the migration lock: {exited}"
         await holder.execute("SELECT pg_advisory_unlock($1)", migrations.LOCK_KEY)
-        results = await asyncio.gather(*(finish(p) for p in processes))
+        results = await asyncio.gather(*(finish(p, "/model\n") for p in processes))
     finally:
         await holder.close()
         for process in processes:
             if process.returncode is None:
                 process.kill()
     for code, out, err in results:
-        assert (code, out) == (0, ""), err
+        # Each answers its own question, once: none takes another's, which is alive, for a crash's.
+        assert (code, out.splitlines()) == (0, [MODEL_LINE]), err
     assert await schema_differences(database_url) == (migrations.head(), [])

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 
-from bot import migrations
+from bot import migrations, workers
 from bot.catalog import ModelCatalog, UnknownModelError
 from bot.config import ConfigError, Settings, SetupError
 from bot.database_url import describe_database
@@ -60,12 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"parley {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser(
+    run_parser = sub.add_parser(
         "run",
         help="start the configured Discord and Slack adapters",
         description="Start Discord when DISCORD_TOKEN is set and Slack when SLACK_BOT_TOKEN is.",
         epilog=SETTINGS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run_parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N instances in N processes on one PostgreSQL (Slack over HTTP: worker K on PORT+K)",
     )
     chat = sub.add_parser("chat", help="talk to Parley in this terminal (reads lines from a pipe too)")
     chat.add_argument("--channel", default="default", help="conversation to use; memory is kept per channel")
@@ -134,6 +141,10 @@ def _version() -> str:
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
+    refused = workers.refusal(settings, args.workers)
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
     adapters = [
         name
         for name, token in (
@@ -145,6 +156,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     if not adapters:
         print(NO_PLATFORM, file=sys.stderr)
         return 2
+    if args.workers > 1:
+        return await workers.supervise(settings, args.workers)
     if not settings.provider_settings():
         print(f"warning: {NO_PROVIDER}", file=sys.stderr)
     from skills import builtin

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -41,6 +42,8 @@ from bot import migrations
 from bot.config import SetupError
 from bot.models import Attachment, Author, ConversationKey, Message
 from bot.schema import conversation_settings, inbox, inbox_files, instances, meta, skill_modes, turns
+
+log = logging.getLogger(__name__)
 
 SETTING_FIELDS = ("model", "system_prompt", "autoreply")
 FIRST_PAGE = 32  # turns the first query reads while filling a context budget; each later query reads 4x more
@@ -229,12 +232,10 @@ class Store:
         async with self._db.begin() as conn:
             await _close(conn, inbox.c.id == inbox_id, state)
 
-    async def pending(self, platform: str, before: float | None = None) -> list[InboxEntry]:
-        """The platform's accepted messages not yet answered (received before `before`), oldest first,
-        with their files."""
+    async def pending(self, platform: str) -> list[InboxEntry]:
+        """The platform's accepted messages not yet answered, on any instance, oldest first, with their
+        files."""
         query = select(inbox).where(inbox.c.state == "pending", inbox.c.platform == platform)
-        if before is not None:
-            query = query.where(inbox.c.received_at < before)
         async with self._db.connect() as conn:
             return await _with_files(conn, (await conn.execute(query.order_by(inbox.c.id))).mappings().all())
 
@@ -335,15 +336,31 @@ class Store:
     async def try_lock(self, name: str) -> bool:
         """Take the advisory lock `name` for this instance, without waiting (PostgreSQL only)."""
         async with self._locks_mutex:
-            if self._locks is None:
-                self._locks = await _autocommit(self._db)
-            query = text("SELECT pg_try_advisory_lock(:key)")
-            return bool((await self._locks.execute(query, {"key": _lock_key(name)})).scalar())
+            try:
+                if self._locks is None:
+                    self._locks = await _autocommit(self._db)
+                query = text("SELECT pg_try_advisory_lock(:key)")
+                return bool((await self._locks.execute(query, {"key": _lock_key(name)})).scalar())
+            except (OSError, SQLAlchemyError) as error:
+                # The connection is gone, and every lock it held with it: the next try reconnects.
+                log.warning("lost the connection that holds conversation locks (%s); reconnecting", error)
+                await self._drop_locks()
+                return False
 
     async def unlock(self, name: str) -> None:
         async with self._locks_mutex:
-            if self._locks is not None:
+            if self._locks is None:
+                return
+            try:
                 await self._locks.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _lock_key(name)})
+            except (OSError, SQLAlchemyError):
+                await self._drop_locks()  # a lost connection released its locks
+
+    async def _drop_locks(self) -> None:
+        if self._locks is not None:
+            with contextlib.suppress(OSError, SQLAlchemyError):
+                await self._locks.close()
+        self._locks = None
 
     async def lead(self) -> bool:
         """Whether this instance is the leader: on PostgreSQL the holder of an advisory lock, on its own
@@ -449,13 +466,11 @@ class Store:
         async with self._db.begin() as conn:
             await conn.execute(update(turns).where(turns.c.id == turn_id).values(reply_refs=json.dumps(refs)))
 
-    async def streaming(self, platform: str, before: float | None = None) -> list[StreamingReply]:
-        """The platform's replies still streaming (those started before `before`): a stopped process's."""
+    async def streaming(self, platform: str) -> list[StreamingReply]:
+        """The platform's replies still streaming, on any instance."""
         query = select(
             turns.c.id, turns.c.conversation, turns.c.content, turns.c.reply_refs, turns.c.answers
         ).where(turns.c.outcome == "streaming", turns.c.conversation.startswith(f"{platform}:"))
-        if before is not None:
-            query = query.where(turns.c.created_at < before)
         async with self._db.connect() as conn:
             rows = await conn.execute(query.order_by(turns.c.id))
             return [

@@ -167,3 +167,33 @@ async def test_answered_inbox_rows_and_dead_instances_are_pruned_after_seven_day
         instances = (await conn.execute(text("SELECT id FROM instances"))).scalars().all()
     assert kept == ["recent", "waiting"]
     assert instances == [store.instance_id]
+
+
+@on_postgres
+async def test_a_lost_lock_connection_is_replaced_and_replies_go_on(
+    engine: Engine, llm: LLMServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = msg("before")
+    task = await engine.accept(first, {"message": first.id})
+    assert task and await task == "ok"
+    async with engine.store._db.connect() as conn:  # the server ends the session holding the locks
+        holder = (
+            await conn.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity "
+                    "WHERE query LIKE '%pg_advisory_unlock%' AND pid <> pg_backend_pid()"
+                )
+            )
+        ).scalar_one()
+        await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": holder})
+    alive = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+    while True:  # a transaction sees one snapshot of pg_stat_activity: look in a new one each time
+        async with engine.store._db.connect() as conn:
+            if not (await conn.execute(alive, {"pid": holder})).scalar():
+                break
+        await asyncio.sleep(0.02)
+    second = msg("after")
+    task = await engine.accept(second, {"message": second.id})
+    assert task and await task == "ok"
+    assert surface_of(engine, second).final == "echo: Ada: after"
+    assert "lost the connection that holds conversation locks" in caplog.text

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alembic.util import CommandError
 from sqlalchemy import (
     ColumnElement,
     Float,
@@ -40,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from bot import migrations
 from bot.config import SetupError
+from bot.database_url import describe_database
 from bot.models import Attachment, Author, ConversationKey, Message
 from bot.schema import conversation_settings, inbox, inbox_files, instances, meta, skill_modes, turns
 
@@ -141,9 +143,14 @@ class Store:
                 await conn.execute(update(meta).where(meta.c.name == "").values(value=meta.c.value))
             store = cls(engine)
             await store.heartbeat()  # registered before it accepts anything, so nobody takes its work
-        except (OSError, sqlite3.Error, SQLAlchemyError) as error:
+        except (OSError, sqlite3.Error, SQLAlchemyError, CommandError) as error:
             if engine is not None:
                 await engine.dispose()
+            if isinstance(error, CommandError):  # a revision this version's migrations do not have
+                raise SetupError(
+                    f"the schema of {describe_database(url)} is at a revision this version of Parley does "
+                    f"not know ({error}); a newer version migrated it, so run that version"
+                ) from None
             raise SetupError(_unusable(parsed, error)) from None
         return store
 

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, create_engine, inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot import migrations
+from bot.config import SetupError
 from bot.schema import metadata
 from bot.store import Store
 
@@ -75,3 +76,16 @@ async def test_a_database_from_before_migrations_is_adopted_with_its_data(tmp_pa
             row[0] for row in connection.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))
         }
     assert "event_claims" not in tables and {"inbox", "inbox_files", "skill_modes"} <= tables
+
+
+@pytest.mark.both_databases
+async def test_a_schema_from_a_newer_version_is_refused_in_one_sentence(database_url: str) -> None:
+    store = await Store.open(database_url)
+    async with store._db.begin() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    await store.close()
+    with pytest.raises(SetupError) as refused:
+        await Store.open(database_url)
+    message = str(refused.value)
+    assert "is at a revision this version of Parley does not know" in message
+    assert "'9999'" in message and "\n" not in message

@@ -185,8 +185,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: {refused}", file=sys.stderr)
         return 1
     finally:
+        await instance.stop_leading()
         await engine.drain(settings.shutdown_grace_seconds)
-        await instance.stop()  # beating until drained, so nobody takes over replies still finishing
+        await instance.stop()
         for platform in reversed(started):
             await platform.stop()
         await engine.aclose()

@@ -21,21 +21,22 @@ class Instance:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.leader = Leader(engine)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._leading: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._beat(), name="heartbeat"),
-            asyncio.create_task(self.leader.run(), name="leader"),
-        ]
+        self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
+        self._leading = asyncio.create_task(self.leader.run(), name="leader")
+
+    async def stop_leading(self) -> None:
+        """Before the drain: a stopping instance takes over nobody's work (another leader will)."""
+        await _cancel(self._leading)
+        await self.leader.step_down()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.leader.step_down()
+        """After the drain: the heartbeat beat until then, so nobody took over replies still finishing."""
+        await self.stop_leading()
+        await _cancel(self._heartbeat)
 
     async def _beat(self) -> None:
         every = self.engine.settings.instance_heartbeat_seconds
@@ -45,3 +46,10 @@ class Instance:
                 await self.engine.store.heartbeat()
             except (OSError, SQLAlchemyError) as error:
                 log.warning("could not beat this instance's heartbeat (%s); trying again", error)
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

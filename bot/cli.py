@@ -18,10 +18,12 @@ from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
+from bot import migrations, workers
 from bot.catalog import ModelCatalog, UnknownModelError
 from bot.config import ConfigError, Settings, SetupError
 from bot.database_url import describe_database
 from bot.engine import Engine
+from bot.instances import Instance
 from bot.logs import configure_logging
 from bot.metrics import serve as serve_metrics
 from bot.platform import Platform
@@ -66,12 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"parley {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser(
+    run_parser = sub.add_parser(
         "run",
         help="start the configured Discord and Slack adapters",
         description="Start Discord when DISCORD_TOKEN is set and Slack when SLACK_BOT_TOKEN is.",
         epilog=SETTINGS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run_parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N instances in N processes on one PostgreSQL (Slack over HTTP: worker K on PORT+K)",
     )
     chat = sub.add_parser("chat", help="talk to Parley in this terminal (reads lines from a pipe too)")
     chat.add_argument("--channel", default="default", help="conversation to use; memory is kept per channel")
@@ -87,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--since", help="a date, YYYY-MM-DD (UTC); by default the 1st of this month")
     usage.add_argument("--by", choices=tuple(BY_COLUMNS), default="model", help="what to sum by (model)")
     usage.add_argument("--csv", action="store_true", help="comma-separated values, with a header row")
+    database = sub.add_parser("db", help="the database schema: its revision, and migrating it")
+    database_sub = database.add_subparsers(dest="db_command", required=True)
+    database_sub.add_parser(
+        "upgrade", help="migrate the schema to this version's newest revision (parley run does it at start)"
+    )
+    database_sub.add_parser("current", help="show the schema's revision; exit 1 when it is behind")
     discord = sub.add_parser("discord", help="Discord tools")
     discord_sub = discord.add_subparsers(dest="discord_command", required=True)
     sync = discord_sub.add_parser("sync", help="register the slash commands now")
@@ -118,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": list_models,
         "discord": discord_sync,
         "usage": usage_report,
+        "db": database_schema,
     }
     try:
         if args.command == "check":
@@ -138,6 +154,10 @@ def _version() -> str:
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
+    refused = workers.refusal(settings, args.workers)
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
     adapters = [
         name
         for name, token in (
@@ -149,11 +169,14 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     if not adapters:
         print(NO_PLATFORM, file=sys.stderr)
         return 2
+    if args.workers > 1:
+        return await workers.supervise(settings, args.workers)
     if not settings.provider_settings():
         print(f"warning: {NO_PROVIDER}", file=sys.stderr)
     from skills import builtin
 
     engine = await Engine.create(settings, skills=builtin(settings))
+    instance = Instance(engine)  # its heartbeat, and the leader's chores when it leads
     platforms = [importlib.import_module(name).platform(engine, settings) for name in adapters]
     for platform in platforms:
         engine.register(platform)
@@ -176,7 +199,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             engine.health.up(platform.name)
         for platform in platforms:
             await engine.recover(platform.name)
-        await scheduler.start()
+        instance.leader.add_role(scheduler.start, scheduler.stop)  # schedules run on the leader only
+        instance.start()
         return await _until_stopped(stopping, platforms)
     except SetupError as refused:
         print(f"error: {refused}", file=sys.stderr)
@@ -186,8 +210,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             engine.health.down(platform.name)
         if operators is not None:
             await operators.cleanup()
+        await instance.stop_leading()  # the scheduler stops with the lead: a run firing now waits in the inbox
         await engine.drain(settings.shutdown_grace_seconds)
-        await scheduler.stop()  # a run that fires while stopping waits in the inbox for the next start
+        await instance.stop()
         for platform in reversed(started):
             await platform.stop()
         await engine.aclose()
@@ -329,6 +354,33 @@ async def _models_found(catalog: ModelCatalog, label: str, names: list[str]) -> 
     if problems:
         return False, f"{label}: {' '.join(problems)}"
     return True, f"{label}: {' → '.join(shown)}" if len(shown) > 1 else f"{label} {shown[0]}"
+
+
+async def database_schema(settings: Settings, args: argparse.Namespace) -> int:
+    """`parley db upgrade` / `parley db current`, for operators who migrate before starting instances."""
+    url, head = settings.database_url, migrations.head()
+    where = describe_database(url)
+    before = await Store.revision(url)
+    if args.db_command == "upgrade":
+        store = await Store.open(url)  # opening migrates, under the lock instances take at start
+        await store.close()
+        if before == head:
+            print(f"The schema of {where} is already at revision {head}.")
+        else:
+            print(f"The schema of {where} went from {_revision(before)} to revision {head}.")
+        return 0
+    if before == head:
+        print(f"The schema of {where} is at revision {head}, the newest this version knows.")
+        return 0
+    print(
+        f"The schema of {where} is at {_revision(before)}; this version needs revision {head}: "
+        "run `parley db upgrade` (or start Parley, which migrates)."
+    )
+    return 1
+
+
+def _revision(revision: str | None) -> str:
+    return "no Parley schema yet" if revision is None else f"revision {revision}"
 
 
 async def discord_sync(settings: Settings, args: argparse.Namespace) -> int:

@@ -257,6 +257,10 @@ class Settings(BaseSettings):
     # conversation's own), and a reply waits at most this long for the summary to be brought up to date.
     summary_model: str | None = None
     summary_wait_seconds: float = Field(2.0, ge=0)
+    # Several instances on one PostgreSQL: each beats its heartbeat this often; one silent for longer
+    # than the timeout is dead, and the leader takes over what it left unfinished.
+    instance_heartbeat_seconds: float = Field(2.0, gt=0)
+    instance_timeout_seconds: float = Field(10.0, gt=0)
 
     # Web search.
     search_backend: Literal["duckduckgo", "searxng", "brave"] = "duckduckgo"

@@ -60,10 +60,8 @@ class Engine:
         self.calibration = TokenCalibration()
         self.platforms: dict[str, Platform] = {}
         self.addressing = Addressing(store, self.settings_for)
-        self._gate = Gate()
+        self._gate = Gate(store)
         self._tasks: set[asyncio.Task[Outcome]] = set()
-        # What this process accepted or started is its own; recovery only takes what an earlier one left.
-        self._started_at = time.time()
         self._closing = False  # set once drained: what arrives later waits, stored, for the next start
         self._trimmed: set[str] = set()  # conversations whose last reply already said turns were left out
         self.access = Access(settings)
@@ -149,7 +147,7 @@ class Engine:
 
     async def _answer(self, entry: InboxEntry) -> Outcome:
         message = entry.message
-        async with self._gate.turn(message.key, message.author.id):
+        async with self._gate.turn(message.key, message.author.id, entry.id):
             try:
                 surface = await self.platforms[message.key.platform].surface_for(message.key, entry.reply_to)
             except Exception:
@@ -182,17 +180,18 @@ class Engine:
     # After a crash, and at shutdown
 
     async def recover(self, platform_name: str, conversation: ConversationKey | None = None) -> None:
-        """Finish what a stopped process left on this platform (or in one of its conversations): repair
-        the replies it cut short, then answer the messages it accepted but did not answer (closing, with a
-        line, those too old to answer now)."""
+        """Finish what stopped instances left on this platform, or in one of its conversations (an
+        earlier process, or on PostgreSQL
+        another instance whose heartbeat stopped): repair the replies they cut short, then answer the
+        messages they accepted but did not answer (closing, with a line, those too old to answer now).
+        What this instance accepted or started is its own and left alone."""
         platform = self.platforms[platform_name]
-        for reply in await self.store.streaming(platform_name, before=self._started_at):
-            if conversation is None or reply.conversation == str(conversation):
-                await self._repair(platform, reply)
+        dead_after = self.settings.instance_timeout_seconds
+        only = str(conversation) if conversation is not None else None
+        for reply in await self.store.claim_streaming(platform_name, dead_after, only):
+            await self._repair(platform, reply)
         now = time.time()
-        for entry in await self.store.pending(platform_name, before=self._started_at):
-            if conversation is not None and entry.message.key != conversation:
-                continue
+        for entry in await self.store.claim_pending(platform_name, dead_after, only):
             if now - entry.received_at <= self.settings.pending_max_age_seconds:
                 self._submit(entry)
             else:

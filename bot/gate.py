@@ -8,23 +8,52 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from bot.models import ConversationKey
+from bot.store import Store
+
+SHARED_POLL_SECONDS = 0.1  # how often a turn waiting on another instance looks again
 
 
 class Gate:
     """A person's next message waits for their previous reply, so one person's answers never arrive out of
     order; other people in the same conversation are answered meanwhile. Waiters go in arrival order
-    (asyncio locks are fair)."""
+    (asyncio locks are fair).
 
-    def __init__(self) -> None:
+    With a store shared by several instances (PostgreSQL), a turn is also taken there: an advisory lock
+    per person and conversation, and no earlier message of theirs still unanswered on any instance (the
+    inbox's order is the order they were accepted in). Locks are taken on the store's own lock connection
+    without waiting on it, so a turn's holder never competes with its waiters for pooled connections.
+    """
+
+    def __init__(self, store: Store | None = None) -> None:
+        self._store = store if store is not None and store.shared else None
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
 
     @asynccontextmanager
-    async def turn(self, conversation: ConversationKey, person: str) -> AsyncIterator[None]:
+    async def turn(
+        self, conversation: ConversationKey, person: str, inbox_id: int | None = None
+    ) -> AsyncIterator[None]:
         key = (str(conversation), person)
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
         async with lock:
-            yield
+            if self._store is None or inbox_id is None:
+                yield
+                return
+            name = f"turn:{key[0]}:{person}"
+            await self._shared_turn(self._store, name, key[0], person, inbox_id)
+            try:
+                yield
+            finally:
+                await self._store.unlock(name)
+
+    @staticmethod
+    async def _shared_turn(store: Store, name: str, conversation: str, person: str, inbox_id: int) -> None:
+        while True:
+            if await store.try_lock(name):
+                if not await store.earlier_pending(conversation, person, inbox_id):
+                    return
+                await store.unlock(name)
+            await asyncio.sleep(SHARED_POLL_SECONDS)

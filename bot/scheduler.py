@@ -52,7 +52,9 @@ class Scheduler:
         self._engine.scheduler = self
         await self._missed()
         await self.sync()
-        self._timer.add_job(self.sync, "interval", seconds=RESYNC_SECONDS, id=RESYNC_JOB)
+        self._timer.add_job(
+            self.sync, "interval", seconds=RESYNC_SECONDS, id=RESYNC_JOB, replace_existing=True
+        )
 
     async def stop(self) -> None:
         self._engine.scheduler = None

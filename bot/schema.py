@@ -45,6 +45,8 @@ turns = Table(
     # Why memory no longer uses this turn while it stays stored: "replaced" (an earlier answer to a
     # question that was regenerated), "deleted" (its message was deleted), "forgotten" (/forget last).
     Column("hidden", String(16)),
+    # The instance writing a reply still streaming: only a dead instance's replies are repaired.
+    Column("instance", String(64)),
     Index("ix_turns_conversation_id", "conversation", "id"),
 )
 
@@ -87,8 +89,13 @@ inbox = Table(
     Column("state", String(16), nullable=False),  # pending, done, expired
     Column("received_at", Float, nullable=False),
     Column("done_at", Float),
+    # The author's id, so one person's messages are answered in order across instances.
+    Column("author_id", String(255)),
+    # The instance answering it; a dead instance's pending rows are answered by a live one.
+    Column("instance", String(64)),
     UniqueConstraint("platform", "channel", "message_id", name="uq_inbox_delivery"),
     Index("ix_inbox_state_id", "state", "id"),
+    Index("ix_inbox_conversation_author", "conversation", "author_id", "state"),
 )
 
 inbox_files = Table(
@@ -201,4 +208,16 @@ schedule_runs = Table(
     Column("finished_at", Float),
     # One run per schedule and fire time, whichever process claims it first.
     UniqueConstraint("schedule_id", "fire_at", name="uq_schedule_runs_fire"),
+)
+
+# Each running Parley (an instance) and its heartbeat, by the database's clock: an instance whose
+# heartbeat stopped is dead, and what it left unfinished is taken over.
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
 )

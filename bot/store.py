@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
+import logging
 import os
+import secrets
+import socket
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -12,7 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, event, func, insert, or_, select, text, update
+from alembic.util import CommandError
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    and_,
+    cast,
+    delete,
+    event,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -20,12 +41,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from bot import migrations
 from bot.config import SetupError
+from bot.database_url import describe_database
 from bot.models import Attachment, Author, ConversationKey, Message
 from bot.schema import (
     budgets,
     conversation_settings,
     inbox,
     inbox_files,
+    instances,
     meta,
     skill_modes,
     summaries,
@@ -33,8 +56,11 @@ from bot.schema import (
     usage,
 )
 
+log = logging.getLogger(__name__)
+
 SETTING_FIELDS = ("model", "system_prompt", "autoreply")
 FIRST_PAGE = 32  # turns the first query reads while filling a context budget; each later query reads 4x more
+LEADER_KEY = 0x7061726C65796C  # the advisory lock the leader holds ("parleyl")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +142,16 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self._db = engine
         self._dialect = engine.dialect.name
+        # This process among the instances sharing the database: it owns what it accepts and streams.
+        self.instance_id = f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
+        # On PostgreSQL several instances answer one conversation, so its turns are taken there too.
+        self.shared = self._dialect == "postgresql"
+        # Advisory locks live on connections of their own (autocommit, never used for anything else),
+        # so a lock holder never waits for a pooled connection that a waiter holds.
+        self._locks: AsyncConnection | None = None
+        self._locks_mutex = asyncio.Lock()
+        self._leadership: AsyncConnection | None = None
+        self._leading = False
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -136,19 +172,51 @@ class Store:
                 await conn.run_sync(migrations.upgrade)
                 # A schema at head needs no write, but answering does: find out now if none is allowed.
                 await conn.execute(update(meta).where(meta.c.name == "").values(value=meta.c.value))
-        except (OSError, sqlite3.Error, SQLAlchemyError) as error:
+            store = cls(engine)
+            await store.heartbeat()  # registered before it accepts anything, so nobody takes its work
+        except (OSError, sqlite3.Error, SQLAlchemyError, CommandError) as error:
             if engine is not None:
                 await engine.dispose()
+            if isinstance(error, CommandError):  # a revision this version's migrations do not have
+                raise SetupError(
+                    f"the schema of {describe_database(url)} is at a revision this version of Parley does "
+                    f"not know ({error}); a newer version migrated it, so run that version"
+                ) from None
             raise SetupError(_unusable(parsed, error)) from None
-        return cls(engine)
+        return store
 
     async def close(self) -> None:
+        """Leave the instances (what this one left pending is taken over at once), then disconnect."""
+        try:
+            for held in (self._locks, self._leadership):
+                if held is not None:
+                    await held.close()
+            async with self._db.begin() as conn:
+                await conn.execute(delete(instances).where(instances.c.id == self.instance_id))
+        except (OSError, SQLAlchemyError):
+            pass  # unreachable now: its heartbeat stops, and it counts as dead soon
         await self._db.dispose()
 
     @property
     def database(self) -> AsyncEngine:
         """The database, for a feature that keeps tables of its own (schedules)."""
         return self._db
+
+    @staticmethod
+    async def revision(url: str) -> str | None:
+        """The schema revision the database is at (None before Parley's first start), changing nothing."""
+        parsed = make_url(url)
+        on_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+        if on_file and not await asyncio.to_thread(Path(str(parsed.database)).is_file):
+            return None  # an SQLite file not made yet
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(migrations.current)
+        except (OSError, sqlite3.Error, SQLAlchemyError) as error:
+            raise SetupError(_unusable(parsed, error)) from None
+        finally:
+            await engine.dispose()
 
     # The inbox
 
@@ -190,6 +258,8 @@ class Store:
                         turn_id=turn_id,
                         state="pending",
                         received_at=now,
+                        author_id=message.author.id,
+                        instance=self.instance_id,
                     )
                 )
                 inbox_id = int(result.inserted_primary_key[0])
@@ -206,25 +276,156 @@ class Store:
         async with self._db.begin() as conn:
             await _close(conn, inbox.c.id == inbox_id, state)
 
-    async def pending(self, platform: str, before: float | None = None) -> list[InboxEntry]:
-        """The platform's accepted messages not yet answered (received before `before`), oldest first,
-        with their files."""
+    async def pending(self, platform: str) -> list[InboxEntry]:
+        """The platform's accepted messages not yet answered, on any instance, oldest first, with their
+        files."""
         query = select(inbox).where(inbox.c.state == "pending", inbox.c.platform == platform)
-        if before is not None:
-            query = query.where(inbox.c.received_at < before)
         async with self._db.connect() as conn:
-            rows = (await conn.execute(query.order_by(inbox.c.id))).mappings()
-            entries = []
-            for row in rows.all():
-                files = (
-                    await conn.execute(
-                        select(inbox_files)
-                        .where(inbox_files.c.inbox_id == row["id"])
-                        .order_by(inbox_files.c.id)
-                    )
-                ).mappings()
-                entries.append(_entry(row, [_attachment(f) for f in files.all()]))
-        return entries
+            return await _with_files(conn, (await conn.execute(query.order_by(inbox.c.id))).mappings().all())
+
+    # Instances
+
+    async def heartbeat(self) -> None:
+        """This instance is alive, by the database's clock (also after another took it for dead)."""
+        now = self._now()
+        values = {"host": socket.gethostname()[:255], "pid": os.getpid(), "heartbeat_at": now}
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        statement = dialect_insert(instances).values(id=self.instance_id, started_at=time.time(), **values)
+        statement = statement.on_conflict_do_update(index_elements=["id"], set_={"heartbeat_at": now})
+        async with self._db.begin() as conn:
+            await conn.execute(statement)
+
+    async def claim_streaming(
+        self, platform: str, dead_after: float, conversation: str | None = None
+    ) -> list[StreamingReply]:
+        """Take over the platform's replies (or one conversation's) that dead instances left streaming,
+        to repair them."""
+        statement = (
+            update(turns)
+            .where(
+                turns.c.outcome == "streaming",
+                turns.c.conversation.startswith(f"{platform}:"),
+                self._orphaned(turns.c.instance, dead_after),
+                turns.c.conversation == conversation if conversation is not None else true(),
+            )
+            .values(instance=self.instance_id)
+            .returning(turns.c.id, turns.c.conversation, turns.c.content, turns.c.reply_refs, turns.c.answers)
+        )
+        async with self._db.begin() as conn:
+            rows = sorted((await conn.execute(statement)).all(), key=lambda row: row.id)
+        return [StreamingReply(r.id, r.conversation, r.content, _json(r.reply_refs), r.answers) for r in rows]
+
+    async def claim_pending(
+        self, platform: str, dead_after: float, conversation: str | None = None
+    ) -> list[InboxEntry]:
+        """Take over the platform's messages (or one conversation's) that dead instances accepted and left
+        unanswered, oldest first; claimed in one statement, so two instances sweeping at once never both
+        take one."""
+        statement = (
+            update(inbox)
+            .where(
+                inbox.c.state == "pending",
+                inbox.c.platform == platform,
+                self._orphaned(inbox.c.instance, dead_after),
+                inbox.c.conversation == conversation if conversation is not None else true(),
+            )
+            .values(instance=self.instance_id)
+            .returning(inbox.c.id)
+        )
+        async with self._db.begin() as conn:
+            ids = [row.id for row in await conn.execute(statement)]
+            if not ids:
+                return []
+            query = select(inbox).where(inbox.c.id.in_(ids)).order_by(inbox.c.id)
+            return await _with_files(conn, (await conn.execute(query)).mappings().all())
+
+    def _orphaned(self, owner: Any, dead_after: float) -> ColumnElement[bool]:
+        """Owned by no live instance. On SQLite one process serves the platforms, so every other
+        instance is one that stopped; on PostgreSQL, one silent for more than `dead_after` seconds."""
+        if not self.shared:
+            return or_(owner.is_(None), owner != self.instance_id)
+        live = select(instances.c.id).where(instances.c.heartbeat_at >= self._now() - dead_after)
+        return or_(owner.is_(None), owner.not_in(live))
+
+    def _now(self) -> ColumnElement[float]:
+        """The database's clock in epoch seconds: every instance reads the same one."""
+        if self._dialect == "postgresql":
+            return cast(func.extract("epoch", func.clock_timestamp()), Float)
+        return (func.julianday("now") - 2440587.5) * 86400.0
+
+    async def prune(self, keep_seconds: float) -> int:
+        """Forget answered inbox rows older than `keep_seconds`, and instances long dead; how many rows."""
+        async with self._db.begin() as conn:
+            answered = await conn.execute(
+                delete(inbox).where(inbox.c.state != "pending", inbox.c.done_at < time.time() - keep_seconds)
+            )
+            gone = await conn.execute(
+                delete(instances).where(instances.c.heartbeat_at < self._now() - keep_seconds)
+            )
+        return (answered.rowcount or 0) + (gone.rowcount or 0)
+
+    async def earlier_pending(self, conversation: str, author_id: str, inbox_id: int) -> bool:
+        """Whether this person has an earlier message here still unanswered (on any instance)."""
+        query = select(
+            exists().where(
+                inbox.c.conversation == conversation,
+                inbox.c.author_id == author_id,
+                inbox.c.state == "pending",
+                inbox.c.id < inbox_id,
+            )
+        )
+        async with self._db.connect() as conn:
+            return bool((await conn.execute(query)).scalar())
+
+    async def try_lock(self, name: str) -> bool:
+        """Take the advisory lock `name` for this instance, without waiting (PostgreSQL only)."""
+        async with self._locks_mutex:
+            try:
+                if self._locks is None:
+                    self._locks = await _autocommit(self._db)
+                query = text("SELECT pg_try_advisory_lock(:key)")
+                return bool((await self._locks.execute(query, {"key": _lock_key(name)})).scalar())
+            except (OSError, SQLAlchemyError) as error:
+                # The connection is gone, and every lock it held with it: the next try reconnects.
+                log.warning("lost the connection that holds conversation locks (%s); reconnecting", error)
+                await self._drop_locks()
+                return False
+
+    async def unlock(self, name: str) -> None:
+        async with self._locks_mutex:
+            if self._locks is None:
+                return
+            try:
+                await self._locks.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _lock_key(name)})
+            except (OSError, SQLAlchemyError):
+                await self._drop_locks()  # a lost connection released its locks
+
+    async def _drop_locks(self) -> None:
+        if self._locks is not None:
+            with contextlib.suppress(OSError, SQLAlchemyError):
+                await self._locks.close()
+        self._locks = None
+
+    async def lead(self) -> bool:
+        """Whether this instance is the leader: on PostgreSQL the holder of an advisory lock, on its own
+        connection, so it is released the moment the instance dies; on SQLite the only instance."""
+        if not self.shared:
+            return True
+        try:
+            if self._leadership is None:
+                self._leadership = await _autocommit(self._db)
+            if self._leading:
+                await self._leadership.execute(text("SELECT 1"))  # still connected, so still holding it
+            else:
+                query = text("SELECT pg_try_advisory_lock(:key)")
+                self._leading = bool((await self._leadership.execute(query, {"key": LEADER_KEY})).scalar())
+        except (OSError, SQLAlchemyError):
+            self._leading = False
+            if self._leadership is not None:
+                with contextlib.suppress(OSError, SQLAlchemyError):
+                    await self._leadership.close()
+            self._leadership = None
+        return self._leading
 
     # Turns
 
@@ -261,6 +462,7 @@ class Store:
                     tokens=tokens,
                     answers=answers,
                     reply_refs=json.dumps(refs) if refs is not None else None,
+                    instance=self.instance_id,
                     **_record_values(record),
                 )
             )
@@ -308,13 +510,11 @@ class Store:
         async with self._db.begin() as conn:
             await conn.execute(update(turns).where(turns.c.id == turn_id).values(reply_refs=json.dumps(refs)))
 
-    async def streaming(self, platform: str, before: float | None = None) -> list[StreamingReply]:
-        """The platform's replies still streaming (those started before `before`): a stopped process's."""
+    async def streaming(self, platform: str) -> list[StreamingReply]:
+        """The platform's replies still streaming, on any instance."""
         query = select(
             turns.c.id, turns.c.conversation, turns.c.content, turns.c.reply_refs, turns.c.answers
         ).where(turns.c.outcome == "streaming", turns.c.conversation.startswith(f"{platform}:"))
-        if before is not None:
-            query = query.where(turns.c.created_at < before)
         async with self._db.connect() as conn:
             rows = await conn.execute(query.order_by(turns.c.id))
             return [
@@ -650,6 +850,29 @@ class Store:
         statement = statement.on_conflict_do_update(index_elements=list(key), set_=values)
         async with self._db.begin() as conn:
             await conn.execute(statement)
+
+
+async def _autocommit(engine: AsyncEngine) -> AsyncConnection:
+    """A connection that holds session locks, never a transaction (so it pins no snapshot)."""
+    conn = await engine.connect()
+    await conn.execution_options(isolation_level="AUTOCOMMIT")
+    return conn
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+async def _with_files(conn: AsyncConnection, rows: Sequence[Any]) -> list[InboxEntry]:
+    entries = []
+    for row in rows:
+        files = (
+            await conn.execute(
+                select(inbox_files).where(inbox_files.c.inbox_id == row["id"]).order_by(inbox_files.c.id)
+            )
+        ).mappings()
+        entries.append(_entry(row, [_attachment(f) for f in files.all()]))
+    return entries
 
 
 async def _close(conn: AsyncConnection, which: Any, state: str) -> None:

@@ -2,17 +2,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable, Mapping
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from bot.config import Settings
 from bot.engine import Engine
 from bot.models import ConversationKey, HistoryEntry, RenderBudget
 from bot.streaming import Clock
 from skills import builtin
+from tests.support import postgres
 from tests.support.llm_server import LLMServer
 from tests.support.search_server import SearchServer
 
@@ -37,16 +41,86 @@ async def search() -> AsyncIterator[SearchServer]:
         yield server
 
 
+# PostgreSQL for the tests: the server PARLEY_TEST_POSTGRES_URL names (CI starts one), else a cluster of
+# this machine's PostgreSQL binaries started for the session. With PARLEY_TEST_POSTGRES_REQUIRED set
+# (CI sets it), a missing PostgreSQL fails the tests instead of skipping them.
+POSTGRES_URL_VARIABLE = "PARLEY_TEST_POSTGRES_URL"
+POSTGRES_REQUIRED_VARIABLE = "PARLEY_TEST_POSTGRES_REQUIRED"
+BOTH_DATABASES = "both_databases"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{BOTH_DATABASES}: run each test that uses a database on SQLite and on PostgreSQL"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker(BOTH_DATABASES) and "database_url" in metafunc.fixturenames:
+        metafunc.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str | None]:
+    """The URL of a PostgreSQL server's maintenance database, or None when there is none to use."""
+    named = os.environ.get(POSTGRES_URL_VARIABLE)
+    if named:
+        yield named
+        return
+    if postgres.binaries() is None:
+        yield None
+        return
+    # Not under pytest's tmp_path: as root the cluster runs as another user, who must reach its folder.
+    folder = Path(tempfile.mkdtemp(prefix="parley-pg-"))
+    try:
+        yield postgres.start(folder)
+    finally:
+        postgres.stop(folder)
+
+
+_databases = itertools.count(1)
+
+
+async def fresh_postgres_database(server: str | None) -> str:
+    """A new, empty database on the session's server: each test its own."""
+    if server is None:
+        reason = (
+            "PostgreSQL is not installed here (no initdb on PATH or in /usr/lib/postgresql), "
+            f"and {POSTGRES_URL_VARIABLE} names no server"
+        )
+        if os.environ.get(POSTGRES_REQUIRED_VARIABLE):
+            pytest.fail(f"{reason}; {POSTGRES_REQUIRED_VARIABLE} is set, so PostgreSQL tests may not skip")
+        pytest.skip(reason)
+    import asyncpg
+
+    url = make_url(server)
+    name = f"test_{os.getpid()}_{next(_databases)}"
+    admin = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path, llm: LLMServer) -> Callable[..., Settings]:
-    """Settings for a test: the loopback provider as `openrouter`, a fresh SQLite file, no .env read."""
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_server: str | None) -> str:
+    """A fresh database for the test: SQLite unless the test is parametrized with "postgresql"."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        return await fresh_postgres_database(postgres_server)
+    return f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, llm: LLMServer, database_url: str) -> Callable[..., Settings]:
+    """Settings for a test: the loopback provider as `openrouter`, a fresh database, no .env read."""
 
     def build(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "_env_file": None,
             "openrouter_api_key": "sk-test",
             "openrouter_base_url": llm.openai_base_url,
-            "database_url": f"sqlite+aiosqlite:///{tmp_path}/parley.db",
+            "database_url": database_url,
             "default_model": "openrouter/xiaomi/mimo-v2-flash",
             "max_retries": 0,
         }

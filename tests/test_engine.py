@@ -1,4 +1,4 @@
-"""The engine end to end: real provider code against the loopback server, real SQLite underneath."""
+"""The engine end to end: real provider code against the loopback server, SQLite and PostgreSQL beneath."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from tests.support.asking import CHANNEL, answer, ask, first_render, msg, surfac
 from tests.support.clock import FakeClock
 from tests.support.llm_server import LLMServer, Script
 from tests.support.search_server import SearchServer
+
+pytestmark = pytest.mark.both_databases
 
 BO = Author("u-bo", "Bo")
 MANAGER = Author("u-boss", "Boss", is_channel_manager=True)

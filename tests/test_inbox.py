@@ -8,12 +8,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from bot.engine import Engine
 from bot.models import Author
 from bot.store import AssistantRecord
 from tests.conftest import RecordingPlatform
 from tests.support.asking import ADA, CHANNEL, answer, first_render, msg, surface_of
 from tests.support.llm_server import LLMServer, Script
+
+pytestmark = pytest.mark.both_databases
 
 
 async def test_a_message_delivered_twice_is_answered_once(engine: Engine, llm: LLMServer) -> None:

@@ -1,16 +1,20 @@
-"""Schema migrations: every revision runs, the result is what the code expects, old databases are adopted."""
+"""Schema migrations, on SQLite and PostgreSQL: every revision runs, the result is what the code expects,
+old databases are adopted."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import Connection, create_engine, inspect, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot import migrations
+from bot.config import SetupError
 from bot.schema import metadata
 from bot.store import Store
 
@@ -23,18 +27,27 @@ def differences(connection: Connection) -> list[object]:
     return compare_metadata(MigrationContext.configure(connection), metadata)
 
 
-def test_every_revision_up_and_down_and_head_matches_the_code(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path}/fresh.db")
-    with engine.begin() as connection:
+@pytest.mark.both_databases
+async def test_every_revision_up_and_down_and_head_matches_the_code(database_url: str) -> None:
+    engine = create_async_engine(database_url)
+
+    def up(connection: Connection) -> None:
         migrations.upgrade(connection)
-        assert migrations.current(connection) == "0005"
+        assert migrations.current(connection) == "0006"
+        assert migrations.current(connection) == migrations.head()
         assert differences(connection) == []
-    with engine.begin() as connection:
+
+    def down(connection: Connection) -> None:
         command.downgrade(migrations.config(connection), "base")
         assert migrations.current(connection) is None
-    with engine.begin() as connection:
-        migrations.upgrade(connection)
-        assert differences(connection) == []
+        assert inspect(connection).get_table_names() == ["alembic_version"]
+
+    try:
+        for step in (up, down, up):
+            async with engine.begin() as connection:
+                await connection.run_sync(step)
+    finally:
+        await engine.dispose()
 
 
 async def test_a_database_from_before_migrations_is_adopted_with_its_data(tmp_path: Path) -> None:
@@ -58,9 +71,23 @@ async def test_a_database_from_before_migrations_is_adopted_with_its_data(tmp_pa
     await store.close()
     engine = create_engine(f"sqlite:///{path}")
     with engine.connect() as connection:
-        assert migrations.current(connection) == "0005"
+        assert migrations.current(connection) == "0006"
+        assert migrations.current(connection) == migrations.head()
         assert differences(connection) == []
         tables = {
             row[0] for row in connection.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))
         }
     assert "event_claims" not in tables and {"inbox", "inbox_files", "skill_modes"} <= tables
+
+
+@pytest.mark.both_databases
+async def test_a_schema_from_a_newer_version_is_refused_in_one_sentence(database_url: str) -> None:
+    store = await Store.open(database_url)
+    async with store._db.begin() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    await store.close()
+    with pytest.raises(SetupError) as refused:
+        await Store.open(database_url)
+    message = str(refused.value)
+    assert "is at a revision this version of Parley does not know" in message
+    assert "'9999'" in message and "\n" not in message

@@ -1,4 +1,5 @@
-"""Durable memory, settings and the inbox on SQLite: what survives a restart, what fits, what dedupes."""
+"""Durable memory, settings and the inbox, on SQLite and PostgreSQL: what survives a restart, what fits,
+what dedupes."""
 
 from __future__ import annotations
 
@@ -14,9 +15,14 @@ ADA = Author("u1", "Ada", is_channel_manager=True, role_ids=("r1",))
 BO = Author("u2", "Bo")
 
 
+pytestmark = pytest.mark.both_databases
+
+
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path}/nested/dir/parley.db"
+def db_url(tmp_path: Path, database_url: str) -> str:
+    if database_url.startswith("sqlite"):
+        return f"sqlite+aiosqlite:///{tmp_path}/nested/dir/parley.db"  # folders are made as needed
+    return database_url
 
 
 def message(text: str, message_id: str, key: str = "c", author: Author = ADA, **extra: object) -> Message:

@@ -110,6 +110,10 @@ class SlackPlatform:
             signing_secret=secret.get_secret_value() if secret else None,
             # Socket Mode deliveries are not signed; over HTTP every request must be.
             request_verification_enabled=self._settings.slack_app_token is None,
+            # Acknowledge an event only once its message is in the inbox: an instance that dies after
+            # acknowledging loses nothing, and one person's messages are stored in the order Slack
+            # delivered them, whichever instance each reached.
+            process_before_response=True,
             logger=bolt_log,
         )
         Listeners(self._engine, self._settings, people).register(app)

@@ -1,0 +1,179 @@
+"""Several instances on one PostgreSQL: replies per second and first-text p50 with 1 and with 3 instances.
+
+`parley run` (or `parley run --workers 3`) serves Slack's HTTP events behind a round-robin loopback
+balancer, on a throwaway PostgreSQL cluster of this machine's binaries; the loopback Slack (its rate
+tiers off, so the figures are Parley's, not Slack's budget) and the loopback provider run in this
+process. A burst of mentions in many channels arrives at once.
+
+    PYTHONPATH=. python bench/instances.py                  # 60 mentions in 20 channels
+    PYTHONPATH=. python bench/instances.py --mentions 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from tests.support import postgres
+from tests.support.balancer import Balancer
+from tests.support.llm_server import LLMServer, Script
+from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser, signed_headers
+
+SECRET = "bench-secret"
+CHECKOUT = str(Path(__file__).resolve().parents[1])
+USER = SlackUser("UB", "Bench")
+SHOWING = ("chat.startStream", "chat.appendStream", "chat.postMessage")  # the calls that show a text
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def free_base(count: int) -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        base = int(probe.getsockname()[1])
+    return base if base + count < 65536 else free_base(count)
+
+
+async def fresh_database(server: str, name: str) -> str:
+    url = make_url(server)
+    admin = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+async def serving(port: int) -> bool:
+    try:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    return True
+
+
+async def measure(server: str, instances: int, mentions: int, channels: int, tokens: int) -> dict[str, float]:
+    database = await fresh_database(server, f"bench_{instances}_{os.getpid()}")
+    home = Path(tempfile.mkdtemp(prefix="parley-bench-"))
+    async with SlackAPI(users={USER.id: USER}) as slack, LLMServer() as llm:
+        slack.limits.clear()
+        llm.enqueue(*(Script(tokens=[f"w{i} " for i in range(tokens)], delay=0.02) for _ in range(mentions)))
+        base = free_base(instances)
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": CHECKOUT,
+            "HOME": str(home),
+            "OPENROUTER_API_KEY": "sk-bench",
+            "OPENROUTER_BASE_URL": llm.openai_base_url,
+            "DATABASE_URL": database,
+            "SLACK_BOT_TOKEN": slack.bot_token,
+            "SLACK_SIGNING_SECRET": SECRET,
+            "SLACK_API_URL": slack.api_url,
+            "PORT": str(base),
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
+        }
+        workers = ["--workers", str(instances)] if instances > 1 else []
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "run", *workers, cwd=home, env=env
+        )
+        try:
+            while not all([await serving(base + k) for k in range(instances)]):
+                await asyncio.sleep(0.1)
+            async with (
+                Balancer([base + k for k in range(instances)]) as balancer,
+                aiohttp.ClientSession() as http,
+            ):
+                sent: dict[str, float] = {}
+
+                async def post(index: int) -> None:
+                    channel = f"C{index % channels}"
+                    said = slack.say(USER.id, channel, f"<@{BOT_USER}> question {index}")
+                    event = {"type": "app_mention", "user": USER.id, "text": said.text, "ts": said.ts}
+                    payload = {
+                        "type": "event_callback",
+                        "team_id": TEAM,
+                        "api_app_id": "A1",
+                        "event_id": f"Ev{index}",
+                        "event_time": int(time.time()),
+                        "event": {**event, "channel": channel, "team": TEAM},
+                    }
+                    body = json.dumps(payload)
+                    headers = {"Content-Type": "application/json", **signed_headers(body, SECRET)}
+                    sent[said.ts] = time.monotonic()
+                    async with http.post(
+                        f"{balancer.url}/slack/events", data=body, headers=headers
+                    ) as answer:
+                        assert answer.status == 200
+
+                start = time.monotonic()
+                await asyncio.gather(*(post(index) for index in range(mentions)))
+                dsn = make_url(database).set(drivername="postgresql").render_as_string(hide_password=False)
+                counter = await asyncpg.connect(dsn)
+                try:  # answered: its message closed in the inbox, after its final text
+                    query = "SELECT count(*) FROM inbox WHERE state = 'done'"
+                    while await counter.fetchval(query) < mentions:
+                        await asyncio.sleep(0.02)
+                finally:
+                    await counter.close()
+                end = time.monotonic()
+                first: dict[str, float] = {}
+                for call in slack.calls:
+                    if call.method in SHOWING and _text(call.args):
+                        first.setdefault(str(call.args.get("thread_ts")), call.at)
+                waits = [first[ts] - sent[ts] for ts in sent if ts in first]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            await process.wait()
+    return {
+        "replies/s": mentions / (end - start),
+        "first text p50 ms": 1000 * percentile(waits, 0.5),
+        "first text p99 ms": 1000 * percentile(waits, 0.99),
+    }
+
+
+def _text(args: dict[str, Any]) -> str:
+    text = args.get("markdown_text") or args.get("text") or ""
+    return text + "".join(chunk.get("text", "") for chunk in args.get("chunks") or [])
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mentions", type=int, default=60)
+    parser.add_argument("--channels", type=int, default=20)
+    parser.add_argument("--tokens", type=int, default=40, help="tokens per reply, at 50 tokens/s")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="parley-bench-pg-"))
+    server = os.environ.get("PARLEY_TEST_POSTGRES_URL") or postgres.start(folder)
+    try:
+        print(f"{args.mentions} mentions at once in {args.channels} channels, {args.tokens} tokens each")
+        print("| instances | replies/s | first text p50 | first text p99 |")
+        print("|---|---|---|---|")
+        for instances in [int(n) for n in os.environ.get("BENCH_INSTANCES", "1,3").split(",")]:
+            figures = await measure(server, instances, args.mentions, args.channels, args.tokens)
+            print(
+                f"| {instances} | {figures['replies/s']:.1f} | {figures['first text p50 ms']:,.0f} ms "
+                f"| {figures['first text p99 ms']:,.0f} ms |"
+            )
+    finally:
+        postgres.stop(folder)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -210,7 +210,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             engine.health.down(platform.name)
         if operators is not None:
             await operators.cleanup()
-        await instance.stop_leading()  # the scheduler stops with the lead: a run firing now waits in the inbox
+        await instance.stop_leading()  # the scheduler stops with the lead; a run due now waits in the inbox
         await engine.drain(settings.shutdown_grace_seconds)
         await instance.stop()
         for platform in reversed(started):

@@ -201,7 +201,8 @@ async def test_context_is_trimmed_to_the_window_and_the_reply_says_so_once(
     make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:
     small = ProviderSettings(base_url=llm.openai_base_url, models=["tiny"], context_length={"tiny": 1200})
-    # No waiting for a summary of what was left out: this is the note of a reply that goes without one.
+    # The summary of what was left out never comes here: this is the note of a reply that goes without.
+    llm.by_system[INSTRUCTIONS] = Script(tokens=["never"], gate=asyncio.Semaphore(0))
     engine = await make_engine(providers={"local": small}, default_model="local/tiny", summary_wait_seconds=0)
     finals = []
     llm.echo_usage = None  # no usage reported, so the estimate is not corrected mid-test

@@ -8,6 +8,8 @@ runs in its own and stamps its send time into every token.
                                           # then 10 people in one channel against 10 in 10 channels
     python bench/discord_load.py --people # only the last two
     python bench/discord_load.py --replies 40 --tokens 60 --rate 30
+    python bench/discord_load.py --lone   # one reply at a time, 10 tokens at 50/s: final text vs the
+                                          # provider's last token
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
+import statistics
 import tempfile
 import time
 from typing import Any
@@ -59,13 +62,14 @@ async def run(port: int, channels: list[int], replies: int, tokens: int, ask: bo
                 await asyncio.sleep(0.05)
         cpu = _cpu() - cpu_before
         complete = sum(_finished(discord_api, incoming, tokens, ask) for incoming in sent_at)
-        first_visible, first_after_token, final, edits = [], [], [], []
+        first_visible, first_after_token, final, final_after_token, edits = [], [], [], [], []
         for incoming, started in sent_at.items():
             writes = _writes(discord_api, incoming, ask)
             first, last = writes[0], writes[-1]
             first_visible.append(first.at - started)
             first_after_token.append(first.at - token_times(first.json["content"])[0])
             final.append(last.at - started)
+            final_after_token.append(last.at - token_times(last.json["content"])[-1])
             edits.append(len(writes) - 1)
     return {
         "replies": replies,
@@ -77,6 +81,8 @@ async def run(port: int, channels: list[int], replies: int, tokens: int, ask: bo
         "first_text_after_token_p99_ms": percentile(first_after_token, 0.99) * 1000,
         "final_edit_p50_ms": percentile(final, 0.5) * 1000,
         "final_edit_p99_ms": percentile(final, 0.99) * 1000,
+        "final_after_last_token_p50_ms": percentile(final_after_token, 0.5) * 1000,
+        "final_after_last_token_p99_ms": percentile(final_after_token, 0.99) * 1000,
         "edits_per_reply": sum(edits) / replies,
         "http_429s": discord_api.rate_limited,
         "cpu_s_per_reply": cpu / replies,
@@ -163,13 +169,38 @@ TARGETS = {
 }
 
 
+LONE_TOKENS, LONE_RATE, LONE_REPLIES = 10, 50.0, 10
+LONE_TARGET_MS = 100.0
+
+
+async def lone_replies() -> None:
+    """One short reply at a time in an empty channel: its final text should follow the provider's last
+    token by one request, not wait out the interval between edits."""
+    provider, port = start(LONE_TOKENS, LONE_RATE)
+    after: list[float] = []
+    for _ in range(LONE_REPLIES):
+        figures = await run(port, [GENERAL], 1, LONE_TOKENS, False)
+        assert figures["replies_complete"] == 1 and figures["http_429s"] == 0
+        after.append(figures["final_after_last_token_p50_ms"])
+    provider.terminate()
+    print(f"{LONE_REPLIES} lone mentions, one after another, {LONE_TOKENS} tokens at {LONE_RATE:g}/s")
+    print(
+        f"  final text after the provider's last token: p50 {statistics.median(after):.1f} ms "
+        f"(min {min(after):.1f}, max {max(after):.1f})   target <= {LONE_TARGET_MS:.0f} ms at p50"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replies", type=int, default=20)
     parser.add_argument("--tokens", type=int, default=40)
     parser.add_argument("--rate", type=float, default=20.0, help="provider tokens per second per reply")
     parser.add_argument("--people", action="store_true", help="only the 10-people runs")
+    parser.add_argument("--lone", action="store_true", help="only lone replies, one after another")
     args = parser.parse_args()
+    if args.lone:
+        await lone_replies()
+        return
     provider, port = start(args.tokens, args.rate)
     shape = f"{args.tokens} tokens at {args.rate:g}/s"
     runs = [

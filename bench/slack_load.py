@@ -8,6 +8,8 @@ CLOCK_MONOTONIC.
     PYTHONPATH=. python bench/slack_load.py                           # 20 mentions in 5 channels, streams
     PYTHONPATH=. python bench/slack_load.py --mentions 20 --fallback  # chat.postMessage + chat.update
     PYTHONPATH=. python bench/slack_load.py --mentions 40             # past the stream budget
+    PYTHONPATH=. python bench/slack_load.py --lone [--fallback]       # 10 replies one after another,
+                                                                      # 10 tokens at 50/s each
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from tests.support.loopback import serve_app
 from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser, signed_headers
 
 SECRET = "bench-secret"
+LONE_TARGET_MS = 100.0
 
 
 def serve_slack(ports: multiprocessing.Queue, fallback: bool) -> None:
@@ -72,7 +75,12 @@ async def main() -> None:
     parser.add_argument("--tokens", type=int, default=60)
     parser.add_argument("--rate", type=float, default=30.0, help="tokens per second per reply")
     parser.add_argument("--fallback", action="store_true", help="stream methods fail: post + update")
+    parser.add_argument(
+        "--lone", action="store_true", help="one reply at a time: 10 mentions of 10 tokens at 50/s"
+    )
     args = parser.parse_args()
+    if args.lone:
+        args.mentions, args.tokens, args.rate = 10, 10, 50.0
 
     ports: multiprocessing.Queue = multiprocessing.Queue()
     slack_process = multiprocessing.Process(target=serve_slack, args=(ports, args.fallback), daemon=True)
@@ -124,12 +132,20 @@ async def main() -> None:
                 async with http.post(url, data=body, headers=headers) as response:
                     assert response.status == 200
 
-            cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-            await asyncio.gather(*(mention(i) for i in range(args.mentions)))
-            async with asyncio.timeout(600):
-                while len(replies) < args.mentions:  # Bolt hands each event to its listener in a task
+            async def answered(count: int) -> None:
+                while len(replies) < count:  # Bolt hands each event to its listener in a task
                     await asyncio.sleep(0.01)
                 await asyncio.gather(*replies)
+
+            cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+            async with asyncio.timeout(600):
+                if args.lone:
+                    for index in range(args.mentions):
+                        await mention(index)
+                        await answered(index + 1)
+                else:
+                    await asyncio.gather(*(mention(i) for i in range(args.mentions)))
+                    await answered(args.mentions)
             cpu_after = resource.getrusage(resource.RUSAGE_SELF)
             async with http.get(f"http://127.0.0.1:{record_port}/calls") as response:
                 record = await response.json()
@@ -154,7 +170,7 @@ async def main() -> None:
             a = call["args"]
             thread = a.get("thread_ts") or threads.get(a.get("ts", ""), "")
             per_thread.setdefault(thread, []).append(call)
-    first_visible, final_visible, token_to_visible = [], [], []
+    first_visible, final_visible, token_to_visible, final_after_token = [], [], [], []
     for thread, rows in per_thread.items():
         accepted = [r for r in rows if r["ok"]]  # a refused or 429'd call shows nothing
         shown = [r for r in accepted if visible_text(r["args"])]
@@ -163,6 +179,10 @@ async def main() -> None:
         first_visible.append(shown[0]["at"] - posted[thread])
         token_to_visible.append(shown[0]["at"] - token_times(visible_text(shown[0]["args"]))[0])
         final_visible.append(accepted[-1]["at"] - posted[thread])
+        # The final text is shown by the first accepted call that carries the provider's last token.
+        last_token = max(t for r in shown for t in token_times(visible_text(r["args"])))
+        showing = next(r for r in shown if last_token in token_times(visible_text(r["args"])))
+        final_after_token.append(showing["at"] - last_token)
     calls_per_reply = sum(
         1 for c in calls if c["method"] in reply_methods or c["method"].startswith("assistant")
     )
@@ -170,19 +190,23 @@ async def main() -> None:
     streamed = sum(
         1 for rows in per_thread.values() if any(r["method"] == "chat.stopStream" and r["ok"] for r in rows)
     )
-    print(f"{args.mentions} concurrent mentions in {args.channels} channels, one workspace, {path}")
+    shape = "one after another" if args.lone else "concurrent"
+    print(f"{args.mentions} {shape} mentions in {args.channels} channels, one workspace, {path}")
     print(f"  replies seen                {len(first_visible):10d}")
     print(f"  streamed / posted and edited {streamed:9d} / {len(first_visible) - streamed}")
     for label, values, scale, unit in (
         ("event POST -> first text", first_visible, 1000, "ms"),
         ("provider token -> visible", token_to_visible, 1000, "ms"),
         ("event POST -> final text", final_visible, 1, "s"),
+        ("last token -> final text", final_after_token, 1000, "ms"),
     ):
         p50, p99 = percentile(values, 0.5) * scale, percentile(values, 0.99) * scale
         print(f"  {label:27} p50 {p50:9.2f} {unit:2}  p99 {p99:9.2f} {unit}")
     print(f"  Web API calls per reply     {calls_per_reply / max(1, args.mentions):10.1f}")
     print(f"  CPU seconds per reply       {cpu / max(1, args.mentions):10.4f}")
     print(f"  429s from Slack's budgets   {sum(record['throttled'].values()):10d}  {record['throttled']}")
+    if args.lone:
+        print(f"  target: last token -> final text <= {LONE_TARGET_MS:.0f} ms at p50")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 A reply shows its first text at once, then re-renders no sooner than the surface's `min_interval`, and
 only while every request bucket the render draws on (a Discord channel, one Slack method in a workspace)
 has room. Intermediate texts that went stale while waiting are skipped: only the newest text is ever
-sent. The final text is always rendered, as soon as the budget allows. The edits between a reply's first
+sent. The final text is always rendered, as soon as the budget allows: the interval spaces the edits
+in between, so a reply that ends is shown whole without waiting it out, and one that ends before its
+first render is shown once, complete. The edits between a reply's first
 and final texts leave one slot of a bucket free for the final text of every reply whose final draws on
 it and one for the next reply's first text, so under contention replies start and finish first and
 animate second. Renders waiting for one bucket go in order of need: a reply that shows nothing yet, then
@@ -176,7 +178,7 @@ class PacedRenderer:
         now = self._clock.now()
         budget = self._surface.budget
         wait = 0.0
-        if self._last_render is not None:
+        if self._last_render is not None and not self._final:
             wait = self._last_render + budget.min_interval - now
         self._claim(budget.owed_to_final())
         rank = FIRST_TEXT if self._last_render is None else FINAL_TEXT if self._final else EDIT

@@ -53,17 +53,53 @@ async def test_first_text_renders_at_once_then_at_most_once_per_interval(clock: 
     assert surface.renders[1][0] - surface.renders[0][0] == pytest.approx(1.0)
 
 
-async def test_final_text_waits_for_the_interval_and_is_always_shown(clock: FakeClock) -> None:
-    surface = RecordingSurface(clock, RenderBudget(min_interval=1.0))
+async def test_final_text_goes_at_once_when_the_budget_has_room(clock: FakeClock) -> None:
+    """The interval spaces intermediate edits; a reply that ended is shown whole without waiting it out."""
+    surface = RecordingSurface(clock, RenderBudget(min_interval=1.0, bucket="b", capacity=5, window=5.0))
     renderer = Pacer(clock).renderer(surface)
     renderer.update("partial")
     await settle()
+    await clock.advance(0.2)
+    renderer.update("partial and more")  # an edit this soon waits for the interval
+    await settle()
+    assert len(surface.renders) == 1
     finishing = asyncio.create_task(renderer.finish("partial and done"))
-    await clock.advance(0.4)
+    await settle()
+    assert finishing.done()
+    assert surface.renders == [(1000.0, "partial", False), (1000.2, "partial and done", True)]
+
+
+async def test_final_text_waits_for_the_bucket_not_the_interval(clock: FakeClock) -> None:
+    budget = RenderBudget(min_interval=1.0, bucket="b", capacity=2, window=5.0)
+    pacer = Pacer(clock)
+    pacer.bucket_for(RateLimit("b", 2, 5.0)).charge(clock.now())  # another reply's request
+    surface = RecordingSurface(clock, budget)
+    renderer = pacer.renderer(surface)
+    renderer.update("partial")
+    await settle()
+    assert len(surface.renders) == 1  # the bucket is now full
+    finishing = asyncio.create_task(renderer.finish("partial and done"))
+    await clock.advance(5.0)
     assert not finishing.done()
-    await clock.advance(0.7)
+    await clock.advance(LATENCY_MARGIN + 0.01)
     await finishing
-    assert surface.renders[-1] == (1001.0, "partial and done", True)
+    assert surface.renders[-1][1:] == ("partial and done", True)
+    assert surface.renders[-1][0] == pytest.approx(1000.0 + 5.0 + LATENCY_MARGIN)
+
+
+async def test_a_reply_that_ends_before_its_first_render_is_shown_once_complete(clock: FakeClock) -> None:
+    budget = RenderBudget(min_interval=1.0, bucket="b", capacity=1, window=5.0)
+    pacer = Pacer(clock)
+    pacer.bucket_for(RateLimit("b", 1, 5.0)).charge(clock.now())  # the channel's slot is taken
+    surface = RecordingSurface(clock, budget)
+    renderer = pacer.renderer(surface)
+    renderer.update("a")
+    await clock.advance(1.0)
+    renderer.update("a whole")
+    finishing = asyncio.create_task(renderer.finish("a whole reply"))
+    await clock.advance(5.0)
+    await finishing
+    assert [(text, final) for _, text, final in surface.renders] == [("a whole reply", True)]
 
 
 async def test_final_without_any_update_renders_once(clock: FakeClock) -> None:

@@ -1,24 +1,30 @@
-"""Engine overhead under load: many concurrent conversations against a loopback provider.
+"""The engine under load: many concurrent replies against a loopback provider, through the inbox.
 
 The provider runs in its own process and writes its send time into every token, so the engine's own
 overhead can be read off at the surface: message in → provider request out, and provider token out →
-surface render. Both clocks are CLOCK_MONOTONIC, shared by processes on one Linux machine.
+surface render. Both clocks are CLOCK_MONOTONIC, shared by processes on one Linux machine. Each run has
+its own provider and engine (a fresh SQLite file); messages go in through `Engine.accept`, as an
+adapter's do, and replies render on a null surface paced like a real one (one render a second).
 
-    python bench/engine.py                      # defaults: 500 conversations, 40 tokens at 50 tokens/s
-    python bench/engine.py --conversations 1000 --tokens 40 --rate 20
+    python bench/engine.py                     # every run, ~4 minutes
+    python bench/engine.py --only streams      # 1,000 replies streaming at once
+    python bench/engine.py --only overhead     # 500 conversations, sustained
+    python bench/engine.py --only context      # 128k context, 100,000 stored turns
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import resource
-import statistics
 import tempfile
 import time
+from collections.abc import Mapping
+from typing import Any
 
-from loopback_provider import engine_settings, start
+from loopback_provider import engine_settings, start, token_times
 from sqlalchemy import insert
 
 from bot.engine import Engine
@@ -26,36 +32,70 @@ from bot.models import Author, ConversationKey, Message, RenderBudget
 from bot.store import turns
 from bot.tokens import estimate_tokens
 
-# The engine side
+RENDER_INTERVAL = 1.0
+AUTHOR = Author("bench", "Bench")
+MESSAGE_IDS = itertools.count()
 
 
 class TimingSurface:
     """A null surface that reads the provider's timestamps out of the text it is asked to show."""
 
-    budget = RenderBudget()
+    budget = RenderBudget(min_interval=RENDER_INTERVAL)
 
-    def __init__(self, sent_at: float, request_out: list[float], token_to_render: list[float]) -> None:
-        self._sent_at = sent_at
-        self._request_out = request_out
-        self._token_to_render = token_to_render
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self.created = time.monotonic()
+        self.renders: list[float] = []
         self.final_text = ""
-        self._seen_first = False
+        self.finished_at = 0.0
+
+    @property
+    def refs(self) -> dict[str, Any] | None:
+        return {"bench": True} if self.renders else None
 
     async def start(self) -> None:
         return None
 
     async def render(self, text: str, *, final: bool) -> int:
         now = time.monotonic()
+        if not self.renders:  # the first token carries the request's arrival time too
+            arrived = text[1:].split("/", 1)[0]
+            self._run.request_out.append(float(arrived) - self.created)
+        self.renders.append(now)
+        stamps = token_times(text)
+        if stamps:
+            self._run.token_to_render.append(now - stamps[-1])
         if final:
             self.final_text = text
-            return 0
-        if not self._seen_first:  # the first token carries the request's arrival time too
-            self._seen_first = True
-            arrived = text[1:].split("/", 1)[0]
-            self._request_out.append(float(arrived) - self._sent_at)
-        newest = text.rsplit("[", 1)[-1].rstrip("]").split("/")[-1]
-        self._token_to_render.append(now - float(newest))
-        return 0
+            self.finished_at = now
+        return 1
+
+
+class Run:
+    """What one run measured, and the platform port its replies render through."""
+
+    name = "bench"
+
+    def __init__(self) -> None:
+        self.request_out: list[float] = []
+        self.token_to_render: list[float] = []
+        self.surfaces: list[TimingSurface] = []
+
+    async def surface_for(
+        self, conversation: ConversationKey, reply_to: Mapping[str, Any] | None = None
+    ) -> Any:
+        surface = TimingSurface(self)
+        self.surfaces.append(surface)
+        return surface
+
+    async def reopen(self, conversation: ConversationKey, refs: Mapping[str, Any]) -> Any:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -68,25 +108,24 @@ def rss_mb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-async def load_run(
-    engine: Engine, conversations: int, rounds: int = 1, ramp: float = 0.0, think: float = 0.0
+async def load(
+    engine: Engine, conversations: int, tokens: int, rounds: int = 1, ramp: float = 0.0, think: float = 0.0
 ) -> dict[str, float]:
     """`conversations` open at once; each sends `rounds` messages, waiting `think` seconds after each reply.
 
-    Conversations start spread evenly over `ramp` seconds (0: all in the same instant, a burst).
-    """
-    request_out: list[float] = []
-    token_to_render: list[float] = []
-    surfaces: list[TimingSurface] = []
-    author = Author("bench", "Bench")
+    Conversations start spread evenly over `ramp` seconds (0: all in the same instant)."""
+    run = Run()
+    engine.platforms["bench"] = run  # type: ignore[assignment]
+    outcomes: list[str] = []
 
     async def conversation(index: int) -> None:
         await asyncio.sleep(ramp * index / conversations)
         for turn in range(rounds):
-            surface = TimingSurface(time.monotonic(), request_out, token_to_render)
-            surfaces.append(surface)
-            message = Message(ConversationKey("bench", f"c{index}"), author, f"question {turn}")
-            await engine.handle(message, surface)
+            key = ConversationKey("bench", f"c{index}")
+            message = Message(key, AUTHOR, f"question {turn}", id=f"m{next(MESSAGE_IDS)}")
+            task = await engine.accept(message, {})
+            assert task is not None
+            outcomes.append(await task)
             await asyncio.sleep(think)
 
     rss_before = rss_mb()
@@ -101,109 +140,129 @@ async def load_run(
     elapsed = time.monotonic() - started
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-    replies = len(surfaces)
+    surfaces = run.surfaces
+    durations = [s.finished_at - s.created for s in surfaces]
+    provider_times = [
+        token_times(s.final_text)[-1] - token_times(s.final_text)[0] for s in surfaces if s.final_text
+    ]
+    gaps = [b - a for s in surfaces for a, b in zip(s.renders, s.renders[1:], strict=False)]
+    complete = sum(1 for s in surfaces if len(token_times(s.final_text)) == tokens)
     return {
-        "replies": replies,
-        "failed": sum(1 for s in surfaces if not s.final_text.endswith("]")),
-        "elapsed_s": elapsed,
-        "replies_per_s": replies / elapsed,
-        "cpu_s_per_reply": cpu / replies,
-        "cpu_busy_fraction": cpu / elapsed,
-        "request_out_p50_ms": percentile(request_out, 0.5) * 1000,
-        "request_out_p99_ms": percentile(request_out, 0.99) * 1000,
-        "token_render_p50_ms": percentile(token_to_render, 0.5) * 1000,
-        "token_render_p99_ms": percentile(token_to_render, 0.99) * 1000,
+        "replies": len(surfaces),
+        "failed": len(surfaces) - complete + sum(1 for outcome in outcomes if outcome != "ok"),
+        "replies_per_s": len(surfaces) / elapsed,
+        "cpu_s_per_reply": cpu / len(surfaces),
+        "request_out_p50_ms": percentile(run.request_out, 0.5) * 1000,
+        "request_out_p99_ms": percentile(run.request_out, 0.99) * 1000,
+        "token_render_p50_ms": percentile(run.token_to_render, 0.5) * 1000,
+        "token_render_p99_ms": percentile(run.token_to_render, 0.99) * 1000,
+        "duration_p50_s": percentile(durations, 0.5),
+        "provider_time_p50_s": percentile(provider_times, 0.5),
+        "duration_over_provider_p50": percentile(durations, 0.5) / percentile(provider_times, 0.5),
+        "render_gap_max_s": max(gaps, default=0.0),
+        "peak_rss_mb": peak,
         "rss_growth_mb": peak - rss_before,
-        "rss_per_conversation_kb": (peak - rss_before) * 1024 / conversations,
     }
 
 
-async def context_assembly(engine: Engine, stored: int, budget: int, repeats: int = 50) -> float:
-    """Median time to pick the turns that fit `budget` tokens, with `stored` turns on record."""
-    conversation = f"bench:history{stored}"
-    if not await engine.store.count_turns(conversation):
-        rows = [
-            {
-                "conversation": conversation,
-                "role": "user" if i % 2 == 0 else "assistant",
-                "author_id": "b",
-                "author_name": "Bench",
-                "content": f"message number {i} " * 8,
-                "tokens": estimate_tokens(f"message number {i} " * 8),
-                "created_at": 0.0,
-            }
-            for i in range(stored)
-        ]
-        async with engine.store._db.begin() as conn:  # bulk load; the public API adds one turn at a time
-            for start in range(0, len(rows), 5000):
-                await conn.execute(insert(turns), rows[start : start + 5000])
-    timings = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        await engine.store.recent_turns(conversation, budget)
-        timings.append(time.perf_counter() - began)
-    return statistics.median(timings)
+async def engine_for(port: int, directory: str) -> Engine:
+    engine = await Engine.create(engine_settings(port, directory))
+    await engine.catalog.all_names()  # warm the model list, as a running bot would have
+    return engine
+
+
+async def store_history(engine: Engine, conversation: str, stored: int) -> None:
+    """Bulk-load `stored` turns of about 50 tokens each into one conversation."""
+    rows = [
+        {
+            "conversation": conversation,
+            "role": "user" if i % 2 == 0 else "assistant",
+            "author_id": "b",
+            "author_name": "Bench",
+            "content": f"message number {i} " * 12,
+            "tokens": estimate_tokens(f"message number {i} " * 12),
+            "created_at": 0.0,
+        }
+        for i in range(stored)
+    ]
+
+    def bulk(conn: Any) -> None:
+        for begin in range(0, len(rows), 5000):
+            conn.execute(insert(turns), rows[begin : begin + 5000])
+
+    await engine.store._write(bulk)
+
+
+def show(title: str, figures: dict[str, float], targets: dict[str, str]) -> None:
+    print(title)
+    for name, value in figures.items():
+        target = f"   target {targets[name]}" if name in targets else ""
+        print(f"  {name:28} {value:10.3f}{target}")
+
+
+async def streams(args: argparse.Namespace, tmp: str) -> None:
+    provider, port = start(args.tokens, args.rate)
+    engine = await engine_for(port, tmp)
+    await load(engine, 20, args.tokens)  # warm connections and code paths
+    figures = await load(engine, args.streams, args.tokens)
+    await engine.aclose()
+    provider.terminate()
+    targets = {
+        "duration_over_provider_p50": "<= 1.3",
+        "render_gap_max_s": f"<= {2 * RENDER_INTERVAL:g} (twice the render interval)",
+        "failed": "0",
+        "peak_rss_mb": "< 300",
+    }
+    show(
+        f"streams: {args.streams} replies at once, {args.tokens} tokens at {args.rate:g}/s", figures, targets
+    )
+
+
+async def overhead(args: argparse.Namespace, tmp: str) -> None:
+    provider, port = start(40, 50.0)
+    engine = await engine_for(port, tmp)
+    await load(engine, 20, 40)
+    single = await load(engine, 1, 40, rounds=20)
+    show("uncontended: 1 conversation, 20 messages one after another, 40 tokens at 50/s", single, {})
+    figures = await load(engine, args.conversations, 40, rounds=3, ramp=10.0, think=10.0)
+    await engine.aclose()
+    provider.terminate()
+    targets = {"request_out_p99_ms": "< 10", "token_render_p99_ms": "< 10"}
+    title = (
+        f"overhead: {args.conversations} conversations open, 3 messages each, 10 s think, 40 tokens at 50/s"
+    )
+    show(title, figures, targets)
+
+
+async def context(args: argparse.Namespace, tmp: str) -> None:
+    """A message in a conversation of 100,000 stored turns, with a 128k-token window to fill."""
+    provider, port = start(5, 50.0)
+    engine = await engine_for(port, tmp)
+    await store_history(engine, "bench:c0", 100_000)
+    figures = await load(engine, 1, 5, rounds=args.context_rounds)
+    await engine.aclose()
+    provider.terminate()
+    show(
+        "context: 1 conversation of 100,000 stored turns, 128k-token window, one message after another",
+        {k: figures[k] for k in ("replies", "failed", "request_out_p50_ms", "request_out_p99_ms")},
+        {"request_out_p50_ms": "<= 5"},
+    )
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conversations", type=int, default=500)
-    parser.add_argument("--tokens", type=int, default=40, help="tokens per reply")
+    parser.add_argument("--only", choices=("streams", "overhead", "context"))
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--tokens", type=int, default=200, help="tokens per reply in the streams run")
     parser.add_argument("--rate", type=float, default=50.0, help="tokens per second per reply")
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="messages per conversation in the sustained run"
-    )
-    parser.add_argument(
-        "--think", type=float, default=10.0, help="seconds between a reply and the next message"
-    )
-    parser.add_argument("--ramp", type=float, default=10.0, help="seconds over which conversations start")
-    parser.add_argument("--memory-conversations", type=int, default=1000)
+    parser.add_argument("--conversations", type=int, default=500)
+    parser.add_argument("--context-rounds", type=int, default=30)
     args = parser.parse_args()
-
-    provider, port = start(args.tokens, args.rate)
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = engine_settings(port, tmp)
-        engine = await Engine.create(settings)
-        await engine.catalog.all_names()  # warm the model list, as a running bot would have
-        await load_run(engine, 20)  # warm connections and code paths
-        shape = f"{args.tokens} tokens at {args.rate:g}/s"
-        sustained = (
-            f"sustained: {args.conversations} conversations open, {args.rounds} messages each, "
-            f"{args.think:g} s think time, {shape}"
-        )
-        runs = {
-            f"uncontended: 1 conversation, 30 messages one after another, {shape}": (1, 30, 0, 0),
-            sustained: (args.conversations, args.rounds, args.ramp, args.think),
-            f"burst: {args.conversations} messages in the same instant, {shape}": (
-                args.conversations,
-                1,
-                0,
-                0,
-            ),
-            f"memory: {args.memory_conversations} replies streaming at once, {shape}": (
-                args.memory_conversations,
-                1,
-                0,
-                0,
-            ),
-        }
-        for title, (conversations, rounds, ramp, think) in runs.items():
-            print(title)
-            for name, value in (await load_run(engine, conversations, rounds, ramp, think)).items():
-                print(f"  {name:26} {value:10.3f}")
-        turn_tokens = estimate_tokens("message number 5000 " * 8)
-        print("context assembly, median of 50 (time follows the turns that fit, not the turns stored)")
-        for budget, label in ((10 * turn_tokens, "budget fits 10 turns"), (32_000, "32k-token budget")):
-            small = await context_assembly(engine, 10, budget)
-            large = await context_assembly(engine, 100_000, budget)
-            print(
-                f"  {label}: 10 stored {small * 1000:.3f} ms, 100,000 stored {large * 1000:.3f} ms, "
-                f"ratio {large / small:.2f}"
-            )
-        mid = await context_assembly(engine, 1_000, 32_000)
-        print(f"  32k-token budget, 1,000 stored (as many fit as at 100,000): {mid * 1000:.3f} ms")
-        await engine.aclose()
-    provider.terminate()
+    runs = {"streams": streams, "overhead": overhead, "context": context}
+    for name, run in runs.items():
+        if args.only in (None, name):
+            with tempfile.TemporaryDirectory() as tmp:
+                await run(args, tmp)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ import json
 import multiprocessing
 import time
 
-from aiohttp import web
-
 from bot.config import ProviderSettings, Settings
 
 MODEL_ID = "loopback-1"
@@ -44,37 +42,85 @@ def token_times(text: str) -> list[float]:
 
 
 def serve_provider(port_queue: multiprocessing.Queue, tokens: int, rate: float) -> None:
-    async def models(_request: web.Request) -> web.Response:
-        return web.json_response({"data": [{"id": MODEL_ID, "context_length": 131072}]})
-
-    async def completions(request: web.Request) -> web.StreamResponse:
-        arrived = time.monotonic()
-        await request.read()
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for index in range(tokens):
-            if index:
-                await asyncio.sleep(1.0 / rate)
-            stamp = f"[{arrived:.6f}/{time.monotonic():.6f}]" if index == 0 else f"[{time.monotonic():.6f}]"
-            await response.write(_chunk({"content": stamp}, None))
-        await response.write(_chunk({}, "stop"))
-        usage = {"prompt_tokens": 20, "completion_tokens": tokens, "total_tokens": 20 + tokens}
-        await response.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        return response
+    """HTTP/1.1 on asyncio's bare protocol, each token a timer: a thousand streams at 50 tokens/s must
+    not make the provider the slowest part of the benchmark (aiohttp's per-write cost did)."""
 
     async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/v1/models", models)
-        app.router.add_post("/v1/chat/completions", completions)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
-        await site.start()
-        port_queue.put(runner.addresses[0][1])
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _Connection(tokens, rate), "127.0.0.1", 0, backlog=4096)
+        port_queue.put(server.sockets[0].getsockname()[1])
         await asyncio.Event().wait()
 
     asyncio.run(main())
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: requests in order, each answered in full before the next is read."""
+
+    def __init__(self, tokens: int, rate: float) -> None:
+        self._tokens = tokens
+        self._rate = rate
+        self._buffer = b""
+        self._busy = False
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        self._next_request()
+
+    def _next_request(self) -> None:
+        head_end = self._buffer.find(b"\r\n\r\n")
+        if self._busy or head_end < 0:
+            return
+        head = self._buffer[:head_end].decode("latin-1").split("\r\n")
+        length = next(
+            (int(line.split(":", 1)[1]) for line in head[1:] if line.lower().startswith("content-length:")), 0
+        )
+        if len(self._buffer) < head_end + 4 + length:
+            return
+        self._buffer = self._buffer[head_end + 4 + length :]
+        method, path, _ = head[0].split(" ", 2)
+        if method == "GET" and path.endswith("/models"):
+            body = json.dumps({"data": [{"id": MODEL_ID, "context_length": 131072}]}).encode()
+            self._write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+            self._write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            self._next_request()
+            return
+        self._busy = True
+        arrived = time.monotonic()
+        self._write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        loop = asyncio.get_running_loop()
+        for index in range(self._tokens):
+            loop.call_at(loop.time() + index / self._rate, self._token, index, arrived)
+
+    def _token(self, index: int, arrived: float) -> None:
+        now = time.monotonic()
+        stamp = f"[{arrived:.6f}/{now:.6f}]" if index == 0 else f"[{now:.6f}]"
+        self._chunk(_chunk({"content": stamp}, None))
+        if index < self._tokens - 1:
+            return
+        self._chunk(_chunk({}, "stop"))
+        usage = {"prompt_tokens": 20, "completion_tokens": self._tokens, "total_tokens": 20 + self._tokens}
+        self._chunk(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+        self._chunk(b"data: [DONE]\n\n")
+        self._write(b"0\r\n\r\n")
+        self._busy = False
+        self._next_request()
+
+    def _chunk(self, data: bytes) -> None:
+        self._write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
 
 
 def _chunk(delta: dict[str, str], finish: str | None) -> bytes:

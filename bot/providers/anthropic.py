@@ -41,7 +41,7 @@ class AnthropicProvider(HTTPProvider):
         secret = self._settings.key()
         source = f"{self.name}/{request.model}"
         await stream.open(
-            self._client, f"{self._base}/v1/messages", _body(request, source), self._headers(), secret
+            self._clients, f"{self._base}/v1/messages", _body(request, source), self._headers(), secret
         )
         prompt_tokens = completion_tokens = cached_tokens = 0
         stop_reason: str | None = None

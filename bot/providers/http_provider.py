@@ -1,4 +1,4 @@
-"""What the two HTTP providers share: their settings, one pooled client, and JSON GETs that fail clearly."""
+"""What the two HTTP providers share: their settings, their HTTP clients, and JSON GETs that fail clearly."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import httpx
 
 from bot.config import ProviderSettings
 from bot.providers.base import ErrorKind, ProviderError, Timeouts
+from bot.providers.clients import Clients
 from bot.providers.http_errors import error_from_response, error_from_transport, public_url
-from bot.providers.sse import make_client
 
 
 class HTTPProvider:
@@ -18,19 +18,18 @@ class HTTPProvider:
         name: str,
         settings: ProviderSettings,
         timeouts: Timeouts,
-        client: httpx.AsyncClient | None = None,
     ) -> None:
         self.name = name
         self._settings = settings
         self._timeouts = timeouts
         self._base = settings.base_url.rstrip("/")
-        self._client = client or make_client(timeouts)
+        self._clients = Clients(timeouts)
 
     def __repr__(self) -> str:  # the base URL, never the key
         return f"{type(self).__name__}({self.name!r}, {self._base!r})"
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._clients.aclose()
 
     def _headers(self) -> dict[str, str]:
         raise NotImplementedError
@@ -38,7 +37,7 @@ class HTTPProvider:
     async def _get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
         """GET a JSON document; a connection failure or error status becomes a ProviderError."""
         try:
-            response = await self._client.get(
+            response = await self._clients.first.get(
                 f"{self._base}{path}", headers=self._headers(), params=params, timeout=30.0
             )
         except httpx.TransportError as error:

@@ -39,7 +39,7 @@ class OpenAICompatibleProvider(HTTPProvider):
         secret = self._settings.key()
         source = f"{self.name}/{request.model}"
         body = _body(request, source, self._max_tokens_param())
-        await stream.open(self._client, f"{self._base}/chat/completions", body, self._headers(), secret)
+        await stream.open(self._clients, f"{self._base}/chat/completions", body, self._headers(), secret)
         calls: dict[int, dict[str, Any]] = {}
         details: list[dict[str, Any]] = []
         reasoning_content: list[str] = []

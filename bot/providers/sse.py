@@ -9,15 +9,9 @@ import httpx
 from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from bot.providers.base import ErrorKind, ProviderError, Timeouts
+from bot.providers.clients import Clients
+from bot.providers.deadline import Deadline
 from bot.providers.http_errors import error_from_response, error_from_transport
-
-
-def make_client(timeouts: Timeouts) -> httpx.AsyncClient:
-    # Reads are bounded by our own first-token and gap deadlines, not httpx's; many replies stream at once.
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=timeouts.connect, read=None, write=30.0, pool=None),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
-    )
 
 
 class SSEStream:
@@ -29,11 +23,34 @@ class SSEStream:
         self._timeouts = timeouts
         self._base_url = base_url  # named in errors that are about the address
         self._response: httpx.Response | None = None
+        self._clients: Clients | None = None
+        self._client: httpx.AsyncClient | None = None
         self._events: Any = None
         self._deadline = 0.0
         self._begun = False
 
     async def open(
+        self,
+        clients: Clients,
+        url: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        secret: str | None,
+    ) -> None:
+        """Send the request; the stream holds one of `clients` until `aclose` (or a failure here)."""
+        self._clients, self._client = clients, clients.acquire()
+        try:
+            await self._open(self._client, url, body, headers, secret)
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._clients is not None and self._client is not None:
+            self._clients.release(self._client)
+        self._client = None
+
+    async def _open(
         self,
         client: httpx.AsyncClient,
         url: str,
@@ -65,6 +82,8 @@ class SSEStream:
             )
         self._response = response
         self._events = EventSource(response).aiter_sse()
+        self._loop = loop
+        self._reads = Deadline()
 
     def content_begun(self) -> None:
         """From now on only the gap between events is timed."""
@@ -72,11 +91,9 @@ class SSEStream:
 
     async def next_event(self) -> ServerSentEvent | None:
         """The next event, or None at the end of the body."""
-        loop = asyncio.get_running_loop()
-        limit = self._timeouts.chunk_gap if self._begun else max(0.0, self._deadline - loop.time())
+        deadline = self._loop.time() + self._timeouts.chunk_gap if self._begun else self._deadline
         try:
-            async with asyncio.timeout(limit):
-                return await anext(self._events)
+            return await self._reads.wait(anext(self._events), deadline)
         except StopAsyncIteration:
             return None
         except TimeoutError:
@@ -95,7 +112,9 @@ class SSEStream:
     async def aclose(self, *, drain: bool = False) -> None:
         """Close the response; `drain` reads what is left first, so the connection goes back to the pool."""
         if self._response is None:
+            self._release()
             return
+        self._reads.close()
         if drain:
             try:
                 async with asyncio.timeout(1.0):
@@ -103,7 +122,10 @@ class SSEStream:
                         pass
             except (TimeoutError, httpx.HTTPError, SSEError):
                 pass
-        await self._response.aclose()
+        try:
+            await self._response.aclose()
+        finally:
+            self._release()
 
     def broken(self, detail: str) -> ProviderError:
         return ProviderError(

@@ -135,7 +135,10 @@ class Chat:
             return None
 
         def stop() -> None:
-            if not task.done() and not task.cancelling():
+            if task.done():  # from a pipe, a Ctrl-C that came as the reply ended is for the chat: pass it on
+                if self.screen is None:
+                    signal.raise_signal(signal.SIGINT)
+            elif not task.cancelling():
                 task.cancel(STOPPED)
 
         self._stop = stop

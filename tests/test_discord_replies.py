@@ -69,10 +69,12 @@ async def test_after_a_429_the_next_edit_waits_its_second_from_when_the_retry_wa
     engine: Engine, discord_api: DiscordEmulator, llm: LLMServer
 ) -> None:
     discord_api.fail_next("PATCH", f"/channels/{GENERAL}/messages/", 429, retry_after=1.0)
-    llm.enqueue(Script(tokens=[f"t{i} " for i in range(16)], delay=0.2))
+    # Long enough for edits after the retried one, however late the retry is accepted: the final
+    # text itself is not held to the interval.
+    llm.enqueue(Script(tokens=[f"t{i} " for i in range(24)], delay=0.2))
     await discord_api.send_message(GENERAL, f"<@{BOT_ID}> count", mentions=[MENTION])
     await until(
-        lambda: discord_api.messages_in(GENERAL) and "t15" in discord_api.messages_in(GENERAL)[0]["content"]
+        lambda: discord_api.messages_in(GENERAL) and "t23" in discord_api.messages_in(GENERAL)[0]["content"]
     )
     refused = [c for c in discord_api.calls if c.status == 429]
     accepted = discord_api.writes(GENERAL)

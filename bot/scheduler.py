@@ -44,12 +44,14 @@ class Scheduler:
             job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
         )
         self._runs: set[asyncio.Task[None]] = set()
+        # Any instance stores schedules and runs one now (`/schedule run`); only the one that started
+        # this (the leader) wakes at fire times.
+        engine.scheduler = self
 
     async def start(self) -> None:
         """Restore the schedules: make up (or report) runs missed while Parley was down, then wake at
         every active schedule's next fire time."""
         self._timer.start()
-        self._engine.scheduler = self
         await self._missed()
         await self.sync()
         self._timer.add_job(
@@ -57,15 +59,17 @@ class Scheduler:
         )
 
     async def stop(self) -> None:
-        self._engine.scheduler = None
         if self._timer.running:
             self._timer.shutdown(wait=False)
+            await asyncio.sleep(0)  # APScheduler's asyncio shutdown happens at the loop's next turn
         for run in list(self._runs):
             run.cancel()
         await asyncio.gather(*self._runs, return_exceptions=True)
 
     async def sync(self) -> None:
         """Wake at each active schedule's next run, as the store has it; forget the others."""
+        if not self._timer.running:
+            return  # not leading: the leader's scheduler wakes for them
         active = {str(s.id): s for s in await self.store.active() if s.next_run_at is not None}
         for job in self._timer.get_jobs():
             if job.id not in active and job.id != RESYNC_JOB:

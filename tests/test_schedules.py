@@ -96,6 +96,26 @@ async def test_a_schedule_fires_posts_in_its_conversation_and_is_recorded(
     assert listed.endswith(", here, active, last ok — say the build is green")
 
 
+async def test_an_instance_that_does_not_lead_stores_schedules_and_runs_one_now(
+    make_engine: Callable[..., Any], platform: RecordingPlatform, llm: LLMServer
+) -> None:
+    engine = await make_engine(schedule_min_interval=1)
+    scheduler = Scheduler(engine)  # built as `parley run` builds it; started only while it leads
+    assert (await command(engine, "schedule add every 1 hour hourly news")).startswith("Schedule 1 added")
+    assert scheduler._timer.get_jobs() == []  # fire times are the leader's
+    assert await command(engine, "schedule run 1") == "Schedule 1 is running now."
+    await recorded(scheduler, 1, 1)
+    assert posts(platform) == ["echo: Mia's schedule 1: hourly news"]
+    # The lead comes, goes and comes back: each time the timer wakes for the schedule again.
+    await scheduler.start()
+    assert scheduler._timer.get_job("1") is not None
+    await scheduler.stop()
+    await scheduler.start()
+    assert scheduler._timer.get_job("1") is not None
+    await engine.drain(1)
+    await scheduler.stop()
+
+
 async def test_pause_resume_run_and_delete(
     running: Callable[..., Any], platform: RecordingPlatform, llm: LLMServer
 ) -> None:

@@ -352,34 +352,10 @@ class DiscordEmulator:
         roles: list[int] | None = None,
     ) -> str:
         """Dispatch a slash command (or an autocomplete request); its 3 seconds start now."""
-        interaction_id = self.snowflake()
         roles = roles if roles is not None else ([MANAGER_ROLE] if manager else [])
-        member = self._member(user, roles)
-        data = {
-            "id": interaction_id,
-            "application_id": str(APP_ID),
-            "type": 4 if autocomplete else 2,
-            "token": f"token-{interaction_id}",
-            "version": 1,
-            "guild_id": str(GUILD_ID),
-            "channel_id": str(channel),
-            "channel": {
-                "id": str(channel),
-                "type": 11 if channel == THREAD else 0,
-                "guild_id": str(GUILD_ID),
-                **({"parent_id": str(GENERAL)} if channel == THREAD else {}),
-            },
-            # Discord sends the member's permissions in this channel, overwrites applied.
-            "member": {**member, "permissions": str(self.permissions(user["id"], roles, channel))},
-            "app_permissions": str(ALL_PERMISSIONS),
-            "locale": "en-US",
-            "guild_locale": "en-US",
-            "entitlements": [],
-            "authorizing_integration_owners": {"0": str(GUILD_ID)},
-            "context": 0,
-            "attachment_size_limit": 10_485_760,
-            "data": {"id": str(800_000 + sum(map(ord, name))), "name": name, "type": 1, "options": options},
-        }
+        data = self._interaction(4 if autocomplete else 2, channel, user, roles)
+        interaction_id = data["id"]
+        data["data"] = {"id": str(800_000 + sum(map(ord, name))), "name": name, "type": 1, "options": options}
         self.state.interactions[interaction_id] = Interaction(
             interaction_id, data["token"], str(channel), autocomplete, time.monotonic()
         )
@@ -418,35 +394,9 @@ class DiscordEmulator:
             assert low <= len(chosen) <= high, "Discord enforces the select's min and max values"
             data["values"] = chosen
         channel = int(message["channel_id"])
-        interaction_id = self.snowflake()
-        roles = [MANAGER_ROLE] if manager else []
-        member = self._member(user, roles)
-        payload = {
-            "id": interaction_id,
-            "application_id": str(APP_ID),
-            "type": 3,
-            "token": f"token-{interaction_id}",
-            "version": 1,
-            "guild_id": str(GUILD_ID),
-            "channel_id": str(channel),
-            "channel": {
-                "id": str(channel),
-                "type": 11 if channel == THREAD else 0,
-                "guild_id": str(GUILD_ID),
-            },
-            "member": {**member, "permissions": str(self.permissions(user["id"], roles, channel))},
-            "app_permissions": str(ALL_PERMISSIONS),
-            "locale": "en-US",
-            "guild_locale": "en-US",
-            "entitlements": [],
-            "authorizing_integration_owners": {"0": str(GUILD_ID)},
-            "context": 0,
-            "attachment_size_limit": 10_485_760,
-            "message": message,
-            "data": data,
-        }
-        if channel == THREAD:
-            payload["channel"]["parent_id"] = str(GENERAL)
+        payload = self._interaction(3, channel, user, [MANAGER_ROLE] if manager else [])
+        interaction_id = payload["id"]
+        payload.update(message=message, data=data)
         self.state.interactions[interaction_id] = Interaction(
             interaction_id, payload["token"], str(channel), False, time.monotonic(), message=message_id
         )
@@ -930,6 +880,37 @@ class DiscordEmulator:
 
     def _channels(self) -> set[int]:
         return {GENERAL, RANDOM, THREAD, DM_CHANNEL, *ROOMS}
+
+    def _interaction(self, kind: int, channel: int, user: dict[str, Any], roles: list[int]) -> dict[str, Any]:
+        """What every interaction Discord sends carries, before its `data`."""
+        interaction_id = self.snowflake()
+        return {
+            "id": interaction_id,
+            "application_id": str(APP_ID),
+            "type": kind,
+            "token": f"token-{interaction_id}",
+            "version": 1,
+            "guild_id": str(GUILD_ID),
+            "channel_id": str(channel),
+            "channel": {
+                "id": str(channel),
+                "type": 11 if channel == THREAD else 0,
+                "guild_id": str(GUILD_ID),
+                **({"parent_id": str(GENERAL)} if channel == THREAD else {}),
+            },
+            # Discord sends the member's permissions in this channel, overwrites applied.
+            "member": {
+                **self._member(user, roles),
+                "permissions": str(self.permissions(user["id"], roles, channel)),
+            },
+            "app_permissions": str(ALL_PERMISSIONS),
+            "locale": "en-US",
+            "guild_locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(GUILD_ID)},
+            "context": 0,
+            "attachment_size_limit": 10_485_760,
+        }
 
     def _member(self, user: dict[str, Any], roles: list[int] | None = None) -> dict[str, Any]:
         return {

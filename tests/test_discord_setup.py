@@ -52,6 +52,17 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
+async def start_refused(settings: Settings) -> str:
+    """What `start` refuses with, in its one sentence."""
+    engine = await Engine.create(settings)
+    try:
+        with pytest.raises(SetupError) as refused:
+            await DiscordPlatform(engine, engine.settings).start()
+    finally:
+        await engine.aclose()
+    return str(refused.value)
+
+
 async def test_run_with_the_message_content_intent_off_stops_everything_in_one_sentence(
     llm: LLMServer, workdir: Path
 ) -> None:
@@ -163,13 +174,8 @@ async def test_a_token_the_gateway_refuses_is_one_sentence(
 ) -> None:
     async with DiscordEmulator() as discord_api:
         discord_api.identify_refused = 4004
-        engine = await Engine.create(connected_to(discord_api, make_settings))
-        try:
-            with pytest.raises(SetupError) as refused:
-                await DiscordPlatform(engine, engine.settings).start()
-        finally:
-            await engine.aclose()
-    assert str(refused.value) == (
+        refused = await start_refused(connected_to(discord_api, make_settings))
+    assert refused == (
         "Discord refused DISCORD_TOKEN on the gateway; reset the token in the developer portal"
     )
 
@@ -179,13 +185,8 @@ async def test_a_gateway_that_cannot_be_reached_is_one_sentence(
 ) -> None:
     async with DiscordEmulator() as discord_api:
         gateway = f"ws://127.0.0.1:{closed_port()}/gateway"
-        engine = await Engine.create(connected_to(discord_api, make_settings, discord_gateway_url=gateway))
-        try:
-            with pytest.raises(SetupError) as refused:
-                await DiscordPlatform(engine, engine.settings).start()
-        finally:
-            await engine.aclose()
-    assert str(refused.value) == (
+        refused = await start_refused(connected_to(discord_api, make_settings, discord_gateway_url=gateway))
+    assert refused == (
         f"Could not reach Discord's gateway at {gateway} (nothing answers there); check the network "
         "connection, or DISCORD_GATEWAY_URL if you set it"
     )
@@ -197,13 +198,8 @@ async def test_a_gateway_that_never_lets_parley_in_is_one_sentence_within_the_st
     monkeypatch.setattr(discord_port, "START_SECONDS", 0.5)
     async with DiscordEmulator() as discord_api:
         discord_api.hold_ready = True  # the gateway answers but never says READY
-        engine = await Engine.create(connected_to(discord_api, make_settings))
-        try:
-            with pytest.raises(SetupError) as refused:
-                await DiscordPlatform(engine, engine.settings).start()
-        finally:
-            await engine.aclose()
-    assert str(refused.value) == (
+        refused = await start_refused(connected_to(discord_api, make_settings))
+    assert refused == (
         f"Discord's gateway at {discord_api.gateway_url} did not let Parley in within 0.5 seconds; check "
         "the network connection, or DISCORD_GATEWAY_URL if you set it"
     )

@@ -398,6 +398,7 @@ REPLIES: dict[str, Command] = {
         ),
     )
 }
+
 # Answers the newest question here again (the asker's, or a manager's), optionally with another model;
 # Slack's /parley has no thread to act in, so there it is a button, or `/regenerate` in a mention.
 REGENERATE = Command(

@@ -454,16 +454,9 @@ class Store:
         async with self._db.begin() as conn:
             result = await conn.execute(
                 insert(turns).values(
-                    conversation=conversation,
-                    role="assistant",
-                    author_id=author_id,
-                    author_name="",
-                    created_at=time.time(),
-                    tokens=tokens,
-                    answers=answers,
+                    **_assistant_values(conversation, author_id, answers, record, tokens),
                     reply_refs=json.dumps(refs) if refs is not None else None,
                     instance=self.instance_id,
-                    **_record_values(record),
                 )
             )
             return int(result.inserted_primary_key[0])
@@ -488,18 +481,8 @@ class Store:
         crash a message is either answered or still pending, never both."""
         async with self._db.begin() as conn:
             if turn_id is None:
-                await conn.execute(
-                    insert(turns).values(
-                        conversation=conversation,
-                        role="assistant",
-                        author_id=author_id,
-                        author_name="",
-                        created_at=time.time(),
-                        tokens=tokens,
-                        answers=answers,
-                        **_record_values(record),
-                    )
-                )
+                row = _assistant_values(conversation, author_id, answers, record, tokens)
+                await conn.execute(insert(turns).values(**row))
             else:
                 await conn.execute(
                     update(turns).where(turns.c.id == turn_id).values(tokens=tokens, **_record_values(record))
@@ -951,6 +934,22 @@ def _unusable(url: URL, error: Exception) -> str:
             "set PARLEY_HOME or DATABASE_URL to a folder it can write to"
         )
     return f"could not open the database file {path} ({detail})"
+
+
+def _assistant_values(
+    conversation: str, author_id: str, answers: int | None, record: AssistantRecord, tokens: int
+) -> dict[str, object]:
+    """A reply's assistant turn, whether written at its first render or only at its end."""
+    return {
+        "conversation": conversation,
+        "role": "assistant",
+        "author_id": author_id,
+        "author_name": "",
+        "created_at": time.time(),
+        "tokens": tokens,
+        "answers": answers,
+        **_record_values(record),
+    }
 
 
 def _record_values(record: AssistantRecord) -> dict[str, object]:

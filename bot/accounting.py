@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -41,6 +42,11 @@ class Ledger:
     def add(self, model: str, usage: Usage) -> None:
         self.models[model] = add_usage(self.models.get(model), usage)
         self.calls[model] += 1
+
+    @property
+    def total(self) -> Usage | None:
+        """The reply's usage over every model that spent on it; None when none reported any."""
+        return functools.reduce(add_usage, self.models.values(), None)
 
     def rows(self, message: Message, inbox_id: int, now: float) -> list[dict[str, Any]]:
         """The usage table's rows for this reply: who asked, where, what for."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from bot.accounting import add_usage, priced
+from bot.accounting import priced
 from bot.catalog import ResolvedModel
 from bot.context import ReplyFailed, window
 from bot.models import ConversationKey, HistoryEntry
@@ -245,7 +245,7 @@ async def _complete(reply: Reply, resolved: ResolvedModel, request: ChatRequest)
             text += event.text
         elif isinstance(event, Usage):  # priced by the model that spent it, a failed attempt's too
             model = stream.attempting or resolved.name
-            usage = await priced(engine.catalog, engine.settings, event, model, resolved)
-            reply.answer.usage = add_usage(reply.answer.usage, usage)
-            reply.answer.ledger.add(model, usage)
+            reply.answer.ledger.add(
+                model, await priced(engine.catalog, engine.settings, event, model, resolved)
+            )
     return text.strip()

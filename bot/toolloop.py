@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
-from bot.accounting import Ledger, add_usage
+from bot.accounting import Ledger
 from bot.providers.base import (
     ChatMessage,
     ChatRequest,
@@ -32,7 +32,6 @@ class Answer:
     round_text: str = ""  # the text of the current provider call, when tools split a reply into several
     round_replay: Replay | None = None  # what that call's provider needs back with its tool calls
     reasoning_shown: str = ""
-    usage: Usage | None = None
     finish: str | None = None
     rounds: int = 0
     notes: list[str] = field(default_factory=list)  # from the skills it called
@@ -41,6 +40,10 @@ class Answer:
     @property
     def shown(self) -> str:
         return self.reasoning_shown + self.text
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.ledger.total
 
 
 class ToolLoop:
@@ -115,9 +118,7 @@ class ToolLoop:
                 answer.round_replay = event
             elif isinstance(event, Usage):  # priced by the model that spent it, a failed attempt's too
                 model = stream.attempting or answer.model
-                spent = await self._price(event, model)
-                answer.usage = add_usage(answer.usage, spent)
-                answer.ledger.add(model, spent)
+                answer.ledger.add(model, await self._price(event, model))
             elif isinstance(event, Finish):
                 answer.finish = event.reason
         answer.model = stream.answered_by or answer.model

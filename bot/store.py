@@ -12,14 +12,15 @@ import secrets
 import socket
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic.util import CommandError
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Float,
     and_,
     cast,
@@ -57,6 +58,8 @@ from bot.schema import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SETTING_FIELDS = ("model", "system_prompt", "autoreply")
 FIRST_PAGE = 32  # turns the first query reads while filling a context budget; each later query reads 4x more
@@ -201,6 +204,19 @@ class Store:
     def database(self) -> AsyncEngine:
         """The database, for a feature that keeps tables of its own (schedules)."""
         return self._db
+
+    async def write(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` as one transaction: committed when it returns, rolled back when it raises.
+
+        A feature that keeps tables of its own writes them this way, so every write takes the store's
+        one path to the database (on SQLite, one writer)."""
+        async with self._db.begin() as conn:
+            return await conn.run_sync(work)
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` on a connection that sees every committed write, and change nothing."""
+        async with self._db.connect() as conn:
+            return await conn.run_sync(work)
 
     @staticmethod
     async def revision(url: str) -> str | None:

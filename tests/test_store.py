@@ -4,11 +4,14 @@ what dedupes."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Connection, insert, select
 
 from bot.models import Attachment, Author, ConversationKey, Message
+from bot.schema import meta
 from bot.store import AssistantRecord, Store
 
 ADA = Author("u1", "Ada", is_channel_manager=True, role_ids=("r1",))
@@ -178,4 +181,25 @@ async def test_meta_values_setting_updates_and_skill_modes(db_url: str) -> None:
     await store.set_skill_mode("c", "web_search", "auto", "u")
     await store.set_skill_mode("c:t", "read_page", "off", "u")
     assert await store.skill_modes(["c:t", "c", "none"]) == [{"read_page": "off"}, {"web_search": "auto"}, {}]
+    await store.close()
+
+
+async def test_a_features_own_transaction_commits_whole_or_not_at_all(db_url: str) -> None:
+    def add(name: str, fail: bool) -> Callable[[Connection], int]:
+        def work(conn: Connection) -> int:
+            conn.execute(insert(meta).values(name=name, value="1"))
+            if fail:
+                raise RuntimeError("half way")
+            return 7
+
+        return work
+
+    def names(conn: Connection) -> list[str]:
+        return sorted(conn.execute(select(meta.c.name).where(meta.c.name.like("feature-%"))).scalars())
+
+    store = await Store.open(db_url)
+    assert await store.write(add("feature-kept", fail=False)) == 7
+    with pytest.raises(RuntimeError):
+        await store.write(add("feature-dropped", fail=True))
+    assert await store.read(names) == ["feature-kept"]
     await store.close()

@@ -19,6 +19,8 @@ from skills import builtin
 from tests.support import postgres
 from tests.support.llm_server import LLMServer
 from tests.support.search_server import SearchServer
+from tests.support.slack_api import SlackAPI
+from tests.support.slack_harness import Harness, emulator, serving, settings_builder
 
 RELEASE_PAGE = (
     "<html><body><article><p>Parley 2.0 ships streaming replies to Slack and Discord.</p>"
@@ -250,3 +252,25 @@ async def make_engine(
 @pytest.fixture
 async def engine(make_engine: Callable[..., Any]) -> Engine:
     return await make_engine()
+
+
+# Slack: the loopback workspace, settings that point at it, Parley serving it (support/slack_harness.py).
+@pytest.fixture
+async def slack() -> AsyncIterator[SlackAPI]:
+    async with emulator() as api:
+        yield api
+
+
+@pytest.fixture
+def slack_settings(
+    make_settings: Callable[..., Settings], slack: SlackAPI, search: SearchServer
+) -> Callable[..., Settings]:
+    return settings_builder(make_settings, slack, search)
+
+
+@pytest.fixture
+async def harness(
+    slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
+) -> AsyncIterator[Harness]:
+    async with serving(slack, llm, slack_settings()) as started:
+        yield started

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.access import NOT_ALLOWED, NOT_HERE
 from bot.config import Settings
 from tests.support.llm_server import LLMServer
-from tests.support.search_server import SearchServer
 from tests.support.slack_api import TEAM, SlackAPI
-from tests.test_slack_app import ADMIN, ALICE, BOB, Harness, emulator, serving, settings_builder, until
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[SlackAPI]:
-    async with emulator() as api:
-        yield api
-
-
-@pytest.fixture
-def slack_settings(
-    make_settings: Callable[..., Settings], slack: SlackAPI, search: SearchServer
-) -> Callable[..., Settings]:
-    return settings_builder(make_settings, slack, search)
+from tests.support.slack_harness import ADMIN, ALICE, BOB, Harness, serving, until
 
 
 def streamed(harness: Harness) -> list[str]:

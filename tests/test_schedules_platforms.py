@@ -31,8 +31,8 @@ from tests.support.discord_emulator import GUILD_ID as EVERYONE
 from tests.support.llm_server import LLMServer
 from tests.support.search_server import SearchServer
 from tests.support.slack_api import SlackUser
-from tests.test_slack_app import ADMIN, ALICE, emulator, serving, settings_builder
-from tests.test_slack_app import until as slack_until
+from tests.support.slack_harness import ADMIN, ALICE, emulator, serving, settings_builder
+from tests.support.slack_harness import until as slack_until
 
 
 def option(name: str, value: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,32 +18,10 @@ from adapters.slack.controls import REGENERATE, REGENERATE_WITH, STOP
 from bot.config import Settings
 from bot.controls import REFUSED
 from tests.support.llm_server import LLMServer, Script
-from tests.support.search_server import SearchServer
 from tests.support.slack_api import SlackAPI, SlackMessage
-from tests.test_slack_app import ALICE, BOB, Harness, emulator, serving, settings_builder, until
+from tests.support.slack_harness import ALICE, BOB, Harness, serving, until
 
 OTHER_MODEL = "openrouter/openai/gpt-4o-mini"
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[SlackAPI]:
-    async with emulator() as api:
-        yield api
-
-
-@pytest.fixture
-def slack_settings(
-    make_settings: Callable[..., Settings], slack: SlackAPI, search: SearchServer
-) -> Callable[..., Settings]:
-    return settings_builder(make_settings, slack, search)
-
-
-@pytest.fixture
-async def harness(
-    slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
-) -> AsyncIterator[Harness]:
-    async with serving(slack, llm, slack_settings()) as started:
-        yield started
 
 
 def elements(message: SlackMessage) -> dict[str, dict[str, Any]]:

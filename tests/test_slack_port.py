@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 from slack_sdk.errors import SlackApiError
@@ -17,40 +17,16 @@ from bot.models import ConversationKey
 from bot.platform import HistoryUnavailable
 from bot.reply import extend
 from tests.support.llm_server import LLMServer, Script
-from tests.support.search_server import SearchServer
 from tests.support.slack_api import BOT_USER, TEAM, SlackAPI
-from tests.test_slack_app import (
+from tests.support.slack_harness import (
     ALICE,
     BOB,
     Harness,
-    emulator,
     serving,
-    settings_builder,
     until,
 )
 
 WORKSPACE = "https://loopback.slack.test/"  # what the loopback auth.test names as the workspace URL
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[SlackAPI]:
-    async with emulator() as api:
-        yield api
-
-
-@pytest.fixture
-def slack_settings(
-    make_settings: Callable[..., Settings], slack: SlackAPI, search: SearchServer
-) -> Callable[..., Settings]:
-    return settings_builder(make_settings, slack, search)
-
-
-@pytest.fixture
-async def harness(
-    slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
-) -> AsyncIterator[Harness]:
-    async with serving(slack, llm, slack_settings()) as started:
-        yield started
 
 
 def link(channel: str, ts: str, thread_ts: str | None = None) -> str:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
@@ -20,17 +19,10 @@ from adapters.slack.surface import (
 from bot.streaming import Pacer
 from tests.support.clock import FakeClock, settle
 from tests.support.slack_api import SlackAPI
+from tests.support.slack_harness import until
 
 START, STOP = method_limit("T1", "chat.startStream"), method_limit("T1", "chat.stopStream")
 APPEND, UPDATE = method_limit("T1", "chat.appendStream"), method_limit("T1", "chat.update")
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

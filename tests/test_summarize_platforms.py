@@ -25,10 +25,10 @@ from tests.support.discord_emulator import (
 )
 from tests.support.llm_server import LLMServer, Script
 from tests.support.search_server import SearchServer
+from tests.support.slack_harness import ALICE as SLACK_ALICE
+from tests.support.slack_harness import BOB as SLACK_BOB
+from tests.support.slack_harness import Harness, emulator, serving, settings_builder
 from tests.test_console_pipe import USER, chat
-from tests.test_slack_app import ALICE as SLACK_ALICE
-from tests.test_slack_app import BOB as SLACK_BOB
-from tests.test_slack_app import Harness, emulator, serving, settings_builder
 
 NOTES = [Script(tokens=["Notes."]) for _ in range(40)]  # each part's notes, then the summary itself
 

@@ -294,3 +294,13 @@ async def test_a_checkpoint_saves_only_replies_still_streaming(db_url: str) -> N
     turns, _ = await store.recall("test:c", 1000, upto=going.turn_id)
     assert [(t.content, t.outcome) for t in turns] == [("q1", None), ("done", "ok"), ("q2", None)]
     await store.close()
+
+
+async def test_an_sqlite_database_in_memory_reads_what_it_wrote_on_its_one_connection() -> None:
+    store = await Store.open("sqlite+aiosqlite:///:memory:")  # a second connection would see nothing
+    question = await remember(store, "kept in memory", "m1")
+    turns, _ = await store.recall("test:c", 100)
+    assert [t.id for t in turns] == [question]
+    assert [e.turn_id for e in await store.pending("test")] == [question]
+    await store.close()
+    await store.close()

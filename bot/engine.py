@@ -17,6 +17,7 @@ from bot.addressing import Addressing
 from bot.attachments import read_attachments
 from bot.budgets import Budgets
 from bot.catalog import ModelCatalog, ResolvedModel, UnknownModelError
+from bot.checkpoints import Checkpoints
 from bot.config import Settings
 from bot.controls import Controls, ReplyControls, offer
 from bot.gate import Gate
@@ -57,6 +58,7 @@ class Engine:
         self.skills = skills
         self.clock = clock or SystemClock()
         self.pacer = Pacer(self.clock)
+        self.checkpoints = Checkpoints(store, self.clock)
         self.calibration = TokenCalibration()
         self.platforms: dict[str, Platform] = {}
         self.addressing = Addressing(store, self.settings_for)
@@ -83,6 +85,7 @@ class Engine:
         self.platforms[platform.name] = platform
 
     async def aclose(self) -> None:
+        await self.checkpoints.aclose()
         await self.summaries.aclose()
         await self.skills.aclose()
         await self.catalog.aclose()

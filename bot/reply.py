@@ -77,7 +77,7 @@ class Reply:
         self._conf = conf
         self._forced = forced
         self._surface = surface
-        self._stored = StoredReply(engine.store, engine.clock, entry, surface)
+        self._stored = StoredReply(engine.store, engine.checkpoints, entry, surface)
         self._answer = Answer(model=conf.model)
         self._citations = Citations()
         self._renderer = engine.pacer.renderer(surface, on_render=self._shown)
@@ -254,7 +254,7 @@ class Reply:
         if self._first_text is None:
             self._first_text = self._engine.clock.now() - self._started
             self._engine.metrics.first_text.labels(self._entry.message.key.platform).observe(self._first_text)
-        await self._stored.checkpoint(answer.text, answer.model)
+        self._stored.checkpoint(answer.text, answer.model)
 
     async def _shown(self) -> None:
         await self._stored.shown(self._answer.text, self._answer.model)

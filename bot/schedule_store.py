@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, desc, func, insert, select, update
+from sqlalchemy import Connection, and_, desc, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.schema import inbox, schedule_runs, schedules, turns
 from bot.when import When
+
+if TYPE_CHECKING:
+    from bot.store import Store
 
 FAILURES_TO_PAUSE = 3  # failed runs in a row that pause a schedule
 AUTHOR_PREFIX = "schedule:"  # the author id of a schedule's runs: "schedule:3"
@@ -34,8 +37,10 @@ class Schedule:
 
 
 class ScheduleStore:
-    def __init__(self, db: AsyncEngine) -> None:
-        self._db = db
+    """Each method is one transaction, run through the store's one path to the database."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
 
     async def add(
         self,
@@ -50,32 +55,28 @@ class ScheduleStore:
         created_by_name: str,
         target_text: str | None = None,
     ) -> int:
-        async with self._db.begin() as conn:
-            result = await conn.execute(
-                insert(schedules).values(
-                    conversation=conversation,
-                    origin=origin,
-                    prompt=prompt,
-                    when_text=when.text,
-                    kind=when.kind,
-                    spec=when.spec,
-                    timezone=when.timezone,
-                    anchor=anchor,
-                    state="active",
-                    next_run_at=next_run_at,
-                    failures=0,
-                    created_by=created_by,
-                    created_by_name=created_by_name,
-                    target_text=target_text,
-                    created_at=time.time(),
-                )
-            )
-            return int(result.inserted_primary_key[0])
+        statement = insert(schedules).values(
+            conversation=conversation,
+            origin=origin,
+            prompt=prompt,
+            when_text=when.text,
+            kind=when.kind,
+            spec=when.spec,
+            timezone=when.timezone,
+            anchor=anchor,
+            state="active",
+            next_run_at=next_run_at,
+            failures=0,
+            created_by=created_by,
+            created_by_name=created_by_name,
+            target_text=target_text,
+            created_at=time.time(),
+        )
+        return await self._store.write(lambda conn: int(conn.execute(statement).inserted_primary_key[0]))
 
     async def count(self, origin: str) -> int:
         query = select(func.count()).select_from(schedules).where(schedules.c.origin == origin)
-        async with self._db.connect() as conn:
-            return int((await conn.execute(query)).scalar_one())
+        return int(await self._store.read(lambda conn: conn.execute(query).scalar_one()))
 
     async def listed(self, origin: str) -> list[Schedule]:
         """The schedules made in a conversation, oldest first, with their last run's outcome."""
@@ -97,8 +98,7 @@ class ScheduleStore:
             .scalar_subquery()
         )
         query = select(schedules, last.label("last_outcome")).where(condition).order_by(schedules.c.id)
-        async with self._db.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        rows = await self._store.read(lambda conn: conn.execute(query).mappings().all())
         return [
             Schedule(
                 id=row["id"],
@@ -119,33 +119,35 @@ class ScheduleStore:
         ]
 
     async def set_state(self, schedule_id: int, state: str, next_run_at: float | None) -> None:
-        async with self._db.begin() as conn:
-            await conn.execute(
-                update(schedules)
-                .where(schedules.c.id == schedule_id)
-                .values(state=state, next_run_at=next_run_at, failures=0)
-            )
+        statement = (
+            update(schedules)
+            .where(schedules.c.id == schedule_id)
+            .values(state=state, next_run_at=next_run_at, failures=0)
+        )
+        await self._store.write(lambda conn: conn.execute(statement))
 
     async def advance(self, schedule_id: int, fired_at: float, next_run_at: float | None) -> None:
         """Move the next run on past `fired_at`, unless another process already moved it further."""
         values = {"next_run_at": next_run_at} if next_run_at is not None else {"next_run_at": None}
         if next_run_at is None:
             values["state"] = "done"
-        async with self._db.begin() as conn:
-            await conn.execute(
-                update(schedules)
-                .where(
-                    schedules.c.id == schedule_id,
-                    schedules.c.state == "active",
-                    schedules.c.next_run_at <= fired_at,
-                )
-                .values(**values)
+        statement = (
+            update(schedules)
+            .where(
+                schedules.c.id == schedule_id,
+                schedules.c.state == "active",
+                schedules.c.next_run_at <= fired_at,
             )
+            .values(**values)
+        )
+        await self._store.write(lambda conn: conn.execute(statement))
 
     async def delete(self, schedule_id: int) -> None:
-        async with self._db.begin() as conn:
-            await conn.execute(schedule_runs.delete().where(schedule_runs.c.schedule_id == schedule_id))
-            await conn.execute(schedules.delete().where(schedules.c.id == schedule_id))
+        def work(conn: Connection) -> None:
+            conn.execute(schedule_runs.delete().where(schedule_runs.c.schedule_id == schedule_id))
+            conn.execute(schedules.delete().where(schedules.c.id == schedule_id))
+
+        await self._store.write(work)
 
     # Runs
 
@@ -153,37 +155,33 @@ class ScheduleStore:
         self, schedule_id: int, fire_at: float, kind: str, outcome: str = "running"
     ) -> int | None:
         """Take the run of this fire time; None when another process (or an earlier start) has it."""
+        statement = insert(schedule_runs).values(
+            schedule_id=schedule_id, fire_at=fire_at, kind=kind, outcome=outcome, started_at=time.time()
+        )
         try:
-            async with self._db.begin() as conn:
-                result = await conn.execute(
-                    insert(schedule_runs).values(
-                        schedule_id=schedule_id,
-                        fire_at=fire_at,
-                        kind=kind,
-                        outcome=outcome,
-                        started_at=time.time(),
-                    )
-                )
-                return int(result.inserted_primary_key[0])
+            return await self._store.write(lambda conn: int(conn.execute(statement).inserted_primary_key[0]))
         except IntegrityError:
             return None
 
     async def finish_run(self, run_id: int, schedule_id: int, outcome: str, reply: str | None) -> int:
         """Record how a run ended; returns the schedule's failed runs in a row since."""
         failed = outcome == "error"
-        async with self._db.begin() as conn:
-            await conn.execute(
+
+        def work(conn: Connection) -> int:
+            conn.execute(
                 update(schedule_runs)
                 .where(schedule_runs.c.id == run_id)
                 .values(outcome=outcome, reply=reply, finished_at=time.time())
             )
-            await conn.execute(
+            conn.execute(
                 update(schedules)
                 .where(schedules.c.id == schedule_id)
                 .values(failures=schedules.c.failures + 1 if failed else 0)
             )
-            failures = await conn.execute(select(schedules.c.failures).where(schedules.c.id == schedule_id))
+            failures = conn.execute(select(schedules.c.failures).where(schedules.c.id == schedule_id))
             return int(failures.scalar() or 0)
+
+        return await self._store.write(work)
 
     async def runs(self, schedule_id: int) -> list[tuple[float, str, str, str | None]]:
         """(fire time, kind, outcome, reply) of every run, oldest first."""
@@ -194,8 +192,8 @@ class ScheduleStore:
             .where(schedule_runs.c.schedule_id == schedule_id)
             .order_by(schedule_runs.c.id)
         )
-        async with self._db.connect() as conn:
-            return [tuple(row) for row in (await conn.execute(query)).all()]  # type: ignore[misc]
+        rows = await self._store.read(lambda conn: conn.execute(query).all())
+        return [tuple(row) for row in rows]  # type: ignore[misc]
 
     async def reply_to(self, platform: str, channel: str, message_id: str) -> str | None:
         """The stored answer to an accepted message (a run's prompt)."""
@@ -208,5 +206,4 @@ class ScheduleStore:
             .order_by(desc(turns.c.id))
             .limit(1)
         )
-        async with self._db.connect() as conn:
-            return (await conn.execute(query)).scalar()
+        return await self._store.read(lambda conn: conn.execute(query).scalar())

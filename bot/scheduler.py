@@ -37,7 +37,7 @@ RESYNC_JOB = "resync"
 class Scheduler:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self.store = ScheduleStore(engine.store.database)
+        self.store = ScheduleStore(engine.store)
         self._timer = AsyncIOScheduler(
             timezone=UTC,
             # A late wake-up (a busy loop) still runs; the store, not APScheduler, decides what runs.

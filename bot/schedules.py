@@ -48,7 +48,7 @@ async def schedule(engine: Engine, message: Message, args: str) -> CommandResult
 
 
 def _store(engine: Engine) -> ScheduleStore:
-    return engine.scheduler.store if engine.scheduler else ScheduleStore(engine.store.database)
+    return engine.scheduler.store if engine.scheduler else ScheduleStore(engine.store)
 
 
 async def _add(engine: Engine, message: Message, text: str) -> CommandResult:

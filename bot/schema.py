@@ -49,6 +49,14 @@ turns = Table(
     Column("instance", String(64)),
     Index("ix_turns_conversation_id", "conversation", "id"),
 )
+# Replies still streaming: few at any time, read at every start and by the leader's sweep to repair what
+# a crash cut short, so the sweep reads only these rows, not every turn.
+Index(
+    "ix_turns_streaming",
+    turns.c.id,
+    sqlite_where=turns.c.outcome == "streaming",
+    postgresql_where=turns.c.outcome == "streaming",
+)
 
 conversation_settings = Table(
     "conversation_settings",

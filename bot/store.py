@@ -15,15 +15,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from alembic.util import CommandError
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Engine,
     Float,
     and_,
+    bindparam,
     cast,
+    create_engine,
     delete,
     event,
     exists,
@@ -37,8 +40,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.exc import IntegrityError, ResourceClosedError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from bot import migrations
 from bot.config import SetupError
@@ -56,6 +59,10 @@ from bot.schema import (
     turns,
     usage,
 )
+from bot.sqlite_worker import SQLiteWorker
+
+if TYPE_CHECKING:  # SQLAlchemy's asyncio extension is imported only when PostgreSQL is used
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +127,16 @@ class AssistantRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A streaming reply's text so far, as a batch of checkpoints saves it."""
+
+    turn_id: int
+    content: str
+    model: str
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class InboxEntry:
     """A message Parley accepted and has yet to answer, as stored."""
 
@@ -142,44 +159,51 @@ class StreamingReply:
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._db = engine
-        self._dialect = engine.dialect.name
+    """Every transaction is a plain function of a `Connection`, run in one step: on SQLite by a writer
+    thread (and, for a file, a reader thread) on a connection of its own, in the order asked; on
+    PostgreSQL on a connection of the pool."""
+
+    def __init__(
+        self,
+        dialect: str,
+        *,
+        pool: AsyncEngine | None = None,
+        writer: SQLiteWorker | None = None,
+        reader: SQLiteWorker | None = None,
+    ) -> None:
+        self._dialect = dialect
+        self._pool = pool
+        self._writer = writer
+        self._reader = reader or writer
         # This process among the instances sharing the database: it owns what it accepts and streams.
         self.instance_id = f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
         # On PostgreSQL several instances answer one conversation, so its turns are taken there too.
-        self.shared = self._dialect == "postgresql"
+        self.shared = dialect == "postgresql"
         # Advisory locks live on connections of their own (autocommit, never used for anything else),
         # so a lock holder never waits for a pooled connection that a waiter holds.
         self._locks: AsyncConnection | None = None
         self._locks_mutex = asyncio.Lock()
         self._leadership: AsyncConnection | None = None
         self._leading = False
+        self._closed = False
 
     @classmethod
     async def open(cls, url: str) -> Store:
         """The store with its tables; SetupError, in one sentence, when the database cannot be used."""
         parsed = make_url(url)
-        engine: AsyncEngine | None = None
+        store: Store | None = None
         try:
-            if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-                # aiosqlite (0.22) strands its worker thread when a file cannot be opened, and it fails
-                # with a traceback once the loop is closed; the sqlite3 module finds that out cleanly.
-                if not parsed.query.get("uri"):
-                    await asyncio.to_thread(_open_and_close, parsed.database)
-            engine = create_async_engine(url)
             if parsed.get_backend_name() == "sqlite":
-                event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-            async with engine.begin() as conn:
-                await conn.run_sync(migrations.upgrade)
-                # A schema at head needs no write, but answering does: find out now if none is allowed.
-                await conn.execute(update(meta).where(meta.c.name == "").values(value=meta.c.value))
-            store = cls(engine)
+                store = await asyncio.to_thread(cls._sqlite, parsed)
+            else:
+                from sqlalchemy.ext.asyncio import create_async_engine  # only PostgreSQL needs asyncio's
+
+                store = cls(parsed.get_backend_name(), pool=create_async_engine(url))
+            await store.write(_migrate)
             await store.heartbeat()  # registered before it accepts anything, so nobody takes its work
         except (OSError, sqlite3.Error, SQLAlchemyError, CommandError) as error:
-            if engine is not None:
-                await engine.dispose()
+            if store is not None:
+                await store._disconnect()
             if isinstance(error, CommandError):  # a revision this version's migrations do not have
                 raise SetupError(
                     f"the schema of {describe_database(url)} is at a revision this version of Parley does "
@@ -188,51 +212,82 @@ class Store:
             raise SetupError(_unusable(parsed, error)) from None
         return store
 
+    @classmethod
+    def _sqlite(cls, url: URL) -> Store:
+        """One writer thread and, for a file, one reader thread, on the pysqlite driver whatever the URL
+        names: the threads are what keeps the event loop free."""
+        in_memory = url.database in (None, "", ":memory:")
+        if not in_memory:
+            Path(str(url.database)).parent.mkdir(parents=True, exist_ok=True)
+        engine = _sqlite_engine(url)
+        writer = SQLiteWorker(engine, "parley-sqlite-writer", "BEGIN IMMEDIATE")
+        reader = None if in_memory else SQLiteWorker(engine, "parley-sqlite-reader", "BEGIN")
+        return cls("sqlite", writer=writer, reader=reader)
+
     async def close(self) -> None:
-        """Leave the instances (what this one left pending is taken over at once), then disconnect."""
+        """Leave the instances (what this one left pending is taken over at once), then disconnect;
+        closing again does nothing."""
+        if self._closed:
+            return
         try:
             for held in (self._locks, self._leadership):
                 if held is not None:
                     await held.close()
-            async with self._db.begin() as conn:
-                await conn.execute(delete(instances).where(instances.c.id == self.instance_id))
+            await self.write(
+                lambda conn: conn.execute(delete(instances).where(instances.c.id == self.instance_id))
+            )
         except (OSError, SQLAlchemyError):
             pass  # unreachable now: its heartbeat stops, and it counts as dead soon
-        await self._db.dispose()
+        await self._disconnect()
 
-    @property
-    def database(self) -> AsyncEngine:
-        """The database, for a feature that keeps tables of its own (schedules)."""
-        return self._db
+    async def _disconnect(self) -> None:
+        self._closed = True
+        for worker in (self._reader, self._writer):  # the same one twice for a database in memory
+            if worker is not None:
+                await worker.close()
+        if self._pool is not None:
+            await self._pool.dispose()
 
     async def write(self, work: Callable[[Connection], T]) -> T:
         """Run `work` as one transaction: committed when it returns, rolled back when it raises.
 
-        A feature that keeps tables of its own writes them this way, so every write takes the store's
-        one path to the database (on SQLite, one writer)."""
-        async with self._db.begin() as conn:
+        Every write takes this one path to the database: on SQLite the writer thread runs the whole
+        function at once, in the order asked, so writes never race for SQLite's one write lock."""
+        if self._closed:
+            raise ResourceClosedError("the store is closed")
+        if self._writer is not None:
+            return await self._writer.run(work)
+        assert self._pool is not None
+        async with self._pool.begin() as conn:
             return await conn.run_sync(work)
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Run `work` on a connection that sees every committed write, and change nothing."""
-        async with self._db.connect() as conn:
+        if self._closed:
+            raise ResourceClosedError("the store is closed")
+        if self._reader is not None:
+            return await self._reader.run(work)
+        assert self._pool is not None
+        async with self._pool.connect() as conn:
             return await conn.run_sync(work)
 
     @staticmethod
     async def revision(url: str) -> str | None:
         """The schema revision the database is at (None before Parley's first start), changing nothing."""
         parsed = make_url(url)
-        on_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
-        if on_file and not await asyncio.to_thread(Path(str(parsed.database)).is_file):
-            return None  # an SQLite file not made yet
-        engine = create_async_engine(url)
         try:
-            async with engine.connect() as conn:
-                return await conn.run_sync(migrations.current)
+            if parsed.get_backend_name() == "sqlite":
+                return await asyncio.to_thread(_sqlite_revision, parsed)
+            from sqlalchemy.ext.asyncio import create_async_engine
+
+            engine = create_async_engine(url)
+            try:
+                async with engine.connect() as conn:
+                    return await conn.run_sync(migrations.current)
+            finally:
+                await engine.dispose()
         except (OSError, sqlite3.Error, SQLAlchemyError) as error:
             raise SetupError(_unusable(parsed, error)) from None
-        finally:
-            await engine.dispose()
 
     # The inbox
 
@@ -243,61 +298,64 @@ class Store:
         to remember) its user turn, in one transaction. None when this delivery was stored before."""
         now = time.time()
         key = message.key
-        try:
-            async with self._db.begin() as conn:
-                turn_id = None
-                if content:
-                    result = await conn.execute(
-                        insert(turns).values(
-                            conversation=str(key),
-                            role="user",
-                            author_id=message.author.id,
-                            author_name=message.author.display_name,
-                            content=content,
-                            tokens=tokens,
-                            created_at=now,
-                        )
-                    )
-                    turn_id = int(result.inserted_primary_key[0])
-                result = await conn.execute(
-                    insert(inbox).values(
-                        platform=key.platform,
-                        channel=key.channel_id,
-                        thread=key.thread_id,
-                        message_id=message.id,
+
+        def work(conn: Connection) -> InboxEntry:
+            turn_id = None
+            if content:
+                result = conn.execute(
+                    insert(turns).values(
                         conversation=str(key),
-                        author=_author_json(message.author),
-                        text=message.text,
-                        is_direct=message.is_direct,
-                        reply_to=json.dumps(reply_to) if reply_to is not None else None,
-                        server=message.server_id,
-                        turn_id=turn_id,
-                        state="pending",
-                        received_at=now,
+                        role="user",
                         author_id=message.author.id,
-                        instance=self.instance_id,
+                        author_name=message.author.display_name,
+                        content=content,
+                        tokens=tokens,
+                        created_at=now,
                     )
                 )
-                inbox_id = int(result.inserted_primary_key[0])
-                if message.attachments:
-                    await conn.execute(
-                        insert(inbox_files),
-                        [_file_values(inbox_id, attachment) for attachment in message.attachments],
-                    )
+                turn_id = int(result.inserted_primary_key[0])
+            result = conn.execute(
+                insert(inbox).values(
+                    platform=key.platform,
+                    channel=key.channel_id,
+                    thread=key.thread_id,
+                    message_id=message.id,
+                    conversation=str(key),
+                    author=_author_json(message.author),
+                    text=message.text,
+                    is_direct=message.is_direct,
+                    reply_to=json.dumps(reply_to) if reply_to is not None else None,
+                    server=message.server_id,
+                    turn_id=turn_id,
+                    state="pending",
+                    received_at=now,
+                    author_id=message.author.id,
+                    instance=self.instance_id,
+                )
+            )
+            inbox_id = int(result.inserted_primary_key[0])
+            if message.attachments:
+                conn.execute(
+                    insert(inbox_files),
+                    [_file_values(inbox_id, attachment) for attachment in message.attachments],
+                )
+            return InboxEntry(inbox_id, message, reply_to, turn_id, now)
+
+        try:
+            return await self.write(work)
         except IntegrityError:
             return None
-        return InboxEntry(inbox_id, message, reply_to, turn_id, now)
 
     async def close_inbox(self, inbox_id: int, state: str = "done") -> None:
-        async with self._db.begin() as conn:
-            await _close(conn, inbox.c.id == inbox_id, state)
+        await self.write(lambda conn: _close(conn, inbox.c.id == inbox_id, state))
 
     async def pending(self, platform: str) -> list[InboxEntry]:
         """The platform's accepted messages not yet answered, on any instance, oldest first, with their
         files."""
         query = select(inbox).where(inbox.c.state == "pending", inbox.c.platform == platform)
-        async with self._db.connect() as conn:
-            return await _with_files(conn, (await conn.execute(query.order_by(inbox.c.id))).mappings().all())
+        return await self.read(
+            lambda conn: _with_files(conn, conn.execute(query.order_by(inbox.c.id)).mappings().all())
+        )
 
     # Instances
 
@@ -308,14 +366,13 @@ class Store:
         dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         statement = dialect_insert(instances).values(id=self.instance_id, started_at=time.time(), **values)
         statement = statement.on_conflict_do_update(index_elements=["id"], set_={"heartbeat_at": now})
-        async with self._db.begin() as conn:
-            await conn.execute(statement)
+        await self.write(lambda conn: conn.execute(statement))
 
     async def claim_streaming(
         self, platform: str, dead_after: float, conversation: str | None = None
     ) -> list[StreamingReply]:
         """Take over the platform's replies (or one conversation's) that dead instances left streaming,
-        to repair them."""
+        to repair them. The partial index on streaming rows finds them without reading every turn."""
         statement = (
             update(turns)
             .where(
@@ -327,8 +384,8 @@ class Store:
             .values(instance=self.instance_id)
             .returning(turns.c.id, turns.c.conversation, turns.c.content, turns.c.reply_refs, turns.c.answers)
         )
-        async with self._db.begin() as conn:
-            rows = sorted((await conn.execute(statement)).all(), key=lambda row: row.id)
+        rows = await self.write(lambda conn: conn.execute(statement).all())
+        rows = sorted(rows, key=lambda row: row.id)
         return [StreamingReply(r.id, r.conversation, r.content, _json(r.reply_refs), r.answers) for r in rows]
 
     async def claim_pending(
@@ -348,12 +405,15 @@ class Store:
             .values(instance=self.instance_id)
             .returning(inbox.c.id)
         )
-        async with self._db.begin() as conn:
-            ids = [row.id for row in await conn.execute(statement)]
+
+        def work(conn: Connection) -> list[InboxEntry]:
+            ids = [row.id for row in conn.execute(statement)]
             if not ids:
                 return []
             query = select(inbox).where(inbox.c.id.in_(ids)).order_by(inbox.c.id)
-            return await _with_files(conn, (await conn.execute(query)).mappings().all())
+            return _with_files(conn, conn.execute(query).mappings().all())
+
+        return await self.write(work)
 
     def _orphaned(self, owner: Any, dead_after: float) -> ColumnElement[bool]:
         """Owned by no live instance. On SQLite one process serves the platforms, so every other
@@ -371,14 +431,17 @@ class Store:
 
     async def prune(self, keep_seconds: float) -> int:
         """Forget answered inbox rows older than `keep_seconds`, and instances long dead; how many rows."""
-        async with self._db.begin() as conn:
-            answered = await conn.execute(
+
+        def work(conn: Connection) -> int:
+            answered = conn.execute(
                 delete(inbox).where(inbox.c.state != "pending", inbox.c.done_at < time.time() - keep_seconds)
             )
-            gone = await conn.execute(
+            gone = conn.execute(
                 delete(instances).where(instances.c.heartbeat_at < self._now() - keep_seconds)
             )
-        return (answered.rowcount or 0) + (gone.rowcount or 0)
+            return (answered.rowcount or 0) + (gone.rowcount or 0)
+
+        return await self.write(work)
 
     async def earlier_pending(self, conversation: str, author_id: str, inbox_id: int) -> bool:
         """Whether this person has an earlier message here still unanswered (on any instance)."""
@@ -390,15 +453,14 @@ class Store:
                 inbox.c.id < inbox_id,
             )
         )
-        async with self._db.connect() as conn:
-            return bool((await conn.execute(query)).scalar())
+        return bool(await self.read(lambda conn: conn.execute(query).scalar()))
 
     async def try_lock(self, name: str) -> bool:
         """Take the advisory lock `name` for this instance, without waiting (PostgreSQL only)."""
         async with self._locks_mutex:
             try:
                 if self._locks is None:
-                    self._locks = await _autocommit(self._db)
+                    self._locks = await _autocommit(self._pool)
                 query = text("SELECT pg_try_advisory_lock(:key)")
                 return bool((await self._locks.execute(query, {"key": _lock_key(name)})).scalar())
             except (OSError, SQLAlchemyError) as error:
@@ -429,7 +491,7 @@ class Store:
             return True
         try:
             if self._leadership is None:
-                self._leadership = await _autocommit(self._db)
+                self._leadership = await _autocommit(self._pool)
             if self._leading:
                 await self._leadership.execute(text("SELECT 1"))  # still connected, so still holding it
             else:
@@ -454,8 +516,7 @@ class Store:
         With `upto` (the user turn being answered), the conversation as it stood at that question: turns up
         to it, and the finished answers to earlier questions. Replies still streaming are never included.
         """
-        async with self._db.connect() as conn:
-            return await _recent(conn, conversation, token_budget, upto)
+        return await self.read(lambda conn: _recent(conn, conversation, token_budget, upto))
 
     async def start_reply(
         self,
@@ -467,21 +528,26 @@ class Store:
         refs: dict[str, Any] | None = None,
     ) -> int:
         """The assistant turn of a reply now showing: written at its first render, with where it shows."""
-        async with self._db.begin() as conn:
-            result = await conn.execute(
-                insert(turns).values(
-                    **_assistant_values(conversation, author_id, answers, record, tokens),
-                    reply_refs=json.dumps(refs) if refs is not None else None,
-                    instance=self.instance_id,
-                )
-            )
-            return int(result.inserted_primary_key[0])
+        statement = insert(turns).values(
+            **_assistant_values(conversation, author_id, answers, record, tokens),
+            reply_refs=json.dumps(refs) if refs is not None else None,
+            instance=self.instance_id,
+        )
+        return await self.write(lambda conn: int(conn.execute(statement).inserted_primary_key[0]))
 
     async def update_reply(self, turn_id: int, record: AssistantRecord, tokens: int) -> None:
-        async with self._db.begin() as conn:
-            await conn.execute(
-                update(turns).where(turns.c.id == turn_id).values(tokens=tokens, **_record_values(record))
-            )
+        statement = update(turns).where(turns.c.id == turn_id).values(tokens=tokens, **_record_values(record))
+        await self.write(lambda conn: conn.execute(statement))
+
+    async def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """The text so far of streaming replies, all in one transaction. A reply finished meanwhile keeps
+        its final record: only rows still streaming are written."""
+        rows = [
+            {"turn_id": c.turn_id, "text": c.content, "text_model": c.model, "text_tokens": c.tokens}
+            for c in checkpoints
+        ]
+        if rows:
+            await self.write(lambda conn: conn.execute(_CHECKPOINT, rows))
 
     async def finish_reply(
         self,
@@ -495,42 +561,45 @@ class Store:
     ) -> None:
         """Save a reply's final record and close its message in the inbox, in one transaction: after a
         crash a message is either answered or still pending, never both."""
-        async with self._db.begin() as conn:
-            if turn_id is None:
-                row = _assistant_values(conversation, author_id, answers, record, tokens)
-                await conn.execute(insert(turns).values(**row))
-            else:
-                await conn.execute(
-                    update(turns).where(turns.c.id == turn_id).values(tokens=tokens, **_record_values(record))
-                )
-            await _close(conn, inbox.c.id == inbox_id, "done")
+        if turn_id is None:
+            statement = insert(turns).values(
+                **_assistant_values(conversation, author_id, answers, record, tokens)
+            )
+        else:
+            statement = (
+                update(turns).where(turns.c.id == turn_id).values(tokens=tokens, **_record_values(record))
+            )
+
+        def work(conn: Connection) -> None:
+            conn.execute(statement)
+            _close(conn, inbox.c.id == inbox_id, "done")
+
+        await self.write(work)
 
     async def save_refs(self, turn_id: int, refs: dict[str, Any]) -> None:
-        async with self._db.begin() as conn:
-            await conn.execute(update(turns).where(turns.c.id == turn_id).values(reply_refs=json.dumps(refs)))
+        statement = update(turns).where(turns.c.id == turn_id).values(reply_refs=json.dumps(refs))
+        await self.write(lambda conn: conn.execute(statement))
 
     async def streaming(self, platform: str) -> list[StreamingReply]:
-        """The platform's replies still streaming, on any instance."""
+        """The platform's replies still streaming, on any instance (read through the partial index)."""
         query = select(
             turns.c.id, turns.c.conversation, turns.c.content, turns.c.reply_refs, turns.c.answers
         ).where(turns.c.outcome == "streaming", turns.c.conversation.startswith(f"{platform}:"))
-        async with self._db.connect() as conn:
-            rows = await conn.execute(query.order_by(turns.c.id))
-            return [
-                StreamingReply(row.id, row.conversation, row.content, _json(row.reply_refs), row.answers)
-                for row in rows
-            ]
+        rows = await self.read(lambda conn: conn.execute(query.order_by(turns.c.id)).all())
+        return [StreamingReply(r.id, r.conversation, r.content, _json(r.reply_refs), r.answers) for r in rows]
 
     async def interrupted(self, reply: StreamingReply) -> None:
         """Record a reply a crash cut short; its question counts as answered, so it is not asked again."""
-        async with self._db.begin() as conn:
-            await conn.execute(update(turns).where(turns.c.id == reply.turn_id).values(outcome="interrupted"))
+
+        def work(conn: Connection) -> None:
+            conn.execute(update(turns).where(turns.c.id == reply.turn_id).values(outcome="interrupted"))
             if reply.answers is not None:
-                await _close(conn, and_(inbox.c.turn_id == reply.answers, inbox.c.state == "pending"), "done")
+                _close(conn, and_(inbox.c.turn_id == reply.answers, inbox.c.state == "pending"), "done")
+
+        await self.write(work)
 
     async def drop_turn(self, turn_id: int) -> None:
-        async with self._db.begin() as conn:
-            await conn.execute(delete(turns).where(turns.c.id == turn_id))
+        await self.write(lambda conn: conn.execute(delete(turns).where(turns.c.id == turn_id)))
 
     async def history(
         self, conversation: str, limit: int, before: int | None = None, after: int | None = None
@@ -550,20 +619,17 @@ class Store:
             query = query.where(turns.c.id > after).order_by(turns.c.id).limit(limit)
         else:
             query = query.order_by(turns.c.id.desc()).limit(limit)
-        async with self._db.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self.read(lambda conn: conn.execute(query).all())
         stored = [StoredTurn(r.id, r.role, r.author_id, r.author_name, r.content, r.created_at) for r in rows]
         return stored if after is not None else stored[::-1]
 
     async def count_turns(self, conversation: str) -> int:
-        async with self._db.connect() as conn:
-            query = select(func.count()).select_from(turns).where(turns.c.conversation == conversation)
-            return int((await conn.execute(query)).scalar_one())
+        query = select(func.count()).select_from(turns).where(turns.c.conversation == conversation)
+        return int(await self.read(lambda conn: conn.execute(query).scalar_one()))
 
     async def forget(self, conversation: str) -> int:
-        async with self._db.begin() as conn:
-            result = await conn.execute(delete(turns).where(turns.c.conversation == conversation))
-            return result.rowcount or 0
+        statement = delete(turns).where(turns.c.conversation == conversation)
+        return await self.write(lambda conn: conn.execute(statement).rowcount or 0)
 
     # Reply controls
 
@@ -572,8 +638,7 @@ class Store:
         query = select(turns.c.id, turns.c.conversation, turns.c.author_id, turns.c.content).where(
             turns.c.id == turn_id, turns.c.role == "user", turns.c.hidden.is_(None)
         )
-        async with self._db.connect() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self.read(lambda conn: conn.execute(query).first())
         return Question(row.id, row.conversation, row.author_id, row.content) if row else None
 
     async def last_question(self, conversation: str) -> Question | None:
@@ -584,36 +649,33 @@ class Store:
             .order_by(turns.c.id.desc())
             .limit(1)
         )
-        async with self._db.connect() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self.read(lambda conn: conn.execute(query).first())
         return Question(row.id, row.conversation, row.author_id, row.content) if row else None
 
     async def keep_newest_answer(self, question_id: int) -> None:
         """After a regeneration: memory uses the newest answer to a question that says something; the
         earlier ones stay stored as its alternatives."""
         answers = and_(turns.c.answers == question_id, turns.c.role == "assistant")
-        async with self._db.begin() as conn:
-            newest = (
-                await conn.execute(
-                    select(func.max(turns.c.id)).where(
-                        answers, turns.c.content != "", turns.c.hidden.is_(None)
-                    )
-                )
+
+        def work(conn: Connection) -> None:
+            newest = conn.execute(
+                select(func.max(turns.c.id)).where(answers, turns.c.content != "", turns.c.hidden.is_(None))
             ).scalar()
             if newest is not None:
-                await conn.execute(
+                conn.execute(
                     update(turns)
                     .where(answers, turns.c.id != newest, turns.c.hidden.is_(None))
                     .values(hidden="replaced")
                 )
+
+        await self.write(work)
 
     async def delivered(self, platform: str, channel: str, message_id: str) -> Delivery | None:
         """How a platform message was taken in (its inbox row), if it was."""
         query = select(inbox.c.turn_id, inbox.c.received_at, inbox.c.conversation, inbox.c.reply_to).where(
             inbox.c.platform == platform, inbox.c.channel == channel, inbox.c.message_id == message_id
         )
-        async with self._db.connect() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self.read(lambda conn: conn.execute(query).first())
         return Delivery(row.turn_id, row.received_at, row.conversation, _json(row.reply_to)) if row else None
 
     async def answer_refs(self, question_id: int) -> dict[str, Any] | None:
@@ -624,57 +686,47 @@ class Store:
             .order_by(turns.c.id.desc())
             .limit(1)
         )
-        async with self._db.connect() as conn:
-            return _json((await conn.execute(query)).scalar())
+        return _json(await self.read(lambda conn: conn.execute(query).scalar()))
 
     async def edit_question(self, turn_id: int, content: str, tokens: int) -> None:
         """A question as its author edited it."""
-        async with self._db.begin() as conn:
-            await conn.execute(
-                update(turns).where(turns.c.id == turn_id).values(content=content, tokens=tokens)
-            )
+        statement = update(turns).where(turns.c.id == turn_id).values(content=content, tokens=tokens)
+        await self.write(lambda conn: conn.execute(statement))
 
     async def hide_exchange(self, question_id: int, why: str) -> None:
         """Take a question and its answers out of memory (they stay stored): "deleted", "forgotten"."""
-        async with self._db.begin() as conn:
-            await conn.execute(
-                update(turns)
-                .where(
-                    or_(turns.c.id == question_id, turns.c.answers == question_id), turns.c.hidden.is_(None)
-                )
-                .values(hidden=why)
-            )
+        statement = (
+            update(turns)
+            .where(or_(turns.c.id == question_id, turns.c.answers == question_id), turns.c.hidden.is_(None))
+            .values(hidden=why)
+        )
+        await self.write(lambda conn: conn.execute(statement))
 
     async def memory_counts(self, conversation: str) -> tuple[int, int, int]:
         """(turns stored, turns memory leaves out, questions with alternative answers) of a conversation."""
         here = turns.c.conversation == conversation
-        async with self._db.connect() as conn:
-            stored = (await conn.execute(select(func.count()).where(here))).scalar_one()
-            hidden = (
-                await conn.execute(select(func.count()).where(here, turns.c.hidden.is_not(None)))
+
+        def work(conn: Connection) -> tuple[int, int, int]:
+            stored = conn.execute(select(func.count()).where(here)).scalar_one()
+            hidden = conn.execute(select(func.count()).where(here, turns.c.hidden.is_not(None))).scalar_one()
+            alternatives = conn.execute(
+                select(func.count(func.distinct(turns.c.answers))).where(here, turns.c.hidden == "replaced")
             ).scalar_one()
-            alternatives = (
-                await conn.execute(
-                    select(func.count(func.distinct(turns.c.answers))).where(
-                        here, turns.c.hidden == "replaced"
-                    )
-                )
-            ).scalar_one()
-        return int(stored), int(hidden), int(alternatives)
+            return int(stored), int(hidden), int(alternatives)
+
+        return await self.read(work)
 
     async def answer_count(self, question_id: int) -> int:
         """How many answers a question has, alternatives included."""
         query = select(func.count()).where(turns.c.answers == question_id, turns.c.role == "assistant")
-        async with self._db.connect() as conn:
-            return int((await conn.execute(query)).scalar_one())
+        return int(await self.read(lambda conn: conn.execute(query).scalar_one()))
 
     # Running summaries
 
     async def summary(self, conversation: str) -> tuple[str, int] | None:
         """A conversation's running summary and the last turn id it covers."""
         query = select(summaries.c.content, summaries.c.upto).where(summaries.c.conversation == conversation)
-        async with self._db.connect() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self.read(lambda conn: conn.execute(query).first())
         return (row.content, row.upto) if row else None
 
     async def set_summary(self, conversation: str, content: str, upto: int, model: str) -> None:
@@ -682,8 +734,8 @@ class Store:
         await self._upsert(summaries, {"conversation": conversation}, values)
 
     async def forget_summary(self, conversation: str) -> None:
-        async with self._db.begin() as conn:
-            await conn.execute(delete(summaries).where(summaries.c.conversation == conversation))
+        statement = delete(summaries).where(summaries.c.conversation == conversation)
+        await self.write(lambda conn: conn.execute(statement))
 
     async def older_turns(self, conversation: str, after: int, before: int, limit: int) -> list[Turn]:
         """Finished turns memory uses with ids between `after` and `before` (exclusive), oldest first."""
@@ -706,23 +758,16 @@ class Store:
             .order_by(turns.c.id)
             .limit(limit)
         )
-        async with self._db.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self.read(lambda conn: conn.execute(query).all())
         return [Turn(r.id, r.role, r.author_name, r.content, r.tokens, r.outcome) for r in rows]
 
     # Settings
 
     async def settings(self, conversations: Sequence[str]) -> list[dict[str, object]]:
         """Stored settings rows for the given conversations, in the order asked (missing ones omitted)."""
-        async with self._db.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(conversation_settings).where(
-                        conversation_settings.c.conversation.in_(conversations)
-                    )
-                )
-            ).mappings()
-            by_key = {row["conversation"]: dict(row) for row in rows}
+        query = select(conversation_settings).where(conversation_settings.c.conversation.in_(conversations))
+        rows = await self.read(lambda conn: conn.execute(query).mappings().all())
+        by_key = {row["conversation"]: dict(row) for row in rows}
         return [by_key[c] for c in conversations if c in by_key]
 
     async def set_setting(self, conversation: str, name: str, value: object, updated_by: str) -> None:
@@ -733,15 +778,13 @@ class Store:
 
     async def skill_modes(self, conversations: Sequence[str]) -> list[dict[str, str]]:
         """Skill modes set for the given conversations, in the order asked: {skill: mode} each."""
-        async with self._db.connect() as conn:
-            rows = await conn.execute(
-                select(skill_modes.c.conversation, skill_modes.c.skill, skill_modes.c.mode).where(
-                    skill_modes.c.conversation.in_(conversations)
-                )
-            )
-            by_key: dict[str, dict[str, str]] = {}
-            for row in rows:
-                by_key.setdefault(row.conversation, {})[row.skill] = row.mode
+        query = select(skill_modes.c.conversation, skill_modes.c.skill, skill_modes.c.mode).where(
+            skill_modes.c.conversation.in_(conversations)
+        )
+        rows = await self.read(lambda conn: conn.execute(query).all())
+        by_key: dict[str, dict[str, str]] = {}
+        for row in rows:
+            by_key.setdefault(row.conversation, {})[row.skill] = row.mode
         return [by_key.get(c, {}) for c in conversations]
 
     async def set_skill_mode(self, conversation: str, skill: str, mode: str, updated_by: str) -> None:
@@ -751,8 +794,8 @@ class Store:
     # Small durable values
 
     async def get_meta(self, name: str) -> str | None:
-        async with self._db.connect() as conn:
-            return (await conn.execute(select(meta.c.value).where(meta.c.name == name))).scalar()
+        query = select(meta.c.value).where(meta.c.name == name)
+        return await self.read(lambda conn: conn.execute(query).scalar())
 
     async def set_meta(self, name: str, value: str) -> None:
         await self._upsert(meta, {"name": name}, {"value": value})
@@ -761,8 +804,7 @@ class Store:
 
     async def record_usage(self, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
-            async with self._db.begin() as conn:
-                await conn.execute(insert(usage), list(rows))
+            await self.write(lambda conn: conn.execute(insert(usage), list(rows)))
 
     async def spent(self, column: str, target: str, since: float) -> tuple[float, int]:
         """USD and tokens the models used for `target` (a person, channel or server) since a moment."""
@@ -770,8 +812,7 @@ class Store:
             func.coalesce(func.sum(usage.c.cost), 0.0),
             func.coalesce(func.sum(usage.c.prompt_tokens + usage.c.completion_tokens), 0),
         ).where(usage.c[column] == target, usage.c.kind == "model", usage.c.created_at >= since)
-        async with self._db.connect() as conn:
-            cost, tokens = (await conn.execute(query)).one()
+        cost, tokens = await self.read(lambda conn: conn.execute(query).one())
         return float(cost), int(tokens)
 
     async def usage_report(
@@ -797,8 +838,8 @@ class Store:
             func.sum(usage.c.prompt_tokens + usage.c.completion_tokens).desc(),
             group,
         )
-        async with self._db.connect() as conn:
-            return [dict(row) for row in (await conn.execute(query)).mappings()]
+        rows = await self.read(lambda conn: conn.execute(query).mappings().all())
+        return [dict(row) for row in rows]
 
     async def budget_overrides(self, targets: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
         """Budgets set with /budget for the given (scope, target) pairs."""
@@ -807,8 +848,8 @@ class Store:
         which = or_(
             *(and_(budgets.c.scope == scope, budgets.c.target == target) for scope, target in targets)
         )
-        async with self._db.connect() as conn:
-            return [dict(row) for row in (await conn.execute(select(budgets).where(which))).mappings()]
+        rows = await self.read(lambda conn: conn.execute(select(budgets).where(which)).mappings().all())
+        return [dict(row) for row in rows]
 
     async def set_budget(
         self, scope: str, target: str, period: str, unit: str, amount: float | None, updated_by: str
@@ -820,39 +861,68 @@ class Store:
 
     async def clear_budget(self, scope: str, target: str, period: str, unit: str) -> None:
         """Back to the `[budgets]` default."""
-        async with self._db.begin() as conn:
-            await conn.execute(
-                delete(budgets).where(
-                    budgets.c.scope == scope,
-                    budgets.c.target == target,
-                    budgets.c.period == period,
-                    budgets.c.unit == unit,
-                )
-            )
+        statement = delete(budgets).where(
+            budgets.c.scope == scope,
+            budgets.c.target == target,
+            budgets.c.period == period,
+            budgets.c.unit == unit,
+        )
+        await self.write(lambda conn: conn.execute(statement))
 
     # For operators
 
     async def ping(self) -> None:
         """Raises when the database cannot be reached."""
-        async with self._db.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        await self.read(lambda conn: conn.execute(text("SELECT 1")))
 
     async def pending_count(self) -> int:
-        async with self._db.connect() as conn:
-            query = select(func.count()).select_from(inbox).where(inbox.c.state == "pending")
-            return int((await conn.execute(query)).scalar_one())
+        query = select(func.count()).select_from(inbox).where(inbox.c.state == "pending")
+        return int(await self.read(lambda conn: conn.execute(query).scalar_one()))
 
     async def _upsert(self, table: Any, key: dict[str, Any], values: dict[str, Any]) -> None:
         """INSERT … ON CONFLICT DO UPDATE: two writers racing on one key both succeed, the last one wins."""
         dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         statement = dialect_insert(table).values(**key, **values)
         statement = statement.on_conflict_do_update(index_elements=list(key), set_=values)
-        async with self._db.begin() as conn:
-            await conn.execute(statement)
+        await self.write(lambda conn: conn.execute(statement))
 
 
-async def _autocommit(engine: AsyncEngine) -> AsyncConnection:
+# A batch of checkpoints: one statement run once per reply, only on rows still streaming.
+_CHECKPOINT = (
+    update(turns)
+    .where(turns.c.id == bindparam("turn_id"), turns.c.outcome == "streaming")
+    .values(content=bindparam("text"), model=bindparam("text_model"), tokens=bindparam("text_tokens"))
+)
+
+
+def _migrate(conn: Connection) -> None:
+    migrations.upgrade(conn)
+    # A schema at head needs no write, but answering does: find out now if none is allowed.
+    conn.execute(update(meta).where(meta.c.name == "").values(value=meta.c.value))
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    """Each worker thread holds its one connection for the store's life (NullPool: closing it closes the
+    file, in that thread); the driver's own transaction handling is off, since the workers begin each."""
+    engine = create_engine(url.set(drivername="sqlite"), poolclass=NullPool)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_revision(url: URL) -> str | None:
+    if url.database not in (None, "", ":memory:") and not Path(str(url.database)).is_file():
+        return None  # an SQLite file not made yet
+    engine = create_engine(url.set(drivername="sqlite"), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return migrations.current(conn)
+    finally:
+        engine.dispose()
+
+
+async def _autocommit(engine: AsyncEngine | None) -> AsyncConnection:
     """A connection that holds session locks, never a transaction (so it pins no snapshot)."""
+    assert engine is not None, "advisory locks are PostgreSQL's"
     conn = await engine.connect()
     await conn.execution_options(isolation_level="AUTOCOMMIT")
     return conn
@@ -862,28 +932,26 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
-async def _with_files(conn: AsyncConnection, rows: Sequence[Any]) -> list[InboxEntry]:
+def _with_files(conn: Connection, rows: Sequence[Any]) -> list[InboxEntry]:
     entries = []
     for row in rows:
-        files = (
-            await conn.execute(
-                select(inbox_files).where(inbox_files.c.inbox_id == row["id"]).order_by(inbox_files.c.id)
-            )
+        files = conn.execute(
+            select(inbox_files).where(inbox_files.c.inbox_id == row["id"]).order_by(inbox_files.c.id)
         ).mappings()
         entries.append(_entry(row, [_attachment(f) for f in files.all()]))
     return entries
 
 
-async def _close(conn: AsyncConnection, which: Any, state: str) -> None:
+def _close(conn: Connection, which: Any, state: str) -> None:
     """Close inbox rows; their files were kept only to answer them."""
-    ids = [row.id for row in await conn.execute(select(inbox.c.id).where(which))]
+    ids = [row.id for row in conn.execute(select(inbox.c.id).where(which))]
     if ids:
-        await conn.execute(update(inbox).where(inbox.c.id.in_(ids)).values(state=state, done_at=time.time()))
-        await conn.execute(delete(inbox_files).where(inbox_files.c.inbox_id.in_(ids)))
+        conn.execute(update(inbox).where(inbox.c.id.in_(ids)).values(state=state, done_at=time.time()))
+        conn.execute(delete(inbox_files).where(inbox_files.c.inbox_id.in_(ids)))
 
 
-async def _recent(
-    conn: AsyncConnection, conversation: str, token_budget: int, upto: int | None
+def _recent(
+    conn: Connection, conversation: str, token_budget: int, upto: int | None
 ) -> tuple[list[Turn], bool]:
     """Reads in pages from the newest end, so the cost depends on what fits, not on how much is stored."""
     chosen: list[tuple[int, Turn]] = []
@@ -911,7 +979,7 @@ async def _recent(
         query = select(*columns).where(condition).order_by(turns.c.id.desc()).limit(page)
         if before is not None:
             query = query.where(turns.c.id < before)
-        rows = (await conn.execute(query)).all()
+        rows = conn.execute(query).all()
         for row in rows:
             if used + row.tokens > token_budget:
                 trimmed = True
@@ -926,10 +994,6 @@ async def _recent(
     # An answer right after its question, whenever it was written.
     chosen.sort(key=lambda pair: (pair[0], pair[1].id))
     return [turn for _, turn in chosen], trimmed
-
-
-def _open_and_close(path: str) -> None:
-    sqlite3.connect(path).close()
 
 
 def _unusable(url: URL, error: Exception) -> str:
@@ -1031,6 +1095,7 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     # WAL lets readers proceed while a reply is being written; the busy timeout rides out short locks.
     # synchronous=NORMAL is WAL's recommended pairing: no corruption on a crash, and no fsync per commit
     # (a power cut may lose the last commits; a process crash loses nothing).
+    dbapi_connection.isolation_level = None  # type: ignore[attr-defined]  # the workers BEGIN themselves
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")

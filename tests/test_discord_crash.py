@@ -92,8 +92,13 @@ async def test_a_crash_while_replies_stream_loses_no_message_and_answers_none_tw
                 shown = [discord_api.replies_to(sent) for sent in firsts]
                 return all(len(r) == 1 and r[0]["content"] == SHOWN for r in shown)
 
-            # A reply's second render comes after its first was recorded with where it shows.
+            # A reply's second render comes after its first was recorded with where it shows; the
+            # text shown is saved with the next batch of checkpoints.
             await until(streaming, seconds=60)
+            checkpointed = "SELECT content FROM turns WHERE role = 'assistant' AND outcome = 'streaming'"
+            await until(
+                lambda: [row[0] for row in stored(database, checkpointed)] == [SHOWN] * 10, seconds=30
+            )
             assert len(llm.chat_requests()) == 10 and not any(discord_api.replies_to(s) for s in queued)
         finally:
             first.send_signal(signal.SIGKILL)
@@ -121,9 +126,9 @@ async def test_a_crash_while_replies_stream_loses_no_message_and_answers_none_tw
                 )
 
             await until(recovered, seconds=90)
-            for sent in firsts:  # what was stored of it, then the note; what the dead process showed is gone
+            for sent in firsts:  # what was stored of it (all it showed), then the note
                 (reply,) = discord_api.replies_to(sent)
-                assert reply["content"] == f"Part one.\n\n{note}"
+                assert reply["content"] == f"{SHOWN}\n\n{note}"
             for sent in queued:
                 _, person, question = asked[sent]
                 assert [r["content"] for r in discord_api.replies_to(sent)] == [f"echo: {person}: {question}"]

@@ -14,7 +14,6 @@ from bot.config import ProviderSettings
 from bot.engine import Engine
 from bot.models import Attachment, Author, ConversationKey
 from bot.reply import INTERNAL_ERROR
-from bot.store import AssistantRecord
 from bot.summaries import INSTRUCTIONS
 from tests.support.asking import CHANNEL, answer, ask, first_render, msg, surface_of
 from tests.support.clock import FakeClock
@@ -81,9 +80,8 @@ async def until(condition: Callable[[], bool], what: str, seconds: float = 10.0)
 
 async def assistant_row(engine: Engine) -> dict[str, Any]:
     """The last assistant turn as the store keeps it, read as is."""
-    async with engine.store._db.connect() as conn:
-        sql = "SELECT * FROM turns WHERE role = 'assistant' ORDER BY id DESC LIMIT 1"
-        return dict((await conn.exec_driver_sql(sql)).mappings().one())
+    sql = "SELECT * FROM turns WHERE role = 'assistant' ORDER BY id DESC LIMIT 1"
+    return await engine.store.read(lambda conn: dict(conn.exec_driver_sql(sql).mappings().one()))
 
 
 async def test_the_assistant_turn_records_model_usage_cost_latency_and_outcome(
@@ -91,8 +89,8 @@ async def test_the_assistant_turn_records_model_usage_cost_latency_and_outcome(
 ) -> None:
     llm.enqueue(Script(tokens=["fine"], usage=(40, 2), cost=0.0005))
     await ask(engine, "hello")
-    async with engine.store._db.connect() as conn:  # the record is what the store keeps, read as is
-        row = (await conn.exec_driver_sql("SELECT * FROM turns WHERE role = 'assistant'")).mappings().one()
+    sql = "SELECT * FROM turns WHERE role = 'assistant'"  # the record is what the store keeps, read as is
+    row = await engine.store.read(lambda conn: conn.exec_driver_sql(sql).mappings().one())
     assert (row["content"], row["model"], row["outcome"]) == ("fine", "openrouter/xiaomi/mimo-v2-flash", "ok")
     assert (row["prompt_tokens"], row["completion_tokens"], row["cost"]) == (40, 2, 0.0005)
     assert row["latency_ms"] is not None and row["latency_ms"] >= 0
@@ -150,51 +148,60 @@ async def test_cost_covers_every_tool_round_and_a_fallback_models_prices(
     assert rescued["cost"] == pytest.approx(listed_cost(1000, 200))
 
 
-async def test_a_long_reply_is_checkpointed_every_two_seconds_of_the_engines_clock(
-    make_engine: Callable[..., Any], llm: LLMServer, monkeypatch: pytest.MonkeyPatch
+async def test_streaming_replies_are_checkpointed_together_and_a_failed_batch_is_retried(
+    make_engine: Callable[..., Any],
+    llm: LLMServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The row is written at the first render; then the text every 2 s of the engine's clock; then the end."""
+    """Rows are written at the first render; then the text of every streaming reply in one transaction
+    every 2 s of the engine's clock; a batch that fails is logged, saved with the next, and the replies
+    end as if nothing happened."""
     clock = FakeClock()
     engine = await make_engine(clock=clock)
-    writes: list[tuple[str, str]] = []
     store = engine.store
-    start, update, finish = store.start_reply, store.update_reply, store.finish_reply
+    save = store.save_checkpoints
+    batches: list[list[str]] = []
+    saved: list[list[str]] = []
 
-    async def spy_start(
-        conversation: str, answers: Any, author: str, record: AssistantRecord, *rest: Any
-    ) -> int:
-        writes.append((record.content, record.outcome))
-        return await start(conversation, answers, author, record, *rest)
+    async def failing_once(checkpoints: Any) -> None:
+        batches.append(sorted(c.content for c in checkpoints))
+        if len(batches) == 1:
+            raise RuntimeError("database is locked")
+        await save(checkpoints)
+        saved.append(batches[-1])
 
-    async def spy_update(turn_id: int, record: AssistantRecord, tokens: int) -> None:
-        await update(turn_id, record, tokens)
-        writes.append((record.content, record.outcome))
-
-    async def spy_finish(*args: Any) -> None:
-        await finish(*args)
-        writes.append((args[5].content, args[5].outcome))
-
-    monkeypatch.setattr(store, "start_reply", spy_start)
-    monkeypatch.setattr(store, "update_reply", spy_update)
-    monkeypatch.setattr(store, "finish_reply", spy_finish)
-    gate = asyncio.Semaphore(0)  # the loopback sends one token per release
-    llm.enqueue(Script(tokens=["A", "B", "C", "D", "E"], gate=gate))
-    message = msg("tell me a long story")
-    reply = await engine.accept(message, {"message": message.id})
-    assert reply is not None
-    # Seconds of the engine's clock that pass after each token: C comes 2.5 s in, E 2.1 s after C.
-    for token, seconds in (("A", 1.0), ("B", 1.5), ("C", 0.1), ("D", 2.0), ("E", 0.0)):
+    monkeypatch.setattr(store, "save_checkpoints", failing_once)
+    gates = [asyncio.Semaphore(0), asyncio.Semaphore(0)]  # the loopback sends one token per release
+    llm.enqueue(Script(tokens=list("ABCD"), gate=gates[0]), Script(tokens=list("wxyz"), gate=gates[1]))
+    messages = [msg("tell me a story"), msg("and me", ConversationKey("test", "random"), BO)]
+    replies, surfaces = [], []
+    for message, gate in zip(messages, gates, strict=True):
+        replies.append(await engine.accept(message, {"message": message.id}))
         gate.release()
-        surface = await first_render(engine, message)
-        await until(lambda t=token, s=surface: s.renders[-1][0].endswith(t), f"{token} shown")
-        if token == "C":
-            await until(lambda: writes[-1][0] == "ABC", f"a checkpoint of ABC: {writes}")
-            (streaming,) = await store.streaming("test")
-            assert streaming.content == "ABC"  # what a crash now would keep
-        await clock.advance(seconds)
-    await reply
-    assert surface.final == "ABCDE"
-    assert writes == [("A", "streaming"), ("ABC", "streaming"), ("ABCDE", "streaming"), ("ABCDE", "ok")]
+        surfaces.append(await first_render(engine, message))
+    async with asyncio.timeout(10):  # each reply's row is written after its first render
+        while len(await store.streaming("test")) < 2:
+            await asyncio.sleep(0.005)
+
+    async def step(token_of_each: tuple[str, str]) -> None:
+        for gate, surface, token in zip(gates, surfaces, token_of_each, strict=True):
+            gate.release()
+            await until(lambda s=surface, t=token: s.renders[-1][0].endswith(t), f"{token} shown")
+
+    await step(("B", "x"))
+    await clock.advance(2.0)  # the first batch: refused
+    await until(lambda: len(batches) == 1 and "could not save 2 streaming replies" in caplog.text, "a log")
+    await step(("C", "y"))
+    await clock.advance(2.0)  # the next batch saves the newest text of both
+    await until(lambda: len(saved) == 1, "a second batch, saved")
+    kept = sorted(reply.content for reply in await store.streaming("test"))
+    assert batches == [["AB", "wx"], ["ABC", "wxy"]] and kept == ["ABC", "wxy"]  # what a crash now keeps
+    await step(("D", "z"))
+    assert [await reply for reply in replies if reply is not None] == ["ok", "ok"]
+    assert [surface.final for surface in surfaces] == ["ABCD", "wxyz"]
+    assert await store.streaming("test") == []
+    assert (await assistant_row(engine))["outcome"] == "ok"
 
 
 async def test_context_is_trimmed_to_the_window_and_the_reply_says_so_once(

@@ -69,8 +69,8 @@ async def test_after_a_crash_cut_replies_are_repaired_and_waiting_messages_answe
     record = AssistantRecord("The answer so", "openrouter/xiaomi/mimo-v2-flash", "streaming")
     shown = await store.start_reply(str(CHANNEL), cut.turn_id, ADA.id, record, 4, {"surface": 9001})
     await store.start_reply(str(CHANNEL), unseen.turn_id, ADA.id, AssistantRecord("", "m", "streaming"), 0)
-    async with store._db.begin() as conn:  # the message arrived long before the restart
-        await conn.exec_driver_sql(f"UPDATE inbox SET received_at = {time.time() - 3600} WHERE id = {old.id}")
+    long_ago = f"UPDATE inbox SET received_at = {time.time() - 3600} WHERE id = {old.id}"
+    await store.write(lambda conn: conn.exec_driver_sql(long_ago))  # it arrived long before the restart
     await crashed.aclose()
 
     restarted = await make_engine(pending_max_age_seconds=600)

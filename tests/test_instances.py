@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from bot.engine import RESTARTED_NOTE, Engine
 from bot.leader import KEEP_SECONDS, Leader
@@ -34,18 +34,14 @@ async def left_streaming(engine: Engine, question: str, shown: str, surface: int
 
 async def silence(engine: Engine, seconds: float) -> None:
     """The instance's heartbeat stopped `seconds` ago, as when its process was killed."""
-    async with engine.store._db.begin() as conn:
-        await conn.execute(
-            text("UPDATE instances SET heartbeat_at = heartbeat_at - :s WHERE id = :id"),
-            {"s": seconds, "id": engine.store.instance_id},
-        )
+    statement = text("UPDATE instances SET heartbeat_at = heartbeat_at - :s WHERE id = :id")
+    values = {"s": seconds, "id": engine.store.instance_id}
+    await engine.store.write(lambda conn: conn.execute(statement, values))
 
 
 async def outcome_and_owner(engine: Engine, turn_id: int) -> tuple[str, str]:
-    async with engine.store._db.connect() as conn:
-        row = (
-            await conn.execute(text("SELECT outcome, instance FROM turns WHERE id = :id"), {"id": turn_id})
-        ).one()
+    query = text("SELECT outcome, instance FROM turns WHERE id = :id")
+    row = await engine.store.read(lambda conn: conn.execute(query, {"id": turn_id}).one())
     return row.outcome, row.instance
 
 
@@ -100,14 +96,11 @@ async def test_one_instance_leads_and_another_takes_over_when_it_dies(
     await two.check()
     assert (one.leading, two.leading) == (True, False)
     # The leader's connection dies with its process; the server ends the session and frees the lock.
-    async with second.store._db.connect() as conn:
-        ended = await conn.execute(
-            text(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                "WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
-            )
-        )
-        assert ended.all()
+    end = text(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks "
+        "WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
+    )
+    assert await second.store.write(lambda conn: conn.execute(end).all())
     for _ in range(100):  # the server ends the session a moment later; the next checks find it free
         await two.check()
         if two.leading:
@@ -150,21 +143,25 @@ async def test_answered_inbox_rows_and_dead_instances_are_pruned_after_seven_day
     await store.close_inbox(old_entry.id)
     await store.close_inbox(recent_entry.id)
     week_ago = time.time() - KEEP_SECONDS - 60
-    async with store._db.begin() as conn:
-        await conn.execute(
+
+    def long_ago(conn: Connection) -> None:
+        conn.execute(
             text("UPDATE inbox SET done_at = :t WHERE id = :id"), {"t": week_ago, "id": old_entry.id}
         )
-        await conn.execute(
+        conn.execute(
             text(
                 "INSERT INTO instances (id, host, pid, started_at, heartbeat_at) "
                 "VALUES ('gone', 'h', 1, 0, :t)"
             ),
             {"t": week_ago},
         )
+
+    await store.write(long_ago)
     assert await store.prune(KEEP_SECONDS) == 2
-    async with store._db.connect() as conn:
-        kept = (await conn.execute(text("SELECT text FROM inbox ORDER BY id"))).scalars().all()
-        instances = (await conn.execute(text("SELECT id FROM instances"))).scalars().all()
+    kept = await store.read(
+        lambda conn: conn.execute(text("SELECT text FROM inbox ORDER BY id")).scalars().all()
+    )
+    instances = await store.read(lambda conn: conn.execute(text("SELECT id FROM instances")).scalars().all())
     assert kept == ["recent", "waiting"]
     assert instances == [store.instance_id]
 
@@ -176,21 +173,19 @@ async def test_a_lost_lock_connection_is_replaced_and_replies_go_on(
     first = msg("before")
     task = await engine.accept(first, {"message": first.id})
     assert task and await task == "ok"
-    async with engine.store._db.connect() as conn:  # the server ends the session holding the locks
-        holder = (
-            await conn.execute(
-                text(
-                    "SELECT pid FROM pg_stat_activity "
-                    "WHERE query LIKE '%pg_advisory_unlock%' AND pid <> pg_backend_pid()"
-                )
-            )
-        ).scalar_one()
-        await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": holder})
+    locks_session = text(
+        "SELECT pid FROM pg_stat_activity WHERE query LIKE '%pg_advisory_unlock%' AND pid <> pg_backend_pid()"
+    )
+
+    def end_it(conn: Connection) -> int:  # the server ends the session holding the locks
+        holder = int(conn.execute(locks_session).scalar_one())
+        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": holder})
+        return holder
+
+    holder = await engine.store.write(end_it)
     alive = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
-    while True:  # a transaction sees one snapshot of pg_stat_activity: look in a new one each time
-        async with engine.store._db.connect() as conn:
-            if not (await conn.execute(alive, {"pid": holder})).scalar():
-                break
+    # A transaction sees one snapshot of pg_stat_activity: look in a new one each time.
+    while await engine.store.read(lambda conn: conn.execute(alive, {"pid": holder}).scalar()):
         await asyncio.sleep(0.02)
     second = msg("after")
     task = await engine.accept(second, {"message": second.id})

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import create_engine
 
 from bot.metrics import Health, Metrics, serve
+from bot.sqlite_worker import SQLiteWorker
 from bot.store import Store
 from tests.support.llm_server import LLMServer
 from tests.support.slack_api import BOT_USER, SlackAPI, SlackUser
@@ -107,7 +108,8 @@ async def test_a_metrics_port_in_use_stops_parley_run_with_one_line(llm: LLMServ
 
 
 async def test_healthz_says_when_the_store_is_down_and_metrics_are_still_served() -> None:
-    down = Store(create_async_engine("sqlite+aiosqlite://", async_creator=_refused))
+    refused = SQLiteWorker(create_engine("sqlite://", creator=_refused), "refused", "BEGIN")
+    down = Store("sqlite", writer=refused)
     health = Health()
     health.up("discord")
     runner = await serve(down, Metrics(), health, 0, host="127.0.0.1")
@@ -144,6 +146,6 @@ async def _until_healthy(url: str) -> str:
     raise AssertionError(f"{url} never said healthy")
 
 
-async def _refused() -> None:
+def _refused() -> None:
     """A database server that is down: every connection is refused."""
     raise ConnectionRefusedError(111, "Connection refused")

@@ -289,15 +289,17 @@ async def test_the_conversations_time_zone_sets_when_schedules_run(running: Call
 
 async def _moved(engine: Engine, back: float) -> None:
     """As if the schedule had been made `back` seconds ago and Parley had been down since."""
-    from sqlalchemy import update
+    from sqlalchemy import Connection, update
 
     from bot.schema import schedules
 
-    async with engine.store.database.begin() as conn:
-        row = (await conn.execute(schedules.select())).mappings().one()
-        await conn.execute(
+    def move(conn: Connection) -> None:
+        row = conn.execute(schedules.select()).mappings().one()
+        conn.execute(
             update(schedules).values(anchor=row["anchor"] - back, next_run_at=row["next_run_at"] - back)
         )
+
+    await engine.store.write(move)
 
 
 async def test_a_digest_summarizes_another_channel_and_posts_where_it_was_sent(

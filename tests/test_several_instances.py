@@ -246,10 +246,8 @@ async def test_an_instance_killed_mid_reply_is_taken_over_by_the_others(
                 return len(await store.pending("slack")) == 2
 
             await until(accepted, "both messages stored")
-            async with store._db.connect() as conn:
-                owner = (
-                    await conn.exec_driver_sql(f"SELECT instance FROM turns WHERE id = {reply.turn_id}")
-                ).scalar_one()
+            owner_of = f"SELECT instance FROM turns WHERE id = {reply.turn_id}"
+            owner = await store.read(lambda conn: conn.exec_driver_sql(owner_of).scalar_one())
             pid = int(owner.rsplit("-", 2)[1])
             os.kill(pid, signal.SIGKILL)
             cut = slack.replies("C1")[0]

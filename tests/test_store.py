@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, insert, select
+from sqlalchemy.exc import IntegrityError, ResourceClosedError
 
 from bot.models import Attachment, Author, ConversationKey, Message
-from bot.schema import meta
-from bot.store import AssistantRecord, Store
+from bot.schema import instances, meta
+from bot.store import AssistantRecord, Checkpoint, Store
 
 ADA = Author("u1", "Ada", is_channel_manager=True, role_ids=("r1",))
 BO = Author("u2", "Bo")
@@ -127,8 +128,8 @@ async def test_an_accepted_message_is_stored_once_with_its_files_across_restarts
     assert await reopened.count_turns("test:c") == 1
     await reopened.close_inbox(pending.id)
     assert await reopened.pending("test") == []
-    async with reopened._db.connect() as conn:  # files were kept only to answer the message
-        assert (await conn.exec_driver_sql("SELECT count(*) FROM inbox_files")).scalar() == 0
+    files_left = "SELECT count(*) FROM inbox_files"  # files were kept only to answer the message
+    assert await reopened.read(lambda conn: conn.exec_driver_sql(files_left).scalar()) == 0
     await reopened.close()
 
 
@@ -202,4 +203,104 @@ async def test_a_features_own_transaction_commits_whole_or_not_at_all(db_url: st
     with pytest.raises(RuntimeError):
         await store.write(add("feature-dropped", fail=True))
     assert await store.read(names) == ["feature-kept"]
+    await store.close()
+
+
+async def test_a_transaction_the_database_refuses_rolls_back_and_the_next_goes_on(db_url: str) -> None:
+    """A statement refused half way through leaves nothing of the transaction, and the one connection
+    that writes (on SQLite) goes on with the next."""
+    store = await Store.open(db_url)
+
+    def half(conn: Connection) -> None:
+        conn.execute(insert(meta).values(name="written first", value="1"))
+        conn.execute(insert(meta).values(name="refused", value=None))  # value is NOT NULL
+
+    with pytest.raises(IntegrityError):
+        await store.write(half)
+    assert await store.get_meta("written first") is None
+    await store.set_meta("written next", "2")
+    assert await store.get_meta("written next") == "2"
+    await store.close()
+
+
+async def test_closing_twice_does_nothing_and_a_closed_store_says_so(db_url: str) -> None:
+    store = await Store.open(db_url)
+    await store.close()
+    await store.close()
+    with pytest.raises(ResourceClosedError):
+        await store.get_meta("anything")
+    reopened = await Store.open(db_url)  # the instance left the table when it closed
+    assert await reopened.read(lambda conn: conn.execute(select(instances.c.id)).scalars().all()) == [
+        reopened.instance_id
+    ]
+    await reopened.close()
+
+
+async def test_the_sweep_for_streaming_replies_reads_their_partial_index(db_url: str) -> None:
+    store = await Store.open(db_url)
+    sweep = "SELECT id FROM turns WHERE outcome = 'streaming' AND conversation LIKE 'test:%' ORDER BY id"
+
+    def plan(conn: Connection) -> str:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # a table this small would be scanned
+            return "\n".join(conn.exec_driver_sql(f"EXPLAIN {sweep}").scalars())
+        return "\n".join(row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sweep}"))
+
+    shown = await store.read(plan)
+    await store.close()
+    assert "ix_turns_streaming" in shown, shown
+
+
+async def test_many_replies_written_at_once_all_succeed_and_none_is_mixed_up(db_url: str) -> None:
+    """Concurrent replies once raced for SQLite's one write lock and failed with "database is locked"."""
+    store = await Store.open(db_url)
+
+    async def reply(index: int) -> None:
+        incoming = message(f"question {index}", f"m{index}", key=f"c{index % 7}")
+        entry = await store.accept(incoming, None, incoming.text, 3)
+        assert entry is not None
+        conversation = str(incoming.key)
+        record = AssistantRecord("", "m", "streaming")
+        turn = await store.start_reply(conversation, entry.turn_id, ADA.id, record, 0, {"r": index})
+        await store.save_checkpoints([Checkpoint(turn, f"answer {index} so", "m", 2)])
+        final = AssistantRecord(f"answer {index}", "m", "ok")
+        await store.finish_reply(entry.id, conversation, turn, entry.turn_id, ADA.id, final, 2)
+
+    await asyncio.gather(*(reply(i) for i in range(300)))
+    assert await store.pending("test") == []
+    assert await store.streaming("test") == []
+    answers = [t.content for c in range(7) for t in (await store.recall(f"test:c{c}", 100_000))[0]]
+    assert sorted(answers) == sorted(
+        [f"question {i}" for i in range(300)] + [f"answer {i}" for i in range(300)]
+    )
+    await store.close()
+
+
+async def test_a_checkpoint_saves_only_replies_still_streaming(db_url: str) -> None:
+    store = await Store.open(db_url)
+    done = await store.accept(message("q1", "m1"), None, "q1", 1)
+    going = await store.accept(message("q2", "m2"), None, "q2", 1)
+    assert done is not None and going is not None
+    streaming = AssistantRecord("", "m", "streaming")
+    finished = await store.start_reply("test:c", done.turn_id, ADA.id, streaming, 0)
+    still = await store.start_reply("test:c", going.turn_id, ADA.id, streaming, 0)
+    await store.finish_reply(
+        done.id, "test:c", finished, done.turn_id, ADA.id, AssistantRecord("done", "m", "ok"), 1
+    )
+    # A batch that was under way when the first reply finished.
+    await store.save_checkpoints([Checkpoint(finished, "do", "m2", 1), Checkpoint(still, "so far", "m2", 2)])
+    await store.save_checkpoints([])
+    assert [(r.turn_id, r.content) for r in await store.streaming("test")] == [(still, "so far")]
+    turns, _ = await store.recall("test:c", 1000, upto=going.turn_id)
+    assert [(t.content, t.outcome) for t in turns] == [("q1", None), ("done", "ok"), ("q2", None)]
+    await store.close()
+
+
+async def test_an_sqlite_database_in_memory_reads_what_it_wrote_on_its_one_connection() -> None:
+    store = await Store.open("sqlite+aiosqlite:///:memory:")  # a second connection would see nothing
+    question = await remember(store, "kept in memory", "m1")
+    turns, _ = await store.recall("test:c", 100)
+    assert [t.id for t in turns] == [question]
+    assert [e.turn_id for e in await store.pending("test")] == [question]
+    await store.close()
     await store.close()

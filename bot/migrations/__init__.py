@@ -54,8 +54,13 @@ def lock(connection: Connection) -> None:
     wait, up to the busy timeout)."""
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
-    elif connection.dialect.name == "sqlite":
+    elif connection.dialect.name == "sqlite" and not _began(connection):
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _began(connection: Connection) -> bool:
+    """Whether SQLite is in a transaction already: the store's writer begins each with BEGIN IMMEDIATE."""
+    return bool(getattr(connection.connection.dbapi_connection, "in_transaction", False))
 
 
 def current(connection: Connection) -> str | None:

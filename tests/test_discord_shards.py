@@ -1,0 +1,212 @@
+"""Discord shards: the loopback gateway routes and refuses as Discord does, and Parley runs a client per
+shard it holds (all of them in one process on SQLite), each IDENTIFY in its bucket's slot."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bot.config import Settings, SetupError
+from bot.engine import Engine
+from bot.shards import IDENTIFY_SECONDS
+from tests.support.discord_emulator import (
+    BOT_ID,
+    DM_CHANNEL,
+    ELSEWHERE,
+    GENERAL,
+    GUILD_ID,
+    OTHER_GUILD,
+    DiscordEmulator,
+    running,
+    shard_of,
+    until,
+)
+
+MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
+
+
+def test_the_two_servers_are_on_different_shards_of_two() -> None:
+    assert (shard_of(GUILD_ID, 2), shard_of(OTHER_GUILD, 2)) == (0, 1)
+
+
+# The loopback gateway, driven by a raw websocket
+
+
+class Gateway:
+    """One raw gateway connection to the loopback Discord."""
+
+    def __init__(self, socket: aiohttp.ClientWebSocketResponse) -> None:
+        self.socket = socket
+        self.events: list[dict[str, Any]] = []
+
+    async def identify(self, shard: list[int] | None) -> dict[str, Any] | int:
+        """READY's data, the op of another answer (9: invalid session), or the close code."""
+        assert (await self.socket.receive_json())["op"] == 10
+        payload: dict[str, Any] = {"token": "t", "intents": 1 << 15, "properties": {}}
+        if shard is not None:
+            payload["shard"] = shard
+        await self.socket.send_json({"op": 2, "d": payload})
+        answer = await self.socket.receive()
+        if answer.type == aiohttp.WSMsgType.CLOSE:
+            return int(answer.data)
+        message = answer.json()
+        return message["d"] if message["op"] == 0 and message["t"] == "READY" else int(message["op"])
+
+    async def listen(self) -> None:
+        async for frame in self.socket:
+            if frame.type == aiohttp.WSMsgType.TEXT:
+                self.events.append(frame.json())
+
+    def saw(self, event: str, channel: int) -> bool:
+        return any(e.get("t") == event and e["d"].get("channel_id") == str(channel) for e in self.events)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def connect(http: aiohttp.ClientSession, discord_api: DiscordEmulator) -> Gateway:
+    return Gateway(await http.ws_connect(discord_api.gateway_url))
+
+
+async def test_gateway_bot_says_the_shard_count_and_max_concurrency(http: aiohttp.ClientSession) -> None:
+    async with (
+        DiscordEmulator(shards=2, max_concurrency=2) as discord_api,
+        http.get(f"{discord_api.api_base}/gateway/bot") as answer,
+    ):
+        body = await answer.json()
+    assert body["shards"] == 2 and body["url"] == discord_api.gateway_url
+    assert body["session_start_limit"]["max_concurrency"] == 2
+
+
+@pytest.mark.parametrize(
+    ("shard", "code"),
+    [([2, 2], 4010), ([-1, 2], 4010), ([0, 3], 4010), (None, 4011), ([0, 1], 4011), (["0", 2], 4010)],
+)
+async def test_an_identify_with_a_shard_discord_would_refuse_is_closed(
+    http: aiohttp.ClientSession, shard: list[Any] | None, code: int
+) -> None:
+    async with DiscordEmulator(shards=2) as discord_api:
+        gateway = await connect(http, discord_api)
+        assert await gateway.identify(shard) == code
+        assert discord_api.closed_with == [code] and discord_api.identifies == []
+
+
+async def test_identifies_over_max_concurrency_get_invalid_session(http: aiohttp.ClientSession) -> None:
+    async with DiscordEmulator(shards=4, max_concurrency=2) as discord_api:
+        first, second, third = [await connect(http, discord_api) for _ in range(3)]
+        assert isinstance(await first.identify([0, 4]), dict)
+        assert isinstance(await second.identify([1, 4]), dict)  # bucket 1 has a slot of its own
+        assert await third.identify([2, 4]) == 9  # bucket 0 again, within 5 seconds: Invalid Session
+        assert discord_api.identify_refusals == [(2, "identified too soon after another in its bucket")]
+        assert [shard for shard, _at in discord_api.identifies] == [0, 1]
+
+
+async def test_events_go_to_their_servers_shard_and_direct_messages_to_shard_0(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with DiscordEmulator(shards=2, max_concurrency=2) as discord_api:
+        zero, one = await connect(http, discord_api), await connect(http, discord_api)
+        ready_zero, ready_one = await zero.identify([0, 2]), await one.identify([1, 2])
+        assert isinstance(ready_zero, dict) and isinstance(ready_one, dict)
+        assert [g["id"] for g in ready_zero["guilds"]] == [str(GUILD_ID)]
+        assert [g["id"] for g in ready_one["guilds"]] == [str(OTHER_GUILD)]
+        listening = [asyncio.ensure_future(g.listen()) for g in (zero, one)]
+        await discord_api.send_message(GENERAL, "on shard 0")
+        await discord_api.send_message(ELSEWHERE, "on shard 1")
+        await discord_api.send_message(DM_CHANNEL, "a direct message", guild=False)
+        await until(lambda: zero.saw("MESSAGE_CREATE", DM_CHANNEL) and one.saw("MESSAGE_CREATE", ELSEWHERE))
+        for task in listening:
+            task.cancel()
+    assert zero.saw("MESSAGE_CREATE", GENERAL) and not zero.saw("MESSAGE_CREATE", ELSEWHERE)
+    assert not one.saw("MESSAGE_CREATE", GENERAL) and not one.saw("MESSAGE_CREATE", DM_CHANNEL)
+
+
+async def test_a_second_session_on_a_shard_replaces_the_first(http: aiohttp.ClientSession) -> None:
+    async with DiscordEmulator(shards=2, max_concurrency=2) as discord_api:
+        older = await connect(http, discord_api)
+        assert isinstance(await older.identify([0, 2]), dict)
+        discord_api._bucket_starts.clear()  # as if 5 seconds had passed
+        newer = await connect(http, discord_api)
+        assert isinstance(await newer.identify([0, 2]), dict)
+        while (frame := await older.socket.receive()).type == aiohttp.WSMsgType.TEXT:
+            pass  # the GUILD_CREATE sent before
+        assert frame.type == aiohttp.WSMsgType.CLOSE and frame.data == 4009
+        assert discord_api.sessions_on(0) == 1
+
+
+# Parley's shards in one process (SQLite)
+
+
+def sharded(discord_api: DiscordEmulator, make_settings: Callable[..., Settings], count: int) -> Settings:
+    return make_settings(
+        discord_token="t",
+        discord_api_base=discord_api.api_base,
+        discord_gateway_url=discord_api.gateway_url,
+        discord_shard_count=count,
+    )
+
+
+async def test_one_process_runs_both_shards_and_answers_on_each(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with DiscordEmulator(shards=2, max_concurrency=2) as discord_api:
+        engine = await Engine.create(sharded(discord_api, make_settings, 2))
+        try:
+            async with running(discord_api, engine) as platform:
+                assert sorted(platform.shards) == [0, 1] and discord_api.sessions_on(1) == 1
+                # Each shard's client has its own server, and DMs arrive on shard 0.
+                assert platform.shards[1].get_channel(ELSEWHERE) is not None
+                assert platform.shards[0].get_channel(ELSEWHERE) is None
+                await discord_api.send_message(GENERAL, f"<@{BOT_ID}> here?", mentions=[MENTION])
+                await discord_api.send_message(ELSEWHERE, f"<@{BOT_ID}> there?", mentions=[MENTION])
+                await discord_api.send_message(DM_CHANNEL, "and in private?", guild=False)
+                await until(
+                    lambda: (
+                        [m["content"] for m in discord_api.messages_in(GENERAL)] == ["echo: Alice: here?"]
+                        and [m["content"] for m in discord_api.messages_in(ELSEWHERE)]
+                        == ["echo: Alice: there?"]
+                        and [m["content"] for m in discord_api.messages_in(DM_CHANNEL)]
+                        == ["echo: Alice: and in private?"]
+                    )
+                )
+        finally:
+            await engine.aclose()
+    syncs = [c for c in discord_api.calls if c.method == "PUT" and c.path.endswith("/commands")]
+    assert len(syncs) == 1  # by the REST client, once, not once per shard
+    assert discord_api.identify_refusals == []
+
+
+async def test_shards_of_one_bucket_identify_five_seconds_apart(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with DiscordEmulator(shards=2, max_concurrency=1) as discord_api:
+        engine = await Engine.create(sharded(discord_api, make_settings, 2))
+        try:
+            async with running(discord_api, engine):
+                (_, first), (_, second) = discord_api.identifies
+        finally:
+            await engine.aclose()
+    assert second - first >= IDENTIFY_SECONDS and discord_api.identify_refusals == []
+
+
+async def test_a_shard_count_discord_refuses_is_one_sentence(make_settings: Callable[..., Settings]) -> None:
+    async with DiscordEmulator(shards=2, max_concurrency=3) as discord_api:
+        engine = await Engine.create(sharded(discord_api, make_settings, 3))
+        try:
+            with pytest.raises(SetupError) as refused:
+                async with running(discord_api, engine):
+                    pass
+        finally:
+            await engine.aclose()
+    assert str(refused.value) == (
+        "Discord refused the shard count (gateway close code 4010); set DISCORD_SHARD_COUNT to the number "
+        "of shards the bot needs (GET /gateway/bot recommends one), the same on every instance"
+    )
+    assert 4010 in discord_api.closed_with

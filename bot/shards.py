@@ -7,9 +7,9 @@ instance dies its connection closes, the lock is free, and a live instance takes
 look. On SQLite the one instance holds every shard.
 
 Starting a session (Discord's IDENTIFY) is limited per rate-limit bucket (`shard % max_concurrency`):
-one per bucket every IDENTIFY_SECONDS, whichever instance starts it. On PostgreSQL the bucket's last
-start is a row in `meta`, taken by the database's clock, so an instance that dies right after
-identifying still holds back the next one.
+one per bucket every 5 seconds (and a second to spare), whichever instance starts it. On PostgreSQL
+the bucket's last start is a row in `meta`, taken by the database's clock, so an instance that dies
+right after identifying still holds back the next one.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ from bot.store import Store
 log = logging.getLogger(__name__)
 
 IDENTIFY_SECONDS = 5.0  # Discord: max_concurrency IDENTIFYs per 5 seconds, one per bucket
+# Discord counts from when an IDENTIFY arrives, a slot from when it is taken, just before sending: a
+# second apart, one sent late after its slot (a busy loop) still arrives 5 seconds after the one before.
+SLOT_SECONDS = IDENTIFY_SECONDS + 1.0
 
 
 class Leases:
@@ -152,7 +155,7 @@ def _space(name: str) -> int:
 
 
 class IdentifySlots:
-    """Waits until a shard may start a new session: one per bucket every IDENTIFY_SECONDS."""
+    """Waits until a shard may start a new session: one per bucket every SLOT_SECONDS."""
 
     def __init__(self, store: Store, platform: str, max_concurrency: int = 1) -> None:
         self._store = store
@@ -174,13 +177,13 @@ class IdentifySlots:
         """0 when this bucket's slot is taken now; otherwise how long until it frees."""
         if not self._store.shared:
             now, last = time.monotonic(), self._started.get(bucket, float("-inf"))
-            if now - last < IDENTIFY_SECONDS:
-                return IDENTIFY_SECONDS - (now - last)
+            if now - last < SLOT_SECONDS:
+                return SLOT_SECONDS - (now - last)
             self._started[bucket] = now
             return 0.0
         name = f"{self._platform}:identify:{bucket}"
         try:
-            return await self._store.write(lambda conn: _take_slot(conn, name, IDENTIFY_SECONDS))
+            return await self._store.write(lambda conn: _take_slot(conn, name, SLOT_SECONDS))
         except (OSError, SQLAlchemyError) as error:
             log.warning("could not take an identify slot (%s); trying again", error)
             return 1.0

@@ -4,7 +4,12 @@ shard it holds (all of them in one process on SQLite), each IDENTIFY in its buck
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,7 +30,10 @@ from tests.support.discord_emulator import (
     shard_of,
     until,
 )
+from tests.support.llm_server import LLMServer
+from tests.test_cli import environment
 
+CHECKOUT = str(Path(__file__).resolve().parents[1])
 MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
 
 
@@ -210,3 +218,118 @@ async def test_a_shard_count_discord_refuses_is_one_sentence(make_settings: Call
         "of shards the bot needs (GET /gateway/bot recommends one), the same on every instance"
     )
     assert 4010 in discord_api.closed_with
+
+
+# Two `parley run` processes on one PostgreSQL
+
+
+@contextlib.asynccontextmanager
+async def instance(
+    llm: LLMServer, tmp_path: Path, discord_api: DiscordEmulator, database_url: str, name: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, Path]]:
+    """One `parley run` with two shards, its log in a file of its own."""
+    log = tmp_path / f"{name}.log"
+    env = {
+        "DISCORD_TOKEN": "discord-very-secret",
+        "DISCORD_API_BASE": discord_api.api_base,
+        "DISCORD_GATEWAY_URL": discord_api.gateway_url,
+        "DISCORD_SHARD_COUNT": "2",
+        "DATABASE_URL": database_url,
+        "INSTANCE_HEARTBEAT_SECONDS": "0.3",
+        "INSTANCE_TIMEOUT_SECONDS": "2",
+        "PYTHONPATH": CHECKOUT,
+    }
+    with log.open("wb") as written:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot",
+            "run",
+            cwd=tmp_path,
+            env=environment(llm, tmp_path, **env),
+            stderr=written,
+        )
+        try:
+            yield process, log
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 60)
+
+
+def holding(log: Path) -> set[int]:
+    """The shards an instance holds now, by what its log said: connected, less those it gave up."""
+    held: set[int] = set()
+    for taken, given in re.findall(
+        r"Discord: shard (\d) of 2 connected|Discord: giving shard (\d) up", log.read_text()
+    ):
+        if taken:
+            held.add(int(taken))
+        else:
+            held.discard(int(given))
+    return held
+
+
+async def within(seconds: float, condition: Callable[[], bool], what: str, *logs: Path) -> None:
+    try:
+        await until(condition, seconds)
+    except TimeoutError:
+        said = "\n".join(f"--- {log.name}:\n{log.read_text()[-3000:]}" for log in logs)
+        raise AssertionError(f"timed out waiting for {what}\n{said}") from None
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_two_instances_share_two_shards_and_one_takes_over_when_the_other_is_killed(
+    llm: LLMServer, tmp_path: Path, database_url: str
+) -> None:
+    async with (
+        DiscordEmulator(shards=2, max_concurrency=2) as discord_api,
+        instance(llm, tmp_path, discord_api, database_url, "a") as (a, a_log),
+        instance(llm, tmp_path, discord_api, database_url, "b") as (b, b_log),
+    ):
+        # Whichever started first gives a shard up to the other: one each, each on its own session.
+        await within(
+            30,
+            lambda: (
+                holding(a_log) | holding(b_log) == {0, 1}
+                and len(holding(a_log)) == len(holding(b_log)) == 1
+                and discord_api.sessions_on(0) == discord_api.sessions_on(1) == 1
+            ),
+            "one shard on each instance",
+            a_log,
+            b_log,
+        )
+        await discord_api.send_message(GENERAL, f"<@{BOT_ID}> zero?", mentions=[MENTION])
+        await discord_api.send_message(ELSEWHERE, f"<@{BOT_ID}> one?", mentions=[MENTION])
+        await within(
+            20,
+            lambda: (
+                [m["content"] for m in discord_api.messages_in(GENERAL)] == ["echo: Alice: zero?"]
+                and [m["content"] for m in discord_api.messages_in(ELSEWHERE)] == ["echo: Alice: one?"]
+            ),
+            "an answer on each shard",
+        )
+        holder, survivor_log = (a, b_log) if 0 in holding(a_log) else (b, a_log)
+        holder.kill()  # kill -9: no goodbye, its database connection (and its leases) just close
+        await holder.wait()
+        await within(
+            20, lambda: holding(survivor_log) == {0, 1}, "the survivor to take shard 0", survivor_log
+        )
+        await within(10, lambda: discord_api.sessions_on(0) == 1, "shard 0's new session")
+        await discord_api.send_message(GENERAL, f"<@{BOT_ID}> still there?", mentions=[MENTION])
+        await discord_api.send_message(DM_CHANNEL, "and in private?", guild=False)  # DMs: shard 0
+        await within(
+            20,
+            lambda: (
+                [m["content"] for m in discord_api.messages_in(GENERAL)][-1:] == ["echo: Alice: still there?"]
+                and [m["content"] for m in discord_api.messages_in(DM_CHANNEL)]
+                == ["echo: Alice: and in private?"]
+            ),
+            "the survivor's answers on shard 0",
+        )
+        survivor = b if holder is a else a
+    assert survivor.returncode == 0, survivor_log.read_text()[-3000:]
+    assert discord_api.identify_refusals == []  # every IDENTIFY in its bucket's slot, across instances
+    syncs = [c for c in discord_api.calls if c.method == "PUT" and c.path.endswith("/commands")]
+    assert len(syncs) == 1  # by the leader only
+    assert "Traceback" not in survivor_log.read_text()

@@ -220,6 +220,44 @@ async def test_a_shard_count_discord_refuses_is_one_sentence(make_settings: Call
     assert 4010 in discord_api.closed_with
 
 
+async def test_a_token_revoked_on_a_shard_stops_discord_in_one_sentence(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with DiscordEmulator(shards=2, max_concurrency=2) as discord_api:
+        engine = await Engine.create(sharded(discord_api, make_settings, 2))
+        try:
+            async with running(discord_api, engine) as platform:
+                await discord_api.close_gateway(4004)
+                await asyncio.wait_for(platform.wait_closed(), 10)
+        finally:
+            await engine.aclose()
+    assert (
+        "Discord stopped: Discord refused DISCORD_TOKEN on the gateway; reset the token in the developer "
+        "portal; Parley can no longer receive messages there"
+    ) in caplog.text
+
+
+async def test_shards_dropped_by_the_gateway_identify_again_in_their_slots_and_still_answer(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with DiscordEmulator(shards=2, max_concurrency=2) as discord_api:
+        engine = await Engine.create(sharded(discord_api, make_settings, 2))
+        try:
+            async with running(discord_api, engine):
+                await discord_api.close_gateway(4000)  # resumable: each tries to RESUME, must IDENTIFY
+                await until(lambda: len(discord_api.identifies) == 4, 20)
+                await discord_api.send_message(ELSEWHERE, f"<@{BOT_ID}> back?", mentions=[MENTION])
+                await until(
+                    lambda: (
+                        [m["content"] for m in discord_api.messages_in(ELSEWHERE)] == ["echo: Alice: back?"]
+                    )
+                )
+        finally:
+            await engine.aclose()
+    assert discord_api.identify_refusals == []
+    assert sorted(shard for shard, _at in discord_api.identifies) == [0, 0, 1, 1]
+
+
 # Two `parley run` processes on one PostgreSQL
 
 

@@ -29,6 +29,16 @@ It refuses what Discord refuses (checked against Discord's API docs and OpenAPI 
   edits per channel, webhook executes and edits per interaction token. Every limited response carries
   `X-RateLimit-*` headers.
 
+Its gateway is sharded as Discord's is (`DiscordEmulator(shards=2, max_concurrency=1)`, also what
+`GET /gateway/bot` says): each server's events go only to the session identified with its shard,
+`(guild_id >> 22) % shard_count` (GUILD_ID is on shard 0 of 2, OTHER_GUILD with its channel ELSEWHERE
+on shard 1), and events without a server (direct messages) to shard 0. It closes an IDENTIFY with a shard
+outside [0, shard_count) or another shard count (4010) and one without a shard when sharding is required
+(4011); answers Invalid Session (op 9) to an IDENTIFY within 5 seconds of the last in its bucket
+(`shard_id % max_concurrency`), recording it in `identify_refusals`; and closes the older session when a
+second identifies with the same shard (4009), so no shard's events reach two sessions. A RESUME gets
+Invalid Session: a new session must start.
+
 It keeps everyone's messages, as a channel does, and serves them newest first a page at a time; ids
 are snowflakes made as Discord makes them (the time in the high bits). `deliver_again` replays a
 MESSAGE_CREATE, as a client can see one after a gateway resume; `edit_message` and `delete_message`

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import signal
 import sys
@@ -14,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy import text
 
 from bot.config import Settings, SetupError
 from bot.engine import Engine
@@ -152,12 +154,15 @@ async def test_a_second_session_on_a_shard_replaces_the_first(http: aiohttp.Clie
 # Parley's shards in one process (SQLite)
 
 
-def sharded(discord_api: DiscordEmulator, make_settings: Callable[..., Settings], count: int) -> Settings:
+def sharded(
+    discord_api: DiscordEmulator, make_settings: Callable[..., Settings], count: int, **more: Any
+) -> Settings:
     return make_settings(
         discord_token="t",
         discord_api_base=discord_api.api_base,
         discord_gateway_url=discord_api.gateway_url,
         discord_shard_count=count,
+        **more,
     )
 
 
@@ -256,6 +261,36 @@ async def test_shards_dropped_by_the_gateway_identify_again_in_their_slots_and_s
             await engine.aclose()
     assert discord_api.identify_refusals == []
     assert sorted(shard for shard, _at in discord_api.identifies) == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_shards_whose_leases_are_lost_are_closed_then_taken_again(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with DiscordEmulator(shards=2, max_concurrency=2) as discord_api:
+        settings = sharded(discord_api, make_settings, 2).model_copy(
+            update={"instance_heartbeat_seconds": 0.2}
+        )
+        engine = await Engine.create(settings)
+        try:
+            async with running(discord_api, engine) as platform:
+                assert platform._leases is not None and platform._leases._connection is not None
+                connection = platform._leases._connection
+                pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+                async with engine.store.database.connect() as conn:  # as when the connection drops
+                    await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                await until(lambda: len(discord_api.identifies) == 4, 20)
+                await discord_api.send_message(GENERAL, f"<@{BOT_ID}> back?", mentions=[MENTION])
+                await until(
+                    lambda: [m["content"] for m in discord_api.messages_in(GENERAL)] == ["echo: Alice: back?"]
+                )
+                assert sorted(platform.shards) == [0, 1]
+        finally:
+            await engine.aclose()
+    assert "Discord: lost the lease on shard 0; closing its connection" in caplog.text
+    assert "Discord: lost the lease on shard 1; closing its connection" in caplog.text
+    assert discord_api.identify_refusals == []
 
 
 # Two `parley run` processes on one PostgreSQL

@@ -74,7 +74,13 @@ class DiscordPlatform:
                 return
             self.identify_slots = IdentifySlots(self.engine.store, self.name, await self._max_concurrency())
             self._leases = Leases(self.engine.store, self.name, self.count)
-            await asyncio.gather(*(self._open(shard) for shard in await self._leases.take_free()))
+            opening = [asyncio.ensure_future(self._open(shard)) for shard in await self._leases.take_free()]
+            try:
+                await asyncio.gather(*opening)
+            finally:  # one refused: the others stop before everything closes
+                for task in opening:
+                    task.cancel()
+                await asyncio.gather(*opening, return_exceptions=True)
         except BaseException:
             await self.stop()
             raise
@@ -125,9 +131,9 @@ class DiscordPlatform:
         if client.is_ready() and not connection.done():
             return
         if connection.done() and not connection.cancelled():
-            raise connection_refused(
-                connection.exception(), client.application_id, self.settings.discord_gateway_url
-            )
+            error = connection.exception()
+            gateway = self.settings.discord_gateway_url
+            raise connection_refused(error, client.application_id, gateway) from error
         raise SetupError(
             f"Discord's gateway at {self.settings.discord_gateway_url} did not let Parley in within "
             f"{START_SECONDS:g} seconds; check the network connection, or DISCORD_GATEWAY_URL if you set it"
@@ -168,8 +174,10 @@ class DiscordPlatform:
                 try:
                     await self._open(shard)
                 except SetupError as refused:
-                    log.error("Discord: could not connect shard %d: %s", shard, refused)
                     await self._leases.release(shard)
+                    if _fatal(refused.__cause__):
+                        raise
+                    log.error("Discord: could not connect shard %d: %s", shard, refused)
             await asyncio.sleep(self.settings.instance_heartbeat_seconds)
 
     async def stop(self) -> None:

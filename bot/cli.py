@@ -24,6 +24,7 @@ from bot.config import ConfigError, Settings, SetupError
 from bot.database_url import describe_database
 from bot.engine import Engine
 from bot.instances import Instance
+from bot.leader import LeadingPlatform
 from bot.logs import configure_logging
 from bot.metrics import serve as serve_metrics
 from bot.platform import Platform
@@ -200,6 +201,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         for platform in platforms:
             await engine.recover(platform.name)
         instance.leader.add_role(scheduler.start, scheduler.stop)  # schedules run on the leader only
+        for platform in platforms:  # and a platform's work done once for all (Discord's command sync)
+            if isinstance(platform, LeadingPlatform):
+                instance.leader.add_role(platform.lead, platform.step_down)
         instance.start()
         return await _until_stopped(stopping, platforms)
     except SetupError as refused:

@@ -240,6 +240,9 @@ class Settings(BaseSettings):
     discord_api_base: str = "https://discord.com/api/v10"
     discord_gateway_url: str = "wss://gateway.discord.gg/"
     discord_reply_in_dms: bool = True
+    # Discord shards (issue 13): how many gateway shards the bot runs, spread over the instances by
+    # leases; 1 is one connection and no leases.
+    discord_shard_count: int = 1
 
     # Slack.
     slack_bot_token: SecretStr | None = None
@@ -311,6 +314,16 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("discord_shard_count")
+    @classmethod
+    def _shard_count(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(
+                f"must be 1 or more (the number of Discord gateway shards, the same on every instance), "
+                f"not {value}"
+            )
         return value
 
     @field_validator("log_level")

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol, runtime_checkable
 
 from bot.engine import Engine
 
@@ -18,6 +19,15 @@ log = logging.getLogger(__name__)
 
 KEEP_SECONDS = 7 * 24 * 3600  # answered inbox rows and long-dead instances are forgotten after this
 PRUNE_EVERY_SECONDS = 3600.0
+
+
+@runtime_checkable
+class LeadingPlatform(Protocol):
+    """A platform with work to do once for all instances (Discord's command sync): done by the leader."""
+
+    async def lead(self) -> None: ...
+
+    async def step_down(self) -> None: ...
 
 
 class Leader:

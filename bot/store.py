@@ -484,6 +484,11 @@ class Store:
                 await self._locks.close()
         self._locks = None
 
+    async def lock_connection(self) -> AsyncConnection:
+        """A connection of its own for session advisory locks held for long (PostgreSQL): they are
+        released when it closes, or when this instance dies."""
+        return await _autocommit(self._db)
+
     async def lead(self) -> bool:
         """Whether this instance is the leader: on PostgreSQL the holder of an advisory lock, on its own
         connection, so it is released the moment the instance dies; on SQLite the only instance."""

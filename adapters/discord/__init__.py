@@ -19,7 +19,7 @@ async def sync_commands(settings: Settings, guild_id: int | None, skills: list[S
     """Register the slash commands now: in one server (instant) or globally."""
     point_at(settings)
     engine = await Engine.create(settings, skills=skills)
-    client = DiscordPlatform(engine, settings, sync_on_start=False).client
+    client = DiscordPlatform(engine, settings).client
     try:
         await login(client, settings)
         guild = discord.Object(guild_id) if guild_id is not None else None

@@ -42,46 +42,53 @@ NOT_STORED = (
 
 class ParleyDiscord(discord.Client):
     def __init__(
-        self, platform: DiscordPlatform, *, sync_on_start: bool = True, guild_ready: float = 2.0
+        self, platform: DiscordPlatform, *, guild_ready: float = 2.0, shard: tuple[int, int] | None = None
     ) -> None:
         intents = discord.Intents.default()
         intents.message_content = True
         # `guild_ready`: how long READY waits for one more server to arrive (each arrives on its own).
+        # `shard`: (shard id, shard count) when the bot is sharded; this client then gets that shard's
+        # servers' events (and, on shard 0, direct messages).
         super().__init__(
             intents=intents,
             allowed_mentions=NO_PINGS,
             guild_ready_timeout=guild_ready,
             http_trace=_rate_limits_counted(platform.engine.metrics),
+            **({"shard_id": shard[0], "shard_count": shard[1]} if shard else {}),
         )
         self.platform = platform
         self.engine = platform.engine
         self.tree = app_commands.CommandTree(self)
-        self._sync_on_start = sync_on_start
         # By channel and person: the newest message still on its way to the engine.
         self._arrivals: dict[tuple[int, int], asyncio.Future[None]] = {}
         self.arriving: set[asyncio.Task[None]] = set()  # messages on their way to the engine
         install(self.tree, platform)
 
-    async def setup_hook(self) -> None:
-        if not self._sync_on_start:
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """A shard starts a session only in its bucket's slot, shared with the other instances."""
+        slots = self.platform.identify_slots
+        if slots is None or shard_id is None:
+            await super().before_identify_hook(shard_id, initial=initial)
             return
-        self.engine.catalog.refresh()  # so /model's autocomplete finds the model lists warm
+        await slots.wait(shard_id)
+
+    async def sync_commands(self) -> None:
+        """Register the slash commands when they changed since the last sync (the leader does this)."""
         payload = json.dumps(
             [command.to_dict(self.tree) for command in self.tree.get_commands()], sort_keys=True
         )
         digest = hashlib.sha256(payload.encode()).hexdigest()
-        if await self.engine.store.get_meta(COMMANDS_HASH) != digest:
-            try:
-                await self.tree.sync()
-            except discord.HTTPException as error:  # the bot still answers mentions; the next start retries
-                log.error(
-                    "Discord refused the slash commands (%s: %s); they were not updated",
-                    error.status,
-                    error.text,
-                )
-                return
-            await self.engine.store.set_meta(COMMANDS_HASH, digest)
-            log.info("slash commands changed; synced them globally")
+        if await self.engine.store.get_meta(COMMANDS_HASH) == digest:
+            return
+        try:
+            await self.tree.sync()
+        except discord.HTTPException as error:  # the bot still answers mentions; the next lead retries
+            log.error(
+                "Discord refused the slash commands (%s: %s); they were not updated", error.status, error.text
+            )
+            return
+        await self.engine.store.set_meta(COMMANDS_HASH, digest)
+        log.info("slash commands changed; synced them globally")
 
     async def on_ready(self) -> None:
         assert self.user is not None and self.application_id is not None

@@ -43,6 +43,12 @@ def connection_refused(error: BaseException | None, application_id: int | None, 
             return SetupError(
                 "Discord refused DISCORD_TOKEN on the gateway; reset the token in the developer portal"
             )
+        if error.code in (4010, 4011):  # an invalid shard; sharding required
+            return SetupError(
+                f"Discord refused the shard count (gateway close code {error.code}); set "
+                "DISCORD_SHARD_COUNT to the number of shards the bot needs (GET /gateway/bot recommends "
+                "one), the same on every instance"
+            )
         return SetupError(
             f"Discord closed the gateway connection (code {error.code}) before Parley was ready"
         )

@@ -29,6 +29,16 @@ It refuses what Discord refuses (checked against Discord's API docs and OpenAPI 
   edits per channel, webhook executes and edits per interaction token. Every limited response carries
   `X-RateLimit-*` headers.
 
+Its gateway is sharded as Discord's is (`DiscordEmulator(shards=2, max_concurrency=1)`, also what
+`GET /gateway/bot` says): each server's events go only to the session identified with its shard,
+`(guild_id >> 22) % shard_count` (GUILD_ID is on shard 0 of 2, OTHER_GUILD with its channel ELSEWHERE
+on shard 1), and events without a server (direct messages) to shard 0. It closes an IDENTIFY with a shard
+outside [0, shard_count) or another shard count (4010) and one without a shard when sharding is required
+(4011); answers Invalid Session (op 9) to an IDENTIFY within 5 seconds of the last in its bucket
+(`shard_id % max_concurrency`), recording it in `identify_refusals`; and closes the older session when a
+second identifies with the same shard (4009), so no shard's events reach two sessions. A RESUME gets
+Invalid Session: a new session must start.
+
 It keeps everyone's messages, as a channel does, and serves them newest first a page at a time; ids
 are snowflakes made as Discord makes them (the time in the high bits). `deliver_again` replays a
 MESSAGE_CREATE, as a client can see one after a gateway resume; `edit_message` and `delete_message`
@@ -68,6 +78,10 @@ RANDOM = 100_000_000_000_000_000 + 201
 THREAD = 100_000_000_000_000_000 + 210  # a thread under GENERAL
 ROOMS = [100_000_000_000_000_000 + 220 + n for n in range(10)]  # more text channels: room-0 … room-9
 DM_CHANNEL = 100_000_000_000_000_000 + 300
+# A second server, on the other shard when there are two ((id >> 22) % 2: GUILD_ID is on shard 0), with
+# one text channel.
+OTHER_GUILD = GUILD_ID + (1 << 22)
+ELSEWHERE = OTHER_GUILD + 200
 ALICE = {"id": str(100_000_000_000_000_000 + 1001), "username": "alice", "global_name": "Alice"}
 BOB = {"id": str(100_000_000_000_000_000 + 1002), "username": "bob", "global_name": "Bob"}
 MANAGER_ROLE = 100_000_000_000_000_000 + 500
@@ -107,6 +121,26 @@ RATE_LIMITS: dict[str, tuple[int, float]] = {
 }
 
 Handler = Callable[[re.Match[str], Any], Awaitable[web.Response]]
+
+IDENTIFY_SECONDS = 5.0  # max_concurrency IDENTIFYs per 5 seconds, one per bucket (shard % max_concurrency)
+# Close codes: an invalid shard, sharding required, and (our choice) a session another IDENTIFY of the
+# same shard replaced: Discord keeps one session per shard and ends the older.
+INVALID_SHARD, SHARDING_REQUIRED, REPLACED = 4010, 4011, 4009
+
+
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """The shard a server's events go to, as Discord routes them."""
+    return (guild_id >> 22) % shard_count
+
+
+@dataclass
+class _Session:
+    """One gateway connection; its shard once it has identified."""
+
+    socket: web.WebSocketResponse
+    shard: tuple[int, int] | None = None
+    session_id: str = ""
+    sequence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
 
 @dataclass(frozen=True)
@@ -198,8 +232,16 @@ class DiscordEmulator:
         initial_response_seconds: float = INITIAL_RESPONSE_SECONDS,
         token_seconds: float = TOKEN_SECONDS,
         token: str | None = None,
+        shards: int = 1,
+        max_concurrency: int = 1,
     ) -> None:
         self.state = _State()
+        # The shard count the bot must run with (what GET /gateway/bot recommends), and how many shards
+        # may IDENTIFY in one 5-second window (one per bucket, `shard % max_concurrency`).
+        self.shards = shards
+        self.max_concurrency = max_concurrency
+        self.identifies: list[tuple[int, float]] = []  # (shard, monotonic time) of IDENTIFYs accepted
+        self.identify_refusals: list[tuple[int, str]] = []  # (shard, why) of IDENTIFYs refused
         # With `token`, REST calls that do not carry it as `Bot TOKEN` get Discord's 401.
         self.token = token
         self.ready = asyncio.Event()
@@ -214,8 +256,9 @@ class DiscordEmulator:
         self.hold_ready = False  # never answer IDENTIFY
         self._windows: dict[tuple[str, str], _Window] = {}
         self._last_id = 0
-        self._sequence = itertools.count(1)
-        self._sockets: list[web.WebSocketResponse] = []
+        self._sessions: list[_Session] = []
+        self._session_ids = itertools.count(1)
+        self._bucket_starts: dict[int, float] = {}  # by bucket, the last IDENTIFY accepted
         self._runner: web.AppRunner | None = None
         self._routes = self._route_table()
         self.files: dict[str, bytes] = {}
@@ -308,7 +351,7 @@ class DiscordEmulator:
             "flags": 0,
         }
         if guild:
-            data["guild_id"] = str(GUILD_ID)
+            data["guild_id"] = str(OTHER_GUILD if channel == ELSEWHERE else GUILD_ID)
             data["member"] = self._member(author, roles)
         if referenced is not None:
             data["message_reference"] = {"message_id": referenced["id"], "channel_id": str(channel)}
@@ -329,9 +372,9 @@ class DiscordEmulator:
 
     async def close_gateway(self, code: int) -> None:
         """Close every gateway connection with `code` (4004: the token was revoked)."""
-        for socket in list(self._sockets):
+        for session in list(self._sessions):
             self.closed_with.append(code)
-            await socket.close(code=code, message=b"Closed by the test.")
+            await session.socket.close(code=code, message=b"Closed by the test.")
 
     def snowflake(self) -> str:
         """A new id, made as Discord makes them: milliseconds since 2015 in the high bits, so it tells
@@ -449,9 +492,21 @@ class DiscordEmulator:
         return base
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        payload = json.dumps({"op": 0, "t": event, "s": next(self._sequence), "d": data})
-        for socket in self._sockets:
-            await socket.send_str(payload)
+        """Send an event to the session of the shard it belongs to: its server's shard, or shard 0 for
+        what has no server (direct messages)."""
+        guild = data.get("guild_id")
+        for session in list(self._sessions):
+            if session.shard is not None and session.shard[0] == shard_of(int(guild or 0), session.shard[1]):
+                await self._send(session, event, data)
+
+    def sessions_on(self, shard: int) -> int:
+        """How many identified sessions receive shard `shard`'s events (never more than one)."""
+        return sum(1 for session in self._sessions if session.shard is not None and session.shard[0] == shard)
+
+    async def _send(self, session: _Session, event: str, data: dict[str, Any]) -> None:
+        payload = json.dumps({"op": 0, "t": event, "s": next(session.sequence), "d": data})
+        with contextlib.suppress(ConnectionError):  # closing: Discord drops what it cannot send
+            await session.socket.send_str(payload)
 
     def attachment(self, name: str, data: bytes, content_type: str, *, delay: float = 0.0) -> dict[str, Any]:
         """An attachment payload whose file this emulator serves (`delay` seconds late: a big one)."""
@@ -477,8 +532,8 @@ class DiscordEmulator:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for socket in list(self._sockets):
-            await socket.close()
+        for session in list(self._sessions):
+            await session.socket.close()
         assert self._runner is not None
         await self._runner.cleanup()
 
@@ -490,38 +545,86 @@ class DiscordEmulator:
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()
         await socket.prepare(request)
-        self._sockets.append(socket)
+        session = _Session(socket)
+        self._sessions.append(session)
         await socket.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 45000}}))
-        async for frame in socket:
-            if frame.type != WSMsgType.TEXT:
-                continue
-            payload = json.loads(frame.data)
-            if payload["op"] == 1:
-                await socket.send_str(json.dumps({"op": 11}))
-            elif payload["op"] == 2:
-                if self.hold_ready:
+        try:
+            async for frame in socket:
+                if frame.type != WSMsgType.TEXT:
                     continue
-                if self.identify_refused is not None:
-                    self.closed_with.append(self.identify_refused)
-                    await socket.close(code=self.identify_refused, message=b"Authentication failed.")
-                    break
-                if not self._intents_allowed(int(payload["d"].get("intents", 0))):
-                    self.closed_with.append(4014)
-                    await socket.close(code=4014, message=b"Disallowed intent(s).")
-                    break
-                ready = {
-                    "v": 10,
-                    "user": BOT_USER,
-                    "guilds": [{"id": str(GUILD_ID), "unavailable": True}],
-                    "session_id": "session",
-                    "resume_gateway_url": self.gateway_url,
-                    "application": {"id": str(APP_ID), "flags": self.app_flags},
-                }
-                await self.dispatch("READY", ready)
-                await self.dispatch("GUILD_CREATE", self._guild())
-                self.ready.set()
-        self._sockets.remove(socket)
+                payload = json.loads(frame.data)
+                if payload["op"] == 1:
+                    await socket.send_str(json.dumps({"op": 11}))
+                elif payload["op"] == 2:
+                    if not await self._identify(session, payload["d"]):
+                        break
+                elif payload["op"] == 6:  # RESUME: sessions are not kept, so a new one must start
+                    await socket.send_str(json.dumps({"op": 9, "d": False}))
+        finally:
+            self._sessions.remove(session)
         return socket
+
+    async def _identify(self, session: _Session, identify: dict[str, Any]) -> bool:
+        """Start the session, or refuse it as Discord does; False when the connection was closed."""
+        socket = session.socket
+        if self.hold_ready:
+            return True
+        if self.identify_refused is not None:
+            self.closed_with.append(self.identify_refused)
+            await socket.close(code=self.identify_refused, message=b"Authentication failed.")
+            return False
+        if not self._intents_allowed(int(identify.get("intents", 0))):
+            self.closed_with.append(4014)
+            await socket.close(code=4014, message=b"Disallowed intent(s).")
+            return False
+        shard = identify.get("shard", [0, 1])
+        problem = self._shard_problem(shard)
+        if problem is not None:
+            code, why = problem
+            self.identify_refusals.append((shard[0] if isinstance(shard, list) and shard else -1, why))
+            self.closed_with.append(code)
+            await socket.close(code=code, message=why.encode())
+            return False
+        shard_id, count = shard
+        bucket, now = shard_id % self.max_concurrency, time.monotonic()
+        if now - self._bucket_starts.get(bucket, float("-inf")) < IDENTIFY_SECONDS:
+            # Over max_concurrency: Discord answers Invalid Session, and the client identifies later.
+            self.identify_refusals.append((shard_id, "identified too soon after another in its bucket"))
+            await socket.send_str(json.dumps({"op": 9, "d": False}))
+            return True
+        self._bucket_starts[bucket] = now
+        self.identifies.append((shard_id, now))
+        for older in [s for s in self._sessions if s is not session and s.shard and s.shard[0] == shard_id]:
+            older.shard = None  # nothing more reaches it
+            self.closed_with.append(REPLACED)
+            await older.socket.close(code=REPLACED, message=b"Session replaced.")
+        session.shard, session.session_id = (shard_id, count), f"session-{next(self._session_ids)}"
+        guilds = [g for g in (GUILD_ID, OTHER_GUILD) if shard_of(g, count) == shard_id]
+        ready = {
+            "v": 10,
+            "user": BOT_USER,
+            "guilds": [{"id": str(guild), "unavailable": True} for guild in guilds],
+            "session_id": session.session_id,
+            "resume_gateway_url": self.gateway_url,
+            "application": {"id": str(APP_ID), "flags": self.app_flags},
+            "shard": [shard_id, count],
+        }
+        await self._send(session, "READY", ready)
+        for guild in guilds:
+            await self._send(session, "GUILD_CREATE", self._guild(guild))
+        self.ready.set()
+        return True
+
+    def _shard_problem(self, shard: Any) -> tuple[int, str] | None:
+        """Why Discord would refuse this IDENTIFY's `shard` ([shard_id, shard_count]), if it would."""
+        if not (isinstance(shard, list) and len(shard) == 2 and all(isinstance(n, int) for n in shard)):
+            return INVALID_SHARD, "Invalid shard."
+        shard_id, count = shard
+        if count == 1 and self.shards > 1:
+            return SHARDING_REQUIRED, "Sharding required."
+        if count != self.shards or not 0 <= shard_id < count:
+            return INVALID_SHARD, "Invalid shard."
+        return None
 
     def _intents_allowed(self, intents: int) -> bool:
         return all(
@@ -598,6 +701,7 @@ class DiscordEmulator:
         snowflake, token = r"(\d+)", r"([^/]+)"
         return [
             Route("GET", "/users/@me", self._me),
+            Route("GET", "/gateway/bot", self._gateway_bot),
             Route("GET", "/oauth2/applications/@me", self._application),
             Route("GET", "/applications/@me", self._application),
             Route("POST", f"/channels/{snowflake}/typing", self._typing),
@@ -623,6 +727,17 @@ class DiscordEmulator:
 
     async def _me(self, match: re.Match[str], body: Any) -> web.Response:
         return _json(BOT_USER)
+
+    async def _gateway_bot(self, match: re.Match[str], body: Any) -> web.Response:
+        """Where to connect, the shard count to run, and how many shards may IDENTIFY at once."""
+        limit = {"total": 1000, "remaining": 1000, "reset_after": 86_400_000}
+        return _json(
+            {
+                "url": self.gateway_url,
+                "shards": self.shards,
+                "session_start_limit": {**limit, "max_concurrency": self.max_concurrency},
+            }
+        )
 
     async def _application(self, match: re.Match[str], body: Any) -> web.Response:
         return _json(
@@ -879,7 +994,7 @@ class DiscordEmulator:
     # The guild
 
     def _channels(self) -> set[int]:
-        return {GENERAL, RANDOM, THREAD, DM_CHANNEL, *ROOMS}
+        return {GENERAL, RANDOM, THREAD, DM_CHANNEL, ELSEWHERE, *ROOMS}
 
     def _interaction(self, kind: int, channel: int, user: dict[str, Any], roles: list[int]) -> dict[str, Any]:
         """What every interaction Discord sends carries, before its `data`."""
@@ -923,9 +1038,9 @@ class DiscordEmulator:
             "nick": None,
         }
 
-    def _roles(self) -> list[dict[str, Any]]:
+    def _roles(self, guild: int = GUILD_ID) -> list[dict[str, Any]]:
         everyone = {
-            "id": str(GUILD_ID),
+            "id": str(guild),
             "name": "@everyone",
             "permissions": str(VIEW_CHANNEL | SEND_MESSAGES | READ_MESSAGE_HISTORY),
             "position": 0,
@@ -945,12 +1060,13 @@ class DiscordEmulator:
         return [everyone, managers]
 
     def _text_channel(self, channel_id: int) -> dict[str, Any]:
+        names = {GENERAL: "general", RANDOM: "random", ELSEWHERE: "elsewhere"}
         return {
             "id": str(channel_id),
             "type": 0,
-            "name": {GENERAL: "general", RANDOM: "random"}.get(channel_id, f"room-{channel_id - ROOMS[0]}"),
+            "name": names.get(channel_id, f"room-{channel_id - ROOMS[0]}"),
             "position": channel_id,
-            "guild_id": str(GUILD_ID),
+            "guild_id": str(OTHER_GUILD if channel_id == ELSEWHERE else GUILD_ID),
             "permission_overwrites": self.overwrites.get(channel_id, []),
             "nsfw": False,
             "parent_id": None,
@@ -974,18 +1090,19 @@ class DiscordEmulator:
             "member_count": 1,
         }
 
-    def _guild(self) -> dict[str, Any]:
+    def _guild(self, guild: int = GUILD_ID) -> dict[str, Any]:
+        channels = (GENERAL, RANDOM, *ROOMS) if guild == GUILD_ID else (ELSEWHERE,)
         return {
-            "id": str(GUILD_ID),
-            "name": "Test guild",
+            "id": str(guild),
+            "name": "Test guild" if guild == GUILD_ID else "Another guild",
             "icon": None,
             "owner_id": str(100_000_000_000_000_000 + 999),
             "features": [],
             "emojis": [],
             "stickers": [],
-            "roles": self._roles(),
-            "channels": [self._text_channel(channel) for channel in (GENERAL, RANDOM, *ROOMS)],
-            "threads": [self._thread()],
+            "roles": self._roles(guild),
+            "channels": [self._text_channel(channel) for channel in channels],
+            "threads": [self._thread()] if guild == GUILD_ID else [],
             "members": [{**self._member(BOT_USER), "user": BOT_USER}],
             "member_count": 3,
             "large": False,
@@ -1014,6 +1131,7 @@ async def running(discord_api: DiscordEmulator, engine: Engine) -> AsyncIterator
         await discord.start()
     try:
         await engine.recover(discord.name)
+        await discord.lead()  # the one instance leads: it syncs the slash commands
         yield discord
     finally:
         await engine.drain(engine.settings.shutdown_grace_seconds)

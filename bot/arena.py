@@ -203,8 +203,9 @@ def board_text(board: Board, where: str) -> str:
             rating = f"{standing.rating:.0f}"
         else:
             rating = f"{standing.rating:.0f} ± {standing.interval:.0f}"
+        rated = "rated vote" if standing.rated_votes == 1 else "rated votes"
         record = (
-            f"{standing.rated_votes} rated votes: {standing.wins} won, {standing.losses} lost, "
+            f"{standing.rated_votes} {rated}: {standing.wins} won, {standing.losses} lost, "
             f"{standing.ties} tied; {standing.both_bad} both bad"
         )
         lines.append(f"{place}. {standing.model} — {rating} ({record})")
@@ -216,9 +217,10 @@ def board_text(board: Board, where: str) -> str:
 async def arena_command(engine: Engine, message: Message, args: str) -> CommandResult:
     """`/arena`: the leaderboard of this server or workspace."""
     votes = await engine.store.read(arena_store.votes(scope(message)))
-    where = "this server" if message.server_id else "these conversations"
-    if message.key.platform == "slack" and message.server_id:
-        where = "this workspace"
+    if message.server_id:
+        where = "this workspace" if message.key.platform == "slack" else "this server"
+    else:
+        where = "the terminal" if message.key.platform == "console" else "direct messages"
     return CommandResult(board_text(leaderboard(votes), where))
 
 

@@ -4,16 +4,19 @@ person, and memory left as it was; with the real provider code against the loopb
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
+import pytest
 from sqlalchemy import Connection, select
 
 from bot import arena, arena_store
-from bot.arena_store import Comparison
-from bot.compare import NOTHING_ASKED, TYPED_BALLOT, USAGE
+from bot.arena_store import Comparison, Prompt
+from bot.compare import NOTHING_ASKED, RESTARTED, TYPED_BALLOT, USAGE
 from bot.engine import Engine
 from bot.models import Author
 from bot.schema import comparisons, usage
+from bot.store import AssistantRecord
 from tests.conftest import RecordingPlatform, RecordingSurface
 from tests.support.asking import ADA, CHANNEL, ask, msg
 from tests.support.llm_server import LLMServer, Script
@@ -48,6 +51,7 @@ async def memory(engine: Engine) -> list[tuple[str, str]]:
     return [(turn.role, turn.content) for turn in turns]
 
 
+@pytest.mark.both_databases
 async def test_two_labelled_answers_stream_at_once_blind_then_the_ballot(
     engine: Engine, llm: LLMServer, platform: RecordingPlatform
 ) -> None:
@@ -103,6 +107,7 @@ async def test_which_model_is_a_is_drawn_at_random_and_kept(engine: Engine, llm:
     assert drawn == {(MINI, MIMO), (MIMO, MINI)}
 
 
+@pytest.mark.both_databases
 async def test_each_person_votes_once_and_learns_the_names_after_voting(
     engine: Engine, llm: LLMServer
 ) -> None:
@@ -192,3 +197,32 @@ async def test_stop_ends_both_sides_and_closes_both_requests(
     (comparison,) = await stored(engine)
     assert comparison.state == "failed"
     assert await memory(engine) == []  # the stopped side trip left nothing in memory
+
+
+@pytest.mark.both_databases
+async def test_a_comparison_cut_by_a_crash_is_repaired_then_void_not_run_again(
+    make_engine: Callable[..., Any], platform: RecordingPlatform, llm: LLMServer
+) -> None:
+    """What a killed process leaves: the /compare message still pending, its comparison begun and side A
+    half shown. The next start repairs A like any reply, then says the comparison is void."""
+    crashed = await make_engine()
+    store = crashed.store
+    entry = await store.accept(msg(f"/compare {MINI} {MIMO} hi"), {"message": "cmp"}, "", 0)
+    assert entry is not None
+    prompt = Prompt(None, "hi", ADA.id, ADA.display_name, 1)
+    comparison = await store.write(arena_store.start(entry.id, "test", str(CHANNEL), prompt, (MINI, MIMO)))
+    assert comparison is not None
+    record = AssistantRecord("Half an ans", MINI, "streaming")
+    await store.start_reply(str(CHANNEL), comparison.question, ADA.id, record, 3, {"surface": 9002})
+    await crashed.aclose()
+
+    restarted = await make_engine()
+    await restarted.recover("test")
+    await asyncio.gather(*restarted._tasks)
+    (reopened,) = [s for _, _, s in platform.surfaces if s.reopened]
+    assert reopened.final == "Half an ans\n\n_Cut off: Parley restarted before this reply was finished._"
+    (surface,) = [s for _, reply_to, s in platform.surfaces if reply_to == {"message": "cmp"}]
+    assert surface.final == RESTARTED
+    assert llm.chat_requests() == []  # not asked again
+    assert [c.state for c in await stored(restarted)] == ["failed"]
+    assert await memory(restarted) == []

@@ -96,3 +96,22 @@ async def test_compare_answers_in_the_thread_and_votes_work_after_a_restart(
     board = slack.responses[3]["text"]
     assert board.startswith("Arena of this workspace: 2 votes (1 both bad, not rated).")
     assert f"{a_model} — " in board and "1 won, 0 lost, 0 tied; 1 both bad" in board
+
+
+async def test_compare_in_a_mention_compares_on_your_last_question_in_the_thread(
+    slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
+) -> None:
+    async with serving(slack, llm, slack_settings()) as harness:
+        await harness.mention("capital of France?")
+        await harness.finished_streams(1)
+        thread = "1700000001.000100"
+        await harness.mention(f"/compare {MINI} {MIMO}", ts=None, thread_ts=thread)
+        await until(lambda: ballot_in(slack) is not None, "the ballot")
+    first, mention, *answers, ballot = slack.thread("C1", thread)
+    assert first.text == "echo: Alice: capital of France?" and mention.text.endswith(
+        f"/compare {MINI} {MIMO}"
+    )
+    assert len(answers) == 2 and ballot.text == BALLOT
+    assert all(a.text.endswith("\n\necho: Alice: capital of France?") for a in answers)
+    asked = [r.json["messages"][-1]["content"] for r in llm.chat_requests()[1:]]
+    assert asked == ["Alice: capital of France?"] * 2

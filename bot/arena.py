@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import IntegrityError
+
 from bot import arena_store
 from bot.arena_store import Comparison, Vote
 from bot.models import Author, CommandResult, Message
@@ -235,7 +237,10 @@ async def vote(engine: Engine, comparison_id: int, voter: Author, choice: str) -
         return "That comparison is not open to votes."
     if choice not in CHOICES:
         return "Vote a, b, tie or bad."
-    earlier = await engine.store.write(arena_store.vote(comparison, voter.id, voter.display_name, choice))
+    try:
+        earlier = await engine.store.write(arena_store.vote(comparison, voter.id, voter.display_name, choice))
+    except IntegrityError:  # the same person's other click, at the same moment, was stored first
+        earlier = await engine.store.read(arena_store.choice_of(comparison.id, voter.id))
     if earlier is not None:
         return f"You already voted on this comparison ({CHOICES[earlier]}); each person votes once."
     return f"Thanks: you voted {CHOICES[choice]}. {reveal(comparison)}"

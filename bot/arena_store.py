@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, RowMapping, and_, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
 
 from bot.schema import arena_votes, comparisons, turns
 
@@ -171,40 +170,37 @@ def settle(comparison: Comparison, state: str) -> Callable[[Connection], None]:
 def vote(
     comparison: Comparison, voter_id: str, voter_name: str, choice: str
 ) -> Callable[[Connection], str | None]:
-    """Record a vote; returns the choice already recorded when this person voted on it before."""
+    """Record a vote; returns the choice already recorded when this person voted on it before. Two
+    votes by one person at once: the second fails on the table's key (see `choice_of`)."""
 
     def work(conn: Connection) -> str | None:
-        earlier = conn.execute(
-            select(arena_votes.c.choice).where(
-                arena_votes.c.comparison == comparison.id, arena_votes.c.voter_id == voter_id
+        if (earlier := choice_of(comparison.id, voter_id)(conn)) is not None:
+            return earlier
+        conn.execute(
+            insert(arena_votes).values(
+                comparison=comparison.id,
+                voter_id=voter_id,
+                voter_name=voter_name,
+                choice=choice,
+                model_a=comparison.model_a,
+                model_b=comparison.model_b,
+                server=comparison.server,
+                conversation=comparison.conversation,
+                created_at=time.time(),
             )
-        ).scalar()
-        if earlier is not None:
-            return str(earlier)
-        try:
-            with conn.begin_nested():
-                conn.execute(
-                    insert(arena_votes).values(
-                        comparison=comparison.id,
-                        voter_id=voter_id,
-                        voter_name=voter_name,
-                        choice=choice,
-                        model_a=comparison.model_a,
-                        model_b=comparison.model_b,
-                        server=comparison.server,
-                        conversation=comparison.conversation,
-                        created_at=time.time(),
-                    )
-                )
-        except IntegrityError:  # the same person's other click won the race
-            return str(
-                conn.execute(
-                    select(arena_votes.c.choice).where(
-                        arena_votes.c.comparison == comparison.id, arena_votes.c.voter_id == voter_id
-                    )
-                ).scalar()
-            )
+        )
         return None
+
+    return work
+
+
+def choice_of(comparison_id: int, voter_id: str) -> Callable[[Connection], str | None]:
+    def work(conn: Connection) -> str | None:
+        query = select(arena_votes.c.choice).where(
+            arena_votes.c.comparison == comparison_id, arena_votes.c.voter_id == voter_id
+        )
+        choice = conn.execute(query).scalar()
+        return str(choice) if choice is not None else None
 
     return work
 

@@ -14,13 +14,13 @@ import asyncio
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from bot import arena_store
 from bot.arena import scope
-from bot.arena_store import Prompt
+from bot.arena_store import Comparison, Prompt
 from bot.catalog import UnknownModelError
 from bot.models import ConversationKey, RateLimit, RenderBudget, Surface
 from bot.platform import Platform
@@ -78,6 +78,16 @@ class Labelled:
         return self._surface.refs
 
 
+@dataclass(frozen=True, slots=True)
+class Begun:
+    """A comparison stored and about to be answered: what both models answer, and the models that
+    are unknown (by name as typed) with why."""
+
+    comparison: Comparison
+    prompt: str
+    unknown: dict[str, UnknownModelError]
+
+
 class Sides:
     """Both replies, as /stop sees them: stoppable until both have begun to end."""
 
@@ -105,27 +115,12 @@ class Compare:
 
     async def run(self, entry: InboxEntry, line: str, surface: Surface) -> Outcome:
         """Answer a /compare message: side A on `surface` (where the command is answered), side B in a
-        message of its own in the conversation, then the ballot."""
+        message of its own in the conversation, then the ballot; or one sentence saying why not."""
+        begun = await self._begin(entry, line)
+        if isinstance(begun, str):
+            return await self._say(entry, surface, begun)
+        comparison, unknown = begun.comparison, begun.unknown
         engine, message = self._engine, entry.message
-        _command, _, rest = line.strip().partition(" ")
-        first, _, rest = rest.strip().partition(" ")
-        second, _, typed_prompt = rest.strip().partition(" ")
-        if not second:
-            return await self._say(entry, surface, USAGE)
-        unknown: dict[str, UnknownModelError] = {}
-        models = [await self._canonical(first, unknown), await self._canonical(second, unknown)]
-        if models[0] == models[1]:
-            return await self._say(entry, surface, SAME_MODEL.format(model=models[0]))
-        prompt = await self._prompt(entry, typed_prompt.strip())
-        if prompt is None:
-            return await self._say(entry, surface, NOTHING_ASKED)
-        random.shuffle(models)  # blind: which model shows as A is the draw, kept with the comparison
-        start = arena_store.start(entry.id, scope(message), str(message.key), prompt, (models[0], models[1]))
-        comparison = await engine.store.write(start)
-        if comparison is None:  # begun before a restart: what it showed was repaired; it is void now
-            if earlier := await engine.store.read(arena_store.by_inbox(entry.id)):
-                await engine.store.write(arena_store.settle(earlier, "failed"))
-            return await self._say(entry, surface, RESTARTED)
         platform = engine.platforms[message.key.platform]
         try:
             second_surface = await platform.surface_for(message.key)
@@ -133,7 +128,7 @@ class Compare:
             log.exception("%s: could not open the second side of comparison %d", message.key, comparison.id)
             await engine.store.write(arena_store.settle(comparison, "failed"))
             return await self._say(entry, surface, NO_SECOND_MESSAGE)
-        side = replace(entry, message=replace(message, text=prompt.content), turn_id=comparison.question)
+        side = replace(entry, message=replace(message, text=begun.prompt), turn_id=comparison.question)
         conf = await engine.settings_for(message.key)
         replies = [
             Reply(
@@ -158,6 +153,30 @@ class Compare:
         if state == "ready":
             await self._ballot(platform, message.key, comparison.id)
         return next(outcome for outcome in WORST_FIRST if outcome in outcomes)
+
+    async def _begin(self, entry: InboxEntry, line: str) -> Begun | str:
+        """The comparison a /compare line asks for, stored, or the sentence that says why there is none."""
+        _command, _, rest = line.strip().partition(" ")
+        first, _, rest = rest.strip().partition(" ")
+        second, _, typed_prompt = rest.strip().partition(" ")
+        if not second:
+            return USAGE
+        unknown: dict[str, UnknownModelError] = {}
+        models = [await self._canonical(first, unknown), await self._canonical(second, unknown)]
+        if models[0] == models[1]:
+            return SAME_MODEL.format(model=models[0])
+        prompt = await self._prompt(entry, typed_prompt.strip())
+        if prompt is None:
+            return NOTHING_ASKED
+        random.shuffle(models)  # blind: which model shows as A is the draw, kept with the comparison
+        message, store = entry.message, self._engine.store
+        start = arena_store.start(entry.id, scope(message), str(message.key), prompt, (models[0], models[1]))
+        comparison = await store.write(start)
+        if comparison is None:  # begun before a restart: what it showed was repaired; it is void now
+            if earlier := await store.read(arena_store.by_inbox(entry.id)):
+                await store.write(arena_store.settle(earlier, "failed"))
+            return RESTARTED
+        return Begun(comparison, prompt.content, unknown)
 
     async def _canonical(self, typed: str, unknown: dict[str, UnknownModelError]) -> str:
         """The model's full name; an unknown one is kept as typed (with why in `unknown`), and its

@@ -126,6 +126,18 @@ async def test_each_person_votes_once_and_learns_the_names_after_voting(
     assert sorted(vote.choice for vote in votes) == ["a", "tie"]
 
 
+@pytest.mark.both_databases
+async def test_two_clicks_by_one_person_at_once_count_once(engine: Engine, llm: LLMServer) -> None:
+    await compare(engine, f"/compare {MINI} {MIMO} hi")
+    (comparison,) = await stored(engine)
+    said = await asyncio.gather(*(arena.vote(engine, comparison.id, BEA, choice) for choice in ("a", "b")))
+    assert sorted(text.split(":")[0].split(" (")[0] for text in said) == [
+        "Thanks",
+        "You already voted on this comparison",
+    ]
+    assert len(await engine.store.read(arena_store.votes("test"))) == 1
+
+
 async def test_an_unknown_model_or_a_failing_provider_ends_its_side_only_and_no_vote(
     engine: Engine, llm: LLMServer, platform: RecordingPlatform
 ) -> None:

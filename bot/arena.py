@@ -65,7 +65,8 @@ def scope(message: Message) -> str:
 
 
 def leaderboard(votes: Sequence[Vote]) -> Board:
-    """Every model's record and, where the votes allow a fit, its rating; best first."""
+    """Every model's record and, where the votes allow a fit, its rating; best first (the models not
+    rated yet last, by wins less losses)."""
     standings: dict[str, Standing] = {}
     wins: dict[tuple[str, str], float] = defaultdict(float)  # (i, j): i's wins over j, ties as halves
     board = Board(votes=len(votes))
@@ -97,7 +98,7 @@ def leaderboard(votes: Sequence[Vote]) -> Board:
                 standing.interval = Z95 * SCALE * error
     board.standings = sorted(
         standings.values(),
-        key=lambda s: (s.rating is None, -(s.rating or 0.0), -s.rated_votes, s.model),
+        key=lambda s: (s.rating is None, -(s.rating or 0.0), s.losses - s.wins, -s.rated_votes, s.model),
     )
     return board
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bot.access import access_command
+from bot.arena import CHOICES, arena_command, vote_command
 from bot.budgets import budget_command
 from bot.catalog import UnknownModelError
 from bot.models import CommandResult, Message
@@ -81,6 +82,7 @@ def registered(skills: SkillRegistry, platform: str) -> list[Command]:
     offered += [command for command in REPLIES.values() if platform not in command.not_on]
     if platform not in REGENERATE.not_on:
         offered.append(REGENERATE)
+    offered.append(COMPARE)
     for skill in skills:
         if skill.command:
             name, _, argument = skill.command.partition(" ")
@@ -370,6 +372,21 @@ COMMANDS: dict[str, Command] = {
             forget,
             (Option("what", "What to forget: the last exchange", ("last",), required=True),),
         ),
+        Command(
+            "arena",
+            "arena",
+            "the leaderboard of the models compared here: ratings from your votes",
+            arena_command,
+        ),
+        # The terminal's way to vote; the chat apps show buttons.
+        Command(
+            "vote",
+            "vote a|b|tie|bad",
+            "vote on the last comparison here",
+            vote_command,
+            (Option("choice", "a, b, tie or bad", tuple(CHOICES), required=True),),
+            not_on=frozenset({"discord", "slack"}),
+        ),
     )
 }
 
@@ -408,4 +425,18 @@ REGENERATE = Command(
     None,
     (Option("model", "PROVIDER/MODEL to answer with; empty keeps this conversation's", models=True),),
     not_on=frozenset({"slack"}),
+)
+
+# Two models answer one question blind, side by side, then people vote (bot/compare.py); the engine
+# answers it like a message, with two replies.
+COMPARE = Command(
+    "compare",
+    "compare MODEL_A MODEL_B [PROMPT]",
+    "two models answer blind, side by side, then you vote; no prompt: your last question here",
+    None,
+    (
+        Option("model_a", "One model to compare (PROVIDER/MODEL)", required=True, models=True),
+        Option("model_b", "The other model to compare", required=True, models=True),
+        Option("prompt", "What both answer; empty: your last question here"),
+    ),
 )

@@ -74,10 +74,17 @@ def regenerate_line(question: int, model: str | None = None) -> str:
     return f"/{REGENERATE} #{question}" + (f" {model}" if model else "")
 
 
+class Ending(Protocol):
+    """What a stop looks at: whether the reply (or, for /compare, both replies) began to end."""
+
+    @property
+    def ending(self) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Running:
     task: asyncio.Task[Any]
-    reply: Reply
+    reply: Ending
     conversation: ConversationKey
     asker: str
 
@@ -107,7 +114,7 @@ class Controls:
         menu.add_done_callback(_quietly)
         offer(surface, ReplyControls(entry.turn_id, menu))
         try:
-            with self._under_way(entry, reply):
+            with self.under_way(entry, reply):
                 return await reply.run()
         finally:
             menu.cancel()
@@ -119,7 +126,8 @@ class Controls:
         return [current, *(name for name in names if name != current)][:MENU_MODELS]
 
     @contextlib.contextmanager
-    def _under_way(self, entry: InboxEntry, reply: Reply) -> Iterator[None]:
+    def under_way(self, entry: InboxEntry, reply: Ending) -> Iterator[None]:
+        """While the current task answers `entry`'s question: /stop and a Stop button cancel it."""
         task = asyncio.current_task()
         assert task is not None and entry.turn_id is not None
         question = entry.turn_id

@@ -18,6 +18,7 @@ from bot.attachments import read_attachments
 from bot.budgets import Budgets
 from bot.catalog import ModelCatalog, ResolvedModel, UnknownModelError
 from bot.checkpoints import Checkpoints
+from bot.compare import Compare, asks
 from bot.config import Settings
 from bot.controls import Controls, ReplyControls, offer
 from bot.gate import Gate
@@ -73,6 +74,7 @@ class Engine:
         self.scheduler: Scheduler | None = None  # set while schedules run (parley run)
         self.controls = Controls(self)
         self.summaries = Summaries(self)
+        self.compare = Compare(self)
 
     @classmethod
     async def create(
@@ -158,6 +160,8 @@ class Engine:
                 await self.store.close_inbox(entry.id, "failed")
                 return "error"
             kind, skill, text = self._classify(message.text)
+            if kind == "command" and asks(text):
+                return await self.compare.run(entry, text, surface)
             if kind == "command" and (redo := await self.controls.redo(entry, text)) is not None:
                 return await self.controls.regenerate(redo, entry, surface)
             if kind == "command":

@@ -229,3 +229,39 @@ instances = Table(
     Column("started_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
 )
+
+# Compare and arena: each blind comparison of two models on one question (`/compare`), and the votes on
+# it. Which model shows as A is drawn at random and kept here; the names reach a voter after the vote.
+comparisons = Table(
+    "comparisons",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("inbox_id", Integer, nullable=False),  # the /compare message: a comparison runs once
+    Column("server", String(255), nullable=False),  # "platform:id" of the server or workspace (or platform)
+    Column("conversation", String(255), nullable=False),
+    Column("question", Integer, nullable=False),  # the user turn both models answer
+    Column("own_question", Boolean, nullable=False),  # the prompt was typed with /compare (else: reused)
+    Column("after_turn", Integer, nullable=False),  # turns written after this one are the comparison's
+    Column("asker_id", String(255), nullable=False),
+    Column("model_a", String(255), nullable=False),
+    Column("model_b", String(255), nullable=False),
+    Column("state", String(16), nullable=False),  # running, ready (open to votes), failed
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("inbox_id", name="uq_comparisons_inbox"),
+    Index("ix_comparisons_conversation", "conversation", "id"),
+)
+
+arena_votes = Table(
+    "arena_votes",
+    metadata,
+    Column("comparison", Integer, ForeignKey("comparisons.id", ondelete="CASCADE"), primary_key=True),
+    Column("voter_id", String(255), primary_key=True),  # one vote per person and comparison
+    Column("choice", String(8), nullable=False),  # a, b, tie, bad
+    Column("model_a", String(255), nullable=False),
+    Column("model_b", String(255), nullable=False),
+    Column("server", String(255), nullable=False),
+    Column("conversation", String(255), nullable=False),
+    Column("voter_name", String(255), nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    Index("ix_arena_votes_server", "server"),
+)

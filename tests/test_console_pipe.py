@@ -174,3 +174,26 @@ async def test_regenerate_answers_the_last_question_again_and_stop_says_nothing_
     sent = [m["content"] for m in llm.chat_requests()[-1].json["messages"] if m["role"] != "system"]
     assert sent == [f"{USER}: pick a word", "Second.", f"{USER}: what did you pick?"]
     assert [content for content, _ in saved_replies(workdir)] == ["First.", "Second.", "Third."]
+
+
+async def test_compare_prints_both_answers_labelled_then_asks_for_the_vote(
+    llm: LLMServer, workdir: Path
+) -> None:
+    llm.by_model["openai/gpt-4o-mini"] = Script(tokens=["Four", " (mini)."])
+    llm.by_model["xiaomi/mimo-v2-flash"] = Script(tokens=["4", " (mimo)."])
+    mini, mimo = "openrouter/openai/gpt-4o-mini", "openrouter/xiaomi/mimo-v2-flash"
+    lines = f"/compare {mini} {mimo} What is 2+2?\n/vote b\n/vote a\n/arena\n".encode()
+    code, out, err = await chat(llm, workdir, lines)
+    assert code == 0, err
+    assert out.startswith("**Answer A**\n\n")
+    first, second = out.split("**Answer B**\n\n")
+    answer_a = first.removeprefix("**Answer A**\n\n").strip()
+    answer_b, rest = second.split("\n", 1)
+    assert {answer_a, answer_b} == {"Four (mini).", "4 (mimo)."}
+    model_a, model_b = (mini, mimo) if answer_a == "Four (mini)." else (mimo, mini)
+    ballot, voted, again, *board = rest.strip("\n").split("\n")
+    assert ballot.startswith("Which answer is better? Type /vote a")
+    assert voted == f"Thanks: you voted B is better. A was {model_a}, B was {model_b}."
+    assert again.startswith("You already voted on this comparison (B is better)")
+    assert board[0].startswith("Arena of the terminal: 1 vote (0 both bad, not rated).")
+    assert board[1] == f"1. {model_b} — not rated yet (1 rated vote: 1 won, 0 lost, 0 tied; 0 both bad)"

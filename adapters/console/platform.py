@@ -14,6 +14,7 @@ PLATFORM = "console"
 
 class ConsolePlatform:
     name = PLATFORM
+    one_reply_at_a_time = True  # one terminal: /compare prints its two answers one after the other
 
     def __init__(self, store: Store, new_surface: Callable[[], Surface]) -> None:
         self._store = store

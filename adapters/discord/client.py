@@ -12,6 +12,7 @@ import aiohttp
 import discord
 from discord import app_commands
 
+from adapters.discord import votes
 from adapters.discord.commands import install
 from adapters.discord.controls import on_component
 from adapters.discord.facts import author_of, conversation_key, server_of
@@ -101,6 +102,7 @@ class ParleyDiscord(discord.Client):
         # Slash commands go to the tree; clicks on a reply's components come here, by their custom ids.
         if interaction.type == discord.InteractionType.component:
             await on_component(self.platform, interaction)
+            await votes.on_component(self.platform, interaction)
 
     async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
         """An edited question: answered again in place when it is recent (bot/controls.py decides)."""

@@ -13,6 +13,7 @@ import aiohttp
 import discord
 
 import adapters.discord.surface as surfaces
+from adapters.discord import votes
 from adapters.discord.client import ParleyDiscord
 from adapters.discord.login import connection_refused, login, point_at, unreachable
 from adapters.discord.surface import InteractionSurface, MessageSurface, reference
@@ -252,6 +253,12 @@ class DiscordPlatform:
         }
         self._waiting[interaction.token] = self._interaction_surface(reply_to)
         return reply_to
+
+    async def ballot(self, conversation: ConversationKey, comparison: int, text: str) -> None:
+        """A comparison's vote buttons, in a message of their own (adapters/discord/votes.py)."""
+        await votes.post(
+            self._partial(int(conversation.thread_id or conversation.channel_id)), comparison, text
+        )
 
     def abandon(self, reply_to: Mapping[str, Any]) -> None:
         """A deferred command the engine will not answer through this surface."""

@@ -29,6 +29,8 @@ from adapters.slack.http import EVENTS_PATH, events_app
 from adapters.slack.listeners import PLATFORM, Listeners
 from adapters.slack.people import People
 from adapters.slack.surface import SlackSurface
+from adapters.slack.votes import Votes
+from adapters.slack.votes import post as post_ballot
 from adapters.slack.workspace import Workspace
 from bot.config import Settings, SetupError
 from bot.controls import REOPEN
@@ -119,6 +121,7 @@ class SlackPlatform:
         Listeners(self._engine, self._settings, people).register(app)
         SlashCommands(self._engine, people).register(app)
         ActionHandlers(self._engine, people).register(app)
+        Votes(self._engine, people).register(app)
         app.event("app_uninstalled")(self._uninstalled)
         app.event("tokens_revoked")(self._tokens_revoked)
         return app
@@ -167,6 +170,11 @@ class SlackPlatform:
         )
         self._surfaces.add(surface)
         return surface
+
+    async def ballot(self, conversation: ConversationKey, comparison: int, text: str) -> None:
+        """A comparison's vote buttons, in a message of their own (adapters/slack/votes.py)."""
+        assert self._client is not None
+        await post_ballot(self._client, conversation, comparison, text)
 
     async def reopen(self, conversation: ConversationKey, refs: Mapping[str, Any]) -> SlackSurface:
         assert self._client is not None

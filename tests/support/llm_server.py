@@ -7,9 +7,10 @@
         assert llm.requests[0].json["model"] == "xiaomi/mimo-v2-flash"
 
 Each chat request takes the next queued Script (or, first, the one `by_system` keeps for requests whose
-system prompt starts so); with none queued it echoes the last user message as
-`echo: <text>`. Every request is recorded (path, headers, JSON body). `models` sets the model listing
-and `models_error` makes it fail. A gated stream whose client hangs up is recorded in `closed_by_client`.
+system prompt starts so, or `by_model` for requests for that model); with none queued it echoes the
+last user message as `echo: <text>`. Every request is recorded (path, headers, JSON body). `models`
+sets the model listing and `models_error` makes it fail. A gated stream whose client hangs up is
+recorded in `closed_by_client`.
 
 Like the real APIs, it refuses a tool round that drops the reasoning the model signed: Anthropic thinking
 blocks (always signed here), OpenRouter `reasoning_details` (when a Script has a `signature` or
@@ -98,6 +99,8 @@ class LLMServer:
         self.echo_usage: tuple[int, int] | None = (12, 3)
         # A script for the next request whose system prompt starts with the key, ahead of the queue.
         self.by_system: dict[str, Script] = {}
+        # A script for the next request for this model (its id as sent), ahead of the queue.
+        self.by_model: dict[str, Script] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -146,6 +149,8 @@ class LLMServer:
             if system.startswith(start):
                 del self.by_system[start]
                 return script
+        if (script := self.by_model.pop(str(body.get("model", "")), None)) is not None:
+            return script
         if self._scripts:
             return self._scripts.popleft()
         last = next((m for m in reversed(body.get("messages", [])) if m.get("role") == "user"), {})

@@ -26,11 +26,14 @@ from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
-from loopback_provider import engine_settings, start, token_times
+from loopback_provider import MODEL_ID, engine_settings, start, token_times
 from sqlalchemy import insert
 
+from bot.config import ProviderSettings
 from bot.engine import Engine
 from bot.models import Author, ConversationKey, Message, RenderBudget
+from bot.providers.base import ChatMessage, ChatRequest, ProviderError, TextDelta, Timeouts
+from bot.providers.openai_compat import OpenAICompatibleProvider
 from bot.store import turns
 from bot.tokens import estimate_tokens
 
@@ -60,7 +63,7 @@ class TimingSurface:
 
     async def render(self, text: str, *, final: bool) -> int:
         now = time.monotonic()
-        if not self.renders:  # the first token carries the request's arrival time too
+        if not self.renders and text.startswith("["):  # the first token carries the request's arrival too
             arrived = text[1:].split("/", 1)[0]
             self._run.request_out.append(float(arrived) - self.created)
         self.renders.append(now)
@@ -138,9 +141,12 @@ async def measure(
         for turn in range(rounds):
             key = ConversationKey("bench", f"{prefix}c{index}")
             message = Message(key, AUTHOR, f"question {turn}", id=f"{prefix}m{next(MESSAGE_IDS)}")
-            task = await engine.accept(message, {})
-            assert task is not None
-            outcomes.append(await task)
+            try:
+                task = await engine.accept(message, {})
+                assert task is not None
+                outcomes.append(await task)
+            except Exception as error:  # counted as failed, rather than ending the whole run
+                outcomes.append(f"error: {type(error).__name__}")
             await asyncio.sleep(think)
 
     rss_before = rss_mb()
@@ -280,6 +286,54 @@ async def streams(args: argparse.Namespace, tmp: str) -> None:
     show(f"{title} ({where}, {args.loop})", figures, targets)
 
 
+async def reads(args: argparse.Namespace, tmp: str) -> None:
+    """The streams run's read path alone: the provider code reading `args.streams` replies at once, with no
+    engine, store or surface behind it: what one loop can read, and how late each token is read."""
+    provider_process, port = start(args.tokens, args.rate)
+    provider = OpenAICompatibleProvider(
+        "bench", ProviderSettings(base_url=f"http://127.0.0.1:{port}/v1"), Timeouts()
+    )
+    request = ChatRequest(MODEL_ID, (ChatMessage("user", "question"),))
+    late: list[float] = []
+    failed = 0
+
+    async def reply(measured: bool) -> None:
+        nonlocal failed
+        received = 0
+        try:
+            async for event in provider.stream(request):
+                if isinstance(event, TextDelta):
+                    received += 1
+                    if measured:
+                        late.append(time.monotonic() - token_times(event.text)[-1])
+        except ProviderError:
+            pass
+        failed += measured and received != args.tokens
+
+    try:
+        await asyncio.gather(*(reply(False) for _ in range(20)))  # warm connections and code paths
+        cpu_before, started = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        await asyncio.gather(*(reply(True) for _ in range(args.streams)))
+        elapsed, cpu_after = time.monotonic() - started, resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        await provider.aclose()
+        provider_process.terminate()
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    provider_time = (args.tokens - 1) / args.rate
+    figures = {
+        "replies": args.streams,
+        "failed": failed,
+        "cpu_us_per_token": cpu / max(len(late), 1) * 1e6,
+        "cpu_share_of_one_core": cpu / elapsed,
+        "token_late_p50_ms": percentile(late, 0.5) * 1000,
+        "token_late_p99_ms": percentile(late, 0.99) * 1000,
+        "token_late_max_ms": max(late, default=float("nan")) * 1000,
+        "all_replies_over_provider": elapsed / provider_time,
+    }
+    title = f"reads: {args.streams} replies read at once, {args.tokens} tokens at {args.rate:g}/s, no engine"
+    show(f"{title} ({args.loop})", figures, {"failed": "0"})
+
+
 def spread(args: argparse.Namespace, port: int, tmp: str, database: str | None) -> dict[str, float]:
     """The streams run over `args.workers` processes on one database, each with its share of the streams,
     all starting in the same instant once every one has warmed up."""
@@ -372,7 +426,7 @@ async def context(args: argparse.Namespace, tmp: str) -> None:
 
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("streams", "overhead", "context"))
+    parser.add_argument("--only", choices=("streams", "overhead", "context", "reads"))
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--tokens", type=int, default=200, help="tokens per reply in the streams run")
     parser.add_argument("--rate", type=float, default=50.0, help="tokens per second per reply")
@@ -387,7 +441,7 @@ def arguments() -> argparse.Namespace:
 
 
 async def main(args: argparse.Namespace) -> None:
-    runs = {"streams": streams, "overhead": overhead, "context": context}
+    runs = {"streams": streams, "overhead": overhead, "context": context, "reads": reads}
     for name, run in runs.items():
         if args.only in (None, name):
             with tempfile.TemporaryDirectory() as tmp:

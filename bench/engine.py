@@ -171,8 +171,8 @@ async def measure(
         "request_out": run.request_out,
         "token_to_render": run.token_to_render,
         "durations": [s.finished_at - s.created for s in surfaces],
-        "provider_times": [
-            token_times(s.final_text)[-1] - token_times(s.final_text)[0] for s in surfaces if s.final_text
+        "provider_times": [  # a reply that failed shows a sentence instead, without timestamps
+            stamps[-1] - stamps[0] for s in surfaces if len(stamps := token_times(s.final_text)) > 1
         ],
         "gaps": [b - a for s in surfaces for a, b in zip(s.renders, s.renders[1:], strict=False)],
         "peak_rss_mb": peak,

@@ -17,18 +17,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import multiprocessing
 import os
 import resource
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
 from typing import Any
 
-from loopback_provider import engine_settings, start, token_times
+from loopback_provider import MODEL_ID, engine_settings, start, token_times
 from sqlalchemy import insert
 
+from bot.config import ProviderSettings
 from bot.engine import Engine
 from bot.models import Author, ConversationKey, Message, RenderBudget
+from bot.providers.base import ChatMessage, ChatRequest, ProviderError, TextDelta, Timeouts
+from bot.providers.openai_compat import OpenAICompatibleProvider
 from bot.store import turns
 from bot.tokens import estimate_tokens
 
@@ -58,7 +63,7 @@ class TimingSurface:
 
     async def render(self, text: str, *, final: bool) -> int:
         now = time.monotonic()
-        if not self.renders:  # the first token carries the request's arrival time too
+        if not self.renders and text.startswith("["):  # the first token carries the request's arrival too
             arrived = text[1:].split("/", 1)[0]
             self._run.request_out.append(float(arrived) - self.created)
         self.renders.append(now)
@@ -114,6 +119,19 @@ async def load(
     """`conversations` open at once; each sends `rounds` messages, waiting `think` seconds after each reply.
 
     Conversations start spread evenly over `ramp` seconds (0: all in the same instant)."""
+    return summary([await measure(engine, conversations, tokens, rounds, ramp, think)])
+
+
+async def measure(
+    engine: Engine,
+    conversations: int,
+    tokens: int,
+    rounds: int = 1,
+    ramp: float = 0.0,
+    think: float = 0.0,
+    prefix: str = "",
+) -> dict[str, Any]:
+    """What `load` measures, unsummed, so that the figures of several processes can be put together."""
     run = Run()
     engine.platforms["bench"] = run  # type: ignore[assignment]
     outcomes: list[str] = []
@@ -121,11 +139,14 @@ async def load(
     async def conversation(index: int) -> None:
         await asyncio.sleep(ramp * index / conversations)
         for turn in range(rounds):
-            key = ConversationKey("bench", f"c{index}")
-            message = Message(key, AUTHOR, f"question {turn}", id=f"m{next(MESSAGE_IDS)}")
-            task = await engine.accept(message, {})
-            assert task is not None
-            outcomes.append(await task)
+            key = ConversationKey("bench", f"{prefix}c{index}")
+            message = Message(key, AUTHOR, f"question {turn}", id=f"{prefix}m{next(MESSAGE_IDS)}")
+            try:
+                task = await engine.accept(message, {})
+                assert task is not None
+                outcomes.append(await task)
+            except Exception as error:  # counted as failed, rather than ending the whole run
+                outcomes.append(f"error: {type(error).__name__}")
             await asyncio.sleep(think)
 
     rss_before = rss_mb()
@@ -141,32 +162,56 @@ async def load(
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     surfaces = run.surfaces
-    durations = [s.finished_at - s.created for s in surfaces]
-    provider_times = [
-        token_times(s.final_text)[-1] - token_times(s.final_text)[0] for s in surfaces if s.final_text
-    ]
-    gaps = [b - a for s in surfaces for a, b in zip(s.renders, s.renders[1:], strict=False)]
     complete = sum(1 for s in surfaces if len(token_times(s.final_text)) == tokens)
     return {
         "replies": len(surfaces),
         "failed": len(surfaces) - complete + sum(1 for outcome in outcomes if outcome != "ok"),
-        "replies_per_s": len(surfaces) / elapsed,
-        "cpu_s_per_reply": cpu / len(surfaces),
-        "request_out_p50_ms": percentile(run.request_out, 0.5) * 1000,
-        "request_out_p99_ms": percentile(run.request_out, 0.99) * 1000,
-        "token_render_p50_ms": percentile(run.token_to_render, 0.5) * 1000,
-        "token_render_p99_ms": percentile(run.token_to_render, 0.99) * 1000,
-        "duration_p50_s": percentile(durations, 0.5),
-        "provider_time_p50_s": percentile(provider_times, 0.5),
-        "duration_over_provider_p50": percentile(durations, 0.5) / percentile(provider_times, 0.5),
-        "render_gap_max_s": max(gaps, default=0.0),
+        "elapsed": elapsed,
+        "cpu": cpu,
+        "request_out": run.request_out,
+        "token_to_render": run.token_to_render,
+        "durations": [s.finished_at - s.created for s in surfaces],
+        "provider_times": [  # a reply that failed shows a sentence instead, without timestamps
+            stamps[-1] - stamps[0] for s in surfaces if len(stamps := token_times(s.final_text)) > 1
+        ],
+        "gaps": [b - a for s in surfaces for a, b in zip(s.renders, s.renders[1:], strict=False)],
         "peak_rss_mb": peak,
-        "rss_growth_mb": peak - rss_before,
+        "rss_before_mb": rss_before,
     }
 
 
-async def engine_for(port: int, directory: str) -> Engine:
-    engine = await Engine.create(engine_settings(port, directory))
+def summary(measured: list[dict[str, Any]]) -> dict[str, float]:
+    """The figures of one or more processes' runs, measured at the same time: their sum, or their worst."""
+
+    def joined(name: str) -> list[float]:
+        return [value for part in measured for value in part[name]]
+
+    replies = sum(part["replies"] for part in measured)
+    request_out, token_to_render = joined("request_out"), joined("token_to_render")
+    durations, provider_times = joined("durations"), joined("provider_times")
+    return {
+        "replies": replies,
+        "failed": sum(part["failed"] for part in measured),
+        "replies_per_s": replies / max(part["elapsed"] for part in measured),
+        "cpu_s_per_reply": sum(part["cpu"] for part in measured) / replies,
+        "request_out_p50_ms": percentile(request_out, 0.5) * 1000,
+        "request_out_p99_ms": percentile(request_out, 0.99) * 1000,
+        "token_render_p50_ms": percentile(token_to_render, 0.5) * 1000,
+        "token_render_p99_ms": percentile(token_to_render, 0.99) * 1000,
+        "duration_p50_s": percentile(durations, 0.5),
+        "provider_time_p50_s": percentile(provider_times, 0.5),
+        "duration_over_provider_p50": percentile(durations, 0.5) / percentile(provider_times, 0.5),
+        "render_gap_max_s": max(joined("gaps"), default=0.0),
+        "peak_rss_mb": sum(part["peak_rss_mb"] for part in measured),  # every process's, added up
+        "rss_growth_mb": sum(part["peak_rss_mb"] - part["rss_before_mb"] for part in measured),
+    }
+
+
+async def engine_for(port: int, directory: str, database: str | None = None) -> Engine:
+    settings = engine_settings(port, directory)
+    if database is not None:
+        settings = settings.model_copy(update={"database_url": database})
+    engine = await Engine.create(settings)
     await engine.catalog.all_names()  # warm the model list, as a running bot would have
     return engine
 
@@ -202,20 +247,150 @@ def show(title: str, figures: dict[str, float], targets: dict[str, str]) -> None
 
 async def streams(args: argparse.Namespace, tmp: str) -> None:
     provider, port = start(args.tokens, args.rate)
-    engine = await engine_for(port, tmp)
-    await load(engine, 20, args.tokens)  # warm connections and code paths
-    figures = await load(engine, args.streams, args.tokens)
-    await engine.aclose()
-    provider.terminate()
+    where = "SQLite"
+    cluster = None
+    try:
+        database = None
+        if args.postgres or args.workers > 1:
+            from instances import fresh_database  # asyncpg and the cluster, only here
+
+            from tests.support import postgres
+
+            server = os.environ.get("PARLEY_TEST_POSTGRES_URL")
+            if server is None:
+                cluster = Path(tempfile.mkdtemp(prefix="parley-bench-pg-"))
+                server = postgres.start(cluster)
+            database = await fresh_database(server, f"bench_streams_{os.getpid()}")
+            where = "PostgreSQL"
+        if args.workers > 1:
+            figures = await asyncio.to_thread(spread, args, port, tmp, database)
+            where += f", {args.workers} engine processes"
+        else:
+            engine = await engine_for(port, tmp, database)
+            await load(engine, 20, args.tokens)  # warm connections and code paths
+            figures = await load(engine, args.streams, args.tokens)
+            await engine.aclose()
+    finally:
+        provider.terminate()
+        if cluster is not None:
+            from tests.support import postgres
+
+            postgres.stop(cluster)
     targets = {
         "duration_over_provider_p50": "<= 1.3",
         "render_gap_max_s": f"<= {2 * RENDER_INTERVAL:g} (twice the render interval)",
         "failed": "0",
         "peak_rss_mb": "< 300",
     }
-    show(
-        f"streams: {args.streams} replies at once, {args.tokens} tokens at {args.rate:g}/s", figures, targets
+    title = f"streams: {args.streams} replies at once, {args.tokens} tokens at {args.rate:g}/s"
+    show(f"{title} ({where}, {args.loop})", figures, targets)
+
+
+async def reads(args: argparse.Namespace, tmp: str) -> None:
+    """The streams run's read path alone: the provider code reading `args.streams` replies at once, with no
+    engine, store or surface behind it: what one loop can read, and how late each token is read."""
+    provider_process, port = start(args.tokens, args.rate)
+    provider = OpenAICompatibleProvider(
+        "bench", ProviderSettings(base_url=f"http://127.0.0.1:{port}/v1"), Timeouts()
     )
+    request = ChatRequest(MODEL_ID, (ChatMessage("user", "question"),))
+    late: list[float] = []
+    failed = 0
+
+    async def reply(measured: bool) -> None:
+        nonlocal failed
+        received = 0
+        try:
+            async for event in provider.stream(request):
+                if isinstance(event, TextDelta):
+                    received += 1
+                    if measured:
+                        late.append(time.monotonic() - token_times(event.text)[-1])
+        except ProviderError:
+            pass
+        failed += measured and received != args.tokens
+
+    try:
+        await asyncio.gather(*(reply(False) for _ in range(20)))  # warm connections and code paths
+        cpu_before, started = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        await asyncio.gather(*(reply(True) for _ in range(args.streams)))
+        elapsed, cpu_after = time.monotonic() - started, resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        await provider.aclose()
+        provider_process.terminate()
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    provider_time = (args.tokens - 1) / args.rate
+    figures = {
+        "replies": args.streams,
+        "failed": failed,
+        "cpu_us_per_token": cpu / max(len(late), 1) * 1e6,
+        "cpu_share_of_one_core": cpu / elapsed,
+        "token_late_p50_ms": percentile(late, 0.5) * 1000,
+        "token_late_p99_ms": percentile(late, 0.99) * 1000,
+        "token_late_max_ms": max(late, default=float("nan")) * 1000,
+        "all_replies_over_provider": elapsed / provider_time,
+    }
+    title = f"reads: {args.streams} replies read at once, {args.tokens} tokens at {args.rate:g}/s, no engine"
+    show(f"{title} ({args.loop})", figures, {"failed": "0"})
+
+
+def spread(args: argparse.Namespace, port: int, tmp: str, database: str | None) -> dict[str, float]:
+    """The streams run over `args.workers` processes on one database, each with its share of the streams,
+    all starting in the same instant once every one has warmed up."""
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Queue(), context.Queue()
+    go = context.Event()
+    shares = [args.streams // args.workers + (k < args.streams % args.workers) for k in range(args.workers)]
+    processes = [
+        context.Process(
+            target=worker,
+            args=(k, shares[k], args.tokens, args.loop, port, tmp, database, ready, go, results),
+        )
+        for k in range(args.workers)
+    ]
+    for process in processes:
+        process.start()
+    for _ in processes:
+        ready.get(timeout=120)
+    go.set()
+    measured = [results.get(timeout=600) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    return summary(measured)
+
+
+def worker(
+    index: int,
+    count: int,
+    tokens: int,
+    loop: str,
+    port: int,
+    tmp: str,
+    database: str | None,
+    ready: Any,
+    go: Any,
+    results: Any,
+) -> None:
+    async def run() -> None:
+        engine = await engine_for(port, tmp, database)
+        await measure(engine, 20, tokens, prefix=f"warm{index}-")
+        ready.put(index)
+        await asyncio.to_thread(go.wait)
+        results.put(await measure(engine, count, tokens, prefix=f"w{index}-"))
+        await engine.aclose()
+
+    running(run(), loop)
+
+
+def running(main: Coroutine[Any, Any, None], loop: str) -> None:
+    """Run `main` on asyncio's own loop or on uvloop's."""
+    if loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main)
+    else:
+        asyncio.run(main)
 
 
 async def overhead(args: argparse.Namespace, tmp: str) -> None:
@@ -249,16 +424,24 @@ async def context(args: argparse.Namespace, tmp: str) -> None:
     )
 
 
-async def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("streams", "overhead", "context"))
+    parser.add_argument("--only", choices=("streams", "overhead", "context", "reads"))
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--tokens", type=int, default=200, help="tokens per reply in the streams run")
     parser.add_argument("--rate", type=float, default=50.0, help="tokens per second per reply")
     parser.add_argument("--conversations", type=int, default=500)
     parser.add_argument("--context-rounds", type=int, default=30)
-    args = parser.parse_args()
-    runs = {"streams": streams, "overhead": overhead, "context": context}
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the engine's loop")
+    parser.add_argument("--postgres", action="store_true", help="streams: on a throwaway PostgreSQL")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="streams: spread over N engine processes on one PostgreSQL"
+    )
+    return parser.parse_args()
+
+
+async def main(args: argparse.Namespace) -> None:
+    runs = {"streams": streams, "overhead": overhead, "context": context, "reads": reads}
     for name, run in runs.items():
         if args.only in (None, name):
             with tempfile.TemporaryDirectory() as tmp:
@@ -266,4 +449,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    ARGS = arguments()
+    running(main(ARGS), ARGS.loop)

@@ -1,41 +1,27 @@
 """`parley` on the command line: run the platforms, chat in the terminal, list models, check the setup.
 
 This is the composition root: the one place that knows both the engine and the platform adapters, and it
-imports an adapter only when its platform is configured.
+imports an adapter only when its platform is configured. Everything else is imported once the command
+line has been read, and only what the command needs, so `parley --help` and `--version` answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import importlib
 import logging
-import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-from bot import migrations, workers
-from bot.catalog import ModelCatalog, UnknownModelError
-from bot.config import ConfigError, Settings, SetupError
-from bot.database_url import describe_database
-from bot.engine import Engine
-from bot.instances import Instance
-from bot.leader import LeadingPlatform
-from bot.logs import configure_logging
-from bot.metrics import serve as serve_metrics
-from bot.platform import Platform
-from bot.providers.base import ProviderError
-from bot.scheduler import Scheduler
-from bot.settings_loader import Loaded, load_settings
-from bot.store import Store
-from bot.usage import BY_COLUMNS, BadPeriod, operator_report, parse_date, since
-
 if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Awaitable, Callable
+
     from aiohttp import web
+
+    from bot.catalog import ModelCatalog
+    from bot.config import Settings
+    from bot.platform import Platform
+    from bot.settings_loader import Loaded
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +45,8 @@ holds the SQLite database (data/parley.db); PARLEY_CONFIG names another TOML fil
 in .env.example and in the settings tables of README.md (Configuration, Discord, Slack, Web search).
 `parley check` tests them without starting anything."""
 
+USAGE_BY = ("model", "person", "channel")  # the keys of bot.usage.BY_COLUMNS, without importing it
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -67,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SETTINGS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"parley {_version()}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show Parley's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser(
         "run",
@@ -95,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     usage = sub.add_parser("usage", help="tokens and cost by model, person or channel")
     usage.add_argument("--since", help="a date, YYYY-MM-DD (UTC); by default the 1st of this month")
-    usage.add_argument("--by", choices=tuple(BY_COLUMNS), default="model", help="what to sum by (model)")
+    usage.add_argument("--by", choices=USAGE_BY, default="model", help="what to sum by (model)")
     usage.add_argument("--csv", action="store_true", help="comma-separated values, with a header row")
     database = sub.add_parser("db", help="the database schema: its revision, and migrating it")
     database_sub = database.add_subparsers(dest="db_command", required=True)
@@ -110,8 +98,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Version(argparse.Action):
+    """--version, reading the installed version only when asked."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"parley {_version()}")  # on standard output, as argparse's own version action does
+        parser.exit()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import asyncio
+
+    from bot.config import ConfigError, SetupError
+    from bot.database_url import describe_database
+    from bot.logs import configure_logging
+    from bot.settings_loader import load_settings
+
     try:
         loaded = load_settings()
     except ConfigError as error:
@@ -125,9 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "check":  # check reports these among its findings
         for warning in loaded.warnings:
             log.warning(warning)
+    loop_name, loop_factory = event_loop() if args.command == "run" else ("asyncio", None)
     if args.command in ("run", "chat", "discord"):
         where = describe_database(settings.database_url)
-        log.info("Parley %s: settings from %s; memory in %s", _version(), loaded.locations.describe(), where)
+        log.info(
+            "Parley %s: settings from %s; memory in %s; event loop %s",
+            _version(),
+            loaded.locations.describe(),
+            where,
+            loop_name,
+        )
     commands: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = {
         "run": run,
         "chat": chat,
@@ -139,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             return asyncio.run(check(loaded))
-        return asyncio.run(commands[args.command](settings, args))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(commands[args.command](settings, args))
     except SetupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -147,7 +158,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def event_loop() -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
+    """uvloop's loop when it is installed (`pip install -e '.[uvloop]'`), else asyncio's own (None).
+
+    With a thousand replies streaming, the loop's own share of each token (polling sockets, pausing and
+    resuming their reads) is a good part of the work, and uvloop does it in C."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio", None
+    return "uvloop", uvloop.new_event_loop
+
+
 def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("parley")
     except PackageNotFoundError:  # run from a checkout that was never installed
@@ -155,6 +180,19 @@ def _version() -> str:
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+    import importlib
+    import signal
+
+    from bot import workers
+    from bot.config import SetupError
+    from bot.engine import Engine
+    from bot.instances import Instance
+    from bot.leader import LeadingPlatform
+    from bot.metrics import serve as serve_metrics
+    from bot.scheduler import Scheduler
+
     refused = workers.refusal(settings, args.workers)
     if refused:
         print(f"error: {refused}", file=sys.stderr)
@@ -224,6 +262,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _until_stopped(stopping: asyncio.Event, platforms: list[Platform]) -> int:
     """Serve until a signal (0), or until a platform stops on its own (1: it said why in the log)."""
+    import asyncio
+
     signalled = asyncio.ensure_future(stopping.wait())
     closed = {asyncio.ensure_future(platform.wait_closed()): platform for platform in platforms}
     try:
@@ -245,6 +285,7 @@ async def chat(settings: Settings, args: argparse.Namespace) -> int:
     from sqlalchemy.engine import make_url
 
     from adapters.console import Chat
+    from bot.engine import Engine
 
     if not settings.provider_settings():
         print(NO_PROVIDER, file=sys.stderr)
@@ -264,6 +305,11 @@ async def chat(settings: Settings, args: argparse.Namespace) -> int:
 
 async def usage_report(settings: Settings, args: argparse.Namespace) -> int:
     """`parley usage`: what every platform used since a date, for operators."""
+    import time
+
+    from bot.store import Store
+    from bot.usage import BadPeriod, operator_report, parse_date, since
+
     try:
         start = parse_date(args.since).timestamp() if args.since else since([], time.time())[0]
     except BadPeriod as error:
@@ -278,6 +324,8 @@ async def usage_report(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def list_models(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.catalog import ModelCatalog
+
     catalog = ModelCatalog.from_settings(settings)
     if not catalog.providers:
         print(NO_PROVIDER, file=sys.stderr)
@@ -295,6 +343,14 @@ async def list_models(settings: Settings, args: argparse.Namespace) -> int:
 
 async def check(loaded: Loaded) -> int:
     """One line per finding, `ok`, `note` or `problem`; exits 1 when anything needs fixing."""
+    import importlib
+
+    from bot.catalog import ModelCatalog
+    from bot.config import SetupError
+    from bot.database_url import describe_database
+    from bot.providers.base import ProviderError
+    from bot.store import Store
+
     settings = loaded.settings
     problems = 0
 
@@ -345,6 +401,8 @@ def _fallback_chains(settings: Settings) -> list[tuple[str, list[str]]]:
 
 async def _models_found(catalog: ModelCatalog, label: str, names: list[str]) -> tuple[bool, str]:
     """Whether every name is a model the providers offer; bare ids shown with the model they mean."""
+    from bot.catalog import UnknownModelError
+
     shown, problems = [], []
     for name in names:
         try:
@@ -362,6 +420,10 @@ async def _models_found(catalog: ModelCatalog, label: str, names: list[str]) -> 
 
 async def database_schema(settings: Settings, args: argparse.Namespace) -> int:
     """`parley db upgrade` / `parley db current`, for operators who migrate before starting instances."""
+    from bot import migrations
+    from bot.database_url import describe_database
+    from bot.store import Store
+
     url, head = settings.database_url, migrations.head()
     where = describe_database(url)
     before = await Store.revision(url)
@@ -391,8 +453,12 @@ async def discord_sync(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.discord_token:
         print("Set DISCORD_TOKEN first.", file=sys.stderr)
         return 2
-    adapter = importlib.import_module("adapters.discord")
+    import importlib
+
+    from bot.config import SetupError
     from skills import builtin
+
+    adapter = importlib.import_module("adapters.discord")
 
     try:  # the skills' commands (/web, /read) are slash commands too
         print(await adapter.sync_commands(settings, args.guild, builtin(settings)))

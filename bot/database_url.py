@@ -6,11 +6,12 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
-from sqlalchemy.ext.asyncio import create_async_engine
 
 
 def usable_database_url(url: str, home: Path) -> str:
     """`url` with a relative SQLite path made absolute under `home`; ValueError when it cannot work."""
+    from sqlalchemy.ext.asyncio import create_async_engine  # SQLAlchemy's asyncio layer, only to check
+
     try:
         parsed = make_url(url)
         create_async_engine(parsed)  # loads the dialect and imports its driver; connects to nothing

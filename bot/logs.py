@@ -95,4 +95,6 @@ def configure_logging(settings: Settings, *, quiet: bool = False) -> None:
     root.setLevel(logging.WARNING if quiet else settings.log_level)
     # httpx logs every request URL at INFO; keep it for debugging only.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+    # alembic names each of its plugins at INFO when first imported, which is after this for most commands.
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("discord.client").addFilter(_voice_notice)

@@ -9,7 +9,6 @@ import socket
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
-import trafilatura
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +122,15 @@ async def read_page(url: str, *, allow_private: bool = False, client: httpx.Asyn
     finally:
         if own_client:
             await client.aclose()
-    text = await asyncio.to_thread(trafilatura.extract, body) if "<" in body else body
+    text = await asyncio.to_thread(_extract, body) if "<" in body else body
     return (text or "").strip()[:TEXT_CHARS]
+
+
+def _extract(html: str) -> str | None:
+    """The page's main text; trafilatura (and lxml under it) loads at the first page read, not at start."""
+    import trafilatura
+
+    return trafilatura.extract(html)
 
 
 async def _fetch(client: httpx.AsyncClient, url: str, allow_private: bool) -> str:

@@ -12,10 +12,13 @@ from bot.access import access_command
 from bot.budgets import budget_command
 from bot.catalog import UnknownModelError
 from bot.models import CommandResult, Message
+from bot.personas import ACTIONS as PERSONA_ACTIONS
+from bot.personas import persona_command
 from bot.providers.base import ModelInfo
 from bot.schedules import ACTIONS, schedule
 from bot.skills import MODES, SkillRegistry
 from bot.summarize import summarize
+from bot.templates import prompt_command
 from bot.usage import usage_command
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ class Option:
     choices: tuple[str, ...] = ()
     required: bool = False
     models: bool = False  # suggest model names as the person types
+    templates: bool = False  # suggest the prompt templates saved here as the person types
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +373,30 @@ COMMANDS: dict[str, Command] = {
             "remove the last question and its answer from memory",
             forget,
             (Option("what", "What to forget: the last exchange", ("last",), required=True),),
+        ),
+        # A run starts a reply (through the adapters, which ask for missing values in a form first);
+        # save, list, show and delete are answered here (bot/templates.py).
+        Command(
+            "prompt",
+            "prompt NAME [key=value …]|save NAME TEXT|list|show NAME|delete NAME",
+            "run a saved prompt template, or save, list, show or delete one",
+            prompt_command,
+            (
+                Option(
+                    "name", "A template to run, or save, list, show or delete", required=True, templates=True
+                ),
+                Option("details", "key=value … to fill it in; for save: NAME TEXT; for show, delete: NAME"),
+            ),
+        ),
+        Command(
+            "persona",
+            "persona save NAME|use NAME|list|delete NAME",
+            "save this conversation's model, system prompt and skills as a persona, or apply one",
+            persona_command,
+            (
+                Option("action", "save, use, list or delete", PERSONA_ACTIONS, required=True),
+                Option("name", "The persona's name"),
+            ),
         ),
     )
 }

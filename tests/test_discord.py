@@ -321,6 +321,7 @@ async def test_commands_are_synced_only_when_they_change(
         "usage", "budget", "access",
         "summarize", "schedule",
         "stop", "history", "forget", "regenerate",
+        "prompt", "persona",
     }  # fmt: skip
 
 

@@ -8,6 +8,7 @@ conversation's settings, so it needs what /model needs.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from bot.models import CommandResult, Message
@@ -101,7 +102,7 @@ def _may_replace(engine: Engine, message: Message, saved: SavedPersona) -> bool:
     return saved.created_by == message.author.id or engine.may_change_settings(message.author)
 
 
-def _describe(model: str, system_prompt: str | None, skills: dict[str, str] | object) -> str:
+def _describe(model: str, system_prompt: str | None, skills: Mapping[str, str]) -> str:
     prompt = "its own system prompt" if system_prompt else "the default system prompt"
-    modes = ", ".join(f"{skill} {mode}" for skill, mode in sorted(dict(skills).items()))  # type: ignore[call-overload]
+    modes = ", ".join(f"{skill} {mode}" for skill, mode in sorted(skills.items()))
     return f"{model}, {prompt}" + (f", skills: {modes}" if modes else "")

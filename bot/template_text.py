@@ -119,7 +119,7 @@ def variables(text: str) -> tuple[str, ...]:
         raise TemplateRefused(f"The template does not parse: {message} (line {error.lineno}).") from None
     _check(tree)
     undeclared = meta.find_undeclared_variables(tree) - {*BUILT_INS, "range"}
-    names = tuple(sorted(undeclared, key=lambda name: _first_use(tree, name)))
+    names = tuple(dict.fromkeys(n.name for n in tree.find_all(nodes.Name) if n.name in undeclared))
     for name in names:
         if not VARIABLE_NAME.fullmatch(name):
             raise TemplateRefused(
@@ -154,12 +154,6 @@ def _inner_loops(loop: nodes.For) -> Iterable[nodes.For]:
         yield from child.find_all(nodes.For)
 
 
-def _first_use(tree: nodes.Template, name: str) -> int:
-    return min(
-        (node.lineno * 10_000 + i for i, node in enumerate(tree.find_all(nodes.Name)) if node.name == name)
-    )
-
-
 def render(text: str, values: Mapping[str, str]) -> str:
     """The question a template makes from these values; raises TemplateRefused with one sentence."""
     variables(text)  # a template saved under older rules is held to today's
@@ -171,12 +165,10 @@ def render(text: str, values: Mapping[str, str]) -> str:
             if size > OUTPUT_LIMIT:
                 raise TemplateRefused(f"The template makes more than {OUTPUT_LIMIT:,} characters of text.")
             pieces.append(piece)
+    except TemplateRefused:
+        raise
     except SecurityError as error:
         raise TemplateRefused(f"The sandbox refused the template: {str(error).rstrip('.')}.") from None
-    except TemplateError as error:
-        raise TemplateRefused(f"The template could not be filled in: {str(error).rstrip('.')}.") from None
-    except (ArithmeticError, TypeError, ValueError) as error:
-        if isinstance(error, TemplateRefused):
-            raise
+    except (TemplateError, ArithmeticError, TypeError, ValueError) as error:
         raise TemplateRefused(f"The template could not be filled in: {str(error).rstrip('.')}.") from None
     return "".join(pieces).strip()

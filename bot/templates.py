@@ -105,8 +105,10 @@ async def prompt_command(engine: Engine, message: Message, args: str) -> Command
             )
         await engine.store.write(remove(prompt_templates, scope(message), name))
         return CommandResult(f"Deleted the template {name}.", ephemeral=False)
-    where = "the /prompt command" if message.key.platform != "slack" else "/parley prompt"
-    return CommandResult(f"Run a template with {where} itself: /prompt {args.strip()}")
+    typed = "/parley prompt" if message.key.platform == "slack" else "/prompt"
+    return CommandResult(
+        f"Run a template with the command itself, which can ask for what is missing: {typed} {args.strip()}"
+    )
 
 
 async def prepare(

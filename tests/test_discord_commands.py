@@ -209,6 +209,7 @@ async def test_every_command_option_says_what_it_is_for(engine: Engine, discord_
         ("budget", "period"), ("budget", "unit"), ("budget", "amount"),
         ("summarize", "range"),
         ("schedule", "action"), ("schedule", "details"),
+        ("prompt", "name"), ("prompt", "details"), ("persona", "action"), ("persona", "name"),
     }  # fmt: skip
     assert all(description != "…" and 1 <= len(description) <= 100 for description in options.values())
 

@@ -87,7 +87,8 @@ async def test_templates_belong_to_their_server_and_in_a_dm_to_the_person(engine
         ("prompt save huge " + "x" * (TEXT_LIMIT + 1),
          f"That template is {TEXT_LIMIT + 1:,} characters; the limit is {TEXT_LIMIT:,}."),
         ("prompt show nothing", "There is no template named nothing here; /prompt list shows them."),
-        ("prompt greet", "Run a template with the /prompt command itself: /prompt greet"),
+        ("prompt greet", "Run a template with the command itself, which can ask for what is missing: "
+         "/prompt greet"),
     ],
 )  # fmt: skip
 async def test_bad_input_gets_one_sentence(engine: Engine, line: str, answer_: str) -> None:

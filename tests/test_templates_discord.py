@@ -212,3 +212,20 @@ async def callback(
     url = f"{discord_api.api_base}/interactions/{interaction}/token-{interaction}/callback"
     async with http.post(url, json=body) as response:
         return await response.json() if answer else response.status
+
+
+async def test_an_unknown_template_or_a_bad_value_is_one_private_sentence(
+    bot: Engine, discord_api: DiscordEmulator
+) -> None:
+    await save(discord_api, "On {{ topic }}.")
+    unknown = await discord_api.interact("prompt", prompt("nothing"))
+    unquoted = await discord_api.interact("prompt", prompt("haiku", 'topic="tides'))
+    extra = await discord_api.interact("prompt", prompt("haiku", "topic=a colour=red"))
+    await until(lambda: all(callbacks(discord_api, i) for i in (unknown, unquoted, extra)))
+    answers = [callbacks(discord_api, i)[0] for i in (unknown, unquoted, extra)]
+    assert [(a["type"], a["data"]["flags"]) for a in answers] == [(4, 64)] * 3
+    assert [a["data"]["content"] for a in answers] == [
+        "There is no template named nothing here; /prompt list shows them.",
+        'Quote a value with spaces in it, and close the quote: topic="a b".',
+        "haiku has no variable 'colour'; its variables are: topic.",
+    ]

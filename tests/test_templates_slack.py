@@ -176,3 +176,19 @@ async def test_the_loopback_slack_opens_a_view_once_within_3_seconds_and_checks_
     metadata = {**good, "private_metadata": "x" * 3001}
     for view in (too_long, no_submit, too_many, wrong_input, metadata):
         assert await refusal(slack.trigger(), view) == "invalid_arguments"
+
+
+async def test_a_form_opened_before_a_restart_is_answered_after_it(
+    slack: SlackAPI, llm: LLMServer, slack_settings: Callable[..., Settings]
+) -> None:
+    settings = slack_settings()
+    async with serving(slack, llm, settings) as before:
+        await command(before, "prompt save brief Brief on {{ topic }}.")
+        await command(before, "prompt brief")
+    (view_id,) = slack.views
+    async with serving(slack, llm, settings) as after:
+        status, body = await submit(after, slack.view_submission(view_id, {"topic": "tides"}, user=ALICE.id))
+        assert (status, body) == (200, "")
+        await after.finished_streams(1)
+    (post,) = [m for m in slack.replies("C1") if m.thread_ts is None]
+    assert [m.text for m in slack.thread("C1", post.ts)] == ["echo: Alice: Brief on tides."]

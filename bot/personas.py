@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from bot.models import CommandResult, Message
 from bot.schema import personas
 from bot.template_store import SavedPersona, names, persona, remove, save_persona
-from bot.templates import LISTED, name_problem, scope
+from bot.templates import LISTED, may_replace, name_problem, scope
 
 if TYPE_CHECKING:
     from bot.engine import Engine
@@ -42,7 +42,7 @@ async def persona_command(engine: Engine, message: Message, args: str) -> Comman
     if saved is None:
         return CommandResult(f"There is no persona named {name} here; /persona list shows them.")
     if action == "delete":
-        if not _may_replace(engine, message, saved):
+        if not may_replace(engine, message, saved):
             return CommandResult(
                 f"Only {saved.created_by_name}, who saved {name}, or a manager can delete it."
             )
@@ -52,7 +52,8 @@ async def persona_command(engine: Engine, message: Message, args: str) -> Comman
 
 
 async def _save(engine: Engine, message: Message, name: str, saved: SavedPersona | None) -> CommandResult:
-    if saved is not None and not _may_replace(engine, message, saved):
+    if not may_replace(engine, message, saved):
+        assert saved is not None
         return CommandResult(
             f"{name} was saved by {saved.created_by_name}; only they or a manager can replace it."
         )
@@ -96,10 +97,6 @@ async def _list(engine: Engine, message: Message) -> CommandResult:
     return CommandResult(
         f"Personas here: {', '.join(saved[:LISTED])}{more}. Apply one with /persona use NAME."
     )
-
-
-def _may_replace(engine: Engine, message: Message, saved: SavedPersona) -> bool:
-    return saved.created_by == message.author.id or engine.may_change_settings(message.author)
 
 
 def _describe(model: str, system_prompt: str | None, skills: Mapping[str, str]) -> str:

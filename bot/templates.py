@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.models import CommandResult, Message
 from bot.schema import prompt_templates
-from bot.template_store import SavedTemplate, names, remove, save_template, template
+from bot.template_store import Saved, SavedTemplate, names, remove, save_template, template
 from bot.template_text import VALUE_LIMIT, TemplateRefused, render, variables
 
 if TYPE_CHECKING:
@@ -71,7 +71,8 @@ def is_run(args: str) -> bool:
     return bool(first) and first not in VERBS
 
 
-def may_replace(engine: Engine, message: Message, saved: SavedTemplate | None) -> bool:
+def may_replace(engine: Engine, message: Message, saved: Saved | None) -> bool:
+    """A new name is anyone's to save; a saved template or persona is its saver's and managers'."""
     return (
         saved is None or saved.created_by == message.author.id or engine.may_change_settings(message.author)
     )

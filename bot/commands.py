@@ -13,10 +13,13 @@ from bot.arena import CHOICES, arena_command, vote_command
 from bot.budgets import budget_command
 from bot.catalog import UnknownModelError
 from bot.models import CommandResult, Message
+from bot.personas import ACTIONS as PERSONA_ACTIONS
+from bot.personas import persona_command
 from bot.providers.base import ModelInfo
 from bot.schedules import ACTIONS, schedule
 from bot.skills import MODES, SkillRegistry
 from bot.summarize import summarize
+from bot.templates import prompt_command
 from bot.usage import usage_command
 
 if TYPE_CHECKING:
@@ -43,6 +46,7 @@ class Option:
     choices: tuple[str, ...] = ()
     required: bool = False
     models: bool = False  # suggest model names as the person types
+    templates: bool = False  # suggest the prompt templates saved here as the person types
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +390,30 @@ COMMANDS: dict[str, Command] = {
             vote_command,
             (Option("choice", "a, b, tie or bad", tuple(CHOICES), required=True),),
             not_on=frozenset({"discord", "slack"}),
+        ),
+        # A run starts a reply (through the adapters, which ask for missing values in a form first);
+        # save, list, show and delete are answered here (bot/templates.py).
+        Command(
+            "prompt",
+            "prompt NAME [key=value …]|save NAME TEXT|list|show NAME|delete NAME",
+            "run a saved prompt template, or save, list, show or delete one",
+            prompt_command,
+            (
+                Option(
+                    "name", "A template to run, or save, list, show or delete", required=True, templates=True
+                ),
+                Option("details", "key=value … to fill it in; for save: NAME TEXT; for show, delete: NAME"),
+            ),
+        ),
+        Command(
+            "persona",
+            "persona save NAME|use NAME|list|delete NAME",
+            "save this conversation's model, system prompt and skills as a persona, or apply one",
+            persona_command,
+            (
+                Option("action", "save, use, list or delete", PERSONA_ACTIONS, required=True),
+                Option("name", "The persona's name"),
+            ),
         ),
     )
 }

@@ -265,3 +265,29 @@ arena_votes = Table(
     Column("created_at", Float, nullable=False),
     Index("ix_arena_votes_server", "server"),
 )
+
+# Prompt templates (/prompt) and personas (/persona), each by the server or workspace it belongs to
+# (`scope`: see bot/templates.py) and a name.
+prompt_templates = Table(
+    "prompt_templates",
+    metadata,
+    Column("scope", String(255), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("body", Text, nullable=False),
+    Column("created_by", String(255), nullable=False),
+    Column("created_by_name", String(255), nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+personas = Table(
+    "personas",
+    metadata,
+    Column("scope", String(255), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("model", String(255), nullable=False),
+    Column("system_prompt", Text),
+    Column("skills", Text, nullable=False),  # JSON: {skill: mode} for every skill installed when saved
+    Column("created_by", String(255), nullable=False),
+    Column("created_by_name", String(255), nullable=False),
+    Column("updated_at", Float, nullable=False),
+)

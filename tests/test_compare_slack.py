@@ -6,33 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from adapters.slack.votes import ACTION_PREFIX, BLOCK_PREFIX
 from bot.compare import BALLOT
 from bot.config import Settings
 from tests.support.llm_server import LLMServer, Script
-from tests.support.search_server import SearchServer
 from tests.support.slack_api import SlackAPI, SlackMessage
-from tests.test_slack_app import ALICE, BOB, Harness, emulator, serving, settings_builder, until
+from tests.support.slack_harness import ALICE, BOB, Harness, serving, until
 
 MINI, MIMO = "openrouter/openai/gpt-4o-mini", "openrouter/xiaomi/mimo-v2-flash"
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[SlackAPI]:
-    async with emulator() as api:
-        yield api
-
-
-@pytest.fixture
-def slack_settings(
-    make_settings: Callable[..., Settings], slack: SlackAPI, search: SearchServer
-) -> Callable[..., Settings]:
-    return settings_builder(make_settings, slack, search)
 
 
 async def click(harness: Harness, payload: dict[str, Any]) -> int:

@@ -322,6 +322,7 @@ async def test_commands_are_synced_only_when_they_change(
         "summarize", "schedule",
         "stop", "history", "forget", "regenerate",
         "compare", "arena",
+        "prompt", "persona",
     }  # fmt: skip
 
 

@@ -210,6 +210,7 @@ async def test_every_command_option_says_what_it_is_for(engine: Engine, discord_
         ("summarize", "range"),
         ("schedule", "action"), ("schedule", "details"),
         ("compare", "model_a"), ("compare", "model_b"), ("compare", "prompt"),
+        ("prompt", "name"), ("prompt", "details"), ("persona", "action"), ("persona", "name"),
     }  # fmt: skip
     assert all(description != "…" and 1 <= len(description) <= 100 for description in options.values())
 

@@ -40,10 +40,10 @@ class PromptInput:
             prompt_continuation=" " * len(PROMPT),
         )
 
-    async def read(self) -> str | None:
-        """The next message, or None when the person leaves."""
+    async def read(self, prompt: str = PROMPT) -> str | None:
+        """The next message (or answer to `prompt`), or None when the person leaves."""
         try:
-            text = await self._session.prompt_async(FormattedText([("bold", PROMPT)]))
+            text = await self._session.prompt_async(FormattedText([("bold", prompt)]))
         except EOFError:
             return None
         self.repaired = bool(_SURROGATES.search(text))

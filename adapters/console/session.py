@@ -30,6 +30,7 @@ from rich.text import Text
 
 from adapters.console.input import BadInput, LineInput, PromptInput
 from adapters.console.platform import PLATFORM, ConsolePlatform
+from adapters.console.prompts import expand, runs_template
 from adapters.console.safe_text import neutralize
 from adapters.console.surfaces import PlainSurface, TerminalSurface
 from bot.engine import Engine
@@ -119,17 +120,38 @@ class Chat:
                 self._note(NOT_UTF8)
             if not text.strip():
                 continue
-            outcome = await self._answer(engine, text)
+            message = Message(key=self.key, author=self.author, text=text, id=uuid.uuid4().hex)
+            if runs_template(text):  # its missing values are asked for first
+                try:
+                    expanded = await expand(engine, message, lambda name: self._ask(reader, name))
+                except BadInput as error:
+                    print(error, file=sys.stderr)
+                    return 2
+                if expanded is None:
+                    break
+                if isinstance(expanded, str):
+                    await engine.pacer.renderer(self._new_surface()).finish(expanded)
+                    self._after_reply()
+                    continue
+                message = expanded
+            outcome = await self._answer(engine, message)
             if self.screen is None and outcome is None and not self.reader_gone:
                 return INTERRUPTED
             failed = failed or outcome in ("cut_off", "error")
             self._after_reply()
         return 1 if failed and self.screen is None else 0
 
-    async def _answer(self, engine: Engine, text: str) -> Outcome | None:
+    async def _ask(self, reader: PromptInput | LineInput, variable: str) -> str | None:
+        """A template's missing value: asked at the prompt, or read as the next line of a pipe (the
+        question goes to stderr, so the output stays the replies)."""
+        if isinstance(reader, PromptInput):
+            return await reader.read(f"{variable}> ")
+        print(f"{variable}?", file=sys.stderr, flush=True)
+        return await reader.read()
+
+    async def _answer(self, engine: Engine, message: Message) -> Outcome | None:
         """Show the answer to one message. None when it was stopped: by Ctrl-C, or because whoever reads
         our output has gone. The engine keeps a stopped reply's text as cut off."""
-        message = Message(key=self.key, author=self.author, text=text, id=uuid.uuid4().hex)
         task = await engine.accept(message)
         if task is None:  # a fresh id is never a redelivery
             return None

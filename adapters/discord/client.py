@@ -16,6 +16,7 @@ from adapters.discord import votes
 from adapters.discord.commands import install
 from adapters.discord.controls import on_component
 from adapters.discord.facts import author_of, conversation_key, server_of
+from adapters.discord.modals import on_submit
 from adapters.discord.surface import NO_PINGS
 from bot.addressing import Arrival, Rules
 from bot.metrics import Metrics
@@ -103,6 +104,8 @@ class ParleyDiscord(discord.Client):
         if interaction.type == discord.InteractionType.component:
             await on_component(self.platform, interaction)
             await votes.on_component(self.platform, interaction)
+        elif interaction.type == discord.InteractionType.modal_submit:  # a /prompt form's answers
+            await on_submit(self.platform, interaction)
 
     async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
         """An edited question: answered again in place when it is recent (bot/controls.py decides)."""

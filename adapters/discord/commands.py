@@ -16,8 +16,9 @@ from discord import app_commands
 
 from adapters.discord.facts import author_of, conversation_key, server_of
 from adapters.discord.interactions import AUTOCOMPLETE_WAIT, CHOICE_LIMIT, answer_command
+from adapters.discord.modals import run_prompt, template_names
 from adapters.discord.surface import NO_PINGS
-from bot import commands
+from bot import commands, templates
 from bot.models import ConversationKey, Message
 
 if TYPE_CHECKING:
@@ -58,7 +59,9 @@ def _slash(command: commands.Command, platform: DiscordPlatform) -> app_commands
             await interaction.response.send_message(refusal, ephemeral=True, allowed_mentions=NO_PINGS)
             return
         if command.starts_reply:
-            await _start_reply(platform, interaction, line)
+            await start_reply(platform, interaction, line)
+        elif command.name == templates.PROMPT and templates.is_run(line.partition(" ")[2]):
+            await run_prompt(platform, interaction, line.partition(" ")[2])
         else:
             work = platform.engine.run_command(incoming(interaction, ""), line)
             await answer_command(interaction, work)
@@ -85,10 +88,12 @@ def _slash(command: commands.Command, platform: DiscordPlatform) -> app_commands
         app_commands.choices(**choices)(callback)
     if pickers := {o.name: _model_names(platform) for o in command.options if o.models}:
         app_commands.autocomplete(**pickers)(callback)
+    if pickers := {o.name: template_names(platform) for o in command.options if o.templates}:
+        app_commands.autocomplete(**pickers)(callback)
     return app_commands.Command(name=command.name, description=_fit(command.summary), callback=callback)
 
 
-async def _start_reply(platform: DiscordPlatform, interaction: discord.Interaction, line: str) -> None:
+async def start_reply(platform: DiscordPlatform, interaction: discord.Interaction, line: str) -> None:
     """Defer within the 3 seconds, then hand the command to the engine, which stores it at once."""
     deferred = await interaction.response.defer(thinking=True)
     original = deferred.message_id if deferred is not None else None

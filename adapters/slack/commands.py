@@ -16,8 +16,10 @@ from slack_sdk.errors import SlackApiError
 
 from adapters.slack.errors import error_code
 from adapters.slack.listeners import PLATFORM
+from adapters.slack.modals import PromptForms
 from adapters.slack.mrkdwn import escape, neutralize
 from adapters.slack.people import People
+from bot import templates
 from bot.commands import Command, registered
 from bot.engine import Engine
 from bot.models import Author, CommandResult, ConversationKey, Message
@@ -36,10 +38,12 @@ class SlashCommands:
         # The engine names its commands /model, /help …; on Slack they are subcommands of /parley.
         names = "|".join(re.escape(name) for name in self.commands)
         self._command_name = re.compile(rf"(?<![\w/])/({names})\b")
+        self.prompts = PromptForms(self)
 
     def register(self, app: AsyncApp) -> None:
         app.command("/parley")(self.on_command)
         app.action(PICK_ACTION)(self.on_pick)
+        self.prompts.register(app)
 
     async def on_command(
         self, ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext
@@ -54,6 +58,9 @@ class SlashCommands:
         line = " ".join(command.get("text", "").split()) or "help"
         verb, _, rest = line.partition(" ")
         chosen = self.commands.get(verb.lower())
+        if verb.lower() == templates.PROMPT and templates.is_run(rest):  # a form may ask for values
+            await self.prompts.run(rest, command, respond, context)
+            return
         if chosen is not None and chosen.starts_reply:
             await self._start_reply(chosen, rest, command, respond, context)
             return
@@ -71,47 +78,56 @@ class SlashCommands:
         respond: AsyncRespond,
         context: AsyncBoltContext,
     ) -> None:
-        """Post the question where everyone sees it, then accept it as the message its thread answers."""
         if not text and any(option.required for option in chosen.options):
             usage = f"Usage: `/parley {chosen.usage}` ({chosen.summary})."
             await respond(text=usage, response_type="ephemeral")
             return
-        user, channel = command["user_id"], command["channel_id"]
+        shown = f"`/parley {chosen.name}`" + (f": {_plain(text)}" if text else "")
+        # The stream's recipient team is the caller's (slash command payloads carry no user_team).
+        teams = (context.team_id or command.get("team_id"), command.get("team_id") or context.team_id)
+        asked = await self.ask(
+            context, command["user_id"], command["channel_id"], teams, shown, "/" + chosen.line([text])
+        )
+        if not asked:
+            await respond(text=CANNOT_POST, response_type="ephemeral")
+
+    async def ask(
+        self,
+        context: AsyncBoltContext,
+        user: str,
+        channel: str,
+        teams: tuple[str | None, str | None],
+        shown: str,
+        text: str,
+    ) -> bool:
+        """Post the question where everyone sees it, then accept it as the message its thread answers;
+        False when Parley cannot post there. `teams`: the workspace's, and the asker's."""
         name = await self.people.display_name(user)
         try:
             posted = await context.client.chat_postMessage(
                 channel=channel,
-                text=f"*{_plain(name)}* asked with `/parley {chosen.name}`"
-                + (f": {_plain(text)}" if text else ""),
+                text=f"*{_plain(name)}* asked with {shown}",
                 unfurl_links=False,
                 unfurl_media=False,
             )
         except SlackApiError as error:
-            log.info(
-                "could not post a /parley %s question in %s: %s", chosen.name, channel, error_code(error)
-            )
-            await respond(text=CANNOT_POST, response_type="ephemeral")
-            return
+            log.info("could not post a /parley question in %s: %s", channel, error_code(error))
+            return False
         ts = str(posted["ts"])
         key = ConversationKey(PLATFORM, channel, ts)
+        team, user_team = teams
         message = Message(
             key=key,
             author=Author(user, name),
-            text="/" + chosen.line([text]),
+            text=text,
             id=ts,
             created_at=float(ts),
-            server_id=context.team_id or command.get("team_id"),
+            server_id=team,
         )
-        reply_to = {
-            "channel": channel,
-            "thread_ts": ts,
-            "user": user,
-            # The stream's recipient team is the caller's (slash command payloads carry no user_team).
-            "user_team": command.get("team_id") or context.team_id,
-            "team": context.team_id or command.get("team_id"),
-        }
+        reply_to = {"channel": channel, "thread_ts": ts, "user": user, "user_team": user_team, "team": team}
         await self.engine.accept(message, reply_to)
         await self.engine.addressing.follow(key)
+        return True
 
     async def on_pick(
         self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond
@@ -137,8 +153,13 @@ class SlashCommands:
         return Message(key=ConversationKey(PLATFORM, channel), author=author, text="/" + line, server_id=team)
 
     async def _send(self, respond: AsyncRespond, result: CommandResult) -> None:
-        text = self._command_name.sub(r"/parley \1", _plain(result.text))
+        text = self.spoken(result.text)
         await respond(text=text, response_type="ephemeral" if result.ephemeral else "in_channel")
+
+    def spoken(self, text: str, *, mrkdwn: bool = True) -> str:
+        """An answer as Slack shows it: the engine's /model … named as /parley model …, pinging no one
+        (plain text, as a form's field errors are, needs no escaping)."""
+        return self._command_name.sub(r"/parley \1", _plain(text) if mrkdwn else text)
 
     async def _picker(self, key: ConversationKey) -> dict[str, Any]:
         names = await self.engine.model_choices(key, "", limit=PICKER_OPTIONS)

@@ -205,6 +205,8 @@ class Interaction:
     original_done: bool = False  # sent or edited with content: follow-ups then create new messages
     followups: set[str] = field(default_factory=set)
     message: str | None = None  # a component interaction's message, the one clicked
+    modal_submit: bool = False  # a MODAL_SUBMIT, which cannot be answered with another modal
+    modal: dict[str, Any] | None = None  # the modal it was answered with (callback type 9)
 
 
 @dataclass
@@ -446,6 +448,37 @@ class DiscordEmulator:
         self.state.events[interaction_id] = payload
         await self.dispatch("INTERACTION_CREATE", payload)
         return interaction_id
+
+    async def submit_modal(
+        self, interaction_id: str, values: dict[str, str], *, user: dict[str, Any] = ALICE
+    ) -> str:
+        """The person fills in and submits the modal an interaction was answered with; Discord sends a
+        MODAL_SUBMIT interaction (type 5) with every field's value, and its 3 seconds start now. Like
+        Discord's client, this refuses a submission that leaves a required field empty or breaks a
+        field's length limits."""
+        shown = self.state.interactions[interaction_id].modal
+        assert shown is not None, f"interaction {interaction_id} was not answered with a modal"
+        fields = [row["components"][0] for row in shown["components"]]
+        assert set(values) <= {f["custom_id"] for f in fields}, "the modal has no such field"
+        rows = []
+        for field_ in fields:
+            value = values.get(field_["custom_id"], field_.get("value") or "")
+            assert value or not field_.get("required", True), f"{field_['custom_id']} is required"
+            low, high = field_.get("min_length", 0), field_.get("max_length", 4000)
+            assert not value or low <= len(value) <= high, f"{field_['custom_id']} breaks its length limits"
+            rows.append(
+                {"type": 1, "components": [{"type": 4, "custom_id": field_["custom_id"], "value": value}]}
+            )
+        channel = int(self.state.interactions[interaction_id].channel)
+        payload = self._interaction(5, channel, user, [])
+        payload["data"] = {"custom_id": shown["custom_id"], "components": rows}
+        submitted = payload["id"]
+        self.state.interactions[submitted] = Interaction(
+            submitted, payload["token"], str(channel), False, time.monotonic(), modal_submit=True
+        )
+        self.state.events[submitted] = payload
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return submitted
 
     async def edit_message(self, message_id: str, content: str) -> None:
         """Its author edits a message, as MESSAGE_UPDATE tells the client (the whole message, edited)."""
@@ -871,10 +904,16 @@ class DiscordEmulator:
         kind, data = body.get("type"), body.get("data") or {}
         if interaction.autocomplete:
             allowed: tuple[int, ...] = (8,)
+        elif interaction.modal_submit:  # MODAL is not available for MODAL_SUBMIT interactions
+            allowed = (4, 5)
         else:
             allowed = (4, 5, 6, 7, 9) if interaction.message else (4, 5, 9)
         if kind not in allowed:
             return _form_error("type", "INTERACTION_CALLBACK_TYPE_INVALID", "Invalid callback type")
+        if kind == 9 and (problem := _modal_problem(data)):
+            return problem
+        if kind == 9:
+            interaction.modal = data
         if kind == 8 and (problem := _choices_problem(data.get("choices") or [], "data.choices")):
             return problem
         if kind == 4 and (problem := _message_problem(data, creating=True, field="data.")):
@@ -884,7 +923,13 @@ class DiscordEmulator:
         interaction.response = kind
         answer: dict[str, Any] = {
             "id": interaction.id,
-            "type": 4 if interaction.autocomplete else 3 if interaction.message else 2,
+            "type": 4
+            if interaction.autocomplete
+            else 5
+            if interaction.modal_submit
+            else 3
+            if interaction.message
+            else 2,
         }
         if kind == 7:  # UPDATE_MESSAGE: the clicked message changes
             assert interaction.message is not None
@@ -1287,6 +1332,47 @@ def _options_problem(options: list[dict[str, Any]], where: str) -> web.Response 
             return problem
         if problem := _options_problem(option.get("options") or [], f"{here}.options"):
             return problem
+    return None
+
+
+def _modal_problem(data: dict[str, Any]) -> web.Response | None:
+    """A modal Discord would refuse: title and custom id lengths, 1 to 5 action rows each holding one
+    text input, and each input's label, style, placeholder, value and length bounds."""
+    if not isinstance(data.get("custom_id"), str) or not 1 <= len(data["custom_id"]) <= 100:
+        return _form_error("data.custom_id", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+    if not isinstance(data.get("title"), str) or not 1 <= len(data["title"]) <= 45:
+        return _form_error("data.title", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 45 in length.")
+    rows = data.get("components") or []
+    if not 1 <= len(rows) <= 5:
+        return _form_error("data.components", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 5 in length.")
+    for index, row in enumerate(rows):
+        where = f"data.components.{index}"
+        items = row.get("components") or []
+        if row.get("type") != 1 or len(items) != 1 or items[0].get("type") != 4:
+            return _form_error(
+                where, "COMPONENT_LAYOUT_WIDTH_EXCEEDED", "An action row in a modal holds one text input."
+            )
+        field_ = items[0]
+        where += ".components.0"
+        if not isinstance(field_.get("custom_id"), str) or not 1 <= len(field_["custom_id"]) <= 100:
+            return _form_error(
+                f"{where}.custom_id", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length."
+            )
+        if not isinstance(field_.get("label"), str) or not 1 <= len(field_["label"]) <= 45:
+            return _form_error(
+                f"{where}.label", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 45 in length."
+            )
+        if field_.get("style") not in (1, 2):
+            return _form_error(f"{where}.style", "BASE_TYPE_CHOICES", "Value must be one of (1, 2).")
+        if len(field_.get("placeholder") or "") > 100:
+            return _form_error(
+                f"{where}.placeholder", "BASE_TYPE_MAX_LENGTH", "Must be 100 or fewer in length."
+            )
+        if len(field_.get("value") or "") > 4000:
+            return _form_error(f"{where}.value", "BASE_TYPE_MAX_LENGTH", "Must be 4000 or fewer in length.")
+        low, high = field_.get("min_length", 0), field_.get("max_length", 4000)
+        if not 0 <= low <= 4000 or not 1 <= high <= 4000 or low > high:
+            return _form_error(f"{where}.max_length", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 4000.")
     return None
 
 

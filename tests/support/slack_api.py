@@ -214,6 +214,7 @@ class SlackAPI:
     channels: set[str] | None = None  # the conversations that exist; None: every well-formed id
     channel_names: dict[str, str] = field(default_factory=dict)  # what conversations.list shows, by id
     joined: set[str] | None = None  # the channels the app is a member of; None: every one
+    trigger_seconds: float = 3.0  # a trigger_id opens a view only this soon after it was issued
 
     def __post_init__(self) -> None:
         self.calls: list[Call] = []
@@ -234,6 +235,8 @@ class SlackAPI:
         self._acked_at: dict[str, float] = {}
         self._redeliveries: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
+        self.triggers: dict[str, tuple[float, bool]] = {}  # trigger_id -> (issued, exchanged)
+        self.views: dict[str, dict[str, Any]] = {}  # the modals views.open opened, by view id
         self._last_ts = Decimal(0)
         self._sockets: list[web.WebSocketResponse] = []
         self._runner: web.AppRunner | None = None
@@ -316,12 +319,49 @@ class SlackAPI:
             "api_app_id": "A1",
             "token": "legacy-verification-token",
             "container": container,
-            "trigger_id": f"trigger-{next(self._ids)}",
+            "trigger_id": self.trigger(),
             "team": {"id": team, "domain": "loopback"},
             "channel": {"id": message.channel, "name": message.channel.lower()},
             "message": {**shown, "user": message.user, "bot_id": message.bot_id},
             "response_url": f"{self.base_url}/respond/{message.channel}",
             "actions": [used],
+        }
+
+    def trigger(self) -> str:
+        """A trigger_id, as Slack puts in a slash command's or an interaction's payload: views.open
+        takes it once, within 3 seconds."""
+        trigger_id = f"{next(self._ids)}.{int(time.time())}.loopback"
+        self.triggers[trigger_id] = (time.monotonic(), False)
+        return trigger_id
+
+    def view_submission(
+        self, view_id: str, values: dict[str, str], *, user: str, team: str = TEAM
+    ) -> dict[str, Any]:
+        """The view_submission payload of someone submitting an open modal with `values` by action_id,
+        as Slack sends it. Like Slack's client, it refuses a submission that leaves a required input
+        empty or is longer than its input's max_length."""
+        view = self.views[view_id]
+        state: dict[str, dict[str, Any]] = {}
+        for block in view["blocks"]:
+            if block["type"] != "input":
+                continue
+            element = block["element"]
+            value = values.get(element["action_id"], element.get("initial_value") or "")
+            assert value or block.get("optional"), f"{element['action_id']} is required"
+            assert len(value) <= element.get("max_length", 3000), f"{element['action_id']} is too long"
+            state[block["block_id"]] = {
+                element["action_id"]: {"type": element["type"], "value": value or None}
+            }
+        return {
+            "type": "view_submission",
+            "team": {"id": team, "domain": "loopback"},
+            "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": team},
+            "api_app_id": "A1",
+            "token": "legacy-verification-token",
+            "trigger_id": self.trigger(),
+            "view": {**view, "state": {"values": state}},
+            "response_urls": [],
+            "is_enterprise_install": False,
         }
 
     def thread(self, channel: str, thread_ts: str) -> list[SlackMessage]:
@@ -587,6 +627,32 @@ class SlackAPI:
             self.statuses.pop((channel, thread_ts), None)
         return {}
 
+    def _views_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Opens a modal for the trigger_id of a command or interaction: once, within 3 seconds."""
+        trigger_id = str(args.get("trigger_id") or "")
+        if trigger_id not in self.triggers:
+            return {"error": "invalid_trigger_id"}
+        issued, exchanged = self.triggers[trigger_id]
+        if exchanged:
+            return {"error": "exchanged_trigger_id"}
+        if time.monotonic() - issued > self.trigger_seconds:
+            return {"error": "expired_trigger_id"}
+        view = args.get("view")
+        if isinstance(view, str):
+            try:
+                view = json.loads(view)
+            except ValueError:
+                return {"error": "invalid_arguments"}
+        if not isinstance(view, dict) or (problem := _view_problem(view)):
+            found = problem if isinstance(view, dict) else "view must be an object"
+            return {"error": "invalid_arguments", "response_metadata": {"messages": [f"[ERROR] {found}"]}}
+        self.triggers[trigger_id] = (issued, True)
+        view_id = f"V{next(self._ids):08}"
+        opened = {**view, "id": view_id, "team_id": TEAM, "app_id": "A1", "hash": f"{view_id}.hash"}
+        opened.setdefault("private_metadata", "")
+        self.views[view_id] = opened
+        return {"view": opened}
+
     def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
         if not self._exists(str(args.get("channel", ""))):
             return {"error": "channel_not_found"}
@@ -800,6 +866,49 @@ def _blocks(args: dict[str, Any]) -> list[dict[str, Any]] | str:
     if not isinstance(blocks, list):
         return "invalid_blocks_format"
     return "invalid_blocks" if _blocks_problem(blocks) else blocks
+
+
+def _view_problem(view: dict[str, Any]) -> str | None:
+    """What Slack refuses in a modal view: its type, title, buttons, callback_id, private_metadata,
+    and its blocks (at most 100; inputs with a plain-text label and a plain_text_input)."""
+    if view.get("type") != "modal":
+        return "type must be modal"
+    for name, limit in (("title", 24), ("submit", 24), ("close", 24)):
+        text = view.get(name)
+        if text is None and name != "title":
+            continue
+        if not isinstance(text, dict) or text.get("type") != "plain_text":
+            return f"{name} must be a plain_text object"
+        if not 1 <= len(text.get("text") or "") <= limit:
+            return f"{name} must be between 1 and {limit} characters"
+    if len(view.get("callback_id") or "") > 255:
+        return "callback_id must be at most 255 characters"
+    if len(view.get("private_metadata") or "") > 3000:
+        return "private_metadata must be at most 3000 characters"
+    blocks = view.get("blocks")
+    if not isinstance(blocks, list) or not 1 <= len(blocks) <= 100:
+        return "blocks must be a list of 1 to 100 blocks"
+    inputs = [block for block in blocks if block.get("type") == "input"]
+    if inputs and view.get("submit") is None:
+        return "a view with input blocks must have a submit button"
+    if len({block.get("block_id") for block in blocks}) < len(blocks):
+        return "block_id must be unique"
+    for block in blocks:
+        if block.get("type") != "input":
+            return f"block type {block.get('type')!r}"  # none other is sent here
+        label, element = block.get("label") or {}, block.get("element") or {}
+        if label.get("type") != "plain_text" or not 1 <= len(label.get("text") or "") <= 2000:
+            return "an input's label must be plain_text of 1 to 2000 characters"
+        if len(block.get("block_id") or "") > 255 or len(element.get("action_id") or "") > 255:
+            return "block_id and action_id must be at most 255 characters"
+        if element.get("type") != "plain_text_input":
+            return f"element type {element.get('type')!r}"
+        high = element.get("max_length", 3000)
+        if not 1 <= high <= 3000 or not 0 <= element.get("min_length", 0) <= 3000:
+            return "max_length must be between 1 and 3000"
+        if len(element.get("initial_value") or "") > high:
+            return "initial_value must be at most max_length characters"
+    return None
 
 
 def _blocks_problem(blocks: list[Any]) -> str | None:

@@ -104,7 +104,7 @@ class Harness:
         event = {"type": "app_mention", "user": user, "text": said.text, "ts": said.ts}
         return await self.post(self.event({**event, "channel": channel, "team": TEAM, **more}))
 
-    async def command(self, text: str, *, user: str, channel: str = "C1") -> int:
+    async def command(self, text: str, *, user: str, channel: str = "C1", **more: str) -> int:
         payload = {
             "command": "/parley",
             "text": text,
@@ -112,7 +112,8 @@ class Harness:
             "channel_id": channel,
             "team_id": TEAM,
             "response_url": f"{self.slack.base_url}/respond/{channel}",
-            "trigger_id": "t1",
+            "trigger_id": self.slack.trigger(),
+            **more,
         }
         return await self.post(payload, form=True)
 

@@ -221,3 +221,13 @@ instances = Table(
     Column("started_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
 )
+
+# Per conversation, turns ever inserted and changes to memory under them, kept by triggers on `turns`
+# (migration 0008): the in-memory windows of bot/windows.py read them to tell an append from a change.
+turn_changes = Table(
+    "turn_changes",
+    metadata,
+    Column("conversation", String(255), primary_key=True),
+    Column("inserted", Integer, nullable=False, server_default="0"),
+    Column("changed", Integer, nullable=False, server_default="0"),
+)

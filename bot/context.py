@@ -41,8 +41,10 @@ class Context:
         self.trimmed = self.trimmed or dropped
 
     def request(self, tools: tuple[ToolSpec, ...]) -> ChatRequest:
-        message = self.recalled.message if self.recalled is not None else chat_message
-        messages = [message(turn) for turn in self.turns if turn.content]
+        if self.recalled is not None:
+            messages = self.recalled.chat_messages(self.turns)
+        else:
+            messages = [chat_message(turn) for turn in self.turns if turn.content]
         messages[-1] = replace(messages[-1], images=tuple(self.images))
         return ChatRequest(
             self.resolved.model_id,

@@ -70,9 +70,14 @@ class Recalled:
     trimmed: bool
     messages: Mapping[int, tuple[Turn, ChatMessage]]
 
-    def message(self, turn: Turn) -> ChatMessage:
-        held = self.messages.get(turn.id)
-        return held[1] if held is not None and held[0] is turn else chat_message(turn)
+    def chat_messages(self, turns: Sequence[Turn]) -> list[ChatMessage]:
+        """The model's message for each turn that says something, made once for the turns held."""
+        get = self.messages.get
+        return [
+            held[1] if (held := get(turn.id)) is not None and held[0] is turn else chat_message(turn)
+            for turn in turns
+            if turn.content
+        ]
 
 
 @dataclass(slots=True)
@@ -85,10 +90,18 @@ class _Read:
     complete: bool = False  # for a full read: it reached the conversation's first turn
 
 
+def _memory_order(held: _Held) -> tuple[int, int]:
+    """An answer right after its question, whenever it was written."""
+    return (held.answers if held.answers is not None else held.turn.id, held.turn.id)
+
+
 class _Window:
     def __init__(self) -> None:
         self.held: list[_Held] = []  # the turns memory uses from `floor` on, in id order
         self.ids: list[int] = []  # their ids, for bisect
+        self.sums: list[int] = [0]  # tokens held before each turn, and in all (differences count)
+        self.misplaced = 0  # the newest turn that sorts before one with a lower id (a late answer)
+        self._top = 0  # the highest sort key held
         self.messages: dict[int, tuple[Turn, ChatMessage]] = {}  # by id, for the turns held
         self.streaming: set[int] = set()  # turns seen streaming: read again until they finish
         self.newest = 0  # the highest id seen in the conversation, in any state
@@ -103,6 +116,7 @@ class _Window:
     def fill(self, read: _Read) -> None:
         """Start over from a full read."""
         self.held, self.ids, self.streaming, self.floor = [], [], set(), None
+        self.sums, self.misplaced, self._top = [0], 0, 0
         self.messages = {}  # a new one: a reply under way may still read the old
         self.tokens = self.size = self.newest = 0
         self.inserted, self.changed, self.loaded = read.inserted, read.changed, True
@@ -131,37 +145,69 @@ class _Window:
             # The text, the model's message and its JSON: about three copies of the content.
             held = _Held(turn, row.answers, chat_message(turn), 3 * len(row.content) + ROW_BYTES)
             self.messages[row.id] = (turn, held.message)
-            at = bisect.bisect_left(self.ids, row.id)
+            self.tokens += turn.tokens
+            self.size += held.size
+            if not self.ids or row.id > self.ids[-1]:  # the usual case: a turn after all held
+                self.held.append(held)
+                self.ids.append(row.id)
+                self.sums.append(self.sums[-1] + turn.tokens)
+                self._order(held)
+                continue
+            at = bisect.bisect_left(self.ids, row.id)  # a reply that finished after later turns
             if at < len(self.ids) and self.ids[at] == row.id:  # a turn read again replaces itself
                 self.tokens -= self.held[at].turn.tokens
                 self.size -= self.held[at].size
-                self.held[at], self.ids[at] = held, row.id
+                self.held[at] = held
             else:
                 self.held.insert(at, held)
                 self.ids.insert(at, row.id)
-            self.tokens += turn.tokens
-            self.size += held.size
+            self._reindex()
+
+    def _order(self, held: _Held) -> None:
+        key = _memory_order(held)[0]
+        if key < self._top:
+            self.misplaced = held.turn.id
+        self._top = max(self._top, key)
+
+    def _reindex(self) -> None:
+        self.sums, self.misplaced, self._top = [0], 0, 0
+        for held in self.held:
+            self.sums.append(self.sums[-1] + held.turn.tokens)
+            self._order(held)
 
     def cut(self, budget: int, upto: int | None) -> tuple[list[Turn], bool] | None:
         """As `Store.recall` chooses: the newest turns that fit, oldest first (an answer right after its
         question), and whether older ones were left out; None when older turns than are held are needed."""
-        chosen: list[tuple[int, Turn]] = []
+        if not self.held:
+            return ([], False) if self.floor is None else None
+        if upto is None or self.ids[-1] <= upto:  # nothing held comes after the question: a suffix
+            start = bisect.bisect_left(self.sums, self.sums[-1] - budget)
+            if start == 0 and self.floor is not None:
+                return None
+            suffix = self.held[start:]
+            if suffix and self.misplaced >= suffix[0].turn.id:  # else already in memory's order
+                suffix.sort(key=_memory_order)
+            return [held.turn for held in suffix], start > 0
+        return self._cut_before(budget, upto)
+
+    def _cut_before(self, budget: int, upto: int) -> tuple[list[Turn], bool] | None:
+        """The cut for a question with turns after it (a regeneration, replies at once): turn by turn."""
+        chosen: list[_Held] = []
         used = 0
         trimmed = False
         for held in reversed(self.held):
-            turn = held.turn
-            answers = held.answers
-            if upto is not None and not (turn.id <= upto or (answers is not None and answers < upto)):
+            turn, answers = held.turn, held.answers
+            if not (turn.id <= upto or (answers is not None and answers < upto)):
                 continue
             if used + turn.tokens > budget:
                 trimmed = True
                 break
             used += turn.tokens
-            chosen.append((answers if answers is not None else turn.id, turn))
+            chosen.append(held)
         if not trimmed and self.floor is not None:
             return None
-        chosen.sort(key=lambda pair: (pair[0], pair[1].id))
-        return [turn for _, turn in chosen], trimmed
+        chosen.sort(key=_memory_order)
+        return [held.turn for held in chosen], trimmed
 
     def trim(self, budget: int) -> None:
         """Let the oldest turns go once far more is held than the last budget needs."""
@@ -176,7 +222,7 @@ class _Window:
         self.floor = self.ids[start] if start < len(self.ids) else self.newest + 1
         for held in self.held[:start]:
             del self.messages[held.turn.id]
-        del self.held[:start], self.ids[:start]
+        del self.held[:start], self.ids[:start], self.sums[:start]
         self.streaming = {turn_id for turn_id in self.streaming if turn_id >= self.floor}
 
 

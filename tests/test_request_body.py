@@ -86,13 +86,15 @@ def test_a_message_is_encoded_once_while_it_is_held_and_a_replay_never_kept() ->
     made = MessageJSON(encode)
     message = ChatMessage("user", "Ada: hello")
     assert made(message, SOURCE) == '{"role":"user","content":"Ada: hello","source":"router/model-a"}'
-    assert made(message, SOURCE) == made(ChatMessage("user", "Ada: hello"), SOURCE)
-    assert encoded == ["Ada: hello"]
+    assert made(message, SOURCE) == made(ChatMessage("user", "Ada: hello"), SOURCE)  # (another one)
+    assert made(message, SOURCE) == '{"role":"user","content":"Ada: hello","source":"router/model-a"}'
+    assert encoded == ["Ada: hello", "Ada: hello"]
+    assert len(made) == 1  # the other one is gone, and so is its JSON
     replayed = OPENAI.messages[2]
     made(replayed, SOURCE)
     made(replayed, "other/model-b")  # another model is sent it without the replay
-    assert encoded[1:] == ["", ""]
+    assert encoded[2:] == ["", ""]
+    assert len(made) == 1
     del message
     gc.collect()
-    made(ChatMessage("user", "Ada: hello"), SOURCE)  # no longer held by anyone: made again
-    assert len(encoded) == 4
+    assert len(made) == 0

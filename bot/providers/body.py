@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Any
-from weakref import WeakKeyDictionary
+from weakref import ReferenceType, ref
 
 from bot.providers.base import ChatMessage
+
+# What json.dumps makes for every call with these options (httpx's for a `json=` body), made once.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def dumps(value: Any) -> str:
     """JSON exactly as httpx encodes a `json=` body."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 class MessageJSON:
@@ -26,16 +29,23 @@ class MessageJSON:
 
     def __init__(self, encode: Callable[[ChatMessage, str], dict[str, Any]]) -> None:
         self._encode = encode
-        self._made: WeakKeyDictionary[ChatMessage, str] = WeakKeyDictionary()
+        # By the message's id, each entry dropped as its message is freed (before the id can be reused);
+        # cheaper to look up than a WeakKeyDictionary, which hashes every field of the message.
+        self._made: dict[int, tuple[str, ReferenceType[ChatMessage]]] = {}
 
     def __call__(self, message: ChatMessage, source: str) -> str:
         """The message's JSON as the model `source` is sent it."""
-        if message.replay is not None:  # its JSON depends on which model answers; it is not kept
-            return dumps(self._encode(message, source))
-        made = self._made.get(message)
-        if made is None:
-            made = self._made[message] = dumps(self._encode(message, source))
-        return made
+        key = id(message)
+        made = self._made.get(key)
+        if made is not None:
+            return made[0]
+        text = dumps(self._encode(message, source))
+        if message.replay is None:  # a replay's JSON depends on which model answers; it is not kept
+            self._made[key] = (text, ref(message, lambda _gone: self._made.pop(key, None)))
+        return text
+
+    def __len__(self) -> int:
+        return len(self._made)
 
 
 def body_bytes(body: dict[str, Any], messages: list[str]) -> bytes:

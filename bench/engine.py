@@ -251,7 +251,10 @@ async def context(args: argparse.Namespace, tmp: str) -> None:
         show(
             f"context, {label}: 1 conversation of 100,000 stored turns, 128k-token window, "
             f"{args.context_rounds} messages one after another (window reads: {reads})",
-            {k: figures[k] for k in ("replies", "failed", "request_out_p50_ms", "request_out_p99_ms")},
+            {
+                k: figures[k]
+                for k in ("replies", "failed", "request_out_p50_ms", "request_out_p99_ms", "cpu_s_per_reply")
+            },
             {"request_out_p50_ms": "<= 5"},
         )
     provider.terminate()

@@ -169,7 +169,7 @@ def _body(request: ChatRequest, source: str, message_json: MessageJSON) -> bytes
             {"name": t.name, "description": t.description, "input_schema": t.parameters}
             for t in request.tools
         ]
-    return body_bytes(body, [message_json(message, source) for message in request.messages])
+    return body_bytes(body, message_json.each(request.messages, source))
 
 
 def _replayed(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:

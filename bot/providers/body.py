@@ -9,7 +9,7 @@ holds that message, and joins the pieces. The bytes are those httpx sends for `j
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from weakref import ReferenceType, ref
 
@@ -43,6 +43,11 @@ class MessageJSON:
         if message.replay is None:  # a replay's JSON depends on which model answers; it is not kept
             self._made[key] = (text, ref(message, lambda _gone: self._made.pop(key, None)))
         return text
+
+    def each(self, messages: Iterable[ChatMessage], source: str) -> list[str]:
+        """The JSON of each message, in order (the loop a long conversation spends its time in)."""
+        get = self._made.get
+        return [made[0] if (made := get(id(m))) is not None else self(m, source) for m in messages]
 
     def __len__(self) -> int:
         return len(self._made)

@@ -123,7 +123,7 @@ def _body(request: ChatRequest, source: str, max_tokens_param: str, message_json
     messages: list[str] = []
     if request.system:
         messages.append(dumps({"role": "system", "content": request.system}))
-    messages.extend(message_json(message, source) for message in request.messages)
+    messages.extend(message_json.each(request.messages, source))
     body: dict[str, Any] = {
         "model": request.model,
         "messages": None,  # encoded apart, message by message

@@ -11,7 +11,7 @@ from bot.models import ConversationSettings
 from bot.providers.base import ChatRequest, Image, ToolSpec
 from bot.store import InboxEntry, Turn
 from bot.tokens import TokenCalibration, estimate_tokens
-from bot.windows import Recalled, Windows, chat_message
+from bot.windows import Recalled, Windows
 
 
 class ReplyFailed(Exception):
@@ -26,9 +26,9 @@ class Context:
     trimmed: bool  # older turns were left out to fit
     budget: int  # history tokens that fit the window, in estimate units
     reply_room: int  # tokens kept for the answer
+    recalled: Recalled  # where the turns came from, with the model's message for each
     images: list[Image] = field(default_factory=list)  # for the newest message, when the model sees them
     notes: list[str] = field(default_factory=list)  # shown to the person under the reply
-    recalled: Recalled | None = None  # where the turns came from, with the model's message for each
 
     @property
     def takes_tools(self) -> bool:
@@ -41,10 +41,7 @@ class Context:
         self.trimmed = self.trimmed or dropped
 
     def request(self, tools: tuple[ToolSpec, ...]) -> ChatRequest:
-        if self.recalled is not None:
-            messages = self.recalled.chat_messages(self.turns)
-        else:
-            messages = [chat_message(turn) for turn in self.turns if turn.content]
+        messages = self.recalled.chat_messages(self.turns)
         messages[-1] = replace(messages[-1], images=tuple(self.images))
         return ChatRequest(
             self.resolved.model_id,
@@ -79,9 +76,9 @@ async def assemble(
         recalled.trimmed,
         budget,
         reply_room,
+        recalled,
         attached.images,
         attached.notes,
-        recalled,
     )
     if not context.turns or context.turns[-1].id != entry.turn_id:
         raise ReplyFailed(too_long(resolved, budget))

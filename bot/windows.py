@@ -251,9 +251,9 @@ class Windows:
         self._windows.move_to_end(conversation)
         async with window.lock:
             before = window.size
-            turns_, trimmed = await self._bring_up_to_date(conversation, window, budget, upto)
+            chosen, trimmed = await self._bring_up_to_date(conversation, window, budget, upto)
             window.trim(budget)
-            recalled = Recalled(turns_, trimmed, window.messages)
+            recalled = Recalled(chosen, trimmed, window.messages)
             if self._windows.get(conversation) is window:
                 self._bytes += window.size - before
                 self._evict()

@@ -9,7 +9,7 @@ adapter's do, and replies render on a null surface paced like a real one (one re
     python bench/engine.py                     # every run, ~4 minutes
     python bench/engine.py --only streams      # 1,000 replies streaming at once
     python bench/engine.py --only overhead     # 500 conversations, sustained
-    python bench/engine.py --only context      # 128k context, 100,000 stored turns
+    python bench/engine.py --only context      # 128k context, 100,000 stored turns: read, then held
 """
 
 from __future__ import annotations
@@ -207,8 +207,8 @@ def summary(measured: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-async def engine_for(port: int, directory: str, database: str | None = None) -> Engine:
-    settings = engine_settings(port, directory)
+async def engine_for(port: int, directory: str, database: str | None = None, **more: object) -> Engine:
+    settings = engine_settings(port, directory, **more)
     if database is not None:
         settings = settings.model_copy(update={"database_url": database})
     engine = await Engine.create(settings)
@@ -235,7 +235,7 @@ async def store_history(engine: Engine, conversation: str, stored: int) -> None:
         for begin in range(0, len(rows), 5000):
             conn.execute(insert(turns), rows[begin : begin + 5000])
 
-    await engine.store._write(bulk)
+    await engine.store.write(bulk)
 
 
 def show(title: str, figures: dict[str, float], targets: dict[str, str]) -> None:
@@ -410,18 +410,29 @@ async def overhead(args: argparse.Namespace, tmp: str) -> None:
 
 
 async def context(args: argparse.Namespace, tmp: str) -> None:
-    """A message in a conversation of 100,000 stored turns, with a 128k-token window to fill."""
+    """A message in a conversation of 100,000 stored turns, with a 128k-token window to fill: each turn
+    read from the store for every reply, then from the in-memory window, in one run.
+
+    Every reply at a full window starts a running-summary update (a model call of its own); the replies
+    here go ahead without waiting for it, so the figure is the context's, not the summary model's."""
     provider, port = start(5, 50.0)
-    engine = await engine_for(port, tmp)
-    await store_history(engine, "bench:c0", 100_000)
-    figures = await load(engine, 1, 5, rounds=args.context_rounds)
-    await engine.aclose()
+    for label, memory_mb in (("read from the store", 0.0), ("in-memory window", 64.0)):
+        directory = tempfile.mkdtemp(dir=tmp)
+        engine = await engine_for(port, directory, context_memory_mb=memory_mb, summary_wait_seconds=0)
+        await store_history(engine, "bench:c0", 100_000)
+        figures = await load(engine, 1, 5, rounds=args.context_rounds)
+        reads = dict(engine.windows.reads)
+        await engine.aclose()
+        show(
+            f"context, {label}: 1 conversation of 100,000 stored turns, 128k-token window, "
+            f"{args.context_rounds} messages one after another (window reads: {reads})",
+            {
+                k: figures[k]
+                for k in ("replies", "failed", "request_out_p50_ms", "request_out_p99_ms", "cpu_s_per_reply")
+            },
+            {"request_out_p50_ms": "<= 5"},
+        )
     provider.terminate()
-    show(
-        "context: 1 conversation of 100,000 stored turns, 128k-token window, one message after another",
-        {k: figures[k] for k in ("replies", "failed", "request_out_p50_ms", "request_out_p99_ms")},
-        {"request_out_p50_ms": "<= 5"},
-    )
 
 
 def arguments() -> argparse.Namespace:

@@ -265,6 +265,10 @@ class Settings(BaseSettings):
     instance_heartbeat_seconds: float = Field(2.0, gt=0)
     instance_timeout_seconds: float = Field(10.0, gt=0)
 
+    # Context: each conversation's recent turns are kept in memory, within this many MB for all of them
+    # (least recently used dropped first), so a reply reads only what is new; 0 reads every reply's turns.
+    context_memory_mb: float = Field(64.0, ge=0)
+
     # Web search.
     search_backend: Literal["duckduckgo", "searxng", "brave"] = "duckduckgo"
     searxng_url: str | None = None

@@ -8,9 +8,10 @@ from bot.attachments import read_attachments
 from bot.catalog import ResolvedModel
 from bot.config import Settings
 from bot.models import ConversationSettings
-from bot.providers.base import ChatMessage, ChatRequest, Image, ToolSpec
-from bot.store import InboxEntry, Store, Turn
+from bot.providers.base import ChatRequest, Image, ToolSpec
+from bot.store import InboxEntry, Turn
 from bot.tokens import TokenCalibration, estimate_tokens
+from bot.windows import Recalled, Windows
 
 
 class ReplyFailed(Exception):
@@ -25,6 +26,7 @@ class Context:
     trimmed: bool  # older turns were left out to fit
     budget: int  # history tokens that fit the window, in estimate units
     reply_room: int  # tokens kept for the answer
+    recalled: Recalled  # where the turns came from, with the model's message for each
     images: list[Image] = field(default_factory=list)  # for the newest message, when the model sees them
     notes: list[str] = field(default_factory=list)  # shown to the person under the reply
 
@@ -39,7 +41,7 @@ class Context:
         self.trimmed = self.trimmed or dropped
 
     def request(self, tools: tuple[ToolSpec, ...]) -> ChatRequest:
-        messages = [_chat_message(turn) for turn in self.turns if turn.content]
+        messages = self.recalled.chat_messages(self.turns)
         messages[-1] = replace(messages[-1], images=tuple(self.images))
         return ChatRequest(
             self.resolved.model_id,
@@ -55,7 +57,7 @@ class Context:
 
 async def assemble(
     settings: Settings,
-    store: Store,
+    windows: Windows,
     calibration: TokenCalibration,
     resolved: ResolvedModel,
     conf: ConversationSettings,
@@ -66,8 +68,18 @@ async def assemble(
     attached = read_attachments(entry.message.attachments, vision=vision)
     system = conf.system_prompt or settings.system_prompt
     budget, reply_room = window(settings, calibration, resolved, system)
-    turns, trimmed = await store.recall(str(entry.message.key), budget, upto=entry.turn_id)
-    context = Context(resolved, system, turns, trimmed, budget, reply_room, attached.images, attached.notes)
+    recalled = await windows.recall(str(entry.message.key), budget, upto=entry.turn_id)
+    context = Context(
+        resolved,
+        system,
+        recalled.turns,
+        recalled.trimmed,
+        budget,
+        reply_room,
+        recalled,
+        attached.images,
+        attached.notes,
+    )
     if not context.turns or context.turns[-1].id != entry.turn_id:
         raise ReplyFailed(too_long(resolved, budget))
     return context
@@ -101,11 +113,3 @@ def fit(turns: list[Turn], budget: int) -> tuple[list[Turn], bool]:
         total -= turns[start].tokens
         start += 1
     return turns[start:], start > 0
-
-
-def _chat_message(turn: Turn) -> ChatMessage:
-    if turn.role == "user":
-        return ChatMessage(
-            "user", f"{turn.author_name}: {turn.content}" if turn.author_name else turn.content
-        )
-    return ChatMessage("assistant", turn.content)

@@ -33,6 +33,7 @@ from bot.store import InboxEntry, Store, StreamingReply
 from bot.streaming import Clock, Pacer, SystemClock
 from bot.summaries import Summaries
 from bot.tokens import TokenCalibration, estimate_tokens
+from bot.windows import Windows
 
 if TYPE_CHECKING:
     from bot.scheduler import Scheduler
@@ -61,6 +62,7 @@ class Engine:
         self.pacer = Pacer(self.clock)
         self.checkpoints = Checkpoints(store, self.clock)
         self.calibration = TokenCalibration()
+        self.windows = Windows(store, int(settings.context_memory_mb * 2**20))  # recent turns, in memory
         self.platforms: dict[str, Platform] = {}
         self.addressing = Addressing(store, self.settings_for)
         self._gate = Gate(store)

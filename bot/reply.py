@@ -165,7 +165,7 @@ class Reply:
         resolved = await engine.catalog.resolve(self._conf.model)
         self._answer.model = resolved.name
         context = await assemble(
-            engine.settings, engine.store, engine.calibration, resolved, self._conf, self._entry
+            engine.settings, engine.windows, engine.calibration, resolved, self._conf, self._entry
         )
         summarized = await engine.summaries.apply(context, str(self._entry.message.key), resolved)
         warning = await self.hold(resolved, context.prompt_estimate(), context.reply_room)

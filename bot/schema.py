@@ -291,3 +291,13 @@ personas = Table(
     Column("created_by_name", String(255), nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+
+# Per conversation, turns ever inserted and changes to memory under them, kept by triggers on `turns`
+# (migration 0008): the in-memory windows of bot/windows.py read them to tell an append from a change.
+turn_changes = Table(
+    "turn_changes",
+    metadata,
+    Column("conversation", String(255), primary_key=True),
+    Column("inserted", Integer, nullable=False, server_default="0"),
+    Column("changed", Integer, nullable=False, server_default="0"),
+)

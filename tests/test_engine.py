@@ -492,7 +492,7 @@ async def test_an_internal_error_still_finishes_the_reply(
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("database on fire")
 
-    monkeypatch.setattr(engine.store, "recall", broken)
+    monkeypatch.setattr(engine.windows, "recall", broken)
     assert await ask(engine, "hello") == f"_{INTERNAL_ERROR}_"
 
 

@@ -19,6 +19,7 @@ from bot.providers.base import (
     ToolCall,
     Usage,
 )
+from bot.providers.body import MessageJSON, body_bytes
 from bot.providers.http_errors import error_from_payload
 from bot.providers.http_provider import HTTPProvider
 from bot.providers.sse import SSEStream
@@ -41,7 +42,11 @@ class AnthropicProvider(HTTPProvider):
         secret = self._settings.key()
         source = f"{self.name}/{request.model}"
         await stream.open(
-            self._clients, f"{self._base}/v1/messages", _body(request, source), self._headers(), secret
+            self._clients,
+            f"{self._base}/v1/messages",
+            _body(request, source, _MESSAGE_JSON),
+            self._headers(),
+            secret,
         )
         prompt_tokens = completion_tokens = cached_tokens = 0
         stop_reason: str | None = None
@@ -150,12 +155,12 @@ _FINISH = {
 THINKING_BLOCKS = ("thinking", "redacted_thinking")
 
 
-def _body(request: ChatRequest, source: str) -> dict[str, Any]:
+def _body(request: ChatRequest, source: str, message_json: MessageJSON) -> bytes:
     body: dict[str, Any] = {
         "model": request.model,
         "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
         "stream": True,
-        "messages": [_message(message, source) for message in request.messages],
+        "messages": None,  # encoded apart, message by message
     }
     if request.system:
         body["system"] = request.system
@@ -164,7 +169,7 @@ def _body(request: ChatRequest, source: str) -> dict[str, Any]:
             {"name": t.name, "description": t.description, "input_schema": t.parameters}
             for t in request.tools
         ]
-    return body
+    return body_bytes(body, message_json.each(request.messages, source))
 
 
 def _replayed(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -226,3 +231,6 @@ def _json_object(text: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+_MESSAGE_JSON = MessageJSON(_message)  # every message's JSON, made once while it is held

@@ -31,7 +31,7 @@ class Replay:
     data: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # providers keep its JSON while it is held
 class ChatMessage:
     role: Literal["user", "assistant", "tool"]
     content: str

@@ -20,6 +20,7 @@ from bot.providers.base import (
     ToolCall,
     Usage,
 )
+from bot.providers.body import MessageJSON, body_bytes, dumps
 from bot.providers.http_errors import error_from_payload
 from bot.providers.http_provider import HTTPProvider
 from bot.providers.sse import SSEStream
@@ -38,7 +39,7 @@ class OpenAICompatibleProvider(HTTPProvider):
         stream = SSEStream(self.name, request.model, self._timeouts, self._base)
         secret = self._settings.key()
         source = f"{self.name}/{request.model}"
-        body = _body(request, source, self._max_tokens_param())
+        body = _body(request, source, self._max_tokens_param(), _MESSAGE_JSON)
         await stream.open(self._clients, f"{self._base}/chat/completions", body, self._headers(), secret)
         calls: dict[int, dict[str, Any]] = {}
         details: list[dict[str, Any]] = []
@@ -118,14 +119,14 @@ class OpenAICompatibleProvider(HTTPProvider):
 _FINISH = {"content_filter": "refusal"}
 
 
-def _body(request: ChatRequest, source: str, max_tokens_param: str) -> dict[str, Any]:
-    messages: list[dict[str, Any]] = []
+def _body(request: ChatRequest, source: str, max_tokens_param: str, message_json: MessageJSON) -> bytes:
+    messages: list[str] = []
     if request.system:
-        messages.append({"role": "system", "content": request.system})
-    messages.extend(_message(message, source) for message in request.messages)
+        messages.append(dumps({"role": "system", "content": request.system}))
+    messages.extend(message_json.each(request.messages, source))
     body: dict[str, Any] = {
         "model": request.model,
-        "messages": messages,
+        "messages": None,  # encoded apart, message by message
         "stream": True,
         "stream_options": {"include_usage": True},
     }
@@ -139,7 +140,7 @@ def _body(request: ChatRequest, source: str, max_tokens_param: str) -> dict[str,
             }
             for t in request.tools
         ]
-    return body
+    return body_bytes(body, messages)
 
 
 def _message(message: ChatMessage, source: str) -> dict[str, Any]:
@@ -243,3 +244,6 @@ def _price(value: Any) -> float | None:
         return float(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+_MESSAGE_JSON = MessageJSON(_message)  # every message's JSON, made once while it is held

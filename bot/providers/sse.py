@@ -33,7 +33,7 @@ class SSEStream:
         self,
         clients: Clients,
         url: str,
-        body: dict[str, Any],
+        body: bytes,  # JSON
         headers: dict[str, str],
         secret: str | None,
     ) -> None:
@@ -54,13 +54,14 @@ class SSEStream:
         self,
         client: httpx.AsyncClient,
         url: str,
-        body: dict[str, Any],
+        body: bytes,  # JSON
         headers: dict[str, str],
         secret: str | None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self._deadline = loop.time() + self._timeouts.first_token
-        request = client.build_request("POST", url, json=body, headers=headers)
+        headers = {**headers, "Content-Type": "application/json"}
+        request = client.build_request("POST", url, content=body, headers=headers)
         try:
             async with asyncio.timeout(self._timeouts.first_token):
                 response = await client.send(request, stream=True)

@@ -72,6 +72,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     json: dict[str, Any]
+    body: bytes = b""  # as it arrived
 
 
 class LLMServer:
@@ -171,7 +172,8 @@ class LLMServer:
     async def _start(self, request: web.Request) -> tuple[Script, web.StreamResponse | web.Response, str]:
         """The Script for this request, the response begun for it, and the model it asked for."""
         body = await request.json()
-        self.requests.append(RecordedRequest(request.path, dict(request.headers), body))
+        raw = await request.read()
+        self.requests.append(RecordedRequest(request.path, dict(request.headers), body, raw))
         model = str(body.get("model", ""))
         if refusal := self._refusal(request.path, body):
             return Script(), web.json_response(refusal, status=400), model

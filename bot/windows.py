@@ -1,0 +1,325 @@
+"""Each conversation's recent turns, kept in memory so a reply finds its window's cut without reading every
+turn that fits: a reply reads only what is new since the one before.
+
+Whether the turns held are still the conversation's comes from `turn_changes`, which triggers on `turns`
+keep for every writer (this process, another instance, any code path): `inserted` counts the turns ever
+added to a conversation and `changed` counts edits, hidden exchanges, regenerations and deletions. Each
+reply reads both numbers and the turns added since the newest one held, plus the turns it saw streaming
+(a reply's row is written while it streams and counts in memory once it finishes). When `changed` moved,
+or the turns read do not account for every insert (one committed out of order), the window is read again
+from the store. Held turns are bounded by a byte cap shared by all conversations, least recently used
+dropped first; a conversation that was dropped, or whose window needs older turns than are held (a model
+with a larger context), is read again too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from sqlalchemy import Connection, or_, select
+
+from bot.providers.base import ChatMessage
+from bot.schema import turn_changes, turns
+from bot.store import Store, Turn
+
+FIRST_PAGE = 256  # turns the first query of a read reads; each later one reads twice as many
+HELD_OVER = 1.25  # a window holds this many times the budget it was read for, for turns still to come
+TRIM_AT = 2.0  # past this many times the last budget, the oldest turns held are let go
+ROW_BYTES = 200  # what a held turn costs besides its text, roughly
+
+_COLUMNS = (
+    turns.c.id,
+    turns.c.role,
+    turns.c.author_name,
+    turns.c.content,
+    turns.c.tokens,
+    turns.c.outcome,
+    turns.c.answers,
+    turns.c.hidden,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    turn: Turn
+    answers: int | None  # the question it answers, for an assistant turn
+    message: ChatMessage  # what the model is sent for it, made once (providers keep its JSON meanwhile)
+    size: int
+
+
+def chat_message(turn: Turn) -> ChatMessage:
+    """A turn as the model reads it: a person's words under their name."""
+    if turn.role == "user":
+        return ChatMessage(
+            "user", f"{turn.author_name}: {turn.content}" if turn.author_name else turn.content
+        )
+    return ChatMessage("assistant", turn.content)
+
+
+@dataclass(frozen=True, slots=True)
+class Recalled:
+    """A reply's turns, whether older ones were left out, and the model's message for each held turn."""
+
+    turns: list[Turn]
+    trimmed: bool
+    messages: Mapping[int, tuple[Turn, ChatMessage]]
+
+    def chat_messages(self, turns: Sequence[Turn]) -> list[ChatMessage]:
+        """The model's message for each turn that says something, made once for the turns held."""
+        get = self.messages.get
+        return [
+            held[1] if (held := get(turn.id)) is not None and held[0] is turn else chat_message(turn)
+            for turn in turns
+            if turn.content
+        ]
+
+
+@dataclass(slots=True)
+class _Read:
+    """What one read of the store found: the counters, then turns (any state), newest last."""
+
+    inserted: int
+    changed: int
+    rows: list[Any]
+    complete: bool = False  # for a full read: it reached the conversation's first turn
+
+
+def _memory_order(held: _Held) -> tuple[int, int]:
+    """An answer right after its question, whenever it was written."""
+    return (held.answers if held.answers is not None else held.turn.id, held.turn.id)
+
+
+class _Window:
+    def __init__(self) -> None:
+        self.held: list[_Held] = []  # the turns memory uses from `floor` on, in id order
+        self.ids: list[int] = []  # their ids, for bisect
+        self.sums: list[int] = [0]  # tokens held before each turn, and in all (differences count)
+        self.misplaced = 0  # the newest turn that sorts before one with a lower id (a late answer)
+        self._top = 0  # the highest sort key held
+        self.messages: dict[int, tuple[Turn, ChatMessage]] = {}  # by id, for the turns held
+        self.streaming: set[int] = set()  # turns seen streaming: read again until they finish
+        self.newest = 0  # the highest id seen in the conversation, in any state
+        self.floor: int | None = None  # ids below it are not held; None: held from the first turn
+        self.loaded = False  # until the first full read
+        self.inserted = 0
+        self.changed = 0
+        self.tokens = 0
+        self.size = 0
+        self.lock = asyncio.Lock()  # one read and update at a time
+
+    def fill(self, read: _Read) -> None:
+        """Start over from a full read."""
+        self.held, self.ids, self.streaming, self.floor = [], [], set(), None
+        self.sums, self.misplaced, self._top = [0], 0, 0
+        self.messages = {}  # a new one: a reply under way may still read the old
+        self.tokens = self.size = self.newest = 0
+        self.inserted, self.changed, self.loaded = read.inserted, read.changed, True
+        self._add(read.rows)
+        self.floor = None if read.complete or not read.rows else read.rows[0].id
+
+    def update(self, read: _Read) -> bool:
+        """Add what is new; False when the read shows a change that only a full read can follow."""
+        added = sum(1 for row in read.rows if row.id > self.newest)
+        if read.changed != self.changed or self.inserted + added != read.inserted:
+            return False
+        self.streaming.difference_update(row.id for row in read.rows)
+        self._add(read.rows)
+        self.inserted = read.inserted
+        return True
+
+    def _add(self, rows: Sequence[Any]) -> None:
+        for row in rows:
+            self.newest = max(self.newest, row.id)
+            if row.hidden is not None or (self.floor is not None and row.id < self.floor):
+                continue
+            if row.outcome == "streaming":
+                self.streaming.add(row.id)
+                continue
+            turn = Turn(row.id, row.role, row.author_name, row.content, row.tokens, row.outcome)
+            # The text, the model's message and its JSON: about three copies of the content.
+            held = _Held(turn, row.answers, chat_message(turn), 3 * len(row.content) + ROW_BYTES)
+            self.messages[row.id] = (turn, held.message)
+            self.tokens += turn.tokens
+            self.size += held.size
+            if not self.ids or row.id > self.ids[-1]:  # the usual case: a turn after all held
+                self.held.append(held)
+                self.ids.append(row.id)
+                self.sums.append(self.sums[-1] + turn.tokens)
+                self._order(held)
+                continue
+            at = bisect.bisect_left(self.ids, row.id)  # a reply that finished after later turns
+            if at < len(self.ids) and self.ids[at] == row.id:  # a turn read again replaces itself
+                self.tokens -= self.held[at].turn.tokens
+                self.size -= self.held[at].size
+                self.held[at] = held
+            else:
+                self.held.insert(at, held)
+                self.ids.insert(at, row.id)
+            self._reindex()
+
+    def _order(self, held: _Held) -> None:
+        key = _memory_order(held)[0]
+        if key < self._top:
+            self.misplaced = held.turn.id
+        self._top = max(self._top, key)
+
+    def _reindex(self) -> None:
+        self.sums, self.misplaced, self._top = [0], 0, 0
+        for held in self.held:
+            self.sums.append(self.sums[-1] + held.turn.tokens)
+            self._order(held)
+
+    def cut(self, budget: int, upto: int | None) -> tuple[list[Turn], bool] | None:
+        """As `Store.recall` chooses: the newest turns that fit, oldest first (an answer right after its
+        question), and whether older ones were left out; None when older turns than are held are needed."""
+        if not self.held:
+            return ([], False) if self.floor is None else None
+        if upto is None or self.ids[-1] <= upto:  # nothing held comes after the question: a suffix
+            start = bisect.bisect_left(self.sums, self.sums[-1] - budget)
+            if start == 0 and self.floor is not None:
+                return None
+            suffix = self.held[start:]
+            if suffix and self.misplaced >= suffix[0].turn.id:  # else already in memory's order
+                suffix.sort(key=_memory_order)
+            return [held.turn for held in suffix], start > 0
+        return self._cut_before(budget, upto)
+
+    def _cut_before(self, budget: int, upto: int) -> tuple[list[Turn], bool] | None:
+        """The cut for a question with turns after it (a regeneration, replies at once): turn by turn."""
+        chosen: list[_Held] = []
+        used = 0
+        trimmed = False
+        for held in reversed(self.held):
+            turn, answers = held.turn, held.answers
+            if not (turn.id <= upto or (answers is not None and answers < upto)):
+                continue
+            if used + turn.tokens > budget:
+                trimmed = True
+                break
+            used += turn.tokens
+            chosen.append(held)
+        if not trimmed and self.floor is not None:
+            return None
+        chosen.sort(key=_memory_order)
+        return [held.turn for held in chosen], trimmed
+
+    def trim(self, budget: int) -> None:
+        """Let the oldest turns go once far more is held than the last budget needs."""
+        if self.tokens <= budget * TRIM_AT:
+            return
+        keep = budget * HELD_OVER
+        start = 0
+        while start < len(self.held) and self.tokens > keep:
+            self.tokens -= self.held[start].turn.tokens
+            self.size -= self.held[start].size
+            start += 1
+        self.floor = self.ids[start] if start < len(self.ids) else self.newest + 1
+        for held in self.held[:start]:
+            del self.messages[held.turn.id]
+        del self.held[:start], self.ids[:start], self.sums[:start]
+        self.streaming = {turn_id for turn_id in self.streaming if turn_id >= self.floor}
+
+
+class Windows:
+    """The windows of recently answered conversations, within `max_bytes` (0: none kept, every reply
+    reads its turns from the store)."""
+
+    def __init__(self, store: Store, max_bytes: int) -> None:
+        self._store = store
+        self._max_bytes = max_bytes
+        self._windows: OrderedDict[str, _Window] = OrderedDict()
+        self._bytes = 0
+        self.reads = {"full": 0, "new": 0}  # how windows were brought up to date, for tests and benches
+
+    @property
+    def held_bytes(self) -> int:
+        return self._bytes
+
+    async def recall(self, conversation: str, budget: int, upto: int | None = None) -> Recalled:
+        """What `Store.recall` answers, from memory where it holds the conversation."""
+        if self._max_bytes <= 0:
+            return Recalled(*await self._store.recall(conversation, budget, upto), {})
+        window = self._windows.get(conversation)
+        if window is None:
+            window = self._windows[conversation] = _Window()
+        self._windows.move_to_end(conversation)
+        async with window.lock:
+            before = window.size
+            chosen, trimmed = await self._bring_up_to_date(conversation, window, budget, upto)
+            window.trim(budget)
+            recalled = Recalled(chosen, trimmed, window.messages)
+            if self._windows.get(conversation) is window:
+                self._bytes += window.size - before
+                self._evict()
+        return recalled
+
+    async def _bring_up_to_date(
+        self, conversation: str, window: _Window, budget: int, upto: int | None
+    ) -> tuple[list[Turn], bool]:
+        if window.loaded:
+            since = list(window.streaming)
+            read = await self._store.read(
+                partial(_since, conversation=conversation, newest=window.newest, streaming=since)
+            )
+            self.reads["new"] += 1
+            if window.update(read) and (cut := window.cut(budget, upto)) is not None:
+                return cut
+        wanted = max(int(budget * HELD_OVER), 1)
+        while True:
+            read = await self._store.read(partial(_full, conversation=conversation, wanted=wanted))
+            self.reads["full"] += 1
+            window.fill(read)
+            if (cut := window.cut(budget, upto)) is not None:
+                return cut
+            wanted *= 2  # hidden turns, or turns after the question being answered, took the room
+
+    def _evict(self) -> None:
+        """Drop the least recently used windows past the cap (the newest too, if it alone is past it)."""
+        while self._windows and self._bytes > self._max_bytes:
+            _conversation, window = self._windows.popitem(last=False)
+            self._bytes -= window.size
+
+
+def _counters(conn: Connection, conversation: str) -> tuple[int, int]:
+    query = select(turn_changes.c.inserted, turn_changes.c.changed).where(
+        turn_changes.c.conversation == conversation
+    )
+    row = conn.execute(query).first()
+    return (row.inserted, row.changed) if row else (0, 0)
+
+
+def _full(conn: Connection, conversation: str, wanted: int) -> _Read:
+    """The counters, then turns from the newest back until those memory uses hold `wanted` tokens."""
+    inserted, changed = _counters(conn, conversation)
+    rows: list[Any] = []
+    tokens = 0
+    page = FIRST_PAGE
+    before: int | None = None
+    while tokens < wanted:
+        query = select(*_COLUMNS).where(turns.c.conversation == conversation)
+        if before is not None:
+            query = query.where(turns.c.id < before)
+        got = conn.execute(query.order_by(turns.c.id.desc()).limit(page)).all()
+        rows.extend(got)
+        tokens += sum(row.tokens for row in got if row.hidden is None and row.outcome != "streaming")
+        if len(got) < page:
+            return _Read(inserted, changed, rows[::-1], complete=True)
+        before = got[-1].id
+        page *= 2
+    return _Read(inserted, changed, rows[::-1])
+
+
+def _since(conn: Connection, conversation: str, newest: int, streaming: list[int]) -> _Read:
+    """The counters, then the turns after `newest` and those among `streaming`, oldest first."""
+    inserted, changed = _counters(conn, conversation)
+    which = turns.c.id > newest
+    if streaming:
+        which = or_(which, turns.c.id.in_(streaming))
+    query = select(*_COLUMNS).where(turns.c.conversation == conversation, which).order_by(turns.c.id)
+    return _Read(inserted, changed, list(conn.execute(query).all()))

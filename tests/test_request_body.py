@@ -1,0 +1,100 @@
+"""Request bodies joined from each message's JSON, made once: the bytes httpx sends for `json=`."""
+
+from __future__ import annotations
+
+import gc
+import json
+from typing import Any
+
+import pytest
+from httpx._content import encode_json
+
+from bot.providers import anthropic, openai_compat
+from bot.providers.base import ChatMessage, ChatRequest, Image, Replay, ToolCall, ToolSpec
+from bot.providers.body import MessageJSON
+
+SOURCE = "router/model-a"
+
+
+def messages(replayed: dict[str, Any]) -> tuple[ChatMessage, ...]:
+    """A conversation with everything a message can hold; `replayed` as the provider's replay is shaped."""
+    return (
+        ChatMessage("user", 'Ada: "quotes", ünïcödé, emoji 🦜, a tab\t and a newline\n'),
+        ChatMessage("assistant", "Looking it up."),
+        ChatMessage(
+            "assistant",
+            "",
+            tool_calls=(ToolCall("call_1", "web_search", '{"query": "parley"}'),),
+            replay=Replay(SOURCE, replayed),
+        ),
+        ChatMessage("tool", "results", tool_call_id="call_1"),
+        ChatMessage("user", "Ada: and this picture?", images=(Image("image/png", b"\x89PNG"),)),
+    )
+
+
+def request(replayed: dict[str, Any]) -> ChatRequest:
+    return ChatRequest(
+        "model-a",
+        messages(replayed),
+        system="You are Parley.",
+        max_tokens=512,
+        tools=(ToolSpec("web_search", "Search the web", {"type": "object", "properties": {}}),),
+    )
+
+
+OPENAI = request({"reasoning_details": [{"type": "reasoning.text", "text": "hm"}]})
+ANTHROPIC = request({"content": [{"type": "thinking", "thinking": "hm", "signature": "s"}]})
+
+
+def as_httpx_sends(body: bytes) -> bytes:
+    """The same JSON value encoded the way httpx encodes `json=` (key order kept)."""
+    _headers, stream = encode_json(json.loads(body))
+    return b"".join(stream)
+
+
+@pytest.mark.parametrize(
+    ("build", "asked"),
+    [
+        (lambda r: openai_compat._body(r, SOURCE, "max_tokens", openai_compat._MESSAGE_JSON), OPENAI),
+        (lambda r: anthropic._body(r, SOURCE, anthropic._MESSAGE_JSON), ANTHROPIC),
+    ],
+    ids=["openai", "anthropic"],
+)
+def test_a_joined_body_is_byte_for_byte_what_httpx_would_send(build: Any, asked: ChatRequest) -> None:
+    first = build(asked)
+    assert first == as_httpx_sends(first)
+    again = build(asked)  # now from the JSON kept for each message
+    assert again == first
+
+
+def test_the_openai_body_says_what_it_said_before() -> None:
+    body = json.loads(openai_compat._body(OPENAI, SOURCE, "max_tokens", openai_compat._MESSAGE_JSON))
+    assert list(body) == ["model", "messages", "stream", "stream_options", "max_tokens", "tools"]
+    assert body["messages"][0] == {"role": "system", "content": "You are Parley."}
+    assert body["messages"][1]["content"] == OPENAI.messages[0].content
+    assert body["messages"][3]["reasoning_details"] == [{"type": "reasoning.text", "text": "hm"}]
+    assert body["messages"][5]["content"][1]["image_url"]["url"] == "data:image/png;base64,iVBORw=="
+
+
+def test_a_message_is_encoded_once_while_it_is_held_and_a_replay_never_kept() -> None:
+    encoded: list[str] = []
+
+    def encode(message: ChatMessage, source: str) -> dict[str, Any]:
+        encoded.append(message.content)
+        return {"role": message.role, "content": message.content, "source": source}
+
+    made = MessageJSON(encode)
+    message = ChatMessage("user", "Ada: hello")
+    assert made(message, SOURCE) == '{"role":"user","content":"Ada: hello","source":"router/model-a"}'
+    assert made(message, SOURCE) == made(ChatMessage("user", "Ada: hello"), SOURCE)  # (another one)
+    assert made(message, SOURCE) == '{"role":"user","content":"Ada: hello","source":"router/model-a"}'
+    assert encoded == ["Ada: hello", "Ada: hello"]
+    assert len(made) == 1  # the other one is gone, and so is its JSON
+    replayed = OPENAI.messages[2]
+    made(replayed, SOURCE)
+    made(replayed, "other/model-b")  # another model is sent it without the replay
+    assert encoded[2:] == ["", ""]
+    assert len(made) == 1
+    del message
+    gc.collect()
+    assert len(made) == 0

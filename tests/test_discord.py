@@ -333,6 +333,6 @@ async def test_sync_to_one_server_registers_the_commands_there(
         discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
     )
     said = await sync_commands(settings, 4242, builtin(settings))
-    assert said == "Synced 22 commands to server 4242; they are available there now."
+    assert said == "Synced 24 commands to server 4242; they are available there now."
     puts = [c for c in discord_api.calls if c.method == "PUT"]
     assert [c.path for c in puts] == [f"/api/v10/applications/{APP_ID}/guilds/4242/commands"]

@@ -121,7 +121,7 @@ async def test_discord_sync_answers_with_what_it_registered(llm: LLMServer, work
         code, out, err = await parley(llm, workdir, "discord", "sync", **discord_env(discord_api))
     assert (code, out.strip()) == (
         0,
-        "Synced 22 commands globally; Discord may take a while to show them everywhere.",
+        "Synced 24 commands globally; Discord may take a while to show them everywhere.",
     ), err
 
 

@@ -1,6 +1,6 @@
 """A partial index on the replies still streaming, so the start-up and leader sweeps read only those rows.
 
-Revision ID: 0007_streaming_index
+Revision ID: 0007
 Revises: 0006
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_streaming_index"
+revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None

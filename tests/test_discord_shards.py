@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import signal
 import sys
@@ -17,8 +18,9 @@ import aiohttp
 import pytest
 from sqlalchemy import text
 
-from bot.config import Settings, SetupError
+from bot.config import ConfigError, Settings, SetupError
 from bot.engine import Engine
+from bot.settings_loader import load_settings
 from bot.shards import IDENTIFY_SECONDS
 from tests.support.discord_emulator import (
     BOT_ID,
@@ -41,6 +43,23 @@ MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
 
 def test_the_two_servers_are_on_different_shards_of_two() -> None:
     assert (shard_of(GUILD_ID, 2), shard_of(OTHER_GUILD, 2)) == (0, 1)
+
+
+@pytest.mark.parametrize("written", ["0", "-2"])
+def test_a_shard_count_below_one_is_refused_in_one_sentence(
+    written: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name not in ("PATH", "HOME", "TMPDIR"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("DISCORD_SHARD_COUNT", written)
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert refused.value.problems == [
+        "DISCORD_SHARD_COUNT (set in the environment) must be 1 or more (the number of Discord gateway "
+        f"shards, the same on every instance), not {written}."
+    ]
 
 
 # The loopback gateway, driven by a raw websocket

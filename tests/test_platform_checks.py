@@ -64,3 +64,23 @@ async def test_slack_rate_limits_and_token_types_are_named() -> None:
             f"Bearer {slack.app_token}",
             f"Bearer {slack.app_token}",
         ]
+
+
+async def test_discord_with_shards_is_told_the_count_discord_recommends() -> None:
+    async with DiscordEmulator(token="tok", shards=4) as discord_api:
+        for count, found in [
+            (4, (True, "Discord: DISCORD_SHARD_COUNT=4 (Discord recommends 4)")),
+            (
+                2,
+                (
+                    False,
+                    "Discord: DISCORD_SHARD_COUNT=2 is fewer than the 4 shards Discord recommends for this "
+                    "bot; set it to that, the same on every instance",
+                ),
+            ),
+        ]:
+            configured = settings(
+                discord_token="tok", discord_api_base=discord_api.api_base, discord_shard_count=count
+            )
+            assert (await check_discord(configured))[-1] == found
+    assert [c.path for c in discord_api.calls].count("/api/v10/gateway/bot") == 2

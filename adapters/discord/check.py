@@ -38,6 +38,9 @@ async def check(settings: Settings) -> list[tuple[bool, str]]:
             me.raise_for_status()
             application = await client.get("/applications/@me")
             application.raise_for_status()
+            gateway = await client.get("/gateway/bot") if settings.discord_shard_count > 1 else None
+            if gateway is not None:
+                gateway.raise_for_status()
         except httpx.HTTPStatusError as error:
             answer = error.response
             return [(False, f"Discord answered HTTP {answer.status_code} to GET {answer.url.path}")]
@@ -46,7 +49,19 @@ async def check(settings: Settings) -> list[tuple[bool, str]]:
     user = me.json()
     flags = int(application.json().get("flags") or 0)
     intent = flags & (GATEWAY_MESSAGE_CONTENT | GATEWAY_MESSAGE_CONTENT_LIMITED)
-    return [
+    findings = [
         (True, f"Discord: DISCORD_TOKEN accepted for {user.get('username')} (id {user.get('id')})"),
         (True, "Discord: the Message Content intent is on") if intent else (False, INTENT_OFF),
     ]
+    if gateway is not None:
+        findings.append(_shards(settings.discord_shard_count, int(gateway.json().get("shards") or 1)))
+    return findings
+
+
+def _shards(count: int, recommended: int) -> tuple[bool, str]:
+    if count >= recommended:
+        return True, f"Discord: DISCORD_SHARD_COUNT={count} (Discord recommends {recommended})"
+    return False, (
+        f"Discord: DISCORD_SHARD_COUNT={count} is fewer than the {recommended} shards Discord recommends "
+        "for this bot; set it to that, the same on every instance"
+    )

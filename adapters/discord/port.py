@@ -179,6 +179,9 @@ class DiscordPlatform:
                     if _fatal(refused.__cause__):
                         raise
                     log.error("Discord: could not connect shard %d: %s", shard, refused)
+                except Exception:  # anything else: the shard is free for the next look, here or elsewhere
+                    await self._leases.release(shard)
+                    log.exception("Discord: could not connect shard %d", shard)
             await asyncio.sleep(self.settings.instance_heartbeat_seconds)
 
     async def stop(self) -> None:

@@ -34,10 +34,10 @@ Its gateway is sharded as Discord's is (`DiscordEmulator(shards=2, max_concurren
 `(guild_id >> 22) % shard_count` (GUILD_ID is on shard 0 of 2, OTHER_GUILD with its channel ELSEWHERE
 on shard 1), and events without a server (direct messages) to shard 0. It closes an IDENTIFY with a shard
 outside [0, shard_count) or another shard count (4010) and one without a shard when sharding is required
-(4011); answers Invalid Session (op 9) to an IDENTIFY within 5 seconds of the last in its bucket
-(`shard_id % max_concurrency`), recording it in `identify_refusals`; and closes the older session when a
-second identifies with the same shard (4009), so no shard's events reach two sessions. A RESUME gets
-Invalid Session: a new session must start.
+(4011); with `max_concurrency` given, it answers Invalid Session (op 9) to an IDENTIFY within 5 seconds
+of the last in its bucket (`shard_id % max_concurrency`), recording it in `identify_refusals`; and it
+closes the older session when a second identifies with the same shard (4009), so no shard's events
+reach two sessions. A RESUME gets Invalid Session: a new session must start.
 
 It keeps everyone's messages, as a channel does, and serves them newest first a page at a time; ids
 are snowflakes made as Discord makes them (the time in the high bits). `deliver_again` replays a
@@ -235,11 +235,13 @@ class DiscordEmulator:
         token_seconds: float = TOKEN_SECONDS,
         token: str | None = None,
         shards: int = 1,
-        max_concurrency: int = 1,
+        max_concurrency: int | None = None,
     ) -> None:
         self.state = _State()
         # The shard count the bot must run with (what GET /gateway/bot recommends), and how many shards
-        # may IDENTIFY in one 5-second window (one per bucket, `shard % max_concurrency`).
+        # may IDENTIFY in one 5-second window (one per bucket, `shard % max_concurrency`). Without
+        # `max_concurrency` IDENTIFYs are not counted (GET /gateway/bot says 1): tests that start Parley
+        # again within seconds, as no bot on Discord could, stay quick.
         self.shards = shards
         self.max_concurrency = max_concurrency
         self.identifies: list[tuple[int, float]] = []  # (shard, monotonic time) of IDENTIFYs accepted
@@ -619,8 +621,9 @@ class DiscordEmulator:
             await socket.close(code=code, message=why.encode())
             return False
         shard_id, count = shard
-        bucket, now = shard_id % self.max_concurrency, time.monotonic()
-        if now - self._bucket_starts.get(bucket, float("-inf")) < IDENTIFY_SECONDS:
+        bucket, now = shard_id % (self.max_concurrency or 1), time.monotonic()
+        counted = self.max_concurrency is not None
+        if counted and now - self._bucket_starts.get(bucket, float("-inf")) < IDENTIFY_SECONDS:
             # Over max_concurrency: Discord answers Invalid Session, and the client identifies later.
             self.identify_refusals.append((shard_id, "identified too soon after another in its bucket"))
             await socket.send_str(json.dumps({"op": 9, "d": False}))
@@ -768,7 +771,7 @@ class DiscordEmulator:
             {
                 "url": self.gateway_url,
                 "shards": self.shards,
-                "session_start_limit": {**limit, "max_concurrency": self.max_concurrency},
+                "session_start_limit": {**limit, "max_concurrency": self.max_concurrency or 1},
             }
         )
 

@@ -321,7 +321,7 @@ class Store:
             .where(
                 turns.c.outcome == "streaming",
                 turns.c.conversation.startswith(f"{platform}:"),
-                self._orphaned(turns.c.instance, dead_after),
+                self.orphaned(turns.c.instance, dead_after),
                 turns.c.conversation == conversation if conversation is not None else true(),
             )
             .values(instance=self.instance_id)
@@ -336,13 +336,16 @@ class Store:
     ) -> list[InboxEntry]:
         """Take over the platform's messages (or one conversation's) that dead instances accepted and left
         unanswered, oldest first; claimed in one statement, so two instances sweeping at once never both
-        take one."""
+        take one. A message whose reply a dead instance left streaming is not taken: repairing that
+        reply answers it (or, when nothing of it showed, drops it so it is taken next)."""
         statement = (
             update(inbox)
             .where(
                 inbox.c.state == "pending",
                 inbox.c.platform == platform,
-                self._orphaned(inbox.c.instance, dead_after),
+                self.orphaned(inbox.c.instance, dead_after),
+                # A reply of it still streaming is being repaired (which answers it), or will be.
+                ~exists().where(turns.c.answers == inbox.c.turn_id, turns.c.outcome == "streaming"),
                 inbox.c.conversation == conversation if conversation is not None else true(),
             )
             .values(instance=self.instance_id)
@@ -355,7 +358,7 @@ class Store:
             query = select(inbox).where(inbox.c.id.in_(ids)).order_by(inbox.c.id)
             return await _with_files(conn, (await conn.execute(query)).mappings().all())
 
-    def _orphaned(self, owner: Any, dead_after: float) -> ColumnElement[bool]:
+    def orphaned(self, owner: Any, dead_after: float) -> ColumnElement[bool]:
         """Owned by no live instance. On SQLite one process serves the platforms, so every other
         instance is one that stopped; on PostgreSQL, one silent for more than `dead_after` seconds."""
         if not self.shared:

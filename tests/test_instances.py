@@ -138,6 +138,40 @@ async def test_one_persons_messages_are_answered_in_order_across_instances(
     assert surface_of(first_instance, one).final == "first answer"
 
 
+@on_postgres
+async def test_a_message_whose_cut_reply_is_being_repaired_is_not_taken_to_answer_again(
+    make_engine: Callable[..., Any],
+) -> None:
+    """Two instances recover at once (a restarted one and the leader): one has taken the dead
+    instance's half-shown reply to repair it, which answers its message; the other must not take that
+    message to answer it a second time."""
+    dead, repairing, sweeping = await make_engine(), await make_engine(), await make_engine()
+    await left_streaming(dead, "story", "Once upon", 9001)
+    await silence(dead, repairing.settings.instance_timeout_seconds + 1)
+    timeout = repairing.settings.instance_timeout_seconds
+    assert [r.content for r in await repairing.store.claim_streaming("test", timeout)] == ["Once upon"]
+    assert await sweeping.store.claim_pending("test", timeout) == []
+
+
+@on_postgres
+async def test_a_message_taken_over_from_a_dead_instance_goes_before_the_persons_later_ones(
+    make_engine: Callable[..., Any], llm: LLMServer
+) -> None:
+    """Ada's first message was accepted by an instance that died; her second, here, waits for it. The
+    first, taken over here after the second began waiting, gets its turn: neither waits for the other
+    for ever."""
+    dead, alive = await make_engine(), await make_engine()
+    await dead.store.accept(msg("one"), {"message": "one"}, "one", 3)
+    two = msg("two")
+    answering_two = await alive.accept(two, {"message": two.id})
+    assert answering_two is not None
+    await silence(dead, alive.settings.instance_timeout_seconds + 1)
+    await alive.recover("test")
+    assert await asyncio.wait_for(answering_two, 20) == "ok"
+    await asyncio.gather(*alive._tasks)
+    assert [r.json["messages"][-1]["content"] for r in llm.chat_requests()] == ["Ada: one", "Ada: two"]
+
+
 @pytest.mark.both_databases
 async def test_answered_inbox_rows_and_dead_instances_are_pruned_after_seven_days(
     make_engine: Callable[..., Any],

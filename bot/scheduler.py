@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.models import Author, ConversationKey, Message
-from bot.schedule_store import AUTHOR_PREFIX, FAILURES_TO_PAUSE, Schedule, ScheduleStore
+from bot.schedule_store import (
+    AUTHOR_PREFIX,
+    FAILURES_TO_PAUSE,
+    Schedule,
+    ScheduleStore,
+    close_orphaned_runs,
+    run_message_id,
+)
+from bot.schema import schedule_runs
 from bot.summarize import conversation_zone
 from bot.when import zone
 
@@ -32,6 +40,7 @@ EARLY = 1.0  # seconds APScheduler's clock may run ahead of the fire time the st
 # whose time passed meanwhile runs at once, late rather than never).
 RESYNC_SECONDS = 30.0
 RESYNC_JOB = "resync"
+SWEEP_JOB = "sweep"  # closes the runs dead instances left "running"
 
 
 class Scheduler:
@@ -57,6 +66,8 @@ class Scheduler:
         self._timer.add_job(
             self.sync, "interval", seconds=RESYNC_SECONDS, id=RESYNC_JOB, replace_existing=True
         )
+        every = self._engine.settings.instance_heartbeat_seconds
+        self._timer.add_job(self.sweep, "interval", seconds=every, id=SWEEP_JOB, replace_existing=True)
 
     async def stop(self) -> None:
         if self._timer.running:
@@ -72,7 +83,7 @@ class Scheduler:
             return  # not leading: the leader's scheduler wakes for them
         active = {str(s.id): s for s in await self.store.active() if s.next_run_at is not None}
         for job in self._timer.get_jobs():
-            if job.id not in active and job.id != RESYNC_JOB:
+            if job.id not in active and job.id not in (RESYNC_JOB, SWEEP_JOB):
                 job.remove()
         for job_id, schedule in active.items():
             assert schedule.next_run_at is not None
@@ -117,7 +128,7 @@ class Scheduler:
         task.add_done_callback(self._runs.discard)
 
     async def _run(self, schedule: Schedule, fire_at: float, kind: str) -> None:
-        run_id = await self.store.claim(schedule.id, fire_at, kind)
+        run_id = await self.store.claim(schedule.id, fire_at, kind, instance=self._engine.store.instance_id)
         if run_id is None:
             log.info("schedule %d: the run at %.3f was claimed elsewhere", schedule.id, fire_at)
             return
@@ -129,7 +140,7 @@ class Scheduler:
                 f"{AUTHOR_PREFIX}{schedule.id}", f"{schedule.created_by_name}'s schedule {schedule.id}"
             ),
             text=schedule.prompt,
-            id=f"schedule-{schedule.id}-{fire_at:.3f}",
+            id=run_message_id(schedule.id, fire_at),
             created_at=fire_at,
         )
         outcome = "error"
@@ -144,13 +155,33 @@ class Scheduler:
         reply = await self.store.reply_to(key.platform, key.channel_id, message.id)
         failures = await self.store.finish_run(run_id, schedule.id, outcome, reply)
         log.info("schedule %d ran in %s: %s", schedule.id, key, outcome)
+        await self._pause_after(schedule.id, key, failures)
+
+    async def sweep(self) -> None:
+        """Close the runs of instances that died mid-run (their messages are answered, or their cut
+        replies repaired, by the leader's recovery first)."""
+        orphaned = self._engine.store.orphaned(
+            schedule_runs.c.instance, self._engine.settings.instance_timeout_seconds
+        )
+        try:
+            closed = await self._engine.store.write(lambda conn: close_orphaned_runs(conn, orphaned))
+        except Exception:
+            log.exception("could not close the runs of stopped instances; trying again at the next sweep")
+            return
+        for run in closed:
+            log.info(
+                "schedule %d: a run its stopped instance left is closed: %s", run.schedule_id, run.outcome
+            )
+            await self._pause_after(run.schedule_id, ConversationKey.parse(run.conversation), run.failures)
+
+    async def _pause_after(self, schedule_id: int, key: ConversationKey, failures: int) -> None:
         if failures >= FAILURES_TO_PAUSE:
-            await self.store.set_state(schedule.id, "paused", None)
+            await self.store.set_state(schedule_id, "paused", None)
             await self.sync()
             await self.say(
                 key,
-                f"Schedule {schedule.id} failed {failures} times in a row, so it is paused; "
-                f"`/schedule resume {schedule.id}` starts it again.",
+                f"Schedule {schedule_id} failed {failures} times in a row, so it is paused; "
+                f"`/schedule resume {schedule_id}` starts it again.",
             )
 
     async def _missed(self) -> None:

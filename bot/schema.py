@@ -128,6 +128,7 @@ meta = Table(
     metadata,
     Column("name", String(255), primary_key=True),
     Column("value", Text, nullable=False),
+    Column("updated_at", Float),  # when it was last written: `followed:` thread marks are pruned by it
 )
 
 # What replies used: one row per reply and model (every provider call, failed attempts included), and one
@@ -202,10 +203,11 @@ schedule_runs = Table(
     Column("schedule_id", Integer, ForeignKey("schedules.id", ondelete="CASCADE"), nullable=False),
     Column("fire_at", Float, nullable=False),  # the fire time it is the run of (now, for `run ID`)
     Column("kind", String(16), nullable=False),  # scheduled, catchup, manual, skipped
-    Column("outcome", String(16), nullable=False),  # running, ok, cut_off, error, skipped
+    Column("outcome", String(16), nullable=False),  # running, ok, cut_off, error, interrupted, skipped
     Column("reply", Text),
     Column("started_at", Float, nullable=False),
     Column("finished_at", Float),
+    Column("instance", String(64)),  # the instance running it: a dead one's runs are closed by the leader
     # One run per schedule and fire time, whichever process claims it first.
     UniqueConstraint("schedule_id", "fire_at", name="uq_schedule_runs_fire"),
 )

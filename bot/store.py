@@ -37,7 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bot import migrations
@@ -259,8 +259,10 @@ class Store:
                         )
                     )
                     turn_id = int(result.inserted_primary_key[0])
+                dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
                 result = await conn.execute(
-                    insert(inbox).values(
+                    dialect_insert(inbox)
+                    .values(
                         platform=key.platform,
                         channel=key.channel_id,
                         thread=key.thread_id,
@@ -277,14 +279,20 @@ class Store:
                         author_id=message.author.id,
                         instance=self.instance_id,
                     )
+                    # A delivery seen before inserts nothing and raises nothing (on PostgreSQL an
+                    # IntegrityError would abort the transaction); its turn is rolled back below.
+                    .on_conflict_do_nothing(index_elements=["platform", "channel", "message_id"])
+                    .returning(inbox.c.id)
                 )
-                inbox_id = int(result.inserted_primary_key[0])
+                inbox_id = result.scalar()
+                if inbox_id is None:
+                    raise _Redelivery
                 if message.attachments:
                     await conn.execute(
                         insert(inbox_files),
                         [_file_values(inbox_id, attachment) for attachment in message.attachments],
                     )
-        except IntegrityError:
+        except _Redelivery:
             return None
         return InboxEntry(inbox_id, message, reply_to, turn_id, now)
 
@@ -852,6 +860,10 @@ class Store:
         statement = statement.on_conflict_do_update(index_elements=list(key), set_=values)
         async with self._db.begin() as conn:
             await conn.execute(statement)
+
+
+class _Redelivery(Exception):
+    """Raised inside `accept`'s transaction to roll it back: the delivery is stored already."""
 
 
 async def _autocommit(engine: AsyncEngine) -> AsyncConnection:

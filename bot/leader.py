@@ -12,11 +12,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from bot.addressing import forget_quiet_threads
 from bot.engine import Engine
 
 log = logging.getLogger(__name__)
 
-KEEP_SECONDS = 7 * 24 * 3600  # answered inbox rows and long-dead instances are forgotten after this
+# Answered inbox rows, long-dead instances and followed threads nobody touched are forgotten after this.
+KEEP_SECONDS = 7 * 24 * 3600
 PRUNE_EVERY_SECONDS = 3600.0
 
 
@@ -73,3 +75,6 @@ class Leader:
             pruned = await store.prune(KEEP_SECONDS)
             if pruned:
                 log.info("pruned %d answered inbox rows and dead instances older than 7 days", pruned)
+            before = time.time() - KEEP_SECONDS
+            if forgotten := await store.write(lambda conn: forget_quiet_threads(conn, before)):
+                log.info("stopped following %d threads untouched for 7 days", forgotten)

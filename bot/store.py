@@ -766,7 +766,7 @@ class Store:
             return (await conn.execute(select(meta.c.value).where(meta.c.name == name))).scalar()
 
     async def set_meta(self, name: str, value: str) -> None:
-        await self._upsert(meta, {"name": name}, {"value": value})
+        await self._upsert(meta, {"name": name}, {"value": value, "updated_at": time.time()})
 
     # Usage and budgets
 

@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from bot.addressing import Arrival, Rules
 from bot.engine import RESTARTED_NOTE, Engine
 from bot.leader import KEEP_SECONDS, Leader
+from bot.models import ConversationKey
 from bot.store import AssistantRecord
 from tests.conftest import RecordingPlatform
 from tests.support.asking import ADA, CHANNEL, msg, surface_of
@@ -201,6 +203,28 @@ async def test_answered_inbox_rows_and_dead_instances_are_pruned_after_seven_day
         instances = (await conn.execute(text("SELECT id FROM instances"))).scalars().all()
     assert kept == ["recent", "waiting"]
     assert instances == [store.instance_id]
+
+
+@pytest.mark.both_databases
+async def test_threads_untouched_for_seven_days_are_no_longer_followed(
+    make_engine: Callable[..., Any],
+) -> None:
+    engine = await make_engine()
+    rules = Rules(thread_followups=True)
+    quiet, busy = ConversationKey("test", "general", "t1"), ConversationKey("test", "general", "t2")
+    for thread in (quiet, busy):
+        assert await engine.addressing.reason(Arrival(thread, mentions_parley=True), rules) == "mention"
+    await engine.store.set_meta("discord:commands-hash", "abc")  # not a thread mark: kept
+    async with engine.store._db.begin() as conn:
+        await conn.execute(text("UPDATE meta SET updated_at = :t"), {"t": time.time() - KEEP_SECONDS - 60})
+    assert await engine.addressing.reason(Arrival(busy), rules) == "thread"  # touched again today
+    await Leader(engine).check()
+    assert await engine.addressing.reason(Arrival(quiet), rules) is None
+    assert await engine.addressing.reason(Arrival(busy), rules) == "thread"
+    assert await engine.store.get_meta("discord:commands-hash") == "abc"
+    # A mention follows the forgotten thread again.
+    assert await engine.addressing.reason(Arrival(quiet, mentions_parley=True), rules) == "mention"
+    assert await engine.addressing.reason(Arrival(quiet), rules) == "thread"
 
 
 @on_postgres

@@ -40,7 +40,6 @@ EARLY = 1.0  # seconds APScheduler's clock may run ahead of the fire time the st
 # whose time passed meanwhile runs at once, late rather than never).
 RESYNC_SECONDS = 30.0
 RESYNC_JOB = "resync"
-SWEEP_JOB = "sweep"  # closes the runs dead instances left "running"
 
 
 class Scheduler:
@@ -53,6 +52,7 @@ class Scheduler:
             job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
         )
         self._runs: set[asyncio.Task[None]] = set()
+        self._sweeping: asyncio.Task[None] | None = None
         # Any instance stores schedules and runs one now (`/schedule run`); only the one that started
         # this (the leader) wakes at fire times.
         engine.scheduler = self
@@ -66,10 +66,13 @@ class Scheduler:
         self._timer.add_job(
             self.sync, "interval", seconds=RESYNC_SECONDS, id=RESYNC_JOB, replace_existing=True
         )
-        every = self._engine.settings.instance_heartbeat_seconds
-        self._timer.add_job(self.sweep, "interval", seconds=every, id=SWEEP_JOB, replace_existing=True)
+        self._sweeping = asyncio.create_task(self._sweep_every_heartbeat(), name="schedule runs sweep")
 
     async def stop(self) -> None:
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            await asyncio.gather(self._sweeping, return_exceptions=True)
+            self._sweeping = None
         if self._timer.running:
             self._timer.shutdown(wait=False)
             await asyncio.sleep(0)  # APScheduler's asyncio shutdown happens at the loop's next turn
@@ -83,7 +86,7 @@ class Scheduler:
             return  # not leading: the leader's scheduler wakes for them
         active = {str(s.id): s for s in await self.store.active() if s.next_run_at is not None}
         for job in self._timer.get_jobs():
-            if job.id not in active and job.id not in (RESYNC_JOB, SWEEP_JOB):
+            if job.id not in active and job.id != RESYNC_JOB:
                 job.remove()
         for job_id, schedule in active.items():
             assert schedule.next_run_at is not None
@@ -157,17 +160,21 @@ class Scheduler:
         log.info("schedule %d ran in %s: %s", schedule.id, key, outcome)
         await self._pause_after(schedule.id, key, failures)
 
+    async def _sweep_every_heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._engine.settings.instance_heartbeat_seconds)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("could not close the runs of stopped instances; trying again")
+
     async def sweep(self) -> None:
         """Close the runs of instances that died mid-run (their messages are answered, or their cut
         replies repaired, by the leader's recovery first)."""
         orphaned = self._engine.store.orphaned(
             schedule_runs.c.instance, self._engine.settings.instance_timeout_seconds
         )
-        try:
-            closed = await self._engine.store.write(lambda conn: close_orphaned_runs(conn, orphaned))
-        except Exception:
-            log.exception("could not close the runs of stopped instances; trying again at the next sweep")
-            return
+        closed = await self._engine.store.write(lambda conn: close_orphaned_runs(conn, orphaned))
         for run in closed:
             log.info(
                 "schedule %d: a run its stopped instance left is closed: %s", run.schedule_id, run.outcome

@@ -13,7 +13,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from bot.addressing import forget_quiet_threads
+from bot.budgets import forget_dead_holds
 from bot.engine import Engine
+from bot.schema import budget_holds
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,9 @@ class Leader:
             pruned = await store.prune(KEEP_SECONDS)
             if pruned:
                 log.info("pruned %d answered inbox rows and dead instances older than 7 days", pruned)
+            if store.shared:
+                dead = store.orphaned(budget_holds.c.instance, self.engine.settings.instance_timeout_seconds)
+                await store.write(lambda conn: forget_dead_holds(conn, dead))
             before = time.time() - KEEP_SECONDS
             if forgotten := await store.write(lambda conn: forget_quiet_threads(conn, before)):
                 log.info("stopped following %d threads untouched for 7 days", forgotten)

@@ -172,6 +172,23 @@ budgets = Table(
     Column("updated_at", Float),
 )
 
+# What the replies under way hold against their budgets, on PostgreSQL (several instances answer against
+# one budget): a row per reply and target, deleted once its usage is recorded; an instance's rows stop
+# counting when it dies.
+budget_holds = Table(
+    "budget_holds",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("reservation", String(32), nullable=False),  # one reply's hold
+    Column("scope", String(16), nullable=False),  # person, channel or server
+    Column("target", String(255), nullable=False),  # "platform:id"
+    Column("usd", Float, nullable=False),
+    Column("tokens", Integer, nullable=False),
+    Column("instance", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_budget_holds_target", "scope", "target"),
+)
+
 # Schedules: prompts that run on their own (`/schedule`), each run claimed once per fire time.
 schedules = Table(
     "schedules",

@@ -22,6 +22,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Float,
+    Select,
     and_,
     cast,
     delete,
@@ -777,12 +778,8 @@ class Store:
 
     async def spent(self, column: str, target: str, since: float) -> tuple[float, int]:
         """USD and tokens the models used for `target` (a person, channel or server) since a moment."""
-        query = select(
-            func.coalesce(func.sum(usage.c.cost), 0.0),
-            func.coalesce(func.sum(usage.c.prompt_tokens + usage.c.completion_tokens), 0),
-        ).where(usage.c[column] == target, usage.c.kind == "model", usage.c.created_at >= since)
         async with self._db.connect() as conn:
-            cost, tokens = (await conn.execute(query)).one()
+            cost, tokens = (await conn.execute(spent_query(column, target, since))).one()
         return float(cost), int(tokens)
 
     async def usage_report(
@@ -860,6 +857,14 @@ class Store:
         statement = statement.on_conflict_do_update(index_elements=list(key), set_=values)
         async with self._db.begin() as conn:
             await conn.execute(statement)
+
+
+def spent_query(column: str, target: str, since: float) -> Select[tuple[float, int]]:
+    """The USD and tokens `target` spent since a moment (see `Store.spent`)."""
+    return select(
+        func.coalesce(func.sum(usage.c.cost), 0.0),
+        func.coalesce(func.sum(usage.c.prompt_tokens + usage.c.completion_tokens), 0),
+    ).where(usage.c[column] == target, usage.c.kind == "model", usage.c.created_at >= since)
 
 
 class _Redelivery(Exception):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import ColumnElement, Connection, delete, func, insert, or_, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.access import Refused
 from bot.config import BudgetDefaults
@@ -32,6 +34,8 @@ from bot.store import spent_query
 if TYPE_CHECKING:
     from bot.engine import Engine
     from bot.store import Store
+
+log = logging.getLogger(__name__)
 
 SCOPES = ("person", "channel", "server")
 PERIODS = ("daily", "monthly")
@@ -189,7 +193,11 @@ class Budgets:
         reservation.settled = True
         if reservation.held_as is not None:
             which = budget_holds.c.reservation == reservation.held_as
-            await self._store.write(lambda conn: conn.execute(delete(budget_holds).where(which)))
+            try:
+                await self._store.write(lambda conn: conn.execute(delete(budget_holds).where(which)))
+            except (OSError, SQLAlchemyError):
+                # It goes on counting while this instance lives: too much held, never too little.
+                log.exception("could not release a reply's budget hold %s", reservation.held_as)
             return
         for target in reservation.targets:
             held = self._reserved[target]
@@ -269,10 +277,8 @@ class SharedHold:
                 cost, count = conn.execute(spent_query(limit.scope, limit.target, since)).one()
                 spent[key] = (float(cost), int(count))
             used = spent[key][UNITS.index(limit.unit)]
-            if (
-                used + held.get((limit.scope, limit.target), (0.0, 0.0))[UNITS.index(limit.unit)]
-                >= limit.amount
-            ):
+            others = held.get((limit.scope, limit.target), (0.0, 0.0))[UNITS.index(limit.unit)]
+            if used + others >= limit.amount:
                 return (limit, used), None
             if warn is None and used >= WARN_AT * limit.amount:
                 warn = (limit, used)

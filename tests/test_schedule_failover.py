@@ -60,7 +60,16 @@ async def test_a_per_second_schedule_survives_its_leader_killed_mid_run(
         base = free_ports(WORKERS)
         async with (
             SlackAPI() as slack,
-            workers(llm, tmp_path, slack, database_url, base, SCHEDULE_MIN_INTERVAL="1"),
+            # A timeout well past the heartbeat: on a loaded machine a live worker is not taken for dead.
+            workers(
+                llm,
+                tmp_path,
+                slack,
+                database_url,
+                base,
+                SCHEDULE_MIN_INTERVAL="1",
+                INSTANCE_TIMEOUT_SECONDS="5",
+            ),
         ):
 
             async def cut_shown() -> bool:

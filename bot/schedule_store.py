@@ -296,3 +296,18 @@ def close_orphaned_runs(conn: Connection, orphaned: ColumnElement[bool]) -> list
         failures = conn.execute(select(schedules.c.failures).where(schedules.c.id == run.schedule_id))
         closed.append(ClosedRun(run.schedule_id, run.conversation, outcome, int(failures.scalar() or 0)))
     return closed
+
+
+def forget_old_runs(conn: Connection, before: float) -> int:
+    """Forget finished runs of fire times before `before`, keeping each schedule's newest (its last
+    outcome, which `/schedule list` shows); how many. A fire time that old never runs again, so its
+    claim is not needed."""
+    newest = select(func.max(schedule_runs.c.id)).group_by(schedule_runs.c.schedule_id)
+    result = conn.execute(
+        schedule_runs.delete().where(
+            schedule_runs.c.fire_at < before,
+            schedule_runs.c.outcome != "running",
+            schedule_runs.c.id.not_in(newest),
+        )
+    )
+    return result.rowcount or 0

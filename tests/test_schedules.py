@@ -16,6 +16,7 @@ import pytest
 
 from bot import scheduler as scheduler_module
 from bot.engine import RESTARTED_NOTE, Engine
+from bot.leader import KEEP_SECONDS, Leader
 from bot.models import Author, ConversationKey, Message
 from bot.schedule_store import ScheduleStore, run_message_id
 from bot.scheduler import Scheduler
@@ -389,3 +390,26 @@ async def test_runs_a_killed_process_left_running_are_closed_once_their_messages
     # Only the newest closed run counts towards the pause (older ones would count out of order).
     schedule = await scheduler.store.get(1)
     assert schedule is not None and schedule.failures == 0 and schedule.state == "active"
+
+
+@pytest.mark.both_databases
+async def test_runs_older_than_seven_days_are_forgotten_but_each_schedules_newest(
+    make_engine: Callable[..., Any], platform: RecordingPlatform, llm: LLMServer
+) -> None:
+    engine = await make_engine(schedule_min_interval=1)
+    for name in ("hourly", "rarely"):
+        await command(engine, f"schedule add every 1 hour {name}")
+    runs = ScheduleStore(engine.store.database)
+    week_ago = time.time() - KEEP_SECONDS - 60
+    for schedule_id, fire, outcome in (
+        (1, week_ago - 30, "running"),  # still under way (its instance decides): kept
+        (1, week_ago - 20, "ok"),
+        (1, week_ago - 10, "error"),
+        (1, time.time(), "ok"),
+        (2, week_ago, "ok"),  # old, but the newest of its schedule: kept
+    ):
+        assert await runs.claim(schedule_id, fire, "scheduled", outcome=outcome)
+    await Leader(engine).check()
+    kept = [(fire, outcome) for fire, _, outcome, _ in await runs.runs(1)]
+    assert [outcome for _, outcome in kept] == ["running", "ok"]
+    assert [outcome for _, _, outcome, _ in await runs.runs(2)] == ["ok"]

@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from sqlalchemy import Connection, delete
+
 from bot.models import ConversationKey, ConversationSettings
+from bot.schema import meta
 from bot.store import Store
+
+MARK_PREFIX = "followed:"  # meta names of followed threads: "followed:slack:C1:1700000000.000100"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,7 @@ class Addressing:
         if arrival.replies_to_parley:
             return "reply"
         if rules.thread_followups and arrival.key.thread_id and await self._followed(arrival.key):
+            await self.follow(arrival.key)  # touched: a thread in use is not forgotten
             return "thread"
         if (await self._settings_for(arrival.key)).autoreply:
             return "autoreply"
@@ -66,4 +72,11 @@ class Addressing:
 
 
 def _mark(thread: ConversationKey) -> str:
-    return f"followed:{thread}"
+    return f"{MARK_PREFIX}{thread}"
+
+
+def forget_quiet_threads(conn: Connection, before: float) -> int:
+    """Stop following threads nobody touched (mentioned Parley in, or was answered in) since `before`;
+    a mention there follows the thread again. How many were forgotten."""
+    result = conn.execute(delete(meta).where(meta.c.name.startswith(MARK_PREFIX), meta.c.updated_at < before))
+    return result.rowcount or 0

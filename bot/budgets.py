@@ -3,26 +3,39 @@
 A reply starts only while what was spent plus what the replies under way have reserved is below every
 budget that applies; it reserves its own estimate (its prompt and the room kept for its answer) before
 anything is sent to the provider, and the reservation is settled once its real usage is recorded. So two
-replies racing at the edge of a budget cannot both pass. Reservations live in this process: a crash
-releases them, and the usage already recorded stays counted. Periods are UTC days and months.
+replies racing at the edge of a budget cannot both pass. On SQLite (one process) reservations live in
+the process: a crash releases them. On PostgreSQL, where several instances answer against one budget,
+they are rows of `budget_holds`, checked and taken under a transaction's advisory lock per target, and an
+instance's rows stop counting when its heartbeat stops. The usage already recorded stays counted.
+Periods are UTC days and months.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from sqlalchemy import ColumnElement, Connection, delete, func, insert, or_, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
 from bot.access import Refused
 from bot.config import BudgetDefaults
 from bot.models import CommandResult, Message
+from bot.schema import budget_holds
+from bot.store import spent_query
 
 if TYPE_CHECKING:
     from bot.engine import Engine
     from bot.store import Store
+
+log = logging.getLogger(__name__)
 
 SCOPES = ("person", "channel", "server")
 PERIODS = ("daily", "monthly")
@@ -58,6 +71,7 @@ class Reservation:
     tokens: int
     warning: str | None = None
     settled: bool = field(default=False)
+    held_as: str | None = None  # its rows in budget_holds (PostgreSQL)
 
 
 def targets_of(message: Message) -> list[tuple[str, str]]:
@@ -94,11 +108,16 @@ def server_word(platform: str) -> str:
 
 class Budgets:
     def __init__(
-        self, store: Store, defaults: BudgetDefaults, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        defaults: BudgetDefaults,
+        clock: Callable[[], float] = time.time,
+        dead_after: float = 10.0,  # INSTANCE_TIMEOUT_SECONDS: a silent instance's holds stop counting
     ) -> None:
         self._store = store
         self._defaults = defaults
         self._clock = clock
+        self._dead_after = dead_after
         self._lock = asyncio.Lock()  # a check and its reservation are one step
         self._reserved: dict[tuple[str, str], list[float]] = {}  # (scope, target) -> [usd, tokens]
 
@@ -138,6 +157,8 @@ class Budgets:
         limits = await self.limits(message)
         if not limits:  # nothing to hold against: no lock, so replies without budgets never queue here
             return Reservation([], 0.0, 0)
+        if self._store.shared:
+            return await self._reserve_shared(message, limits, usd, tokens, now)
         async with self._lock:
             for limit, used in zip(limits, await self._used(limits, now), strict=True):
                 held = self._reserved.get((limit.scope, limit.target), [0.0, 0])[UNITS.index(limit.unit)]
@@ -152,11 +173,32 @@ class Budgets:
                 held[1] += tokens
         return Reservation(targets, usd, tokens, warning)
 
-    def settle(self, reservation: Reservation) -> None:
+    async def _reserve_shared(
+        self, message: Message, limits: list[Limit], usd: float, tokens: int, now: float
+    ) -> Reservation:
+        targets = targets_of(message)
+        live = ~self._store.orphaned(budget_holds.c.instance, self._dead_after)
+        hold = SharedHold(targets, usd, tokens, self._store.instance_id, now)
+        over, warn = await self._store.write(lambda conn: hold.take(conn, limits, live))
+        if over is not None:
+            limit, used = over
+            raise Refused(refusal(message, limit, used, period_end(limit.period, now)))
+        warning = await self._warn_once(message, *warn, now) if warn is not None else None
+        return Reservation(targets, usd, tokens, warning, held_as=hold.reservation)
+
+    async def settle(self, reservation: Reservation) -> None:
         """Release a reservation: its reply's real usage is recorded (or it spent nothing)."""
         if reservation.settled:
             return
         reservation.settled = True
+        if reservation.held_as is not None:
+            which = budget_holds.c.reservation == reservation.held_as
+            try:
+                await self._store.write(lambda conn: conn.execute(delete(budget_holds).where(which)))
+            except (OSError, SQLAlchemyError):
+                # It goes on counting while this instance lives: too much held, never too little.
+                log.exception("could not release a reply's budget hold %s", reservation.held_as)
+            return
         for target in reservation.targets:
             held = self._reserved[target]
             held[0] -= reservation.usd
@@ -190,6 +232,84 @@ class Budgets:
             f"({amount_text(limit.unit, used)} of {amount_text(limit.unit, limit.amount)}); "
             f"it resets {_when(period_end(limit.period, now))}."
         )
+
+
+@dataclass(slots=True)
+class SharedHold:
+    """One reply's hold on PostgreSQL: checked against what is spent and what the live instances hold,
+    and taken, in one transaction under an advisory lock per target, so replies racing on different
+    instances cannot both pass the edge of a budget."""
+
+    targets: list[tuple[str, str]]
+    usd: float
+    tokens: int
+    instance: str
+    now: float
+    reservation: str = field(default_factory=lambda: secrets.token_hex(8))
+
+    def take(
+        self, conn: Connection, limits: list[Limit], live: ColumnElement[bool]
+    ) -> tuple[tuple[Limit, float] | None, tuple[Limit, float] | None]:
+        """(the budget used up and its use, or None; the budget past the warning and its use, or None).
+        Nothing is held when one is used up."""
+        for scope, target in sorted(self.targets):  # one order everywhere: no two replies deadlock
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _hold_key(scope, target)})
+        which = or_(*(_held_for(scope, target) for scope, target in self.targets))
+        held = {
+            (row.scope, row.target): (float(row.usd), float(row.tokens))
+            for row in conn.execute(
+                select(
+                    budget_holds.c.scope,
+                    budget_holds.c.target,
+                    func.sum(budget_holds.c.usd).label("usd"),
+                    func.sum(budget_holds.c.tokens).label("tokens"),
+                )
+                .where(which, live)
+                .group_by(budget_holds.c.scope, budget_holds.c.target)
+            )
+        }
+        spent: dict[tuple[str, str, str], tuple[float, int]] = {}
+        warn = None
+        for limit in limits:
+            key = (limit.scope, limit.target, limit.period)
+            if key not in spent:
+                since = period_start(limit.period, self.now).timestamp()
+                cost, count = conn.execute(spent_query(limit.scope, limit.target, since)).one()
+                spent[key] = (float(cost), int(count))
+            used = spent[key][UNITS.index(limit.unit)]
+            others = held.get((limit.scope, limit.target), (0.0, 0.0))[UNITS.index(limit.unit)]
+            if used + others >= limit.amount:
+                return (limit, used), None
+            if warn is None and used >= WARN_AT * limit.amount:
+                warn = (limit, used)
+        rows = [
+            {
+                "reservation": self.reservation,
+                "scope": scope,
+                "target": target,
+                "usd": self.usd,
+                "tokens": self.tokens,
+                "instance": self.instance,
+                "created_at": self.now,
+            }
+            for scope, target in self.targets
+        ]
+        conn.execute(insert(budget_holds), rows)
+        return None, warn
+
+
+def _held_for(scope: str, target: str) -> ColumnElement[bool]:
+    return (budget_holds.c.scope == scope) & (budget_holds.c.target == target)
+
+
+def forget_dead_holds(conn: Connection, dead: ColumnElement[bool]) -> int:
+    """Delete the holds of instances that died (they count no more anyway); how many."""
+    return conn.execute(delete(budget_holds).where(dead)).rowcount or 0
+
+
+def _hold_key(scope: str, target: str) -> int:
+    digest = hashlib.blake2b(f"budget:{scope}:{target}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def refusal(message: Message, limit: Limit, used: float, resets: datetime) -> str:

@@ -286,6 +286,7 @@ async def chat(settings: Settings, args: argparse.Namespace) -> int:
 
     from adapters.console import Chat
     from bot.engine import Engine
+    from bot.instances import Instance
 
     if not settings.provider_settings():
         print(NO_PROVIDER, file=sys.stderr)
@@ -297,9 +298,12 @@ async def chat(settings: Settings, args: argparse.Namespace) -> int:
     on_disk = database.get_backend_name() == "sqlite" and database.database not in (None, "", ":memory:")
     session = Chat(args.channel, Path(str(database.database)).parent if on_disk else Path("data"))
     engine = await Engine.create(settings, skills=builtin(settings))
+    instance = Instance(engine)  # alive to the other instances on PostgreSQL while it runs
+    instance.start(lead=False)
     try:
         return await session.run(engine)
     finally:
+        await instance.stop()
         await engine.aclose()
 
 

@@ -70,7 +70,7 @@ class Engine:
         self._closing = False  # set once drained: what arrives later waits, stored, for the next start
         self._trimmed: set[str] = set()  # conversations whose last reply already said turns were left out
         self.access = Access(settings)
-        self.budgets = Budgets(store, settings.budgets)
+        self.budgets = Budgets(store, settings.budgets, dead_after=settings.instance_timeout_seconds)
         self.metrics = Metrics()
         self.health = Health()
         self.scheduler: Scheduler | None = None  # set while schedules run (parley run)

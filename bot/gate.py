@@ -38,22 +38,36 @@ class Gate:
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
-        async with lock:
-            if self._store is None or inbox_id is None:
+        if self._store is None or inbox_id is None:
+            async with lock:
                 yield
-                return
-            name = f"turn:{key[0]}:{person}"
-            await self._shared_turn(self._store, name, key[0], person, inbox_id)
+            return
+        name = f"turn:{key[0]}:{person}"
+        await self._shared_turn(self._store, lock, name, key[0], person, inbox_id)
+        try:
+            yield
+        finally:
             try:
-                yield
-            finally:
                 await self._store.unlock(name)
+            finally:
+                lock.release()
 
     @staticmethod
-    async def _shared_turn(store: Store, name: str, conversation: str, person: str, inbox_id: int) -> None:
+    async def _shared_turn(
+        store: Store, lock: asyncio.Lock, name: str, conversation: str, person: str, inbox_id: int
+    ) -> None:
+        """Hold `lock` and the advisory lock, with no earlier message of theirs unanswered. While an
+        earlier one is unanswered, `lock` is let go, so that message can take its turn here (it may be
+        one this instance took over from a dead one, submitted after this one)."""
         while True:
-            if await store.try_lock(name):
-                if not await store.earlier_pending(conversation, person, inbox_id):
-                    return
-                await store.unlock(name)
+            await lock.acquire()
+            try:
+                if await store.try_lock(name):
+                    if not await store.earlier_pending(conversation, person, inbox_id):
+                        return
+                    await store.unlock(name)
+            except BaseException:
+                lock.release()
+                raise
+            lock.release()
             await asyncio.sleep(SHARED_POLL_SECONDS)

@@ -24,9 +24,13 @@ class Instance:
         self._heartbeat: asyncio.Task[None] | None = None
         self._leading: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
+    def start(self, *, lead: bool = True) -> None:
+        """Beat the heartbeat and, with `lead`, take part in leadership. `parley chat` only beats: it
+        answers its own terminal and runs nobody's chores, but its replies and budget holds are a live
+        instance's."""
         self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
-        self._leading = asyncio.create_task(self.leader.run(), name="leader")
+        if lead:
+            self._leading = asyncio.create_task(self.leader.run(), name="leader")
 
     async def stop_leading(self) -> None:
         """Before the drain: a stopping instance takes over nobody's work (another leader will)."""

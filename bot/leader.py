@@ -13,11 +13,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
+from bot.addressing import forget_quiet_threads
+from bot.budgets import forget_dead_holds
 from bot.engine import Engine
+from bot.schedule_store import forget_old_runs
+from bot.schema import budget_holds
 
 log = logging.getLogger(__name__)
 
-KEEP_SECONDS = 7 * 24 * 3600  # answered inbox rows and long-dead instances are forgotten after this
+# Answered inbox rows, long-dead instances, followed threads nobody touched and schedule runs (but each
+# schedule's newest) are forgotten after this.
+KEEP_SECONDS = 7 * 24 * 3600
 PRUNE_EVERY_SECONDS = 3600.0
 
 
@@ -83,3 +89,11 @@ class Leader:
             pruned = await store.prune(KEEP_SECONDS)
             if pruned:
                 log.info("pruned %d answered inbox rows and dead instances older than 7 days", pruned)
+            if store.shared:
+                dead = store.orphaned(budget_holds.c.instance, self.engine.settings.instance_timeout_seconds)
+                await store.write(lambda conn: forget_dead_holds(conn, dead))
+            before = time.time() - KEEP_SECONDS
+            if forgotten := await store.write(lambda conn: forget_quiet_threads(conn, before)):
+                log.info("stopped following %d threads untouched for 7 days", forgotten)
+            if runs := await store.write(lambda conn: forget_old_runs(conn, before)):
+                log.info("forgot %d schedule runs older than 7 days", runs)

@@ -138,7 +138,7 @@ class Reply:
         except Exception:
             log.exception("could not record the usage of the reply in %s", message.key)
         if self._reservation is not None:
-            engine.budgets.settle(self._reservation)
+            await engine.budgets.settle(self._reservation)
         metrics = engine.metrics
         metrics.active.dec()
         metrics.replies.labels(message.key.platform, outcome).inc()

@@ -6,9 +6,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, and_, desc, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, and_, desc, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from bot.models import ConversationKey
 from bot.schema import inbox, schedule_runs, schedules, turns
 from bot.when import When
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 
 FAILURES_TO_PAUSE = 3  # failed runs in a row that pause a schedule
 AUTHOR_PREFIX = "schedule:"  # the author id of a schedule's runs: "schedule:3"
+FAILED = ("error", "interrupted")  # the outcomes that count towards the pause
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +154,22 @@ class ScheduleStore:
     # Runs
 
     async def claim(
-        self, schedule_id: int, fire_at: float, kind: str, outcome: str = "running"
+        self,
+        schedule_id: int,
+        fire_at: float,
+        kind: str,
+        outcome: str = "running",
+        instance: str | None = None,
     ) -> int | None:
-        """Take the run of this fire time; None when another process (or an earlier start) has it."""
+        """Take the run of this fire time for `instance`; None when another process (or an earlier start)
+        has it."""
         statement = insert(schedule_runs).values(
-            schedule_id=schedule_id, fire_at=fire_at, kind=kind, outcome=outcome, started_at=time.time()
+            schedule_id=schedule_id,
+            fire_at=fire_at,
+            kind=kind,
+            outcome=outcome,
+            started_at=time.time(),
+            instance=instance,
         )
         try:
             return await self._store.write(lambda conn: int(conn.execute(statement).inserted_primary_key[0]))
@@ -207,3 +220,95 @@ class ScheduleStore:
             .limit(1)
         )
         return await self._store.read(lambda conn: conn.execute(query).scalar())
+
+
+def run_message_id(schedule_id: int, fire_at: float) -> str:
+    """The id of the message a run sends into its conversation's inbox."""
+    return f"schedule-{schedule_id}-{fire_at:.3f}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedRun:
+    schedule_id: int
+    conversation: str
+    outcome: str
+    failures: int  # the schedule's failed runs in a row, this one counted
+
+
+def close_orphaned_runs(conn: Connection, orphaned: ColumnElement[bool]) -> list[ClosedRun]:
+    """Close the runs that instances which died left "running", once nothing of theirs is still under way.
+
+    A run's message is in the inbox (its instance accepted it before dying): while it is pending the
+    recovery of dead instances' messages answers it, and the run waits; then the run takes the outcome
+    of that answer ("interrupted" when its reply had been cut and was repaired, whatever the answer's
+    was when it was answered afresh). A run that died before its message was accepted is "interrupted"
+    with no reply. The outcome counts towards the pause as a finished run's does when it is the
+    schedule's newest run; an older one's would count out of order, so it is only recorded."""
+    runs = conn.execute(
+        select(
+            schedule_runs.c.id, schedule_runs.c.schedule_id, schedule_runs.c.fire_at, schedules.c.conversation
+        )
+        .join(schedules, schedules.c.id == schedule_runs.c.schedule_id)
+        .where(schedule_runs.c.outcome == "running", orphaned)
+        .order_by(schedule_runs.c.fire_at)
+    ).all()
+    closed = []
+    for run in runs:
+        key = ConversationKey.parse(run.conversation)
+        message = conn.execute(
+            select(inbox.c.state, inbox.c.turn_id).where(
+                inbox.c.platform == key.platform,
+                inbox.c.channel == key.channel_id,
+                inbox.c.message_id == run_message_id(run.schedule_id, run.fire_at),
+            )
+        ).first()
+        if message is not None and message.state == "pending":
+            continue  # being answered by the recovery: closed at a later sweep
+        answer = None
+        if message is not None and message.turn_id is not None:
+            answer = conn.execute(
+                select(turns.c.outcome, turns.c.content)
+                .where(turns.c.answers == message.turn_id, turns.c.role == "assistant")
+                .order_by(desc(turns.c.id))
+                .limit(1)
+            ).first()
+        if answer is not None and answer.outcome == "streaming":
+            continue  # its reply is still being repaired or given
+        outcome = answer.outcome if answer is not None else "interrupted"
+        done = conn.execute(
+            update(schedule_runs)
+            .where(schedule_runs.c.id == run.id, schedule_runs.c.outcome == "running")
+            .values(outcome=outcome, reply=answer.content if answer else None, finished_at=time.time())
+        )
+        if done.rowcount != 1:
+            continue  # closed meanwhile by another sweep
+        later = exists().where(
+            schedule_runs.c.schedule_id == run.schedule_id,
+            schedule_runs.c.fire_at > run.fire_at,
+            schedule_runs.c.outcome != "skipped",
+        )
+        if not conn.execute(select(later)).scalar():
+            failed = outcome in FAILED
+            conn.execute(
+                update(schedules)
+                .where(schedules.c.id == run.schedule_id)
+                .values(failures=schedules.c.failures + 1 if failed else 0)
+            )
+        failures = conn.execute(select(schedules.c.failures).where(schedules.c.id == run.schedule_id))
+        closed.append(ClosedRun(run.schedule_id, run.conversation, outcome, int(failures.scalar() or 0)))
+    return closed
+
+
+def forget_old_runs(conn: Connection, before: float) -> int:
+    """Forget finished runs of fire times before `before`, keeping each schedule's newest (its last
+    outcome, which `/schedule list` shows); how many. A fire time that old never runs again, so its
+    claim is not needed."""
+    newest = select(func.max(schedule_runs.c.id)).group_by(schedule_runs.c.schedule_id)
+    result = conn.execute(
+        schedule_runs.delete().where(
+            schedule_runs.c.fire_at < before,
+            schedule_runs.c.outcome != "running",
+            schedule_runs.c.id.not_in(newest),
+        )
+    )
+    return result.rowcount or 0

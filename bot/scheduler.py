@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.models import Author, ConversationKey, Message
-from bot.schedule_store import AUTHOR_PREFIX, FAILURES_TO_PAUSE, Schedule, ScheduleStore
+from bot.schedule_store import (
+    AUTHOR_PREFIX,
+    FAILURES_TO_PAUSE,
+    Schedule,
+    ScheduleStore,
+    close_orphaned_runs,
+    run_message_id,
+)
+from bot.schema import schedule_runs
 from bot.summarize import conversation_zone
 from bot.when import zone
 
@@ -44,6 +52,7 @@ class Scheduler:
             job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
         )
         self._runs: set[asyncio.Task[None]] = set()
+        self._sweeping: asyncio.Task[None] | None = None
         # Any instance stores schedules and runs one now (`/schedule run`); only the one that started
         # this (the leader) wakes at fire times.
         engine.scheduler = self
@@ -57,8 +66,13 @@ class Scheduler:
         self._timer.add_job(
             self.sync, "interval", seconds=RESYNC_SECONDS, id=RESYNC_JOB, replace_existing=True
         )
+        self._sweeping = asyncio.create_task(self._sweep_every_heartbeat(), name="schedule runs sweep")
 
     async def stop(self) -> None:
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            await asyncio.gather(self._sweeping, return_exceptions=True)
+            self._sweeping = None
         if self._timer.running:
             self._timer.shutdown(wait=False)
             await asyncio.sleep(0)  # APScheduler's asyncio shutdown happens at the loop's next turn
@@ -117,7 +131,7 @@ class Scheduler:
         task.add_done_callback(self._runs.discard)
 
     async def _run(self, schedule: Schedule, fire_at: float, kind: str) -> None:
-        run_id = await self.store.claim(schedule.id, fire_at, kind)
+        run_id = await self.store.claim(schedule.id, fire_at, kind, instance=self._engine.store.instance_id)
         if run_id is None:
             log.info("schedule %d: the run at %.3f was claimed elsewhere", schedule.id, fire_at)
             return
@@ -129,7 +143,7 @@ class Scheduler:
                 f"{AUTHOR_PREFIX}{schedule.id}", f"{schedule.created_by_name}'s schedule {schedule.id}"
             ),
             text=schedule.prompt,
-            id=f"schedule-{schedule.id}-{fire_at:.3f}",
+            id=run_message_id(schedule.id, fire_at),
             created_at=fire_at,
         )
         outcome = "error"
@@ -144,13 +158,37 @@ class Scheduler:
         reply = await self.store.reply_to(key.platform, key.channel_id, message.id)
         failures = await self.store.finish_run(run_id, schedule.id, outcome, reply)
         log.info("schedule %d ran in %s: %s", schedule.id, key, outcome)
+        await self._pause_after(schedule.id, key, failures)
+
+    async def _sweep_every_heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._engine.settings.instance_heartbeat_seconds)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("could not close the runs of stopped instances; trying again")
+
+    async def sweep(self) -> None:
+        """Close the runs of instances that died mid-run (their messages are answered, or their cut
+        replies repaired, by the leader's recovery first)."""
+        orphaned = self._engine.store.orphaned(
+            schedule_runs.c.instance, self._engine.settings.instance_timeout_seconds
+        )
+        closed = await self._engine.store.write(lambda conn: close_orphaned_runs(conn, orphaned))
+        for run in closed:
+            log.info(
+                "schedule %d: a run its stopped instance left is closed: %s", run.schedule_id, run.outcome
+            )
+            await self._pause_after(run.schedule_id, ConversationKey.parse(run.conversation), run.failures)
+
+    async def _pause_after(self, schedule_id: int, key: ConversationKey, failures: int) -> None:
         if failures >= FAILURES_TO_PAUSE:
-            await self.store.set_state(schedule.id, "paused", None)
+            await self.store.set_state(schedule_id, "paused", None)
             await self.sync()
             await self.say(
                 key,
-                f"Schedule {schedule.id} failed {failures} times in a row, so it is paused; "
-                f"`/schedule resume {schedule.id}` starts it again.",
+                f"Schedule {schedule_id} failed {failures} times in a row, so it is paused; "
+                f"`/schedule resume {schedule_id}` starts it again.",
             )
 
     async def _missed(self) -> None:

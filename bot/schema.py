@@ -136,6 +136,7 @@ meta = Table(
     metadata,
     Column("name", String(255), primary_key=True),
     Column("value", Text, nullable=False),
+    Column("updated_at", Float),  # when it was last written: `followed:` thread marks are pruned by it
 )
 
 # What replies used: one row per reply and model (every provider call, failed attempts included), and one
@@ -179,6 +180,23 @@ budgets = Table(
     Column("updated_at", Float),
 )
 
+# What the replies under way hold against their budgets, on PostgreSQL (several instances answer against
+# one budget): a row per reply and target, deleted once its usage is recorded; an instance's rows stop
+# counting when it dies.
+budget_holds = Table(
+    "budget_holds",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("reservation", String(32), nullable=False),  # one reply's hold
+    Column("scope", String(16), nullable=False),  # person, channel or server
+    Column("target", String(255), nullable=False),  # "platform:id"
+    Column("usd", Float, nullable=False),
+    Column("tokens", Integer, nullable=False),
+    Column("instance", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_budget_holds_target", "scope", "target"),
+)
+
 # Schedules: prompts that run on their own (`/schedule`), each run claimed once per fire time.
 schedules = Table(
     "schedules",
@@ -210,10 +228,11 @@ schedule_runs = Table(
     Column("schedule_id", Integer, ForeignKey("schedules.id", ondelete="CASCADE"), nullable=False),
     Column("fire_at", Float, nullable=False),  # the fire time it is the run of (now, for `run ID`)
     Column("kind", String(16), nullable=False),  # scheduled, catchup, manual, skipped
-    Column("outcome", String(16), nullable=False),  # running, ok, cut_off, error, skipped
+    Column("outcome", String(16), nullable=False),  # running, ok, cut_off, error, interrupted, skipped
     Column("reply", Text),
     Column("started_at", Float, nullable=False),
     Column("finished_at", Float),
+    Column("instance", String(64)),  # the instance running it: a dead one's runs are closed by the leader
     # One run per schedule and fire time, whichever process claims it first.
     UniqueConstraint("schedule_id", "fire_at", name="uq_schedule_runs_fire"),
 )

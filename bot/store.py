@@ -23,6 +23,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Float,
+    Select,
     and_,
     bindparam,
     cast,
@@ -40,7 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import IntegrityError, ResourceClosedError, SQLAlchemyError
+from sqlalchemy.exc import ResourceClosedError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from bot import migrations
@@ -314,8 +315,10 @@ class Store:
                     )
                 )
                 turn_id = int(result.inserted_primary_key[0])
-            result = conn.execute(
-                insert(inbox).values(
+            dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+            inbox_id = conn.execute(
+                dialect_insert(inbox)
+                .values(
                     platform=key.platform,
                     channel=key.channel_id,
                     thread=key.thread_id,
@@ -332,8 +335,13 @@ class Store:
                     author_id=message.author.id,
                     instance=self.instance_id,
                 )
-            )
-            inbox_id = int(result.inserted_primary_key[0])
+                # A delivery seen before inserts nothing and raises nothing (on PostgreSQL an
+                # IntegrityError would abort the transaction); its turn is rolled back below.
+                .on_conflict_do_nothing(index_elements=["platform", "channel", "message_id"])
+                .returning(inbox.c.id)
+            ).scalar()
+            if inbox_id is None:
+                raise _Redelivery
             if message.attachments:
                 conn.execute(
                     insert(inbox_files),
@@ -343,7 +351,7 @@ class Store:
 
         try:
             return await self.write(work)
-        except IntegrityError:
+        except _Redelivery:
             return None
 
     async def close_inbox(self, inbox_id: int, state: str = "done") -> None:
@@ -378,7 +386,7 @@ class Store:
             .where(
                 turns.c.outcome == "streaming",
                 turns.c.conversation.startswith(f"{platform}:"),
-                self._orphaned(turns.c.instance, dead_after),
+                self.orphaned(turns.c.instance, dead_after),
                 turns.c.conversation == conversation if conversation is not None else true(),
             )
             .values(instance=self.instance_id)
@@ -393,13 +401,16 @@ class Store:
     ) -> list[InboxEntry]:
         """Take over the platform's messages (or one conversation's) that dead instances accepted and left
         unanswered, oldest first; claimed in one statement, so two instances sweeping at once never both
-        take one."""
+        take one. A message whose reply a dead instance left streaming is not taken: repairing that
+        reply answers it (or, when nothing of it showed, drops it so it is taken next)."""
         statement = (
             update(inbox)
             .where(
                 inbox.c.state == "pending",
                 inbox.c.platform == platform,
-                self._orphaned(inbox.c.instance, dead_after),
+                self.orphaned(inbox.c.instance, dead_after),
+                # A reply of it still streaming is being repaired (which answers it), or will be.
+                ~exists().where(turns.c.answers == inbox.c.turn_id, turns.c.outcome == "streaming"),
                 inbox.c.conversation == conversation if conversation is not None else true(),
             )
             .values(instance=self.instance_id)
@@ -415,7 +426,7 @@ class Store:
 
         return await self.write(work)
 
-    def _orphaned(self, owner: Any, dead_after: float) -> ColumnElement[bool]:
+    def orphaned(self, owner: Any, dead_after: float) -> ColumnElement[bool]:
         """Owned by no live instance. On SQLite one process serves the platforms, so every other
         instance is one that stopped; on PostgreSQL, one silent for more than `dead_after` seconds."""
         if not self.shared:
@@ -803,7 +814,7 @@ class Store:
         return await self.read(lambda conn: conn.execute(query).scalar())
 
     async def set_meta(self, name: str, value: str) -> None:
-        await self._upsert(meta, {"name": name}, {"value": value})
+        await self._upsert(meta, {"name": name}, {"value": value, "updated_at": time.time()})
 
     # Usage and budgets
 
@@ -813,11 +824,7 @@ class Store:
 
     async def spent(self, column: str, target: str, since: float) -> tuple[float, int]:
         """USD and tokens the models used for `target` (a person, channel or server) since a moment."""
-        query = select(
-            func.coalesce(func.sum(usage.c.cost), 0.0),
-            func.coalesce(func.sum(usage.c.prompt_tokens + usage.c.completion_tokens), 0),
-        ).where(usage.c[column] == target, usage.c.kind == "model", usage.c.created_at >= since)
-        cost, tokens = await self.read(lambda conn: conn.execute(query).one())
+        cost, tokens = await self.read(lambda conn: conn.execute(spent_query(column, target, since)).one())
         return float(cost), int(tokens)
 
     async def usage_report(
@@ -923,6 +930,18 @@ def _sqlite_revision(url: URL) -> str | None:
             return migrations.current(conn)
     finally:
         engine.dispose()
+
+
+def spent_query(column: str, target: str, since: float) -> Select[tuple[float, int]]:
+    """The USD and tokens `target` spent since a moment (see `Store.spent`)."""
+    return select(
+        func.coalesce(func.sum(usage.c.cost), 0.0),
+        func.coalesce(func.sum(usage.c.prompt_tokens + usage.c.completion_tokens), 0),
+    ).where(usage.c[column] == target, usage.c.kind == "model", usage.c.created_at >= since)
+
+
+class _Redelivery(Exception):
+    """Raised inside `accept`'s transaction to roll it back: the delivery is stored already."""
 
 
 async def _autocommit(engine: AsyncEngine | None) -> AsyncConnection:

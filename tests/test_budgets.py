@@ -9,11 +9,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bot.budgets import Budgets
+import pytest
+from sqlalchemy import func, select
+
+from bot.access import Refused
+from bot.budgets import Budgets, Reservation
 from bot.engine import Engine
+from bot.leader import Leader
 from bot.models import Author
+from bot.schema import budget_holds
 from tests.support.asking import ADA, CHANNEL, answer, ask, first_render, msg
 from tests.support.llm_server import LLMServer, Script
+from tests.test_instances import silence
 
 BOB = Author("u-bob", "Bob")
 BOSS = Author("u-boss", "Boss", is_channel_manager=True)
@@ -137,3 +144,46 @@ async def test_a_refused_reply_is_answered_once_on_its_surface(
 
 async def run(engine: Engine, line: str, author: Author = ADA, server: str | None = "S1") -> Any:
     return await engine.run_command(msg("/" + line, CHANNEL, author, server_id=server), line)
+
+
+on_postgres = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
+@on_postgres
+async def test_instances_on_one_postgresql_hold_against_one_budget(make_engine: Callable[..., Any]) -> None:
+    """Replies under way on two instances hold their estimates in the database: at most as many start as
+    the budget has room for between them, whichever instance they reach, racing or not."""
+    limits = {"person_daily_tokens": 100}
+    one, two = await make_engine(budgets=limits), await make_engine(budgets=limits)
+    attempts = await asyncio.gather(
+        *(engine.budgets.reserve(msg(f"q{n}"), 0.0, 60) for n, engine in enumerate((one, two, one, two))),
+        return_exceptions=True,
+    )
+    held = [a for a in attempts if isinstance(a, Reservation)]
+    refused = [a for a in attempts if isinstance(a, Refused)]
+    assert (len(held), len(refused)) == (2, 2)  # 0 and 60 held: room; 120 held: none
+    assert str(refused[0]).startswith("Your daily budget of 100 tokens is used up (0 tokens so far)")
+    for reservation in held:
+        await (one if reservation is attempts[0] else two).budgets.settle(reservation)
+    assert await holds(one) == 0
+    assert isinstance(await two.budgets.reserve(msg("again"), 0.0, 60), Reservation)  # released: room again
+
+
+@on_postgres
+async def test_a_dead_instances_holds_stop_counting(make_engine: Callable[..., Any]) -> None:
+    limits = {"person_daily_tokens": 100}
+    dead, alive = await make_engine(budgets=limits), await make_engine(budgets=limits)
+    for n in range(2):
+        await dead.budgets.reserve(msg(f"q{n}"), 0.0, 60)
+    with pytest.raises(Refused):
+        await alive.budgets.reserve(msg("now"), 0.0, 60)
+    await silence(dead, alive.settings.instance_timeout_seconds + 1)
+    assert isinstance(await alive.budgets.reserve(msg("now"), 0.0, 60), Reservation)
+    await Leader(alive).check()  # the leader's prune forgets them
+    assert await holds(alive) == 1
+
+
+async def holds(engine: Engine) -> int:
+    """The replies holding against budgets (each holds a row per person, channel and server)."""
+    query = select(func.count(func.distinct(budget_holds.c.reservation)))
+    return await engine.store.read(lambda conn: int(conn.execute(query).scalar_one()))

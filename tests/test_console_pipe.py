@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from bot.engine import Engine
 from bot.models import Author, ConversationKey, Message
+from bot.store import Store
 from tests.support.llm_server import LLMServer, Script
 from tests.test_cli import environment
 
@@ -197,3 +199,35 @@ async def test_compare_prints_both_answers_labelled_then_asks_for_the_vote(
     assert again.startswith("You already voted on this comparison (B is better)")
     assert board[0].startswith("Arena of the terminal: 1 vote (0 both bad, not rated).")
     assert board[1] == f"1. {model_b} — not rated yet (1 rated vote: 1 won, 0 lost, 0 tied; 0 both bad)"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_the_terminal_chat_on_postgresql_beats_its_heartbeat(
+    llm: LLMServer, workdir: Path, database_url: str
+) -> None:
+    """Another instance takes the replies of one whose heartbeat stopped as a dead one's: `parley chat`
+    beats its own while it runs."""
+    env = environment(llm, workdir, DATABASE_URL=database_url, INSTANCE_HEARTBEAT_SECONDS="0.2")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "chat",
+        cwd=workdir,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    store = await Store.open(database_url)
+    try:
+        beaten = text(
+            "SELECT count(*) FROM instances WHERE id <> :me AND heartbeat_at > started_at + 0.5"
+        ).bindparams(me=store.instance_id)
+        async with asyncio.timeout(60):
+            while not await store.read(lambda conn: conn.execute(beaten).scalar_one()):
+                await asyncio.sleep(0.05)
+    finally:
+        await store.close()
+    out, _err = await asyncio.wait_for(process.communicate(b"hello\n"), 60)
+    assert process.returncode == 0 and out.decode().strip() == "echo: " + f"{USER}: hello"

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from bot.engine import Engine
 from bot.models import Author
@@ -26,6 +27,28 @@ async def test_a_message_delivered_twice_is_answered_once(engine: Engine, llm: L
     assert await engine.accept(message, {"message": message.id}) is None
     assert len(llm.chat_requests()) == 1
     assert await engine.store.count_turns(str(CHANNEL)) == 2
+
+
+async def test_one_delivery_accepted_by_two_instances_at_once_is_stored_and_answered_once(
+    make_engine: Callable[..., Any], llm: LLMServer
+) -> None:
+    """Both race to store it: one stores it and answers, the other is told it was seen, and neither
+    gets a database error (the dedupe is INSERT … ON CONFLICT DO NOTHING, not a caught IntegrityError)."""
+    first, second = await make_engine(), await make_engine()
+    errors: list[BaseException] = []
+    for engine in (first, second):
+        event.listen(
+            engine.store.database.sync_engine, "handle_error", lambda c: errors.append(c.original_exception)
+        )
+    message = msg("hello")
+    accepted = await asyncio.gather(*(e.accept(message, {"message": message.id}) for e in (first, second)))
+    tasks = [task for task in accepted if task is not None]
+    assert len(tasks) == 1 and await tasks[0] == "ok"
+    assert await second.accept(message, {"message": message.id}) is None  # and seen later, too
+    assert errors == []
+    assert len(llm.chat_requests()) == 1
+    turns, _ = await first.store.recall(str(CHANNEL), 10_000)
+    assert [(t.role, t.content) for t in turns] == [("user", "hello"), ("assistant", "echo: Ada: hello")]
 
 
 async def test_a_redelivery_after_a_restart_is_not_answered_again(

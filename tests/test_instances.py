@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, text
 
+from bot.addressing import Arrival, Rules
 from bot.engine import RESTARTED_NOTE, Engine
 from bot.leader import KEEP_SECONDS, Leader
+from bot.models import ConversationKey
 from bot.store import AssistantRecord
 from tests.conftest import RecordingPlatform
 from tests.support.asking import ADA, CHANNEL, msg, surface_of
@@ -131,6 +133,40 @@ async def test_one_persons_messages_are_answered_in_order_across_instances(
     assert surface_of(first_instance, one).final == "first answer"
 
 
+@on_postgres
+async def test_a_message_whose_cut_reply_is_being_repaired_is_not_taken_to_answer_again(
+    make_engine: Callable[..., Any],
+) -> None:
+    """Two instances recover at once (a restarted one and the leader): one has taken the dead
+    instance's half-shown reply to repair it, which answers its message; the other must not take that
+    message to answer it a second time."""
+    dead, repairing, sweeping = await make_engine(), await make_engine(), await make_engine()
+    await left_streaming(dead, "story", "Once upon", 9001)
+    await silence(dead, repairing.settings.instance_timeout_seconds + 1)
+    timeout = repairing.settings.instance_timeout_seconds
+    assert [r.content for r in await repairing.store.claim_streaming("test", timeout)] == ["Once upon"]
+    assert await sweeping.store.claim_pending("test", timeout) == []
+
+
+@on_postgres
+async def test_a_message_taken_over_from_a_dead_instance_goes_before_the_persons_later_ones(
+    make_engine: Callable[..., Any], llm: LLMServer
+) -> None:
+    """Ada's first message was accepted by an instance that died; her second, here, waits for it. The
+    first, taken over here after the second began waiting, gets its turn: neither waits for the other
+    for ever."""
+    dead, alive = await make_engine(), await make_engine()
+    await dead.store.accept(msg("one"), {"message": "one"}, "one", 3)
+    two = msg("two")
+    answering_two = await alive.accept(two, {"message": two.id})
+    assert answering_two is not None
+    await silence(dead, alive.settings.instance_timeout_seconds + 1)
+    await alive.recover("test")
+    assert await asyncio.wait_for(answering_two, 20) == "ok"
+    await asyncio.gather(*alive._tasks)
+    assert [r.json["messages"][-1]["content"] for r in llm.chat_requests()] == ["Ada: one", "Ada: two"]
+
+
 @pytest.mark.both_databases
 async def test_answered_inbox_rows_and_dead_instances_are_pruned_after_seven_days(
     make_engine: Callable[..., Any],
@@ -164,6 +200,28 @@ async def test_answered_inbox_rows_and_dead_instances_are_pruned_after_seven_day
     instances = await store.read(lambda conn: conn.execute(text("SELECT id FROM instances")).scalars().all())
     assert kept == ["recent", "waiting"]
     assert instances == [store.instance_id]
+
+
+@pytest.mark.both_databases
+async def test_threads_untouched_for_seven_days_are_no_longer_followed(
+    make_engine: Callable[..., Any],
+) -> None:
+    engine = await make_engine()
+    rules = Rules(thread_followups=True)
+    quiet, busy = ConversationKey("test", "general", "t1"), ConversationKey("test", "general", "t2")
+    for thread in (quiet, busy):
+        assert await engine.addressing.reason(Arrival(thread, mentions_parley=True), rules) == "mention"
+    await engine.store.set_meta("discord:commands-hash", "abc")  # not a thread mark: kept
+    async with engine.store._db.begin() as conn:
+        await conn.execute(text("UPDATE meta SET updated_at = :t"), {"t": time.time() - KEEP_SECONDS - 60})
+    assert await engine.addressing.reason(Arrival(busy), rules) == "thread"  # touched again today
+    await Leader(engine).check()
+    assert await engine.addressing.reason(Arrival(quiet), rules) is None
+    assert await engine.addressing.reason(Arrival(busy), rules) == "thread"
+    assert await engine.store.get_meta("discord:commands-hash") == "abc"
+    # A mention follows the forgotten thread again.
+    assert await engine.addressing.reason(Arrival(quiet, mentions_parley=True), rules) == "mention"
+    assert await engine.addressing.reason(Arrival(quiet), rules) == "thread"
 
 
 @on_postgres

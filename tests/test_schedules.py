@@ -15,9 +15,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from bot import scheduler as scheduler_module
-from bot.engine import Engine
-from bot.models import Author, ConversationKey
+from bot.engine import RESTARTED_NOTE, Engine
+from bot.leader import KEEP_SECONDS, Leader
+from bot.models import Author, ConversationKey, Message
+from bot.schedule_store import ScheduleStore, run_message_id
 from bot.scheduler import Scheduler
+from bot.store import AssistantRecord
 from tests.conftest import RecordingPlatform
 from tests.support.asking import ADA, CHANNEL, ask, msg
 from tests.support.llm_server import LLMServer, Script
@@ -337,3 +340,78 @@ async def test_a_schedule_made_by_another_process_is_picked_up(
     await until(lambda: other._timer.get_job("1") is not None)
     await command(first, "schedule delete 1")
     await until(lambda: other._timer.get_job("1") is None)
+
+
+@pytest.mark.both_databases
+async def test_runs_a_killed_process_left_running_are_closed_once_their_messages_are_answered(
+    make_engine: Callable[..., Any], running: Callable[..., Any], platform: RecordingPlatform, llm: LLMServer
+) -> None:
+    """What a process killed mid-run leaves: runs "running", one with its reply half shown, one with its
+    message waiting its turn in the inbox, one killed before its message was stored."""
+    crashed = await make_engine(schedule_min_interval=1)
+    await command(crashed, "schedule add every 1 hour the digest")
+    runs = ScheduleStore(crashed.store.database)
+    author = Author("schedule:1", "Mia's schedule 1")
+    cut_at, waiting_at, unsent_at = (time.time() - ago for ago in (30, 20, 10))
+    for fire in (cut_at, waiting_at, unsent_at):
+        assert await runs.claim(1, fire, "scheduled", instance=crashed.store.instance_id)
+    entries = []
+    for fire in (cut_at, waiting_at):
+        message = Message(CHANNEL, author, "the digest", id=run_message_id(1, fire), created_at=fire)
+        entries.append(await crashed.store.accept(message, None, "the digest", 3))
+    cut = entries[0]
+    assert cut is not None and cut.turn_id is not None
+    record = AssistantRecord("Half a digest", "openrouter/xiaomi/mimo-v2-flash", "streaming")
+    await crashed.store.start_reply(str(CHANNEL), cut.turn_id, author.id, record, 4, {"surface": 9101})
+    await crashed.aclose()
+
+    engine, scheduler = await running(instance_heartbeat_seconds=3600)  # sweeps only when told here
+    own_at = time.time()  # a run of this process, under way: left alone
+    assert await scheduler.store.claim(1, own_at, "manual", instance=engine.store.instance_id)
+    await scheduler.sweep()  # before recovery: only the run that never reached the inbox is closed
+    outcomes = [(fire, outcome) for fire, _, outcome, _ in await scheduler.store.runs(1)]
+    assert outcomes == [
+        (cut_at, "running"),
+        (waiting_at, "running"),
+        (unsent_at, "interrupted"),
+        (own_at, "running"),
+    ]
+
+    await engine.recover("test")  # the cut reply repaired, the waiting message answered
+    await asyncio.gather(*engine._tasks)
+    await scheduler.sweep()
+    assert [(outcome, reply) for _, _, outcome, reply in await scheduler.store.runs(1)] == [
+        ("interrupted", "Half a digest"),
+        ("ok", "echo: Mia's schedule 1: the digest"),
+        ("interrupted", None),
+        ("running", None),
+    ]
+    reopened = [(s.id, s.final) for _, _, s in platform.surfaces if s.reopened]
+    assert reopened == [(9101, f"Half a digest\n\n_{RESTARTED_NOTE}_")]  # edited, not posted again
+    assert len(llm.chat_requests()) == 1  # the cut run is not asked again
+    # Only the newest closed run counts towards the pause (older ones would count out of order).
+    schedule = await scheduler.store.get(1)
+    assert schedule is not None and schedule.failures == 0 and schedule.state == "active"
+
+
+@pytest.mark.both_databases
+async def test_runs_older_than_seven_days_are_forgotten_but_each_schedules_newest(
+    make_engine: Callable[..., Any], platform: RecordingPlatform, llm: LLMServer
+) -> None:
+    engine = await make_engine(schedule_min_interval=1)
+    for name in ("hourly", "rarely"):
+        await command(engine, f"schedule add every 1 hour {name}")
+    runs = ScheduleStore(engine.store.database)
+    week_ago = time.time() - KEEP_SECONDS - 60
+    for schedule_id, fire, outcome in (
+        (1, week_ago - 30, "running"),  # still under way (its instance decides): kept
+        (1, week_ago - 20, "ok"),
+        (1, week_ago - 10, "error"),
+        (1, time.time(), "ok"),
+        (2, week_ago, "ok"),  # old, but the newest of its schedule: kept
+    ):
+        assert await runs.claim(schedule_id, fire, "scheduled", outcome=outcome)
+    await Leader(engine).check()
+    kept = [(fire, outcome) for fire, _, outcome, _ in await runs.runs(1)]
+    assert [outcome for _, outcome in kept] == ["running", "ok"]
+    assert [outcome for _, _, outcome, _ in await runs.runs(2)] == ["ok"]

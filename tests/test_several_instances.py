@@ -71,7 +71,7 @@ async def accepting(port: int) -> bool:
 
 @asynccontextmanager
 async def workers(
-    llm: LLMServer, tmp_path: Path, slack: SlackAPI, database_url: str, base: int
+    llm: LLMServer, tmp_path: Path, slack: SlackAPI, database_url: str, base: int, **settings: str
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     env = {
         "SLACK_BOT_TOKEN": slack.bot_token,
@@ -83,6 +83,7 @@ async def workers(
         "INSTANCE_HEARTBEAT_SECONDS": "0.3",
         "INSTANCE_TIMEOUT_SECONDS": "2",
         "PYTHONPATH": CHECKOUT,
+        **settings,
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,

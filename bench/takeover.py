@@ -60,7 +60,7 @@ async def measure(server: str, kills: int, heartbeat: float) -> tuple[list[float
     home = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     now = datetime.now(UTC)
     when, prompt = parse_when("every second tick", "UTC", now)
-    await ScheduleStore(store.database).add(
+    await ScheduleStore(store).add(
         conversation="slack:C1",
         origin="slack:C1",
         prompt=prompt,

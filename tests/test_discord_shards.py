@@ -297,8 +297,8 @@ async def test_shards_whose_leases_are_lost_are_closed_then_taken_again(
                 assert platform._leases is not None and platform._leases._connection is not None
                 connection = platform._leases._connection
                 pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-                async with engine.store.database.connect() as conn:  # as when the connection drops
-                    await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                terminate = text("SELECT pg_terminate_backend(:pid)").bindparams(pid=pid)
+                await engine.store.write(lambda conn: conn.execute(terminate))  # as when the connection drops
                 await until(lambda: len(discord_api.identifies) == 4, 20)
                 await discord_api.send_message(GENERAL, f"<@{BOT_ID}> back?", mentions=[MENTION])
                 await until(

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext
 
 from bot.engine import Engine
 from bot.models import Author
@@ -36,12 +38,18 @@ async def test_one_delivery_accepted_by_two_instances_at_once_is_stored_and_answ
     gets a database error (the dedupe is INSERT … ON CONFLICT DO NOTHING, not a caught IntegrityError)."""
     first, second = await make_engine(), await make_engine()
     errors: list[BaseException] = []
-    for engine in (first, second):
-        event.listen(
-            engine.store.database.sync_engine, "handle_error", lambda c: errors.append(c.original_exception)
-        )
+
+    def failed(context: ExceptionContext) -> None:
+        errors.append(context.original_exception)
+
+    event.listen(DatabaseEngine, "handle_error", failed)  # every engine's, whichever the store runs on
     message = msg("hello")
-    accepted = await asyncio.gather(*(e.accept(message, {"message": message.id}) for e in (first, second)))
+    try:
+        accepted = await asyncio.gather(
+            *(e.accept(message, {"message": message.id}) for e in (first, second))
+        )
+    finally:
+        event.remove(DatabaseEngine, "handle_error", failed)
     tasks = [task for task in accepted if task is not None]
     assert len(tasks) == 1 and await tasks[0] == "ok"
     assert await second.accept(message, {"message": message.id}) is None  # and seen later, too

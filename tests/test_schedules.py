@@ -350,7 +350,7 @@ async def test_runs_a_killed_process_left_running_are_closed_once_their_messages
     message waiting its turn in the inbox, one killed before its message was stored."""
     crashed = await make_engine(schedule_min_interval=1)
     await command(crashed, "schedule add every 1 hour the digest")
-    runs = ScheduleStore(crashed.store.database)
+    runs = ScheduleStore(crashed.store)
     author = Author("schedule:1", "Mia's schedule 1")
     cut_at, waiting_at, unsent_at = (time.time() - ago for ago in (30, 20, 10))
     for fire in (cut_at, waiting_at, unsent_at):
@@ -401,7 +401,7 @@ async def test_runs_older_than_seven_days_are_forgotten_but_each_schedules_newes
     engine = await make_engine(schedule_min_interval=1)
     for name in ("hourly", "rarely"):
         await command(engine, f"schedule add every 1 hour {name}")
-    runs = ScheduleStore(engine.store.database)
+    runs = ScheduleStore(engine.store)
     week_ago = time.time() - KEEP_SECONDS - 60
     for schedule_id, fire, outcome in (
         (1, week_ago - 30, "running"),  # still under way (its instance decides): kept

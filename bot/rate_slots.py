@@ -59,6 +59,13 @@ _GIVE_BACK = text(
     "UPDATE rate_slots SET used_at = 0 WHERE key = :key AND slot = :slot AND used_at = :used_at"
 )
 
+# A budget nobody drew on for a day is forgotten (its rows come back at its next request).
+_FORGET = text(
+    "DELETE FROM rate_slots WHERE key IN (SELECT key FROM rate_slots GROUP BY key "
+    "HAVING max(used_at) < extract(epoch FROM clock_timestamp()) - :idle)"
+)
+IDLE_SECONDS = 24 * 3600.0
+
 
 @dataclass(frozen=True, slots=True)
 class Taken:
@@ -101,6 +108,14 @@ class SharedSlots:
             conn.execute(_GIVE_BACK, {"key": key, "slot": taken.slot, "used_at": taken.used_at})
 
         await self._guarded(give_back, key)
+
+    async def forget_idle(self, idle_seconds: float = IDLE_SECONDS) -> int:
+        """Delete the rows of budgets unused for `idle_seconds` (a quiet channel's); how many rows."""
+
+        def forget(conn: Connection) -> int:
+            return int(conn.execute(_FORGET, {"idle": idle_seconds}).rowcount)
+
+        return await self._guarded(forget, "idle budgets") or 0
 
     async def _guarded(self, work: Callable[[Connection], T], key: str) -> T | None:
         try:

@@ -121,3 +121,25 @@ async def test_a_database_error_leaves_pacing_to_the_instance_with_a_warning(
     assert renders[3] - renders[0] >= 1.0
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "shared rate budgets unavailable" in warnings[0]
+
+
+@on_postgres
+async def test_a_budget_unused_for_a_day_is_forgotten_and_comes_back_when_used(stores: list[Store]) -> None:
+    shared = SharedSlots(stores[0])
+    for key in ("slack:T1:chat.postMessage:C1", "slack:T1:chat.postMessage:C2"):
+        assert (await shared.take(key, 1, 1.0)) is not None
+
+    def yesterday(conn: Connection) -> None:
+        conn.execute(
+            text("UPDATE rate_slots SET used_at = used_at - 90000 WHERE key = 'slack:T1:chat.postMessage:C1'")
+        )
+
+    await stores[0].write(yesterday)
+    assert await shared.forget_idle() == 1
+
+    def keys(conn: Connection) -> list[str]:
+        return list(conn.execute(text("SELECT key FROM rate_slots ORDER BY key")).scalars())
+
+    assert await stores[0].read(keys) == ["slack:T1:chat.postMessage:C2"]
+    again = await shared.take("slack:T1:chat.postMessage:C1", 1, 1.0)
+    assert again is not None and again.slot == 0

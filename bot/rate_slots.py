@@ -10,6 +10,7 @@ database's: instances' clocks differ, and one that ran fast would spend slots be
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +66,9 @@ _FORGET = text(
     "HAVING max(used_at) < extract(epoch FROM clock_timestamp()) - :idle)"
 )
 IDLE_SECONDS = 24 * 3600.0
+# A database slower than this to answer (unreachable, overloaded) is taken for failed: a render never
+# waits long on the shared budgets.
+TIMEOUT_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +123,8 @@ class SharedSlots:
 
     async def _guarded(self, work: Callable[[Connection], T], key: str) -> T | None:
         try:
-            result = await self._store.write(work)
-        except (OSError, SQLAlchemyError) as error:
+            result = await asyncio.wait_for(self._store.write(work), TIMEOUT_SECONDS)
+        except (OSError, SQLAlchemyError, TimeoutError) as error:
             if not self._failing:
                 log.warning(
                     "shared rate budgets unavailable (%s); pacing %s and others by this instance alone",

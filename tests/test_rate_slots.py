@@ -143,3 +143,18 @@ async def test_a_budget_unused_for_a_day_is_forgotten_and_comes_back_when_used(s
     assert await stores[0].read(keys) == ["slack:T1:chat.postMessage:C2"]
     again = await shared.take("slack:T1:chat.postMessage:C1", 1, 1.0)
     assert again is not None and again.slot == 0
+
+
+@on_postgres
+async def test_a_database_that_does_not_answer_in_time_leaves_pacing_to_the_instance(
+    stores: list[Store], caplog: pytest.LogCaptureFixture
+) -> None:
+    renders: list[float] = []
+    pacer = Pacer(SystemClock(), SharedSlots(stores[0]))
+    async with stores[1].database.connect() as holder:  # another instance holds the table
+        await holder.execute(text("LOCK TABLE rate_slots IN ACCESS EXCLUSIVE MODE"))
+        with caplog.at_level(logging.WARNING, logger="bot.rate_slots"):
+            await pacer.renderer(TimedSurface(BUDGET, renders)).finish("hi")
+        await holder.rollback()
+    assert len(renders) == 1
+    assert ["TimeoutError" in r.getMessage() for r in caplog.records] == [True]

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -19,7 +20,7 @@ from sqlalchemy import Connection, text
 from bot.store import Store
 from tests.support.balancer import Balancer
 from tests.support.llm_server import LLMServer, Script
-from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser
+from tests.support.slack_api import BOT_USER, TEAM, SlackAPI
 from tests.test_cli import environment
 from tests.test_several_instances import (
     ALICE,
@@ -39,17 +40,36 @@ def answered_count(conn: Connection) -> int:
     return int(conn.execute(text("SELECT count(*) FROM inbox WHERE state = 'done'")).scalar_one())
 
 
-def mention_in(slack: SlackAPI, user: SlackUser, channel: str, n: int) -> dict[str, object]:
-    said = slack.say(user.id, channel, f"<@{BOT_USER}> question {n}")
-    event = {"type": "app_mention", "user": user.id, "text": said.text, "ts": said.ts, "channel": channel}
+def mention_event(
+    slack: SlackAPI, channel: str, text: str, n: int, thread_ts: str | None = None
+) -> dict[str, Any]:
+    """Alice mentions Parley in `channel` (in a thread when given): the event Slack sends."""
+    said = slack.say(ALICE.id, channel, f"<@{BOT_USER}> {text}", thread_ts=thread_ts)
+    event = {"type": "app_mention", "user": ALICE.id, "text": said.text, "ts": said.ts, "channel": channel}
+    if thread_ts:
+        event["thread_ts"] = thread_ts
     return {
         "type": "event_callback",
         "team_id": TEAM,
         "api_app_id": "A1",
-        "event_id": f"Ev{n}",
+        "event_id": f"EvS{n}",
         "event_time": int(time.time()),
         "event": {**event, "team": TEAM},
     }
+
+
+def owners(conn: Connection) -> dict[str, int]:
+    """Each inbox message's ts, and the process id of the instance that accepted it."""
+    rows = conn.execute(text("SELECT message_id, instance FROM inbox")).all()
+    return {row.message_id: int(row.instance.rsplit("-", 2)[1]) for row in rows}
+
+
+async def acked(slack: SlackAPI, envelope_id: str) -> bool:
+    return envelope_id in slack.socket_acks
+
+
+def answers(slack: SlackAPI, channel: str) -> list[str]:
+    return [m.text for m in slack.replies(channel) if not m.streaming]
 
 
 @on_postgres
@@ -67,7 +87,7 @@ async def test_three_instances_share_the_workspaces_budgets_and_draw_no_429(
         aiohttp.ClientSession() as http,
     ):
         deliveries = Deliveries(http, balancer.url)
-        payloads = [mention_in(slack, ALICE, f"C{n}", n) for n in range(MENTIONS)]
+        payloads = [mention_event(slack, f"C{n}", f"question {n}", n) for n in range(MENTIONS)]
         statuses = await asyncio.gather(*(deliveries.post(payload) for payload in payloads))
         assert statuses == [200] * MENTIONS
         assert len(set(balancer.served)) == WORKERS
@@ -129,35 +149,6 @@ async def socket_instances(
             assert process.returncode in (0, -signal.SIGKILL), err.decode()[-3000:]
 
 
-def socket_mention(slack: SlackAPI, channel: str, text: str, n: int, thread_ts: str | None = None) -> dict:
-    said = slack.say(ALICE.id, channel, f"<@{BOT_USER}> {text}", thread_ts=thread_ts)
-    event = {"type": "app_mention", "user": ALICE.id, "text": said.text, "ts": said.ts, "channel": channel}
-    if thread_ts:
-        event["thread_ts"] = thread_ts
-    return {
-        "type": "event_callback",
-        "team_id": TEAM,
-        "api_app_id": "A1",
-        "event_id": f"EvS{n}",
-        "event_time": int(time.time()),
-        "event": {**event, "team": TEAM},
-    }
-
-
-def owners(conn: Connection) -> dict[str, int]:
-    """Each inbox message's ts, and the process id of the instance that accepted it."""
-    rows = conn.execute(text("SELECT message_id, instance FROM inbox")).all()
-    return {row.message_id: int(row.instance.rsplit("-", 2)[1]) for row in rows}
-
-
-async def acked(slack: SlackAPI, envelope_id: str) -> bool:
-    return envelope_id in slack.socket_acks
-
-
-def answers(slack: SlackAPI, channel: str) -> list[str]:
-    return [m.text for m in slack.replies(channel) if not m.streaming]
-
-
 @pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
 @on_postgres
 async def test_socket_mode_spreads_events_over_three_instances_each_answered_once_in_order(
@@ -173,7 +164,7 @@ async def test_socket_mode_spreads_events_over_three_instances_each_answered_onc
     ):
         store = await Store.open(database_url)
         try:
-            sent = [socket_mention(slack, f"C{n}", f"hello {n}", n) for n in range(3)]
+            sent = [mention_event(slack, f"C{n}", f"hello {n}", n) for n in range(3)]
             envelopes = [await slack.send_socket_event(payload) for payload in sent]
 
             async def greeted() -> bool:
@@ -188,12 +179,12 @@ async def test_socket_mode_spreads_events_over_three_instances_each_answered_onc
             assert sorted(pid_on.values()) == sorted(p.pid for p in processes)  # one on each
 
             llm.enqueue(*(Script(tokens=[f"answer{n} ", "more"], delay=0.05) for n in range(5)))
-            parent = socket_mention(slack, "C9", "question 0", 10)
+            parent = mention_event(slack, "C9", "question 0", 10)
             thread = parent["event"]["ts"]
             thread_envelopes = [await slack.send_socket_event(parent)]
             for n in range(1, 5):  # one after another, as a person writes: each stored before the next
                 await until(lambda: acked(slack, thread_envelopes[-1]), "the message before acked")
-                payload = socket_mention(slack, "C9", f"question {n}", 10 + n, thread_ts=thread)
+                payload = mention_event(slack, "C9", f"question {n}", 10 + n, thread_ts=thread)
                 thread_envelopes.append(await slack.send_socket_event(payload))
             assert len({slack.delivered_on[e] for e in thread_envelopes}) == WORKERS
 
@@ -210,7 +201,7 @@ async def test_socket_mode_spreads_events_over_three_instances_each_answered_onc
 
             # Five more at once: they reach the instances in any order, and each is answered, one
             # reply after another.
-            burst = [socket_mention(slack, "C9", f"again {n}", 15 + n, thread_ts=thread) for n in range(5)]
+            burst = [mention_event(slack, "C9", f"again {n}", 15 + n, thread_ts=thread) for n in range(5)]
             await asyncio.gather(*(slack.send_socket_event(payload) for payload in burst))
 
             async def burst_answered() -> bool:
@@ -227,7 +218,7 @@ async def test_socket_mode_spreads_events_over_three_instances_each_answered_onc
             paused.send_signal(signal.SIGSTOP)
             asked_while_paused = []
             for n in range(20, 20 + WORKERS):  # Slack's turn comes to its connection among these
-                late = socket_mention(slack, f"C{n}", "are you there?", n)
+                late = mention_event(slack, f"C{n}", "are you there?", n)
                 asked_while_paused.append(f"C{n}")
                 if slack.delivered_on[first := await slack.send_socket_event(late)] == paused_on:
                     break
@@ -246,7 +237,7 @@ async def test_socket_mode_spreads_events_over_three_instances_each_answered_onc
             # A later message through the woken instance's connection is answered: it has caught up.
             asked_after = []
             for n in range(30, 30 + WORKERS):
-                after = socket_mention(slack, f"C{n}", "still there?", n)
+                after = mention_event(slack, f"C{n}", "still there?", n)
                 asked_after.append(f"C{n}")
                 if slack.delivered_on[await slack.send_socket_event(after)] == paused_on:
                     break
@@ -279,7 +270,7 @@ async def test_socket_mode_instance_killed_after_its_ack_is_answered_by_another(
     ):
         store = await Store.open(database_url)
         try:
-            payload = socket_mention(slack, "C1", "hello", 1)
+            payload = mention_event(slack, "C1", "hello", 1)
             envelope = await slack.send_socket_event(payload)
 
             async def asked_the_model() -> bool:

@@ -1,12 +1,13 @@
 """Several instances on one PostgreSQL: replies per second and first-text p50 with 1 and with 3 instances.
 
 `parley run` (or `parley run --workers 3`) serves Slack's HTTP events behind a round-robin loopback
-balancer, on a throwaway PostgreSQL cluster of this machine's binaries; the loopback Slack (its rate
-tiers off, so the figures are Parley's, not Slack's budget) and the loopback provider run in this
-process. A burst of mentions in many channels arrives at once.
+balancer, on a throwaway PostgreSQL cluster of this machine's binaries; the loopback Slack (with Slack's
+rate tiers, counting the 429s it answers) and the loopback provider run in this process. A burst of
+mentions in many channels arrives at once.
 
     PYTHONPATH=. python bench/instances.py                  # 60 mentions in 20 channels
     PYTHONPATH=. python bench/instances.py --mentions 150
+    PYTHONPATH=. python bench/instances.py --no-tiers       # the loopback Slack refuses nothing
 """
 
 from __future__ import annotations
@@ -69,11 +70,14 @@ async def serving(port: int) -> bool:
     return True
 
 
-async def measure(server: str, instances: int, mentions: int, channels: int, tokens: int) -> dict[str, float]:
+async def measure(
+    server: str, instances: int, mentions: int, channels: int, tokens: int, tiers: bool
+) -> dict[str, float]:
     database = await fresh_database(server, f"bench_{instances}_{os.getpid()}")
     home = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     async with SlackAPI(users={USER.id: USER}) as slack, LLMServer() as llm:
-        slack.limits.clear()
+        if not tiers:
+            slack.limits.clear()
         llm.enqueue(*(Script(tokens=[f"w{i} " for i in range(tokens)], delay=0.02) for _ in range(mentions)))
         base = free_base(instances)
         env = {
@@ -145,6 +149,7 @@ async def measure(server: str, instances: int, mentions: int, channels: int, tok
         "replies/s": mentions / (end - start),
         "first text p50 ms": 1000 * percentile(waits, 0.5),
         "first text p99 ms": 1000 * percentile(waits, 0.99),
+        "429s": sum(slack.throttled.values()),
     }
 
 
@@ -158,18 +163,21 @@ async def main() -> None:
     parser.add_argument("--mentions", type=int, default=60)
     parser.add_argument("--channels", type=int, default=20)
     parser.add_argument("--tokens", type=int, default=40, help="tokens per reply, at 50 tokens/s")
+    parser.add_argument("--no-tiers", action="store_true", help="the loopback Slack without rate tiers")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="parley-bench-pg-"))
     server = os.environ.get("PARLEY_TEST_POSTGRES_URL") or postgres.start(folder)
     try:
         print(f"{args.mentions} mentions at once in {args.channels} channels, {args.tokens} tokens each")
-        print("| instances | replies/s | first text p50 | first text p99 |")
-        print("|---|---|---|---|")
+        print("| instances | replies/s | first text p50 | first text p99 | 429s |")
+        print("|---|---|---|---|---|")
         for instances in [int(n) for n in os.environ.get("BENCH_INSTANCES", "1,3").split(",")]:
-            figures = await measure(server, instances, args.mentions, args.channels, args.tokens)
+            figures = await measure(
+                server, instances, args.mentions, args.channels, args.tokens, not args.no_tiers
+            )
             print(
                 f"| {instances} | {figures['replies/s']:.1f} | {figures['first text p50 ms']:,.0f} ms "
-                f"| {figures['first text p99 ms']:,.0f} ms |"
+                f"| {figures['first text p99 ms']:,.0f} ms | {figures['429s']:.0f} |"
             )
     finally:
         postgres.stop(folder)

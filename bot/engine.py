@@ -27,6 +27,7 @@ from bot.models import Author, CommandResult, ConversationKey, ConversationSetti
 from bot.platform import Platform
 from bot.providers.base import ChatRequest
 from bot.providers.resilience import Attempt
+from bot.rate_slots import SharedSlots
 from bot.reply import INTERNAL_ERROR, Forced, Outcome, Reply, extend
 from bot.skills import Skill, SkillRegistry
 from bot.store import InboxEntry, Store, StreamingReply
@@ -59,7 +60,10 @@ class Engine:
         self.catalog = catalog
         self.skills = skills
         self.clock = clock or SystemClock()
-        self.pacer = Pacer(self.clock)
+        # On PostgreSQL every instance draws on the same platform budgets, kept by the database's clock
+        # (which a test's virtual clock does not follow).
+        shared = SharedSlots(store) if store.shared and clock is None else None
+        self.pacer = Pacer(self.clock, shared)
         self.checkpoints = Checkpoints(store, self.clock)
         self.calibration = TokenCalibration()
         self.windows = Windows(store, int(settings.context_memory_mb * 2**20))  # recent turns, in memory

@@ -56,9 +56,9 @@ class Gate:
     async def _shared_turn(
         store: Store, lock: asyncio.Lock, name: str, conversation: str, person: str, inbox_id: int
     ) -> None:
-        """Hold `lock` and the advisory lock, with no earlier message of theirs unanswered. While an
-        earlier one is unanswered, `lock` is let go, so that message can take its turn here (it may be
-        one this instance took over from a dead one, submitted after this one)."""
+        """Take the local lock and the shared turn; between looks, leave the local lock to the others
+        here, one of which may hold the earlier message this one waits for (deliveries reach an
+        instance in any order)."""
         while True:
             await lock.acquire()
             try:
@@ -66,8 +66,11 @@ class Gate:
                     if not await store.earlier_pending(conversation, person, inbox_id):
                         return
                     await store.unlock(name)
-            except BaseException:
-                lock.release()
+            except BaseException:  # cancelled (a stop, a shutdown): hold nothing
+                try:
+                    await store.unlock(name)
+                finally:
+                    lock.release()
                 raise
             lock.release()
             await asyncio.sleep(SHARED_POLL_SECONDS)

@@ -97,3 +97,5 @@ class Leader:
                 log.info("stopped following %d threads untouched for 7 days", forgotten)
             if runs := await store.write(lambda conn: forget_old_runs(conn, before)):
                 log.info("forgot %d schedule runs older than 7 days", runs)
+            if self.engine.pacer.shared is not None:  # the rate budgets of channels gone quiet
+                await self.engine.pacer.shared.forget_idle()

@@ -320,3 +320,14 @@ turn_changes = Table(
     Column("inserted", Integer, nullable=False, server_default="0"),
     Column("changed", Integer, nullable=False, server_default="0"),
 )
+
+# Platform request budgets shared by the instances (PostgreSQL only): a budget of `capacity` requests
+# per window has `capacity` rows, each the time of one of its last requests, by the database's clock. A
+# request takes a row last used a whole window ago, so no window ever holds more than `capacity`.
+rate_slots = Table(
+    "rate_slots",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    Column("used_at", Float, nullable=False),
+)

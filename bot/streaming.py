@@ -11,6 +11,11 @@ it and one for the next reply's first text, so under contention replies start an
 animate second. Renders waiting for one bucket go in order of need: a reply that shows nothing yet, then
 a finished reply's final text, then anyone's edits. A surface that has another way to show a reply (a
 Slack stream or a plain message) can ask `Pacer.has_room` and take the other way rather than queue.
+
+On PostgreSQL the buckets are shared by every instance (`bot/rate_slots.py`): a render takes its slots
+in the database too, by the database's clock, and each answer updates this instance's copy of the
+bucket with what all of them spent, so the waiting and the room above see the whole budget. When the
+database has no room the render waits and looks again; when it fails, this instance paces alone.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 from bot.models import RateLimit, Surface
+from bot.rate_slots import SharedSlots, Taken
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +57,8 @@ class RequestBucket:
 
     `replies` counts the replies whose final text will draw on the bucket; each is owed a slot for it."""
 
-    def __init__(self, capacity: int, window: float) -> None:
+    def __init__(self, capacity: int, window: float, key: str = "") -> None:
+        self.key = key  # the budget's name among the shared ones
         self.capacity = capacity
         self.window = window + LATENCY_MARGIN
         self.replies = 0
@@ -73,7 +80,7 @@ class RequestBucket:
         one). Renders of a better rank waiting for the bucket go first: a reply that shows nothing yet
         before a finished one's final text, both before anyone's edits."""
         self._expire(now)
-        usable = self.capacity if rank != EDIT else max(1, self.capacity - self.replies - 1)
+        usable = self.usable(rank)
         ahead = sum(1 for other, its in self._waiting.items() if its < rank and other is not waiter)
         over = len(self._sent) + min(count, usable) + ahead - usable
         if over <= 0:
@@ -83,6 +90,15 @@ class RequestBucket:
         ):  # the slots free now go to the renders ahead; look again once they took them
             return LATENCY_MARGIN
         return self._sent[over - 1] + self.window - now
+
+    def usable(self, rank: int) -> int:
+        """How many of the window's slots renders of this rank may use."""
+        return self.capacity if rank != EDIT else max(1, self.capacity - self.replies - 1)
+
+    def mirror(self, now: float, ages: Iterable[float]) -> None:
+        """Take the shared budget's requests (how many seconds ago each went) as this bucket's own."""
+        self._sent = deque(sorted(now - age for age in ages))
+        self._expire(now)
 
     def wait(self, waiter: object, rank: int) -> None:
         self._waiting[waiter] = rank
@@ -108,8 +124,9 @@ class RequestBucket:
 class Pacer:
     """Engine-wide: hands each reply a renderer and keeps the buckets replies share."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, shared: SharedSlots | None = None) -> None:
         self.clock = clock
+        self.shared = shared
         self._buckets: dict[str, RequestBucket] = {}
 
     def renderer(
@@ -121,7 +138,7 @@ class Pacer:
     def bucket_for(self, limit: RateLimit) -> RequestBucket:
         bucket = self._buckets.get(limit.key)
         if bucket is None:
-            bucket = self._buckets[limit.key] = RequestBucket(limit.capacity, limit.window)
+            bucket = self._buckets[limit.key] = RequestBucket(limit.capacity, limit.window, limit.key)
         return bucket
 
     def has_room(self, limits: Iterable[RateLimit]) -> bool:
@@ -154,6 +171,7 @@ class PacedRenderer:
         self._task: asyncio.Task[None] | None = None
         self._claimed: set[RequestBucket] = set()  # the buckets that count this reply among their replies
         self._waiting_at: set[RequestBucket] = set()  # the buckets this reply waits in line at
+        self._taken: list[tuple[RequestBucket, Taken]] = []  # the render's slots in the shared buckets
         self.renders = 0
         self.first_render_at: float | None = None
 
@@ -181,7 +199,7 @@ class PacedRenderer:
         if self._last_render is not None and not self._final:
             wait = self._last_render + budget.min_interval - now
         self._claim(budget.owed_to_final())
-        rank = FIRST_TEXT if self._last_render is None else FINAL_TEXT if self._final else EDIT
+        rank = self._rank()
         buckets = Counter(self._pacer.bucket_for(limit) for limit in budget.cost(final=self._final))
         self._stop_waiting()
         for bucket, count in buckets.items():
@@ -191,6 +209,9 @@ class PacedRenderer:
                 bucket.wait(self, rank)
             self._waiting_at = set(buckets)
         return wait
+
+    def _rank(self) -> int:
+        return FIRST_TEXT if self._last_render is None else FINAL_TEXT if self._final else EDIT
 
     def _stop_waiting(self) -> None:
         for bucket in self._waiting_at:
@@ -213,7 +234,47 @@ class PacedRenderer:
             bucket.charge(now)
         return reserved
 
-    def _settle(self, reserved: list[RequestBucket], at: float, spent: int | Sequence[RateLimit]) -> None:
+    async def _take_shared(self, reserved: list[RequestBucket], rank: int) -> bool:
+        """Take the render's slots in the shared buckets too; False, with the slots taken meanwhile given
+        back, when one had no room (the bucket's copy now says how long to wait)."""
+        self._taken = []
+        shared = self._pacer.shared
+        if shared is None:
+            return True
+        for bucket in reserved:
+            keep = bucket.capacity - bucket.usable(rank)
+            taken = await shared.take(bucket.key, bucket.capacity, bucket.window, keep)
+            if taken is None:  # the database failed: this instance's own bucket paces the render
+                continue
+            bucket.mirror(self._clock.now(), taken.ages)
+            if taken.slot is None:
+                for other, its in self._taken:
+                    await shared.give_back(other.key, its)
+                self._taken = []
+                return False
+            self._taken.append((bucket, taken))
+        return True
+
+    async def _give_back(self, bucket: RequestBucket, at: float) -> None:
+        bucket.refund(at)
+        for index, (other, taken) in enumerate(self._taken):
+            if other is bucket and self._pacer.shared is not None:
+                del self._taken[index]
+                await self._pacer.shared.give_back(bucket.key, taken)
+                return
+
+    async def _charge(self, limit: RateLimit) -> None:
+        """Count a request the render made beyond its slots, here and in the shared bucket."""
+        bucket = self._pacer.bucket_for(limit)
+        bucket.charge(self._clock.now())
+        if self._pacer.shared is not None:
+            taken = await self._pacer.shared.take(bucket.key, bucket.capacity, bucket.window)
+            if taken is not None:
+                bucket.mirror(self._clock.now(), taken.ages)
+
+    async def _settle(
+        self, reserved: list[RequestBucket], at: float, spent: int | Sequence[RateLimit]
+    ) -> None:
         """Give back the slots a render did not use and charge the requests it made beyond them: to the
         buckets it names, or (given only a count) to the edits of the path the surface is on now."""
         if isinstance(spent, int):
@@ -230,9 +291,9 @@ class PacedRenderer:
                 else:
                     extra.append(limit)
         for bucket in unused:
-            bucket.refund(at)
+            await self._give_back(bucket, at)
         for limit in extra:
-            self._pacer.bucket_for(limit).charge(self._clock.now())
+            await self._charge(limit)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake for the final text: it may use the slot kept for it, an intermediate may not."""
@@ -268,6 +329,13 @@ class PacedRenderer:
             if final:  # the slots it reserves now are the ones kept for its final: count them once
                 self._claim(())
             reserved = self._reserve(final, now)
+            if not await self._take_shared(reserved, self._rank()):
+                for bucket in reserved:
+                    bucket.refund(now)
+                self._wake.set()  # the same text, or a newer one, once there is room
+                if self._wait_time() <= 0:  # room in sight, but other instances are taking it: look again
+                    await self._pause(LATENCY_MARGIN / 3)
+                continue
             try:
                 spent = await self._surface.render(text, final=final)
             except Exception:
@@ -276,7 +344,7 @@ class PacedRenderer:
             # The interval runs from when the platform accepted this render: one it held back (a 429
             # retried inside the client) must not be followed at once by the next.
             self._last_render = self._clock.now()
-            self._settle(reserved, now, spent)
+            await self._settle(reserved, now, spent)
             self._shown = text
             self.renders += 1
             if self.first_render_at is None:

@@ -159,6 +159,26 @@ async def test_a_reply_streams_while_starts_and_stops_have_room(slack: SlackAPI)
     assert slack.methods() == ["chat.startStream", "chat.stopStream"]
 
 
+async def test_a_reply_whose_stream_has_not_started_posts_once_the_start_budget_fills(
+    slack: SlackAPI,
+) -> None:
+    """Another instance can take the last start slot between this reply's choice and its first render
+    (the pacer's copy of the budget learns it when its own take is refused): post rather than wait."""
+    clock = FakeClock()
+    pacer = Pacer(clock)
+    client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url)
+    reply = SlackSurface(
+        client, channel="C1", thread_ts="1.1", team_id="T1", user_id="U1", room=pacer.has_room
+    )
+    assert reply.budget.cost(final=False) == (START,)
+    pacer.bucket_for(START).charge(clock.now(), START.capacity)
+    assert reply.budget.cost(final=False) == (post_limit("T1", "C1"),)
+    pacer.bucket_for(START).refund(clock.now())  # a path once left is not taken again
+    assert reply.budget.cost(final=False) == (post_limit("T1", "C1"),)
+    await reply.render("posted", final=True)
+    assert slack.methods() == ["chat.postMessage"]
+
+
 async def test_stream_text_goes_out_in_pieces_of_at_most_12000_characters(slack: SlackAPI) -> None:
     reply = surface(slack)
     text = "".join(f"line {i:05d} of a long answer\n" for i in range(1400))  # 39,200 characters

@@ -188,6 +188,11 @@ class SlackSurface:
         """Before the first render: stream only if the start and stop budgets have room for this reply
         beside every stream under way, else post and edit a message rather than queue."""
         if self._path_chosen:
+            # Until the stream starts, a start slot can go to another instance (the pacer's copy of the
+            # budget learns that when its own take is refused): then post rather than wait a minute.
+            start = method_limit(self._team_id, "chat.startStream")
+            if self._streaming and self._stream is None and not self._room([start]):
+                self._streaming = False
             return
         self._path_chosen = True
         if self._team_id in self._streamless_teams:  # learned by another reply, maybe since this one began

@@ -33,8 +33,11 @@ As strict as Slack where Parley depends on it:
   over 255, a static select with no options or more than 100, an option's text over 75 or value over
   150 characters, a placeholder over 150: invalid_blocks. `block_action(ts, action_id, user=…)` makes
   the block_actions payload Slack sends when someone uses an element a message shows, and only then;
-- Socket Mode sends an envelope again, with `retry_attempt` counting up, when it was not acked within
-  `socket_ack_timeout`;
+- Socket Mode spreads envelopes over the open connections in turn (one each, never all), as Slack does
+  for an app's up to 10 connections (an 11th is closed at once), and sends an envelope again, with
+  `retry_attempt` counting up and on whichever connection is next, when it was not acked within
+  `socket_ack_timeout` (its connection may have died); `socket_connections` counts those open, and
+  `delivered_on[envelope_id]` says which connection (numbered from 1 as they opened) carried it;
 - conversations.history pages newest first (from `oldest` forward when only `oldest` is given) and
   conversations.replies oldest first, the parent first, both by `limit`, `cursor` and
   `response_metadata.next_cursor` with `has_more`, `oldest`/`latest` exclusive unless `inclusive`;
@@ -92,6 +95,7 @@ RATE_LIMITS: dict[str, tuple[int, float]] = {
     "conversations.replies": (50, 60.0),
 }
 PER_CHANNEL_LIMITS = {"chat.postMessage"}
+SOCKET_CONNECTIONS_LIMIT = 10  # Slack's most open Socket Mode connections per app
 
 # The bot scope each method needs; conversations.info needs the one for the conversation's type.
 METHOD_SCOPES = {
@@ -238,7 +242,10 @@ class SlackAPI:
         self.triggers: dict[str, tuple[float, bool]] = {}  # trigger_id -> (issued, exchanged)
         self.views: dict[str, dict[str, Any]] = {}  # the modals views.open opened, by view id
         self._last_ts = Decimal(0)
-        self._sockets: list[web.WebSocketResponse] = []
+        self._sockets: list[tuple[int, web.WebSocketResponse]] = []  # open ones, with their numbers
+        self._socket_numbers = itertools.count(1)
+        self._turn = itertools.count()
+        self.delivered_on: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -397,12 +404,16 @@ class SlackAPI:
     async def __aexit__(self, *exc: object) -> None:
         for task in self._redeliveries:
             task.cancel()
-        for socket in self._sockets:
+        for _number, socket in list(self._sockets):
             await socket.close()
         assert self._runner is not None
         await self._runner.cleanup()
 
     # Socket Mode
+
+    @property
+    def socket_connections(self) -> int:
+        return len(self._sockets)
 
     async def send_socket_event(self, payload: dict[str, Any], kind: str = "events_api") -> str:
         """Deliver `payload`; like Slack, deliver it again (up to 3 times) while it is not acked in time."""
@@ -424,10 +435,18 @@ class SlackAPI:
             "retry_attempt": attempt,
             "retry_reason": "timeout" if attempt else "",
         }
-        self.socket_deliveries.append(envelope)
-        self._delivered_at[envelope_id] = time.monotonic()
-        await self._sockets[-1].send_str(json.dumps(envelope))
-        return envelope_id
+        while True:
+            while not self._sockets:
+                await asyncio.sleep(0.01)
+            number, socket = self._sockets[next(self._turn) % len(self._sockets)]
+            self.socket_deliveries.append(envelope)
+            self._delivered_at[envelope_id] = time.monotonic()
+            self.delivered_on[envelope_id] = number
+            try:
+                await socket.send_str(json.dumps(envelope))
+            except ConnectionError:  # it closed meanwhile: the envelope goes on another connection
+                continue
+            return envelope_id
 
     async def _redeliver(self, payload: dict[str, Any], kind: str, envelope_id: str) -> None:
         for attempt in (1, 2, 3):
@@ -440,13 +459,21 @@ class SlackAPI:
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()
         await socket.prepare(request)
-        self._sockets.append(socket)
-        await socket.send_str(json.dumps({"type": "hello", "num_connections": 1}))
-        async for frame in socket:
-            if frame.type == WSMsgType.TEXT:
-                envelope_id = json.loads(frame.data).get("envelope_id", "")
-                self.socket_acks.append(envelope_id)
-                self._acked_at.setdefault(envelope_id, time.monotonic())
+        if len(self._sockets) >= SOCKET_CONNECTIONS_LIMIT:
+            await socket.close(message=b"too many connections")
+            return socket
+        opened = (next(self._socket_numbers), socket)
+        self._sockets.append(opened)
+        hello = {"type": "hello", "num_connections": len(self._sockets)}
+        await socket.send_str(json.dumps(hello))
+        try:
+            async for frame in socket:
+                if frame.type == WSMsgType.TEXT:
+                    envelope_id = json.loads(frame.data).get("envelope_id", "")
+                    self.socket_acks.append(envelope_id)
+                    self._acked_at.setdefault(envelope_id, time.monotonic())
+        finally:
+            self._sockets.remove(opened)
         return socket
 
     # Web API

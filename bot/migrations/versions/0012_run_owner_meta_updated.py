@@ -3,7 +3,7 @@ meta value was last written (so `followed:` thread marks can be pruned), and the
 replies under way (shared by the instances on PostgreSQL).
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

@@ -212,8 +212,8 @@ async def test_threads_untouched_for_seven_days_are_no_longer_followed(
     for thread in (quiet, busy):
         assert await engine.addressing.reason(Arrival(thread, mentions_parley=True), rules) == "mention"
     await engine.store.set_meta("discord:commands-hash", "abc")  # not a thread mark: kept
-    async with engine.store._db.begin() as conn:
-        await conn.execute(text("UPDATE meta SET updated_at = :t"), {"t": time.time() - KEEP_SECONDS - 60})
+    long_ago = text("UPDATE meta SET updated_at = :t").bindparams(t=time.time() - KEEP_SECONDS - 60)
+    await engine.store.write(lambda conn: conn.execute(long_ago))
     assert await engine.addressing.reason(Arrival(busy), rules) == "thread"  # touched again today
     await Leader(engine).check()
     assert await engine.addressing.reason(Arrival(quiet), rules) is None

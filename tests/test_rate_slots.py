@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.models import RenderBudget
 from bot.rate_slots import SharedSlots
@@ -66,8 +67,7 @@ async def test_a_slot_is_free_again_once_a_window_has_passed_by_the_databases_cl
     (age,) = refused.ages
     assert 0 <= age < 0.2
 
-    async with stores[0].database.connect() as conn:  # a wait measured by the database's clock
-        await conn.execute(text("SELECT pg_sleep(0.25)"))
+    await stores[0].read(lambda conn: conn.execute(text("SELECT pg_sleep(0.25)")))  # by the database's clock
     again = await shared.take("discord:1", 1, 0.2)
     assert again is not None and again.slot == 0 and again.used_at > taken.used_at
 
@@ -147,14 +147,18 @@ async def test_a_budget_unused_for_a_day_is_forgotten_and_comes_back_when_used(s
 
 @on_postgres
 async def test_a_database_that_does_not_answer_in_time_leaves_pacing_to_the_instance(
-    stores: list[Store], caplog: pytest.LogCaptureFixture
+    stores: list[Store], database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     renders: list[float] = []
     pacer = Pacer(SystemClock(), SharedSlots(stores[0]))
-    async with stores[1].database.connect() as holder:  # another instance holds the table
-        await holder.execute(text("LOCK TABLE rate_slots IN ACCESS EXCLUSIVE MODE"))
-        with caplog.at_level(logging.WARNING, logger="bot.rate_slots"):
-            await pacer.renderer(TimedSurface(BUDGET, renders)).finish("hi")
-        await holder.rollback()
+    other = create_async_engine(database_url)  # another instance, holding the table
+    try:
+        async with other.connect() as holder:
+            await holder.execute(text("LOCK TABLE rate_slots IN ACCESS EXCLUSIVE MODE"))
+            with caplog.at_level(logging.WARNING, logger="bot.rate_slots"):
+                await pacer.renderer(TimedSurface(BUDGET, renders)).finish("hi")
+            await holder.rollback()
+    finally:
+        await other.dispose()
     assert len(renders) == 1
     assert ["TimeoutError" in r.getMessage() for r in caplog.records] == [True]

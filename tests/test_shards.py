@@ -47,8 +47,8 @@ async def test_leases_spread_over_instances_and_a_dead_ones_go_to_the_living(
     # The first dies: the server ends its session, and its lease and its membership go with it.
     assert first._connection is not None
     pid = (await first._connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-    async with stores[1].database.connect() as conn:
-        await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    terminate = text("SELECT pg_terminate_backend(:pid)").bindparams(pid=pid)
+    await stores[1].write(lambda conn: conn.execute(terminate))
     for _ in range(100):  # the server ends the session a moment later
         if won := await second.take_free():
             break

@@ -498,7 +498,7 @@ class Store:
     async def lock_connection(self) -> AsyncConnection:
         """A connection of its own for session advisory locks held for long (PostgreSQL): they are
         released when it closes, or when this instance dies."""
-        return await _autocommit(self._db)
+        return await _autocommit(self._pool)
 
     async def lead(self) -> bool:
         """Whether this instance is the leader: on PostgreSQL the holder of an advisory lock, on its own

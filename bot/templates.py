@@ -131,13 +131,10 @@ async def prepare(
         if not equals:
             return CommandResult(f"Give values as key=value (quote values with spaces), not {word[:40]!r}.")
         given[key.strip().lower()] = value
-    saved = await engine.store.read(template(scope(message), name))
-    if saved is None:
-        return CommandResult(_unknown(name))
-    try:
-        wanted = variables(saved.body)
-    except TemplateRefused as refused:
-        return CommandResult(str(refused))
+    runnable = await _runnable(engine, message, name)
+    if isinstance(runnable, CommandResult):
+        return runnable
+    saved, wanted = runnable
     if problem := _values_problem(name, wanted, given):
         return CommandResult(problem)
     if any(not given.get(variable) for variable in wanted):
@@ -149,13 +146,10 @@ async def fill(
     engine: Engine, message: Message, name: str, given: dict[str, str], channel: str | None = None
 ) -> str | CommandResult:
     """The question a form's answers make (the template may have changed since the form was shown)."""
-    saved = await engine.store.read(template(scope(message), name))
-    if saved is None:
-        return CommandResult(_unknown(name))
-    try:
-        wanted = variables(saved.body)
-    except TemplateRefused as refused:
-        return CommandResult(str(refused))
+    runnable = await _runnable(engine, message, name)
+    if isinstance(runnable, CommandResult):
+        return runnable
+    saved, wanted = runnable
     given = {key: value for key, value in given.items() if key in wanted}
     if problem := _values_problem(name, wanted, given):
         return CommandResult(problem)
@@ -174,6 +168,20 @@ async def choices(engine: Engine, message: Message, typed: str, limit: int = 25)
     typed = typed.strip().lower()
     saved = await engine.store.read(names(prompt_templates, scope(message), typed))
     return [*saved, *(verb for verb in VERBS if verb.startswith(typed))][:limit]
+
+
+async def _runnable(
+    engine: Engine, message: Message, name: str
+) -> tuple[SavedTemplate, tuple[str, ...]] | CommandResult:
+    """The saved template a run fills, read again on every step (it may change meanwhile), and its
+    variables; or why it cannot run."""
+    saved = await engine.store.read(template(scope(message), name))
+    if saved is None:
+        return CommandResult(_unknown(name))
+    try:
+        return saved, variables(saved.body)
+    except TemplateRefused as refused:
+        return CommandResult(str(refused))
 
 
 def _fill(

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 import discord
 from discord import app_commands
 
-from adapters.discord.facts import author_of, conversation_key, server_of
+from adapters.discord.facts import author_of, interaction_key, interaction_server
 from adapters.discord.interactions import AUTOCOMPLETE_WAIT, CHOICE_LIMIT, answer_command
 from adapters.discord.modals import run_prompt, template_names
 from adapters.discord.surface import NO_PINGS
 from bot import commands, templates
-from bot.models import ConversationKey, Message
+from bot.models import Message
 
 if TYPE_CHECKING:
     from adapters.discord.port import DiscordPlatform
@@ -40,13 +40,13 @@ def install(tree: app_commands.CommandTree[discord.Client], platform: DiscordPla
 
 def incoming(interaction: discord.Interaction, text: str) -> Message:
     channel = interaction.channel
-    key = conversation_key(channel) if channel else ConversationKey("discord", str(interaction.channel_id))
+    key = interaction_key(interaction)
     return Message(
         key=key,
         author=author_of(interaction.user, channel),
         text=text,
         id=str(interaction.id),
-        server_id=str(interaction.guild_id) if interaction.guild_id else server_of(channel),
+        server_id=interaction_server(interaction),
     )
 
 

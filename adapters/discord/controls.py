@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from adapters.discord.facts import author_of, conversation_key
+from adapters.discord.facts import author_of, interaction_key
 from bot.controls import ReplyControls, regenerate_line
-from bot.models import ConversationKey, Message
+from bot.models import Message
 
 if TYPE_CHECKING:
     from adapters.discord.port import DiscordPlatform
@@ -82,8 +82,7 @@ async def on_component(platform: DiscordPlatform, interaction: discord.Interacti
     action, question = parsed
     controls = platform.engine.controls
     author = author_of(interaction.user, interaction.channel)
-    channel = interaction.channel
-    key = conversation_key(channel) if channel else ConversationKey("discord", str(interaction.channel_id))
+    key = interaction_key(interaction)
     if action == STOP:
         refused = await controls.stop(question, author, key)
         if refused is not None:

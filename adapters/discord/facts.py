@@ -15,6 +15,12 @@ def conversation_key(
     return ConversationKey("discord", str(getattr(channel, "id", "dm")))
 
 
+def interaction_key(interaction: discord.Interaction) -> ConversationKey:
+    """Where a click or command belongs, from its channel id alone when the channel is not cached."""
+    channel = interaction.channel
+    return conversation_key(channel) if channel else ConversationKey("discord", str(interaction.channel_id))
+
+
 def author_of(user: discord.User | discord.Member, channel: object) -> Author:
     is_manager = False
     roles: tuple[str, ...] = ()
@@ -31,3 +37,8 @@ def server_of(channel: object) -> str | None:
     """The server (guild) a channel belongs to; None in a DM."""
     guild = getattr(channel, "guild", None)
     return str(guild.id) if guild is not None else None
+
+
+def interaction_server(interaction: discord.Interaction) -> str | None:
+    """The server a click or command came from, from its guild id alone when the channel is not cached."""
+    return str(interaction.guild_id) if interaction.guild_id else server_of(interaction.channel)

@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from adapters.discord.facts import author_of, conversation_key, server_of
+from adapters.discord.facts import author_of, interaction_key, interaction_server
 from adapters.discord.surface import NO_PINGS
 from bot import arena
-from bot.models import ConversationKey
 
 if TYPE_CHECKING:
     from adapters.discord.port import DiscordPlatform
@@ -75,8 +74,8 @@ async def on_component(platform: DiscordPlatform, interaction: discord.Interacti
     engine = platform.engine
     channel = interaction.channel
     author = author_of(interaction.user, channel)
-    key = conversation_key(channel) if channel else ConversationKey("discord", str(interaction.channel_id))
-    server = str(interaction.guild_id) if interaction.guild_id else server_of(channel)
+    key = interaction_key(interaction)
+    server = interaction_server(interaction)
     if refusal := engine.access.refusal(key, author, server):
         await interaction.response.send_message(refusal, ephemeral=True, allowed_mentions=NO_PINGS)
         return

@@ -84,6 +84,28 @@ class Turn:
     outcome: str | None
 
 
+# What a reply's context reads of each turn: a Turn, and the question an answer answers.
+CONTEXT_COLUMNS = (
+    turns.c.id,
+    turns.c.role,
+    turns.c.author_name,
+    turns.c.content,
+    turns.c.tokens,
+    turns.c.outcome,
+    turns.c.answers,
+)
+
+
+def context_turn(row: Any) -> Turn:
+    """A row read with CONTEXT_COLUMNS as a reply's context holds it."""
+    return Turn(row.id, row.role, row.author_name, row.content, row.tokens, row.outcome)
+
+
+def context_order(turn_id: int, answers: int | None) -> tuple[int, int]:
+    """Where a turn stands in a reply's context: an answer right after its question, whenever written."""
+    return (answers if answers is not None else turn_id, turn_id)
+
+
 @dataclass(frozen=True, slots=True)
 class StoredTurn:
     """A turn as history shows it."""
@@ -978,7 +1000,7 @@ def _recent(
     conn: Connection, conversation: str, token_budget: int, upto: int | None
 ) -> tuple[list[Turn], bool]:
     """Reads in pages from the newest end, so the cost depends on what fits, not on how much is stored."""
-    chosen: list[tuple[int, Turn]] = []
+    chosen: list[tuple[tuple[int, int], Turn]] = []
     used = 0
     before: int | None = None
     page = FIRST_PAGE
@@ -989,18 +1011,9 @@ def _recent(
     )
     if upto is not None:
         condition = and_(condition, or_(turns.c.id <= upto, turns.c.answers < upto))
-    columns = (
-        turns.c.id,
-        turns.c.role,
-        turns.c.author_name,
-        turns.c.content,
-        turns.c.tokens,
-        turns.c.outcome,
-        turns.c.answers,
-    )
     trimmed = False
     while True:
-        query = select(*columns).where(condition).order_by(turns.c.id.desc()).limit(page)
+        query = select(*CONTEXT_COLUMNS).where(condition).order_by(turns.c.id.desc()).limit(page)
         if before is not None:
             query = query.where(turns.c.id < before)
         rows = conn.execute(query).all()
@@ -1009,14 +1022,12 @@ def _recent(
                 trimmed = True
                 break
             used += row.tokens
-            turn = Turn(row.id, row.role, row.author_name, row.content, row.tokens, row.outcome)
-            chosen.append((row.answers if row.answers is not None else row.id, turn))
+            chosen.append((context_order(row.id, row.answers), context_turn(row)))
         if trimmed or len(rows) < page:
             break
         before = rows[-1].id
         page *= 4
-    # An answer right after its question, whenever it was written.
-    chosen.sort(key=lambda pair: (pair[0], pair[1].id))
+    chosen.sort(key=lambda pair: pair[0])
     return [turn for _, turn in chosen], trimmed
 
 

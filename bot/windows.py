@@ -26,23 +26,14 @@ from sqlalchemy import Connection, or_, select
 
 from bot.providers.base import ChatMessage
 from bot.schema import turn_changes, turns
-from bot.store import Store, Turn
+from bot.store import CONTEXT_COLUMNS, Store, Turn, context_order, context_turn
 
 FIRST_PAGE = 256  # turns the first query of a read reads; each later one reads twice as many
 HELD_OVER = 1.25  # a window holds this many times the budget it was read for, for turns still to come
 TRIM_AT = 2.0  # past this many times the last budget, the oldest turns held are let go
 ROW_BYTES = 200  # what a held turn costs besides its text, roughly
 
-_COLUMNS = (
-    turns.c.id,
-    turns.c.role,
-    turns.c.author_name,
-    turns.c.content,
-    turns.c.tokens,
-    turns.c.outcome,
-    turns.c.answers,
-    turns.c.hidden,
-)
+_COLUMNS = (*CONTEXT_COLUMNS, turns.c.hidden)  # a window reads hidden turns too, to count every insert
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +82,7 @@ class _Read:
 
 
 def _memory_order(held: _Held) -> tuple[int, int]:
-    """An answer right after its question, whenever it was written."""
-    return (held.answers if held.answers is not None else held.turn.id, held.turn.id)
+    return context_order(held.turn.id, held.answers)
 
 
 class _Window:
@@ -141,7 +131,7 @@ class _Window:
             if row.outcome == "streaming":
                 self.streaming.add(row.id)
                 continue
-            turn = Turn(row.id, row.role, row.author_name, row.content, row.tokens, row.outcome)
+            turn = context_turn(row)
             # The text, the model's message and its JSON: about three copies of the content.
             held = _Held(turn, row.answers, chat_message(turn), 3 * len(row.content) + ROW_BYTES)
             self.messages[row.id] = (turn, held.message)

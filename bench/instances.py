@@ -24,11 +24,13 @@ from typing import Any
 import aiohttp
 import asyncpg
 from parley_run import (
+    SECRET,
     environment,
     free_base,
     fresh_database,
     parley_run,
     postgres_server,
+    slack_app,
     stop,
     until_serving,
 )
@@ -38,7 +40,6 @@ from tests.support.balancer import Balancer
 from tests.support.llm_server import LLMServer, Script
 from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser, signed_headers
 
-SECRET = "bench-secret"
 USER = SlackUser("UB", "Bench")
 SHOWING = ("chat.startStream", "chat.appendStream", "chat.postMessage")  # the calls that show a text
 
@@ -62,10 +63,7 @@ async def measure(
             home,
             llm,
             database,
-            SLACK_BOT_TOKEN=slack.bot_token,
-            SLACK_SIGNING_SECRET=SECRET,
-            SLACK_API_URL=slack.api_url,
-            PORT=str(base),
+            **slack_app(slack, base),
             LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"),
         )
         workers = ["--workers", str(instances)] if instances > 1 else []

@@ -18,8 +18,10 @@ from sqlalchemy.engine import make_url
 
 from tests.support import postgres
 from tests.support.llm_server import LLMServer
+from tests.support.slack_api import SlackAPI
 
 CHECKOUT = str(Path(__file__).resolve().parents[1])
+SECRET = "bench-secret"  # the Slack app's signing secret
 
 
 @contextmanager
@@ -62,6 +64,16 @@ def environment(home: Path, llm: LLMServer, database: str, **settings: str) -> d
         "OPENROUTER_BASE_URL": llm.openai_base_url,
         "DATABASE_URL": database,
         **settings,
+    }
+
+
+def slack_app(slack: SlackAPI, port: int) -> dict[str, str]:
+    """Settings for Slack's HTTP events served on `port` (and the ports after it, one per worker)."""
+    return {
+        "SLACK_BOT_TOKEN": slack.bot_token,
+        "SLACK_SIGNING_SECRET": SECRET,
+        "SLACK_API_URL": slack.api_url,
+        "PORT": str(port),
     }
 
 

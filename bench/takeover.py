@@ -17,20 +17,28 @@ import asyncio
 import itertools
 import os
 import signal
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from instances import percentile
+from parley_run import (
+    environment,
+    free_base,
+    fresh_database,
+    parley_run,
+    postgres_server,
+    slack_app,
+    stop,
+    until_serving,
+)
 from sqlalchemy import text
 
-from bench.instances import CHECKOUT, SECRET, free_base, fresh_database, percentile, serving
 from bot.schedule_store import ScheduleStore
 from bot.schema import schedule_runs
 from bot.store import Store
 from bot.when import parse_when
-from tests.support import postgres
 from tests.support.llm_server import LLMServer
 from tests.support.slack_api import SlackAPI
 
@@ -75,27 +83,18 @@ async def measure(server: str, kills: int, heartbeat: float) -> tuple[list[float
     lateness: list[float] = []
     async with SlackAPI() as slack, LLMServer() as llm:
         base = free_base(WORKERS)
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": CHECKOUT,
-            "HOME": str(home),
-            "OPENROUTER_API_KEY": "sk-bench",
-            "OPENROUTER_BASE_URL": llm.openai_base_url,
-            "DATABASE_URL": database,
-            "SLACK_BOT_TOKEN": slack.bot_token,
-            "SLACK_SIGNING_SECRET": SECRET,
-            "SLACK_API_URL": slack.api_url,
-            "PORT": str(base),
-            "SCHEDULE_MIN_INTERVAL": "1",
-            "INSTANCE_HEARTBEAT_SECONDS": str(heartbeat),
-            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
-        }
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "run", "--workers", str(WORKERS), cwd=home, env=env
+        env = environment(
+            home,
+            llm,
+            database,
+            **slack_app(slack, base),
+            SCHEDULE_MIN_INTERVAL="1",
+            INSTANCE_HEARTBEAT_SECONDS=str(heartbeat),
+            LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"),
         )
+        process = await parley_run(home, env, "--workers", str(WORKERS))
         try:
-            while not all([await serving(base + k) for k in range(WORKERS)]):
-                await asyncio.sleep(0.1)
+            await until_serving(base, WORKERS)
             for _ in range(kills):
                 # The leader has run a few, and every worker (the one killed last, started again) beats.
                 while len(done := await runs(store)) < 3 or await beating(store, heartbeat) < WORKERS:
@@ -116,8 +115,7 @@ async def measure(server: str, kills: int, heartbeat: float) -> tuple[list[float
                 gaps.append(max(b - a for a, b in itertools.pairwise(fires) if killed - 2 < b < until))
                 lateness.append(max(start - fire for fire, start, _ in done if killed - 2 < fire < until))
         finally:
-            process.send_signal(signal.SIGTERM)
-            await process.wait()
+            await stop(process)
             await store.close()
     return takeovers, gaps, lateness
 
@@ -127,12 +125,8 @@ async def main() -> None:
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--heartbeat", type=float, default=2.0, help="INSTANCE_HEARTBEAT_SECONDS")
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="parley-bench-pg-"))
-    server = os.environ.get("PARLEY_TEST_POSTGRES_URL") or postgres.start(folder)
-    try:
+    with postgres_server() as server:
         takeovers, gaps, lateness = await measure(server, args.kills, args.heartbeat)
-    finally:
-        postgres.stop(folder)
     print(f"{args.kills} kills of the leader, INSTANCE_HEARTBEAT_SECONDS={args.heartbeat:g}")
     print("target: another instance takes over within seconds (it checks for the lead every heartbeat)")
     for name, values in (

@@ -19,12 +19,12 @@ import os
 import signal
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from instances import percentile
 from parley_run import (
     environment,
+    every_second,
     free_base,
     fresh_database,
     parley_run,
@@ -35,10 +35,8 @@ from parley_run import (
 )
 from sqlalchemy import text
 
-from bot.schedule_store import ScheduleStore
 from bot.schema import schedule_runs
 from bot.store import Store
-from bot.when import parse_when
 from tests.support.llm_server import LLMServer
 from tests.support.slack_api import SlackAPI
 
@@ -66,18 +64,7 @@ async def measure(server: str, kills: int, heartbeat: float) -> tuple[list[float
     database = await fresh_database(server, f"bench_takeover_{os.getpid()}")
     store = await Store.open(database)
     home = Path(tempfile.mkdtemp(prefix="parley-bench-"))
-    now = datetime.now(UTC)
-    when, prompt = parse_when("every second tick", "UTC", now)
-    await ScheduleStore(store).add(
-        conversation="slack:C1",
-        origin="slack:C1",
-        prompt=prompt,
-        when=when,
-        anchor=now.timestamp(),
-        next_run_at=now.timestamp() + 1,
-        created_by="UB",
-        created_by_name="Bench",
-    )
+    await every_second(store, "slack:C1", "tick", "UB", "Bench")
     takeovers: list[float] = []
     gaps: list[float] = []
     lateness: list[float] = []

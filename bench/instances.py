@@ -23,17 +23,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from parley_run import (
-    SECRET,
-    environment,
-    free_base,
-    fresh_database,
-    parley_run,
-    postgres_server,
-    slack_app,
-    stop,
-    until_serving,
-)
+import parley_run
 from sqlalchemy.engine import make_url
 
 from tests.support.balancer import Balancer
@@ -52,24 +42,24 @@ def percentile(values: list[float], q: float) -> float:
 async def measure(
     server: str, instances: int, mentions: int, channels: int, tokens: int, tiers: bool
 ) -> dict[str, float]:
-    database = await fresh_database(server, f"bench_{instances}_{os.getpid()}")
+    database = await parley_run.fresh_database(server, f"bench_{instances}_{os.getpid()}")
     home = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     async with SlackAPI(users={USER.id: USER}) as slack, LLMServer() as llm:
         if not tiers:
             slack.limits.clear()
         llm.enqueue(*(Script(tokens=[f"w{i} " for i in range(tokens)], delay=0.02) for _ in range(mentions)))
-        base = free_base(instances)
-        env = environment(
+        base = parley_run.free_base(instances)
+        env = parley_run.environment(
             home,
             llm,
             database,
-            **slack_app(slack, base),
+            **parley_run.slack_app(slack, base),
             LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"),
         )
         workers = ["--workers", str(instances)] if instances > 1 else []
-        process = await parley_run(home, env, *workers)
+        process = await parley_run.start(home, env, *workers)
         try:
-            await until_serving(base, instances)
+            await parley_run.until_serving(base, instances)
             async with (
                 Balancer([base + k for k in range(instances)]) as balancer,
                 aiohttp.ClientSession() as http,
@@ -89,7 +79,7 @@ async def measure(
                         "event": {**event, "channel": channel, "team": TEAM},
                     }
                     body = json.dumps(payload)
-                    headers = {"Content-Type": "application/json", **signed_headers(body, SECRET)}
+                    headers = {"Content-Type": "application/json", **signed_headers(body, parley_run.SECRET)}
                     sent[said.ts] = time.monotonic()
                     async with http.post(
                         f"{balancer.url}/slack/events", data=body, headers=headers
@@ -113,7 +103,7 @@ async def measure(
                         first.setdefault(str(call.args.get("thread_ts")), call.at)
                 waits = [first[ts] - sent[ts] for ts in sent if ts in first]
         finally:
-            await stop(process)
+            await parley_run.stop(process)
     return {
         "replies/s": mentions / (end - start),
         "first text p50 ms": 1000 * percentile(waits, 0.5),
@@ -134,7 +124,7 @@ async def main() -> None:
     parser.add_argument("--tokens", type=int, default=40, help="tokens per reply, at 50 tokens/s")
     parser.add_argument("--no-tiers", action="store_true", help="the loopback Slack without rate tiers")
     args = parser.parse_args()
-    with postgres_server() as server:
+    with parley_run.postgres_server() as server:
         print(f"{args.mentions} mentions at once in {args.channels} channels, {args.tokens} tokens each")
         print("| instances | replies/s | first text p50 | first text p99 | 429s |")
         print("|---|---|---|---|---|")

@@ -99,26 +99,23 @@ def slack_app(slack: SlackAPI, port: int) -> dict[str, str]:
     }
 
 
-async def parley_run(
-    home: Path, env: dict[str, str], *args: str, **options: Any
-) -> asyncio.subprocess.Process:
+async def start(home: Path, env: dict[str, str], *args: str, **options: Any) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", "run", *args, cwd=home, env=env, **options
     )
 
 
-async def serving(port: int) -> bool:
-    try:
-        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    writer.close()
-    return True
-
-
 async def until_serving(base: int, count: int) -> None:
-    while not all([await serving(base + k) for k in range(count)]):
-        await asyncio.sleep(0.1)
+    """Until each of the `count` ports from `base` accepts a connection: every worker is up."""
+    for port in range(base, base + count):
+        while True:
+            try:
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.1)
+            else:
+                writer.close()
+                break
 
 
 async def stop(process: asyncio.subprocess.Process) -> None:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from parley_run import environment, fresh_database, parley_run, postgres_server, stop
+import parley_run
 
 from tests.support.discord_emulator import BOT_ID, GENERAL, DiscordEmulator
 from tests.support.llm_server import LLMServer
@@ -50,10 +50,10 @@ async def wait_for(condition: Callable[[], bool], seconds: float = 60.0) -> None
 
 
 async def run_once(server: str, run: int, heartbeat: float, settle: float) -> tuple[float, float]:
-    database = await fresh_database(server, f"bench_shards_{run}_{os.getpid()}")
+    database = await parley_run.fresh_database(server, f"bench_shards_{run}_{os.getpid()}")
     home = Path(tempfile.mkdtemp(prefix="parley-bench-shards-"))
     async with DiscordEmulator(shards=2, max_concurrency=1) as discord_api, LLMServer() as llm:
-        env = environment(
+        env = parley_run.environment(
             home,
             llm,
             database,
@@ -67,7 +67,7 @@ async def run_once(server: str, run: int, heartbeat: float, settle: float) -> tu
         processes = []
         for log in logs:
             with log.open("wb") as written:
-                processes.append(await parley_run(home, env, stderr=written))
+                processes.append(await parley_run.start(home, env, stderr=written))
         try:
             await wait_for(lambda: [len(holding(log)) for log in logs] == [1, 1])
             await wait_for(lambda: discord_api.sessions_on(0) == discord_api.sessions_on(1) == 1)
@@ -86,7 +86,7 @@ async def run_once(server: str, run: int, heartbeat: float, settle: float) -> tu
             answered = time.monotonic() - killed
         finally:
             for process in processes:
-                await stop(process)
+                await parley_run.stop(process)
     return taken, answered
 
 
@@ -98,7 +98,7 @@ async def main() -> None:
         "--settle", type=float, default=7.0, help="seconds between both instances running and the kill"
     )
     args = parser.parse_args()
-    with postgres_server() as server:
+    with parley_run.postgres_server() as server:
         print(
             f"INSTANCE_HEARTBEAT_SECONDS={args.heartbeat:g}, kill {args.settle:g} s after both run; "
             "target: within seconds (no number set)"

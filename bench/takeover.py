@@ -21,18 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import parley_run
 from instances import percentile
-from parley_run import (
-    environment,
-    every_second,
-    free_base,
-    fresh_database,
-    parley_run,
-    postgres_server,
-    slack_app,
-    stop,
-    until_serving,
-)
 from sqlalchemy import text
 
 from bot.schema import schedule_runs
@@ -61,27 +51,27 @@ async def beating(store: Store, heartbeat: float) -> int:
 
 
 async def measure(server: str, kills: int, heartbeat: float) -> tuple[list[float], list[float], list[float]]:
-    database = await fresh_database(server, f"bench_takeover_{os.getpid()}")
+    database = await parley_run.fresh_database(server, f"bench_takeover_{os.getpid()}")
     store = await Store.open(database)
     home = Path(tempfile.mkdtemp(prefix="parley-bench-"))
-    await every_second(store, "slack:C1", "tick", "UB", "Bench")
+    await parley_run.every_second(store, "slack:C1", "tick", "UB", "Bench")
     takeovers: list[float] = []
     gaps: list[float] = []
     lateness: list[float] = []
     async with SlackAPI() as slack, LLMServer() as llm:
-        base = free_base(WORKERS)
-        env = environment(
+        base = parley_run.free_base(WORKERS)
+        env = parley_run.environment(
             home,
             llm,
             database,
-            **slack_app(slack, base),
+            **parley_run.slack_app(slack, base),
             SCHEDULE_MIN_INTERVAL="1",
             INSTANCE_HEARTBEAT_SECONDS=str(heartbeat),
             LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"),
         )
-        process = await parley_run(home, env, "--workers", str(WORKERS))
+        process = await parley_run.start(home, env, "--workers", str(WORKERS))
         try:
-            await until_serving(base, WORKERS)
+            await parley_run.until_serving(base, WORKERS)
             for _ in range(kills):
                 # The leader has run a few, and every worker (the one killed last, started again) beats.
                 while len(done := await runs(store)) < 3 or await beating(store, heartbeat) < WORKERS:
@@ -102,7 +92,7 @@ async def measure(server: str, kills: int, heartbeat: float) -> tuple[list[float
                 gaps.append(max(b - a for a, b in itertools.pairwise(fires) if killed - 2 < b < until))
                 lateness.append(max(start - fire for fire, start, _ in done if killed - 2 < fire < until))
         finally:
-            await stop(process)
+            await parley_run.stop(process)
             await store.close()
     return takeovers, gaps, lateness
 
@@ -112,7 +102,7 @@ async def main() -> None:
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--heartbeat", type=float, default=2.0, help="INSTANCE_HEARTBEAT_SECONDS")
     args = parser.parse_args()
-    with postgres_server() as server:
+    with parley_run.postgres_server() as server:
         takeovers, gaps, lateness = await measure(server, args.kills, args.heartbeat)
     print(f"{args.kills} kills of the leader, INSTANCE_HEARTBEAT_SECONDS={args.heartbeat:g}")
     print("target: another instance takes over within seconds (it checks for the lead every heartbeat)")

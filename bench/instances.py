@@ -16,9 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,15 +23,13 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import parley_run
 from sqlalchemy.engine import make_url
 
-from tests.support import postgres
 from tests.support.balancer import Balancer
 from tests.support.llm_server import LLMServer, Script
 from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser, signed_headers
 
-SECRET = "bench-secret"
-CHECKOUT = str(Path(__file__).resolve().parents[1])
 USER = SlackUser("UB", "Bench")
 SHOWING = ("chat.startStream", "chat.appendStream", "chat.postMessage")  # the calls that show a text
 
@@ -44,62 +39,27 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def free_base(count: int) -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        base = int(probe.getsockname()[1])
-    return base if base + count < 65536 else free_base(count)
-
-
-async def fresh_database(server: str, name: str) -> str:
-    url = make_url(server)
-    admin = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
-async def serving(port: int) -> bool:
-    try:
-        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    writer.close()
-    return True
-
-
 async def measure(
     server: str, instances: int, mentions: int, channels: int, tokens: int, tiers: bool
 ) -> dict[str, float]:
-    database = await fresh_database(server, f"bench_{instances}_{os.getpid()}")
+    database = await parley_run.fresh_database(server, f"bench_{instances}_{os.getpid()}")
     home = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     async with SlackAPI(users={USER.id: USER}) as slack, LLMServer() as llm:
         if not tiers:
             slack.limits.clear()
         llm.enqueue(*(Script(tokens=[f"w{i} " for i in range(tokens)], delay=0.02) for _ in range(mentions)))
-        base = free_base(instances)
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": CHECKOUT,
-            "HOME": str(home),
-            "OPENROUTER_API_KEY": "sk-bench",
-            "OPENROUTER_BASE_URL": llm.openai_base_url,
-            "DATABASE_URL": database,
-            "SLACK_BOT_TOKEN": slack.bot_token,
-            "SLACK_SIGNING_SECRET": SECRET,
-            "SLACK_API_URL": slack.api_url,
-            "PORT": str(base),
-            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
-        }
-        workers = ["--workers", str(instances)] if instances > 1 else []
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "run", *workers, cwd=home, env=env
+        base = parley_run.free_base(instances)
+        env = parley_run.environment(
+            home,
+            llm,
+            database,
+            **parley_run.slack_app(slack, base),
+            LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"),
         )
+        workers = ["--workers", str(instances)] if instances > 1 else []
+        process = await parley_run.start(home, env, *workers)
         try:
-            while not all([await serving(base + k) for k in range(instances)]):
-                await asyncio.sleep(0.1)
+            await parley_run.until_serving(base, instances)
             async with (
                 Balancer([base + k for k in range(instances)]) as balancer,
                 aiohttp.ClientSession() as http,
@@ -119,7 +79,7 @@ async def measure(
                         "event": {**event, "channel": channel, "team": TEAM},
                     }
                     body = json.dumps(payload)
-                    headers = {"Content-Type": "application/json", **signed_headers(body, SECRET)}
+                    headers = {"Content-Type": "application/json", **signed_headers(body, parley_run.SECRET)}
                     sent[said.ts] = time.monotonic()
                     async with http.post(
                         f"{balancer.url}/slack/events", data=body, headers=headers
@@ -143,8 +103,7 @@ async def measure(
                         first.setdefault(str(call.args.get("thread_ts")), call.at)
                 waits = [first[ts] - sent[ts] for ts in sent if ts in first]
         finally:
-            process.send_signal(signal.SIGTERM)
-            await process.wait()
+            await parley_run.stop(process)
     return {
         "replies/s": mentions / (end - start),
         "first text p50 ms": 1000 * percentile(waits, 0.5),
@@ -165,9 +124,7 @@ async def main() -> None:
     parser.add_argument("--tokens", type=int, default=40, help="tokens per reply, at 50 tokens/s")
     parser.add_argument("--no-tiers", action="store_true", help="the loopback Slack without rate tiers")
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="parley-bench-pg-"))
-    server = os.environ.get("PARLEY_TEST_POSTGRES_URL") or postgres.start(folder)
-    try:
+    with parley_run.postgres_server() as server:
         print(f"{args.mentions} mentions at once in {args.channels} channels, {args.tokens} tokens each")
         print("| instances | replies/s | first text p50 | first text p99 | 429s |")
         print("|---|---|---|---|---|")
@@ -179,8 +136,6 @@ async def main() -> None:
                 f"| {instances} | {figures['replies/s']:.1f} | {figures['first text p50 ms']:,.0f} ms "
                 f"| {figures['first text p99 ms']:,.0f} ms | {figures['429s']:.0f} |"
             )
-    finally:
-        postgres.stop(folder)
 
 
 if __name__ == "__main__":

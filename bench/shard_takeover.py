@@ -18,18 +18,16 @@ import asyncio
 import os
 import re
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.instances import fresh_database
-from tests.support import postgres
+import parley_run
+
 from tests.support.discord_emulator import BOT_ID, GENERAL, DiscordEmulator
 from tests.support.llm_server import LLMServer
 
-CHECKOUT = str(Path(__file__).resolve().parents[1])
 MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
 
 
@@ -52,31 +50,24 @@ async def wait_for(condition: Callable[[], bool], seconds: float = 60.0) -> None
 
 
 async def run_once(server: str, run: int, heartbeat: float, settle: float) -> tuple[float, float]:
-    database = await fresh_database(server, f"bench_shards_{run}_{os.getpid()}")
+    database = await parley_run.fresh_database(server, f"bench_shards_{run}_{os.getpid()}")
     home = Path(tempfile.mkdtemp(prefix="parley-bench-shards-"))
     async with DiscordEmulator(shards=2, max_concurrency=1) as discord_api, LLMServer() as llm:
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": CHECKOUT,
-            "HOME": str(home),
-            "OPENROUTER_API_KEY": "sk-bench",
-            "OPENROUTER_BASE_URL": llm.openai_base_url,
-            "DATABASE_URL": database,
-            "DISCORD_TOKEN": "bench-token",
-            "DISCORD_API_BASE": discord_api.api_base,
-            "DISCORD_GATEWAY_URL": discord_api.gateway_url,
-            "DISCORD_SHARD_COUNT": "2",
-            "INSTANCE_HEARTBEAT_SECONDS": str(heartbeat),
-        }
+        env = parley_run.environment(
+            home,
+            llm,
+            database,
+            DISCORD_TOKEN="bench-token",
+            DISCORD_API_BASE=discord_api.api_base,
+            DISCORD_GATEWAY_URL=discord_api.gateway_url,
+            DISCORD_SHARD_COUNT="2",
+            INSTANCE_HEARTBEAT_SECONDS=str(heartbeat),
+        )
         logs = [home / f"{name}.log" for name in "ab"]
         processes = []
         for log in logs:
             with log.open("wb") as written:
-                processes.append(
-                    await asyncio.create_subprocess_exec(
-                        sys.executable, "-m", "bot", "run", cwd=home, env=env, stderr=written
-                    )
-                )
+                processes.append(await parley_run.start(home, env, stderr=written))
         try:
             await wait_for(lambda: [len(holding(log)) for log in logs] == [1, 1])
             await wait_for(lambda: discord_api.sessions_on(0) == discord_api.sessions_on(1) == 1)
@@ -95,9 +86,7 @@ async def run_once(server: str, run: int, heartbeat: float, settle: float) -> tu
             answered = time.monotonic() - killed
         finally:
             for process in processes:
-                if process.returncode is None:
-                    process.send_signal(signal.SIGTERM)
-                    await process.wait()
+                await parley_run.stop(process)
     return taken, answered
 
 
@@ -109,9 +98,7 @@ async def main() -> None:
         "--settle", type=float, default=7.0, help="seconds between both instances running and the kill"
     )
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="parley-bench-pg-"))
-    server = os.environ.get("PARLEY_TEST_POSTGRES_URL") or postgres.start(folder)
-    try:
+    with parley_run.postgres_server() as server:
         print(
             f"INSTANCE_HEARTBEAT_SECONDS={args.heartbeat:g}, kill {args.settle:g} s after both run; "
             "target: within seconds (no number set)"
@@ -121,8 +108,6 @@ async def main() -> None:
         for run in range(args.runs):
             taken, answered = await run_once(server, run, args.heartbeat, args.settle)
             print(f"| {run + 1} | {taken:.2f} s | {answered:.2f} s |")
-    finally:
-        postgres.stop(folder)
 
 
 if __name__ == "__main__":

@@ -17,20 +17,16 @@ import asyncio
 import itertools
 import os
 import signal
-import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+import parley_run
+from instances import percentile
 from sqlalchemy import text
 
-from bench.instances import CHECKOUT, SECRET, free_base, fresh_database, percentile, serving
-from bot.schedule_store import ScheduleStore
 from bot.schema import schedule_runs
 from bot.store import Store
-from bot.when import parse_when
-from tests.support import postgres
 from tests.support.llm_server import LLMServer
 from tests.support.slack_api import SlackAPI
 
@@ -55,47 +51,27 @@ async def beating(store: Store, heartbeat: float) -> int:
 
 
 async def measure(server: str, kills: int, heartbeat: float) -> tuple[list[float], list[float], list[float]]:
-    database = await fresh_database(server, f"bench_takeover_{os.getpid()}")
+    database = await parley_run.fresh_database(server, f"bench_takeover_{os.getpid()}")
     store = await Store.open(database)
     home = Path(tempfile.mkdtemp(prefix="parley-bench-"))
-    now = datetime.now(UTC)
-    when, prompt = parse_when("every second tick", "UTC", now)
-    await ScheduleStore(store).add(
-        conversation="slack:C1",
-        origin="slack:C1",
-        prompt=prompt,
-        when=when,
-        anchor=now.timestamp(),
-        next_run_at=now.timestamp() + 1,
-        created_by="UB",
-        created_by_name="Bench",
-    )
+    await parley_run.every_second(store, "slack:C1", "tick", "UB", "Bench")
     takeovers: list[float] = []
     gaps: list[float] = []
     lateness: list[float] = []
     async with SlackAPI() as slack, LLMServer() as llm:
-        base = free_base(WORKERS)
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": CHECKOUT,
-            "HOME": str(home),
-            "OPENROUTER_API_KEY": "sk-bench",
-            "OPENROUTER_BASE_URL": llm.openai_base_url,
-            "DATABASE_URL": database,
-            "SLACK_BOT_TOKEN": slack.bot_token,
-            "SLACK_SIGNING_SECRET": SECRET,
-            "SLACK_API_URL": slack.api_url,
-            "PORT": str(base),
-            "SCHEDULE_MIN_INTERVAL": "1",
-            "INSTANCE_HEARTBEAT_SECONDS": str(heartbeat),
-            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
-        }
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "run", "--workers", str(WORKERS), cwd=home, env=env
+        base = parley_run.free_base(WORKERS)
+        env = parley_run.environment(
+            home,
+            llm,
+            database,
+            **parley_run.slack_app(slack, base),
+            SCHEDULE_MIN_INTERVAL="1",
+            INSTANCE_HEARTBEAT_SECONDS=str(heartbeat),
+            LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING"),
         )
+        process = await parley_run.start(home, env, "--workers", str(WORKERS))
         try:
-            while not all([await serving(base + k) for k in range(WORKERS)]):
-                await asyncio.sleep(0.1)
+            await parley_run.until_serving(base, WORKERS)
             for _ in range(kills):
                 # The leader has run a few, and every worker (the one killed last, started again) beats.
                 while len(done := await runs(store)) < 3 or await beating(store, heartbeat) < WORKERS:
@@ -116,8 +92,7 @@ async def measure(server: str, kills: int, heartbeat: float) -> tuple[list[float
                 gaps.append(max(b - a for a, b in itertools.pairwise(fires) if killed - 2 < b < until))
                 lateness.append(max(start - fire for fire, start, _ in done if killed - 2 < fire < until))
         finally:
-            process.send_signal(signal.SIGTERM)
-            await process.wait()
+            await parley_run.stop(process)
             await store.close()
     return takeovers, gaps, lateness
 
@@ -127,12 +102,8 @@ async def main() -> None:
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--heartbeat", type=float, default=2.0, help="INSTANCE_HEARTBEAT_SECONDS")
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="parley-bench-pg-"))
-    server = os.environ.get("PARLEY_TEST_POSTGRES_URL") or postgres.start(folder)
-    try:
+    with parley_run.postgres_server() as server:
         takeovers, gaps, lateness = await measure(server, args.kills, args.heartbeat)
-    finally:
-        postgres.stop(folder)
     print(f"{args.kills} kills of the leader, INSTANCE_HEARTBEAT_SECONDS={args.heartbeat:g}")
     print("target: another instance takes over within seconds (it checks for the lead every heartbeat)")
     for name, values in (

@@ -1,0 +1,125 @@
+"""`parley run` processes on a throwaway PostgreSQL, started the same way by every multi-instance bench."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from bot.schedule_store import ScheduleStore
+from bot.store import Store
+from bot.when import parse_when
+from tests.support import postgres
+from tests.support.llm_server import LLMServer
+from tests.support.slack_api import SlackAPI
+
+CHECKOUT = str(Path(__file__).resolve().parents[1])
+SECRET = "bench-secret"  # the Slack app's signing secret
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """PARLEY_TEST_POSTGRES_URL, else a cluster of this machine's binaries that is removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="parley-bench-pg-"))
+    server = os.environ.get("PARLEY_TEST_POSTGRES_URL") or postgres.start(folder)
+    try:
+        yield server
+    finally:
+        postgres.stop(folder)
+
+
+async def fresh_database(server: str, name: str) -> str:
+    """A new, empty database on `server`, so each run starts from nothing."""
+    url = make_url(server)
+    admin = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+async def every_second(store: Store, conversation: str, prompt: str, by: str, by_name: str) -> int:
+    """A schedule stored as `/schedule add every second PROMPT` would, first firing a second from now.
+
+    This module imports nothing from bench/, so tests/test_schedule_failover.py could seed with it too."""
+    now = datetime.now(UTC)
+    when, prompt = parse_when(f"every second {prompt}", "UTC", now)
+    return await ScheduleStore(store).add(
+        conversation=conversation,
+        origin=conversation,
+        prompt=prompt,
+        when=when,
+        anchor=now.timestamp(),
+        next_run_at=now.timestamp() + 1,
+        created_by=by,
+        created_by_name=by_name,
+    )
+
+
+def free_base(count: int) -> int:
+    """A port from which `count` more fit below 65536 (`--workers` serves on PORT, PORT+1, …)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        base = int(probe.getsockname()[1])
+    return base if base + count < 65536 else free_base(count)
+
+
+def environment(home: Path, llm: LLMServer, database: str, **settings: str) -> dict[str, str]:
+    """Only what the run needs, so the caller's own settings and `.env` play no part."""
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": CHECKOUT,
+        "HOME": str(home),
+        "OPENROUTER_API_KEY": "sk-bench",
+        "OPENROUTER_BASE_URL": llm.openai_base_url,
+        "DATABASE_URL": database,
+        **settings,
+    }
+
+
+def slack_app(slack: SlackAPI, port: int) -> dict[str, str]:
+    """Settings for Slack's HTTP events served on `port` (and the ports after it, one per worker)."""
+    return {
+        "SLACK_BOT_TOKEN": slack.bot_token,
+        "SLACK_SIGNING_SECRET": SECRET,
+        "SLACK_API_URL": slack.api_url,
+        "PORT": str(port),
+    }
+
+
+async def start(home: Path, env: dict[str, str], *args: str, **options: Any) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "run", *args, cwd=home, env=env, **options
+    )
+
+
+async def until_serving(base: int, count: int) -> None:
+    """Until each of the `count` ports from `base` accepts a connection: every worker is up."""
+    for port in range(base, base + count):
+        while True:
+            try:
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.1)
+            else:
+                writer.close()
+                break
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM, as a deployment stops Parley, unless the process has already gone."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        await process.wait()

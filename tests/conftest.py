@@ -17,6 +17,8 @@ from bot.models import ConversationKey, HistoryEntry, RenderBudget
 from bot.streaming import Clock
 from skills import builtin
 from tests.support import postgres
+from tests.support.discord_emulator import DiscordEmulator, running
+from tests.support.discord_harness import discord_settings_for
 from tests.support.llm_server import LLMServer
 from tests.support.search_server import SearchServer
 from tests.support.slack_api import SlackAPI
@@ -274,3 +276,31 @@ async def harness(
 ) -> AsyncIterator[Harness]:
     async with serving(slack, llm, slack_settings()) as started:
         yield started
+
+
+# Discord: the loopback Discord, settings that point at it, an engine on them, and that engine connected
+# as `parley run` connects it (support/discord_harness.py, support/discord_emulator.py).
+@pytest.fixture
+async def discord_api() -> AsyncIterator[DiscordEmulator]:
+    async with DiscordEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def discord_settings(make_settings: Callable[..., Settings], discord_api: DiscordEmulator) -> Settings:
+    return discord_settings_for(make_settings, discord_api)
+
+
+@pytest.fixture
+async def discord_engine(discord_settings: Settings) -> AsyncIterator[Engine]:
+    """An engine with the built-in skills on `discord_settings`, not yet connected; closed at the end."""
+    engine = await Engine.create(discord_settings, skills=builtin(discord_settings))
+    yield engine
+    await engine.aclose()
+
+
+@pytest.fixture
+async def discord_bot(discord_api: DiscordEmulator, discord_engine: Engine) -> AsyncIterator[Engine]:
+    """`discord_engine` connected to the loopback Discord for the whole test."""
+    async with running(discord_api, discord_engine):
+        yield discord_engine

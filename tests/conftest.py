@@ -18,7 +18,7 @@ from bot.streaming import Clock
 from skills import builtin
 from tests.support import postgres
 from tests.support.discord_emulator import DiscordEmulator, running
-from tests.support.discord_harness import discord_settings_for
+from tests.support.discord_harness import discord_settings_for, engine_on
 from tests.support.llm_server import LLMServer
 from tests.support.search_server import SearchServer
 from tests.support.slack_api import SlackAPI
@@ -294,9 +294,8 @@ def discord_settings(make_settings: Callable[..., Settings], discord_api: Discor
 @pytest.fixture
 async def discord_engine(discord_settings: Settings) -> AsyncIterator[Engine]:
     """An engine with the built-in skills on `discord_settings`, not yet connected; closed at the end."""
-    engine = await Engine.create(discord_settings, skills=builtin(discord_settings))
-    yield engine
-    await engine.aclose()
+    async with engine_on(discord_settings) as engine:
+        yield engine
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from tests.support.discord_emulator import (
     running,
     until,
 )
-from tests.support.discord_harness import discord_settings_for
+from tests.support.discord_harness import discord_settings_for, engine_on
 from tests.support.llm_server import LLMServer, Script
 
 MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
@@ -51,15 +51,16 @@ def settings_ignoring_dms(discord_api: DiscordEmulator, make_settings: Callable[
 
 
 @pytest.fixture
-async def engine(settings_ignoring_dms: Settings) -> AsyncIterator[Engine]:
-    engine = await Engine.create(settings_ignoring_dms, skills=builtin(settings_ignoring_dms))
-    yield engine
-    await engine.aclose()
+async def engine_ignoring_dms(settings_ignoring_dms: Settings) -> AsyncIterator[Engine]:
+    async with engine_on(settings_ignoring_dms) as engine:
+        yield engine
 
 
 @pytest.fixture
-async def discord(discord_api: DiscordEmulator, engine: Engine) -> AsyncIterator[DiscordPlatform]:
-    async with running(discord_api, engine) as platform:
+async def discord(
+    discord_api: DiscordEmulator, engine_ignoring_dms: Engine
+) -> AsyncIterator[DiscordPlatform]:
+    async with running(discord_api, engine_ignoring_dms) as platform:
         yield platform
 
 
@@ -94,12 +95,12 @@ async def test_a_message_delivered_twice_is_answered_once(
 
 async def test_a_redelivery_after_a_restart_is_not_answered_again(
     discord_api: DiscordEmulator,
-    engine: Engine,
+    engine_ignoring_dms: Engine,
     settings_ignoring_dms: Settings,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="bot.engine")
-    async with running(discord_api, engine):
+    async with running(discord_api, engine_ignoring_dms):
         sent = await discord_api.send_message(GENERAL, f"<@{BOT_ID}> hello", mentions=[MENTION])
         await until(lambda: contents(discord_api, GENERAL) == ["echo: Alice: hello"])
     restarted = await Engine.create(settings_ignoring_dms, skills=builtin(settings_ignoring_dms))
@@ -216,10 +217,10 @@ async def test_a_channel_parley_cannot_see_is_refused_in_one_sentence(
 
 
 async def test_a_reply_with_no_incoming_event_posts_in_the_conversation(
-    discord: DiscordPlatform, discord_api: DiscordEmulator, engine: Engine
+    discord: DiscordPlatform, discord_api: DiscordEmulator, engine_ignoring_dms: Engine
 ) -> None:
     surface = await discord.surface_for(IN_THREAD)
-    renderer = engine.pacer.renderer(surface)
+    renderer = engine_ignoring_dms.pacer.renderer(surface)
     await surface.start()
     renderer.update("Good morning")
     await renderer.finish("Good morning, everyone.")
@@ -230,13 +231,13 @@ async def test_a_reply_with_no_incoming_event_posts_in_the_conversation(
 
 
 async def test_reopen_replaces_what_every_message_of_the_reply_shows(
-    discord_api: DiscordEmulator, engine: Engine, settings_ignoring_dms: Settings
+    discord_api: DiscordEmulator, engine_ignoring_dms: Engine, settings_ignoring_dms: Settings
 ) -> None:
     long = "\n\n".join(f"Paragraph {n}. " + "word " * 120 for n in range(7))  # about 4,500 characters
-    async with running(discord_api, engine) as first:
+    async with running(discord_api, engine_ignoring_dms) as first:
         asked = await discord_api.send_message(GENERAL, "a message the reply answers")
         surface = await first.surface_for(IN_GENERAL, {"channel": str(GENERAL), "message": asked})
-        await engine.pacer.renderer(surface).finish(long)
+        await engine_ignoring_dms.pacer.renderer(surface).finish(long)
         refs = surface.refs
     assert refs is not None and len(refs["messages"]) == len(split_reply(long)) == 3
     restarted = await Engine.create(settings_ignoring_dms, skills=builtin(settings_ignoring_dms))
@@ -260,9 +261,9 @@ async def test_reopen_replaces_what_every_message_of_the_reply_shows(
 
 
 async def test_an_ask_reply_is_reopened_through_the_channel_after_its_token_expired(
-    discord_api: DiscordEmulator, engine: Engine, settings_ignoring_dms: Settings, llm: LLMServer
+    discord_api: DiscordEmulator, engine_ignoring_dms: Engine, settings_ignoring_dms: Settings, llm: LLMServer
 ) -> None:
-    async with running(discord_api, engine):
+    async with running(discord_api, engine_ignoring_dms):
         asked = await discord_api.interact("ask", [{"name": "prompt", "type": 3, "value": "hi"}])
         await until(lambda: (discord_api.original_response(asked) or {}).get("content") == "echo: Alice: hi")
     original = discord_api.original_response(asked)
@@ -358,17 +359,17 @@ async def test_a_recovered_ask_still_moves_to_the_channel_before_its_token_expir
 
 
 async def test_a_message_still_downloading_when_parley_stops_is_stored_and_answered_at_the_next_start(
-    discord_api: DiscordEmulator, engine: Engine, settings_ignoring_dms: Settings
+    discord_api: DiscordEmulator, engine_ignoring_dms: Engine, settings_ignoring_dms: Settings
 ) -> None:
     slow = [discord_api.attachment("big.txt", b"the contents", "text/plain", delay=1.0)]
-    async with running(discord_api, engine):
+    async with running(discord_api, engine_ignoring_dms):
         sent = await discord_api.send_message(
             GENERAL, f"<@{BOT_ID}> read this", mentions=[MENTION], attachments=slow
         )
         await until(lambda: discord_api.downloads == ["big.txt"])  # it arrived; Parley stops meanwhile
-    (turn,) = await engine.store.history(str(IN_GENERAL), 10)
+    (turn,) = await engine_ignoring_dms.store.history(str(IN_GENERAL), 10)
     assert turn.content.startswith("read this") and "the contents" in turn.content
-    assert [entry.message.id for entry in await engine.store.pending("discord")] == [sent]
+    assert [entry.message.id for entry in await engine_ignoring_dms.store.pending("discord")] == [sent]
     assert discord_api.replies_to(sent) == []
     restarted = await Engine.create(settings_ignoring_dms, skills=builtin(settings_ignoring_dms))
     try:

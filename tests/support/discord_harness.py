@@ -1,11 +1,15 @@
-"""Settings that point Parley at the loopback Discord: what the Discord fixtures in conftest.py build on."""
+"""Settings that point Parley at the loopback Discord and an engine on them: what the Discord fixtures in
+conftest.py build on."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from bot.config import Settings
+from bot.engine import Engine
+from skills import builtin
 from tests.support.discord_emulator import DiscordEmulator
 
 
@@ -19,3 +23,13 @@ def discord_settings_for(
         discord_gateway_url=discord_api.gateway_url,
         **overrides,
     )
+
+
+@asynccontextmanager
+async def engine_on(settings: Settings) -> AsyncIterator[Engine]:
+    """An engine with the built-in skills, as `parley run` makes it, closed when the block ends."""
+    engine = await Engine.create(settings, skills=builtin(settings))
+    try:
+        yield engine
+    finally:
+        await engine.aclose()

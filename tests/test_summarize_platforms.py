@@ -38,12 +38,6 @@ def user_blocks(llm: LLMServer) -> list[str]:
 
 
 @pytest.fixture
-async def discord_api() -> AsyncIterator[DiscordEmulator]:
-    async with DiscordEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
 async def discord_engine(
     discord_api: DiscordEmulator, make_settings: Callable[..., Settings], llm: LLMServer
 ) -> AsyncIterator[Engine]:

@@ -116,6 +116,13 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_
 
 
 @pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder to run `parley` in; the subprocess imports this checkout, whatever directory it runs in."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    return tmp_path
+
+
+@pytest.fixture
 def make_settings(tmp_path: Path, llm: LLMServer, database_url: str) -> Callable[..., Settings]:
     """Settings for a test: the loopback provider as `openrouter`, a fresh database, no .env read."""
 

@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from bot.config import ConfigError, Settings, SetupError
 from bot.engine import Engine
 from bot.settings_loader import load_settings
 from bot.shards import IDENTIFY_SECONDS
+from tests.support.cli import CHECKOUT, spawn_parley
 from tests.support.discord_emulator import (
     BOT_ID,
     DM_CHANNEL,
@@ -35,9 +35,7 @@ from tests.support.discord_emulator import (
     until,
 )
 from tests.support.llm_server import LLMServer
-from tests.test_cli import environment
 
-CHECKOUT = str(Path(__file__).resolve().parents[1])
 MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
 
 
@@ -332,15 +330,7 @@ async def instance(
         "PYTHONPATH": CHECKOUT,
     }
     with log.open("wb") as written:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            "run",
-            cwd=tmp_path,
-            env=environment(llm, tmp_path, **env),
-            stderr=written,
-        )
+        process = await spawn_parley(llm, tmp_path, "run", stderr=written, **env)
         try:
             yield process, log
         finally:

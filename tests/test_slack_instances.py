@@ -13,25 +13,20 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from sqlalchemy import Connection, text
 
 from bot.store import Store
-from tests.support.balancer import Balancer
-from tests.support.llm_server import LLMServer, Script
-from tests.support.slack_api import BOT_USER, TEAM, SlackAPI
-from tests.test_cli import environment
-from tests.test_several_instances import (
+from tests.support.cli import CHECKOUT, environment
+from tests.support.instances import (
     ALICE,
-    CHECKOUT,
     WORKERS,
-    Deliveries,
-    free_ports,
+    behind_a_balancer,
     on_postgres,
     until,
-    workers,
 )
+from tests.support.llm_server import LLMServer, Script
+from tests.support.slack_api import BOT_USER, TEAM, SlackAPI
 
 MENTIONS = 36  # twice what one minute of chat.startStream allows a workspace
 
@@ -79,14 +74,7 @@ async def test_three_instances_share_the_workspaces_budgets_and_draw_no_429(
     """36 mentions at once in 36 channels, spread over three instances: each instance alone would start
     up to 18 streams a minute, together past Slack's 20. Shared, the streams stop at the budget and the
     other replies are posted as messages, and Slack refuses nothing."""
-    base = free_ports(WORKERS)
-    async with (
-        SlackAPI(users={ALICE.id: ALICE}) as slack,
-        workers(llm, tmp_path, slack, database_url, base),
-        Balancer([base + k for k in range(WORKERS)]) as balancer,
-        aiohttp.ClientSession() as http,
-    ):
-        deliveries = Deliveries(http, balancer.url)
+    async with behind_a_balancer(llm, tmp_path, database_url) as (slack, balancer, deliveries):
         payloads = [mention_event(slack, f"C{n}", f"question {n}", n) for n in range(MENTIONS)]
         statuses = await asyncio.gather(*(deliveries.post(payload) for payload in payloads))
         assert statuses == [200] * MENTIONS

@@ -12,6 +12,7 @@ import pytest
 from bot.config import Settings
 from bot.engine import Engine
 from skills import builtin
+from tests.support.console import USER, chat
 from tests.support.discord_emulator import (
     ALICE,
     BOB,
@@ -28,7 +29,6 @@ from tests.support.search_server import SearchServer
 from tests.support.slack_harness import ALICE as SLACK_ALICE
 from tests.support.slack_harness import BOB as SLACK_BOB
 from tests.support.slack_harness import Harness, emulator, serving, settings_builder
-from tests.test_console_pipe import USER, chat
 
 NOTES = [Script(tokens=["Notes."]) for _ in range(40)]  # each part's notes, then the summary itself
 

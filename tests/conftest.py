@@ -301,7 +301,7 @@ def discord_settings(make_settings: Callable[..., Settings], discord_api: Discor
 @pytest.fixture
 async def discord_engine(discord_settings: Settings) -> AsyncIterator[Engine]:
     """An engine with the built-in skills on `discord_settings`, not yet connected; closed at the end."""
-    async with engine_on(discord_settings) as engine:
+    async with engine_on(discord_settings, builtin(discord_settings)) as engine:
         yield engine
 
 

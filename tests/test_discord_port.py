@@ -52,7 +52,7 @@ def settings_ignoring_dms(discord_api: DiscordEmulator, make_settings: Callable[
 
 @pytest.fixture
 async def engine_ignoring_dms(settings_ignoring_dms: Settings) -> AsyncIterator[Engine]:
-    async with engine_on(settings_ignoring_dms) as engine:
+    async with engine_on(settings_ignoring_dms, builtin(settings_ignoring_dms)) as engine:
         yield engine
 
 

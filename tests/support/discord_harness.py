@@ -3,13 +3,13 @@ conftest.py build on."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from bot.config import Settings
 from bot.engine import Engine
-from skills import builtin
+from bot.skills import Skill
 from tests.support.discord_emulator import DiscordEmulator
 
 
@@ -26,9 +26,9 @@ def discord_settings_for(
 
 
 @asynccontextmanager
-async def engine_on(settings: Settings) -> AsyncIterator[Engine]:
-    """An engine with the built-in skills, as `parley run` makes it, closed when the block ends."""
-    engine = await Engine.create(settings, skills=builtin(settings))
+async def engine_on(settings: Settings, skills: Iterable[Skill] = ()) -> AsyncIterator[Engine]:
+    """An engine on `settings` with `skills`, closed when the block ends."""
+    engine = await Engine.create(settings, skills=skills)
     try:
         yield engine
     finally:

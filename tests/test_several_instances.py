@@ -7,9 +7,7 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -24,27 +22,13 @@ from tests.support.instances import (
     Deliveries,
     behind_a_balancer,
     free_ports,
+    mention,
     on_postgres,
     until,
     workers,
 )
 from tests.support.llm_server import LLMServer, Script
-from tests.support.slack_api import BOT_USER, TEAM, SlackAPI
-
-
-def mention(slack: SlackAPI, text: str, event_id: str, thread_ts: str | None = None) -> dict[str, Any]:
-    said = slack.say(ALICE.id, "C1", f"<@{BOT_USER}> {text}", thread_ts=thread_ts)
-    event = {"type": "app_mention", "user": ALICE.id, "text": said.text, "ts": said.ts, "channel": "C1"}
-    if thread_ts:
-        event["thread_ts"] = thread_ts
-    return {
-        "type": "event_callback",
-        "team_id": TEAM,
-        "api_app_id": "A1",
-        "event_id": event_id,
-        "event_time": int(time.time()),
-        "event": {**event, "team": TEAM},
-    }
+from tests.support.slack_api import BOT_USER, SlackAPI
 
 
 def asked(llm: LLMServer) -> list[str]:
@@ -56,7 +40,7 @@ async def test_a_delivery_and_its_retries_on_three_instances_get_one_reply(
     llm: LLMServer, tmp_path: Path, database_url: str
 ) -> None:
     async with behind_a_balancer(llm, tmp_path, database_url) as (slack, balancer, deliveries):
-        payload = mention(slack, "hello", "EvHello")
+        payload = mention(slack, "C1", "hello", "EvHello")
         statuses = [await deliveries.post(payload, retry=attempt) for attempt in range(WORKERS)]
         assert statuses == [200] * WORKERS
         assert sorted(balancer.served) == balancer.ports  # each to another instance
@@ -67,7 +51,7 @@ async def test_a_delivery_and_its_retries_on_three_instances_get_one_reply(
         await until(answered, "the reply finished")
         for attempt in range(WORKERS, 2 * WORKERS):  # later retries change nothing
             assert await deliveries.post(payload, retry=attempt) == 200
-        later = mention(slack, "and you?", "EvLater")  # and the instances still answer new messages
+        later = mention(slack, "C1", "and you?", "EvLater")  # and the instances still answer new messages
         assert await deliveries.post(later) == 200
 
         async def both() -> bool:
@@ -84,11 +68,14 @@ async def test_one_threads_messages_spread_over_instances_are_answered_in_order(
 ) -> None:
     llm.enqueue(*(Script(tokens=[f"answer{n} ", "more"], delay=0.05) for n in range(5)))
     async with behind_a_balancer(llm, tmp_path, database_url) as (slack, balancer, deliveries):
-        parent = mention(slack, "question 0", "Ev0")
+        parent = mention(slack, "C1", "question 0", "Ev0")
         thread = parent["event"]["ts"]
         assert await deliveries.post(parent) == 200
         for n in range(1, 5):
-            assert await deliveries.post(mention(slack, f"question {n}", f"Ev{n}", thread_ts=thread)) == 200
+            assert (
+                await deliveries.post(mention(slack, "C1", f"question {n}", f"Ev{n}", thread_ts=thread))
+                == 200
+            )
         assert len(set(balancer.served)) == WORKERS
 
         async def answered() -> bool:
@@ -122,7 +109,7 @@ async def test_an_instance_killed_mid_reply_is_taken_over_by_the_others(
         store = await Store.open(database_url)
         try:
             deliveries = Deliveries(http, "")
-            first = mention(slack, "tell me a story", "EvStory")
+            first = mention(slack, "C1", "tell me a story", "EvStory")
             thread = first["event"]["ts"]
             assert await deliveries.post(first, url=f"http://127.0.0.1:{base}/slack/events") == 200
             for _ in range(10):
@@ -134,7 +121,7 @@ async def test_an_instance_killed_mid_reply_is_taken_over_by_the_others(
             await until(shown, "the reply's first text stored with where it shows")
             (reply,) = await store.streaming("slack")
             # Alice goes on in the thread, at the same instance; that message waits for her reply.
-            followup = mention(slack, "and then?", "EvThen", thread_ts=thread)
+            followup = mention(slack, "C1", "and then?", "EvThen", thread_ts=thread)
             assert await deliveries.post(followup, url=f"http://127.0.0.1:{base}/slack/events") == 200
 
             async def accepted() -> bool:

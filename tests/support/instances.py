@@ -20,7 +20,7 @@ import pytest
 from tests.support.balancer import Balancer
 from tests.support.cli import CHECKOUT, spawn_parley
 from tests.support.llm_server import LLMServer
-from tests.support.slack_api import SlackAPI, SlackUser, signed_headers
+from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser, signed_headers
 
 ALICE = SlackUser("UALICE", "Alice")
 SECRET = "shh-signing-secret"
@@ -123,3 +123,21 @@ async def behind_a_balancer(
         aiohttp.ClientSession() as http,
     ):
         yield slack, balancer, Deliveries(http, balancer.url)
+
+
+def mention(
+    slack: SlackAPI, channel: str, text: str, event_id: str, thread_ts: str | None = None
+) -> dict[str, Any]:
+    """Alice mentions Parley in `channel` (in a thread when given): the event Slack sends."""
+    said = slack.say(ALICE.id, channel, f"<@{BOT_USER}> {text}", thread_ts=thread_ts)
+    event = {"type": "app_mention", "user": ALICE.id, "text": said.text, "ts": said.ts, "channel": channel}
+    if thread_ts:
+        event["thread_ts"] = thread_ts
+    return {
+        "type": "event_callback",
+        "team_id": TEAM,
+        "api_app_id": "A1",
+        "event_id": event_id,
+        "event_time": int(time.time()),
+        "event": {**event, "team": TEAM},
+    }

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from sqlalchemy import text
 
+from adapters.discord.port import DiscordPlatform
 from bot.config import ConfigError, Settings, SetupError
 from bot.settings_loader import load_settings
 from bot.shards import IDENTIFY_SECONDS
@@ -177,14 +178,23 @@ def sharded(
     return discord_settings_for(make_settings, discord_api, discord_shard_count=count, **more)
 
 
+@contextlib.asynccontextmanager
+async def on_shards(
+    make_settings: Callable[..., Settings], count: int, *, max_concurrency: int
+) -> AsyncIterator[tuple[DiscordEmulator, DiscordPlatform]]:
+    """Parley running `count` shards on a loopback Discord of two shards, without skills."""
+    async with (
+        DiscordEmulator(shards=2, max_concurrency=max_concurrency) as discord_api,
+        engine_on(sharded(discord_api, make_settings, count)) as engine,
+        running(discord_api, engine) as platform,
+    ):
+        yield discord_api, platform
+
+
 async def test_one_process_runs_both_shards_and_answers_on_each(
     make_settings: Callable[..., Settings],
 ) -> None:
-    async with (
-        DiscordEmulator(shards=2, max_concurrency=2) as discord_api,
-        engine_on(sharded(discord_api, make_settings, 2)) as engine,
-        running(discord_api, engine) as platform,
-    ):
+    async with on_shards(make_settings, 2, max_concurrency=2) as (discord_api, platform):
         assert sorted(platform.shards) == [0, 1] and discord_api.sessions_on(1) == 1
         # Each shard's client has its own server, and DMs arrive on shard 0.
         assert platform.shards[1].get_channel(ELSEWHERE) is not None
@@ -208,11 +218,7 @@ async def test_one_process_runs_both_shards_and_answers_on_each(
 async def test_shards_of_one_bucket_identify_five_seconds_apart(
     make_settings: Callable[..., Settings],
 ) -> None:
-    async with (
-        DiscordEmulator(shards=2, max_concurrency=1) as discord_api,
-        engine_on(sharded(discord_api, make_settings, 2)) as engine,
-        running(discord_api, engine),
-    ):
+    async with on_shards(make_settings, 2, max_concurrency=1) as (discord_api, _platform):
         (_, first), (_, second) = discord_api.identifies
     assert second - first >= IDENTIFY_SECONDS and discord_api.identify_refusals == []
 
@@ -235,11 +241,7 @@ async def test_a_shard_count_discord_refuses_is_one_sentence(make_settings: Call
 async def test_a_token_revoked_on_a_shard_stops_discord_in_one_sentence(
     make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with (
-        DiscordEmulator(shards=2, max_concurrency=2) as discord_api,
-        engine_on(sharded(discord_api, make_settings, 2)) as engine,
-        running(discord_api, engine) as platform,
-    ):
+    async with on_shards(make_settings, 2, max_concurrency=2) as (discord_api, platform):
         await discord_api.close_gateway(4004)
         await asyncio.wait_for(platform.wait_closed(), 10)
     assert (
@@ -251,11 +253,7 @@ async def test_a_token_revoked_on_a_shard_stops_discord_in_one_sentence(
 async def test_shards_dropped_by_the_gateway_identify_again_in_their_slots_and_still_answer(
     make_settings: Callable[..., Settings],
 ) -> None:
-    async with (
-        DiscordEmulator(shards=2, max_concurrency=2) as discord_api,
-        engine_on(sharded(discord_api, make_settings, 2)) as engine,
-        running(discord_api, engine),
-    ):
+    async with on_shards(make_settings, 2, max_concurrency=2) as (discord_api, _platform):
         await discord_api.close_gateway(4000)  # resumable: each tries to RESUME, must IDENTIFY
         await until(lambda: len(discord_api.identifies) == 4, 20)
         await discord_api.send_message(ELSEWHERE, f"<@{BOT_ID}> back?", mentions=[MENTION])

@@ -17,6 +17,8 @@ from bot.models import ConversationKey, HistoryEntry, RenderBudget
 from bot.streaming import Clock
 from skills import builtin
 from tests.support import postgres
+from tests.support.discord_emulator import DiscordEmulator, running
+from tests.support.discord_harness import discord_settings_for, engine_on
 from tests.support.llm_server import LLMServer
 from tests.support.search_server import SearchServer
 from tests.support.slack_api import SlackAPI
@@ -111,6 +113,13 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_
     if getattr(request, "param", "sqlite") == "postgresql":
         return await fresh_postgres_database(postgres_server)
     return f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder to run `parley` in; the subprocess imports this checkout, whatever directory it runs in."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    return tmp_path
 
 
 @pytest.fixture
@@ -274,3 +283,30 @@ async def harness(
 ) -> AsyncIterator[Harness]:
     async with serving(slack, llm, slack_settings()) as started:
         yield started
+
+
+# Discord: the loopback Discord, settings that point at it, an engine on them, and that engine connected
+# as `parley run` connects it (support/discord_harness.py, support/discord_emulator.py).
+@pytest.fixture
+async def discord_api() -> AsyncIterator[DiscordEmulator]:
+    async with DiscordEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def discord_settings(make_settings: Callable[..., Settings], discord_api: DiscordEmulator) -> Settings:
+    return discord_settings_for(make_settings, discord_api)
+
+
+@pytest.fixture
+async def discord_engine(discord_settings: Settings) -> AsyncIterator[Engine]:
+    """An engine with the built-in skills on `discord_settings`, not yet connected; closed at the end."""
+    async with engine_on(discord_settings, builtin(discord_settings)) as engine:
+        yield engine
+
+
+@pytest.fixture
+async def discord_bot(discord_api: DiscordEmulator, discord_engine: Engine) -> AsyncIterator[Engine]:
+    """`discord_engine` connected to the loopback Discord for the whole test."""
+    async with running(discord_api, discord_engine):
+        yield discord_engine

@@ -3,77 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import getpass
 import json
 import os
 import socket
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bot.cli import main
+from tests.support.cli import parley, spawn_parley
 from tests.support.discord_emulator import DiscordEmulator
 from tests.support.llm_server import LLMServer, Script
 from tests.support.slack_api import BOT_USER, TEAM, SlackAPI
-
-PR_CAPBSET_DROP = 24
-# The capabilities that let root ignore permission bits: DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER.
-ROOT_OVERRIDES = (1, 2, 3)
-
-
-def environment(llm: LLMServer, cwd: Path, **env: str) -> dict[str, str]:
-    """What `parley` runs with: the loopback provider, a database under `cwd`, no inherited settings."""
-    values = {
-        "PATH": os.environ.get("PATH", ""),
-        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
-        "HOME": str(cwd),
-        "OPENROUTER_API_KEY": "sk-or-v1-cli-secret",
-        "OPENROUTER_BASE_URL": llm.openai_base_url,
-        "DATABASE_URL": f"sqlite+aiosqlite:///{cwd}/data/parley.db",
-        **env,
-    }
-    return {k: v for k, v in values.items() if v}
-
-
-async def parley(
-    llm: LLMServer, cwd: Path, *args: str, stdin: str = "", unprivileged: bool = False, **env: str
-) -> tuple[int, str, str]:
-    as_user: dict[str, Any] = {}
-    if unprivileged and os.geteuid() == 0:
-        as_user = {"preexec_fn": _without_root_overrides}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        *args,
-        cwd=cwd,
-        env=environment(llm, cwd, **env),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        **as_user,
-    )
-    out, err = await asyncio.wait_for(process.communicate(stdin.encode()), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
-def _without_root_overrides() -> None:
-    """In the child, before exec: drop what lets root write where permission bits say no."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in ROOT_OVERRIDES:
-        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    # The subprocess must import this checkout, whatever directory it runs in.
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
-    return tmp_path
 
 
 async def test_chat_from_a_pipe_streams_replies_and_remembers_across_runs(
@@ -197,15 +139,7 @@ async def test_run_serves_slack_over_socket_mode_until_terminated(llm: LLMServer
             "SLACK_APP_TOKEN": "xapp-test",
             "SLACK_API_URL": slack.api_url,
         }
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            "run",
-            cwd=workdir,
-            env=environment(llm, workdir, **slack_env),
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process = await spawn_parley(llm, workdir, "run", **slack_env)
         try:
             event = {
                 "type": "app_mention",

@@ -5,10 +5,7 @@ which refuses components Discord would refuse."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 from typing import Any
-
-import pytest
 
 from bot.compare import BALLOT
 from bot.config import Settings
@@ -27,21 +24,8 @@ from tests.support.llm_server import LLMServer, Script
 MINI, MIMO = "openrouter/openai/gpt-4o-mini", "openrouter/xiaomi/mimo-v2-flash"
 
 
-@pytest.fixture
-async def discord_api() -> AsyncIterator[DiscordEmulator]:
-    async with DiscordEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def settings(discord_api: DiscordEmulator, make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings(
-        discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
-    )
-
-
-async def new_engine(settings: Settings) -> Engine:
-    return await Engine.create(settings, skills=builtin(settings))
+async def new_engine(discord_settings: Settings) -> Engine:
+    return await Engine.create(discord_settings, skills=builtin(discord_settings))
 
 
 def options(**values: str) -> list[dict[str, Any]]:
@@ -66,14 +50,14 @@ def told(discord_api: DiscordEmulator, interaction: str) -> str:
 
 
 async def test_compare_streams_both_blind_and_votes_work_after_a_restart(
-    discord_api: DiscordEmulator, settings: Settings, llm: LLMServer
+    discord_api: DiscordEmulator, discord_settings: Settings, llm: LLMServer
 ) -> None:
     gates = {"openai/gpt-4o-mini": asyncio.Semaphore(0), "xiaomi/mimo-v2-flash": asyncio.Semaphore(0)}
     llm.by_model["openai/gpt-4o-mini"] = Script(tokens=["Four", " (mini)."], gate=gates["openai/gpt-4o-mini"])
     llm.by_model["xiaomi/mimo-v2-flash"] = Script(
         tokens=["4", " (mimo)."], gate=gates["xiaomi/mimo-v2-flash"]
     )
-    engine = await new_engine(settings)
+    engine = await new_engine(discord_settings)
     try:
         async with running(discord_api, engine):
             asked = await discord_api.interact("compare", options(model_a=MINI, model_b=MIMO, prompt="2+2?"))
@@ -106,7 +90,7 @@ async def test_compare_streams_both_blind_and_votes_work_after_a_restart(
     b_model = MIMO if a_model == MINI else MINI
     custom = {b["label"]: b["custom_id"] for b in row["components"]}
 
-    restarted = await new_engine(settings)
+    restarted = await new_engine(discord_settings)
     try:
         async with running(discord_api, restarted):
             voted = await discord_api.click(ballot["id"], custom["A is better"])
@@ -128,11 +112,11 @@ async def test_compare_streams_both_blind_and_votes_work_after_a_restart(
 
 
 async def test_a_failing_side_still_lets_the_other_answer_and_shows_no_ballot(
-    discord_api: DiscordEmulator, settings: Settings, llm: LLMServer
+    discord_api: DiscordEmulator, discord_settings: Settings, llm: LLMServer
 ) -> None:
     llm.by_model["openai/gpt-4o-mini"] = Script(tokens=["Fine."])
     llm.by_model["xiaomi/mimo-v2-flash"] = Script(status=500)
-    engine = await new_engine(settings)
+    engine = await new_engine(discord_settings)
     try:
         async with running(discord_api, engine):
             await discord_api.interact("compare", options(model_a=MINI, model_b=MIMO, prompt="hi"))

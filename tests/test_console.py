@@ -3,51 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import io
 import os
-import sqlite3
 import sys
 from pathlib import Path
 
-import pytest
 from rich.console import Console
 
 from adapters.console.surfaces import ChatMarkdown
+from tests.support.cli import environment
+from tests.support.console import CTRL_C, CTRL_D, ENTER, LEFT, UP, USER, saved_replies, sent, start_chat
 from tests.support.llm_server import LLMServer, Script
 from tests.support.terminal import Terminal
-from tests.test_cli import environment
-
-USER = getpass.getuser()
-LEFT, UP, CTRL_C, CTRL_D, ENTER = "\x1b[D", "\x1b[A", "\x03", "\x04", "\r"
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    # The subprocess must import this checkout, whatever directory it runs in.
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
-    return tmp_path
-
-
-async def start_chat(term: Terminal, llm: LLMServer, cwd: Path, **env: str) -> None:
-    await term.spawn([sys.executable, "-m", "bot", "chat"], cwd=cwd, env=environment(llm, cwd, **env))
-    await term.wait_for_prompt()
-
-
-def sent(llm: LLMServer) -> list[str]:
-    """What each chat request asked: its last user message."""
-    return [request.json["messages"][-1]["content"] for request in llm.chat_requests()]
 
 
 def squashed(text: str) -> str:
     """Text without its spaces and line breaks, to find a note however the terminal wrapped it."""
     return "".join(text.split())
-
-
-def saved_replies(cwd: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(cwd / "data" / "parley.db") as db:
-        query = "SELECT content, outcome FROM turns WHERE role = 'assistant' ORDER BY id"
-        return db.execute(query).fetchall()
 
 
 async def test_arrow_keys_edit_the_line_and_history_is_kept_per_user(llm: LLMServer, workdir: Path) -> None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import os
 import signal
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -16,45 +14,11 @@ from sqlalchemy import text
 from bot.engine import Engine
 from bot.models import Author, ConversationKey, Message
 from bot.store import Store
+from tests.support.cli import environment, spawn_parley
+from tests.support.console import USER, chat, saved_replies
 from tests.support.llm_server import LLMServer, Script
-from tests.test_cli import environment
 
-USER = getpass.getuser()
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
-    return tmp_path
-
-
-async def spawn(
-    llm: LLMServer, cwd: Path, stdout: int = asyncio.subprocess.PIPE
-) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "chat",
-        cwd=cwd,
-        env=environment(llm, cwd),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=stdout,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def chat(llm: LLMServer, cwd: Path, stdin: bytes) -> tuple[int, str, str]:
-    process = await spawn(llm, cwd)
-    out, err = await asyncio.wait_for(process.communicate(stdin), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
-def saved_replies(cwd: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(cwd / "data" / "parley.db") as db:
-        query = "SELECT content, outcome FROM turns WHERE role = 'assistant' ORDER BY id"
-        return db.execute(query).fetchall()
+PIPE = asyncio.subprocess.PIPE
 
 
 async def test_a_failed_or_cut_off_reply_makes_the_exit_status_1(llm: LLMServer, workdir: Path) -> None:
@@ -91,7 +55,7 @@ async def test_replies_in_a_pipe_are_plain_text_that_cannot_drive_a_terminal(
 
 async def test_a_reader_that_leaves_early_ends_the_chat_quietly(llm: LLMServer, workdir: Path) -> None:
     read_end, write_end = os.pipe()
-    process = await spawn(llm, workdir, stdout=write_end)
+    process = await spawn_parley(llm, workdir, "chat", stdin=PIPE, stdout=write_end)
     os.close(write_end)
     assert process.stdin is not None and process.stderr is not None
     process.stdin.write(b"one\n")
@@ -120,7 +84,7 @@ async def test_piped_into_head_prints_the_first_line_and_nothing_on_stderr(
 
 async def test_ctrl_c_during_a_piped_reply_stops_it_and_exits_130(llm: LLMServer, workdir: Path) -> None:
     llm.enqueue(Script(tokens=["The partial", " answer"], stall_after=2))
-    process = await spawn(llm, workdir)
+    process = await spawn_parley(llm, workdir, "chat", stdin=PIPE, stdout=PIPE)
     assert process.stdin is not None and process.stdout is not None and process.stderr is not None
     process.stdin.write(b"tell me\nnever asked\n")
     assert await asyncio.wait_for(process.stdout.readexactly(18), 30) == b"The partial answer"
@@ -133,7 +97,7 @@ async def test_ctrl_c_during_a_piped_reply_stops_it_and_exits_130(llm: LLMServer
 
 
 async def test_ctrl_c_while_a_piped_chat_waits_for_input_exits_at_once(llm: LLMServer, workdir: Path) -> None:
-    process = await spawn(llm, workdir)
+    process = await spawn_parley(llm, workdir, "chat", stdin=PIPE, stdout=PIPE)
     assert process.stdin is not None and process.stdout is not None and process.stderr is not None
     process.stdin.write(b"hello\n")  # the writer stays open: the chat waits for more
     assert await asyncio.wait_for(process.stdout.readline(), 30) == f"echo: {USER}: hello\n".encode()
@@ -207,17 +171,14 @@ async def test_the_terminal_chat_on_postgresql_beats_its_heartbeat(
 ) -> None:
     """Another instance takes the replies of one whose heartbeat stopped as a dead one's: `parley chat`
     beats its own while it runs."""
-    env = environment(llm, workdir, DATABASE_URL=database_url, INSTANCE_HEARTBEAT_SECONDS="0.2")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
+    process = await spawn_parley(
+        llm,
+        workdir,
         "chat",
-        cwd=workdir,
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stdin=PIPE,
+        stdout=PIPE,
+        DATABASE_URL=database_url,
+        INSTANCE_HEARTBEAT_SECONDS="0.2",
     )
     store = await Store.open(database_url)
     try:

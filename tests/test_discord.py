@@ -34,12 +34,6 @@ MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
 
 
 @pytest.fixture
-async def discord_api() -> AsyncIterator[DiscordEmulator]:
-    async with DiscordEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
 async def bot(
     discord_api: DiscordEmulator, make_settings: Callable[..., Settings], search: SearchServer
 ) -> AsyncIterator[Engine]:

@@ -61,12 +61,6 @@ async def slow() -> AsyncIterator[SlowModels]:
 
 
 @pytest.fixture
-async def discord_api() -> AsyncIterator[DiscordEmulator]:
-    async with DiscordEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
 async def engine(
     discord_api: DiscordEmulator, make_settings: Callable[..., Settings], slow: SlowModels
 ) -> AsyncIterator[Engine]:

@@ -5,10 +5,7 @@ discord.py client against the loopback Discord, which checks every component it 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 from typing import Any
-
-import pytest
 
 from bot.config import Settings
 from bot.controls import REFUSED
@@ -30,26 +27,6 @@ MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
 OTHER_MODEL = "openrouter/openai/gpt-4o-mini"
 
 
-@pytest.fixture
-async def discord_api() -> AsyncIterator[DiscordEmulator]:
-    async with DiscordEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def settings(discord_api: DiscordEmulator, make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings(
-        discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
-    )
-
-
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[Engine]:
-    engine = await Engine.create(settings, skills=builtin(settings))
-    yield engine
-    await engine.aclose()
-
-
 def custom_ids(message: dict[str, Any]) -> list[str]:
     return [item["custom_id"] for row in message["components"] for item in row["components"]]
 
@@ -64,11 +41,11 @@ def callbacks(discord_api: DiscordEmulator, interaction_id: str) -> list[Any]:
 
 
 async def test_stop_ends_the_reply_at_once_and_others_are_refused_privately(
-    discord_api: DiscordEmulator, engine: Engine, llm: LLMServer
+    discord_api: DiscordEmulator, discord_engine: Engine, llm: LLMServer
 ) -> None:
     gate = asyncio.Semaphore(1)
     llm.enqueue(Script(tokens=["Once upon", " a time"], gate=gate))
-    async with running(discord_api, engine):
+    async with running(discord_api, discord_engine):
         asked = await discord_api.send_message(GENERAL, f"<@{BOT_ID}> a story", mentions=[MENTION])
         await until(lambda: answer_to(discord_api, asked) is not None)
         reply = answer_to(discord_api, asked)
@@ -89,21 +66,21 @@ async def test_stop_ends_the_reply_at_once_and_others_are_refused_privately(
         # Once stopped, the reply offers Regenerate and the other models instead.
         await until(lambda: custom_ids(reply)[0].startswith("parley:regen:"))
         assert custom_ids(reply)[1].startswith("parley:regen-with:")
-    turns, _ = await engine.store.recall(f"discord:{GENERAL}", 10_000)
+    turns, _ = await discord_engine.store.recall(f"discord:{GENERAL}", 10_000)
     assert [(t.role, t.content, t.outcome) for t in turns][-1] == ("assistant", "Once upon", "cut_off")
 
 
 async def test_regenerate_with_another_model_from_the_menu_after_a_restart(
-    discord_api: DiscordEmulator, engine: Engine, settings: Settings, llm: LLMServer
+    discord_api: DiscordEmulator, discord_engine: Engine, discord_settings: Settings, llm: LLMServer
 ) -> None:
     llm.enqueue(Script(tokens=["Paris."]))
-    async with running(discord_api, engine):
+    async with running(discord_api, discord_engine):
         asked = await discord_api.send_message(GENERAL, f"<@{BOT_ID}> capital of France?", mentions=[MENTION])
         await until(lambda: (answer_to(discord_api, asked) or {}).get("content") == "Paris.")
         first = answer_to(discord_api, asked)
         assert first is not None
         await until(lambda: len(custom_ids(first)) == 2)
-    restarted = await Engine.create(settings, skills=builtin(settings))
+    restarted = await Engine.create(discord_settings, skills=builtin(discord_settings))
     llm.enqueue(Script(tokens=["It is Paris."]))
     try:
         async with running(discord_api, restarted):
@@ -122,9 +99,9 @@ async def test_regenerate_with_another_model_from_the_menu_after_a_restart(
 
 
 async def test_a_click_delivered_twice_regenerates_once(
-    discord_api: DiscordEmulator, engine: Engine, llm: LLMServer
+    discord_api: DiscordEmulator, discord_engine: Engine, llm: LLMServer
 ) -> None:
-    async with running(discord_api, engine):
+    async with running(discord_api, discord_engine):
         asked = await discord_api.send_message(GENERAL, f"<@{BOT_ID}> hello", mentions=[MENTION])
         await until(lambda: len(custom_ids(answer_to(discord_api, asked) or {"components": []})) == 2)
         first = answer_to(discord_api, asked)
@@ -140,9 +117,9 @@ async def test_a_click_delivered_twice_regenerates_once(
 
 
 async def test_the_regenerate_and_stop_slash_commands(
-    discord_api: DiscordEmulator, engine: Engine, llm: LLMServer
+    discord_api: DiscordEmulator, discord_engine: Engine, llm: LLMServer
 ) -> None:
-    async with running(discord_api, engine):
+    async with running(discord_api, discord_engine):
         asked = await discord_api.send_message(GENERAL, f"<@{BOT_ID}> hello", mentions=[MENTION])
         await until(lambda: answer_to(discord_api, asked) is not None)
         again = await discord_api.interact("regenerate", [{"name": "model", "type": 3, "value": OTHER_MODEL}])
@@ -158,9 +135,9 @@ async def test_the_regenerate_and_stop_slash_commands(
 
 
 async def test_editing_the_question_regenerates_the_answer_in_place_and_deleting_it_forgets_it(
-    discord_api: DiscordEmulator, engine: Engine, llm: LLMServer
+    discord_api: DiscordEmulator, discord_engine: Engine, llm: LLMServer
 ) -> None:
-    async with running(discord_api, engine):
+    async with running(discord_api, discord_engine):
         asked = await discord_api.send_message(GENERAL, f"<@{BOT_ID}> two plus two?", mentions=[MENTION])
         await until(
             lambda: (answer_to(discord_api, asked) or {}).get("content") == "echo: Alice: two plus two?"
@@ -175,9 +152,9 @@ async def test_editing_the_question_regenerates_the_answer_in_place_and_deleting
         )
         key = f"discord:{GENERAL}"
         # Memory keeps the new question and, once the new answer is saved, only that answer.
-        await until_remembered(engine, key, ["three plus three?", "echo: Alice: three plus three?"])
+        await until_remembered(discord_engine, key, ["three plus three?", "echo: Alice: three plus three?"])
         await discord_api.delete_message(GENERAL, asked)
-        await until_remembered(engine, key, [])
+        await until_remembered(discord_engine, key, [])
 
 
 async def until_remembered(engine: Engine, key: str, contents: list[str]) -> None:

@@ -9,12 +9,10 @@ import sqlite3
 import sys
 from pathlib import Path
 
-import pytest
-
 from bot.engine import RESTARTED_NOTE
+from tests.support.cli import environment
 from tests.support.discord_emulator import ALICE, BOB, BOT_ID, GENERAL, RANDOM, ROOMS, DiscordEmulator, until
 from tests.support.llm_server import LLMServer, Script
-from tests.test_cli import environment
 
 MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
 CHANNELS = [GENERAL, RANDOM, *ROOMS[:3]]
@@ -22,13 +20,6 @@ CAROL = {"id": str(100_000_000_000_000_000 + 1003), "username": "carol", "global
 DAN = {"id": str(100_000_000_000_000_000 + 1004), "username": "dan", "global_name": "Dan"}
 PEOPLE = [ALICE, BOB, CAROL, DAN]
 SHOWN = "Part one. Part two."  # what each reply under way shows when the process dies
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    # The subprocess must import this checkout, whatever directory it runs in.
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
-    return tmp_path
 
 
 async def start_parley(

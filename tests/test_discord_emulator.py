@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -31,12 +30,6 @@ READ_MESSAGE_HISTORY = 1 << 16
 
 OPTION = {"type": 3, "name": "text", "description": "Some text"}
 COMMAND = {"name": "ask", "description": "Ask something", "type": 1, "options": [OPTION]}
-
-
-@pytest.fixture
-async def discord_api() -> AsyncIterator[DiscordEmulator]:
-    async with DiscordEmulator() as emulator:
-        yield emulator
 
 
 async def call(

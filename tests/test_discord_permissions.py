@@ -6,14 +6,8 @@ resolved permissions into each interaction, as Discord does.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-
-import pytest
-
-from bot.config import Settings
 from bot.engine import Engine
 from bot.models import ConversationKey
-from skills import builtin
 from tests.support.discord_emulator import (
     ALICE,
     BOB,
@@ -25,32 +19,12 @@ from tests.support.discord_emulator import (
     THREAD,
     DiscordEmulator,
     overwrite,
-    running,
     until,
 )
 
 MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
 REFUSED = "Only channel managers and Parley admins can change web_search."
 SWITCHED = "web_search in this channel is now on."
-
-
-@pytest.fixture
-async def discord_api() -> AsyncIterator[DiscordEmulator]:
-    async with DiscordEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
-async def engine(
-    discord_api: DiscordEmulator, make_settings: Callable[..., Settings]
-) -> AsyncIterator[Engine]:
-    settings = make_settings(
-        discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
-    )
-    engine = await Engine.create(settings, skills=builtin(settings))
-    async with running(discord_api, engine):
-        yield engine
-    await engine.aclose()
 
 
 async def set_search(
@@ -72,26 +46,29 @@ async def search_mode(engine: Engine, channel: int, thread: int | None = None) -
 
 
 async def test_a_role_denied_manage_channels_in_one_channel_cannot_change_it(
-    engine: Engine, discord_api: DiscordEmulator
+    discord_bot: Engine, discord_api: DiscordEmulator
 ) -> None:
     await discord_api.set_overwrites(RANDOM, [overwrite(MANAGER_ROLE, deny=MANAGE_CHANNELS)])
     assert await set_search(discord_api, RANDOM, ALICE, [MANAGER_ROLE]) == REFUSED
-    assert await search_mode(engine, RANDOM) == "off"
+    assert await search_mode(discord_bot, RANDOM) == "off"
     assert await set_search(discord_api, GENERAL, ALICE, [MANAGER_ROLE]) == SWITCHED
 
 
 async def test_a_person_denied_in_a_channel_is_refused_there_and_in_its_threads(
-    engine: Engine, discord_api: DiscordEmulator
+    discord_bot: Engine, discord_api: DiscordEmulator
 ) -> None:
     await discord_api.set_overwrites(GENERAL, [overwrite(ALICE["id"], deny=MANAGE_CHANNELS, member=True)])
     assert await set_search(discord_api, GENERAL, ALICE, [MANAGER_ROLE]) == REFUSED
     assert await set_search(discord_api, THREAD, ALICE, [MANAGER_ROLE]) == REFUSED
-    assert (await search_mode(engine, GENERAL), await search_mode(engine, GENERAL, THREAD)) == ("off", "off")
+    assert (await search_mode(discord_bot, GENERAL), await search_mode(discord_bot, GENERAL, THREAD)) == (
+        "off",
+        "off",
+    )
     assert await set_search(discord_api, RANDOM, ALICE, [MANAGER_ROLE]) == SWITCHED
 
 
 async def test_a_person_allowed_in_one_channel_manages_only_that_channel(
-    engine: Engine, discord_api: DiscordEmulator
+    discord_bot: Engine, discord_api: DiscordEmulator
 ) -> None:
     await discord_api.set_overwrites(RANDOM, [overwrite(BOB["id"], allow=MANAGE_CHANNELS, member=True)])
     assert await set_search(discord_api, RANDOM, BOB, []) == SWITCHED
@@ -99,14 +76,14 @@ async def test_a_person_allowed_in_one_channel_manages_only_that_channel(
 
 
 async def test_overwrites_also_hold_for_commands_sent_as_mentions(
-    engine: Engine, discord_api: DiscordEmulator
+    discord_bot: Engine, discord_api: DiscordEmulator
 ) -> None:
     await discord_api.set_overwrites(RANDOM, [overwrite(MANAGER_ROLE, deny=MANAGE_CHANNELS)])
     await discord_api.send_message(
         RANDOM, f"<@{BOT_ID}> /search on", mentions=[MENTION], roles=[MANAGER_ROLE]
     )
     await until(lambda: [m["content"] for m in discord_api.messages_in(RANDOM)] == [REFUSED])
-    assert await search_mode(engine, RANDOM) == "off"
+    assert await search_mode(discord_bot, RANDOM) == "off"
     await discord_api.send_message(
         GENERAL, f"<@{BOT_ID}> /search on", mentions=[MENTION], roles=[MANAGER_ROLE]
     )

@@ -34,6 +34,7 @@ from tests.support.discord_emulator import (
     running,
     until,
 )
+from tests.support.discord_harness import discord_settings_for, engine_on
 from tests.support.llm_server import LLMServer, Script
 
 MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
@@ -44,31 +45,22 @@ IN_THREAD = ConversationKey("discord", str(GENERAL), str(THREAD))
 
 
 @pytest.fixture
-async def discord_api() -> AsyncIterator[DiscordEmulator]:
-    async with DiscordEmulator() as emulator:
-        yield emulator
+def settings_ignoring_dms(discord_api: DiscordEmulator, make_settings: Callable[..., Settings]) -> Settings:
+    """The loopback Discord's settings, but DMs here are chatter for history, not questions."""
+    return discord_settings_for(make_settings, discord_api, discord_reply_in_dms=False)
 
 
 @pytest.fixture
-def settings(discord_api: DiscordEmulator, make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings(
-        discord_token="t",
-        discord_api_base=discord_api.api_base,
-        discord_gateway_url=discord_api.gateway_url,
-        discord_reply_in_dms=False,  # DMs here are chatter for history, not questions
-    )
+async def engine_ignoring_dms(settings_ignoring_dms: Settings) -> AsyncIterator[Engine]:
+    async with engine_on(settings_ignoring_dms, builtin(settings_ignoring_dms)) as engine:
+        yield engine
 
 
 @pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[Engine]:
-    engine = await Engine.create(settings, skills=builtin(settings))
-    yield engine
-    await engine.aclose()
-
-
-@pytest.fixture
-async def discord(discord_api: DiscordEmulator, engine: Engine) -> AsyncIterator[DiscordPlatform]:
-    async with running(discord_api, engine) as platform:
+async def discord(
+    discord_api: DiscordEmulator, engine_ignoring_dms: Engine
+) -> AsyncIterator[DiscordPlatform]:
+    async with running(discord_api, engine_ignoring_dms) as platform:
         yield platform
 
 
@@ -102,13 +94,16 @@ async def test_a_message_delivered_twice_is_answered_once(
 
 
 async def test_a_redelivery_after_a_restart_is_not_answered_again(
-    discord_api: DiscordEmulator, engine: Engine, settings: Settings, caplog: pytest.LogCaptureFixture
+    discord_api: DiscordEmulator,
+    engine_ignoring_dms: Engine,
+    settings_ignoring_dms: Settings,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="bot.engine")
-    async with running(discord_api, engine):
+    async with running(discord_api, engine_ignoring_dms):
         sent = await discord_api.send_message(GENERAL, f"<@{BOT_ID}> hello", mentions=[MENTION])
         await until(lambda: contents(discord_api, GENERAL) == ["echo: Alice: hello"])
-    restarted = await Engine.create(settings, skills=builtin(settings))
+    restarted = await Engine.create(settings_ignoring_dms, skills=builtin(settings_ignoring_dms))
     try:
         async with running(discord_api, restarted):
             await discord_api.deliver_again(sent)
@@ -222,10 +217,10 @@ async def test_a_channel_parley_cannot_see_is_refused_in_one_sentence(
 
 
 async def test_a_reply_with_no_incoming_event_posts_in_the_conversation(
-    discord: DiscordPlatform, discord_api: DiscordEmulator, engine: Engine
+    discord: DiscordPlatform, discord_api: DiscordEmulator, engine_ignoring_dms: Engine
 ) -> None:
     surface = await discord.surface_for(IN_THREAD)
-    renderer = engine.pacer.renderer(surface)
+    renderer = engine_ignoring_dms.pacer.renderer(surface)
     await surface.start()
     renderer.update("Good morning")
     await renderer.finish("Good morning, everyone.")
@@ -236,16 +231,16 @@ async def test_a_reply_with_no_incoming_event_posts_in_the_conversation(
 
 
 async def test_reopen_replaces_what_every_message_of_the_reply_shows(
-    discord_api: DiscordEmulator, engine: Engine, settings: Settings
+    discord_api: DiscordEmulator, engine_ignoring_dms: Engine, settings_ignoring_dms: Settings
 ) -> None:
     long = "\n\n".join(f"Paragraph {n}. " + "word " * 120 for n in range(7))  # about 4,500 characters
-    async with running(discord_api, engine) as first:
+    async with running(discord_api, engine_ignoring_dms) as first:
         asked = await discord_api.send_message(GENERAL, "a message the reply answers")
         surface = await first.surface_for(IN_GENERAL, {"channel": str(GENERAL), "message": asked})
-        await engine.pacer.renderer(surface).finish(long)
+        await engine_ignoring_dms.pacer.renderer(surface).finish(long)
         refs = surface.refs
     assert refs is not None and len(refs["messages"]) == len(split_reply(long)) == 3
-    restarted = await Engine.create(settings, skills=builtin(settings))
+    restarted = await Engine.create(settings_ignoring_dms, skills=builtin(settings_ignoring_dms))
     try:
         async with running(discord_api, restarted) as second:
             # What was stored is shorter than what was shown: two messages are enough for it now.
@@ -266,15 +261,15 @@ async def test_reopen_replaces_what_every_message_of_the_reply_shows(
 
 
 async def test_an_ask_reply_is_reopened_through_the_channel_after_its_token_expired(
-    discord_api: DiscordEmulator, engine: Engine, settings: Settings, llm: LLMServer
+    discord_api: DiscordEmulator, engine_ignoring_dms: Engine, settings_ignoring_dms: Settings, llm: LLMServer
 ) -> None:
-    async with running(discord_api, engine):
+    async with running(discord_api, engine_ignoring_dms):
         asked = await discord_api.interact("ask", [{"name": "prompt", "type": 3, "value": "hi"}])
         await until(lambda: (discord_api.original_response(asked) or {}).get("content") == "echo: Alice: hi")
     original = discord_api.original_response(asked)
     assert original is not None
     discord_api.token_seconds = 0.0  # long gone by the time Parley is back
-    restarted = await Engine.create(settings, skills=builtin(settings))
+    restarted = await Engine.create(settings_ignoring_dms, skills=builtin(settings_ignoring_dms))
     try:
         async with running(discord_api, restarted) as second:
             refs: dict[str, Any] = {"channel": str(GENERAL), "messages": [original["id"]]}
@@ -323,12 +318,7 @@ def token_writes(discord_api: DiscordEmulator, interaction: str) -> list[Any]:
 async def test_an_ask_waiting_when_parley_stopped_is_answered_through_its_token_after_the_restart(
     discord_api: DiscordEmulator, make_settings: Callable[..., Settings], llm: LLMServer
 ) -> None:
-    settings = make_settings(
-        discord_token="t",
-        discord_api_base=discord_api.api_base,
-        discord_gateway_url=discord_api.gateway_url,
-        shutdown_grace_seconds=0.3,
-    )
+    settings = discord_settings_for(make_settings, discord_api, shutdown_grace_seconds=0.3)
     asked, restarted = await ask_then_restart(discord_api, settings, llm, Script(tokens=["Now", " you."]))
     try:
         async with running(discord_api, restarted):
@@ -346,12 +336,7 @@ async def test_a_recovered_ask_still_moves_to_the_channel_before_its_token_expir
     monkeypatch.setattr(surfaces, "TOKEN_MARGIN", 2.0)
     lines = [f"Line {i} of a long answer.\n" for i in range(16)]
     async with DiscordEmulator(token_seconds=6.0) as discord_api:
-        settings = make_settings(
-            discord_token="t",
-            discord_api_base=discord_api.api_base,
-            discord_gateway_url=discord_api.gateway_url,
-            shutdown_grace_seconds=0.3,
-        )
+        settings = discord_settings_for(make_settings, discord_api, shutdown_grace_seconds=0.3)
         asked, restarted = await ask_then_restart(
             discord_api, settings, llm, Script(tokens=lines, delay=0.4)
         )  # about 6 s: past the token's life
@@ -374,19 +359,19 @@ async def test_a_recovered_ask_still_moves_to_the_channel_before_its_token_expir
 
 
 async def test_a_message_still_downloading_when_parley_stops_is_stored_and_answered_at_the_next_start(
-    discord_api: DiscordEmulator, engine: Engine, settings: Settings
+    discord_api: DiscordEmulator, engine_ignoring_dms: Engine, settings_ignoring_dms: Settings
 ) -> None:
     slow = [discord_api.attachment("big.txt", b"the contents", "text/plain", delay=1.0)]
-    async with running(discord_api, engine):
+    async with running(discord_api, engine_ignoring_dms):
         sent = await discord_api.send_message(
             GENERAL, f"<@{BOT_ID}> read this", mentions=[MENTION], attachments=slow
         )
         await until(lambda: discord_api.downloads == ["big.txt"])  # it arrived; Parley stops meanwhile
-    (turn,) = await engine.store.history(str(IN_GENERAL), 10)
+    (turn,) = await engine_ignoring_dms.store.history(str(IN_GENERAL), 10)
     assert turn.content.startswith("read this") and "the contents" in turn.content
-    assert [entry.message.id for entry in await engine.store.pending("discord")] == [sent]
+    assert [entry.message.id for entry in await engine_ignoring_dms.store.pending("discord")] == [sent]
     assert discord_api.replies_to(sent) == []
-    restarted = await Engine.create(settings, skills=builtin(settings))
+    restarted = await Engine.create(settings_ignoring_dms, skills=builtin(settings_ignoring_dms))
     try:
         async with running(discord_api, restarted):
             await until(lambda: discord_api.replies_to(sent))

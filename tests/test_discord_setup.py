@@ -17,19 +17,12 @@ import adapters.discord.port as discord_port
 from adapters.discord.port import DiscordPlatform
 from bot.config import Settings, SetupError
 from bot.engine import Engine
+from tests.support.cli import parley
 from tests.support.discord_emulator import APP_ID, BOT_ID, GENERAL, DiscordEmulator, running, until
 from tests.support.llm_server import LLMServer
 from tests.support.slack_api import SlackAPI
-from tests.test_cli import parley
 
 MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    # The subprocess must import this checkout, whatever directory it runs in.
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
-    return tmp_path
 
 
 def discord_env(discord_api: DiscordEmulator) -> dict[str, str]:

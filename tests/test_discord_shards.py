@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,11 @@ import aiohttp
 import pytest
 from sqlalchemy import text
 
+from adapters.discord.port import DiscordPlatform
 from bot.config import ConfigError, Settings, SetupError
-from bot.engine import Engine
 from bot.settings_loader import load_settings
 from bot.shards import IDENTIFY_SECONDS
+from tests.support.cli import CHECKOUT, spawn_parley
 from tests.support.discord_emulator import (
     BOT_ID,
     DM_CHANNEL,
@@ -34,10 +34,9 @@ from tests.support.discord_emulator import (
     shard_of,
     until,
 )
+from tests.support.discord_harness import discord_settings_for, engine_on
 from tests.support.llm_server import LLMServer
-from tests.test_cli import environment
 
-CHECKOUT = str(Path(__file__).resolve().parents[1])
 MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
 
 
@@ -176,40 +175,41 @@ async def test_a_second_session_on_a_shard_replaces_the_first(http: aiohttp.Clie
 def sharded(
     discord_api: DiscordEmulator, make_settings: Callable[..., Settings], count: int, **more: Any
 ) -> Settings:
-    return make_settings(
-        discord_token="t",
-        discord_api_base=discord_api.api_base,
-        discord_gateway_url=discord_api.gateway_url,
-        discord_shard_count=count,
-        **more,
-    )
+    return discord_settings_for(make_settings, discord_api, discord_shard_count=count, **more)
+
+
+@contextlib.asynccontextmanager
+async def on_shards(
+    make_settings: Callable[..., Settings], count: int, *, max_concurrency: int
+) -> AsyncIterator[tuple[DiscordEmulator, DiscordPlatform]]:
+    """Parley running `count` shards on a loopback Discord of two shards, without skills."""
+    async with (
+        DiscordEmulator(shards=2, max_concurrency=max_concurrency) as discord_api,
+        engine_on(sharded(discord_api, make_settings, count)) as engine,
+        running(discord_api, engine) as platform,
+    ):
+        yield discord_api, platform
 
 
 async def test_one_process_runs_both_shards_and_answers_on_each(
     make_settings: Callable[..., Settings],
 ) -> None:
-    async with DiscordEmulator(shards=2, max_concurrency=2) as discord_api:
-        engine = await Engine.create(sharded(discord_api, make_settings, 2))
-        try:
-            async with running(discord_api, engine) as platform:
-                assert sorted(platform.shards) == [0, 1] and discord_api.sessions_on(1) == 1
-                # Each shard's client has its own server, and DMs arrive on shard 0.
-                assert platform.shards[1].get_channel(ELSEWHERE) is not None
-                assert platform.shards[0].get_channel(ELSEWHERE) is None
-                await discord_api.send_message(GENERAL, f"<@{BOT_ID}> here?", mentions=[MENTION])
-                await discord_api.send_message(ELSEWHERE, f"<@{BOT_ID}> there?", mentions=[MENTION])
-                await discord_api.send_message(DM_CHANNEL, "and in private?", guild=False)
-                await until(
-                    lambda: (
-                        [m["content"] for m in discord_api.messages_in(GENERAL)] == ["echo: Alice: here?"]
-                        and [m["content"] for m in discord_api.messages_in(ELSEWHERE)]
-                        == ["echo: Alice: there?"]
-                        and [m["content"] for m in discord_api.messages_in(DM_CHANNEL)]
-                        == ["echo: Alice: and in private?"]
-                    )
-                )
-        finally:
-            await engine.aclose()
+    async with on_shards(make_settings, 2, max_concurrency=2) as (discord_api, platform):
+        assert sorted(platform.shards) == [0, 1] and discord_api.sessions_on(1) == 1
+        # Each shard's client has its own server, and DMs arrive on shard 0.
+        assert platform.shards[1].get_channel(ELSEWHERE) is not None
+        assert platform.shards[0].get_channel(ELSEWHERE) is None
+        await discord_api.send_message(GENERAL, f"<@{BOT_ID}> here?", mentions=[MENTION])
+        await discord_api.send_message(ELSEWHERE, f"<@{BOT_ID}> there?", mentions=[MENTION])
+        await discord_api.send_message(DM_CHANNEL, "and in private?", guild=False)
+        await until(
+            lambda: (
+                [m["content"] for m in discord_api.messages_in(GENERAL)] == ["echo: Alice: here?"]
+                and [m["content"] for m in discord_api.messages_in(ELSEWHERE)] == ["echo: Alice: there?"]
+                and [m["content"] for m in discord_api.messages_in(DM_CHANNEL)]
+                == ["echo: Alice: and in private?"]
+            )
+        )
     syncs = [c for c in discord_api.calls if c.method == "PUT" and c.path.endswith("/commands")]
     assert len(syncs) == 1  # by the REST client, once, not once per shard
     assert discord_api.identify_refusals == []
@@ -218,25 +218,19 @@ async def test_one_process_runs_both_shards_and_answers_on_each(
 async def test_shards_of_one_bucket_identify_five_seconds_apart(
     make_settings: Callable[..., Settings],
 ) -> None:
-    async with DiscordEmulator(shards=2, max_concurrency=1) as discord_api:
-        engine = await Engine.create(sharded(discord_api, make_settings, 2))
-        try:
-            async with running(discord_api, engine):
-                (_, first), (_, second) = discord_api.identifies
-        finally:
-            await engine.aclose()
+    async with on_shards(make_settings, 2, max_concurrency=1) as (discord_api, _platform):
+        (_, first), (_, second) = discord_api.identifies
     assert second - first >= IDENTIFY_SECONDS and discord_api.identify_refusals == []
 
 
 async def test_a_shard_count_discord_refuses_is_one_sentence(make_settings: Callable[..., Settings]) -> None:
-    async with DiscordEmulator(shards=2, max_concurrency=3) as discord_api:
-        engine = await Engine.create(sharded(discord_api, make_settings, 3))
-        try:
-            with pytest.raises(SetupError) as refused:
-                async with running(discord_api, engine):
-                    pass
-        finally:
-            await engine.aclose()
+    async with (
+        DiscordEmulator(shards=2, max_concurrency=3) as discord_api,
+        engine_on(sharded(discord_api, make_settings, 3)) as engine,
+    ):
+        with pytest.raises(SetupError) as refused:
+            async with running(discord_api, engine):
+                pass
     assert str(refused.value) == (
         "Discord refused the shard count (gateway close code 4010); set DISCORD_SHARD_COUNT to the number "
         "of shards the bot needs (GET /gateway/bot recommends one), the same on every instance"
@@ -247,14 +241,9 @@ async def test_a_shard_count_discord_refuses_is_one_sentence(make_settings: Call
 async def test_a_token_revoked_on_a_shard_stops_discord_in_one_sentence(
     make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with DiscordEmulator(shards=2, max_concurrency=2) as discord_api:
-        engine = await Engine.create(sharded(discord_api, make_settings, 2))
-        try:
-            async with running(discord_api, engine) as platform:
-                await discord_api.close_gateway(4004)
-                await asyncio.wait_for(platform.wait_closed(), 10)
-        finally:
-            await engine.aclose()
+    async with on_shards(make_settings, 2, max_concurrency=2) as (discord_api, platform):
+        await discord_api.close_gateway(4004)
+        await asyncio.wait_for(platform.wait_closed(), 10)
     assert (
         "Discord stopped: Discord refused DISCORD_TOKEN on the gateway; reset the token in the developer "
         "portal; Parley can no longer receive messages there"
@@ -264,20 +253,13 @@ async def test_a_token_revoked_on_a_shard_stops_discord_in_one_sentence(
 async def test_shards_dropped_by_the_gateway_identify_again_in_their_slots_and_still_answer(
     make_settings: Callable[..., Settings],
 ) -> None:
-    async with DiscordEmulator(shards=2, max_concurrency=2) as discord_api:
-        engine = await Engine.create(sharded(discord_api, make_settings, 2))
-        try:
-            async with running(discord_api, engine):
-                await discord_api.close_gateway(4000)  # resumable: each tries to RESUME, must IDENTIFY
-                await until(lambda: len(discord_api.identifies) == 4, 20)
-                await discord_api.send_message(ELSEWHERE, f"<@{BOT_ID}> back?", mentions=[MENTION])
-                await until(
-                    lambda: (
-                        [m["content"] for m in discord_api.messages_in(ELSEWHERE)] == ["echo: Alice: back?"]
-                    )
-                )
-        finally:
-            await engine.aclose()
+    async with on_shards(make_settings, 2, max_concurrency=2) as (discord_api, _platform):
+        await discord_api.close_gateway(4000)  # resumable: each tries to RESUME, must IDENTIFY
+        await until(lambda: len(discord_api.identifies) == 4, 20)
+        await discord_api.send_message(ELSEWHERE, f"<@{BOT_ID}> back?", mentions=[MENTION])
+        await until(
+            lambda: [m["content"] for m in discord_api.messages_in(ELSEWHERE)] == ["echo: Alice: back?"]
+        )
     assert discord_api.identify_refusals == []
     assert sorted(shard for shard, _at in discord_api.identifies) == [0, 0, 1, 1]
 
@@ -291,22 +273,18 @@ async def test_shards_whose_leases_are_lost_are_closed_then_taken_again(
         settings = sharded(discord_api, make_settings, 2).model_copy(
             update={"instance_heartbeat_seconds": 0.2}
         )
-        engine = await Engine.create(settings)
-        try:
-            async with running(discord_api, engine) as platform:
-                assert platform._leases is not None and platform._leases._connection is not None
-                connection = platform._leases._connection
-                pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-                terminate = text("SELECT pg_terminate_backend(:pid)").bindparams(pid=pid)
-                await engine.store.write(lambda conn: conn.execute(terminate))  # as when the connection drops
-                await until(lambda: len(discord_api.identifies) == 4, 20)
-                await discord_api.send_message(GENERAL, f"<@{BOT_ID}> back?", mentions=[MENTION])
-                await until(
-                    lambda: [m["content"] for m in discord_api.messages_in(GENERAL)] == ["echo: Alice: back?"]
-                )
-                assert sorted(platform.shards) == [0, 1]
-        finally:
-            await engine.aclose()
+        async with engine_on(settings) as engine, running(discord_api, engine) as platform:
+            assert platform._leases is not None and platform._leases._connection is not None
+            connection = platform._leases._connection
+            pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            terminate = text("SELECT pg_terminate_backend(:pid)").bindparams(pid=pid)
+            await engine.store.write(lambda conn: conn.execute(terminate))  # as when the connection drops
+            await until(lambda: len(discord_api.identifies) == 4, 20)
+            await discord_api.send_message(GENERAL, f"<@{BOT_ID}> back?", mentions=[MENTION])
+            await until(
+                lambda: [m["content"] for m in discord_api.messages_in(GENERAL)] == ["echo: Alice: back?"]
+            )
+            assert sorted(platform.shards) == [0, 1]
     assert "Discord: lost the lease on shard 0; closing its connection" in caplog.text
     assert "Discord: lost the lease on shard 1; closing its connection" in caplog.text
     assert discord_api.identify_refusals == []
@@ -332,15 +310,7 @@ async def instance(
         "PYTHONPATH": CHECKOUT,
     }
     with log.open("wb") as written:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            "run",
-            cwd=tmp_path,
-            env=environment(llm, tmp_path, **env),
-            stderr=written,
-        )
+        process = await spawn_parley(llm, tmp_path, "run", stderr=written, **env)
         try:
             yield process, log
         finally:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from bot.cli import event_loop
+from tests.support.cli import environment
 from tests.support.llm_server import LLMServer
 from tests.support.slack_api import SlackAPI
-from tests.test_cli import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -35,12 +35,6 @@ MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
 
 
 @pytest.fixture
-async def discord_api() -> AsyncIterator[DiscordEmulator]:
-    async with DiscordEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
 def on_discord(discord_api: DiscordEmulator, make_settings: Callable[..., Settings]) -> Callable[..., Any]:
     @asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[Engine]:

@@ -15,10 +15,10 @@ from sqlalchemy import create_engine
 from bot.metrics import Health, Metrics, serve
 from bot.sqlite_worker import SQLiteWorker
 from bot.store import Store
+from tests.support.cli import CHECKOUT, environment, spawn_parley
 from tests.support.llm_server import LLMServer
 from tests.support.slack_api import BOT_USER, SlackAPI, SlackUser
-from tests.test_cli import environment
-from tests.test_slack_recovery import CHECKOUT, event
+from tests.test_slack_recovery import event
 
 ALICE = SlackUser("UALICE", "Alice")
 
@@ -44,15 +44,7 @@ async def test_parley_run_serves_health_and_metrics_on_metrics_port(llm: LLMServ
             "METRICS_PORT": str(port),
             "PYTHONPATH": CHECKOUT,
         }
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            "run",
-            cwd=tmp_path,
-            env=environment(llm, tmp_path, **env),
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process = await spawn_parley(llm, tmp_path, "run", **env)
         try:
             health = await _until_healthy(f"http://127.0.0.1:{port}/healthz")
             assert health == '{"status": "ok", "store": "up", "platforms": {"slack": "up"}}'

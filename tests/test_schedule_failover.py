@@ -19,9 +19,9 @@ from bot.schedule_store import ScheduleStore
 from bot.schema import schedule_runs, turns
 from bot.store import Store
 from bot.when import parse_when
+from tests.support.instances import WORKERS, free_ports, on_postgres, until, workers
 from tests.support.llm_server import LLMServer, Script
 from tests.support.slack_api import SlackAPI, SlackMessage
-from tests.test_several_instances import WORKERS, free_ports, on_postgres, until, workers
 
 CONVERSATION = "slack:C1"
 PROMPT = "tick"

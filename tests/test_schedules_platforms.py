@@ -39,12 +39,6 @@ def option(name: str, value: str) -> dict[str, Any]:
     return {"name": name, "type": 3, "value": value}
 
 
-@pytest.fixture
-async def discord_api() -> AsyncIterator[DiscordEmulator]:
-    async with DiscordEmulator() as emulator_:
-        yield emulator_
-
-
 @contextlib.asynccontextmanager
 async def parley_on_discord(discord_api: DiscordEmulator, settings: Settings) -> AsyncIterator[Scheduler]:
     """Parley as `parley run` starts it: the platform, recovery, then the scheduler; stopped in turn."""

@@ -4,139 +4,31 @@ balancer: `parley run --workers 3`, real processes, the real Bolt app, the loopb
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import random
 import signal
-import socket
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from bot.engine import RESTARTED_NOTE
 from bot.store import Store
-from tests.support.balancer import Balancer
+from tests.support.cli import CHECKOUT, environment
+from tests.support.instances import (
+    ALICE,
+    SECRET,
+    WORKERS,
+    Deliveries,
+    behind_a_balancer,
+    free_ports,
+    mention,
+    on_postgres,
+    until,
+    workers,
+)
 from tests.support.llm_server import LLMServer, Script
-from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser, signed_headers
-from tests.test_cli import environment
-
-ALICE = SlackUser("UALICE", "Alice")
-SECRET = "shh-signing-secret"
-WORKERS = 3
-CHECKOUT = str(Path(__file__).resolve().parents[1])
-on_postgres = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-
-
-async def until(condition: Callable[[], Awaitable[bool]], what: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def free_ports(count: int) -> int:
-    """The first of `count` consecutive free loopback ports."""
-    while True:
-        base = random.randrange(20000, 60000)
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                probe = socket.socket()
-                sockets.append(probe)
-                probe.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for probe in sockets:
-                probe.close()
-
-
-async def accepting(port: int) -> bool:
-    try:
-        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    writer.close()
-    return True
-
-
-@asynccontextmanager
-async def workers(
-    llm: LLMServer, tmp_path: Path, slack: SlackAPI, database_url: str, base: int, **settings: str
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    env = {
-        "SLACK_BOT_TOKEN": slack.bot_token,
-        "SLACK_SIGNING_SECRET": SECRET,
-        "SLACK_API_URL": slack.api_url,
-        "SLACK_RENDER_INTERVAL": "0.05",
-        "DATABASE_URL": database_url,
-        "PORT": str(base),
-        "INSTANCE_HEARTBEAT_SECONDS": "0.3",
-        "INSTANCE_TIMEOUT_SECONDS": "2",
-        "PYTHONPATH": CHECKOUT,
-        **settings,
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "run",
-        "--workers",
-        str(WORKERS),
-        cwd=tmp_path,
-        env=environment(llm, tmp_path, **env),
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-
-        async def all_serving() -> bool:
-            return all([await accepting(base + k) for k in range(WORKERS)])
-
-        await until(all_serving, "three workers serving Slack's events")
-        yield process
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        _out, err = await asyncio.wait_for(process.communicate(), 60)
-        assert process.returncode == 0, err.decode()[-3000:]
-
-
-class Deliveries:
-    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
-        self.http, self.url = http, url
-
-    async def post(self, payload: dict[str, Any], *, retry: int = 0, url: str | None = None) -> int:
-        body = json.dumps(payload)
-        headers = {"Content-Type": "application/json", **signed_headers(body, SECRET)}
-        if retry:
-            headers["X-Slack-Retry-Num"] = str(retry)
-            headers["X-Slack-Retry-Reason"] = "http_timeout"
-        async with self.http.post(url or f"{self.url}/slack/events", data=body, headers=headers) as answer:
-            return answer.status
-
-
-def mention(slack: SlackAPI, text: str, event_id: str, thread_ts: str | None = None) -> dict[str, Any]:
-    said = slack.say(ALICE.id, "C1", f"<@{BOT_USER}> {text}", thread_ts=thread_ts)
-    event = {"type": "app_mention", "user": ALICE.id, "text": said.text, "ts": said.ts, "channel": "C1"}
-    if thread_ts:
-        event["thread_ts"] = thread_ts
-    return {
-        "type": "event_callback",
-        "team_id": TEAM,
-        "api_app_id": "A1",
-        "event_id": event_id,
-        "event_time": int(time.time()),
-        "event": {**event, "team": TEAM},
-    }
+from tests.support.slack_api import BOT_USER, SlackAPI
 
 
 def asked(llm: LLMServer) -> list[str]:
@@ -147,18 +39,11 @@ def asked(llm: LLMServer) -> list[str]:
 async def test_a_delivery_and_its_retries_on_three_instances_get_one_reply(
     llm: LLMServer, tmp_path: Path, database_url: str
 ) -> None:
-    base = free_ports(WORKERS)
-    async with (
-        SlackAPI(users={ALICE.id: ALICE}) as slack,
-        workers(llm, tmp_path, slack, database_url, base),
-        Balancer([base + k for k in range(WORKERS)]) as balancer,
-        aiohttp.ClientSession() as http,
-    ):
-        deliveries = Deliveries(http, balancer.url)
-        payload = mention(slack, "hello", "EvHello")
+    async with behind_a_balancer(llm, tmp_path, database_url) as (slack, balancer, deliveries):
+        payload = mention(slack, "C1", "hello", "EvHello")
         statuses = [await deliveries.post(payload, retry=attempt) for attempt in range(WORKERS)]
         assert statuses == [200] * WORKERS
-        assert sorted(balancer.served) == [base + k for k in range(WORKERS)]  # each to another instance
+        assert sorted(balancer.served) == balancer.ports  # each to another instance
 
         async def answered() -> bool:
             return len(slack.calls_to("chat.stopStream")) == 1
@@ -166,7 +51,7 @@ async def test_a_delivery_and_its_retries_on_three_instances_get_one_reply(
         await until(answered, "the reply finished")
         for attempt in range(WORKERS, 2 * WORKERS):  # later retries change nothing
             assert await deliveries.post(payload, retry=attempt) == 200
-        later = mention(slack, "and you?", "EvLater")  # and the instances still answer new messages
+        later = mention(slack, "C1", "and you?", "EvLater")  # and the instances still answer new messages
         assert await deliveries.post(later) == 200
 
         async def both() -> bool:
@@ -181,20 +66,16 @@ async def test_a_delivery_and_its_retries_on_three_instances_get_one_reply(
 async def test_one_threads_messages_spread_over_instances_are_answered_in_order(
     llm: LLMServer, tmp_path: Path, database_url: str
 ) -> None:
-    base = free_ports(WORKERS)
     llm.enqueue(*(Script(tokens=[f"answer{n} ", "more"], delay=0.05) for n in range(5)))
-    async with (
-        SlackAPI(users={ALICE.id: ALICE}) as slack,
-        workers(llm, tmp_path, slack, database_url, base),
-        Balancer([base + k for k in range(WORKERS)]) as balancer,
-        aiohttp.ClientSession() as http,
-    ):
-        deliveries = Deliveries(http, balancer.url)
-        parent = mention(slack, "question 0", "Ev0")
+    async with behind_a_balancer(llm, tmp_path, database_url) as (slack, balancer, deliveries):
+        parent = mention(slack, "C1", "question 0", "Ev0")
         thread = parent["event"]["ts"]
         assert await deliveries.post(parent) == 200
         for n in range(1, 5):
-            assert await deliveries.post(mention(slack, f"question {n}", f"Ev{n}", thread_ts=thread)) == 200
+            assert (
+                await deliveries.post(mention(slack, "C1", f"question {n}", f"Ev{n}", thread_ts=thread))
+                == 200
+            )
         assert len(set(balancer.served)) == WORKERS
 
         async def answered() -> bool:
@@ -228,7 +109,7 @@ async def test_an_instance_killed_mid_reply_is_taken_over_by_the_others(
         store = await Store.open(database_url)
         try:
             deliveries = Deliveries(http, "")
-            first = mention(slack, "tell me a story", "EvStory")
+            first = mention(slack, "C1", "tell me a story", "EvStory")
             thread = first["event"]["ts"]
             assert await deliveries.post(first, url=f"http://127.0.0.1:{base}/slack/events") == 200
             for _ in range(10):
@@ -240,7 +121,7 @@ async def test_an_instance_killed_mid_reply_is_taken_over_by_the_others(
             await until(shown, "the reply's first text stored with where it shows")
             (reply,) = await store.streaming("slack")
             # Alice goes on in the thread, at the same instance; that message waits for her reply.
-            followup = mention(slack, "and then?", "EvThen", thread_ts=thread)
+            followup = mention(slack, "C1", "and then?", "EvThen", thread_ts=thread)
             assert await deliveries.post(followup, url=f"http://127.0.0.1:{base}/slack/events") == 200
 
             async def accepted() -> bool:

@@ -7,55 +7,31 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 from sqlalchemy import Connection, text
 
 from bot.store import Store
-from tests.support.balancer import Balancer
-from tests.support.llm_server import LLMServer, Script
-from tests.support.slack_api import BOT_USER, TEAM, SlackAPI
-from tests.test_cli import environment
-from tests.test_several_instances import (
+from tests.support.cli import CHECKOUT, environment
+from tests.support.instances import (
     ALICE,
-    CHECKOUT,
     WORKERS,
-    Deliveries,
-    free_ports,
+    behind_a_balancer,
+    mention,
     on_postgres,
     until,
-    workers,
 )
+from tests.support.llm_server import LLMServer, Script
+from tests.support.slack_api import BOT_USER, SlackAPI
 
 MENTIONS = 36  # twice what one minute of chat.startStream allows a workspace
 
 
 def answered_count(conn: Connection) -> int:
     return int(conn.execute(text("SELECT count(*) FROM inbox WHERE state = 'done'")).scalar_one())
-
-
-def mention_event(
-    slack: SlackAPI, channel: str, text: str, n: int, thread_ts: str | None = None
-) -> dict[str, Any]:
-    """Alice mentions Parley in `channel` (in a thread when given): the event Slack sends."""
-    said = slack.say(ALICE.id, channel, f"<@{BOT_USER}> {text}", thread_ts=thread_ts)
-    event = {"type": "app_mention", "user": ALICE.id, "text": said.text, "ts": said.ts, "channel": channel}
-    if thread_ts:
-        event["thread_ts"] = thread_ts
-    return {
-        "type": "event_callback",
-        "team_id": TEAM,
-        "api_app_id": "A1",
-        "event_id": f"EvS{n}",
-        "event_time": int(time.time()),
-        "event": {**event, "team": TEAM},
-    }
 
 
 def owners(conn: Connection) -> dict[str, int]:
@@ -79,15 +55,8 @@ async def test_three_instances_share_the_workspaces_budgets_and_draw_no_429(
     """36 mentions at once in 36 channels, spread over three instances: each instance alone would start
     up to 18 streams a minute, together past Slack's 20. Shared, the streams stop at the budget and the
     other replies are posted as messages, and Slack refuses nothing."""
-    base = free_ports(WORKERS)
-    async with (
-        SlackAPI(users={ALICE.id: ALICE}) as slack,
-        workers(llm, tmp_path, slack, database_url, base),
-        Balancer([base + k for k in range(WORKERS)]) as balancer,
-        aiohttp.ClientSession() as http,
-    ):
-        deliveries = Deliveries(http, balancer.url)
-        payloads = [mention_event(slack, f"C{n}", f"question {n}", n) for n in range(MENTIONS)]
+    async with behind_a_balancer(llm, tmp_path, database_url) as (slack, balancer, deliveries):
+        payloads = [mention(slack, f"C{n}", f"question {n}", f"EvS{n}") for n in range(MENTIONS)]
         statuses = await asyncio.gather(*(deliveries.post(payload) for payload in payloads))
         assert statuses == [200] * MENTIONS
         assert len(set(balancer.served)) == WORKERS
@@ -164,7 +133,7 @@ async def test_socket_mode_spreads_events_over_three_instances_each_answered_onc
     ):
         store = await Store.open(database_url)
         try:
-            sent = [mention_event(slack, f"C{n}", f"hello {n}", n) for n in range(3)]
+            sent = [mention(slack, f"C{n}", f"hello {n}", f"EvS{n}") for n in range(3)]
             envelopes = [await slack.send_socket_event(payload) for payload in sent]
 
             async def greeted() -> bool:
@@ -179,12 +148,12 @@ async def test_socket_mode_spreads_events_over_three_instances_each_answered_onc
             assert sorted(pid_on.values()) == sorted(p.pid for p in processes)  # one on each
 
             llm.enqueue(*(Script(tokens=[f"answer{n} ", "more"], delay=0.05) for n in range(5)))
-            parent = mention_event(slack, "C9", "question 0", 10)
+            parent = mention(slack, "C9", "question 0", "EvS10")
             thread = parent["event"]["ts"]
             thread_envelopes = [await slack.send_socket_event(parent)]
             for n in range(1, 5):  # one after another, as a person writes: each stored before the next
                 await until(lambda: acked(slack, thread_envelopes[-1]), "the message before acked")
-                payload = mention_event(slack, "C9", f"question {n}", 10 + n, thread_ts=thread)
+                payload = mention(slack, "C9", f"question {n}", f"EvS{10 + n}", thread_ts=thread)
                 thread_envelopes.append(await slack.send_socket_event(payload))
             assert len({slack.delivered_on[e] for e in thread_envelopes}) == WORKERS
 
@@ -201,7 +170,7 @@ async def test_socket_mode_spreads_events_over_three_instances_each_answered_onc
 
             # Five more at once: they reach the instances in any order, and each is answered, one
             # reply after another.
-            burst = [mention_event(slack, "C9", f"again {n}", 15 + n, thread_ts=thread) for n in range(5)]
+            burst = [mention(slack, "C9", f"again {n}", f"EvS{15 + n}", thread_ts=thread) for n in range(5)]
             await asyncio.gather(*(slack.send_socket_event(payload) for payload in burst))
 
             async def burst_answered() -> bool:
@@ -218,7 +187,7 @@ async def test_socket_mode_spreads_events_over_three_instances_each_answered_onc
             paused.send_signal(signal.SIGSTOP)
             asked_while_paused = []
             for n in range(20, 20 + WORKERS):  # Slack's turn comes to its connection among these
-                late = mention_event(slack, f"C{n}", "are you there?", n)
+                late = mention(slack, f"C{n}", "are you there?", f"EvS{n}")
                 asked_while_paused.append(f"C{n}")
                 if slack.delivered_on[first := await slack.send_socket_event(late)] == paused_on:
                     break
@@ -237,7 +206,7 @@ async def test_socket_mode_spreads_events_over_three_instances_each_answered_onc
             # A later message through the woken instance's connection is answered: it has caught up.
             asked_after = []
             for n in range(30, 30 + WORKERS):
-                after = mention_event(slack, f"C{n}", "still there?", n)
+                after = mention(slack, f"C{n}", "still there?", f"EvS{n}")
                 asked_after.append(f"C{n}")
                 if slack.delivered_on[await slack.send_socket_event(after)] == paused_on:
                     break
@@ -270,7 +239,7 @@ async def test_socket_mode_instance_killed_after_its_ack_is_answered_by_another(
     ):
         store = await Store.open(database_url)
         try:
-            payload = mention_event(slack, "C1", "hello", 1)
+            payload = mention(slack, "C1", "hello", "EvS1")
             envelope = await slack.send_socket_event(payload)
 
             async def asked_the_model() -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -13,13 +12,12 @@ import pytest
 
 from bot.engine import RESTARTED_NOTE
 from bot.store import Store
+from tests.support.cli import CHECKOUT, spawn_parley
 from tests.support.llm_server import LLMServer, Script
 from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser
-from tests.test_cli import environment
 
 ALICE = SlackUser("UALICE", "Alice")
 CHANNELS = ("C1", "C2", "C3")
-CHECKOUT = str(Path(__file__).resolve().parents[1])  # the subprocess imports this checkout
 
 
 async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -39,15 +37,7 @@ async def start(llm: LLMServer, workdir: Path, slack: SlackAPI) -> asyncio.subpr
         "SLACK_RENDER_INTERVAL": "0.05",
         "PYTHONPATH": CHECKOUT,
     }
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "run",
-        cwd=workdir,
-        env=environment(llm, workdir, **env),
-        stderr=asyncio.subprocess.PIPE,
-    )
+    return await spawn_parley(llm, workdir, "run", **env)
 
 
 def event(text: str, channel: str, ts: str, **more: str) -> dict[str, object]:

@@ -14,8 +14,8 @@ from bot.engine import Engine
 from bot.reply import LEFT_OUT_NOTE, SUMMARIZED_NOTE
 from bot.summaries import HEADING, INSTRUCTIONS
 from tests.support.asking import CHANNEL, ask, msg
+from tests.support.cli import parley
 from tests.support.llm_server import LLMServer, RecordedRequest, Script
-from tests.test_cli import parley
 
 FILLER = " ".join(f"word{n}" for n in range(120))  # a message that takes a good share of the window
 
@@ -112,12 +112,6 @@ async def test_a_summary_that_cannot_be_made_leaves_the_reply_as_it_was(
     last = await fall_out(engine, llm, "Mittens")
     assert HEADING not in system_of(last) and last.json["messages"]  # answered all the same
     assert await engine.store.summary(str(CHANNEL)) is None
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the subprocess imports this
-    return tmp_path
 
 
 async def test_in_the_terminal_a_first_fact_reaches_the_model_through_the_summary(

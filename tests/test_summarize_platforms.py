@@ -12,6 +12,7 @@ import pytest
 from bot.config import Settings
 from bot.engine import Engine
 from skills import builtin
+from tests.support.console import USER, chat
 from tests.support.discord_emulator import (
     ALICE,
     BOB,
@@ -28,19 +29,12 @@ from tests.support.search_server import SearchServer
 from tests.support.slack_harness import ALICE as SLACK_ALICE
 from tests.support.slack_harness import BOB as SLACK_BOB
 from tests.support.slack_harness import Harness, emulator, serving, settings_builder
-from tests.test_console_pipe import USER, chat
 
 NOTES = [Script(tokens=["Notes."]) for _ in range(40)]  # each part's notes, then the summary itself
 
 
 def user_blocks(llm: LLMServer) -> list[str]:
     return [str(m["content"]) for r in llm.chat_requests() for m in r.json["messages"] if m["role"] == "user"]
-
-
-@pytest.fixture
-async def discord_api() -> AsyncIterator[DiscordEmulator]:
-    async with DiscordEmulator() as emulator:
-        yield emulator
 
 
 @pytest.fixture

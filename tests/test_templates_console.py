@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.support.console import CTRL_D, ENTER, USER, chat, sent, start_chat
 from tests.support.llm_server import LLMServer
 from tests.support.terminal import Terminal
-from tests.test_console import CTRL_D, ENTER, sent, start_chat
-from tests.test_console_pipe import USER, chat, workdir
-
-__all__ = ["workdir"]  # the fixture, shared with the pipe tests
 
 
 async def test_a_missing_value_is_asked_for_and_the_run_is_answered(llm: LLMServer, workdir: Path) -> None:

@@ -3,7 +3,7 @@ their submissions, template names in autocomplete, and the loopback Discord refu
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -16,27 +16,6 @@ from tests.support.discord_emulator import BOB, GENERAL, DiscordEmulator, runnin
 from tests.support.llm_server import LLMServer
 
 HAIKU = "Write a haiku about {{ topic }} in {{ mood }} for {{ user }} in {{ channel }}."
-
-
-@pytest.fixture
-async def discord_api() -> AsyncIterator[DiscordEmulator]:
-    async with DiscordEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def settings(discord_api: DiscordEmulator, make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings(
-        discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
-    )
-
-
-@pytest.fixture
-async def bot(discord_api: DiscordEmulator, settings: Settings) -> AsyncIterator[Engine]:
-    engine = await Engine.create(settings, skills=builtin(settings))
-    async with running(discord_api, engine):
-        yield engine
-    await engine.aclose()
 
 
 def prompt(name: str, details: str | None = None) -> list[dict[str, Any]]:
@@ -64,7 +43,7 @@ async def save(discord_api: DiscordEmulator, text: str, name: str = "haiku") -> 
 
 
 async def test_a_run_with_every_value_is_answered_like_ask(
-    bot: Engine, discord_api: DiscordEmulator, llm: LLMServer
+    discord_bot: Engine, discord_api: DiscordEmulator, llm: LLMServer
 ) -> None:
     assert await save(discord_api, HAIKU) == (
         "Saved the template haiku. It asks for topic, mood. Run it with /prompt haiku."
@@ -74,14 +53,14 @@ async def test_a_run_with_every_value_is_answered_like_ask(
     await until(lambda: answered(discord_api, asked) == expected)
     assert callbacks(discord_api, asked)[0]["type"] == 5  # deferred within the 3 seconds, like /ask
     # Stored first, as the question it asked: memory holds the filled-in text.
-    turns = await bot.store.history(f"discord:{GENERAL}", 10)
+    turns = await discord_bot.store.history(f"discord:{GENERAL}", 10)
     assert [t.content for t in turns if t.role == "user"] == [
         "Write a haiku about rain in a calm mood for Alice in general."
     ]
 
 
 async def test_missing_values_are_asked_for_in_a_modal_and_its_submission_runs_it(
-    bot: Engine, discord_api: DiscordEmulator, llm: LLMServer
+    discord_bot: Engine, discord_api: DiscordEmulator, llm: LLMServer
 ) -> None:
     await save(discord_api, HAIKU)
     asked = await discord_api.interact("prompt", prompt("haiku", "topic=snow"))
@@ -102,9 +81,9 @@ async def test_missing_values_are_asked_for_in_a_modal_and_its_submission_runs_i
 
 
 async def test_a_submission_after_a_restart_still_runs_and_one_for_a_deleted_template_says_so(
-    discord_api: DiscordEmulator, settings: Settings, llm: LLMServer
+    discord_api: DiscordEmulator, discord_settings: Settings, llm: LLMServer
 ) -> None:
-    engine = await Engine.create(settings, skills=builtin(settings))
+    engine = await Engine.create(discord_settings, skills=builtin(discord_settings))
     async with running(discord_api, engine):
         await save(discord_api, "Tell me about {{ topic }}.")
         first = await discord_api.interact("prompt", prompt("haiku"))
@@ -112,7 +91,7 @@ async def test_a_submission_after_a_restart_still_runs_and_one_for_a_deleted_tem
         second = await discord_api.interact("prompt", prompt("haiku"))
         await until(lambda: callbacks(discord_api, second))
     await engine.aclose()
-    engine = await Engine.create(settings, skills=builtin(settings))
+    engine = await Engine.create(discord_settings, skills=builtin(discord_settings))
     async with running(discord_api, engine):
         submitted = await discord_api.submit_modal(first, {"topic": "tides"})
         await until(lambda: answered(discord_api, submitted) == "echo: Alice: Tell me about tides.")
@@ -127,7 +106,7 @@ async def test_a_submission_after_a_restart_still_runs_and_one_for_a_deleted_tem
 
 
 async def test_autocomplete_lists_the_templates_here_then_the_verbs(
-    bot: Engine, discord_api: DiscordEmulator
+    discord_bot: Engine, discord_api: DiscordEmulator
 ) -> None:
     for name in ("standup", "summary", "haiku"):
         await save(discord_api, "Hello {{ user }}.", name)
@@ -139,7 +118,9 @@ async def test_autocomplete_lists_the_templates_here_then_the_verbs(
     assert [c["value"] for c in answer["data"]["choices"]] == ["standup", "summary", "save", "show"]
 
 
-async def test_more_than_25_templates_autocomplete_to_25(bot: Engine, discord_api: DiscordEmulator) -> None:
+async def test_more_than_25_templates_autocomplete_to_25(
+    discord_bot: Engine, discord_api: DiscordEmulator
+) -> None:
     for number in range(30):
         await save(discord_api, "Hello.", f"t{number:02}")
     typed = [{"name": "name", "type": 3, "value": "", "focused": True}]
@@ -215,7 +196,7 @@ async def callback(
 
 
 async def test_an_unknown_template_or_a_bad_value_is_one_private_sentence(
-    bot: Engine, discord_api: DiscordEmulator
+    discord_bot: Engine, discord_api: DiscordEmulator
 ) -> None:
     await save(discord_api, "On {{ topic }}.")
     unknown = await discord_api.interact("prompt", prompt("nothing"))

@@ -13,8 +13,8 @@ import pytest
 from bot.engine import Engine
 from bot.models import Author, ConversationKey
 from tests.support.asking import ADA, CHANNEL, ask, msg
+from tests.support.cli import parley
 from tests.support.llm_server import LLMServer, Script
-from tests.test_cli import parley
 
 BOB = Author("u-bob", "Bob")
 BOSS = Author("u-boss", "Boss", is_channel_manager=True)

@@ -276,22 +276,21 @@ class Store:
 
         Every write takes this one path to the database: on SQLite the writer thread runs the whole
         function at once, in the order asked, so writes never race for SQLite's one write lock."""
-        if self._closed:
-            raise ResourceClosedError("the store is closed")
-        if self._writer is not None:
-            return await self._writer.run(work)
-        assert self._pool is not None
-        async with self._pool.begin() as conn:
-            return await conn.run_sync(work)
+        return await self._run(work, self._writer, transaction=True)
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Run `work` on a connection that sees every committed write, and change nothing."""
+        return await self._run(work, self._reader, transaction=False)
+
+    async def _run(
+        self, work: Callable[[Connection], T], worker: SQLiteWorker | None, *, transaction: bool
+    ) -> T:
         if self._closed:
             raise ResourceClosedError("the store is closed")
-        if self._reader is not None:
-            return await self._reader.run(work)
+        if worker is not None:
+            return await worker.run(work)
         assert self._pool is not None
-        async with self._pool.connect() as conn:
+        async with self._pool.begin() if transaction else self._pool.connect() as conn:
             return await conn.run_sync(work)
 
     @staticmethod

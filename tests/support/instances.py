@@ -37,10 +37,16 @@ async def until(condition: Callable[[], Awaitable[bool]], what: str, seconds: fl
     raise AssertionError(f"timed out waiting for {what}")
 
 
+EPHEMERAL_PORTS_START = 32768
+
+
 def free_ports(count: int) -> int:
-    """The first of `count` consecutive free loopback ports."""
+    """The first of `count` consecutive free loopback ports.
+
+    They are free when probed, and the workers bind them a moment later; below Linux's ephemeral range
+    (32768–60999), no outgoing connection of another process is handed one of them in between."""
     while True:
-        base = random.randrange(20000, 60000)
+        base = random.randrange(20000, EPHEMERAL_PORTS_START - count)
         sockets = []
         try:
             for port in range(base, base + count):

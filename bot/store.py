@@ -777,14 +777,7 @@ class Store:
     async def older_turns(self, conversation: str, after: int, before: int, limit: int) -> list[Turn]:
         """Finished turns memory uses with ids between `after` and `before` (exclusive), oldest first."""
         query = (
-            select(
-                turns.c.id,
-                turns.c.role,
-                turns.c.author_name,
-                turns.c.content,
-                turns.c.tokens,
-                turns.c.outcome,
-            )
+            select(*CONTEXT_COLUMNS)
             .where(
                 turns.c.conversation == conversation,
                 turns.c.id > after,
@@ -796,7 +789,7 @@ class Store:
             .limit(limit)
         )
         rows = await self.read(lambda conn: conn.execute(query).all())
-        return [Turn(r.id, r.role, r.author_name, r.content, r.tokens, r.outcome) for r in rows]
+        return [context_turn(row) for row in rows]
 
     # Settings
 

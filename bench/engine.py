@@ -252,15 +252,13 @@ async def streams(args: argparse.Namespace, tmp: str) -> None:
     try:
         database = None
         if args.postgres or args.workers > 1:
-            from instances import fresh_database  # asyncpg and the cluster, only here
-
-            from tests.support import postgres
+            from tests.support import postgres  # asyncpg and the cluster, only here
 
             server = os.environ.get("PARLEY_TEST_POSTGRES_URL")
             if server is None:
                 cluster = Path(tempfile.mkdtemp(prefix="parley-bench-pg-"))
                 server = postgres.start(cluster)
-            database = await fresh_database(server, f"bench_streams_{os.getpid()}")
+            database = await postgres.create_database(server, f"bench_streams_{os.getpid()}")
             where = "PostgreSQL"
         if args.workers > 1:
             figures = await asyncio.to_thread(spread, args, port, tmp, database)

@@ -26,6 +26,7 @@ import asyncpg
 import parley_run
 from sqlalchemy.engine import make_url
 
+from tests.support import postgres
 from tests.support.balancer import Balancer
 from tests.support.llm_server import LLMServer, Script
 from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser, signed_headers
@@ -42,7 +43,7 @@ def percentile(values: list[float], q: float) -> float:
 async def measure(
     server: str, instances: int, mentions: int, channels: int, tokens: int, tiers: bool
 ) -> dict[str, float]:
-    database = await parley_run.fresh_database(server, f"bench_{instances}_{os.getpid()}")
+    database = await postgres.create_database(server, f"bench_{instances}_{os.getpid()}")
     home = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     async with SlackAPI(users={USER.id: USER}) as slack, LLMServer() as llm:
         if not tiers:

@@ -14,9 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-from sqlalchemy.engine import make_url
-
 from bot.schedule_store import ScheduleStore
 from bot.store import Store
 from bot.when import parse_when
@@ -37,17 +34,6 @@ def postgres_server() -> Iterator[str]:
         yield server
     finally:
         postgres.stop(folder)
-
-
-async def fresh_database(server: str, name: str) -> str:
-    """A new, empty database on `server`, so each run starts from nothing."""
-    url = make_url(server)
-    admin = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return url.set(database=name).render_as_string(hide_password=False)
 
 
 async def every_second(store: Store, conversation: str, prompt: str, by: str, by_name: str) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import parley_run
 
+from tests.support import postgres
 from tests.support.discord_emulator import BOT_ID, GENERAL, DiscordEmulator
 from tests.support.llm_server import LLMServer
 
@@ -50,7 +51,7 @@ async def wait_for(condition: Callable[[], bool], seconds: float = 60.0) -> None
 
 
 async def run_once(server: str, run: int, heartbeat: float, settle: float) -> tuple[float, float]:
-    database = await parley_run.fresh_database(server, f"bench_shards_{run}_{os.getpid()}")
+    database = await postgres.create_database(server, f"bench_shards_{run}_{os.getpid()}")
     home = Path(tempfile.mkdtemp(prefix="parley-bench-shards-"))
     async with DiscordEmulator(shards=2, max_concurrency=1) as discord_api, LLMServer() as llm:
         env = parley_run.environment(

@@ -27,6 +27,7 @@ from sqlalchemy import text
 
 from bot.schema import schedule_runs
 from bot.store import Store
+from tests.support import postgres
 from tests.support.llm_server import LLMServer
 from tests.support.slack_api import SlackAPI
 
@@ -51,7 +52,7 @@ async def beating(store: Store, heartbeat: float) -> int:
 
 
 async def measure(server: str, kills: int, heartbeat: float) -> tuple[list[float], list[float], list[float]]:
-    database = await parley_run.fresh_database(server, f"bench_takeover_{os.getpid()}")
+    database = await postgres.create_database(server, f"bench_takeover_{os.getpid()}")
     store = await Store.open(database)
     home = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     await parley_run.every_second(store, "slack:C1", "tick", "UB", "Bench")

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from bot.config import Settings
 from bot.engine import Engine
@@ -95,16 +94,7 @@ async def fresh_postgres_database(server: str | None) -> str:
         if os.environ.get(POSTGRES_REQUIRED_VARIABLE):
             pytest.fail(f"{reason}; {POSTGRES_REQUIRED_VARIABLE} is set, so PostgreSQL tests may not skip")
         pytest.skip(reason)
-    import asyncpg
-
-    url = make_url(server)
-    name = f"test_{os.getpid()}_{next(_databases)}"
-    admin = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return url.set(database=name).render_as_string(hide_password=False)
+    return await postgres.create_database(server, f"test_{os.getpid()}_{next(_databases)}")
 
 
 @pytest.fixture

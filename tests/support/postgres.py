@@ -101,3 +101,17 @@ if __name__ == "__main__":
         print(start(where))
     else:
         stop(where)
+
+
+async def create_database(server: str, name: str) -> str:
+    """A new, empty database `name` on `server` (a URL), and its URL."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(server)
+    admin = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return url.set(database=name).render_as_string(hide_password=False)

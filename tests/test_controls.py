@@ -37,6 +37,17 @@ class ControlledPlatform(RecordingPlatform):
         return surface
 
 
+async def held_reply(
+    engine: Engine, llm: LLMServer, text: str = "go", tokens: tuple[str, ...] = ("Partly", " more")
+) -> tuple[asyncio.Task[str], RecordingSurface]:
+    """A reply under way: its first token shown, the loopback provider holding back the rest."""
+    llm.enqueue(Script(tokens=list(tokens), gate=asyncio.Semaphore(1)))
+    question = msg(text)
+    task = await engine.accept(question, {"message": question.id})
+    assert task is not None
+    return task, await first_render(engine, question)
+
+
 async def question_of(engine: Engine) -> int:
     asked = await engine.store.last_question(str(CHANNEL))
     assert asked is not None
@@ -51,12 +62,7 @@ async def memory(engine: Engine) -> list[tuple[str, str]]:
 async def test_stop_closes_the_provider_request_keeps_what_was_said_and_says_so(
     engine: Engine, llm: LLMServer
 ) -> None:
-    gate = asyncio.Semaphore(1)  # one token, then the loopback waits
-    llm.enqueue(Script(tokens=["Once upon", " a time", " there was"], gate=gate))
-    question = msg("tell me a story")
-    task = await engine.accept(question, {"message": question.id})
-    assert task is not None
-    surface = await first_render(engine, question)
+    task, surface = await held_reply(engine, llm, "tell me a story", ("Once upon", " a time", " there was"))
     turn = await question_of(engine)
     assert await engine.controls.stop(turn, BEA, CHANNEL) is not None  # someone else may not
     assert not task.done()
@@ -73,12 +79,7 @@ async def test_stop_closes_the_provider_request_keeps_what_was_said_and_says_so(
 
 
 async def test_the_stop_command_stops_your_reply_and_refuses_anothers(engine: Engine, llm: LLMServer) -> None:
-    gate = asyncio.Semaphore(1)
-    llm.enqueue(Script(tokens=["Partly", " more"], gate=gate))
-    question = msg("go")
-    task = await engine.accept(question, {"message": question.id})
-    assert task is not None
-    surface = await first_render(engine, question)
+    task, surface = await held_reply(engine, llm)
     assert (await engine.run_command(msg("/stop", author=BEA), "stop")).text == REFUSED
     assert (await engine.run_command(msg("/stop"), "stop")).text == "Stopped."
     await asyncio.wait({task})
@@ -87,12 +88,7 @@ async def test_the_stop_command_stops_your_reply_and_refuses_anothers(engine: En
 
 
 async def test_a_manager_may_stop_anyones_reply(engine: Engine, llm: LLMServer) -> None:
-    gate = asyncio.Semaphore(1)
-    llm.enqueue(Script(tokens=["Partly", " more"], gate=gate))
-    question = msg("go")
-    task = await engine.accept(question, {"message": question.id})
-    assert task is not None
-    await first_render(engine, question)
+    task, _ = await held_reply(engine, llm)
     assert await engine.controls.stop(await question_of(engine), MANAGER, CHANNEL) is None
     await asyncio.wait({task})
     assert task.cancelled()
@@ -237,12 +233,7 @@ async def test_a_question_is_regenerated_or_stopped_only_from_its_own_channel(
     elsewhere = ConversationKey("test", "other-channel")
     leaked = await answer(engine, msg(regenerate_line(turn), key=elsewhere, author=MANAGER))
     assert leaked.final == GONE and len(llm.chat_requests()) == 1
-    gate = asyncio.Semaphore(1)
-    llm.enqueue(Script(tokens=["Partly", " more"], gate=gate))
-    question = msg("go")
-    task = await engine.accept(question, {"message": question.id})
-    assert task is not None
-    await first_render(engine, question)
+    task, _ = await held_reply(engine, llm)
     refused = await engine.controls.stop(await question_of(engine), MANAGER, elsewhere)
     assert refused is not None and refused.text == ENDED and not task.done()
     assert await engine.controls.stop(await question_of(engine), MANAGER, CHANNEL) is None

@@ -18,6 +18,7 @@ from bot.streaming import Pacer
 from skills import builtin
 from tests.support.clock import FakeClock, settle
 from tests.support.discord_emulator import BOT_ID, GENERAL, RANDOM, Call, DiscordEmulator, running, until
+from tests.support.discord_harness import discord_settings_for, engine_on
 from tests.support.llm_server import LLMServer, Script
 
 MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
@@ -38,13 +39,9 @@ async def engine(
     monkeypatch.setattr(surface, "TOKEN_SECONDS", TOKEN_LIFE)
     monkeypatch.setattr(surface, "TOKEN_MARGIN", 1.0)
     monkeypatch.setattr(surface, "TYPING_REFRESH", 0.3)
-    settings = make_settings(
-        discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
-    )
-    engine = await Engine.create(settings, skills=builtin(settings))
-    async with running(discord_api, engine):
+    settings = discord_settings_for(make_settings, discord_api)
+    async with engine_on(settings, builtin(settings)) as engine, running(discord_api, engine):
         yield engine
-    await engine.aclose()
 
 
 def webhook_writes(discord_api: DiscordEmulator, interaction: str) -> list[Call]:

@@ -28,6 +28,7 @@ from tests.support.discord_emulator import (
     until,
 )
 from tests.support.discord_emulator import GUILD_ID as EVERYONE
+from tests.support.discord_harness import discord_settings_for
 from tests.support.llm_server import LLMServer
 from tests.support.search_server import SearchServer
 from tests.support.slack_api import SlackUser
@@ -56,12 +57,7 @@ async def parley_on_discord(discord_api: DiscordEmulator, settings: Settings) ->
 
 @pytest.fixture
 def discord_settings(discord_api: DiscordEmulator, make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings(
-        discord_token="t",
-        discord_api_base=discord_api.api_base,
-        discord_gateway_url=discord_api.gateway_url,
-        schedule_min_interval=1,
-    )
+    return discord_settings_for(make_settings, discord_api, schedule_min_interval=1)
 
 
 async def finished(scheduler: Scheduler, schedule_id: int) -> list[tuple[Any, ...]]:

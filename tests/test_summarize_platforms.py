@@ -24,6 +24,7 @@ from tests.support.discord_emulator import (
     running,
     until,
 )
+from tests.support.discord_harness import discord_settings_for, engine_on
 from tests.support.llm_server import LLMServer, Script
 from tests.support.search_server import SearchServer
 from tests.support.slack_harness import ALICE as SLACK_ALICE
@@ -38,21 +39,18 @@ def user_blocks(llm: LLMServer) -> list[str]:
 
 
 @pytest.fixture
-async def discord_engine(
+async def discord_bot(
     discord_api: DiscordEmulator, make_settings: Callable[..., Settings], llm: LLMServer
 ) -> AsyncIterator[Engine]:
+    """conftest's `discord_bot` with a small model window, set before the engine reads the model list."""
     llm.models[0]["context_length"] = 6000  # a few hundred messages take several parts
-    settings = make_settings(
-        discord_token="t", discord_api_base=discord_api.api_base, discord_gateway_url=discord_api.gateway_url
-    )
-    engine = await Engine.create(settings, skills=builtin(settings))
-    async with running(discord_api, engine):
+    settings = discord_settings_for(make_settings, discord_api)
+    async with engine_on(settings, builtin(settings)) as engine, running(discord_api, engine):
         yield engine
-    await engine.aclose()
 
 
 async def test_discord_summarize_reads_330_messages_in_parts_with_links_to_them(
-    discord_engine: Engine, discord_api: DiscordEmulator, llm: LLMServer
+    discord_bot: Engine, discord_api: DiscordEmulator, llm: LLMServer
 ) -> None:
     llm.enqueue(Script(tokens=["Noted, Alice."], usage=None))  # no usage: nothing to calibrate from
     asked = await discord_api.send_message(
@@ -129,7 +127,7 @@ async def test_terminal_summarize_reads_the_stored_conversation(llm: LLMServer, 
 
 
 async def test_discord_summarize_in_a_thread_reads_the_thread(
-    discord_engine: Engine, discord_api: DiscordEmulator, llm: LLMServer
+    discord_bot: Engine, discord_api: DiscordEmulator, llm: LLMServer
 ) -> None:
     await discord_api.send_message(GENERAL, "in the channel, not the thread")
     for n in range(3):

@@ -572,10 +572,6 @@ class Store:
         )
         return await self.write(lambda conn: int(conn.execute(statement).inserted_primary_key[0]))
 
-    async def update_reply(self, turn_id: int, record: AssistantRecord, tokens: int) -> None:
-        statement = update(turns).where(turns.c.id == turn_id).values(tokens=tokens, **_record_values(record))
-        await self.write(lambda conn: conn.execute(statement))
-
     async def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> None:
         """The text so far of streaming replies, all in one transaction. A reply finished meanwhile keeps
         its final record: only rows still streaming are written."""

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError, ResourceClosedError
 
 from bot.models import Attachment, Author, ConversationKey, Message
 from bot.schema import instances, meta
-from bot.store import AssistantRecord, Checkpoint, Store
+from bot.store import AssistantRecord, Checkpoint, InboxEntry, Store
 
 ADA = Author("u1", "Ada", is_channel_manager=True, role_ids=("r1",))
 BO = Author("u2", "Bo")
@@ -33,19 +33,29 @@ def message(text: str, message_id: str, key: str = "c", author: Author = ADA, **
     return Message(ConversationKey("test", key), author, text, id=message_id, **extra)  # type: ignore[arg-type]
 
 
-async def remember(store: Store, text: str, message_id: str, key: str = "c", author: Author = ADA) -> int:
+async def asked(store: Store, text: str, message_id: str, key: str = "c", author: Author = ADA) -> InboxEntry:
     entry = await store.accept(message(text, message_id, key, author), None, text, 10)
     assert entry is not None and entry.turn_id is not None
-    return entry.turn_id
+    return entry
+
+
+async def remember(store: Store, text: str, message_id: str, key: str = "c", author: Author = ADA) -> int:
+    turn_id = (await asked(store, text, message_id, key, author)).turn_id
+    assert turn_id is not None
+    return turn_id
 
 
 async def test_turns_and_settings_survive_a_restart(db_url: str) -> None:
     store = await Store.open(db_url)
-    question = await remember(store, "remember the number 42", "m1")
+    entry = await asked(store, "remember the number 42", "m1")
+    question = entry.turn_id
+    assert question is not None
     reply = await store.start_reply(
         "test:c", question, "u1", AssistantRecord("I", "openrouter/x", "streaming"), 1
     )
-    await store.update_reply(reply, AssistantRecord("I will.", "openrouter/x", "ok"), 5)
+    await store.finish_reply(
+        entry.id, "test:c", reply, question, "u1", AssistantRecord("I will.", "openrouter/x", "ok"), 5
+    )
     await store.set_setting("test:c", "model", "openai/gpt-4o", "u1")
     await store.close()
 
@@ -76,16 +86,21 @@ async def test_recall_keeps_the_newest_that_fit_and_says_so(db_url: str) -> None
 async def test_recall_up_to_a_question_reads_the_conversation_as_it_stood(db_url: str) -> None:
     """Ada and Bo ask at once; Ada's answer lands after Bo's question but is read back after her own."""
     store = await Store.open(db_url)
-    ada = await remember(store, "Ada asks", "m1")
-    bo = await remember(store, "Bo asks", "m2", author=BO)
+    ada_asked, bo_asked = await asked(store, "Ada asks", "m1"), await asked(store, "Bo asks", "m2", author=BO)
+    ada, bo = ada_asked.turn_id, bo_asked.turn_id
+    assert ada is not None and bo is not None
     ada_reply = await store.start_reply("test:c", ada, "u1", AssistantRecord("to Ada", "m", "streaming"), 2)
     bo_reply = await store.start_reply("test:c", bo, "u2", AssistantRecord("to B", "m", "streaming"), 2)
     later = await remember(store, "Ada again", "m3")
     # While both stream, neither answer is part of any context.
     turns, _ = await store.recall("test:c", 1000, upto=later)
     assert [t.content for t in turns] == ["Ada asks", "Bo asks", "Ada again"]
-    await store.update_reply(ada_reply, AssistantRecord("to Ada", "m", "ok"), 2)
-    await store.update_reply(bo_reply, AssistantRecord("to Bo", "m", "ok"), 2)
+    await store.finish_reply(
+        ada_asked.id, "test:c", ada_reply, ada, "u1", AssistantRecord("to Ada", "m", "ok"), 2
+    )
+    await store.finish_reply(
+        bo_asked.id, "test:c", bo_reply, bo, "u2", AssistantRecord("to Bo", "m", "ok"), 2
+    )
     turns, _ = await store.recall("test:c", 1000, upto=later)
     assert [t.content for t in turns] == ["Ada asks", "to Ada", "Bo asks", "to Bo", "Ada again"]
     # Bo's context is his question and what came before it: not Ada's later question.

@@ -16,7 +16,7 @@ from bot.config import ProviderSettings
 from bot.engine import Engine
 from bot.models import Author, ConversationKey, Message
 from bot.schema import turn_changes, turns
-from bot.store import AssistantRecord
+from bot.store import AssistantRecord, Checkpoint
 from bot.summaries import HEADING
 from bot.windows import Windows
 from tests.support.asking import ADA, answer, msg
@@ -212,7 +212,7 @@ async def test_a_reply_streaming_elsewhere_counts_once_it_finishes(
     reply = await store.start_reply(conversation, question.turn_id, "u-ada", streaming, 2, {"s": 1})
     recalled = await windows.recall(conversation, 1000)
     assert [turn.content for turn in recalled.turns] == ["q1"]
-    await store.update_reply(reply, AssistantRecord("partial, more", "m", "streaming"), 3)  # a checkpoint
+    await store.save_checkpoints([Checkpoint(reply, "partial, more", "m", 3)])
     assert [turn.content for turn in (await windows.recall(conversation, 1000)).turns] == ["q1"]
     await store.finish_reply(question.id, conversation, reply, question.turn_id, "u-ada", _done("all"), 1)
     recalled = await windows.recall(conversation, 1000)
@@ -244,7 +244,7 @@ async def test_the_triggers_count_inserts_and_changes_but_not_a_streaming_reply(
     assert entry is not None and entry.turn_id is not None
     assert await counters() == (1, 0)
     reply = await store.start_reply(str(key), entry.turn_id, "u", AssistantRecord("a", "m", "streaming"), 1)
-    await store.update_reply(reply, AssistantRecord("ab", "m", "streaming"), 1)
+    await store.save_checkpoints([Checkpoint(reply, "ab", "m", 1)])
     await store.finish_reply(entry.id, str(key), reply, entry.turn_id, "u", _done("abc"), 1)
     await store.save_refs(reply, {"s": 2})
     assert await counters() == (2, 0)

@@ -19,8 +19,8 @@ from bot.leader import Leader
 from bot.models import Author
 from bot.schema import budget_holds
 from tests.support.asking import ADA, CHANNEL, answer, ask, first_render, msg
+from tests.support.heartbeats import silence
 from tests.support.llm_server import LLMServer, Script
-from tests.test_instances import silence
 
 BOB = Author("u-bob", "Bob")
 BOSS = Author("u-boss", "Boss", is_channel_manager=True)

@@ -8,7 +8,7 @@ import pytest
 
 from bot.gate import Gate
 from bot.store import Store
-from tests.test_store import ADA, message
+from tests.support.asking import ADA, msg
 
 on_postgres = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -21,8 +21,8 @@ async def test_a_later_message_that_took_its_turn_first_lets_the_earlier_one_go_
     ask for its turn first, and must wait for the earlier one without keeping it out."""
     store = await Store.open(database_url)
     try:
-        first = await store.accept(message("one", "1.1"), None, "one", 1)
-        second = await store.accept(message("two", "1.2"), None, "two", 1)
+        first = await store.accept(msg("one", id="1.1"), None, "one", 1)
+        second = await store.accept(msg("two", id="1.2"), None, "two", 1)
         assert first is not None and second is not None
         looked = asyncio.Event()
         earlier_pending = store.earlier_pending

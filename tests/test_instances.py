@@ -19,6 +19,7 @@ from bot.models import ConversationKey
 from bot.store import AssistantRecord
 from tests.conftest import RecordingPlatform
 from tests.support.asking import ADA, CHANNEL, msg, surface_of
+from tests.support.heartbeats import silence
 from tests.support.llm_server import LLMServer, Script
 
 on_postgres = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -32,13 +33,6 @@ async def left_streaming(engine: Engine, question: str, shown: str, surface: int
     return await engine.store.start_reply(
         str(CHANNEL), entry.turn_id, ADA.id, record, 4, {"surface": surface}
     )
-
-
-async def silence(engine: Engine, seconds: float) -> None:
-    """The instance's heartbeat stopped `seconds` ago, as when its process was killed."""
-    statement = text("UPDATE instances SET heartbeat_at = heartbeat_at - :s WHERE id = :id")
-    values = {"s": seconds, "id": engine.store.instance_id}
-    await engine.store.write(lambda conn: conn.execute(statement, values))
 
 
 async def outcome_and_owner(engine: Engine, turn_id: int) -> tuple[str, str]:

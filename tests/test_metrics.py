@@ -18,7 +18,7 @@ from bot.store import Store
 from tests.support.cli import CHECKOUT, environment, spawn_parley
 from tests.support.llm_server import LLMServer
 from tests.support.slack_api import BOT_USER, SlackAPI, SlackUser
-from tests.test_slack_recovery import event
+from tests.support.slack_harness import channel_event
 
 ALICE = SlackUser("UALICE", "Alice")
 
@@ -49,7 +49,7 @@ async def test_parley_run_serves_health_and_metrics_on_metrics_port(llm: LLMServ
             health = await _until_healthy(f"http://127.0.0.1:{port}/healthz")
             assert health == '{"status": "ok", "store": "up", "platforms": {"slack": "up"}}'
             await asyncio.wait_for(
-                slack.send_socket_event(event(f"<@{BOT_USER}> hi", "C1", "1700000010.1")), 30
+                slack.send_socket_event(channel_event(f"<@{BOT_USER}> hi", "C1", "1700000010.1")), 30
             )
             scraped: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
             replied = ("parley_replies_total", (("outcome", "ok"), ("platform", "slack")))

@@ -23,8 +23,8 @@ from bot.scheduler import Scheduler
 from bot.store import AssistantRecord
 from tests.conftest import RecordingPlatform
 from tests.support.asking import ADA, CHANNEL, ask, msg
+from tests.support.history import said
 from tests.support.llm_server import LLMServer, Script
-from tests.test_summarize import said
 
 MANAGER = Author("u-mia", "Mia", is_channel_manager=True)
 

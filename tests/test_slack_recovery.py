@@ -14,7 +14,8 @@ from bot.engine import RESTARTED_NOTE
 from bot.store import Store
 from tests.support.cli import CHECKOUT, spawn_parley
 from tests.support.llm_server import LLMServer, Script
-from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser
+from tests.support.slack_api import BOT_USER, SlackAPI, SlackUser
+from tests.support.slack_harness import channel_event
 
 ALICE = SlackUser("UALICE", "Alice")
 CHANNELS = ("C1", "C2", "C3")
@@ -40,16 +41,6 @@ async def start(llm: LLMServer, workdir: Path, slack: SlackAPI) -> asyncio.subpr
     return await spawn_parley(llm, workdir, "run", **env)
 
 
-def event(text: str, channel: str, ts: str, **more: str) -> dict[str, object]:
-    body = {"type": "message", "channel_type": "channel", "user": ALICE.id, "text": text, "ts": ts}
-    return {
-        "type": "event_callback",
-        "team_id": TEAM,
-        "event_id": f"Ev{channel}{ts}",
-        "event": {**body, "channel": channel, "team": TEAM, **more},
-    }
-
-
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 async def test_a_killed_process_repairs_its_cut_replies_and_answers_what_waited(
     llm: LLMServer, tmp_path: Path
@@ -64,7 +55,7 @@ async def test_a_killed_process_repairs_its_cut_replies_and_answers_what_waited(
         store: Store | None = None
         try:
             for index, channel in enumerate(CHANNELS):
-                mention = event(f"<@{BOT_USER}> tell me a story", channel, f"1700000010.00000{index}")
+                mention = channel_event(f"<@{BOT_USER}> tell me a story", channel, f"1700000010.00000{index}")
                 await asyncio.wait_for(slack.send_socket_event(mention), 30)
             for gate in gates:
                 gate.release()
@@ -87,7 +78,7 @@ async def test_a_killed_process_repairs_its_cut_replies_and_answers_what_waited(
 
             await until(streamed, "twenty words shown in each reply")
             # Alice goes on in the first thread; her next message waits for her reply there.
-            followup = event("and then?", "C1", "1700000011.000000", thread_ts="1700000010.000000")
+            followup = channel_event("and then?", "C1", "1700000011.000000", thread_ts="1700000010.000000")
             await slack.send_socket_event(followup)
 
             async def accepted() -> bool:

@@ -17,27 +17,10 @@ from bot.summarize import MAX_MESSAGES, parse_range
 from bot.when import BadWhen
 from tests.conftest import RecordingPlatform
 from tests.support.asking import ADA, CHANNEL, ask
+from tests.support.history import said
 from tests.support.llm_server import LLMServer, Script
 
 NOW = datetime(2026, 12, 2, 15, 30, tzinfo=UTC)  # a Wednesday
-
-
-def said(
-    count: int, *, start: float = 1_780_000_000.0, every: float = 60.0, parley: set[int] | None = None
-) -> list[HistoryEntry]:
-    """`count` messages a minute apart; those numbered in `parley` are Parley's own."""
-    return [
-        HistoryEntry(
-            id=f"h{n}",
-            author_id="parley" if n in (parley or set()) else f"u{n % 3}",
-            author_name="Parley" if n in (parley or set()) else ("Ada", "Bob", "Cy")[n % 3],
-            text=f"message number {n} about the release",
-            created_at=start + n * every,
-            by_parley=n in (parley or set()),
-            permalink=f"https://chat.example/general/h{n}",
-        )
-        for n in range(count)
-    ]
 
 
 def user_block(llm: LLMServer, index: int) -> str:

@@ -121,6 +121,17 @@ class Harness:
         await until(lambda: len(self.slack.calls_to("chat.stopStream")) >= count, f"{count} finished streams")
 
 
+def channel_event(text: str, channel: str, ts: str, **more: str) -> dict[str, object]:
+    """A person's message in a channel, as Socket Mode delivers it."""
+    body = {"type": "message", "channel_type": "channel", "user": ALICE.id, "text": text, "ts": ts}
+    return {
+        "type": "event_callback",
+        "team_id": TEAM,
+        "event_id": f"Ev{channel}{ts}",
+        "event": {**body, "channel": channel, "team": TEAM, **more},
+    }
+
+
 def emulator() -> SlackAPI:
     """The loopback Slack of these tests: three people, and the scopes the manifest grants."""
     return SlackAPI(users={u.id: u for u in (ALICE, BOB, ADMIN)}, scopes=set(GRANTED))

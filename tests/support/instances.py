@@ -90,6 +90,8 @@ async def workers(
     try:
 
         async def all_serving() -> bool:
+            if process.returncode is not None:  # a worker refused its start: fail now, not in a minute
+                raise AssertionError(f"parley run exited at start with status {process.returncode}")
             return all([await accepting(base + k) for k in range(WORKERS)])
 
         await until(all_serving, "three workers serving Slack's events")

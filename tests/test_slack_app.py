@@ -147,6 +147,17 @@ async def test_model_per_channel_and_refusal_for_non_admin(harness: Harness) -> 
     assert models == {"Alice: one": "openai/gpt-4o-mini", "Alice: two": "xiaomi/mimo-v2-flash"}
 
 
+async def test_a_command_keeps_the_lines_and_spacing_of_what_follows_it(harness: Harness) -> None:
+    """A system prompt (or a template) typed over several lines reaches the model as typed."""
+    prompt = "You are terse.\n\n- answer in   one line\n- never apologise"
+    assert await harness.command(f" system\n{prompt}\n", user=ADMIN.id) == 200
+    await until(lambda: len(harness.slack.responses) == 1, "the command's answer")
+    await harness.mention("hi")
+    await harness.finished_streams(1)
+    (system,) = [m for m in harness.llm.chat_requests()[0].json["messages"] if m["role"] == "system"]
+    assert system["content"].endswith(prompt)
+
+
 async def test_model_without_name_offers_a_picker_that_switches(harness: Harness) -> None:
     await harness.command("model", user=ADMIN.id)
     await until(lambda: len(harness.slack.responses) == 1, "the picker")
@@ -199,7 +210,7 @@ async def test_help_names_the_slack_subcommands(harness: Harness) -> None:
 async def test_parley_web_posts_the_question_and_streams_a_cited_answer_into_its_thread(
     harness: Harness, search: SearchServer
 ) -> None:
-    assert await harness.command("web parley   release", user=ALICE.id) == 200
+    assert await harness.command("  web parley release ", user=ALICE.id) == 200
     await harness.finished_streams(1)
     assert search.queries == ["parley release"]
     header, answer = harness.slack.replies("C1")

@@ -27,6 +27,8 @@ from bot.models import Author, CommandResult, ConversationKey, Message
 PICK_ACTION = "parley_model_pick"
 PICKER_OPTIONS = 100  # a static select holds at most 100 options
 CANNOT_POST = "Parley can't post here; invite it with `/invite @Parley` and try again."
+# Only the verb is cut off: what follows keeps its lines and spacing (system prompts, templates).
+VERB_AND_REST = re.compile(r"\s*(\S*)\s*(.*?)\s*", re.DOTALL)
 log = logging.getLogger(__name__)
 
 
@@ -55,8 +57,10 @@ class SlashCommands:
             self.engine.metrics.refused.labels("access").inc()
             await respond(text=refusal, response_type="ephemeral")
             return
-        line = " ".join(command.get("text", "").split()) or "help"
-        verb, _, rest = line.partition(" ")
+        typed = VERB_AND_REST.fullmatch(command.get("text", ""))
+        assert typed is not None  # the pattern matches any text
+        verb, rest = typed[1] or "help", typed[2]
+        line = f"{verb} {rest}" if rest else verb
         chosen = self.commands.get(verb.lower())
         if verb.lower() == templates.PROMPT and templates.is_run(rest):  # a form may ask for values
             await self.prompts.run(rest, command, respond, context)

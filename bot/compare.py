@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -56,11 +56,15 @@ class Ballots(Protocol):
     async def ballot(self, conversation: ConversationKey, comparison: int, text: str) -> None: ...
 
 
+LABEL_REF = "compare_label"  # kept with a side's refs, so the repair after a crash shows the label too
+
+
 class Labelled:
     """One side's surface: the platform's, with the side's label above the text."""
 
     def __init__(self, surface: Surface, label: str) -> None:
         self._surface = surface
+        self._name = label
         self._label = f"**Answer {label}**\n\n"
 
     @property
@@ -75,7 +79,14 @@ class Labelled:
 
     @property
     def refs(self) -> dict[str, Any] | None:
-        return self._surface.refs
+        refs = self._surface.refs
+        return None if refs is None else {**refs, LABEL_REF: self._name}
+
+
+def relabelled(surface: Surface, refs: Mapping[str, Any]) -> Surface:
+    """A reopened reply's surface, labelled again when it was a side of a comparison."""
+    label = refs.get(LABEL_REF)
+    return Labelled(surface, label) if isinstance(label, str) else surface
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from bot.attachments import read_attachments
 from bot.budgets import Budgets
 from bot.catalog import ModelCatalog, ResolvedModel, UnknownModelError
 from bot.checkpoints import Checkpoints
-from bot.compare import Compare, asks
+from bot.compare import Compare, asks, relabelled
 from bot.config import Settings
 from bot.controls import Controls, ReplyControls, offer
 from bot.gate import Gate
@@ -218,7 +218,8 @@ class Engine:
             surface = await platform.reopen(ConversationKey.parse(reply.conversation), reply.refs)
             if reply.answers is not None:  # its Stop button becomes Regenerate
                 offer(surface, ReplyControls(reply.answers))
-            await self.pacer.renderer(surface).finish(extend(reply.content, RESTARTED_NOTE))
+            final = extend(reply.content, RESTARTED_NOTE)
+            await self.pacer.renderer(relabelled(surface, reply.refs)).finish(final)
         except Exception:
             log.exception("%s: could not mark a reply cut off by the restart", reply.conversation)
         await self.store.interrupted(reply)

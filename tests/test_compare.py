@@ -4,6 +4,7 @@ person, and memory left as it was; with the real provider code against the loopb
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from bot.arena_store import Comparison, Prompt
 from bot.compare import NOTHING_ASKED, RESTARTED, TYPED_BALLOT, USAGE
 from bot.engine import Engine
 from bot.models import Author
-from bot.schema import comparisons, usage
+from bot.schema import comparisons, turns, usage
 from bot.store import AssistantRecord
 from tests.conftest import RecordingPlatform, RecordingSurface
 from tests.support.asking import ADA, CHANNEL, ask, msg
@@ -92,6 +93,32 @@ async def test_two_labelled_answers_stream_at_once_blind_then_the_ballot(
         return sorted(conn.execute(select(usage.c.name).where(usage.c.kind == "model")).scalars())
 
     assert await engine.store.read(models_used) == sorted([MIMO, MIMO, MINI])
+
+
+@pytest.mark.both_databases
+async def test_each_side_is_stored_with_its_label_for_a_repair_to_show(
+    engine: Engine, llm: LLMServer
+) -> None:
+    gates = {name: asyncio.Semaphore(0) for name in IDS}
+    llm.by_model[IDS[MINI]] = Script(tokens=["Four", " (mini)."], gate=gates[MINI])
+    llm.by_model[IDS[MIMO]] = Script(tokens=["4", " (mimo)."], gate=gates[MIMO])
+    message = msg(f"/compare {MINI} {MIMO} What is 2+2?")
+    task = await engine.accept(message, {"message": message.id})
+    assert task is not None
+    for gate in gates.values():  # one token each: both sides are shown, and streaming
+        gate.release()
+
+    def streaming_refs(conn: Connection) -> list[dict[str, Any]]:
+        shown = (turns.c.outcome == "streaming") & turns.c.reply_refs.is_not(None)
+        return [json.loads(refs) for refs in conn.execute(select(turns.c.reply_refs).where(shown)).scalars()]
+
+    async with asyncio.timeout(10):
+        while len(refs := await engine.store.read(streaming_refs)) < 2:
+            await asyncio.sleep(0.01)
+    assert sorted(side["compare_label"] for side in refs) == ["A", "B"]
+    for gate in gates.values():
+        gate.release()
+    assert await task == "ok"
 
 
 async def test_which_model_is_a_is_drawn_at_random_and_kept(engine: Engine, llm: LLMServer) -> None:
@@ -225,14 +252,16 @@ async def test_a_comparison_cut_by_a_crash_is_repaired_then_void_not_run_again(
     comparison = await store.write(arena_store.start(entry.id, "test", str(CHANNEL), prompt, (MINI, MIMO)))
     assert comparison is not None
     record = AssistantRecord("Half an ans", MINI, "streaming")
-    await store.start_reply(str(CHANNEL), comparison.question, ADA.id, record, 3, {"surface": 9002})
+    refs = {"surface": 9002, "compare_label": "A"}
+    await store.start_reply(str(CHANNEL), comparison.question, ADA.id, record, 3, refs)
     await crashed.aclose()
 
     restarted = await make_engine()
     await restarted.recover("test")
     await asyncio.gather(*restarted._tasks)
     (reopened,) = [s for _, _, s in platform.surfaces if s.reopened]
-    assert reopened.final == "Half an ans\n\n_Cut off: Parley restarted before this reply was finished._"
+    cut = "Half an ans\n\n_Cut off: Parley restarted before this reply was finished._"
+    assert reopened.final == f"**Answer A**\n\n{cut}"  # still labelled
     (surface,) = [s for _, reply_to, s in platform.surfaces if reply_to == {"message": "cmp"}]
     assert surface.final == RESTARTED
     assert llm.chat_requests() == []  # not asked again

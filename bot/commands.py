@@ -47,6 +47,7 @@ class Option:
     required: bool = False
     models: bool = False  # suggest model names as the person types
     templates: bool = False  # suggest the prompt templates saved here as the person types
+    personas: bool = False  # suggest the personas saved here as the person types
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,7 +413,7 @@ COMMANDS: dict[str, Command] = {
             persona_command,
             (
                 Option("action", "save, use, list or delete", PERSONA_ACTIONS, required=True),
-                Option("name", "The persona's name"),
+                Option("name", "The persona's name", personas=True),
             ),
         ),
     )

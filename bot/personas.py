@@ -51,6 +51,11 @@ async def persona_command(engine: Engine, message: Message, args: str) -> Comman
     return await _use(engine, message, saved)
 
 
+async def choices(engine: Engine, message: Message, typed: str, limit: int = 25) -> list[str]:
+    """What a picker offers as someone types a persona's name: the personas saved here."""
+    return (await engine.store.read(names(personas, scope(message), typed.strip().lower())))[:limit]
+
+
 async def _save(engine: Engine, message: Message, name: str, saved: SavedPersona | None) -> CommandResult:
     if not may_replace(engine, message, saved):
         assert saved is not None

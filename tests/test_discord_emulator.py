@@ -165,6 +165,19 @@ async def test_autocomplete_answers_are_validated(discord_api: DiscordEmulator) 
     )
 
 
+async def test_once_synced_only_those_commands_and_their_autocomplete_options_are_sent(
+    discord_api: DiscordEmulator,
+) -> None:
+    picked = {**OPTION, "name": "model", "autocomplete": True}
+    commands = [COMMAND, {**COMMAND, "name": "model", "options": [picked]}]
+    assert (await call(discord_api, "PUT", f"/applications/{APP_ID}/commands", commands))[0] == 200
+    await discord_api.interact("model", [{**picked, "value": "gp", "focused": True}], autocomplete=True)
+    with pytest.raises(AssertionError, match="no /nope was synced"):
+        await discord_api.interact("nope", [])
+    with pytest.raises(AssertionError, match="/ask text has no autocomplete"):
+        await discord_api.interact("ask", [{**OPTION, "value": "x", "focused": True}], autocomplete=True)
+
+
 async def test_an_interaction_token_expires(discord_api: DiscordEmulator) -> None:
     asked = await discord_api.interact("ask", [])
     await call(discord_api, "POST", f"/interactions/{asked}/token-{asked}/callback", {"type": 5})

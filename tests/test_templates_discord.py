@@ -210,3 +210,21 @@ async def test_an_unknown_template_or_a_bad_value_is_one_private_sentence(
         'Quote a value with spaces in it, and close the quote: topic="a b".',
         "haiku has no variable 'colour'; its variables are: topic.",
     ]
+
+
+def persona(action: str, name: str, **more: object) -> list[dict[str, Any]]:
+    named = {"name": "name", "type": 3, "value": name, **more}
+    return [{"name": "action", "type": 3, "value": action}, named]
+
+
+async def test_persona_names_autocomplete_from_those_saved_here(
+    discord_bot: Engine, discord_api: DiscordEmulator
+) -> None:
+    for name in ("pirate", "poet", "critic"):
+        saved = await discord_api.interact("persona", persona("save", name))
+        await until(lambda saved=saved: callbacks(discord_api, saved))
+    asked = await discord_api.interact("persona", persona("use", "P", focused=True), autocomplete=True)
+    await until(lambda: callbacks(discord_api, asked))
+    answer = callbacks(discord_api, asked)[0]
+    assert answer["type"] == 8
+    assert [c["value"] for c in answer["data"]["choices"]] == ["pirate", "poet"]

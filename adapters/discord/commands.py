@@ -16,13 +16,14 @@ from discord import app_commands
 
 from adapters.discord.facts import author_of, interaction_key, interaction_server
 from adapters.discord.interactions import AUTOCOMPLETE_WAIT, CHOICE_LIMIT, answer_command
-from adapters.discord.modals import run_prompt, template_names
+from adapters.discord.modals import run_prompt
 from adapters.discord.surface import NO_PINGS
-from bot import commands, templates
+from bot import commands, personas, templates
 from bot.models import Message
 
 if TYPE_CHECKING:
     from adapters.discord.port import DiscordPlatform
+    from bot.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,10 @@ def _slash(command: commands.Command, platform: DiscordPlatform) -> app_commands
         if o.choices
     }:
         app_commands.choices(**choices)(callback)
-    if pickers := {o.name: _model_names(platform) for o in command.options if o.models}:
-        app_commands.autocomplete(**pickers)(callback)
-    if pickers := {o.name: template_names(platform) for o in command.options if o.templates}:
+    pickers = {o.name: _model_names(platform) for o in command.options if o.models}
+    pickers |= {o.name: _saved_names(platform, templates.choices) for o in command.options if o.templates}
+    pickers |= {o.name: _saved_names(platform, personas.choices) for o in command.options if o.personas}
+    if pickers:
         app_commands.autocomplete(**pickers)(callback)
     return app_commands.Command(name=command.name, description=_fit(command.summary), callback=callback)
 
@@ -125,6 +127,18 @@ def _model_names(
         ]
 
     return model_names
+
+
+def _saved_names(
+    platform: DiscordPlatform, choices: Callable[[Engine, Message, str], Awaitable[list[str]]]
+) -> Callable[[discord.Interaction, str], Awaitable[list[app_commands.Choice[str]]]]:
+    """Autocomplete from what is saved here (templates, personas): `choices` gives the names (≤ 25)."""
+
+    async def names(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        found = await choices(platform.engine, incoming(interaction, ""), current)
+        return [app_commands.Choice(name=name, value=name) for name in found if len(name) <= CHOICE_LIMIT]
+
+    return names
 
 
 def _fit(text: str) -> str:

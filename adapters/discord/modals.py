@@ -1,5 +1,5 @@
 """`/prompt NAME` on Discord: a template with values missing is answered with a form (a modal, callback
-type 9), whose submission (a MODAL_SUBMIT interaction) runs it; the template names autocomplete.
+type 9), whose submission (a MODAL_SUBMIT interaction) runs it.
 
 The form's custom id names the template and each field's custom id its variable, so a submission
 needs nothing kept in memory: it works after a restart too. discord.py would keep a sent modal in its
@@ -9,14 +9,11 @@ view store; ours are stopped before they are sent, and their submissions arrive 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import discord
-from discord import app_commands
 
 from adapters.discord import commands as slash  # they import this module: read at call time
-from adapters.discord.interactions import CHOICE_LIMIT
 from adapters.discord.surface import NO_PINGS
 from bot import templates
 from bot.models import CommandResult
@@ -65,18 +62,6 @@ async def on_submit(platform: DiscordPlatform, interaction: discord.Interaction)
         await interaction.response.send_message(filled.text, ephemeral=True, allowed_mentions=NO_PINGS)
         return
     await slash.start_reply(platform, interaction, templates.question(message, filled).text[1:])
-
-
-def template_names(
-    platform: DiscordPlatform,
-) -> Callable[[discord.Interaction, str], Awaitable[list[app_commands.Choice[str]]]]:
-    """Autocomplete for /prompt's first option: the templates saved here, then the verbs (≤ 25)."""
-
-    async def names(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        found = await templates.choices(platform.engine, slash.incoming(interaction, ""), current)
-        return [app_commands.Choice(name=name, value=name) for name in found if len(name) <= CHOICE_LIMIT]
-
-    return names
 
 
 def _form(form: templates.Form) -> discord.ui.Modal:

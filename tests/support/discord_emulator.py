@@ -223,6 +223,7 @@ class _State:
     interactions: dict[str, Interaction] = field(default_factory=dict)
     # MESSAGE_CREATE and component INTERACTION_CREATE payloads sent, by id: `deliver_again` replays them.
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
+    commands: dict[str, dict[str, Any]] = field(default_factory=dict)  # the synced slash commands, by name
 
 
 class DiscordEmulator:
@@ -398,7 +399,16 @@ class DiscordEmulator:
         manager: bool = False,
         roles: list[int] | None = None,
     ) -> str:
-        """Dispatch a slash command (or an autocomplete request); its 3 seconds start now."""
+        """Dispatch a slash command (or an autocomplete request); its 3 seconds start now.
+
+        Once commands are synced, Discord sends only theirs, and autocomplete requests only for an
+        option registered with autocomplete."""
+        if self.state.commands:
+            assert name in self.state.commands, f"no /{name} was synced"
+            if autocomplete:
+                registered = {o["name"]: o for o in self.state.commands[name].get("options", [])}
+                (focused,) = [o["name"] for o in options if o.get("focused")]
+                assert registered[focused].get("autocomplete"), f"/{name} {focused} has no autocomplete"
         roles = roles if roles is not None else ([MANAGER_ROLE] if manager else [])
         data = self._interaction(4 if autocomplete else 2, channel, user, roles)
         interaction_id = data["id"]
@@ -885,6 +895,7 @@ class DiscordEmulator:
             return _error(403, 50001, "Missing Access")
         if problem := _commands_problem(body or []):
             return problem
+        self.state.commands = {command["name"]: command for command in body or []}
         return _json(
             [
                 {**c, "id": str(800_000 + i), "application_id": str(APP_ID), "version": "1"}

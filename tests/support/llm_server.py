@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import ssl
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +77,8 @@ class RecordedRequest:
 
 
 class LLMServer:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self._tls = tls  # serve HTTPS with this server context
         self.requests: list[RecordedRequest] = []
         self.models: list[dict[str, Any]] = [
             {"id": "xiaomi/mimo-v2-flash", "context_length": 262144, "supported_parameters": ["tools"]},
@@ -110,7 +112,7 @@ class LLMServer:
 
     @property
     def openai_base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}/v1"
 
     @property
     def anthropic_base_url(self) -> str:
@@ -124,7 +126,7 @@ class LLMServer:
         app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_post("/v1/messages", self._anthropic)
         app.router.add_get("/v1/models", self._list)
-        self._runner, self.port = await serve_app(app)
+        self._runner, self.port = await serve_app(app, self._tls)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -1,0 +1,299 @@
+"""The provider's network backend (bot/providers/network.py) through the real provider and httpx code, on
+asyncio's loop and on uvloop: streams, timeouts, refused and broken connections, back-pressure, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpcore
+import httpx
+import pytest
+import trustme
+import uvloop
+
+from bot.config import ProviderSettings
+from bot.providers.base import ChatMessage, ChatRequest, ErrorKind, ProviderError, TextDelta, Timeouts
+from bot.providers.clients import make_client
+from bot.providers.network import HIGH_WATER, AsyncioBackend, AsyncioStream
+from bot.providers.openai_compat import OpenAICompatibleProvider
+from tests.support.llm_server import LLMServer, Script
+
+REQUEST = ChatRequest(model="m", messages=(ChatMessage("user", "hi"),))
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Iterator[Run]:
+    """Runs a test's coroutine on asyncio's own loop, then on uvloop's (what `parley run` uses)."""
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        yield runner.run
+
+
+def provider(base_url: str, timeouts: Timeouts | None = None) -> OpenAICompatibleProvider:
+    return OpenAICompatibleProvider(
+        "openrouter", ProviderSettings(base_url=base_url, api_key="sk-test"), timeouts or Timeouts()
+    )
+
+
+async def text(openrouter: OpenAICompatibleProvider) -> str:
+    return "".join([e.text async for e in openrouter.stream(REQUEST) if isinstance(e, TextDelta)])
+
+
+async def failure(openrouter: OpenAICompatibleProvider) -> ProviderError:
+    with pytest.raises(ProviderError) as caught:
+        await text(openrouter)
+    return caught.value
+
+
+async def raw_server(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> tuple[asyncio.Server, int]:
+    """A loopback TCP server answering each connection with `handle`, and its port."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def test_replies_stream_through_the_backend(run: Run) -> None:
+    async def scenario() -> None:
+        async with LLMServer() as llm:
+            llm.enqueue(*[Script(tokens=[f"{i}a", f"{i}b"], delay=0.01) for i in range(3)])
+            openrouter = provider(llm.openai_base_url)
+            texts = await asyncio.gather(*(text(openrouter) for _ in range(3)))
+            await openrouter.aclose()
+            assert sorted(texts) == ["0a0b", "1a1b", "2a2b"]
+            client = make_client(Timeouts(), ssl.create_default_context())
+            async with client.stream("GET", f"{llm.openai_base_url}/models") as response:
+                assert isinstance(response.extensions["network_stream"], AsyncioStream)
+            await client.aclose()
+
+    run(scenario())
+
+
+def test_a_stalled_read_times_out_and_the_provider_streams_on(run: Run) -> None:
+    async def scenario() -> None:
+        async with LLMServer() as llm:
+            llm.enqueue(Script(tokens=["a", "b"], stall_after=1), Script(tokens=["c", "d"]))
+            openrouter = provider(llm.openai_base_url, Timeouts(first_token=5.0, chunk_gap=0.3))
+            stalled = await failure(openrouter)  # the read waiting on the socket is cancelled
+            assert stalled.kind is ErrorKind.TIMEOUT and "between two parts" in stalled.detail
+            assert await text(openrouter) == "cd"
+            await openrouter.aclose()
+            # httpx's own read timeout, which the backend raises itself
+            client = make_client(Timeouts(), ssl.create_default_context())
+            llm.enqueue(Script(tokens=["a", "b"], stall_after=1))
+            url, limit = f"{llm.openai_base_url}/chat/completions", httpx.Timeout(5.0, read=0.2)
+            with pytest.raises(httpx.ReadTimeout):
+                async with client.stream("POST", url, json={}, timeout=limit) as response:
+                    async for _ in response.aiter_raw():
+                        pass
+            await client.aclose()
+
+    run(scenario())
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def test_a_refused_connection_reads_as_nothing_there(run: Run, closed_port: int) -> None:
+    base = f"http://127.0.0.1:{closed_port}/v1"
+
+    async def scenario() -> ProviderError:
+        openrouter = provider(base, Timeouts(connect=5))
+        try:
+            return await failure(openrouter)
+        finally:
+            await openrouter.aclose()
+
+    error = run(scenario())
+    assert error.kind is ErrorKind.UNREACHABLE
+    assert error.user_message() == (
+        f"Nothing answers at {base}; check that the openrouter server is running and its address is right."
+    )
+
+
+def test_a_peer_that_closes_mid_stream_breaks_the_stream(run: Run) -> None:
+    async def closes_after_one_event(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        event = b'data: {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n'
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        writer.write(head + b"%x\r\n%s\r\n" % (len(event), event))
+        await writer.drain()
+        writer.close()  # a clean close (FIN) before the body's last chunk
+
+    async def scenario() -> None:
+        server, port = await raw_server(closes_after_one_event)
+        seen: list[str] = []
+        openrouter = provider(f"http://127.0.0.1:{port}/v1")
+        with pytest.raises(ProviderError) as caught:
+            async for event in openrouter.stream(REQUEST):
+                seen.append(event.text if isinstance(event, TextDelta) else "")
+        assert (caught.value.kind, seen) == (ErrorKind.BROKEN_STREAM, ["Hel"])
+        async with LLMServer() as llm:  # and a connection reset (RST) mid-stream
+            llm.enqueue(Script(tokens=["a", "b", "c"], drop_after=1))
+            reset = provider(llm.openai_base_url)
+            assert (await failure(reset)).kind is ErrorKind.BROKEN_STREAM
+            await reset.aclose()
+        await openrouter.aclose()
+        server.close()
+
+    run(scenario())
+
+
+def test_a_large_body_read_slowly_pauses_the_socket_and_arrives_whole(run: Run) -> None:
+    body = hashlib.shake_256(b"parley").digest(8 * 1024 * 1024)
+
+    async def sends_a_large_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for start in range(0, len(body), 65536):
+            writer.write(body[start : start + 65536])
+            await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        server, port = await raw_server(sends_a_large_body)
+        client = make_client(Timeouts(), ssl.create_default_context())
+        async with asyncio.timeout(30), client.stream("GET", f"http://127.0.0.1:{port}/") as response:
+            pieces = response.aiter_raw()
+            received = [await anext(pieces)]
+            stream = response.extensions["network_stream"]
+            while not stream._reading_paused:  # the server keeps sending while nobody reads
+                await asyncio.sleep(0.01)
+            assert stream._buffered <= HIGH_WATER + 256 * 1024  # at most one receive past the mark
+            received += [piece async for piece in pieces]  # reading resumes as the buffer drains
+        await client.aclose()
+        server.close()
+        assert b"".join(received) == body
+
+    run(scenario())
+
+
+def test_a_write_the_peer_never_reads_times_out(run: Run) -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    async def scenario() -> None:
+        server, port = await raw_server(never_reads)
+        client = make_client(Timeouts(), ssl.create_default_context())
+        with pytest.raises(httpx.WriteTimeout):
+            await client.post(
+                f"http://127.0.0.1:{port}/",
+                content=b"x" * (64 * 1024 * 1024),
+                timeout=httpx.Timeout(5, write=0.3),
+            )
+        await client.aclose()
+        for writer in held:
+            writer.close()
+        server.close()
+
+    run(scenario())
+
+
+@pytest.fixture(scope="module")
+def authority() -> trustme.CA:
+    return trustme.CA()
+
+
+def https_server(authority: trustme.CA) -> ssl.SSLContext:
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(tls)
+    tls.set_alpn_protocols(["h2", "http/1.1"])
+    return tls
+
+
+def test_tls_to_a_trusted_server_streams_and_an_untrusted_one_is_refused(
+    run: Run, authority: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+
+    async def scenario() -> None:
+        async with LLMServer(tls=https_server(authority)) as llm:
+            assert llm.openai_base_url.startswith("https://")
+            llm.enqueue(Script(tokens=["Hel", "lo"], delay=0.01))
+            monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # what httpx reads for its CA certificates
+            openrouter = provider(llm.openai_base_url)
+            assert await text(openrouter) == "Hello"
+            await openrouter.aclose()
+            client = make_client(Timeouts(), httpx.create_ssl_context())
+            async with client.stream("GET", f"{llm.openai_base_url}/models") as response:
+                tls = response.extensions["network_stream"].get_extra_info("ssl_object")
+                assert tls.selected_alpn_protocol() == "http/1.1"  # httpcore asks for HTTP/1.1 alone
+                assert tls.getpeercert()["subjectAltName"] == (("IP Address", "127.0.0.1"),)
+            await client.aclose()
+            monkeypatch.delenv("SSL_CERT_FILE")
+            openrouter = provider(llm.openai_base_url)
+            untrusted = await failure(openrouter)
+            await openrouter.aclose()
+            assert (untrusted.kind, untrusted.detail) == (
+                ErrorKind.UNAVAILABLE,
+                "could not connect (ConnectError)",
+            )
+
+    run(scenario())
+
+
+def test_a_tls_handshake_that_never_answers_times_out(run: Run) -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accepts the connection, never answers the client's hello
+
+    async def scenario() -> None:
+        server, port = await raw_server(silent)
+        openrouter = provider(f"https://127.0.0.1:{port}/v1", Timeouts(connect=0.3))
+        error = await failure(openrouter)
+        assert (error.kind, error.detail) == (ErrorKind.UNAVAILABLE, "could not connect (ConnectTimeout)")
+        await openrouter.aclose()
+        for writer in held:
+            writer.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_a_proxy_in_the_environment_keeps_httpx_own_transports(
+    run: Run, monkeypatch: pytest.MonkeyPatch, closed_port: int
+) -> None:
+    async def scenario() -> None:
+        async with LLMServer() as proxy:  # answers the absolute-form requests a client sends a proxy
+            monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+            proxy.enqueue(Script(tokens=["via ", "proxy"]))
+            openrouter = provider(f"http://127.0.0.1:{closed_port}/v1")
+            assert await text(openrouter) == "via proxy"
+            await openrouter.aclose()
+
+    run(scenario())
+
+
+def test_unix_sockets_go_through_httpcore_own_backend(run: Run, tmp_path: Path) -> None:
+    path = str(tmp_path / "provider.sock")
+
+    async def answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        server = await asyncio.start_unix_server(answers, path)
+        async with httpcore.AsyncConnectionPool(uds=path, network_backend=AsyncioBackend()) as pool:
+            response = await pool.request("GET", "http://localhost/")
+        assert (response.status, response.content) == (200, b"ok")
+        assert not isinstance(response.extensions["network_stream"], AsyncioStream)
+        server.close()
+
+    run(scenario())

@@ -180,8 +180,10 @@ class Engine:
                 await self.pacer.renderer(surface).finish(f"Usage: /{skill.command} — {skill.summary}.")
                 await self.store.close_inbox(entry.id)
                 return "command"
+            ahead = self.windows.read_ahead(str(message.key))
+            targets = override_targets(message)
             lookups = await self.store.read(
-                partial(look_up, key=message.key, budget_targets=override_targets(message))
+                partial(look_up, key=message.key, budget_targets=targets, window=ahead)
             )
             conf = conversation_settings(lookups.settings, self.settings.default_model)
             if kind == "reply":

@@ -1,16 +1,17 @@
 """What a reply looks up in the store before it starts, read in one store hop.
 
 Each read is small and independent of the others: the conversation's settings and skill modes (its own
-and, in a thread, its channel's), the budgets set with /budget for its channel and server, and its
-running summary. A hop costs more than the queries in it (a thread hand-off on SQLite, a pooled
-connection on PostgreSQL, and a wait behind whatever else is queued there), so a reply makes one of them
-instead of four. Nothing is cached: the next message reads what is stored now, whichever instance
-changed it.
+and, in a thread, its channel's), the budgets set with /budget for its channel and server, its running
+summary, and what its window reads to be brought up to date (`Windows.read_ahead`: the turn counters and
+the turns added since). A hop costs more than the queries in it (a thread hand-off on SQLite, a pooled
+connection on PostgreSQL, and a wait behind whatever else is queued there, the interpreter lock
+included), so a reply makes one of them instead of five. Nothing is cached: the next message reads what
+is stored now, whichever instance changed it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy import Connection
 
 from bot.models import ConversationKey, ConversationSettings
 from bot.store import budget_overrides_of, settings_of, skill_modes_of, summary_of
+from bot.windows import Ahead
 
 # A conversation's stored settings rows and skill modes, its own first (then, in a thread, its channel's).
 ConversationRows = tuple[list[dict[str, object]], list[dict[str, str]]]
@@ -28,6 +30,7 @@ class Lookups:
     settings: ConversationRows
     budget_overrides: list[dict[str, Any]]  # /budget's rows for the message's channel and server
     summary: tuple[str, int] | None  # the running summary and the last turn it covers
+    window: Ahead | None  # what the conversation's window reads next, when it holds one
 
 
 def settings_keys(key: ConversationKey) -> list[str]:
@@ -35,13 +38,20 @@ def settings_keys(key: ConversationKey) -> list[str]:
     return [str(key), str(key.channel)] if key.thread_id else [str(key)]
 
 
-def look_up(conn: Connection, key: ConversationKey, budget_targets: Sequence[tuple[str, str]]) -> Lookups:
-    """Everything a reply in `key` looks up before it starts; `budget_targets`: /budget's for its message."""
+def look_up(
+    conn: Connection,
+    key: ConversationKey,
+    budget_targets: Sequence[tuple[str, str]],
+    window: Callable[[Connection], Ahead] | None,
+) -> Lookups:
+    """Everything a reply in `key` looks up before it starts; `budget_targets`: /budget's for its message,
+    `window`: its window's read ahead (`Windows.read_ahead`)."""
     keys = settings_keys(key)
     return Lookups(
         (settings_of(conn, keys), skill_modes_of(conn, keys)),
         budget_overrides_of(conn, budget_targets),
         summary_of(conn, str(key)),
+        window(conn) if window is not None else None,
     )
 
 

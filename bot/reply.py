@@ -168,8 +168,9 @@ class Reply:
             raise ReplyFailed("There is nothing to answer: the message was empty.")
         resolved = await engine.catalog.resolve(self._conf.model)
         self._answer.model = resolved.name
+        ahead = self._lookups.window if self._lookups is not None else None
         context = await assemble(
-            engine.settings, engine.windows, engine.calibration, resolved, self._conf, self._entry
+            engine.settings, engine.windows, engine.calibration, resolved, self._conf, self._entry, ahead
         )
         summarized = await engine.summaries.apply(
             context, str(self._entry.message.key), resolved, self._lookups

@@ -1,9 +1,10 @@
-"""What a reply looks up before it starts (bot/lookups.py): read in one store hop besides its window's, and
-never kept between messages, so what another instance changed on the same database reaches the next
+"""What a reply looks up before it starts (bot/lookups.py): read in one store hop with what its window reads,
+and never kept between messages, so what another instance changed on the same database reaches the next
 message, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -37,7 +38,7 @@ async def command(engine: Engine, line: str, author: Author = MAX) -> str:
     return (await engine.run_command(msg("/" + line, CHANNEL, author, server_id="S1"), line)).text
 
 
-async def test_a_reply_reads_its_settings_budgets_and_summary_in_one_hop(
+async def test_a_reply_looks_up_its_settings_budgets_summary_and_new_turns_in_one_hop(
     make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:
     engine = await make_engine()
@@ -45,9 +46,10 @@ async def test_a_reply_reads_its_settings_budgets_and_summary_in_one_hop(
     reads = count_reads(engine)
     assert await ask(engine, "second", server_id="S1") == "echo: Ada: second"
     # On PostgreSQL the turn is taken there first (an earlier message of Ada's unanswered elsewhere?);
-    # then the one look-up, and the window reads only what was added since.
-    assert reads[-2:] == ["look_up", "_since"]
-    assert len(reads) == (3 if engine.store.shared else 2)
+    # then one look-up, in which the window read what was added since it was last brought up to date.
+    assert reads[-1] == "look_up"
+    assert len(reads) == (2 if engine.store.shared else 1)
+    assert engine.windows.reads == {"full": 1, "new": 0, "ahead": 1}
 
 
 async def test_what_another_instance_changed_reaches_the_next_message(
@@ -86,3 +88,23 @@ async def test_what_another_instance_changed_reaches_the_next_message(
     system, *turns = llm.chat_requests()[-1].json["messages"]
     assert [turn["content"] for turn in turns] == ["Ada: afresh"]  # the other instance's /reset
     assert system["content"] == "Answer like a pirate."  # which keeps the settings
+
+
+async def test_a_window_read_ahead_is_read_again_once_another_reply_moved_the_window(
+    make_engine: Callable[..., Any], llm: LLMServer
+) -> None:
+    """Messages from several people at once each look up ahead of the window's lock; the first to take it
+    uses its read, the others find the window moved on and read what is new since then."""
+    engine = await make_engine()
+    assert await ask(engine, "first") == "echo: Ada: first"
+    people = [Author(f"u-{index}", f"P{index}") for index in range(4)]
+    tasks = [await engine.accept(msg(f"hi from {p.display_name}", author=p), {}) for p in people]
+    assert all(task is not None for task in tasks)
+    await asyncio.gather(*[task for task in tasks if task is not None])
+    assert engine.windows.reads["ahead"] >= 1 and engine.windows.reads["new"] >= 1
+    for request in llm.chat_requests()[1:]:  # each reply saw its own question, as the store had it
+        name, _, text = request.json["messages"][-1]["content"].partition(": ")
+        assert text == f"hi from {name}"
+    recalled = await engine.windows.recall(str(CHANNEL), 100_000)
+    assert recalled.turns == (await engine.store.recall(str(CHANNEL), 100_000))[0]
+    assert len(recalled.turns) == 10

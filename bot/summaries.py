@@ -58,9 +58,10 @@ class Summaries:
             try:
                 async with asyncio.timeout(self._engine.settings.summary_wait_seconds):
                     await asyncio.shield(update)
-                stored = await self._engine.store.summary(conversation)  # as the update left it
             except TimeoutError:  # nothing new is stored while it runs
                 log.info("%s: the summary is still being made; this reply uses the one before", conversation)
+            else:
+                stored = await self._engine.store.summary(conversation)  # as the update left it
         if stored is None:
             return False
         text = stored[0]

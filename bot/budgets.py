@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Connection, delete, func, insert, or_, select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -85,6 +85,11 @@ def targets_of(message: Message) -> list[tuple[str, str]]:
     return found
 
 
+def override_targets(message: Message) -> list[tuple[str, str]]:
+    """The targets /budget can set a budget for (a person's come from the defaults alone)."""
+    return [target for target in targets_of(message) if target[0] != "person"]
+
+
 def period_start(period: str, now: float) -> datetime:
     moment = datetime.fromtimestamp(now, UTC)
     day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -121,20 +126,22 @@ class Budgets:
         self._lock = asyncio.Lock()  # a check and its reservation are one step
         self._reserved: dict[tuple[str, str], list[float]] = {}  # (scope, target) -> [usd, tokens]
 
-    async def limits(self, message: Message) -> list[Limit]:
-        """Every budget that applies to a message: /budget's for its channel and server, else the defaults."""
+    async def limits(self, message: Message, overrides: list[dict[str, Any]] | None = None) -> list[Limit]:
+        """Every budget that applies to a message: /budget's for its channel and server (`overrides`, when
+        the reply read them already), else the defaults."""
         targets = targets_of(message)
-        overrides = {
-            (row["scope"], row["target"], row["period"], row["unit"]): row["amount"]
-            for row in await self._store.budget_overrides([t for t in targets if t[0] != "person"])
+        if overrides is None:
+            overrides = await self._store.budget_overrides(override_targets(message))
+        amounts = {
+            (row["scope"], row["target"], row["period"], row["unit"]): row["amount"] for row in overrides
         }
         found = []
         for scope, target in targets:
             for period in PERIODS:
                 for unit in UNITS:
                     name = (scope, target, period, unit)
-                    if name in overrides:
-                        amount, set_here = overrides[name], True
+                    if name in amounts:
+                        amount, set_here = amounts[name], True
                     else:
                         amount, set_here = getattr(self._defaults, f"{scope}_{period}_{unit}"), False
                     if amount is not None:
@@ -150,11 +157,13 @@ class Budgets:
             for limit, spent in zip(limits, used, strict=True)
         ]
 
-    async def reserve(self, message: Message, usd: float, tokens: int) -> Reservation:
+    async def reserve(
+        self, message: Message, usd: float, tokens: int, overrides: list[dict[str, Any]] | None = None
+    ) -> Reservation:
         """Hold a reply's estimate against its budgets; Refused, in one sentence, when one is used up."""
         now = self._clock()
         warning = None
-        limits = await self.limits(message)
+        limits = await self.limits(message, overrides)
         if not limits:  # nothing to hold against: no lock, so replies without budgets never queue here
             return Reservation([], 0.0, 0)
         if self._store.shared:

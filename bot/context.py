@@ -11,7 +11,7 @@ from bot.models import ConversationSettings
 from bot.providers.base import ChatRequest, Image, ToolSpec
 from bot.store import InboxEntry, Turn
 from bot.tokens import TokenCalibration, estimate_tokens
-from bot.windows import Recalled, Windows
+from bot.windows import Ahead, Recalled, Windows
 
 
 class ReplyFailed(Exception):
@@ -62,13 +62,15 @@ async def assemble(
     resolved: ResolvedModel,
     conf: ConversationSettings,
     entry: InboxEntry,
+    ahead: Ahead | None = None,
 ) -> Context:
-    """The conversation as it stood at the message being answered, fitted to the model's window."""
+    """The conversation as it stood at the message being answered, fitted to the model's window (`ahead`:
+    what its window read in the reply's look-up)."""
     vision = bool(resolved.info and resolved.info.vision)
     attached = read_attachments(entry.message.attachments, vision=vision)
     system = conf.system_prompt or settings.system_prompt
     budget, reply_room = window(settings, calibration, resolved, system)
-    recalled = await windows.recall(str(entry.message.key), budget, upto=entry.turn_id)
+    recalled = await windows.recall(str(entry.message.key), budget, upto=entry.turn_id, ahead=ahead)
     context = Context(
         resolved,
         system,

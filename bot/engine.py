@@ -15,13 +15,14 @@ from bot import commands
 from bot.access import Access
 from bot.addressing import Addressing
 from bot.attachments import read_attachments
-from bot.budgets import Budgets
+from bot.budgets import Budgets, override_targets
 from bot.catalog import ModelCatalog, ResolvedModel, UnknownModelError
 from bot.checkpoints import Checkpoints
 from bot.compare import Compare, asks, relabelled
 from bot.config import Settings
 from bot.controls import Controls, ReplyControls, offer
 from bot.gate import Gate
+from bot.lookups import conversation_settings, look_up, look_up_settings
 from bot.metrics import Health, Metrics
 from bot.models import Author, CommandResult, ConversationKey, ConversationSettings, Message
 from bot.platform import Platform
@@ -179,15 +180,22 @@ class Engine:
                 await self.pacer.renderer(surface).finish(f"Usage: /{skill.command} — {skill.summary}.")
                 await self.store.close_inbox(entry.id)
                 return "command"
-            conf = await self.settings_for(message.key)
+            ahead = self.windows.read_ahead(str(message.key))
+            targets = override_targets(message)
+            lookups = await self.store.read(
+                partial(look_up, key=message.key, budget_targets=targets, window=ahead)
+            )
+            conf = conversation_settings(lookups.settings, self.settings.default_model)
             if kind == "reply":
                 name, _, args = text[1:].partition(" ")
                 steps = commands.REPLIES[name.lower()].steps
                 assert steps is not None
-                reply = Reply(self, entry, surface, conf, steps=partial(steps, args=args.strip()))
+                reply = Reply(
+                    self, entry, surface, conf, steps=partial(steps, args=args.strip()), lookups=lookups
+                )
             else:
                 forced = Forced(skill, skill.arguments_for(text)) if skill is not None else None
-                reply = Reply(self, entry, surface, conf, forced)
+                reply = Reply(self, entry, surface, conf, forced, lookups=lookups)
             return await self.controls.run(reply, entry, surface, conf.model)
 
     # After a crash, and at shutdown
@@ -263,19 +271,8 @@ class Engine:
 
     async def settings_for(self, key: ConversationKey) -> ConversationSettings:
         """Its own settings, else its channel's (a thread inherits until it chooses), else the defaults."""
-        keys = [str(key), str(key.channel)] if key.thread_id else [str(key)]
-        merged: dict[str, object] = {}
-        for row in reversed(await self.store.settings(keys)):
-            merged.update({name: value for name, value in row.items() if value is not None})
-        modes: dict[str, str] = {}
-        for chosen in reversed(await self.store.skill_modes(keys)):
-            modes.update(chosen)
-        return ConversationSettings(
-            model=str(merged.get("model") or self.settings.default_model),
-            system_prompt=str(merged["system_prompt"]) if merged.get("system_prompt") else None,
-            autoreply=bool(merged.get("autoreply") or False),
-            skills=modes,
-        )
+        rows = await self.store.read(partial(look_up_settings, key=key))
+        return conversation_settings(rows, self.settings.default_model)
 
     async def model_choices(
         self, key: ConversationKey, typed: str, limit: int = 25, *, wait: float | None = None

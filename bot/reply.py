@@ -16,6 +16,7 @@ from bot.catalog import ResolvedModel, UnknownModelError
 from bot.citations import sources_footer
 from bot.context import ReplyFailed, assemble
 from bot.logs import log_event
+from bot.lookups import Lookups
 from bot.models import ConversationSettings, Surface
 from bot.providers.base import ChatRequest, ProviderError, Usage
 from bot.skills import Citations, Skill, SkillContext, prefetch
@@ -70,8 +71,10 @@ class Reply:
         conf: ConversationSettings,
         forced: Forced | None = None,
         steps: Steps | None = None,
+        lookups: Lookups | None = None,  # what was read for it before it started (else it reads)
     ) -> None:
         self._engine = engine
+        self._lookups = lookups
         self._own_steps = steps
         self._entry = entry
         self._conf = conf
@@ -154,7 +157,8 @@ class Reply:
         engine, message = self._engine, self._entry.message
         engine.access.count_reply(message.key, message.author)
         usd, tokens = await estimate(engine.catalog, engine.settings, resolved, prompt_tokens, reply_room)
-        self._reservation = await engine.budgets.reserve(message, usd, tokens)
+        overrides = self._lookups.budget_overrides if self._lookups is not None else None
+        self._reservation = await engine.budgets.reserve(message, usd, tokens, overrides)
         return self._reservation.warning
 
     async def _steps(self) -> list[str]:
@@ -164,10 +168,13 @@ class Reply:
             raise ReplyFailed("There is nothing to answer: the message was empty.")
         resolved = await engine.catalog.resolve(self._conf.model)
         self._answer.model = resolved.name
+        ahead = self._lookups.window if self._lookups is not None else None
         context = await assemble(
-            engine.settings, engine.windows, engine.calibration, resolved, self._conf, self._entry
+            engine.settings, engine.windows, engine.calibration, resolved, self._conf, self._entry, ahead
         )
-        summarized = await engine.summaries.apply(context, str(self._entry.message.key), resolved)
+        summarized = await engine.summaries.apply(
+            context, str(self._entry.message.key), resolved, self._lookups
+        )
         warning = await self.hold(resolved, context.prompt_estimate(), context.reply_room)
         skill_context = SkillContext(
             self._entry.message.key,

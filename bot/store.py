@@ -758,9 +758,7 @@ class Store:
 
     async def summary(self, conversation: str) -> tuple[str, int] | None:
         """A conversation's running summary and the last turn id it covers."""
-        query = select(summaries.c.content, summaries.c.upto).where(summaries.c.conversation == conversation)
-        row = await self.read(lambda conn: conn.execute(query).first())
-        return (row.content, row.upto) if row else None
+        return await self.read(lambda conn: summary_of(conn, conversation))
 
     async def set_summary(self, conversation: str, content: str, upto: int, model: str) -> None:
         values = {"content": content, "upto": upto, "model": model, "updated_at": time.time()}
@@ -791,10 +789,7 @@ class Store:
 
     async def settings(self, conversations: Sequence[str]) -> list[dict[str, object]]:
         """Stored settings rows for the given conversations, in the order asked (missing ones omitted)."""
-        query = select(conversation_settings).where(conversation_settings.c.conversation.in_(conversations))
-        rows = await self.read(lambda conn: conn.execute(query).mappings().all())
-        by_key = {row["conversation"]: dict(row) for row in rows}
-        return [by_key[c] for c in conversations if c in by_key]
+        return await self.read(lambda conn: settings_of(conn, conversations))
 
     async def set_setting(self, conversation: str, name: str, value: object, updated_by: str) -> None:
         if name not in SETTING_FIELDS:
@@ -804,14 +799,7 @@ class Store:
 
     async def skill_modes(self, conversations: Sequence[str]) -> list[dict[str, str]]:
         """Skill modes set for the given conversations, in the order asked: {skill: mode} each."""
-        query = select(skill_modes.c.conversation, skill_modes.c.skill, skill_modes.c.mode).where(
-            skill_modes.c.conversation.in_(conversations)
-        )
-        rows = await self.read(lambda conn: conn.execute(query).all())
-        by_key: dict[str, dict[str, str]] = {}
-        for row in rows:
-            by_key.setdefault(row.conversation, {})[row.skill] = row.mode
-        return [by_key.get(c, {}) for c in conversations]
+        return await self.read(lambda conn: skill_modes_of(conn, conversations))
 
     async def set_skill_mode(self, conversation: str, skill: str, mode: str, updated_by: str) -> None:
         values = {"mode": mode, "updated_by": updated_by, "updated_at": time.time()}
@@ -865,13 +853,7 @@ class Store:
 
     async def budget_overrides(self, targets: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
         """Budgets set with /budget for the given (scope, target) pairs."""
-        if not targets:
-            return []
-        which = or_(
-            *(and_(budgets.c.scope == scope, budgets.c.target == target) for scope, target in targets)
-        )
-        rows = await self.read(lambda conn: conn.execute(select(budgets).where(which)).mappings().all())
-        return [dict(row) for row in rows]
+        return await self.read(lambda conn: budget_overrides_of(conn, targets)) if targets else []
 
     async def set_budget(
         self, scope: str, target: str, period: str, unit: str, amount: float | None, updated_by: str
@@ -915,6 +897,42 @@ _CHECKPOINT = (
     .where(turns.c.id == bindparam("turn_id"), turns.c.outcome == "streaming")
     .values(content=bindparam("text"), model=bindparam("text_model"), tokens=bindparam("text_tokens"))
 )
+
+
+# Reads a message needs, as plain functions of a connection, so that one store hop can run several.
+
+
+def settings_of(conn: Connection, conversations: Sequence[str]) -> list[dict[str, object]]:
+    """Stored settings rows for the given conversations, in the order asked (missing ones omitted)."""
+    query = select(conversation_settings).where(conversation_settings.c.conversation.in_(conversations))
+    by_key = {row["conversation"]: dict(row) for row in conn.execute(query).mappings()}
+    return [by_key[c] for c in conversations if c in by_key]
+
+
+def skill_modes_of(conn: Connection, conversations: Sequence[str]) -> list[dict[str, str]]:
+    """Skill modes set for the given conversations, in the order asked: {skill: mode} each."""
+    query = select(skill_modes.c.conversation, skill_modes.c.skill, skill_modes.c.mode).where(
+        skill_modes.c.conversation.in_(conversations)
+    )
+    by_key: dict[str, dict[str, str]] = {}
+    for row in conn.execute(query):
+        by_key.setdefault(row.conversation, {})[row.skill] = row.mode
+    return [by_key.get(c, {}) for c in conversations]
+
+
+def budget_overrides_of(conn: Connection, targets: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Budgets set with /budget for the given (scope, target) pairs."""
+    if not targets:
+        return []
+    which = or_(*(and_(budgets.c.scope == scope, budgets.c.target == target) for scope, target in targets))
+    return [dict(row) for row in conn.execute(select(budgets).where(which)).mappings()]
+
+
+def summary_of(conn: Connection, conversation: str) -> tuple[str, int] | None:
+    """A conversation's running summary and the last turn id it covers."""
+    query = select(summaries.c.content, summaries.c.upto).where(summaries.c.conversation == conversation)
+    row = conn.execute(query).first()
+    return (row.content, row.upto) if row else None
 
 
 def _migrate(conn: Connection) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from bot.catalog import ResolvedModel, UnknownModelError
 from bot.context import Context
+from bot.lookups import Lookups
 from bot.providers.base import ChatMessage, ChatRequest, ProviderError, TextDelta
 from bot.store import Turn
 from bot.tokens import estimate_tokens
@@ -42,21 +43,25 @@ class Summaries:
         self._updates: dict[str, asyncio.Task[None]] = {}  # one update at a time, by conversation
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def apply(self, context: Context, conversation: str, resolved: ResolvedModel) -> bool:
+    async def apply(
+        self, context: Context, conversation: str, resolved: ResolvedModel, lookups: Lookups | None = None
+    ) -> bool:
         """Put the conversation's summary ahead of its recent turns, brought up to date (waiting a
-        bounded time) when turns fell out of the window since it was made; whether there was one."""
+        bounded time) when turns fell out of the window since it was made; whether there was one.
+        `lookups`: what the reply read before it started, the summary among it."""
         if not context.trimmed or not context.turns:
             return False
         first_kept = context.turns[0].id
-        stored = await self._engine.store.summary(conversation)
+        stored = lookups.summary if lookups is not None else await self._engine.store.summary(conversation)
         if stored is None or stored[1] < first_kept - 1:
             update = self._update(conversation, first_kept, resolved)
             try:
                 async with asyncio.timeout(self._engine.settings.summary_wait_seconds):
                     await asyncio.shield(update)
-            except TimeoutError:
+            except TimeoutError:  # nothing new is stored while it runs
                 log.info("%s: the summary is still being made; this reply uses the one before", conversation)
-            stored = await self._engine.store.summary(conversation)
+            else:
+                stored = await self._engine.store.summary(conversation)  # as the update left it
         if stored is None:
             return False
         text = stored[0]

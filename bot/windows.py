@@ -10,6 +10,10 @@ or the turns read do not account for every insert (one committed out of order), 
 from the store. Held turns are bounded by a byte cap shared by all conversations, least recently used
 dropped first; a conversation that was dropped, or whose window needs older turns than are held (a model
 with a larger context), is read again too.
+
+A reply makes that read in the same store hop as the rest of what it looks up (bot/lookups.py), before it
+takes the window's lock; the read is used only if the window did not change in between (another reply in
+the conversation brought it up to date first), else it is made again.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -81,6 +85,16 @@ class _Read:
     complete: bool = False  # for a full read: it reached the conversation's first turn
 
 
+@dataclass(frozen=True, slots=True)
+class Ahead:
+    """What a window's next read found, read in a store hop of the caller's (with what else a reply looks
+    up) before the reply asks for its turns; used only if the window has not changed since."""
+
+    window: _Window
+    version: int
+    read: _Read
+
+
 def _memory_order(held: _Held) -> tuple[int, int]:
     return context_order(held.turn.id, held.answers)
 
@@ -102,9 +116,11 @@ class _Window:
         self.tokens = 0
         self.size = 0
         self.lock = asyncio.Lock()  # one read and update at a time
+        self.version = 0  # counts fills, updates and trims: a read made ahead is for one version
 
     def fill(self, read: _Read) -> None:
         """Start over from a full read."""
+        self.version += 1
         self.held, self.ids, self.streaming, self.floor = [], [], set(), None
         self.sums, self.misplaced, self._top = [0], 0, 0
         self.messages = {}  # a new one: a reply under way may still read the old
@@ -118,6 +134,7 @@ class _Window:
         added = sum(1 for row in read.rows if row.id > self.newest)
         if read.changed != self.changed or self.inserted + added != read.inserted:
             return False
+        self.version += 1
         self.streaming.difference_update(row.id for row in read.rows)
         self._add(read.rows)
         self.inserted = read.inserted
@@ -203,6 +220,7 @@ class _Window:
         """Let the oldest turns go once far more is held than the last budget needs."""
         if self.tokens <= budget * TRIM_AT:
             return
+        self.version += 1
         keep = budget * HELD_OVER
         start = 0
         while start < len(self.held) and self.tokens > keep:
@@ -225,14 +243,31 @@ class Windows:
         self._max_bytes = max_bytes
         self._windows: OrderedDict[str, _Window] = OrderedDict()
         self._bytes = 0
-        self.reads = {"full": 0, "new": 0}  # how windows were brought up to date, for tests and benches
+        # How windows were brought up to date, for tests and benches: read in full, read what was new,
+        # or used what was new as read ahead.
+        self.reads = {"full": 0, "new": 0, "ahead": 0}
 
     @property
     def held_bytes(self) -> int:
         return self._bytes
 
-    async def recall(self, conversation: str, budget: int, upto: int | None = None) -> Recalled:
-        """What `Store.recall` answers, from memory where it holds the conversation."""
+    def read_ahead(self, conversation: str) -> Callable[[Connection], Ahead] | None:
+        """The read the next `recall` of `conversation` makes, as a function for a store hop of the caller's
+        that reads other things too; None when no window is held (it is read in full)."""
+        window = self._windows.get(conversation) if self._max_bytes > 0 else None
+        if window is None or not window.loaded:
+            return None
+        version = window.version
+        since = partial(
+            _since, conversation=conversation, newest=window.newest, streaming=list(window.streaming)
+        )
+        return lambda conn: Ahead(window, version, since(conn))
+
+    async def recall(
+        self, conversation: str, budget: int, upto: int | None = None, ahead: Ahead | None = None
+    ) -> Recalled:
+        """What `Store.recall` answers, from memory where it holds the conversation (with `ahead`, the
+        read `read_ahead` made, when it is still the one to make)."""
         if self._max_bytes <= 0:
             return Recalled(*await self._store.recall(conversation, budget, upto), {})
         window = self._windows.get(conversation)
@@ -241,7 +276,7 @@ class Windows:
         self._windows.move_to_end(conversation)
         async with window.lock:
             before = window.size
-            chosen, trimmed = await self._bring_up_to_date(conversation, window, budget, upto)
+            chosen, trimmed = await self._bring_up_to_date(conversation, window, budget, upto, ahead)
             window.trim(budget)
             recalled = Recalled(chosen, trimmed, window.messages)
             if self._windows.get(conversation) is window:
@@ -250,14 +285,18 @@ class Windows:
         return recalled
 
     async def _bring_up_to_date(
-        self, conversation: str, window: _Window, budget: int, upto: int | None
+        self, conversation: str, window: _Window, budget: int, upto: int | None, ahead: Ahead | None
     ) -> tuple[list[Turn], bool]:
         if window.loaded:
-            since = list(window.streaming)
-            read = await self._store.read(
-                partial(_since, conversation=conversation, newest=window.newest, streaming=since)
-            )
-            self.reads["new"] += 1
+            if ahead is not None and ahead.window is window and ahead.version == window.version:
+                read = ahead.read
+                self.reads["ahead"] += 1
+            else:
+                since = list(window.streaming)
+                read = await self._store.read(
+                    partial(_since, conversation=conversation, newest=window.newest, streaming=since)
+                )
+                self.reads["new"] += 1
             if window.update(read) and (cut := window.cut(budget, upto)) is not None:
                 return cut
         wanted = max(int(budget * HELD_OVER), 1)

@@ -103,9 +103,9 @@ async def test_appended_turns_are_read_alone_and_the_requests_match(
 ) -> None:
     cached, uncached = await engines(make_engine, **small_models)
     await same_requests(llm, Side([cached], HELD), Side([uncached], READ), conversation(14))
-    # One full read at the first message; every later one read only what was new.
-    assert cached.windows.reads == {"full": 1, "new": 13}
-    assert uncached.windows.reads == {"full": 0, "new": 0}
+    # One full read at the first message; every later one read only what was new, in its look-up.
+    assert cached.windows.reads == {"full": 1, "new": 0, "ahead": 13}
+    assert uncached.windows.reads == {"full": 0, "new": 0, "ahead": 0}
 
 
 CHANGES = [
@@ -174,7 +174,7 @@ async def test_two_instances_answering_one_conversation_in_turn(
         *conversation(3, "afresh"),
     ]
     await same_requests(llm, Side([first, second], HELD), Side([uncached], READ), steps)
-    assert first.windows.reads["new"] >= 5 and second.windows.reads["new"] >= 5
+    assert first.windows.reads["ahead"] >= 5 and second.windows.reads["ahead"] >= 5
 
 
 async def test_a_turn_that_appears_below_the_newest_one_held_is_read(
@@ -217,7 +217,7 @@ async def test_a_reply_streaming_elsewhere_counts_once_it_finishes(
     await store.finish_reply(question.id, conversation, reply, question.turn_id, "u-ada", _done("all"), 1)
     recalled = await windows.recall(conversation, 1000)
     assert [turn.content for turn in recalled.turns] == ["q1", "all"]
-    assert windows.reads == {"full": 1, "new": 2}
+    assert windows.reads == {"full": 1, "new": 2, "ahead": 0}
     assert (await store.recall(conversation, 1000))[0] == recalled.turns
 
 
@@ -279,12 +279,12 @@ async def test_windows_stay_within_their_byte_cap_least_recently_used_first(
         ]
         assert 0 < windows.held_bytes <= 60_000
     # a, b (full), a (held), c (full: b is dropped, a was used since), a (still held)
-    assert windows.reads == {"full": 3, "new": 2}
+    assert windows.reads == {"full": 3, "new": 2, "ahead": 0}
     tiny = Windows(store, 1_000)  # a conversation past the cap is answered, and not kept
     assert len((await tiny.recall("test:a", 100_000)).turns) == 20
     assert tiny.held_bytes == 0
     await tiny.recall("test:a", 100_000)
-    assert tiny.reads == {"full": 2, "new": 0}
+    assert tiny.reads == {"full": 2, "new": 0, "ahead": 0}
 
 
 async def test_replies_at_once_in_one_conversation_read_it_one_at_a_time(

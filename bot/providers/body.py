@@ -54,9 +54,23 @@ class MessageJSON:
 
 
 def body_bytes(body: dict[str, Any], messages: list[str]) -> bytes:
-    """`body` as JSON, its "messages" key (in its place) being `messages`, already encoded."""
-    parts = [
-        f"{dumps(key)}:[{','.join(messages)}]" if key == "messages" else f"{dumps(key)}:{dumps(value)}"
-        for key, value in body.items()
-    ]
-    return ("{" + ",".join(parts) + "}").encode("utf-8")
+    """`body` as JSON, its "messages" key (in its place) being `messages`, already encoded.
+
+    One join of every piece, then one encoding: the messages are most of a long conversation's body, so
+    each intermediate string would copy all of them once more."""
+    pieces = ["{"]
+    for key, value in body.items():
+        if len(pieces) > 1:
+            pieces.append(",")
+        pieces += (dumps(key), ":")
+        if key != "messages":
+            pieces.append(dumps(value))
+            continue
+        pieces.append("[")
+        for index, message in enumerate(messages):
+            if index:
+                pieces.append(",")
+            pieces.append(message)
+        pieces.append("]")
+    pieces.append("}")
+    return "".join(pieces).encode("utf-8")

@@ -45,7 +45,7 @@ from sqlalchemy.exc import ResourceClosedError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from bot import migrations
-from bot.config import SetupError
+from bot.config import DATABASE_POOL_SIZE, SetupError
 from bot.database_url import describe_database
 from bot.models import Attachment, Author, ConversationKey, Message
 from bot.schema import (
@@ -191,11 +191,21 @@ class Store:
         dialect: str,
         *,
         pool: AsyncEngine | None = None,
+        pool_size: int = DATABASE_POOL_SIZE,
+        lock_engine: AsyncEngine | None = None,
         writer: SQLiteWorker | None = None,
         reader: SQLiteWorker | None = None,
     ) -> None:
         self._dialect = dialect
         self._pool = pool
+        # Reads need no transaction: under PostgreSQL's READ COMMITTED each statement reads its own
+        # snapshot either way, and without BEGIN and ROLLBACK a read holds its connection for one round
+        # trip instead of three.
+        self._read_pool = pool.execution_options(isolation_level="AUTOCOMMIT") if pool else None
+        # Callers wait here for one of the pool's connections, in arrival order and for as long as it
+        # takes: a reply is never failed because the others hold the pool.
+        self._connections = asyncio.Semaphore(pool_size)
+        self._lock_engine = lock_engine
         self._writer = writer
         self._reader = reader or writer
         # This process among the instances sharing the database: it owns what it accepts and streams.
@@ -211,8 +221,11 @@ class Store:
         self._closed = False
 
     @classmethod
-    async def open(cls, url: str) -> Store:
-        """The store with its tables; SetupError, in one sentence, when the database cannot be used."""
+    async def open(cls, url: str, *, pool_size: int = DATABASE_POOL_SIZE) -> Store:
+        """The store with its tables; SetupError, in one sentence, when the database cannot be used.
+
+        On PostgreSQL, `pool_size` connections carry the transactions; the advisory locks take a few
+        more, of their own."""
         parsed = make_url(url)
         store: Store | None = None
         try:
@@ -221,7 +234,14 @@ class Store:
             else:
                 from sqlalchemy.ext.asyncio import create_async_engine  # only PostgreSQL needs asyncio's
 
-                store = cls(parsed.get_backend_name(), pool=create_async_engine(url))
+                store = cls(
+                    parsed.get_backend_name(),
+                    # Never more than `pool_size` checked out (the semaphore sees to it), so the pool
+                    # itself never makes anyone wait, and never times out.
+                    pool=create_async_engine(url, pool_size=pool_size, max_overflow=0),
+                    pool_size=pool_size,
+                    lock_engine=create_async_engine(url, poolclass=NullPool),
+                )
             await store.write(_migrate)
             await store.heartbeat()  # registered before it accepts anything, so nobody takes its work
         except (OSError, sqlite3.Error, SQLAlchemyError, CommandError) as error:
@@ -268,8 +288,9 @@ class Store:
         for worker in (self._reader, self._writer):  # the same one twice for a database in memory
             if worker is not None:
                 await worker.close()
-        if self._pool is not None:
-            await self._pool.dispose()
+        for engine in (self._pool, self._lock_engine):
+            if engine is not None:
+                await engine.dispose()
 
     async def write(self, work: Callable[[Connection], T]) -> T:
         """Run `work` as one transaction: committed when it returns, rolled back when it raises.
@@ -289,8 +310,9 @@ class Store:
             raise ResourceClosedError("the store is closed")
         if worker is not None:
             return await worker.run(work)
-        assert self._pool is not None
-        async with self._pool.begin() if transaction else self._pool.connect() as conn:
+        assert self._pool is not None and self._read_pool is not None
+        connect = self._pool.begin if transaction else self._read_pool.connect
+        async with self._connections, connect() as conn:  # the turn first, then the connection
             return await conn.run_sync(work)
 
     @staticmethod
@@ -492,7 +514,7 @@ class Store:
         async with self._locks_mutex:
             try:
                 if self._locks is None:
-                    self._locks = await _autocommit(self._pool)
+                    self._locks = await _autocommit(self._lock_engine)
                 query = text("SELECT pg_try_advisory_lock(:key)")
                 return bool((await self._locks.execute(query, {"key": _lock_key(name)})).scalar())
             except (OSError, SQLAlchemyError) as error:
@@ -519,7 +541,7 @@ class Store:
     async def lock_connection(self) -> AsyncConnection:
         """A connection of its own for session advisory locks held for long (PostgreSQL): they are
         released when it closes, or when this instance dies."""
-        return await _autocommit(self._pool)
+        return await _autocommit(self._lock_engine)
 
     async def lead(self) -> bool:
         """Whether this instance is the leader: on PostgreSQL the holder of an advisory lock, on its own
@@ -528,7 +550,7 @@ class Store:
             return True
         try:
             if self._leadership is None:
-                self._leadership = await _autocommit(self._pool)
+                self._leadership = await _autocommit(self._lock_engine)
             if self._leading:
                 await self._leadership.execute(text("SELECT 1"))  # still connected, so still holding it
             else:
@@ -955,7 +977,8 @@ class _Redelivery(Exception):
 
 
 async def _autocommit(engine: AsyncEngine | None) -> AsyncConnection:
-    """A connection that holds session locks, never a transaction (so it pins no snapshot)."""
+    """A connection that holds session locks, never a transaction (so it pins no snapshot). It is opened
+    outside the pool: a lock holder never waits behind the transactions, nor they behind the locks."""
     assert engine is not None, "advisory locks are PostgreSQL's"
     conn = await engine.connect()
     await conn.execution_options(isolation_level="AUTOCOMMIT")

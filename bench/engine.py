@@ -29,7 +29,7 @@ from typing import Any
 from loopback_provider import MODEL_ID, engine_settings, start, token_times
 from sqlalchemy import insert
 
-from bot.config import ProviderSettings
+from bot.config import DATABASE_POOL_SIZE, ProviderSettings
 from bot.engine import Engine
 from bot.models import Author, ConversationKey, Message, RenderBudget
 from bot.providers.base import ChatMessage, ChatRequest, ProviderError, TextDelta, Timeouts
@@ -259,7 +259,8 @@ async def streams(args: argparse.Namespace, tmp: str) -> None:
                 cluster = Path(tempfile.mkdtemp(prefix="parley-bench-pg-"))
                 server = postgres.start(cluster)
             database = await postgres.create_database(server, f"bench_streams_{os.getpid()}")
-            where = "PostgreSQL"
+            pool = os.environ.get("DATABASE_POOL_SIZE", DATABASE_POOL_SIZE)
+            where = f"PostgreSQL, a pool of {pool} connections per process"
         if args.workers > 1:
             figures = await asyncio.to_thread(spread, args, port, tmp, database)
             where += f", {args.workers} engine processes"

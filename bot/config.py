@@ -31,6 +31,8 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are Parley, a helpful assistant in a team chat. Answer concisely in Markdown. "
     "Each message from a person starts with their name and a colon; several people may take part."
 )
+# PostgreSQL connections each instance keeps for its transactions (DATABASE_POOL_SIZE).
+DATABASE_POOL_SIZE = 25
 HOME_VARIABLE = "PARLEY_HOME"
 CONFIG_VARIABLE = "PARLEY_CONFIG"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -234,6 +236,10 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(0, ge=0)  # replies one person may start per minute; 0: no limit
     metrics_port: int | None = Field(None, ge=1, le=65535)  # /healthz and /metrics; unset: not served
     preset_extras: dict[str, PresetExtras] = Field(default_factory=dict)  # see `_preset_tables`
+
+    # PostgreSQL: the connections of each instance's pool (its advisory locks take up to three more);
+    # a transaction beyond them waits for one, in turn, however long.
+    database_pool_size: int = Field(DATABASE_POOL_SIZE, ge=1)
 
     # Discord.
     discord_token: SecretStr | None = None

@@ -87,7 +87,7 @@ class Engine:
     async def create(
         cls, settings: Settings, *, skills: Iterable[Skill] = (), clock: Clock | None = None
     ) -> Engine:
-        store = await Store.open(settings.database_url)
+        store = await Store.open(settings.database_url, pool_size=settings.database_pool_size)
         return cls(settings, store, ModelCatalog.from_settings(settings), SkillRegistry(skills), clock=clock)
 
     def register(self, platform: Platform) -> None:

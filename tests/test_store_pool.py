@@ -1,0 +1,109 @@
+"""PostgreSQL's connection pool: far more transactions than it has connections wait their turn, in the
+order they came, for as long as it takes, and none fails (SQLAlchemy's own pool failed them after
+30 s: "QueuePool limit … reached"). The advisory locks live on connections of their own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import Connection, insert, select, text
+from sqlalchemy.engine import make_url
+
+from bot.models import Author, ConversationKey
+from bot.schema import meta
+from bot.store import Store
+from tests.support.asking import ask
+
+on_postgres = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+HELD = 7_141_414  # an advisory lock the test holds to keep the pool's connections busy
+
+
+@pytest.fixture
+async def outside(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the test's own to the same database, beside the store's."""
+    url = make_url(database_url).set(drivername="postgresql")
+    connection = await asyncpg.connect(url.render_as_string(hide_password=False))
+    yield connection
+    await connection.close()
+
+
+async def connections_of_others(outside: asyncpg.Connection) -> int:
+    return int(
+        await outside.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        )
+    )
+
+
+async def until_waiting_on_the_lock(outside: asyncpg.Connection, count: int) -> None:
+    """Wait until `count` sessions wait for the advisory lock the test holds (a sentinel, not a sleep)."""
+    query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = $1"
+    while await outside.fetchval(query, HELD) < count:
+        await asyncio.sleep(0.01)
+
+
+def blocked(conn: Connection) -> None:
+    """A transaction that holds its connection until the test lets the lock go."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": HELD})
+
+
+@on_postgres
+async def test_transactions_beyond_the_pool_wait_their_turn_in_order_and_none_fails(
+    database_url: str, outside: asyncpg.Connection
+) -> None:
+    store = await Store.open(database_url, pool_size=1)
+    try:
+        await outside.execute("SELECT pg_advisory_lock($1)", HELD)
+        holder = asyncio.create_task(store.write(blocked))
+        await until_waiting_on_the_lock(outside, 1)  # the pool's one connection is taken
+
+        order: list[int] = []
+
+        def numbered(index: int) -> Callable[[Connection], None]:
+            def work(conn: Connection) -> None:
+                conn.execute(insert(meta).values(name=f"n{index:02d}", value="", updated_at=0.0))
+                order.append(index)
+
+            return work
+
+        def counted(conn: Connection) -> int:
+            return len(conn.execute(select(meta.c.name).where(meta.c.name.like("n%"))).all())
+
+        writes: list[asyncio.Task[Any]] = []
+        for index in range(40):
+            writes.append(asyncio.create_task(store.write(numbered(index))))
+            if index % 10 == 9:  # reads wait in the same line
+                writes.append(asyncio.create_task(store.read(counted)))
+        await asyncio.sleep(0)  # each task runs up to its wait for the pool, in the order made
+        assert not any(task.done() for task in writes) and order == []
+        assert await connections_of_others(outside) == 1  # the store never opened a second one
+
+        await outside.execute("SELECT pg_advisory_unlock($1)", HELD)
+        results = await asyncio.gather(holder, *writes)
+        assert order == list(range(40))  # served in the order they asked
+        assert [r for r in results if r is not None] == [10, 20, 30, 40]  # each read after its writes
+    finally:
+        await store.close()
+
+
+@on_postgres
+async def test_far_more_replies_than_the_pool_has_connections_all_complete(
+    make_engine: Callable[..., Any], outside: asyncpg.Connection
+) -> None:
+    """Replies through the engine, the gate's advisory locks included, on a pool of two connections."""
+    engine = await make_engine(database_pool_size=2)
+    people = [Author(f"u{n}", f"Person {n}") for n in range(6)]
+    asked = [
+        ask(engine, f"question {n}", ConversationKey("test", f"c{n % 5}"), people[n % 6]) for n in range(40)
+    ]
+    answers = await asyncio.gather(*asked)
+    assert answers == [f"echo: Person {n % 6}: question {n}" for n in range(40)]
+    assert await engine.store.pending("test") == []
+    # Two pooled connections, and the one the conversation locks take (outside the pool).
+    assert await connections_of_others(outside) <= 3
+    assert len(await engine.store.history("test:c0", 100)) == 16  # 8 questions and their 8 answers

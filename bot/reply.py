@@ -257,7 +257,7 @@ class Reply:
         self._stored.checkpoint(answer.text, answer.model)
 
     async def _shown(self) -> None:
-        await self._stored.shown(self._answer.text, self._answer.model)
+        self._stored.shown(self._answer.text, self._answer.model)
 
     def _final_text(self, notes: list[str]) -> str:
         text = self._answer.shown

@@ -250,7 +250,7 @@ class Reply:
         )
         await self._tool_loop(resolved, skill_context).run(request, self._answer)
 
-    async def _on_text(self, answer: Answer) -> None:
+    def _on_text(self, answer: Answer) -> None:
         if self._first_text is None:
             self._first_text = self._engine.clock.now() - self._started
             self._engine.metrics.first_text.labels(self._entry.message.key.platform).observe(self._first_text)

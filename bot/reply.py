@@ -257,14 +257,14 @@ class Reply:
         )
         await self._tool_loop(resolved, skill_context).run(request, self._answer)
 
-    async def _on_text(self, answer: Answer) -> None:
+    def _on_text(self, answer: Answer) -> None:
         if self._first_text is None:
             self._first_text = self._engine.clock.now() - self._started
             self._engine.metrics.first_text.labels(self._entry.message.key.platform).observe(self._first_text)
         self._stored.checkpoint(answer.text, answer.model)
 
     async def _shown(self) -> None:
-        await self._stored.shown(self._answer.text, self._answer.model)
+        self._stored.shown(self._answer.text, self._answer.model)
 
     def _final_text(self, notes: list[str]) -> str:
         text = self._answer.shown

@@ -4,6 +4,11 @@ The row is written at the reply's first render, with where the platform shows it
 every other streaming reply's every few seconds of the engine's clock (bot/checkpoints.py); its final
 record is saved in the same transaction that closes the message in the inbox. A failed intermediate write
 is logged and tried again later: it never fails a reply.
+
+The row and its later refs are written beside the renders, not in their way: with a thousand replies
+starting at once the store answers the first render's write seconds later, and a render loop that waited
+for it would leave the reply's next edits waiting as long. What streamed meanwhile is saved with the next
+batch of checkpoints, and the final record waits for the row.
 """
 
 from __future__ import annotations
@@ -26,20 +31,28 @@ class StoredReply:
         self._checkpoints = checkpoints
         self._entry = entry
         self._surface = surface
-        self._lock = asyncio.Lock()  # the first render's row, later refs and the final record: one at a time
         self.turn_id: int | None = None
-        self._refs: dict[str, Any] | None = None
+        self._refs: dict[str, Any] | None = None  # where the row says the reply shows
+        self._wanted: dict[str, Any] | None = None  # where the newest render says it shows
+        self._unsaved: tuple[str, str] | None = None  # the newest (text, model) before the row existed
+        self._recording: asyncio.Task[None] | None = None
 
     @property
     def _conversation(self) -> str:
         return str(self._entry.message.key)
 
-    async def shown(self, text: str, model: str) -> None:
+    def shown(self, text: str, model: str) -> None:
         """After a render: the row exists from the first one on, and knows where the reply shows."""
         refs = self._surface.refs
-        if refs is None or (self.turn_id is not None and refs == self._refs):
+        if refs is None or refs == self._wanted:
             return
-        async with self._lock:
+        self._wanted = refs
+        if self._recording is None or self._recording.done():
+            self._recording = asyncio.create_task(self._record(text, model))
+
+    async def _record(self, text: str, model: str) -> None:
+        """Write the row, then any newer refs, until the row says what the newest render does."""
+        while (refs := self._wanted) is not None and refs != self._refs:
             try:
                 if self.turn_id is None:
                     self.turn_id = await self._store.start_reply(
@@ -50,30 +63,38 @@ class StoredReply:
                         estimate_tokens(text),
                         refs,
                     )
+                    if self._unsaved is not None and self._unsaved[0] != text:
+                        self._checkpoints.note(self.turn_id, *self._unsaved)
+                    self._unsaved = None
                 else:
                     await self._store.save_refs(self.turn_id, refs)
                 self._refs = refs
             except Exception:
                 log.exception("could not record where the reply in %s shows", self._conversation)
+                self._wanted = self._refs  # the next render tries again
+                return
 
     def checkpoint(self, text: str, model: str) -> None:
-        """The text so far, for the next batch of checkpoints; nothing before the row exists."""
-        if self.turn_id is not None:
+        """The text so far, for the next batch of checkpoints (kept for the row until it exists)."""
+        if self.turn_id is None:
+            self._unsaved = (text, model)
+        else:
             self._checkpoints.note(self.turn_id, text, model)
 
     async def finish(self, record: AssistantRecord) -> None:
-        async with self._lock:
-            if self.turn_id is not None:
-                self._checkpoints.forget(self.turn_id)
-            try:
-                await self._store.finish_reply(
-                    self._entry.id,
-                    self._conversation,
-                    self.turn_id,
-                    self._entry.turn_id,
-                    self._entry.message.author.id,
-                    record,
-                    estimate_tokens(record.content),
-                )
-            except Exception:
-                log.exception("could not save the reply in %s", self._conversation)
+        if self._recording is not None:  # the final record updates the row, never writes a second
+            await asyncio.shield(self._recording)
+        if self.turn_id is not None:
+            self._checkpoints.forget(self.turn_id)
+        try:
+            await self._store.finish_reply(
+                self._entry.id,
+                self._conversation,
+                self.turn_id,
+                self._entry.turn_id,
+                self._entry.message.author.id,
+                record,
+                estimate_tokens(record.content),
+            )
+        except Exception:
+            log.exception("could not save the reply in %s", self._conversation)

@@ -54,7 +54,7 @@ class ToolLoop:
         registry: SkillRegistry,
         skill_context: SkillContext,
         renderer: PacedRenderer,
-        on_text: Callable[[Answer], Awaitable[None]],
+        on_text: Callable[[Answer], None],
         *,
         max_retries: int,
         retry_after_cap: float,
@@ -108,7 +108,7 @@ class ToolLoop:
                 answer.text += event.text
                 answer.round_text += event.text
                 self._renderer.update(answer.shown)
-                await self._on_text(answer)
+                self._on_text(answer)
             elif isinstance(event, ReasoningDelta) and self._show_reasoning and not answer.text:
                 answer.reasoning_shown = _quote(answer.reasoning_shown, event.text)
                 self._renderer.update(answer.reasoning_shown)

@@ -83,8 +83,8 @@ async def test_a_crash_while_replies_stream_loses_no_message_and_answers_none_tw
                 shown = [discord_api.replies_to(sent) for sent in firsts]
                 return all(len(r) == 1 and r[0]["content"] == SHOWN for r in shown)
 
-            # A reply's second render comes after its first was recorded with where it shows; the
-            # text shown is saved with the next batch of checkpoints.
+            # A reply's row is written at its first render, with where it shows, beside the renders
+            # after it; the text shown is saved with the next batch of checkpoints.
             await until(streaming, seconds=60)
             checkpointed = "SELECT content FROM turns WHERE role = 'assistant' AND outcome = 'streaming'"
             await until(

@@ -12,6 +12,11 @@ animate second. Renders waiting for one bucket go in order of need: a reply that
 a finished reply's final text, then anyone's edits. A surface that has another way to show a reply (a
 Slack stream or a plain message) can ask `Pacer.has_room` and take the other way rather than queue.
 
+A final reserves what rendering its text will call, as a surface that pages long text tells
+(`PagedSurface.final_cost`): a Slack final that fits the reply's message is one chat.update and waits
+for no channel's post slot. A render's slots count from when the platform answered it, so a request
+that reached the platform late still has the window's full width after it.
+
 On PostgreSQL the buckets are shared by every instance (`bot/rate_slots.py`): a render takes its slots
 in the database too, by the database's clock, and each answer updates this instance's copy of the
 bucket with what all of them spent, so the waiting and the room above see the whole budget. When the
@@ -23,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import insort
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from bot.models import RateLimit, Surface
 from bot.rate_slots import SharedSlots, Taken
@@ -42,6 +48,21 @@ class Clock(Protocol):
     def now(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+
+@runtime_checkable
+class PagedSurface(Protocol):
+    """A surface whose final render's requests depend on its text (one that spreads long text over
+    several messages): it says which requests rendering `text` as the final would make, if all succeed."""
+
+    def final_cost(self, text: str) -> Sequence[RateLimit]: ...
+
+
+def final_cost(surface: Surface, text: str) -> Sequence[RateLimit]:
+    """The requests the final render of `text` makes: as the surface tells, else as its budget says."""
+    if isinstance(surface, PagedSurface):
+        return surface.final_cost(text)
+    return surface.budget.cost(final=True)
 
 
 class SystemClock:
@@ -113,6 +134,13 @@ class RequestBucket:
 
     def charge(self, now: float, count: int = 1) -> None:
         self._sent.extend([now] * count)
+
+    def restamp(self, at: float, answered: float) -> None:
+        """Move a slot reserved at `at` to when the platform answered: the request reached it somewhere
+        in between, so the window counted from the answer holds wherever it arrived."""
+        if at in self._sent:
+            self._sent.remove(at)
+            insort(self._sent, answered)
 
     def refund(self, at: float) -> None:
         """Give back a slot reserved at `at` that the render did not use (unless it left the window
@@ -200,7 +228,7 @@ class PacedRenderer:
             wait = self._last_render + budget.min_interval - now
         self._claim(budget.owed_to_final())
         rank = self._rank()
-        buckets = Counter(self._pacer.bucket_for(limit) for limit in budget.cost(final=self._final))
+        buckets = Counter(self._pacer.bucket_for(limit) for limit in self._cost(self._final))
         self._stop_waiting()
         for bucket, count in buckets.items():
             wait = max(wait, bucket.wait_time(now, count=count, rank=rank, waiter=self))
@@ -209,6 +237,10 @@ class PacedRenderer:
                 bucket.wait(self, rank)
             self._waiting_at = set(buckets)
         return wait
+
+    def _cost(self, final: bool) -> Sequence[RateLimit]:
+        """The requests the next render makes; for the final, those its text needs."""
+        return final_cost(self._surface, self._latest) if final else self._surface.budget.cost(final=False)
 
     def _rank(self) -> int:
         return FIRST_TEXT if self._last_render is None else FINAL_TEXT if self._final else EDIT
@@ -229,7 +261,7 @@ class PacedRenderer:
 
     def _reserve(self, final: bool, now: float) -> list[RequestBucket]:
         """Take the render's slots before awaiting it, so concurrent replies cannot both take the last."""
-        reserved = [self._pacer.bucket_for(limit) for limit in self._surface.budget.cost(final=final)]
+        reserved = [self._pacer.bucket_for(limit) for limit in self._cost(final)]
         for bucket in reserved:
             bucket.charge(now)
         return reserved
@@ -275,8 +307,9 @@ class PacedRenderer:
     async def _settle(
         self, reserved: list[RequestBucket], at: float, spent: int | Sequence[RateLimit]
     ) -> None:
-        """Give back the slots a render did not use and charge the requests it made beyond them: to the
-        buckets it names, or (given only a count) to the edits of the path the surface is on now."""
+        """Give back the slots a render did not use, move those it used to now (when the platform
+        answered) and charge the requests it made beyond them: to the buckets it names, or (given only
+        a count) to the edits of the path the surface is on now."""
         if isinstance(spent, int):
             path = self._surface.budget.cost(final=False)
             extra = [path[0]] * (spent - len(reserved)) if path else []
@@ -290,8 +323,13 @@ class PacedRenderer:
                     unused.remove(bucket)
                 else:
                     extra.append(limit)
+        answered = self._clock.now()
+        used = list(reserved)
         for bucket in unused:
+            used.remove(bucket)
             await self._give_back(bucket, at)
+        for bucket in used:
+            bucket.restamp(at, answered)
         for limit in extra:
             await self._charge(limit)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,10 @@ class _Page:
     ts: str | None = None
     shown: str = ""
     controlled: bool | None = None  # the controls it shows: None, Stop (False) or Regenerate (True)
+
+    def shows(self, body: str, controlled: bool | None) -> bool:
+        """Whether the page shows this already, so that writing it would call nothing."""
+        return self.ts is not None and body == self.shown and self.controlled == controlled
 
 
 class SlackSurface:
@@ -269,10 +273,12 @@ class SlackSurface:
         return self._spent
 
     def _spend(self, method: str) -> None:
+        self._spent.append(self._limit(method))
+
+    def _limit(self, method: str) -> RateLimit:
         if method == "chat.postMessage":
-            self._spent.append(post_limit(self._team_id, self._channel))
-        else:
-            self._spent.append(method_limit(self._team_id, method))
+            return post_limit(self._team_id, self._channel)
+        return method_limit(self._team_id, method)
 
     async def _render_stream(self, shown: str, final: bool) -> bool:
         """Send the new suffix to the stream. Returns whether the stream took the text."""
@@ -331,17 +337,61 @@ class SlackSurface:
             return
         if not self._pages:
             self._pages.append(_Page(0))
+        for start, body, last in self._layout(shown, final):
+            if start != self._pages[-1].start:
+                self._pages.append(_Page(start))
+            if body is not None:
+                await self._write(self._pages[-1], body, self._controls if last else None, ended=final)
+
+    def _layout(self, shown: str, final: bool) -> Iterator[tuple[int, str | None, bool]]:
+        """The pages `shown` fills from the reply's last page on: where each starts, its body, and
+        whether it is the last. An intermediate render opens the page after a full one with no body,
+        for the next render to post."""
+        start = self._pages[-1].start if self._pages else 0
         while True:
-            page = self._pages[-1]
-            body = to_mrkdwn(page_markdown(shown, page.start, len(shown)))
+            body = to_mrkdwn(page_markdown(shown, start, len(shown)))
             if len(body) <= PAGE_LIMIT:
-                await self._write(page, body, self._controls, ended=final)
+                yield start, body, True
                 return
-            cut = cut_point(shown, page.start, PAGE_LIMIT)
-            await self._write(page, to_mrkdwn(page_markdown(shown, page.start, cut)))
-            self._pages.append(_Page(cut))
+            cut = cut_point(shown, start, PAGE_LIMIT)
+            yield start, to_mrkdwn(page_markdown(shown, start, cut)), False
+            start = cut
             if not final:
+                yield start, None, True
                 return
+
+    def final_cost(self, text: str) -> list[RateLimit]:
+        """The requests the final render of `text` makes, so that the pacer reserves only those: a text
+        that fits the reply's last page is one chat.update, and holds no post slot for a page it will
+        not open. (A stream Slack refuses midway goes on by pages; the render reports what it called.)"""
+        self._choose_path()
+        shown = neutralize(text)
+        methods = ["chat.stopStream"] if self._open_stream is not None else []
+        if self._streaming:
+            methods += self._final_stream_calls(plain_destinations(shown))
+            return [self._limit(method) for method in methods]
+        reusable = len(self._reusable)
+        for index, (start, body, last) in enumerate(self._layout(shown, True) if shown else ()):
+            page = self._pages[-1] if index == 0 and self._pages else _Page(start)
+            assert body is not None  # a final writes every page it opens
+            if page.shows(body, True if last and self._controls is not None else None):
+                continue
+            if page.ts is None and reusable:
+                reusable -= 1  # a reopened reply's own message, rewritten
+                methods.append("chat.update")
+            else:
+                methods.append("chat.postMessage" if page.ts is None else "chat.update")
+        return [self._limit(method) for method in methods + ["chat.delete"] * reusable]
+
+    def _final_stream_calls(self, shown: str) -> list[str]:
+        """What a final render on the stream calls: the new text in pieces, the last one with the stop."""
+        suffix = shown[len(self._sent) :] if shown.startswith(self._sent) else ""
+        started = self._stream is not None and self._stream.ts is not None
+        methods = []
+        for _ in range(1, len(range(0, len(suffix), STREAM_TEXT_LIMIT))):  # the pieces before the last
+            methods.append("chat.appendStream" if started else "chat.startStream")
+            started = True
+        return methods + (["chat.stopStream"] if started else ["chat.startStream", "chat.stopStream"])
 
     async def _stop_reopened_stream(self) -> None:
         """End the stream a crash left open, so its message can be rewritten."""
@@ -368,7 +418,7 @@ class SlackSurface:
         """Post or update one page (a reopened reply's own messages first); the page being written
         carries the reply's controls, and a page the text has moved past gives them up."""
         wanted = None if controls is None else ended
-        if page.ts is not None and body == page.shown and page.controlled == wanted:
+        if page.shows(body, wanted):
             return
         blocks: dict[str, Any] = {}
         if controls is not None:

@@ -15,7 +15,9 @@ Slack stream or a plain message) can ask `Pacer.has_room` and take the other way
 A final reserves what rendering its text will call, as a surface that pages long text tells
 (`PagedSurface.final_cost`): a Slack final that fits the reply's message is one chat.update and waits
 for no channel's post slot. A render's slots count from when the platform answered it, so a request
-that reached the platform late still has the window's full width after it.
+that reached the platform late still has the window's full width after it. A render that changes path
+midway (a Slack stream refused, continued by a post) takes the new request's slot (`Pacer.take`)
+before it calls, so that renders refused together do not all make it.
 
 On PostgreSQL the buckets are shared by every instance (`bot/rate_slots.py`): a render takes its slots
 in the database too, by the database's clock, and each answer updates this instance's copy of the
@@ -84,6 +86,7 @@ class RequestBucket:
         self.window = window + LATENCY_MARGIN
         self.replies = 0
         self._sent: deque[float] = deque()
+        self._held: deque[float] = deque()  # slots taken for requests no render reserved, not yet reported
         # Renders waiting for this bucket, by rank: FIRST_TEXT before FINAL_TEXT before EDIT.
         self._waiting: dict[object, int] = {}
 
@@ -135,12 +138,27 @@ class RequestBucket:
     def charge(self, now: float, count: int = 1) -> None:
         self._sent.extend([now] * count)
 
-    def restamp(self, at: float, answered: float) -> None:
+    def restamp(self, at: float, answered: float) -> bool:
         """Move a slot reserved at `at` to when the platform answered: the request reached it somewhere
-        in between, so the window counted from the answer holds wherever it arrived."""
-        if at in self._sent:
-            self._sent.remove(at)
-            insort(self._sent, answered)
+        in between, so the window counted from the answer holds wherever it arrived. False when the
+        slot has left the window meanwhile."""
+        if at not in self._sent:
+            return False
+        self._sent.remove(at)
+        insort(self._sent, answered)
+        return True
+
+    def hold(self, now: float) -> None:
+        """Take a slot for a request no render reserved; the render reports it afterwards."""
+        self.charge(now)
+        self._held.append(now)
+
+    def charge_reported(self, now: float) -> None:
+        """Count a request a render reported beyond its slots: as the slot held for it, if one was."""
+        while self._held:
+            if self.restamp(self._held.popleft(), now):
+                return
+        self.charge(now)
 
     def refund(self, at: float) -> None:
         """Give back a slot reserved at `at` that the render did not use (unless it left the window
@@ -174,6 +192,18 @@ class Pacer:
         now = self.clock.now()
         wanted = Counter(limits)
         return all(self.bucket_for(limit).has_room(now, count) for limit, count in wanted.items())
+
+    def take(self, limits: Sequence[RateLimit]) -> bool:
+        """Take slots now for requests a render makes beyond those it reserved (a Slack stream refused
+        midway goes on by a post), so that renders refused at once cannot all make them; False, taking
+        none, when they do not fit beside every reply's final text. The render reports them as usual,
+        and each is counted once."""
+        if not self.has_room(limits):
+            return False
+        now = self.clock.now()
+        for limit in limits:
+            self.bucket_for(limit).hold(now)
+        return True
 
 
 class PacedRenderer:
@@ -298,7 +328,7 @@ class PacedRenderer:
     async def _charge(self, limit: RateLimit) -> None:
         """Count a request the render made beyond its slots, here and in the shared bucket."""
         bucket = self._pacer.bucket_for(limit)
-        bucket.charge(self._clock.now())
+        bucket.charge_reported(self._clock.now())
         if self._pacer.shared is not None:
             taken = await self._pacer.shared.take(bucket.key, bucket.capacity, bucket.window)
             if taken is not None:

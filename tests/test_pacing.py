@@ -491,3 +491,28 @@ def test_a_compared_answer_is_costed_with_its_label(clock: FakeClock) -> None:
     update, post = RateLimit("update", 45, 60.0), RateLimit("post", 1, 1.0)
     assert Labelled(PagedSurface(clock, update, post), "A").final_cost("short") == [update, post]
     assert Labelled(RecordingSurface(clock, RenderBudget(final=(post,))), "A").final_cost("x") == (post,)
+
+
+async def test_a_slot_taken_midway_is_counted_once_when_the_render_reports_it(clock: FakeClock) -> None:
+    """A render reserved a stream start, was refused and posts instead: it takes the post's slot before
+    posting (so that another render cannot take it meanwhile), then reports the post; the pacer counts
+    it once, from when the platform answered."""
+    start, post = RateLimit("start", 18, 60.0), RateLimit("post", 2, 1.0)
+    pacer = Pacer(clock)
+
+    class RefusedSurface(RecordingSurface):
+        async def render(self, text: str, *, final: bool) -> int | list[RateLimit]:
+            assert pacer.take([post]) and not pacer.take([post, post])
+            await clock.sleep(0.5)  # the post in flight
+            await super().render(text, final=final)
+            return [start, post]
+
+    surface = RefusedSurface(clock, RenderBudget(final=(start,)))
+    await asyncio.gather(pacer.renderer(surface).finish("posted"), clock.advance(0.5))
+    assert pacer.has_room([post]) and not pacer.has_room([post, post])  # one slot used, not two
+    await clock.advance(1.0 + LATENCY_MARGIN - 0.25)
+    assert not pacer.has_room([post, post])  # a window from the answer, not from the take
+    await clock.advance(0.25)
+    assert pacer.has_room([post, post])
+    assert pacer.bucket_for(start).wait_time(clock.now(), count=17) == 0
+    assert pacer.bucket_for(start).wait_time(clock.now(), count=18) > 0

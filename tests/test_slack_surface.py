@@ -18,7 +18,7 @@ from adapters.slack.surface import (
 )
 from bot.controls import ReplyControls
 from bot.models import RateLimit
-from bot.streaming import Pacer
+from bot.streaming import LATENCY_MARGIN, Pacer
 from tests.support.clock import FakeClock, settle
 from tests.support.slack_api import SlackAPI
 from tests.support.slack_harness import until
@@ -344,3 +344,36 @@ async def test_a_final_on_the_stream_costs_its_start_pieces_and_stop(slack: Slac
     await reply.render("Hello", final=False)
     assert await final(reply, "Hello " + "x" * (STREAM_TEXT_LIMIT * 2)) == [APPEND, APPEND, STOP]
     assert await final(surface(slack), "y" * (STREAM_TEXT_LIMIT + 1)) == [START, STOP]
+
+
+async def test_replies_refused_a_stream_at_once_take_turns_at_the_channels_post_slot(
+    slack: SlackAPI,
+) -> None:
+    """Two replies in one channel start their streams together and the workspace refuses both: the post
+    each falls back to was not reserved, so one takes the channel's slot and posts, and the other leaves
+    its post to its next render, which waits for the slot."""
+    slack.fail["chat.startStream"] = "not_allowed_token_type"
+    clock = FakeClock()
+    pacer = Pacer(clock)
+    client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url)
+    renderers, refused = [], set[str]()
+    for thread in ("1.1", "2.1"):
+        reply = SlackSurface(
+            client, channel="C1", thread_ts=thread, team_id="T1", user_id="U1", clock=clock,
+            streamless_teams=refused, room=pacer.has_room, take=pacer.take,
+        )  # fmt: skip
+        renderers.append(pacer.renderer(reply))
+    for renderer in renderers:
+        renderer.update("Hello")
+    await until(lambda: all(renderer.renders == 1 for renderer in renderers), "both first renders")
+    assert len(slack.calls_to("chat.startStream")) == 2
+    assert len(slack.calls_to("chat.postMessage")) == 1
+    renderers[1].update("Hello there")
+    await until(lambda: clock.sleepers == 1, "the second reply waiting for the channel's post slot")
+    assert len(slack.calls_to("chat.postMessage")) == 1
+    await clock.advance(1.0 + LATENCY_MARGIN)
+    await until(lambda: len(slack.replies("C1")) == 2, "the second reply's post")
+    for renderer, text in zip(renderers, ("Hello, all", "Hello there, all"), strict=True):
+        await renderer.finish(text)
+    assert sorted(m.text for m in slack.replies("C1")) == ["Hello there, all", "Hello, all"]
+    assert slack.throttled == {}

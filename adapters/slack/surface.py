@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +88,8 @@ class SlackSurface:
 
     `team_id` is the workspace the app is installed in, whose budgets the reply draws on;
     `recipient_team_id` is the asker's own team, which differs in Slack Connect channels. `room` says
-    whether requests would fit their budgets now (the engine's `Pacer.has_room`)."""
+    whether requests would fit their budgets now (the engine's `Pacer.has_room`); `take` takes the
+    slot of a post no render reserved (`Pacer.take`)."""
 
     def __init__(
         self,
@@ -102,6 +103,7 @@ class SlackSurface:
         min_interval: float = 1.0,
         streamless_teams: set[str] | None = None,
         room: Callable[[Iterable[RateLimit]], bool] | None = None,
+        take: Callable[[Sequence[RateLimit]], bool] | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._client = client
@@ -112,6 +114,7 @@ class SlackSurface:
         self._recipient_team_id = recipient_team_id or team_id
         self._min_interval = min_interval
         self._room = room or (lambda limits: True)
+        self._take = take or (lambda limits: True)
         self._clock = clock or SystemClock()
         self._stream: AsyncChatStream | None = None
         self._streamless_teams = streamless_teams if streamless_teams is not None else set()
@@ -184,8 +187,8 @@ class SlackSurface:
         post = (post_limit(self._team_id, self._channel),)
         if not self._pages or self._pages[-1].ts is None:  # the first page, or the next, is to be posted
             return RenderBudget(interval, edit=post, final=post, owed=update)
-        # However far the final text runs past the last one shown, it may need a new page: its post
-        # slot is reserved, and given back at once when the text fits.
+        # However far the final text runs past the last one shown, it may need a new page; the pacer
+        # asks `final_cost` with the text, which says whether it does.
         return RenderBudget(interval, edit=update, final=update + post, owed=update)
 
     def _choose_path(self) -> None:
@@ -262,7 +265,9 @@ class SlackSurface:
             shown = neutralize(text if final else text[: stable_length(text)])
             if self._open_stream is not None:
                 await self._stop_reopened_stream()
-            if not self._streaming or not await self._render_stream(plain_destinations(shown), final):
+            streaming = self._streaming
+            streamed = streaming and await self._render_stream(plain_destinations(shown), final)
+            if not streamed and self._posts_now(refused_stream=streaming, final=final):
                 await self._render_pages(shown, final)
             if final:
                 await self._delete_leftovers()
@@ -271,6 +276,14 @@ class SlackSurface:
                 await self._set_status("")  # nothing was posted that would clear it
             raise
         return self._spent
+
+    def _posts_now(self, *, refused_stream: bool, final: bool) -> bool:
+        """Whether the message path may write now. After a stream refused before it showed anything,
+        the post that replaces it was not reserved: it takes the channel's post slot first, and an
+        intermediate render without one leaves the post to the next render, which waits for it."""
+        if not refused_stream or self._pages:
+            return True
+        return self._take([self._limit("chat.postMessage")]) or final
 
     def _spend(self, method: str) -> None:
         self._spent.append(self._limit(method))

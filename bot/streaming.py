@@ -14,10 +14,9 @@ Slack stream or a plain message) can ask `Pacer.has_room` and take the other way
 
 A final reserves what rendering its text will call, as a surface that pages long text tells
 (`PagedSurface.final_cost`): a Slack final that fits the reply's message is one chat.update and waits
-for no channel's post slot. A render's slots count from when the platform answered it, so a request
-that reached the platform late still has the window's full width after it. A render that changes path
-midway (a Slack stream refused, continued by a post) takes the new request's slot (`Pacer.take`)
-before it calls, so that renders refused together do not all make it.
+for no channel's post slot. A render that changes path midway (a Slack stream refused, continued by a
+post) takes the new request's slot (`Pacer.take`) before it calls, so that renders refused together do
+not all make it.
 
 On PostgreSQL the buckets are shared by every instance (`bot/rate_slots.py`): a render takes its slots
 in the database too, by the database's clock, and each answer updates this instance's copy of the
@@ -30,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from bisect import insort
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol, runtime_checkable
@@ -138,25 +136,16 @@ class RequestBucket:
     def charge(self, now: float, count: int = 1) -> None:
         self._sent.extend([now] * count)
 
-    def restamp(self, at: float, answered: float) -> bool:
-        """Move a slot reserved at `at` to when the platform answered: the request reached it somewhere
-        in between, so the window counted from the answer holds wherever it arrived. False when the
-        slot has left the window meanwhile."""
-        if at not in self._sent:
-            return False
-        self._sent.remove(at)
-        insort(self._sent, answered)
-        return True
-
     def hold(self, now: float) -> None:
         """Take a slot for a request no render reserved; the render reports it afterwards."""
         self.charge(now)
         self._held.append(now)
 
     def charge_reported(self, now: float) -> None:
-        """Count a request a render reported beyond its slots: as the slot held for it, if one was."""
+        """Count a request a render reported beyond its slots, unless a slot was held for it (and is
+        still in the window)."""
         while self._held:
-            if self.restamp(self._held.popleft(), now):
+            if self._held.popleft() in self._sent:
                 return
         self.charge(now)
 
@@ -337,9 +326,8 @@ class PacedRenderer:
     async def _settle(
         self, reserved: list[RequestBucket], at: float, spent: int | Sequence[RateLimit]
     ) -> None:
-        """Give back the slots a render did not use, move those it used to now (when the platform
-        answered) and charge the requests it made beyond them: to the buckets it names, or (given only
-        a count) to the edits of the path the surface is on now."""
+        """Give back the slots a render did not use and charge the requests it made beyond them: to the
+        buckets it names, or (given only a count) to the edits of the path the surface is on now."""
         if isinstance(spent, int):
             path = self._surface.budget.cost(final=False)
             extra = [path[0]] * (spent - len(reserved)) if path else []
@@ -353,13 +341,8 @@ class PacedRenderer:
                     unused.remove(bucket)
                 else:
                     extra.append(limit)
-        answered = self._clock.now()
-        used = list(reserved)
         for bucket in unused:
-            used.remove(bucket)
             await self._give_back(bucket, at)
-        for bucket in used:
-            bucket.restamp(at, answered)
         for limit in extra:
             await self._charge(limit)
 

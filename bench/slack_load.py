@@ -9,7 +9,7 @@ CLOCK_MONOTONIC.
     PYTHONPATH=. python bench/slack_load.py --mentions 20 --fallback  # chat.postMessage + chat.update
     PYTHONPATH=. python bench/slack_load.py --mentions 40             # past the stream budget
     PYTHONPATH=. python bench/slack_load.py --lone [--fallback]       # 10 replies one after another,
-                                                                      # 10 tokens at 50/s each
+                                                                      # 10 tokens at 50/s each, in 10 channels
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ async def main() -> None:
         "--lone", action="store_true", help="one reply at a time: 10 mentions of 10 tokens at 50/s"
     )
     args = parser.parse_args()
-    if args.lone:
-        args.mentions, args.tokens, args.rate = 10, 10, 50.0
+    if args.lone:  # each in a channel of its own: a reply 0.2 s long would meet the last one's post slot
+        args.mentions, args.channels, args.tokens, args.rate = 10, 10, 10, 50.0
 
     ports: multiprocessing.Queue = multiprocessing.Queue()
     slack_process = multiprocessing.Process(target=serve_slack, args=(ports, args.fallback), daemon=True)
@@ -205,6 +205,15 @@ async def main() -> None:
     print(f"  Web API calls per reply     {calls_per_reply / max(1, args.mentions):10.1f}")
     print(f"  CPU seconds per reply       {cpu / max(1, args.mentions):10.4f}")
     print(f"  429s from Slack's budgets   {sum(record['throttled'].values()):10d}  {record['throttled']}")
+    posts: dict[str, list[dict[str, Any]]] = {}
+    for call in calls:
+        if call["method"] == "chat.postMessage":
+            posts.setdefault(call["args"].get("channel", ""), []).append(call)
+    began = min((c["at"] for c in calls), default=0.0)
+    for channel, rows in sorted(posts.items()):
+        if not all(r["ok"] for r in rows):  # where a post was refused: when each reached Slack
+            shown = ", ".join(f"{r['at'] - began:.3f} s" + ("" if r["ok"] else " (refused)") for r in rows)
+            print(f"  posts in {channel}: {shown}")
     if args.lone:
         print(f"  target: last token -> final text <= {LONE_TARGET_MS:.0f} ms at p50")
 

@@ -26,6 +26,7 @@ from bot.models import ConversationKey, RateLimit, RenderBudget, Surface
 from bot.platform import Platform
 from bot.reply import Outcome, Reply
 from bot.store import InboxEntry
+from bot.streaming import final_cost
 from bot.tokens import estimate_tokens
 
 if TYPE_CHECKING:
@@ -76,6 +77,9 @@ class Labelled:
 
     async def render(self, text: str, *, final: bool) -> int | Sequence[RateLimit]:
         return await self._surface.render(self._label + text, final=final)
+
+    def final_cost(self, text: str) -> Sequence[RateLimit]:
+        return final_cost(self._surface, self._label + text)
 
     @property
     def refs(self) -> dict[str, Any] | None:

@@ -12,6 +12,12 @@ animate second. Renders waiting for one bucket go in order of need: a reply that
 a finished reply's final text, then anyone's edits. A surface that has another way to show a reply (a
 Slack stream or a plain message) can ask `Pacer.has_room` and take the other way rather than queue.
 
+A final reserves what rendering its text will call, as a surface that pages long text tells
+(`PagedSurface.final_cost`): a Slack final that fits the reply's message is one chat.update and waits
+for no channel's post slot. A render that changes path midway (a Slack stream refused, continued by a
+post) takes the new request's slot (`Pacer.take`) before it calls, so that renders refused together do
+not all make it.
+
 On PostgreSQL the buckets are shared by every instance (`bot/rate_slots.py`): a render takes its slots
 in the database too, by the database's clock, and each answer updates this instance's copy of the
 bucket with what all of them spent, so the waiting and the room above see the whole budget. When the
@@ -25,7 +31,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from bot.models import RateLimit, Surface
 from bot.rate_slots import SharedSlots, Taken
@@ -42,6 +48,21 @@ class Clock(Protocol):
     def now(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+
+@runtime_checkable
+class PagedSurface(Protocol):
+    """A surface whose final render's requests depend on its text (one that spreads long text over
+    several messages): it says which requests rendering `text` as the final would make, if all succeed."""
+
+    def final_cost(self, text: str) -> Sequence[RateLimit]: ...
+
+
+def final_cost(surface: Surface, text: str) -> Sequence[RateLimit]:
+    """The requests the final render of `text` makes: as the surface tells, else as its budget says."""
+    if isinstance(surface, PagedSurface):
+        return surface.final_cost(text)
+    return surface.budget.cost(final=True)
 
 
 class SystemClock:
@@ -63,6 +84,7 @@ class RequestBucket:
         self.window = window + LATENCY_MARGIN
         self.replies = 0
         self._sent: deque[float] = deque()
+        self._held: deque[float] = deque()  # slots taken for requests no render reserved, not yet reported
         # Renders waiting for this bucket, by rank: FIRST_TEXT before FINAL_TEXT before EDIT.
         self._waiting: dict[object, int] = {}
 
@@ -114,6 +136,19 @@ class RequestBucket:
     def charge(self, now: float, count: int = 1) -> None:
         self._sent.extend([now] * count)
 
+    def hold(self, now: float) -> None:
+        """Take a slot for a request no render reserved; the render reports it afterwards."""
+        self.charge(now)
+        self._held.append(now)
+
+    def charge_reported(self, now: float) -> None:
+        """Count a request a render reported beyond its slots, unless a slot was held for it (and is
+        still in the window)."""
+        while self._held:
+            if self._held.popleft() in self._sent:
+                return
+        self.charge(now)
+
     def refund(self, at: float) -> None:
         """Give back a slot reserved at `at` that the render did not use (unless it left the window
         while the render took its time)."""
@@ -146,6 +181,18 @@ class Pacer:
         now = self.clock.now()
         wanted = Counter(limits)
         return all(self.bucket_for(limit).has_room(now, count) for limit, count in wanted.items())
+
+    def take(self, limits: Sequence[RateLimit]) -> bool:
+        """Take slots now for requests a render makes beyond those it reserved (a Slack stream refused
+        midway goes on by a post), so that renders refused at once cannot all make them; False, taking
+        none, when they do not fit beside every reply's final text. The render reports them as usual,
+        and each is counted once."""
+        if not self.has_room(limits):
+            return False
+        now = self.clock.now()
+        for limit in limits:
+            self.bucket_for(limit).hold(now)
+        return True
 
 
 class PacedRenderer:
@@ -200,7 +247,7 @@ class PacedRenderer:
             wait = self._last_render + budget.min_interval - now
         self._claim(budget.owed_to_final())
         rank = self._rank()
-        buckets = Counter(self._pacer.bucket_for(limit) for limit in budget.cost(final=self._final))
+        buckets = Counter(self._pacer.bucket_for(limit) for limit in self._cost(self._final))
         self._stop_waiting()
         for bucket, count in buckets.items():
             wait = max(wait, bucket.wait_time(now, count=count, rank=rank, waiter=self))
@@ -209,6 +256,10 @@ class PacedRenderer:
                 bucket.wait(self, rank)
             self._waiting_at = set(buckets)
         return wait
+
+    def _cost(self, final: bool) -> Sequence[RateLimit]:
+        """The requests the next render makes; for the final, those its text needs."""
+        return final_cost(self._surface, self._latest) if final else self._surface.budget.cost(final=False)
 
     def _rank(self) -> int:
         return FIRST_TEXT if self._last_render is None else FINAL_TEXT if self._final else EDIT
@@ -229,7 +280,7 @@ class PacedRenderer:
 
     def _reserve(self, final: bool, now: float) -> list[RequestBucket]:
         """Take the render's slots before awaiting it, so concurrent replies cannot both take the last."""
-        reserved = [self._pacer.bucket_for(limit) for limit in self._surface.budget.cost(final=final)]
+        reserved = [self._pacer.bucket_for(limit) for limit in self._cost(final)]
         for bucket in reserved:
             bucket.charge(now)
         return reserved
@@ -266,7 +317,7 @@ class PacedRenderer:
     async def _charge(self, limit: RateLimit) -> None:
         """Count a request the render made beyond its slots, here and in the shared bucket."""
         bucket = self._pacer.bucket_for(limit)
-        bucket.charge(self._clock.now())
+        bucket.charge_reported(self._clock.now())
         if self._pacer.shared is not None:
             taken = await self._pacer.shared.take(bucket.key, bucket.capacity, bucket.window)
             if taken is not None:

@@ -230,6 +230,28 @@ async def test_a_reply_with_no_incoming_event_posts_in_the_conversation(
     assert discord_api.messages_in(GENERAL) == []
 
 
+async def test_a_final_says_beforehand_how_many_requests_it_makes(
+    discord: DiscordPlatform, discord_api: DiscordEmulator, engine_ignoring_dms: Engine
+) -> None:
+    """The pacer waits for as many of the channel's slots as the final will use: one per message it
+    sends, edits or deletes, not one for the whole reply."""
+    long = "\n\n".join(f"Paragraph {n}. " + "word " * 120 for n in range(7))  # three messages
+    surface = await discord.surface_for(IN_THREAD)
+    assert isinstance(surface, surfaces.MessageSurface)
+    channel = surface.budget.cost(final=True)
+    await engine_ignoring_dms.pacer.renderer(surface).finish(long[:1000])
+    assert surface.final_cost(long[:1000]) == ()  # it shows that already
+    assert surface.final_cost(long) == channel * 3  # the first edited, two sent
+    await engine_ignoring_dms.pacer.renderer(surface).finish(long)
+    assert len(discord_api.writes(THREAD)) == 1 + 3
+    reopened = await discord.reopen(IN_THREAD, surface.refs or {})
+    assert isinstance(reopened, surfaces.MessageSurface)
+    assert reopened.final_cost(long[:3000]) == channel * 3  # two rewritten, one deleted
+    await engine_ignoring_dms.pacer.renderer(reopened).finish(long[:3000])
+    assert len(discord_api.writes(THREAD)) == 1 + 3 + 2
+    assert len([c for c in discord_api.calls if c.method == "DELETE" and c.status < 300]) == 1
+
+
 async def test_reopen_replaces_what_every_message_of_the_reply_shows(
     discord_api: DiscordEmulator, engine_ignoring_dms: Engine, settings_ignoring_dms: Settings
 ) -> None:

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from bot.compare import Labelled
 from bot.models import RateLimit, RenderBudget
 from bot.streaming import EDIT, LATENCY_MARGIN, Pacer, RequestBucket
 from tests.support.clock import FakeClock, settle
@@ -424,3 +425,67 @@ async def test_a_final_render_in_flight_counts_once_against_the_slot_kept_for_it
     surface.release.set()
     await finishing
     assert pacer.has_room((stop,)) and not pacer.has_room((stop, stop))
+
+
+class PagedSurface(RecordingSurface):
+    """A surface of pages of 10 characters: a final whose text runs past the first page posts another."""
+
+    def __init__(self, clock: FakeClock, update: RateLimit, post: RateLimit) -> None:
+        super().__init__(clock, RenderBudget(min_interval=1.0, edit=(update,), final=(update, post)))
+        self.update, self.post = update, post
+
+    def final_cost(self, text: str) -> list[RateLimit]:
+        return [self.update] if len(text) <= 10 else [self.update, self.post]
+
+    async def render(self, text: str, *, final: bool) -> int | list[RateLimit]:
+        await super().render(text, final=final)
+        return self.final_cost(text) if final else [self.update]
+
+
+async def test_a_final_reserves_only_what_its_text_will_call(clock: FakeClock) -> None:
+    """The channel's post slot is held (the reply's own first post took it): a final that fits its page
+    goes at once, one that opens a new page waits for the slot."""
+    update, post = RateLimit("update", 45, 60.0), RateLimit("post", 1, 1.0)
+    pacer = Pacer(clock)
+    fits, runs_over = PagedSurface(clock, update, post), PagedSurface(clock, update, post)
+    pacer.bucket_for(post).charge(clock.now())
+    fitting = asyncio.create_task(pacer.renderer(fits).finish("fits"))
+    await settle()
+    assert fits.renders == [(1000.0, "fits", True)] and fitting.done()
+    finishing = asyncio.create_task(pacer.renderer(runs_over).finish("runs onto a second page"))
+    await clock.advance(1.0)
+    assert runs_over.renders == []
+    await clock.advance(LATENCY_MARGIN)
+    await finishing
+    assert runs_over.renders == [(1000.0 + 1.0 + LATENCY_MARGIN, "runs onto a second page", True)]
+    assert pacer.bucket_for(update).wait_time(clock.now(), count=43) == 0  # an update each, no more
+    assert pacer.bucket_for(update).wait_time(clock.now(), count=44) > 0
+
+
+def test_a_compared_answer_is_costed_with_its_label(clock: FakeClock) -> None:
+    update, post = RateLimit("update", 45, 60.0), RateLimit("post", 1, 1.0)
+    assert Labelled(PagedSurface(clock, update, post), "A").final_cost("short") == [update, post]
+    assert Labelled(RecordingSurface(clock, RenderBudget(final=(post,))), "A").final_cost("x") == (post,)
+
+
+async def test_a_slot_taken_midway_is_counted_once_when_the_render_reports_it(clock: FakeClock) -> None:
+    """A render reserved a stream start, was refused and posts instead: it takes the post's slot before
+    posting (so that another render cannot take it meanwhile), then reports the post; the pacer counts
+    it once, from when it was taken."""
+    start, post = RateLimit("start", 18, 60.0), RateLimit("post", 2, 1.0)
+    pacer = Pacer(clock)
+
+    class RefusedSurface(RecordingSurface):
+        async def render(self, text: str, *, final: bool) -> int | list[RateLimit]:
+            assert pacer.take([post]) and not pacer.take([post, post])
+            await clock.sleep(0.5)  # the post in flight
+            await super().render(text, final=final)
+            return [start, post]
+
+    surface = RefusedSurface(clock, RenderBudget(final=(start,)))
+    await asyncio.gather(pacer.renderer(surface).finish("posted"), clock.advance(0.5))
+    assert pacer.has_room([post]) and not pacer.has_room([post, post])  # one slot used, not two
+    await clock.advance(1.0 + LATENCY_MARGIN - 0.5)  # a window from the take
+    assert pacer.has_room([post, post])
+    assert pacer.bucket_for(start).wait_time(clock.now(), count=17) == 0
+    assert pacer.bucket_for(start).wait_time(clock.now(), count=18) > 0

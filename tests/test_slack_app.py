@@ -16,11 +16,13 @@ import pytest
 import adapters.slack
 import adapters.slack.surface
 from adapters.slack.files import may_carry_token
-from adapters.slack.surface import START_CAPACITY
+from adapters.slack.surface import START_CAPACITY, post_limit
 from bot.commands import registered
 from bot.config import Settings
 from bot.engine import Engine
 from bot.models import ConversationKey
+from bot.streaming import LATENCY_MARGIN
+from tests.support.clock import FakeClock
 from tests.support.llm_server import LLMServer, Script
 from tests.support.loopback import serve_app
 from tests.support.search_server import SearchServer
@@ -691,3 +693,52 @@ async def test_an_envelope_acked_too_late_is_delivered_again_and_answered_once(
         (3, "timeout"),
     ]
     assert len(llm.chat_requests()) == 1 and len(slack.calls_to("chat.startStream")) == 1
+
+
+async def test_a_final_that_fits_its_message_does_not_wait_for_the_channels_post_slot(
+    harness: Harness,
+) -> None:
+    """On the message path the reply's first post takes the channel's post slot (one a second); its final
+    text fits that message, so it is one chat.update and goes out while the slot is still taken."""
+    clock = FakeClock()
+    harness.engine.pacer.clock = clock  # the pacer's time stands still: the post slot stays taken
+    harness.slack.fail["chat.startStream"] = "not_allowed_token_type"
+    gate = asyncio.Semaphore(0)
+    harness.llm.enqueue(Script(tokens=["Hello", " there", ", all done"], gate=gate))
+    await harness.mention("hi")
+    gate.release()
+    await until(lambda: [c.ok for c in harness.slack.calls_to("chat.postMessage")] == [True], "the post")
+    gate.release()
+    gate.release()
+    (reply,) = harness.slack.replies("C1")
+    await until(lambda: reply.text == "Hello there, all done", "the final text")
+    assert clock.now() == 1000.0 and not harness.engine.pacer.has_room([post_limit(TEAM, "C1")])
+    assert harness.slack.calls_to("chat.update")[-1].args["ts"] == reply.ts
+    assert harness.slack.throttled == {}
+
+
+async def test_a_final_that_runs_onto_a_new_page_waits_for_the_channels_post_slot(
+    harness: Harness,
+) -> None:
+    clock = FakeClock()
+    harness.engine.pacer.clock = clock
+    harness.slack.fail["chat.startStream"] = "not_allowed_token_type"
+    gate = asyncio.Semaphore(0)
+    rest = "".join(f" paragraph {i}: " + "word " * 60 + "\n\n" for i in range(15))  # two pages' worth
+    harness.llm.enqueue(Script(tokens=["Start.", rest], gate=gate))
+    await harness.mention("write a lot")
+    gate.release()
+    await until(lambda: len(harness.slack.calls_to("chat.postMessage")) == 1, "the first post")
+    gate.release()
+    post_free = clock.now() + 1.0 + LATENCY_MARGIN
+    await until(
+        lambda: any(wake >= post_free - 1e-6 for wake in clock.wakes),
+        "the final waiting for the channel's post slot",
+    )
+    assert len(harness.slack.calls_to("chat.postMessage")) == 1
+    assert harness.slack.replies("C1")[0].text == "Start."
+    await clock.advance(1.0 + LATENCY_MARGIN)
+    await until(lambda: len(harness.slack.replies("C1")) == 2, "the second page")
+    pages = harness.slack.replies("C1")
+    assert " ".join(p.text for p in pages).split() == f"Start.{rest}".split()
+    assert harness.slack.throttled == {}

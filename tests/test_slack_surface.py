@@ -16,7 +16,9 @@ from adapters.slack.surface import (
     method_limit,
     post_limit,
 )
-from bot.streaming import Pacer
+from bot.controls import ReplyControls
+from bot.models import RateLimit
+from bot.streaming import LATENCY_MARGIN, Pacer
 from tests.support.clock import FakeClock, settle
 from tests.support.slack_api import SlackAPI
 from tests.support.slack_harness import until
@@ -289,3 +291,90 @@ async def test_a_final_on_the_message_path_reserves_a_post_it_may_need(slack: Sl
     assert reply.budget.cost(final=True) == (UPDATE, post)  # the final may run onto a new page
     assert await reply.render(paragraph * 14, final=True) == [UPDATE, post]  # and this one did
     assert len(slack.replies()) == 2
+
+
+async def final(reply: SlackSurface, text: str) -> list[RateLimit]:
+    """Render `text` as the final, checking that the surface said beforehand what it would call."""
+    said = reply.final_cost(text)
+    assert await reply.render(text, final=True) == said
+    return said
+
+
+async def test_a_final_that_fits_the_page_costs_one_update_and_no_post(slack: SlackAPI) -> None:
+    reply = surface(slack, thread_ts=None)
+    paragraph = "word " * 60 + "\n\n"
+    await reply.render(paragraph, final=False)
+    assert reply.final_cost(paragraph) == []  # nothing new to show: nothing to call
+    reply.show_controls(ReplyControls(1))
+    assert await final(reply, paragraph * 3) == [UPDATE]
+    assert slack.methods() == ["chat.postMessage", "chat.update"]
+
+
+async def test_a_final_that_runs_onto_new_pages_costs_a_post_for_each(slack: SlackAPI) -> None:
+    reply = surface(slack, thread_ts=None)
+    post = post_limit("T1", "C1")
+    paragraph = "word " * 60 + "\n\n"
+    assert reply.final_cost(paragraph) == [post]  # nothing posted yet
+    await reply.render(paragraph, final=False)
+    assert await final(reply, paragraph * 30) == [UPDATE, post, post]
+    assert len(slack.replies()) == 3
+
+
+async def test_a_reopened_final_costs_its_stop_its_rewrites_and_its_deletes(slack: SlackAPI) -> None:
+    del slack.limits["chat.postMessage"]  # four pages posted at once, unpaced: what is tested is the cost
+    client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url)
+    paged = surface(slack, thread_ts=None)
+    paragraphs = [f"Paragraph {i}: " + "word " * 60 + "\n\n" for i in range(40)]  # about 13,000 characters
+    for count in range(2, 41, 2):
+        await paged.render("".join(paragraphs[:count]), final=False)
+    assert paged.refs is not None and len(paged.refs["pages"]) == 4
+    reopened = SlackSurface.reopened(client, paged.refs, channel="C1")
+    delete = method_limit("T1", "chat.delete")
+    assert await final(reopened, "".join(paragraphs[:15])) == [UPDATE, UPDATE, delete, delete]
+    streamed = surface(slack)
+    await streamed.render("Started,", final=False)
+    assert streamed.refs is not None
+    reopened = SlackSurface.reopened(client, streamed.refs, channel="C1")
+    assert await final(reopened, "Started, and cut short") == [STOP, UPDATE]
+
+
+async def test_a_final_on_the_stream_costs_its_start_pieces_and_stop(slack: SlackAPI) -> None:
+    assert await final(surface(slack), "short") == [START, STOP]
+    reply = surface(slack)
+    await reply.render("Hello", final=False)
+    assert await final(reply, "Hello " + "x" * (STREAM_TEXT_LIMIT * 2)) == [APPEND, APPEND, STOP]
+    assert await final(surface(slack), "y" * (STREAM_TEXT_LIMIT + 1)) == [START, STOP]
+
+
+async def test_replies_refused_a_stream_at_once_take_turns_at_the_channels_post_slot(
+    slack: SlackAPI,
+) -> None:
+    """Two replies in one channel start their streams together and the workspace refuses both: the post
+    each falls back to was not reserved, so one takes the channel's slot and posts, and the other leaves
+    its post to its next render, which waits for the slot."""
+    slack.fail["chat.startStream"] = "not_allowed_token_type"
+    clock = FakeClock()
+    pacer = Pacer(clock)
+    client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url)
+    renderers, refused = [], set[str]()
+    for thread in ("1.1", "2.1"):
+        reply = SlackSurface(
+            client, channel="C1", thread_ts=thread, team_id="T1", user_id="U1", clock=clock,
+            streamless_teams=refused, room=pacer.has_room, take=pacer.take,
+        )  # fmt: skip
+        renderers.append(pacer.renderer(reply))
+    for renderer in renderers:
+        renderer.update("Hello")
+    await until(lambda: all(renderer.renders == 1 for renderer in renderers), "both first renders")
+    assert len(slack.calls_to("chat.startStream")) == 2
+    assert len(slack.calls_to("chat.postMessage")) == 1
+    for renderer in renderers:  # whichever was answered first posted; the other waits for the slot
+        renderer.update("Hello there")
+    await until(lambda: clock.sleepers == 2, "both replies waiting for their next render")
+    assert len(slack.calls_to("chat.postMessage")) == 1
+    await clock.advance(1.0 + LATENCY_MARGIN)
+    await until(lambda: len(slack.replies("C1")) == 2, "the second reply's post")
+    for renderer, text in zip(renderers, ("Hello, all", "Hello there, all"), strict=True):
+        await renderer.finish(text)
+    assert sorted(m.text for m in slack.replies("C1")) == ["Hello there, all", "Hello, all"]
+    assert slack.throttled == {}

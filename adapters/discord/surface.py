@@ -19,7 +19,7 @@ import discord
 from adapters.discord.controls import Controls
 from adapters.discord.text import reopening, split_reply
 from bot.controls import ReplyControls
-from bot.models import RenderBudget
+from bot.models import RateLimit, RenderBudget
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,19 @@ class MessageSurface:
                 await asyncio.sleep(TYPING_REFRESH)
         except Exception as error:  # the reply still comes; only the indicator stops
             log.warning("could not show that a reply is coming: %s", error)
+
+    def final_cost(self, text: str) -> tuple[RateLimit, ...]:
+        """The requests the final render of `text` makes (each message written, sent or deleted), so
+        that the pacer waits for that many of the channel's slots rather than one."""
+        pieces = split_reply(text)
+        controls = bool(self._controls.change(True))
+        writes = sum(
+            1
+            for index, piece in enumerate(pieces)
+            if index >= len(self._sent) or self._shown[index] != piece or (index == 0 and controls)
+        )
+        channel = self.budget.cost(final=True)
+        return channel * (writes + max(0, len(self._sent) - len(pieces)))
 
     async def render(self, text: str, *, final: bool) -> int:
         if self._typing is not None:

@@ -166,6 +166,7 @@ class SlackPlatform:
             min_interval=self._settings.slack_render_interval,
             streamless_teams=self._streamless_teams,
             room=self._engine.pacer.has_room,
+            take=self._engine.pacer.take,
             clock=self._engine.clock,
         )
         self._surfaces.add(surface)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,10 @@ class _Page:
     shown: str = ""
     controlled: bool | None = None  # the controls it shows: None, Stop (False) or Regenerate (True)
 
+    def shows(self, body: str, controlled: bool | None) -> bool:
+        """Whether the page shows this already, so that writing it would call nothing."""
+        return self.ts is not None and body == self.shown and self.controlled == controlled
+
 
 class SlackSurface:
     """Streams into `thread_ts` when there is one and someone to stream to (`user_id`, the asker); a
@@ -84,7 +88,8 @@ class SlackSurface:
 
     `team_id` is the workspace the app is installed in, whose budgets the reply draws on;
     `recipient_team_id` is the asker's own team, which differs in Slack Connect channels. `room` says
-    whether requests would fit their budgets now (the engine's `Pacer.has_room`)."""
+    whether requests would fit their budgets now (the engine's `Pacer.has_room`); `take` takes the
+    slot of a post no render reserved (`Pacer.take`)."""
 
     def __init__(
         self,
@@ -98,6 +103,7 @@ class SlackSurface:
         min_interval: float = 1.0,
         streamless_teams: set[str] | None = None,
         room: Callable[[Iterable[RateLimit]], bool] | None = None,
+        take: Callable[[Sequence[RateLimit]], bool] | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._client = client
@@ -108,6 +114,7 @@ class SlackSurface:
         self._recipient_team_id = recipient_team_id or team_id
         self._min_interval = min_interval
         self._room = room or (lambda limits: True)
+        self._take = take or (lambda limits: True)
         self._clock = clock or SystemClock()
         self._stream: AsyncChatStream | None = None
         self._streamless_teams = streamless_teams if streamless_teams is not None else set()
@@ -180,8 +187,8 @@ class SlackSurface:
         post = (post_limit(self._team_id, self._channel),)
         if not self._pages or self._pages[-1].ts is None:  # the first page, or the next, is to be posted
             return RenderBudget(interval, edit=post, final=post, owed=update)
-        # However far the final text runs past the last one shown, it may need a new page: its post
-        # slot is reserved, and given back at once when the text fits.
+        # However far the final text runs past the last one shown, it may need a new page; the pacer
+        # asks `final_cost` with the text, which says whether it does.
         return RenderBudget(interval, edit=update, final=update + post, owed=update)
 
     def _choose_path(self) -> None:
@@ -258,7 +265,9 @@ class SlackSurface:
             shown = neutralize(text if final else text[: stable_length(text)])
             if self._open_stream is not None:
                 await self._stop_reopened_stream()
-            if not self._streaming or not await self._render_stream(plain_destinations(shown), final):
+            streaming = self._streaming
+            streamed = streaming and await self._render_stream(plain_destinations(shown), final)
+            if not streamed and self._posts_now(refused_stream=streaming, final=final):
                 await self._render_pages(shown, final)
             if final:
                 await self._delete_leftovers()
@@ -268,11 +277,21 @@ class SlackSurface:
             raise
         return self._spent
 
+    def _posts_now(self, *, refused_stream: bool, final: bool) -> bool:
+        """Whether the message path may write now. After a stream refused before it showed anything,
+        the post that replaces it was not reserved: it takes the channel's post slot first, and an
+        intermediate render without one leaves the post to the next render, which waits for it."""
+        if not refused_stream or self._pages:
+            return True
+        return self._take([self._limit("chat.postMessage")]) or final
+
     def _spend(self, method: str) -> None:
+        self._spent.append(self._limit(method))
+
+    def _limit(self, method: str) -> RateLimit:
         if method == "chat.postMessage":
-            self._spent.append(post_limit(self._team_id, self._channel))
-        else:
-            self._spent.append(method_limit(self._team_id, method))
+            return post_limit(self._team_id, self._channel)
+        return method_limit(self._team_id, method)
 
     async def _render_stream(self, shown: str, final: bool) -> bool:
         """Send the new suffix to the stream. Returns whether the stream took the text."""
@@ -331,17 +350,61 @@ class SlackSurface:
             return
         if not self._pages:
             self._pages.append(_Page(0))
+        for start, body, last in self._layout(shown, final):
+            if start != self._pages[-1].start:
+                self._pages.append(_Page(start))
+            if body is not None:
+                await self._write(self._pages[-1], body, self._controls if last else None, ended=final)
+
+    def _layout(self, shown: str, final: bool) -> Iterator[tuple[int, str | None, bool]]:
+        """The pages `shown` fills from the reply's last page on: where each starts, its body, and
+        whether it is the last. An intermediate render opens the page after a full one with no body,
+        for the next render to post."""
+        start = self._pages[-1].start if self._pages else 0
         while True:
-            page = self._pages[-1]
-            body = to_mrkdwn(page_markdown(shown, page.start, len(shown)))
+            body = to_mrkdwn(page_markdown(shown, start, len(shown)))
             if len(body) <= PAGE_LIMIT:
-                await self._write(page, body, self._controls, ended=final)
+                yield start, body, True
                 return
-            cut = cut_point(shown, page.start, PAGE_LIMIT)
-            await self._write(page, to_mrkdwn(page_markdown(shown, page.start, cut)))
-            self._pages.append(_Page(cut))
+            cut = cut_point(shown, start, PAGE_LIMIT)
+            yield start, to_mrkdwn(page_markdown(shown, start, cut)), False
+            start = cut
             if not final:
+                yield start, None, True
                 return
+
+    def final_cost(self, text: str) -> list[RateLimit]:
+        """The requests the final render of `text` makes, so that the pacer reserves only those: a text
+        that fits the reply's last page is one chat.update, and holds no post slot for a page it will
+        not open. (A stream Slack refuses midway goes on by pages; the render reports what it called.)"""
+        self._choose_path()
+        shown = neutralize(text)
+        methods = ["chat.stopStream"] if self._open_stream is not None else []
+        if self._streaming:
+            methods += self._final_stream_calls(plain_destinations(shown))
+            return [self._limit(method) for method in methods]
+        reusable = len(self._reusable)
+        for index, (start, body, last) in enumerate(self._layout(shown, True) if shown else ()):
+            page = self._pages[-1] if index == 0 and self._pages else _Page(start)
+            assert body is not None  # a final writes every page it opens
+            if page.shows(body, True if last and self._controls is not None else None):
+                continue
+            if page.ts is None and reusable:
+                reusable -= 1  # a reopened reply's own message, rewritten
+                methods.append("chat.update")
+            else:
+                methods.append("chat.postMessage" if page.ts is None else "chat.update")
+        return [self._limit(method) for method in methods + ["chat.delete"] * reusable]
+
+    def _final_stream_calls(self, shown: str) -> list[str]:
+        """What a final render on the stream calls: the new text in pieces, the last one with the stop."""
+        suffix = shown[len(self._sent) :] if shown.startswith(self._sent) else ""
+        started = self._stream is not None and self._stream.ts is not None
+        methods = []
+        for _ in range(1, len(range(0, len(suffix), STREAM_TEXT_LIMIT))):  # the pieces before the last
+            methods.append("chat.appendStream" if started else "chat.startStream")
+            started = True
+        return methods + (["chat.stopStream"] if started else ["chat.startStream", "chat.stopStream"])
 
     async def _stop_reopened_stream(self) -> None:
         """End the stream a crash left open, so its message can be rewritten."""
@@ -368,7 +431,7 @@ class SlackSurface:
         """Post or update one page (a reopened reply's own messages first); the page being written
         carries the reply's controls, and a page the text has moved past gives them up."""
         wanted = None if controls is None else ended
-        if page.ts is not None and body == page.shown and page.controlled == wanted:
+        if page.shows(body, wanted):
             return
         blocks: dict[str, Any] = {}
         if controls is not None:

@@ -21,6 +21,11 @@ class FakeClock:
         """Tasks asleep on this clock now."""
         return sum(1 for _, _, future in self._sleepers if not future.done())
 
+    @property
+    def wakes(self) -> list[float]:
+        """When the tasks asleep on this clock wake, soonest first."""
+        return sorted(wake for wake, _, future in self._sleepers if not future.done())
+
     async def sleep(self, seconds: float) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self.t + max(seconds, 0.0), next(self._seq), future))

@@ -22,17 +22,13 @@ import tempfile
 import time
 from typing import Any
 
+from figures import percentile
 from loopback_provider import engine_settings, start, token_times
 
 from bot.engine import Engine
 from tests.support.discord_emulator import BOT_ID, GENERAL, RANDOM, ROOMS, Call, DiscordEmulator, running
 
 MENTION = {"id": str(BOT_ID), "username": "parley", "global_name": "Parley"}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 async def run(port: int, channels: list[int], replies: int, tokens: int, ask: bool) -> dict[str, float]:

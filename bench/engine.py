@@ -26,6 +26,7 @@ from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
+from figures import percentile
 from loopback_provider import MODEL_ID, engine_settings, start, token_times
 from sqlalchemy import insert
 
@@ -100,11 +101,6 @@ class Run:
 
     async def stop(self) -> None:
         return None
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def rss_mb() -> float:

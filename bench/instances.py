@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import parley_run
+from figures import percentile
 from sqlalchemy.engine import make_url
 
 from tests.support import postgres
@@ -33,11 +34,6 @@ from tests.support.slack_api import BOT_USER, TEAM, SlackAPI, SlackUser, signed_
 
 USER = SlackUser("UB", "Bench")
 SHOWING = ("chat.startStream", "chat.appendStream", "chat.postMessage")  # the calls that show a text
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 async def measure(

@@ -60,7 +60,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self, tokens: int, rate: float) -> None:
         self._tokens = tokens
         self._rate = rate
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._wanted = 0  # bytes the request being read needs in all, once its head is in
         self._busy = False
         self._transport: asyncio.Transport | None = None
 
@@ -71,8 +72,9 @@ class _Connection(asyncio.Protocol):
         self._transport = None
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        self._next_request()
+        self._buffer += data  # a bytearray grows in place: a 540 KB body is not copied once per chunk
+        if not self._wanted or len(self._buffer) >= self._wanted:
+            self._next_request()
 
     def _next_request(self) -> None:
         head_end = self._buffer.find(b"\r\n\r\n")
@@ -82,9 +84,11 @@ class _Connection(asyncio.Protocol):
         length = next(
             (int(line.split(":", 1)[1]) for line in head[1:] if line.lower().startswith("content-length:")), 0
         )
-        if len(self._buffer) < head_end + 4 + length:
+        self._wanted = head_end + 4 + length
+        if len(self._buffer) < self._wanted:
             return
-        self._buffer = self._buffer[head_end + 4 + length :]
+        del self._buffer[: self._wanted]
+        self._wanted = 0
         method, path, _ = head[0].split(" ", 2)
         if method == "GET" and path.endswith("/models"):
             body = json.dumps({"data": [{"id": MODEL_ID, "context_length": 131072}]}).encode()

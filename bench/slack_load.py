@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from figures import percentile
 from loopback_provider import engine_settings, start, token_times
 
 from adapters.slack import SlackPlatform
@@ -56,11 +57,6 @@ def serve_slack(ports: multiprocessing.Queue, fallback: bool) -> None:
         await asyncio.Event().wait()
 
     asyncio.run(main())
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def visible_text(args: dict[str, Any]) -> str:

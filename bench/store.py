@@ -17,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from figures import percentile
+
 from bot.models import Author, ConversationKey, Message
 from bot.store import AssistantRecord, Store
 
@@ -24,11 +26,6 @@ AUTHOR = Author("bench", "Bench")
 TEXT = "a reply of about two hundred tokens " * 25
 TARGET_RATE, TARGET_P99_MS = 1000, 50.0
 WRITES_PER_REPLY = 4
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 async def one_reply(

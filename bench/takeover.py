@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import parley_run
-from instances import percentile
+from figures import percentile
 from sqlalchemy import text
 
 from bot.schema import schedule_runs

@@ -18,7 +18,7 @@ from bot.engine import Engine
 from bot.leader import Leader
 from bot.models import Author
 from bot.schema import budget_holds
-from tests.support.asking import ADA, CHANNEL, answer, ask, first_render, msg
+from tests.support.asking import ADA, CHANNEL, answer, ask, msg, started
 from tests.support.heartbeats import silence
 from tests.support.llm_server import LLMServer, Script
 
@@ -70,13 +70,7 @@ async def test_two_replies_racing_at_the_edge_cannot_both_pass(
 ) -> None:
     # Each reply reserves its prompt and the 4,096 tokens kept for its answer: more than this budget.
     engine = await make_engine(budgets={"channel_daily_tokens": 4000})
-    gate = asyncio.Semaphore(0)
-    llm.enqueue(Script(tokens=["slow", " answer"], gate=gate))
-    first = msg("first")
-    task = await engine.accept(first, {"message": first.id})
-    assert task is not None
-    gate.release()
-    await first_render(engine, first)  # Ada's reply is under way, its reservation held
+    gate, task, _shown = await started(engine, llm, ["slow", " answer"], "first")  # Ada's reservation held
     refused = await ask(engine, "second", author=BOB)
     assert refused.startswith("This channel's daily budget of 4,000 tokens is used up (0 tokens so far)")
     assert len(llm.chat_requests()) == 1

@@ -15,7 +15,7 @@ from bot import arena, arena_store
 from bot.arena_store import Comparison, Prompt
 from bot.compare import NOTHING_ASKED, RESTARTED, TYPED_BALLOT, USAGE
 from bot.engine import Engine
-from bot.models import Author
+from bot.models import Author, Message
 from bot.schema import comparisons, turns, usage
 from bot.store import AssistantRecord
 from tests.conftest import RecordingPlatform, RecordingSurface
@@ -39,6 +39,19 @@ async def compare(engine: Engine, line: str, author: Author = ADA) -> tuple[Any,
     return outcome, [surface for _, _, surface in platform.surfaces[before:]]
 
 
+async def gated_compare(
+    engine: Engine, llm: LLMServer
+) -> tuple[dict[str, asyncio.Semaphore], Message, asyncio.Task[Any]]:
+    """/compare MINI MIMO under way, each model's tokens waiting for releases of its gate."""
+    gates = {name: asyncio.Semaphore(0) for name in IDS}
+    llm.by_model[IDS[MINI]] = Script(tokens=["Four", " (mini)."], gate=gates[MINI])
+    llm.by_model[IDS[MIMO]] = Script(tokens=["4", " (mimo)."], gate=gates[MIMO])
+    message = msg(f"/compare {MINI} {MIMO} What is 2+2?")
+    task = await engine.accept(message, {"message": message.id})
+    assert task is not None
+    return gates, message, task
+
+
 async def stored(engine: Engine) -> list[Comparison]:
     def work(conn: Connection) -> list[Comparison]:
         rows = conn.execute(select(comparisons).order_by(comparisons.c.id)).mappings().all()
@@ -57,12 +70,7 @@ async def test_two_labelled_answers_stream_at_once_blind_then_the_ballot(
     engine: Engine, llm: LLMServer, platform: RecordingPlatform
 ) -> None:
     await ask(engine, "Remember 42.")
-    gates = {name: asyncio.Semaphore(0) for name in IDS}
-    llm.by_model[IDS[MINI]] = Script(tokens=["Four", " (mini)."], gate=gates[MINI])
-    llm.by_model[IDS[MIMO]] = Script(tokens=["4", " (mimo)."], gate=gates[MIMO])
-    message = msg(f"/compare {MINI} {MIMO} What is 2+2?")
-    task = await engine.accept(message, {"message": message.id})
-    assert task is not None
+    gates, message, task = await gated_compare(engine, llm)
     async with asyncio.timeout(10):  # both requests are under way before either has a token
         while len(llm.chat_requests()) < 3:
             await asyncio.sleep(0.01)
@@ -99,12 +107,7 @@ async def test_two_labelled_answers_stream_at_once_blind_then_the_ballot(
 async def test_each_side_is_stored_with_its_label_for_a_repair_to_show(
     engine: Engine, llm: LLMServer
 ) -> None:
-    gates = {name: asyncio.Semaphore(0) for name in IDS}
-    llm.by_model[IDS[MINI]] = Script(tokens=["Four", " (mini)."], gate=gates[MINI])
-    llm.by_model[IDS[MIMO]] = Script(tokens=["4", " (mimo)."], gate=gates[MIMO])
-    message = msg(f"/compare {MINI} {MIMO} What is 2+2?")
-    task = await engine.accept(message, {"message": message.id})
-    assert task is not None
+    gates, _message, task = await gated_compare(engine, llm)
     for gate in gates.values():  # one token each: both sides are shown, and streaming
         gate.release()
 

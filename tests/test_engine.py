@@ -15,7 +15,7 @@ from bot.engine import Engine
 from bot.models import Attachment, Author, ConversationKey
 from bot.reply import INTERNAL_ERROR
 from bot.summaries import INSTRUCTIONS
-from tests.support.asking import CHANNEL, answer, ask, first_render, msg, surface_of
+from tests.support.asking import CHANNEL, answer, ask, first_render, msg, surface_of, until
 from tests.support.clock import FakeClock
 from tests.support.llm_server import LLMServer, Script
 from tests.support.search_server import SearchServer
@@ -66,16 +66,6 @@ async def test_the_user_turn_is_stored_before_the_provider_is_asked(engine: Engi
     turns, _ = await engine.store.recall(str(CHANNEL), 10_000)
     assert [(t.role, t.content) for t in turns] == [("user", "stored first?")]
     assert await task == "late"
-
-
-async def until(condition: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
-    """Wait for something another task does; fails rather than hanging."""
-    try:
-        async with asyncio.timeout(seconds):
-            while not condition():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"never happened: {what}") from None
 
 
 async def assistant_row(engine: Engine) -> dict[str, Any]:

@@ -10,18 +10,9 @@ from typing import Any
 import pytest
 
 from bot.checkpoints import CHECKPOINT_SECONDS
-from tests.support.asking import first_render, msg
+from tests.support.asking import started, until
 from tests.support.clock import FakeClock
-from tests.support.llm_server import LLMServer, Script
-
-
-async def until(condition: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
-    try:
-        async with asyncio.timeout(seconds):
-            while not condition():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"never happened: {what}") from None
+from tests.support.llm_server import LLMServer
 
 
 async def assistant_rows(engine: Any) -> list[tuple[str, str, str | None]]:
@@ -62,13 +53,7 @@ async def test_renders_go_on_while_the_first_renders_row_waits_for_the_store(
         return await start_reply(*args, **kwargs)
 
     monkeypatch.setattr(store, "start_reply", slow_start_reply)
-    gate = asyncio.Semaphore(0)  # the loopback sends one token per release
-    llm.enqueue(Script(tokens=["A", "B", "C"], gate=gate))
-    message = msg("tell me")
-    reply = await engine.accept(message, {"message": message.id})
-    assert reply is not None
-    gate.release()
-    surface = await first_render(engine, message)
+    gate, reply, surface = await started(engine, llm, ["A", "B", "C"])
     await until(asked.is_set, "the first render's row asked of the store")
     gate.release()
     await until(lambda: surface.renders[-1][0] == "AB", "the second render, the row not written yet")
@@ -98,13 +83,7 @@ async def test_a_reply_that_ends_before_its_row_is_written_is_stored_once(
         return await start_reply(*args, **kwargs)
 
     monkeypatch.setattr(store, "start_reply", slow_start_reply)
-    gate = asyncio.Semaphore(0)
-    llm.enqueue(Script(tokens=["A", "B"], gate=gate))
-    message = msg("tell me")
-    reply = await engine.accept(message, {"message": message.id})
-    assert reply is not None
-    gate.release()
-    surface = await first_render(engine, message)
+    gate, reply, surface = await started(engine, llm, ["A", "B"])
     gate.release()
     await until(lambda: bool(surface.renders) and surface.renders[-1] == ("AB", True), "the final render")
     assert not reply.done()  # its final record waits for the row
@@ -131,13 +110,7 @@ async def test_a_row_the_store_refused_is_written_at_the_next_render(
         return await start_reply(*args, **kwargs)
 
     monkeypatch.setattr(store, "start_reply", refused_once)
-    gate = asyncio.Semaphore(0)
-    llm.enqueue(Script(tokens=["A", "B", "C"], gate=gate))
-    message = msg("tell me")
-    reply = await engine.accept(message, {"message": message.id})
-    assert reply is not None
-    gate.release()
-    surface = await first_render(engine, message)
+    gate, reply, surface = await started(engine, llm, ["A", "B", "C"])
     await until(lambda: "could not record where the reply" in caplog.text, "the refusal, logged")
     gate.release()
     await until(lambda: len(calls) == 2, "the row asked again at the next render")

@@ -93,15 +93,34 @@ async def test_what_another_instance_changed_reaches_the_next_message(
 async def test_a_window_read_ahead_is_read_again_once_another_reply_moved_the_window(
     make_engine: Callable[..., Any], llm: LLMServer
 ) -> None:
-    """Messages from several people at once each look up ahead of the window's lock; the first to take it
-    uses its read, the others find the window moved on and read what is new since then."""
+    """A read made ahead of the window's lock is for the window as it stood then: once another reply
+    moved the window, it is not used, and what is new since is read instead."""
+    engine = await make_engine()
+    conversation = str(CHANNEL)
+    assert await ask(engine, "first") == "echo: Ada: first"
+    read_ahead = engine.windows.read_ahead(conversation)
+    assert read_ahead is not None
+    stale = await engine.store.read(read_ahead)
+    assert await ask(engine, "second") == "echo: Ada: second"  # moves the window on
+    before = dict(engine.windows.reads)
+    recalled = await engine.windows.recall(conversation, 100_000, ahead=stale)
+    reads = engine.windows.reads
+    assert (reads["new"], reads["ahead"]) == (before["new"] + 1, before["ahead"])  # read anew, not used
+    assert recalled.turns == (await engine.store.recall(conversation, 100_000))[0]
+    assert [turn.content for turn in recalled.turns][-2:] == ["second", "echo: Ada: second"]
+
+
+async def test_replies_from_several_people_at_once_each_see_their_own_question(
+    make_engine: Callable[..., Any], llm: LLMServer
+) -> None:
+    """Messages from several people at once each look up ahead of the window's lock; whichever read is
+    used, each reply sees its own question and the window stays the store's."""
     engine = await make_engine()
     assert await ask(engine, "first") == "echo: Ada: first"
     people = [Author(f"u-{index}", f"P{index}") for index in range(4)]
     tasks = [await engine.accept(msg(f"hi from {p.display_name}", author=p), {}) for p in people]
     assert all(task is not None for task in tasks)
     await asyncio.gather(*[task for task in tasks if task is not None])
-    assert engine.windows.reads["ahead"] >= 1 and engine.windows.reads["new"] >= 1
     for request in llm.chat_requests()[1:]:  # each reply saw its own question, as the store had it
         name, _, text = request.json["messages"][-1]["content"].partition(": ")
         assert text == f"hi from {name}"

@@ -126,7 +126,9 @@ async def test_each_side_is_stored_with_its_label_for_a_repair_to_show(
 
 async def test_which_model_is_a_is_drawn_at_random_and_kept(engine: Engine, llm: LLMServer) -> None:
     drawn: set[tuple[str, str]] = set()
-    for _ in range(12):  # both orders, with a chance of 1 in 2,048 to see one only
+    for _ in range(40):  # until both orders are seen: one only in 40 draws is a chance of 2 in 10^12
+        if len(drawn) == 2:
+            break
         llm.by_model[IDS[MINI]] = Script(tokens=["mini"])
         llm.by_model[IDS[MIMO]] = Script(tokens=["mimo"])
         outcome, (a, _b, _ballot) = await compare(engine, f"/compare {MINI} {MIMO} hi")

@@ -10,13 +10,9 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.schedule_store import ScheduleStore
-from bot.store import Store
-from bot.when import parse_when
 from tests.support import postgres
 from tests.support.llm_server import LLMServer
 from tests.support.slack_api import SlackAPI
@@ -34,24 +30,6 @@ def postgres_server() -> Iterator[str]:
         yield server
     finally:
         postgres.stop(folder)
-
-
-async def every_second(store: Store, conversation: str, prompt: str, by: str, by_name: str) -> int:
-    """A schedule stored as `/schedule add every second PROMPT` would, first firing a second from now.
-
-    This module imports nothing from bench/, so tests/test_schedule_failover.py could seed with it too."""
-    now = datetime.now(UTC)
-    when, prompt = parse_when(f"every second {prompt}", "UTC", now)
-    return await ScheduleStore(store).add(
-        conversation=conversation,
-        origin=conversation,
-        prompt=prompt,
-        when=when,
-        anchor=now.timestamp(),
-        next_run_at=now.timestamp() + 1,
-        created_by=by,
-        created_by_name=by_name,
-    )
 
 
 def free_base(count: int) -> int:

@@ -29,6 +29,7 @@ from bot.schema import schedule_runs
 from bot.store import Store
 from tests.support import postgres
 from tests.support.llm_server import LLMServer
+from tests.support.schedules import every_second
 from tests.support.slack_api import SlackAPI
 
 WORKERS = 3
@@ -55,7 +56,7 @@ async def measure(server: str, kills: int, heartbeat: float) -> tuple[list[float
     database = await postgres.create_database(server, f"bench_takeover_{os.getpid()}")
     store = await Store.open(database)
     home = Path(tempfile.mkdtemp(prefix="parley-bench-"))
-    await parley_run.every_second(store, "slack:C1", "tick", "UB", "Bench")
+    await every_second(store, "slack:C1", "tick", "UB", "Bench")
     takeovers: list[float] = []
     gaps: list[float] = []
     lateness: list[float] = []

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,9 @@ from bot.engine import RESTARTED_NOTE
 from bot.schedule_store import ScheduleStore
 from bot.schema import schedule_runs, turns
 from bot.store import Store
-from bot.when import parse_when
 from tests.support.instances import WORKERS, free_ports, on_postgres, until, workers
 from tests.support.llm_server import LLMServer, Script
+from tests.support.schedules import every_second
 from tests.support.slack_api import SlackAPI, SlackMessage
 
 CONVERSATION = "slack:C1"
@@ -36,19 +35,7 @@ async def test_a_per_second_schedule_survives_its_leader_killed_mid_run(
 ) -> None:
     store = await Store.open(database_url)
     try:
-        now = datetime.now(UTC)
-        when, prompt = parse_when(f"every second {PROMPT}", "UTC", now)
-        schedules = ScheduleStore(store)
-        schedule_id = await schedules.add(
-            conversation=CONVERSATION,
-            origin=CONVERSATION,
-            prompt=prompt,
-            when=when,
-            anchor=now.timestamp(),
-            next_run_at=now.timestamp() + 1,
-            created_by="UMIA",
-            created_by_name="Mia",
-        )
+        schedule_id = await every_second(store, CONVERSATION, PROMPT, "UMIA", "Mia")
         # Two runs answer at once; the third run's reply shows its first words, then its provider stalls.
         llm.enqueue(Script(tokens=["tock"]), Script(tokens=["tock"]))
         llm.enqueue(Script(tokens=["half ", "a ", "tock ", "never ", "finished"], stall_after=3))
@@ -84,7 +71,7 @@ async def test_a_per_second_schedule_survives_its_leader_killed_mid_run(
                 return cut_closed and len(after) >= RUNS_AFTER_TAKEOVER and not cut_post.streaming
 
             await until(went_on, "the schedule going on under a new leader, the cut run closed")
-            await schedules.set_state(schedule_id, "paused", None)
+            await ScheduleStore(store).set_state(schedule_id, "paused", None)
             runs, answers, replies, asked = await _settled(store, schedule_id, slack, llm)
     finally:
         await store.close()

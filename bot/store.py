@@ -799,19 +799,11 @@ class Store:
 
     # Settings
 
-    async def settings(self, conversations: Sequence[str]) -> list[dict[str, object]]:
-        """Stored settings rows for the given conversations, in the order asked (missing ones omitted)."""
-        return await self.read(lambda conn: settings_of(conn, conversations))
-
     async def set_setting(self, conversation: str, name: str, value: object, updated_by: str) -> None:
         if name not in SETTING_FIELDS:
             raise ValueError(f"unknown setting {name}")
         values = {name: value, "updated_by": updated_by, "updated_at": time.time()}
         await self._upsert(conversation_settings, {"conversation": conversation}, values)
-
-    async def skill_modes(self, conversations: Sequence[str]) -> list[dict[str, str]]:
-        """Skill modes set for the given conversations, in the order asked: {skill: mode} each."""
-        return await self.read(lambda conn: skill_modes_of(conn, conversations))
 
     async def set_skill_mode(self, conversation: str, skill: str, mode: str, updated_by: str) -> None:
         values = {"mode": mode, "updated_by": updated_by, "updated_at": time.time()}

@@ -4,6 +4,7 @@ old databases are adopted."""
 from __future__ import annotations
 
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from bot import migrations
 from bot.config import SetupError
 from bot.schema import metadata
-from bot.store import Store
+from bot.store import Store, settings_of, skill_modes_of
 
 # Made by Parley before it had migrations (tables created directly): two turns, settings with web search
 # modes, a Slack event claim, a followed Slack thread and a meta value.
@@ -59,9 +60,11 @@ async def test_a_database_from_before_migrations_is_adopted_with_its_data(tmp_pa
         ("user", "Remember 42."),
         ("assistant", "I will remember 42."),
     ]
-    assert (await store.settings(["discord:100"]))[0]["model"] == "openai/gpt-4o-mini"
+    (settings,) = await store.read(partial(settings_of, conversations=["discord:100"]))
+    assert settings["model"] == "openai/gpt-4o-mini"
     # Web search's mode moved into the skill modes, thread settings included.
-    assert await store.skill_modes(["discord:100", "slack:C1:1.2"]) == [
+    modes = partial(skill_modes_of, conversations=["discord:100", "slack:C1:1.2"])
+    assert await store.read(modes) == [
         {"web_search": "auto"},
         {"web_search": "on"},
     ]

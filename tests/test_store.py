@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from sqlalchemy.exc import IntegrityError, ResourceClosedError
 
 from bot.models import Attachment, Author, ConversationKey, Message
 from bot.schema import instances, meta
-from bot.store import AssistantRecord, Checkpoint, InboxEntry, Store
+from bot.store import AssistantRecord, Checkpoint, InboxEntry, Store, settings_of, skill_modes_of
 
 ADA = Author("u1", "Ada", is_channel_manager=True, role_ids=("r1",))
 BO = Author("u2", "Bo")
@@ -66,7 +67,8 @@ async def test_turns_and_settings_survive_a_restart(db_url: str) -> None:
         ("assistant", "", "I will."),
     ]
     assert not trimmed
-    assert (await reopened.settings(["test:c"]))[0]["model"] == "openai/gpt-4o"
+    (settings,) = await reopened.read(partial(settings_of, conversations=["test:c"]))
+    assert settings["model"] == "openai/gpt-4o"
     await reopened.close()
 
 
@@ -190,13 +192,14 @@ async def test_meta_values_setting_updates_and_skill_modes(db_url: str) -> None:
     assert await store.get_meta("hash") == "two"
     await store.set_setting("c", "model", "a/b", "u")
     await store.set_setting("c", "model", None, "u")
-    assert (await store.settings(["c"]))[0]["model"] is None
+    assert (await store.read(partial(settings_of, conversations=["c"])))[0]["model"] is None
     with pytest.raises(ValueError):
         await store.set_setting("c", "password", "x", "u")
     await store.set_skill_mode("c", "web_search", "on", "u")
     await store.set_skill_mode("c", "web_search", "auto", "u")
     await store.set_skill_mode("c:t", "read_page", "off", "u")
-    assert await store.skill_modes(["c:t", "c", "none"]) == [{"read_page": "off"}, {"web_search": "auto"}, {}]
+    modes = partial(skill_modes_of, conversations=["c:t", "c", "none"])
+    assert await store.read(modes) == [{"read_page": "off"}, {"web_search": "auto"}, {}]
     await store.close()
 
 

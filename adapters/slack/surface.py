@@ -295,8 +295,8 @@ class SlackSurface:
 
     async def _render_stream(self, shown: str, final: bool) -> bool:
         """Send the new suffix to the stream. Returns whether the stream took the text."""
-        suffix = shown[len(self._sent) :] if shown.startswith(self._sent) else ""
-        if not suffix and not final:
+        pieces = self._unsent_pieces(shown)
+        if not pieces and not final:
             return True
         if self._stream is None:
             assert self._thread_ts is not None
@@ -308,7 +308,6 @@ class SlackSurface:
                 recipient_team_id=self._recipient_team_id,
                 recipient_user_id=self._user_id,
             )
-        pieces = [suffix[i : i + STREAM_TEXT_LIMIT] for i in range(0, len(suffix), STREAM_TEXT_LIMIT)]
         last = pieces.pop() if final and pieces else ""
         try:
             for piece in pieces:
@@ -396,12 +395,16 @@ class SlackSurface:
                 methods.append("chat.postMessage" if page.ts is None else "chat.update")
         return [self._limit(method) for method in methods + ["chat.delete"] * reusable]
 
+    def _unsent_pieces(self, shown: str) -> list[str]:
+        """What the stream has not shown of `shown`, in the pieces one append carries."""
+        suffix = shown[len(self._sent) :] if shown.startswith(self._sent) else ""
+        return [suffix[i : i + STREAM_TEXT_LIMIT] for i in range(0, len(suffix), STREAM_TEXT_LIMIT)]
+
     def _final_stream_calls(self, shown: str) -> list[str]:
         """What a final render on the stream calls: the new text in pieces, the last one with the stop."""
-        suffix = shown[len(self._sent) :] if shown.startswith(self._sent) else ""
         started = self._stream is not None and self._stream.ts is not None
         methods = []
-        for _ in range(1, len(range(0, len(suffix), STREAM_TEXT_LIMIT))):  # the pieces before the last
+        for _ in self._unsent_pieces(shown)[:-1]:  # the pieces before the last
             methods.append("chat.appendStream" if started else "chat.startStream")
             started = True
         return methods + (["chat.stopStream"] if started else ["chat.startStream", "chat.stopStream"])

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from figures import percentile
-from loopback_provider import MODEL_ID, engine_settings, start, token_times
+from loopback_provider import MODEL_ID, engine_settings, last_token_time, start, token_times
 from sqlalchemy import insert
 
 from bot.config import DATABASE_POOL_SIZE, ProviderSettings
@@ -238,14 +238,6 @@ def show(title: str, figures: dict[str, float], targets: dict[str, str]) -> None
     for name, value in figures.items():
         target = f"   target {targets[name]}" if name in targets else ""
         print(f"  {name:28} {value:10.3f}{target}")
-
-
-def last_token_time(text: str) -> float | None:
-    """The send time of the last token a text shows (`token_times(text)[-1]`, without parsing them all:
-    the surface reads it at every render, and the benchmark's own work should not count as the engine's)."""
-    end = text.rfind("]")
-    begin = text.rfind("[", 0, end)
-    return float(text[begin + 1 : end].rsplit("/", 1)[-1]) if begin >= 0 else None
 
 
 def thread_cpu() -> tuple[float, float]:

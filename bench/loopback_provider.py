@@ -41,6 +41,15 @@ def token_times(text: str) -> list[float]:
     return [float(part[1:].split("/")[-1]) for part in text.split("]") if part.startswith("[")]
 
 
+def last_token_time(text: str) -> float | None:
+    """The send time of the last token a text shows (`token_times(text)[-1]`, without parsing them all:
+    a bench's surface reads it at every render, and the bench's own work should not count as the
+    engine's); None before the first."""
+    end = text.rfind("]")
+    begin = text.rfind("[", 0, end)
+    return float(text[begin + 1 : end].rsplit("/", 1)[-1]) if begin >= 0 else None
+
+
 def serve_provider(port_queue: multiprocessing.Queue, tokens: int, rate: float) -> None:
     """HTTP/1.1 on asyncio's bare protocol, each token a timer: a thousand streams at 50 tokens/s must
     not make the provider the slowest part of the benchmark (aiohttp's per-write cost did)."""

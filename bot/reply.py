@@ -128,16 +128,20 @@ class Reply:
         self.ending = True
         await self._renderer.finish(final)
         latency_ms = int((self._engine.clock.now() - started) * 1000)
-        await self._stored.finish(self._record(outcome, latency_ms))
+        usage_rows = self._answer.ledger.rows(self._entry.message, self._entry.id, time.time())
+        recorded = await self._stored.finish(self._record(outcome, latency_ms), usage_rows)
         self._log(outcome, latency_ms)
-        await self._account(outcome, latency_ms / 1000)
+        await self._account(outcome, latency_ms / 1000, recorded=recorded)
         return outcome
 
-    async def _account(self, outcome: Outcome, seconds: float | None) -> None:
-        """Record what the reply spent, release what it held against its budgets, count it."""
+    async def _account(self, outcome: Outcome, seconds: float | None, *, recorded: bool = False) -> None:
+        """Record what the reply spent (unless its final record did), release what it held against its
+        budgets, count it."""
         engine, message = self._engine, self._entry.message
         try:
-            await engine.store.record_usage(self._answer.ledger.rows(message, self._entry.id, time.time()))
+            if not recorded:
+                rows = self._answer.ledger.rows(message, self._entry.id, time.time())
+                await engine.store.record_usage(rows)
         except Exception:
             log.exception("could not record the usage of the reply in %s", message.key)
         if self._reservation is not None:

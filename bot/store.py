@@ -378,8 +378,7 @@ class Store:
                 raise _Redelivery
             if message.attachments:
                 conn.execute(
-                    insert(inbox_files),
-                    [_file_values(inbox_id, attachment) for attachment in message.attachments],
+                    _INSERT_FILES, [_file_values(inbox_id, attachment) for attachment in message.attachments]
                 )
             return InboxEntry(inbox_id, message, reply_to, turn_id, now)
 
@@ -604,9 +603,11 @@ class Store:
         author_id: str,
         record: AssistantRecord,
         tokens: int,
+        usage_rows: Sequence[dict[str, Any]] = (),
     ) -> None:
-        """Save a reply's final record and close its message in the inbox, in one transaction: after a
-        crash a message is either answered or still pending, never both."""
+        """Save a reply's final record, close its message in the inbox and record what it spent
+        (`usage_rows`), in one transaction: after a crash a message is either answered or still
+        pending, never both, and its usage is counted once with its answer."""
         if turn_id is None:
             statement, values = (
                 _INSERT_TURN,
@@ -618,12 +619,14 @@ class Store:
         def work(conn: Connection) -> None:
             conn.execute(statement, values)
             _close_one(conn, inbox_id, "done")
+            if usage_rows:
+                conn.execute(_INSERT_USAGE, list(usage_rows))
 
         await self.write(work)
 
     async def save_refs(self, turn_id: int, refs: dict[str, Any]) -> None:
-        statement = update(turns).where(turns.c.id == turn_id).values(reply_refs=json.dumps(refs))
-        await self.write(lambda conn: conn.execute(statement))
+        values = {"turn": turn_id, "reply_refs": json.dumps(refs)}
+        await self.write(lambda conn: conn.execute(_UPDATE_TURN, values))
 
     async def streaming(self, platform: str) -> list[StreamingReply]:
         """The platform's replies still streaming, on any instance (read through the partial index)."""
@@ -822,7 +825,7 @@ class Store:
 
     async def record_usage(self, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
-            await self.write(lambda conn: conn.execute(insert(usage), list(rows)))
+            await self.write(lambda conn: conn.execute(_INSERT_USAGE, list(rows)))
 
     async def spent(self, column: str, target: str, since: float) -> tuple[float, int]:
         """USD and tokens the models used for `target` (a person, channel or server) since a moment."""
@@ -914,6 +917,8 @@ _CLOSE_ONE = (
     .values(state=bindparam("closed_as"), done_at=bindparam("closed_at"))
 )
 _FILES_OF_ONE = delete(inbox_files).where(inbox_files.c.inbox_id == bindparam("inbox"))
+_INSERT_FILES = insert(inbox_files)
+_INSERT_USAGE = insert(usage)
 
 # A batch of checkpoints: one statement run once per reply, only on rows still streaming.
 _CHECKPOINT = (
@@ -924,22 +929,32 @@ _CHECKPOINT = (
 
 
 # Reads a message needs, as plain functions of a connection, so that one store hop can run several.
+# Their statements are built once too (a list of keys is an expanding parameter): a reply's look-up ran
+# them per call, and building each statement and its cache key cost more than running it.
+_SETTINGS_OF = select(conversation_settings).where(
+    conversation_settings.c.conversation.in_(bindparam("conversations", expanding=True))
+)
+_SKILL_MODES_OF = select(skill_modes.c.conversation, skill_modes.c.skill, skill_modes.c.mode).where(
+    skill_modes.c.conversation.in_(bindparam("conversations", expanding=True))
+)
+# By target alone; the (scope, target) pairs asked for are picked out of what it finds.
+_BUDGETS_OF = select(budgets).where(budgets.c.target.in_(bindparam("targets", expanding=True)))
+_SUMMARY_OF = select(summaries.c.content, summaries.c.upto).where(
+    summaries.c.conversation == bindparam("conversation")
+)
 
 
 def settings_of(conn: Connection, conversations: Sequence[str]) -> list[dict[str, object]]:
     """Stored settings rows for the given conversations, in the order asked (missing ones omitted)."""
-    query = select(conversation_settings).where(conversation_settings.c.conversation.in_(conversations))
-    by_key = {row["conversation"]: dict(row) for row in conn.execute(query).mappings()}
+    rows = conn.execute(_SETTINGS_OF, {"conversations": list(conversations)}).mappings()
+    by_key = {row["conversation"]: dict(row) for row in rows}
     return [by_key[c] for c in conversations if c in by_key]
 
 
 def skill_modes_of(conn: Connection, conversations: Sequence[str]) -> list[dict[str, str]]:
     """Skill modes set for the given conversations, in the order asked: {skill: mode} each."""
-    query = select(skill_modes.c.conversation, skill_modes.c.skill, skill_modes.c.mode).where(
-        skill_modes.c.conversation.in_(conversations)
-    )
     by_key: dict[str, dict[str, str]] = {}
-    for row in conn.execute(query):
+    for row in conn.execute(_SKILL_MODES_OF, {"conversations": list(conversations)}):
         by_key.setdefault(row.conversation, {})[row.skill] = row.mode
     return [by_key.get(c, {}) for c in conversations]
 
@@ -948,14 +963,14 @@ def budget_overrides_of(conn: Connection, targets: Sequence[tuple[str, str]]) ->
     """Budgets set with /budget for the given (scope, target) pairs."""
     if not targets:
         return []
-    which = or_(*(and_(budgets.c.scope == scope, budgets.c.target == target) for scope, target in targets))
-    return [dict(row) for row in conn.execute(select(budgets).where(which)).mappings()]
+    wanted = set(targets)
+    rows = conn.execute(_BUDGETS_OF, {"targets": sorted({target for _, target in targets})}).mappings()
+    return [dict(row) for row in rows if (row["scope"], row["target"]) in wanted]
 
 
 def summary_of(conn: Connection, conversation: str) -> tuple[str, int] | None:
     """A conversation's running summary and the last turn id it covers."""
-    query = select(summaries.c.content, summaries.c.upto).where(summaries.c.conversation == conversation)
-    row = conn.execute(query).first()
+    row = conn.execute(_SUMMARY_OF, {"conversation": conversation}).first()
     return (row.content, row.upto) if row else None
 
 

@@ -2,8 +2,8 @@
 
 The row is written at the reply's first render, with where the platform shows it; its text is saved with
 every other streaming reply's every few seconds of the engine's clock (bot/checkpoints.py); its final
-record is saved in the same transaction that closes the message in the inbox. A failed intermediate write
-is logged and tried again later: it never fails a reply.
+record is saved in the same transaction that closes the message in the inbox and records its usage. A
+failed intermediate write is logged and tried again later: it never fails a reply.
 
 The row and its later refs are written beside the renders, not in their way: with a thousand replies
 starting at once the store answers the first render's write seconds later, and a render loop that waited
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from bot.checkpoints import Checkpoints
@@ -81,7 +82,9 @@ class StoredReply:
         else:
             self._checkpoints.note(self.turn_id, text, model)
 
-    async def finish(self, record: AssistantRecord) -> None:
+    async def finish(self, record: AssistantRecord, usage_rows: Sequence[dict[str, Any]] = ()) -> bool:
+        """Save the final record, with the reply's usage rows in its transaction (one store hop, not
+        two); whether it was saved (if not, the usage is the caller's to record)."""
         if self._recording is not None:  # the final record updates the row, never writes a second
             await asyncio.shield(self._recording)
         if self.turn_id is not None:
@@ -95,6 +98,9 @@ class StoredReply:
                 self._entry.message.author.id,
                 record,
                 estimate_tokens(record.content),
+                usage_rows,
             )
         except Exception:
             log.exception("could not save the reply in %s", self._conversation)
+            return False
+        return True

@@ -322,3 +322,59 @@ async def test_an_sqlite_database_in_memory_reads_what_it_wrote_on_its_one_conne
     assert [e.turn_id for e in await store.pending("test")] == [question]
     await store.close()
     await store.close()
+
+
+def usage_row(inbox_id: int, person: str | None = "test:u1") -> dict[str, object]:
+    return {
+        "inbox_id": inbox_id,
+        "platform": "test",
+        "server": None,
+        "channel": "test:c",
+        "conversation": "test:c",
+        "person": person,
+        "person_name": "Ada",
+        "created_at": 1.0,
+        "kind": "model",
+        "name": "openrouter/x",
+        "calls": 1,
+        "prompt_tokens": 12,
+        "completion_tokens": 3,
+        "reasoning_tokens": 0,
+        "cached_tokens": 0,
+        "cost": None,
+    }
+
+
+async def test_a_final_record_and_its_usage_rows_are_one_transaction(db_url: str) -> None:
+    """Usage rows go in with the final record: both are kept, or (a row the database refuses) neither,
+    and the message stays pending with its reply still streaming, to be repaired like after a crash."""
+    store = await Store.open(db_url)
+    kept, refused = await asked(store, "q1", "m1"), await asked(store, "q2", "m2")
+    streaming = AssistantRecord("", "openrouter/x", "streaming")
+    first = await store.start_reply("test:c", kept.turn_id, ADA.id, streaming, 0)
+    second = await store.start_reply("test:c", refused.turn_id, ADA.id, streaming, 0)
+    final = AssistantRecord("done", "openrouter/x", "ok", 12, 3)
+    await store.finish_reply(kept.id, "test:c", first, kept.turn_id, ADA.id, final, 1, [usage_row(kept.id)])
+    with pytest.raises(IntegrityError):  # a usage row without the person it is for
+        await store.finish_reply(
+            refused.id, "test:c", second, refused.turn_id, ADA.id, final, 1, [usage_row(refused.id, None)]
+        )
+    assert [entry.id for entry in await store.pending("test")] == [refused.id]
+    assert [reply.turn_id for reply in await store.streaming("test")] == [second]
+    report = await store.usage_report("model", "name", 0.0)
+    assert [(row["key"], row["replies"], row["prompt_tokens"]) for row in report] == [("openrouter/x", 1, 12)]
+    await store.close()
+
+
+async def test_budgets_set_are_read_by_scope_and_target_alike(db_url: str) -> None:
+    """A channel and a server may share an id: each pair asked for finds its own budget only."""
+    store = await Store.open(db_url)
+    await store.set_budget("channel", "test:T1", "daily", "usd", 1.0, "u1")
+    await store.set_budget("server", "test:T1", "daily", "usd", 2.0, "u1")
+    await store.set_budget("server", "test:T2", "monthly", "tokens", 3.0, "u1")
+    found = await store.budget_overrides([("channel", "test:T1"), ("server", "test:T2")])
+    assert sorted((row["scope"], row["target"], row["amount"]) for row in found) == [
+        ("channel", "test:T1", 1.0),
+        ("server", "test:T2", 3.0),
+    ]
+    await store.close()

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from bot.checkpoints import CHECKPOINT_SECONDS
-from tests.support.asking import started, until
+from tests.support.asking import ask, started, until
 from tests.support.clock import FakeClock
-from tests.support.llm_server import LLMServer
+from tests.support.llm_server import LLMServer, Script
 
 
 async def assistant_rows(engine: Any) -> list[tuple[str, str, str | None]]:
@@ -118,3 +120,54 @@ async def test_a_row_the_store_refused_is_written_at_the_next_render(
     assert await reply == "ok"
     assert calls == ["A", "AB"]
     assert await assistant_rows(engine) == [("ABC", "ok", refs_of(surface))]
+
+
+async def usage_of(engine: Any) -> list[tuple[int, str, int, int]]:
+    sql = "SELECT inbox_id, name, prompt_tokens, completion_tokens FROM usage ORDER BY id"
+    return await engine.store.read(lambda conn: [tuple(row) for row in conn.exec_driver_sql(sql)])
+
+
+async def inbox_states(engine: Any) -> list[tuple[int, str]]:
+    sql = "SELECT id, state FROM inbox ORDER BY id"
+    return await engine.store.read(lambda conn: [tuple(row) for row in conn.exec_driver_sql(sql)])
+
+
+async def test_a_reply_records_its_usage_in_its_final_records_transaction(
+    make_engine: Callable[..., Any], llm: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One store write ends a reply: its final record, its message closed and what it spent."""
+    engine = await make_engine()
+    alone: list[object] = []
+
+    async def recorded_alone(rows: Any) -> None:
+        alone.append(rows)
+
+    monkeypatch.setattr(engine.store, "record_usage", recorded_alone)
+    llm.enqueue(Script(tokens=["Hi"], usage=(40, 7)))
+    assert await ask(engine, "hello") == "Hi"
+    [(inbox_id, state)] = await inbox_states(engine)
+    assert state == "done"
+    assert await usage_of(engine) == [(inbox_id, "openrouter/xiaomi/mimo-v2-flash", 40, 7)]
+    assert alone == []
+
+
+async def test_a_reply_whose_final_record_fails_still_records_its_usage(
+    make_engine: Callable[..., Any],
+    llm: LLMServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The final record's transaction rolled back takes the usage rows with it: they are written on
+    their own, so what a reply spent is counted even then."""
+    engine = await make_engine()
+
+    async def refused(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("UPDATE turns", {}, sqlite3.OperationalError("disk I/O error"))
+
+    monkeypatch.setattr(engine.store, "finish_reply", refused)
+    llm.enqueue(Script(tokens=["Hi"], usage=(40, 7)))
+    assert await ask(engine, "hello") == "Hi"
+    assert "could not save the reply" in caplog.text
+    [(inbox_id, state)] = await inbox_states(engine)
+    assert state == "pending"  # answered again after a restart, as after a crash
+    assert await usage_of(engine) == [(inbox_id, "openrouter/xiaomi/mimo-v2-flash", 40, 7)]

@@ -2,7 +2,8 @@
 
 Each reply makes the writes the engine makes for it: the message accepted (inbox row and user turn),
 the assistant row at its first render, a checkpoint of its text, and its final record with the inbox
-closed. Every write is one transaction, timed from the call to its return.
+closed and its usage row. Every write is one transaction, timed from the call to its return. Then a
+reply's look-up (bot/lookups.py), its CPU per call on a connection and through the store's reader.
 
     PYTHONPATH=. python bench/store.py               # 100 concurrent for 10 s, then 1,000 replies at once
     PYTHONPATH=. python bench/store.py --concurrent 100 --seconds 10 --burst 1000 --runs 3
@@ -12,13 +13,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from figures import percentile
 
+from bot.lookups import look_up
 from bot.models import Author, ConversationKey, Message
 from bot.store import AssistantRecord, Store
 
@@ -48,7 +52,34 @@ async def one_reply(
         await timed(store.update_reply(turn, so_far, 100))
     await asyncio.sleep(pause)
     final = AssistantRecord(TEXT, "bench/m", "ok", 20, 200, None, 4000)
-    await timed(store.finish_reply(entry.id, str(key), turn, entry.turn_id, AUTHOR.id, final, 200))
+    # The usage row goes with the final record where the store takes it (a commit before wrote it apart).
+    usage = {"usage_rows": [usage_row(entry.id, key)]} if takes_usage(store) else {}
+    await timed(store.finish_reply(entry.id, str(key), turn, entry.turn_id, AUTHOR.id, final, 200, **usage))
+
+
+def takes_usage(store: Store) -> bool:
+    return "usage_rows" in inspect.signature(store.finish_reply).parameters
+
+
+def usage_row(inbox_id: int, key: ConversationKey) -> dict[str, Any]:
+    return {
+        "inbox_id": inbox_id,
+        "platform": key.platform,
+        "server": None,
+        "channel": f"{key.platform}:{key.channel_id}",
+        "conversation": str(key),
+        "person": f"{key.platform}:{AUTHOR.id}",
+        "person_name": AUTHOR.display_name,
+        "created_at": time.time(),
+        "kind": "model",
+        "name": "bench/m",
+        "calls": 1,
+        "prompt_tokens": 20,
+        "completion_tokens": 200,
+        "reasoning_tokens": 0,
+        "cached_tokens": 0,
+        "cost": None,
+    }
 
 
 class Recorder:
@@ -112,6 +143,28 @@ async def burst(store: Store, replies: int) -> dict[str, float]:
     }
 
 
+async def lookups(store: Store, calls: int = 2000) -> dict[str, float]:
+    """CPU per reply's look-up (a thread's settings, skill modes, /budget's rows and summary: nothing
+    stored, as for most messages), run straight on a connection (best of 5 rounds) and through
+    `Store.read` (the reader thread and the event loop's hand-off, whole process)."""
+    key = ConversationKey("bench", "c1", "t1")
+    targets = [("channel", "bench:c1"), ("server", "bench:s1")]
+    engine = store._reader._engine  # type: ignore[union-attr]  # a connection of its own, beside the store
+    with engine.connect() as conn:
+        rounds = []
+        for _ in range(6):
+            began = time.thread_time()
+            for _ in range(calls):
+                look_up(conn, key, targets, None)
+            rounds.append((time.thread_time() - began) / calls)
+    read = partial(look_up, key=key, budget_targets=targets, window=None)
+    began = time.process_time()
+    for _ in range(calls):
+        await store.read(read)
+    through = (time.process_time() - began) / calls
+    return {"on_a_connection_us": min(rounds[1:]) * 1e6, "through_store_read_us": through * 1e6}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrent", type=int, default=100)
@@ -140,6 +193,10 @@ async def main() -> None:
         print(f"  all written in   {elapsed:8.2f} s, transaction p99 {p99:.0f} ms")
         print(f"  failed replies   {result['failed_replies']:8d}")
         print(f"  database is locked {result['database_is_locked']:6d}   target 0")
+        cpu = await lookups(store)
+        print("a reply's look-up (4 reads, nothing stored), CPU per call")
+        print(f"  on a connection  {cpu['on_a_connection_us']:8.0f} µs")
+        print(f"  through the reader thread {cpu['through_store_read_us']:.0f} µs (whole process)")
         await store.close()
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, or_, select
+from sqlalchemy import Connection, bindparam, or_, select
 
 from bot.providers.base import ChatMessage
 from bot.schema import turn_changes, turns
@@ -324,11 +324,27 @@ class Windows:
             self._bytes -= window.size
 
 
-def _counters(conn: Connection, conversation: str) -> tuple[int, int]:
-    query = select(turn_changes.c.inserted, turn_changes.c.changed).where(
-        turn_changes.c.conversation == conversation
+# Every reply runs these (in its look-up): built once, so that a reply only binds its values.
+_COUNTERS = select(turn_changes.c.inserted, turn_changes.c.changed).where(
+    turn_changes.c.conversation == bindparam("conversation")
+)
+_SINCE = (
+    select(*_COLUMNS)
+    .where(turns.c.conversation == bindparam("conversation"), turns.c.id > bindparam("newest"))
+    .order_by(turns.c.id)
+)
+_SINCE_OR_STREAMING = (
+    select(*_COLUMNS)
+    .where(
+        turns.c.conversation == bindparam("conversation"),
+        or_(turns.c.id > bindparam("newest"), turns.c.id.in_(bindparam("streaming", expanding=True))),
     )
-    row = conn.execute(query).first()
+    .order_by(turns.c.id)
+)
+
+
+def _counters(conn: Connection, conversation: str) -> tuple[int, int]:
+    row = conn.execute(_COUNTERS, {"conversation": conversation}).first()
     return (row.inserted, row.changed) if row else (0, 0)
 
 
@@ -356,8 +372,8 @@ def _full(conn: Connection, conversation: str, wanted: int) -> _Read:
 def _since(conn: Connection, conversation: str, newest: int, streaming: list[int]) -> _Read:
     """The counters, then the turns after `newest` and those among `streaming`, oldest first."""
     inserted, changed = _counters(conn, conversation)
-    which = turns.c.id > newest
+    values: dict[str, Any] = {"conversation": conversation, "newest": newest}
     if streaming:
-        which = or_(which, turns.c.id.in_(streaming))
-    query = select(*_COLUMNS).where(turns.c.conversation == conversation, which).order_by(turns.c.id)
-    return _Read(inserted, changed, list(conn.execute(query).all()))
+        values["streaming"] = streaming
+    rows = conn.execute(_SINCE_OR_STREAMING if streaming else _SINCE, values).all()
+    return _Read(inserted, changed, list(rows))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 
 from bot.attachments import read_attachments
 from bot.catalog import ResolvedModel
@@ -13,6 +14,8 @@ from bot.store import InboxEntry, Turn
 from bot.tokens import TokenCalibration, estimate_tokens
 from bot.windows import Ahead, Recalled, Windows
 
+_TOKENS = attrgetter("tokens")  # summed over a whole window at every reply: no Python loop
+
 
 class ReplyFailed(Exception):
     """A reply that cannot start; the message is the one sentence the person sees."""
@@ -22,7 +25,7 @@ class ReplyFailed(Exception):
 class Context:
     resolved: ResolvedModel
     system: str
-    turns: list[Turn]
+    turns: list[Turn]  # the newest of those recalled: only the oldest are ever dropped
     trimmed: bool  # older turns were left out to fit
     budget: int  # history tokens that fit the window, in estimate units
     reply_room: int  # tokens kept for the answer
@@ -41,7 +44,7 @@ class Context:
         self.trimmed = self.trimmed or dropped
 
     def request(self, tools: tuple[ToolSpec, ...]) -> ChatRequest:
-        messages = self.recalled.chat_messages(self.turns)
+        messages = self.recalled.chat_messages(len(self.turns))  # (turns are dropped oldest first)
         messages[-1] = replace(messages[-1], images=tuple(self.images))
         return ChatRequest(
             self.resolved.model_id,
@@ -52,7 +55,7 @@ class Context:
         )
 
     def prompt_estimate(self) -> int:
-        return estimate_tokens(self.system) + sum(turn.tokens for turn in self.turns)
+        return estimate_tokens(self.system) + sum(map(_TOKENS, self.turns))
 
 
 async def assemble(
@@ -109,7 +112,7 @@ def window(
 
 def fit(turns: list[Turn], budget: int) -> tuple[list[Turn], bool]:
     """Drop the oldest turns until the rest fit `budget`; says whether any were dropped."""
-    total = sum(turn.tokens for turn in turns)
+    total = sum(map(_TOKENS, turns))
     start = 0
     while total > budget and start < len(turns) - 1:
         total -= turns[start].tokens

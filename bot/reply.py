@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
 
 from bot.access import Refused
@@ -187,7 +188,8 @@ class Reply:
             engine.platforms.get(self._entry.message.key.platform),
             self._citations,
         )
-        recent = tuple(turn.content for turn in context.turns if turn.role == "user")[-3:]
+        newest_first = (turn.content for turn in reversed(context.turns) if turn.role == "user")
+        recent = tuple(islice(newest_first, 3))[::-1]  # not a walk over the whole window
         forced = (self._forced.skill, self._forced.arguments) if self._forced else None
         notes = list(context.notes)
         if warning:

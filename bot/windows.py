@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, or_, select
+from sqlalchemy import Connection, bindparam, or_, select
 
 from bot.providers.base import ChatMessage
 from bot.schema import turn_changes, turns
@@ -44,7 +44,8 @@ _COLUMNS = (*CONTEXT_COLUMNS, turns.c.hidden)  # a window reads hidden turns too
 class _Held:
     turn: Turn
     answers: int | None  # the question it answers, for an assistant turn
-    message: ChatMessage  # what the model is sent for it, made once (providers keep its JSON meanwhile)
+    # What the model is sent for it, made once (providers keep its JSON meanwhile); None: says nothing.
+    message: ChatMessage | None
     size: int
 
 
@@ -57,22 +58,24 @@ def chat_message(turn: Turn) -> ChatMessage:
     return ChatMessage("assistant", turn.content)
 
 
+def chat_messages(turns: Sequence[Turn]) -> list[ChatMessage | None]:
+    """The model's message for each turn, None for those that say nothing (they are not sent)."""
+    return [chat_message(turn) if turn.content else None for turn in turns]
+
+
 @dataclass(frozen=True, slots=True)
 class Recalled:
-    """A reply's turns, whether older ones were left out, and the model's message for each held turn."""
+    """A reply's turns, whether older ones were left out, and the model's message for each (made once
+    while a window holds the turn, so that providers keep its JSON)."""
 
     turns: list[Turn]
     trimmed: bool
-    messages: Mapping[int, tuple[Turn, ChatMessage]]
+    messages: list[ChatMessage | None]  # one for each turn, None for those that say nothing
 
-    def chat_messages(self, turns: Sequence[Turn]) -> list[ChatMessage]:
-        """The model's message for each turn that says something, made once for the turns held."""
-        get = self.messages.get
-        return [
-            held[1] if (held := get(turn.id)) is not None and held[0] is turn else chat_message(turn)
-            for turn in turns
-            if turn.content
-        ]
+    def chat_messages(self, newest: int) -> list[ChatMessage]:
+        """The model's message for each of the `newest` turns that says something (what is left of the
+        turns once the oldest are dropped to make room): a slice, without a Python loop."""
+        return list(filter(None, self.messages[len(self.messages) - newest :]))  # a message is true
 
 
 @dataclass(slots=True)
@@ -99,14 +102,19 @@ def _memory_order(held: _Held) -> tuple[int, int]:
     return context_order(held.turn.id, held.answers)
 
 
+def _recalled(chosen: list[_Held], trimmed: bool) -> Recalled:
+    return Recalled([held.turn for held in chosen], trimmed, [held.message for held in chosen])
+
+
 class _Window:
     def __init__(self) -> None:
         self.held: list[_Held] = []  # the turns memory uses from `floor` on, in id order
+        self.turns: list[Turn] = []  # their turns and their messages, for slicing
+        self.chat: list[ChatMessage | None] = []
         self.ids: list[int] = []  # their ids, for bisect
         self.sums: list[int] = [0]  # tokens held before each turn, and in all (differences count)
         self.misplaced = 0  # the newest turn that sorts before one with a lower id (a late answer)
         self._top = 0  # the highest sort key held
-        self.messages: dict[int, tuple[Turn, ChatMessage]] = {}  # by id, for the turns held
         self.streaming: set[int] = set()  # turns seen streaming: read again until they finish
         self.newest = 0  # the highest id seen in the conversation, in any state
         self.floor: int | None = None  # ids below it are not held; None: held from the first turn
@@ -121,9 +129,9 @@ class _Window:
     def fill(self, read: _Read) -> None:
         """Start over from a full read."""
         self.version += 1
-        self.held, self.ids, self.streaming, self.floor = [], [], set(), None
+        self.held, self.turns, self.chat, self.ids = [], [], [], []
+        self.streaming, self.floor = set(), None
         self.sums, self.misplaced, self._top = [0], 0, 0
-        self.messages = {}  # a new one: a reply under way may still read the old
         self.tokens = self.size = self.newest = 0
         self.inserted, self.changed, self.loaded = read.inserted, read.changed, True
         self._add(read.rows)
@@ -150,12 +158,14 @@ class _Window:
                 continue
             turn = context_turn(row)
             # The text, the model's message and its JSON: about three copies of the content.
-            held = _Held(turn, row.answers, chat_message(turn), 3 * len(row.content) + ROW_BYTES)
-            self.messages[row.id] = (turn, held.message)
+            message = chat_message(turn) if turn.content else None
+            held = _Held(turn, row.answers, message, 3 * len(row.content) + ROW_BYTES)
             self.tokens += turn.tokens
             self.size += held.size
             if not self.ids or row.id > self.ids[-1]:  # the usual case: a turn after all held
                 self.held.append(held)
+                self.turns.append(turn)
+                self.chat.append(message)
                 self.ids.append(row.id)
                 self.sums.append(self.sums[-1] + turn.tokens)
                 self._order(held)
@@ -164,9 +174,11 @@ class _Window:
             if at < len(self.ids) and self.ids[at] == row.id:  # a turn read again replaces itself
                 self.tokens -= self.held[at].turn.tokens
                 self.size -= self.held[at].size
-                self.held[at] = held
+                self.held[at], self.turns[at], self.chat[at] = held, turn, message
             else:
                 self.held.insert(at, held)
+                self.turns.insert(at, turn)
+                self.chat.insert(at, message)
                 self.ids.insert(at, row.id)
             self._reindex()
 
@@ -182,22 +194,21 @@ class _Window:
             self.sums.append(self.sums[-1] + held.turn.tokens)
             self._order(held)
 
-    def cut(self, budget: int, upto: int | None) -> tuple[list[Turn], bool] | None:
+    def cut(self, budget: int, upto: int | None) -> Recalled | None:
         """As `Store.recall` chooses: the newest turns that fit, oldest first (an answer right after its
         question), and whether older ones were left out; None when older turns than are held are needed."""
         if not self.held:
-            return ([], False) if self.floor is None else None
+            return Recalled([], False, []) if self.floor is None else None
         if upto is None or self.ids[-1] <= upto:  # nothing held comes after the question: a suffix
             start = bisect.bisect_left(self.sums, self.sums[-1] - budget)
             if start == 0 and self.floor is not None:
                 return None
-            suffix = self.held[start:]
-            if suffix and self.misplaced >= suffix[0].turn.id:  # else already in memory's order
-                suffix.sort(key=_memory_order)
-            return [held.turn for held in suffix], start > 0
+            if start < len(self.ids) and self.misplaced >= self.ids[start]:  # else in memory's order
+                return _recalled(sorted(self.held[start:], key=_memory_order), start > 0)
+            return Recalled(self.turns[start:], start > 0, self.chat[start:])  # (slices, copied in C)
         return self._cut_before(budget, upto)
 
-    def _cut_before(self, budget: int, upto: int) -> tuple[list[Turn], bool] | None:
+    def _cut_before(self, budget: int, upto: int) -> Recalled | None:
         """The cut for a question with turns after it (a regeneration, replies at once): turn by turn."""
         chosen: list[_Held] = []
         used = 0
@@ -214,7 +225,7 @@ class _Window:
         if not trimmed and self.floor is not None:
             return None
         chosen.sort(key=_memory_order)
-        return [held.turn for held in chosen], trimmed
+        return _recalled(chosen, trimmed)
 
     def trim(self, budget: int) -> None:
         """Let the oldest turns go once far more is held than the last budget needs."""
@@ -228,9 +239,7 @@ class _Window:
             self.size -= self.held[start].size
             start += 1
         self.floor = self.ids[start] if start < len(self.ids) else self.newest + 1
-        for held in self.held[:start]:
-            del self.messages[held.turn.id]
-        del self.held[:start], self.ids[:start], self.sums[:start]
+        del self.held[:start], self.turns[:start], self.chat[:start], self.ids[:start], self.sums[:start]
         self.streaming = {turn_id for turn_id in self.streaming if turn_id >= self.floor}
 
 
@@ -269,16 +278,16 @@ class Windows:
         """What `Store.recall` answers, from memory where it holds the conversation (with `ahead`, the
         read `read_ahead` made, when it is still the one to make)."""
         if self._max_bytes <= 0:
-            return Recalled(*await self._store.recall(conversation, budget, upto), {})
+            chosen, trimmed = await self._store.recall(conversation, budget, upto)
+            return Recalled(chosen, trimmed, chat_messages(chosen))
         window = self._windows.get(conversation)
         if window is None:
             window = self._windows[conversation] = _Window()
         self._windows.move_to_end(conversation)
         async with window.lock:
             before = window.size
-            chosen, trimmed = await self._bring_up_to_date(conversation, window, budget, upto, ahead)
+            recalled = await self._bring_up_to_date(conversation, window, budget, upto, ahead)
             window.trim(budget)
-            recalled = Recalled(chosen, trimmed, window.messages)
             if self._windows.get(conversation) is window:
                 self._bytes += window.size - before
                 self._evict()
@@ -286,7 +295,7 @@ class Windows:
 
     async def _bring_up_to_date(
         self, conversation: str, window: _Window, budget: int, upto: int | None, ahead: Ahead | None
-    ) -> tuple[list[Turn], bool]:
+    ) -> Recalled:
         if window.loaded:
             if ahead is not None and ahead.window is window and ahead.version == window.version:
                 read = ahead.read
@@ -315,11 +324,27 @@ class Windows:
             self._bytes -= window.size
 
 
-def _counters(conn: Connection, conversation: str) -> tuple[int, int]:
-    query = select(turn_changes.c.inserted, turn_changes.c.changed).where(
-        turn_changes.c.conversation == conversation
+# Every reply runs these (in its look-up): built once, so that a reply only binds its values.
+_COUNTERS = select(turn_changes.c.inserted, turn_changes.c.changed).where(
+    turn_changes.c.conversation == bindparam("conversation")
+)
+_SINCE = (
+    select(*_COLUMNS)
+    .where(turns.c.conversation == bindparam("conversation"), turns.c.id > bindparam("newest"))
+    .order_by(turns.c.id)
+)
+_SINCE_OR_STREAMING = (
+    select(*_COLUMNS)
+    .where(
+        turns.c.conversation == bindparam("conversation"),
+        or_(turns.c.id > bindparam("newest"), turns.c.id.in_(bindparam("streaming", expanding=True))),
     )
-    row = conn.execute(query).first()
+    .order_by(turns.c.id)
+)
+
+
+def _counters(conn: Connection, conversation: str) -> tuple[int, int]:
+    row = conn.execute(_COUNTERS, {"conversation": conversation}).first()
     return (row.inserted, row.changed) if row else (0, 0)
 
 
@@ -347,8 +372,8 @@ def _full(conn: Connection, conversation: str, wanted: int) -> _Read:
 def _since(conn: Connection, conversation: str, newest: int, streaming: list[int]) -> _Read:
     """The counters, then the turns after `newest` and those among `streaming`, oldest first."""
     inserted, changed = _counters(conn, conversation)
-    which = turns.c.id > newest
+    values: dict[str, Any] = {"conversation": conversation, "newest": newest}
     if streaming:
-        which = or_(which, turns.c.id.in_(streaming))
-    query = select(*_COLUMNS).where(turns.c.conversation == conversation, which).order_by(turns.c.id)
-    return _Read(inserted, changed, list(conn.execute(query).all()))
+        values["streaming"] = streaming
+    rows = conn.execute(_SINCE_OR_STREAMING if streaming else _SINCE, values).all()
+    return _Read(inserted, changed, list(rows))

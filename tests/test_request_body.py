@@ -85,9 +85,9 @@ def test_a_message_is_encoded_once_while_it_is_held_and_a_replay_never_kept() ->
 
     made = MessageJSON(encode)
     message = ChatMessage("user", "Ada: hello")
-    assert made(message, SOURCE) == '{"role":"user","content":"Ada: hello","source":"router/model-a"}'
+    assert made(message, SOURCE) == b'{"role":"user","content":"Ada: hello","source":"router/model-a"}'
     assert made(message, SOURCE) == made(ChatMessage("user", "Ada: hello"), SOURCE)  # (another one)
-    assert made(message, SOURCE) == '{"role":"user","content":"Ada: hello","source":"router/model-a"}'
+    assert made(message, SOURCE) == b'{"role":"user","content":"Ada: hello","source":"router/model-a"}'
     assert encoded == ["Ada: hello", "Ada: hello"]
     assert len(made) == 1  # the other one is gone, and so is its JSON
     replayed = OPENAI.messages[2]
@@ -98,3 +98,22 @@ def test_a_message_is_encoded_once_while_it_is_held_and_a_replay_never_kept() ->
     del message
     gc.collect()
     assert len(made) == 0
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 7])
+def test_kept_and_new_messages_in_any_order_make_the_body_httpx_would_send(count: int) -> None:
+    kept = [ChatMessage("user", f"Ada: kept {i} ✓") for i in range(4)]
+    openai_compat._body(
+        ChatRequest("model-a", tuple(kept)), SOURCE, "max_tokens", openai_compat._MESSAGE_JSON
+    )
+    new = [ChatMessage("assistant", f"new {i}") for i in range(4)]
+    mixed = tuple((kept[1], new[0], kept[3], new[1], kept[0], new[2], new[3])[:count])
+    for system in ("", "You are Parley."):
+        asked = ChatRequest("model-a", mixed, system=system, max_tokens=64)
+        body = openai_compat._body(asked, SOURCE, "max_tokens", openai_compat._MESSAGE_JSON)
+        assert body == as_httpx_sends(body)
+        sent = [m for m in json.loads(body)["messages"] if m["role"] != "system"]
+        assert [m["content"] for m in sent] == [m.content for m in mixed]
+        anthropic_body = anthropic._body(asked, SOURCE, anthropic._MESSAGE_JSON)
+        assert anthropic_body == as_httpx_sends(anthropic_body)
+        assert len(json.loads(anthropic_body)["messages"]) == count

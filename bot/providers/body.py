@@ -9,7 +9,9 @@ holds that message, and joins the pieces. The bytes are those httpx sends for `j
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
+from functools import partial
+from itertools import repeat
 from typing import Any
 from weakref import ReferenceType, ref
 
@@ -31,46 +33,53 @@ class MessageJSON:
         self._encode = encode
         # By the message's id, each entry dropped as its message is freed (before the id can be reused);
         # cheaper to look up than a WeakKeyDictionary, which hashes every field of the message.
-        self._made: dict[int, tuple[str, ReferenceType[ChatMessage]]] = {}
+        self._made: dict[int, bytes] = {}
+        self._refs: dict[int, ReferenceType[ChatMessage]] = {}
 
-    def __call__(self, message: ChatMessage, source: str) -> str:
-        """The message's JSON as the model `source` is sent it."""
+    def __call__(self, message: ChatMessage, source: str) -> bytes:
+        """The message's JSON, UTF-8, as the model `source` is sent it."""
         key = id(message)
         made = self._made.get(key)
         if made is not None:
-            return made[0]
-        text = dumps(self._encode(message, source))
+            return made
+        data = dumps(self._encode(message, source)).encode("utf-8")
         if message.replay is None:  # a replay's JSON depends on which model answers; it is not kept
-            self._made[key] = (text, ref(message, lambda _gone: self._made.pop(key, None)))
-        return text
+            self._made[key] = data
+            self._refs[key] = ref(message, partial(self._forget, key))
+        return data
 
-    def each(self, messages: Iterable[ChatMessage], source: str) -> list[str]:
-        """The JSON of each message, in order (the loop a long conversation spends its time in)."""
-        get = self._made.get
-        return [made[0] if (made := get(id(m))) is not None else self(m, source) for m in messages]
+    def _forget(self, key: int, _gone: object) -> None:
+        self._made.pop(key, None)
+        self._refs.pop(key, None)
+
+    def each(self, messages: Sequence[ChatMessage], source: str) -> list[bytes]:
+        """The JSON of each message, in order (the loop a long conversation spends its time in: looked
+        up without a Python loop; b"", which no message's JSON is, marks those not made yet)."""
+        made = list(map(self._made.get, map(id, messages), repeat(b"")))
+        index = -1
+        try:
+            while True:
+                index = made.index(b"", index + 1)
+                made[index] = self(messages[index], source)
+        except ValueError:  # none left
+            return made
 
     def __len__(self) -> int:
         return len(self._made)
 
 
-def body_bytes(body: dict[str, Any], messages: list[str]) -> bytes:
-    """`body` as JSON, its "messages" key (in its place) being `messages`, already encoded.
+def body_bytes(body: dict[str, Any], messages: list[bytes]) -> bytes:
+    """`body` as JSON, its "messages" key (in its place) being `messages`, already encoded (the list's
+    first and last items are replaced).
 
-    One join of every piece, then one encoding: the messages are most of a long conversation's body, so
-    each intermediate string would copy all of them once more."""
-    pieces = ["{"]
-    for key, value in body.items():
-        if len(pieces) > 1:
-            pieces.append(",")
-        pieces += (dumps(key), ":")
-        if key != "messages":
-            pieces.append(dumps(value))
-            continue
-        pieces.append("[")
-        for index, message in enumerate(messages):
-            if index:
-                pieces.append(",")
-            pieces.append(message)
-        pieces.append("]")
-    pieces.append("}")
-    return "".join(pieces).encode("utf-8")
+    The messages are most of a long conversation's body: they are copied once, by one join, with the
+    body's other keys put in front of the first and behind the last."""
+    keys = [None if key == "messages" else f"{dumps(key)}:{dumps(value)}" for key, value in body.items()]
+    at = keys.index(None)
+    head = ("{" + "".join(f"{key}," for key in keys[:at]) + '"messages":[').encode("utf-8")
+    tail = ("]" + "".join(f",{key}" for key in keys[at + 1 :]) + "}").encode("utf-8")
+    if not messages:
+        return head + tail
+    messages[0] = head + messages[0]
+    messages[-1] += tail
+    return b",".join(messages)

@@ -120,10 +120,9 @@ _FINISH = {"content_filter": "refusal"}
 
 
 def _body(request: ChatRequest, source: str, max_tokens_param: str, message_json: MessageJSON) -> bytes:
-    messages: list[str] = []
+    messages = message_json.each(request.messages, source)
     if request.system:
-        messages.append(dumps({"role": "system", "content": request.system}))
-    messages.extend(message_json.each(request.messages, source))
+        messages.insert(0, dumps({"role": "system", "content": request.system}).encode("utf-8"))
     body: dict[str, Any] = {
         "model": request.model,
         "messages": None,  # encoded apart, message by message

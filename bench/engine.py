@@ -30,6 +30,7 @@ from figures import percentile
 from loopback_provider import MODEL_ID, engine_settings, last_token_time, start, token_times
 from sqlalchemy import insert
 
+from bot import runtime
 from bot.config import DATABASE_POOL_SIZE, ProviderSettings
 from bot.engine import Engine
 from bot.models import Author, ConversationKey, Message, RenderBudget
@@ -410,6 +411,7 @@ async def overhead(args: argparse.Namespace, tmp: str) -> None:
     provider, port = start(40, 50.0)
     engine = await engine_for(port, tmp)
     await load(engine, 20, 40)
+    runtime.settle()  # as `parley run` does once started
     single = await load(engine, 1, 40, rounds=20)
     show("uncontended: 1 conversation, 20 messages one after another, 40 tokens at 50/s", single, {})
     figures = await load(engine, args.conversations, 40, rounds=3, ramp=10.0, think=10.0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import multiprocessing
 import os
@@ -414,7 +415,26 @@ async def overhead(args: argparse.Namespace, tmp: str) -> None:
     runtime.settle()  # as `parley run` does once started
     single = await load(engine, 1, 40, rounds=20)
     show("uncontended: 1 conversation, 20 messages one after another, 40 tokens at 50/s", single, {})
-    figures = await load(engine, args.conversations, 40, rounds=3, ramp=10.0, think=10.0)
+    stops: dict[int, list[float]] = {0: [], 1: [], 2: []}  # the garbage collector's, per generation
+    began = 0.0
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        nonlocal began
+        if phase == "start":
+            began = time.perf_counter()
+        else:
+            stops[info["generation"]].append(time.perf_counter() - began)
+
+    gc.callbacks.append(timed)
+    try:
+        figures = await load(engine, args.conversations, 40, rounds=3, ramp=10.0, think=10.0)
+    finally:
+        gc.callbacks.remove(timed)
+    figures |= {
+        "full_collections": float(len(stops[2])),
+        "full_collection_max_ms": max(stops[2], default=0.0) * 1000,
+        "young_collection_max_ms": max(stops[0] + stops[1], default=0.0) * 1000,
+    }
     await engine.aclose()
     provider.terminate()
     targets = {"request_out_p99_ms": "< 10", "token_render_p99_ms": "< 10"}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import multiprocessing
 import os
@@ -30,6 +31,7 @@ from figures import percentile
 from loopback_provider import MODEL_ID, engine_settings, last_token_time, start, token_times
 from sqlalchemy import insert
 
+from bot import runtime
 from bot.config import DATABASE_POOL_SIZE, ProviderSettings
 from bot.engine import Engine
 from bot.models import Author, ConversationKey, Message, RenderBudget
@@ -410,9 +412,29 @@ async def overhead(args: argparse.Namespace, tmp: str) -> None:
     provider, port = start(40, 50.0)
     engine = await engine_for(port, tmp)
     await load(engine, 20, 40)
+    runtime.settle()  # as `parley run` does once started
     single = await load(engine, 1, 40, rounds=20)
     show("uncontended: 1 conversation, 20 messages one after another, 40 tokens at 50/s", single, {})
-    figures = await load(engine, args.conversations, 40, rounds=3, ramp=10.0, think=10.0)
+    stops: dict[int, list[float]] = {0: [], 1: [], 2: []}  # the garbage collector's, per generation
+    began = 0.0
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        nonlocal began
+        if phase == "start":
+            began = time.perf_counter()
+        else:
+            stops[info["generation"]].append(time.perf_counter() - began)
+
+    gc.callbacks.append(timed)
+    try:
+        figures = await load(engine, args.conversations, 40, rounds=3, ramp=10.0, think=10.0)
+    finally:
+        gc.callbacks.remove(timed)
+    figures |= {
+        "full_collections": float(len(stops[2])),
+        "full_collection_max_ms": max(stops[2], default=0.0) * 1000,
+        "young_collection_max_ms": max(stops[0] + stops[1], default=0.0) * 1000,
+    }
     await engine.aclose()
     provider.terminate()
     targets = {"request_out_p99_ms": "< 10", "token_render_p99_ms": "< 10"}

@@ -185,7 +185,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     import importlib
     import signal
 
-    from bot import workers
+    from bot import runtime, workers
     from bot.config import SetupError
     from bot.engine import Engine
     from bot.instances import Instance
@@ -238,6 +238,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             engine.health.up(platform.name)
         for platform in platforms:
             await engine.recover(platform.name)
+        runtime.settle()  # started: what start-up made stays out of the collector's way
         instance.leader.add_role(scheduler.start, scheduler.stop)  # schedules run on the leader only
         for platform in platforms:  # and a platform's work done once for all (Discord's command sync)
             if isinstance(platform, LeadingPlatform):

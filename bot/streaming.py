@@ -365,6 +365,10 @@ class PacedRenderer:
         finally:
             self._stop_waiting()
             self._claim(())
+            # Nothing renders after this, and the callback is most often a method of the reply that
+            # holds this renderer: let go of it, so the reply is freed when done with rather than left
+            # to the garbage collector.
+            self._on_render = None
 
     async def _render_until_final(self) -> None:
         while True:

@@ -489,3 +489,31 @@ async def test_a_slot_taken_midway_is_counted_once_when_the_render_reports_it(cl
     assert pacer.has_room([post, post])
     assert pacer.bucket_for(start).wait_time(clock.now(), count=17) == 0
     assert pacer.bucket_for(start).wait_time(clock.now(), count=18) > 0
+
+
+async def test_a_finished_reply_is_freed_without_the_garbage_collector(clock: FakeClock) -> None:
+    """A reply holds its renderer and the renderer its `on_render`, most often the reply's own method;
+    once the final text is shown the renderer lets go, so the reply goes as soon as nothing uses it."""
+    import gc
+    import weakref
+
+    class Reply:
+        def __init__(self, surface: RecordingSurface) -> None:
+            self.shown = 0
+            self.renderer = Pacer(clock).renderer(surface, on_render=self.recorded)
+
+        async def recorded(self) -> None:
+            self.shown += 1
+
+    reply = Reply(RecordingSurface(clock, RenderBudget(min_interval=1.0)))
+    reply.renderer.update("a")
+    await settle()
+    await reply.renderer.finish("a b")
+    assert reply.shown == 2
+    gone = weakref.ref(reply)
+    gc.disable()
+    try:
+        del reply
+        assert gone() is None
+    finally:
+        gc.enable()

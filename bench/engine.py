@@ -46,13 +46,16 @@ MESSAGE_IDS = itertools.count()
 
 
 class TimingSurface:
-    """A null surface that reads the provider's timestamps out of the text it is asked to show."""
+    """A null surface that reads the provider's timestamps out of the text it is asked to show.
+
+    Its reply's figures count from when the message was handed to `Engine.accept` (`message_in`), so
+    that storing the message, and any wait for the store in a burst, is part of them."""
 
     budget = RenderBudget(min_interval=RENDER_INTERVAL)
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, message_in: float) -> None:
         self._run = run
-        self.created = time.monotonic()
+        self.message_in = message_in
         self.renders: list[float] = []
         self.final_text = ""
         self.finished_at = 0.0
@@ -68,7 +71,7 @@ class TimingSurface:
         now = time.monotonic()
         if not self.renders and text.startswith("["):  # the first token carries the request's arrival too
             arrived = text[1:].split("/", 1)[0]
-            self._run.request_out.append(float(arrived) - self.created)
+            self._run.request_out.append(float(arrived) - self.message_in)
         self.renders.append(now)
         if (sent := last_token_time(text)) is not None:
             self._run.token_to_render.append(now - sent)
@@ -87,11 +90,12 @@ class Run:
         self.request_out: list[float] = []
         self.token_to_render: list[float] = []
         self.surfaces: list[TimingSurface] = []
+        self.message_in: dict[ConversationKey, float] = {}  # when each conversation's latest message went in
 
     async def surface_for(
         self, conversation: ConversationKey, reply_to: Mapping[str, Any] | None = None
     ) -> Any:
-        surface = TimingSurface(self)
+        surface = TimingSurface(self, self.message_in[conversation])
         self.surfaces.append(surface)
         return surface
 
@@ -138,6 +142,7 @@ async def measure(
         for turn in range(rounds):
             key = ConversationKey("bench", f"{prefix}c{index}")
             message = Message(key, AUTHOR, f"question {turn}", id=f"{prefix}m{next(MESSAGE_IDS)}")
+            run.message_in[key] = time.monotonic()
             try:
                 task = await engine.accept(message, {})
                 assert task is not None
@@ -167,7 +172,7 @@ async def measure(
         "cpu": cpu,
         "request_out": run.request_out,
         "token_to_render": run.token_to_render,
-        "durations": [s.finished_at - s.created for s in surfaces],
+        "durations": [s.finished_at - s.message_in for s in surfaces],
         "provider_times": [  # a reply that failed shows a sentence instead, without timestamps
             stamps[-1] - stamps[0] for s in surfaces if len(stamps := token_times(s.final_text)) > 1
         ],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
@@ -120,7 +120,7 @@ class Reply:
             outcome = "cut_off" if answer.text else "error"
         except asyncio.CancelledError as cancelled:
             await self._end_cancelled(STOPPED_NOTE if cancelled.args[:1] == (STOPPED,) else SHUTDOWN_NOTE)
-            await self._account("cut_off", None)
+            await self._account("cut_off", None, self._usage_rows())
             raise
         except Exception:
             log.exception("reply in %s failed", self._entry.message.key)
@@ -129,20 +129,24 @@ class Reply:
         self.ending = True
         await self._renderer.finish(final)
         latency_ms = int((self._engine.clock.now() - started) * 1000)
-        usage_rows = self._answer.ledger.rows(self._entry.message, self._entry.id, time.time())
+        usage_rows = self._usage_rows()
         recorded = await self._stored.finish(self._record(outcome, latency_ms), usage_rows)
         self._log(outcome, latency_ms)
-        await self._account(outcome, latency_ms / 1000, recorded=recorded)
+        await self._account(outcome, latency_ms / 1000, () if recorded else usage_rows)
         return outcome
 
-    async def _account(self, outcome: Outcome, seconds: float | None, *, recorded: bool = False) -> None:
-        """Record what the reply spent (unless its final record did), release what it held against its
-        budgets, count it."""
+    def _usage_rows(self) -> list[dict[str, Any]]:
+        return self._answer.ledger.rows(self._entry.message, self._entry.id, time.time())
+
+    async def _account(
+        self, outcome: Outcome, seconds: float | None, unrecorded: Sequence[dict[str, Any]]
+    ) -> None:
+        """Record what the reply spent that its final record did not (`unrecorded`), release what it
+        held against its budgets, count it."""
         engine, message = self._engine, self._entry.message
         try:
-            if not recorded:
-                rows = self._answer.ledger.rows(message, self._entry.id, time.time())
-                await engine.store.record_usage(rows)
+            if unrecorded:
+                await engine.store.record_usage(unrecorded)
         except Exception:
             log.exception("could not record the usage of the reply in %s", message.key)
         if self._reservation is not None:

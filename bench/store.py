@@ -22,8 +22,10 @@ from typing import Any
 
 from figures import percentile
 
+from bot.accounting import Ledger
 from bot.lookups import look_up
 from bot.models import Author, ConversationKey, Message
+from bot.providers.base import Usage
 from bot.store import AssistantRecord, Store
 
 AUTHOR = Author("bench", "Bench")
@@ -53,7 +55,7 @@ async def one_reply(
     await asyncio.sleep(pause)
     final = AssistantRecord(TEXT, "bench/m", "ok", 20, 200, None, 4000)
     # The usage row goes with the final record where the store takes it (a commit before wrote it apart).
-    usage = {"usage_rows": [usage_row(entry.id, key)]} if takes_usage(store) else {}
+    usage = {"usage_rows": usage_rows(message, entry.id)} if takes_usage(store) else {}
     await timed(store.finish_reply(entry.id, str(key), turn, entry.turn_id, AUTHOR.id, final, 200, **usage))
 
 
@@ -61,25 +63,11 @@ def takes_usage(store: Store) -> bool:
     return "usage_rows" in inspect.signature(store.finish_reply).parameters
 
 
-def usage_row(inbox_id: int, key: ConversationKey) -> dict[str, Any]:
-    return {
-        "inbox_id": inbox_id,
-        "platform": key.platform,
-        "server": None,
-        "channel": f"{key.platform}:{key.channel_id}",
-        "conversation": str(key),
-        "person": f"{key.platform}:{AUTHOR.id}",
-        "person_name": AUTHOR.display_name,
-        "created_at": time.time(),
-        "kind": "model",
-        "name": "bench/m",
-        "calls": 1,
-        "prompt_tokens": 20,
-        "completion_tokens": 200,
-        "reasoning_tokens": 0,
-        "cached_tokens": 0,
-        "cost": None,
-    }
+def usage_rows(message: Message, inbox_id: int) -> list[dict[str, Any]]:
+    """The rows the engine would record for the reply: one model's call, as `Ledger` makes them."""
+    ledger = Ledger()
+    ledger.add("bench/m", Usage(20, 200))
+    return ledger.rows(message, inbox_id, time.time())
 
 
 class Recorder:

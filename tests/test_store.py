@@ -12,7 +12,9 @@ import pytest
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import IntegrityError, ResourceClosedError
 
+from bot.accounting import Ledger
 from bot.models import Attachment, Author, ConversationKey, Message
+from bot.providers.base import Usage
 from bot.schema import instances, meta
 from bot.store import AssistantRecord, Checkpoint, InboxEntry, Store, settings_of, skill_modes_of
 
@@ -324,25 +326,11 @@ async def test_an_sqlite_database_in_memory_reads_what_it_wrote_on_its_one_conne
     await store.close()
 
 
-def usage_row(inbox_id: int, person: str | None = "test:u1") -> dict[str, object]:
-    return {
-        "inbox_id": inbox_id,
-        "platform": "test",
-        "server": None,
-        "channel": "test:c",
-        "conversation": "test:c",
-        "person": person,
-        "person_name": "Ada",
-        "created_at": 1.0,
-        "kind": "model",
-        "name": "openrouter/x",
-        "calls": 1,
-        "prompt_tokens": 12,
-        "completion_tokens": 3,
-        "reasoning_tokens": 0,
-        "cached_tokens": 0,
-        "cost": None,
-    }
+def usage_rows(entry: InboxEntry) -> list[dict[str, object]]:
+    """What the engine records for a reply to `entry` that made one model call."""
+    ledger = Ledger()
+    ledger.add("openrouter/x", Usage(12, 3))
+    return ledger.rows(entry.message, entry.id, 1.0)
 
 
 async def test_a_final_record_and_its_usage_rows_are_one_transaction(db_url: str) -> None:
@@ -354,11 +342,10 @@ async def test_a_final_record_and_its_usage_rows_are_one_transaction(db_url: str
     first = await store.start_reply("test:c", kept.turn_id, ADA.id, streaming, 0)
     second = await store.start_reply("test:c", refused.turn_id, ADA.id, streaming, 0)
     final = AssistantRecord("done", "openrouter/x", "ok", 12, 3)
-    await store.finish_reply(kept.id, "test:c", first, kept.turn_id, ADA.id, final, 1, [usage_row(kept.id)])
+    await store.finish_reply(kept.id, "test:c", first, kept.turn_id, ADA.id, final, 1, usage_rows(kept))
+    nobody = [{**row, "person": None} for row in usage_rows(refused)]
     with pytest.raises(IntegrityError):  # a usage row without the person it is for
-        await store.finish_reply(
-            refused.id, "test:c", second, refused.turn_id, ADA.id, final, 1, [usage_row(refused.id, None)]
-        )
+        await store.finish_reply(refused.id, "test:c", second, refused.turn_id, ADA.id, final, 1, nobody)
     assert [entry.id for entry in await store.pending("test")] == [refused.id]
     assert [reply.turn_id for reply in await store.streaming("test")] == [second]
     report = await store.usage_report("model", "name", 0.0)

@@ -49,18 +49,16 @@ class _Held:
     size: int
 
 
-def chat_message(turn: Turn) -> ChatMessage:
-    """A turn as the model reads it: a person's words under their name."""
+def chat_message(turn: Turn) -> ChatMessage | None:
+    """A turn as the model reads it: a person's words under their name; None for a turn that says
+    nothing (it is not sent)."""
+    if not turn.content:
+        return None
     if turn.role == "user":
         return ChatMessage(
             "user", f"{turn.author_name}: {turn.content}" if turn.author_name else turn.content
         )
     return ChatMessage("assistant", turn.content)
-
-
-def chat_messages(turns: Sequence[Turn]) -> list[ChatMessage | None]:
-    """The model's message for each turn, None for those that say nothing (they are not sent)."""
-    return [chat_message(turn) if turn.content else None for turn in turns]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +156,7 @@ class _Window:
                 continue
             turn = context_turn(row)
             # The text, the model's message and its JSON: about three copies of the content.
-            message = chat_message(turn) if turn.content else None
+            message = chat_message(turn)
             held = _Held(turn, row.answers, message, 3 * len(row.content) + ROW_BYTES)
             self.tokens += turn.tokens
             self.size += held.size
@@ -279,7 +277,7 @@ class Windows:
         read `read_ahead` made, when it is still the one to make)."""
         if self._max_bytes <= 0:
             chosen, trimmed = await self._store.recall(conversation, budget, upto)
-            return Recalled(chosen, trimmed, chat_messages(chosen))
+            return Recalled(chosen, trimmed, [chat_message(turn) for turn in chosen])
         window = self._windows.get(conversation)
         if window is None:
             window = self._windows[conversation] = _Window()

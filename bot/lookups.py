@@ -46,9 +46,8 @@ def look_up(
 ) -> Lookups:
     """Everything a reply in `key` looks up before it starts; `budget_targets`: /budget's for its message,
     `window`: its window's read ahead (`Windows.read_ahead`)."""
-    keys = settings_keys(key)
     return Lookups(
-        (settings_of(conn, keys), skill_modes_of(conn, keys)),
+        look_up_settings(conn, key),
         budget_overrides_of(conn, budget_targets),
         summary_of(conn, str(key)),
         window(conn) if window is not None else None,

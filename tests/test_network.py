@@ -385,17 +385,23 @@ def test_the_text_of_one_read_comes_as_one_delta_in_order_with_reasoning(run: Ru
     events += [delta(reasoning=" so"), delta(content="c", role="assistant")]
     later = [delta(content="d"), '{"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}']
 
+    first_read = asyncio.Event()
+
     async def answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(CHUNKED + chunks(*map(sse, events)))
-        await asyncio.sleep(0.05)  # a second read
+        await first_read.wait()  # the rest in a read of its own
         writer.write(chunks(*map(sse, later), sse("[DONE]")) + b"0\r\n\r\n")
 
     async def scenario() -> list[Any]:
         server, port = await raw_server(answers)
         openrouter = provider(f"http://127.0.0.1:{port}/v1")
+        seen = []
         async with asyncio.timeout(10):
-            seen = [event async for event in openrouter.stream(REQUEST)]
+            async for event in openrouter.stream(REQUEST):
+                seen.append(event)
+                if event == TextDelta("c"):
+                    first_read.set()
         await openrouter.aclose()
         server.close()
         return seen

@@ -322,10 +322,12 @@ async def reads(args: argparse.Namespace, tmp: str) -> None:
         received = 0
         try:
             async for event in provider.stream(request):
-                if isinstance(event, TextDelta):
-                    received += 1
+                if isinstance(event, TextDelta):  # the tokens of one read come as one delta
+                    sent = token_times(event.text)
+                    received += len(sent)
                     if measured:
-                        late.append(time.monotonic() - token_times(event.text)[-1])
+                        now = time.monotonic()
+                        late.extend(now - at for at in sent)
         except ProviderError:
             pass
         failed += measured and received != args.tokens

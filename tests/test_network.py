@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -18,7 +19,19 @@ import trustme
 import uvloop
 
 from bot.config import ProviderSettings
-from bot.providers.base import ChatMessage, ChatRequest, ErrorKind, ProviderError, TextDelta, Timeouts
+from bot.providers.anthropic import AnthropicProvider
+from bot.providers.base import (
+    ChatMessage,
+    ChatRequest,
+    ErrorKind,
+    Finish,
+    ProviderError,
+    ReasoningDelta,
+    TextDelta,
+    Timeouts,
+    ToolCall,
+    Usage,
+)
 from bot.providers.clients import make_client
 from bot.providers.network import HIGH_WATER, AsyncioBackend, AsyncioStream
 from bot.providers.openai_compat import OpenAICompatibleProvider
@@ -294,6 +307,171 @@ def test_unix_sockets_go_through_httpcore_own_backend(run: Run, tmp_path: Path) 
             response = await pool.request("GET", "http://localhost/")
         assert (response.status, response.content) == (200, b"ok")
         assert not isinstance(response.extensions["network_stream"], AsyncioStream)
+        server.close()
+
+    run(scenario())
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def chunks(*pieces: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces)
+
+
+def test_the_chunks_of_one_read_are_handed_over_together(run: Run) -> None:
+    """h11 parses each chunk apart; what one read brought goes up httpx's iterators as one piece, in
+    order, the body's end included, and the connection is used again for the next request."""
+    first_piece = asyncio.Event()
+    connections: list[int] = []
+
+    async def answers_in_two_writes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        for _ in range(2):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(CHUNKED + chunks(b"a", b"bc", b"d"))
+            await first_piece.wait()
+            first_piece.clear()
+            writer.write(chunks(b"e", b"f") + b"0\r\n\r\n")
+
+    async def scenario() -> None:
+        server, port = await raw_server(answers_in_two_writes)
+        client = make_client(Timeouts(), ssl.create_default_context())
+        for _ in range(2):
+            async with asyncio.timeout(10), client.stream("GET", f"http://127.0.0.1:{port}/") as response:
+                pieces = []
+                async for piece in response.aiter_raw():
+                    pieces.append(piece)
+                    if len(pieces) == 1:
+                        first_piece.set()
+            assert pieces == [b"abcd", b"ef"]
+        assert len(connections) == 1
+        await client.aclose()
+        server.close()
+
+    run(scenario())
+
+
+def test_a_broken_chunk_behind_good_ones_fails_the_stream(run: Run) -> None:
+    async def sends_a_bad_chunk_size(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(CHUNKED + chunks(b"a", b"b") + b"zz\r\nnot a chunk\r\n")
+        await writer.drain()
+
+    async def scenario() -> None:
+        server, port = await raw_server(sends_a_bad_chunk_size)
+        client = make_client(Timeouts(), ssl.create_default_context())
+        pieces = []
+        with pytest.raises(httpx.RemoteProtocolError):
+            async with asyncio.timeout(10), client.stream("GET", f"http://127.0.0.1:{port}/") as response:
+                async for piece in response.aiter_raw():
+                    pieces.append(piece)
+        assert pieces == [b"ab"]  # what came before the broken chunk, then the error
+        await client.aclose()
+        server.close()
+
+    run(scenario())
+
+
+def sse(data: str) -> bytes:
+    return f"data: {data}\n\n".encode()
+
+
+def test_the_text_of_one_read_comes_as_one_delta_in_order_with_reasoning(run: Run) -> None:
+    def delta(**fields: str) -> str:
+        return json.dumps({"choices": [{"index": 0, "delta": fields}]})
+
+    events = [delta(reasoning="Hmm"), delta(content="a"), delta(content="b")]
+    events += [delta(reasoning=" so"), delta(content="c", role="assistant")]
+    later = [delta(content="d"), '{"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}']
+
+    first_read = asyncio.Event()
+
+    async def answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(CHUNKED + chunks(*map(sse, events)))
+        await first_read.wait()  # the rest in a read of its own
+        writer.write(chunks(*map(sse, later), sse("[DONE]")) + b"0\r\n\r\n")
+
+    async def scenario() -> list[Any]:
+        server, port = await raw_server(answers)
+        openrouter = provider(f"http://127.0.0.1:{port}/v1")
+        seen = []
+        async with asyncio.timeout(10):
+            async for event in openrouter.stream(REQUEST):
+                seen.append(event)
+                if event == TextDelta("c"):
+                    first_read.set()
+        await openrouter.aclose()
+        server.close()
+        return seen
+
+    seen = run(scenario())
+    assert seen == [
+        ReasoningDelta("Hmm"),
+        TextDelta("ab"),
+        ReasoningDelta(" so"),
+        TextDelta("c"),
+        TextDelta("d"),
+        Finish("stop"),
+    ]
+
+
+def test_anthropic_text_of_one_read_comes_as_one_delta_before_its_tool_call(run: Run) -> None:
+    def event(kind: str, **fields: Any) -> bytes:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n".encode()
+
+    body = [
+        event("message_start", message={"usage": {"input_tokens": 5, "output_tokens": 1}}),
+        event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+        event("content_block_delta", index=0, delta={"type": "text_delta", "text": "Let "}),
+        event("content_block_delta", index=0, delta={"type": "text_delta", "text": "me look."}),
+        event("content_block_stop", index=0),
+        event("content_block_start", index=1, content_block={"type": "tool_use", "id": "t1", "name": "web"}),
+        event("content_block_delta", index=1, delta={"type": "input_json_delta", "partial_json": "{}"}),
+        event("content_block_stop", index=1),
+        event("content_block_start", index=2, content_block={"type": "text", "text": ""}),
+        event("content_block_delta", index=2, delta={"type": "text_delta", "text": "!"}),
+        event("message_delta", delta={"stop_reason": "tool_use"}, usage={"output_tokens": 9}),
+        event("message_stop"),
+    ]
+
+    async def answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(CHUNKED + chunks(*body) + b"0\r\n\r\n")
+
+    async def scenario() -> list[Any]:
+        server, port = await raw_server(answers)
+        settings = ProviderSettings(base_url=f"http://127.0.0.1:{port}", api="anthropic", api_key="k")
+        claude = AnthropicProvider("anthropic", settings, Timeouts())
+        async with asyncio.timeout(10):
+            seen = [event async for event in claude.stream(REQUEST)]
+        await claude.aclose()
+        server.close()
+        return seen
+
+    seen = run(scenario())
+    assert seen[:3] == [TextDelta("Let me look."), ToolCall("t1", "web", "{}"), TextDelta("!")]
+    assert seen[-2:] == [Usage(5, 9), Finish("tool_calls")]
+
+
+def test_a_response_that_is_not_an_event_stream_breaks_the_stream(run: Run) -> None:
+    async def answers_a_page(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        page = b"<html>a login page</html>"
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n" % len(page))
+        writer.write(page)
+
+    async def scenario() -> None:
+        server, port = await raw_server(answers_a_page)
+        openrouter = provider(f"http://127.0.0.1:{port}/v1")
+        error = await failure(openrouter)
+        assert (error.kind, error.detail) == (
+            ErrorKind.BROKEN_STREAM,
+            "the response is not an event stream (text/html)",
+        )
+        assert set(openrouter._clients._streams.values()) == {0}  # its client given back
+        await openrouter.aclose()
         server.close()
 
     run(scenario())

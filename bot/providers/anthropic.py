@@ -54,62 +54,75 @@ class AnthropicProvider(HTTPProvider):
         tools: dict[int, list[str]] = {}  # the JSON pieces of each tool_use block
         finished = False
         try:
-            while (event := await stream.next_event()) is not None:
-                try:
-                    data = json.loads(event.data) if event.data else {}
-                except ValueError:
-                    raise stream.broken("the provider sent an event that is not JSON") from None
-                kind = data.get("type") or event.event
-                index = data.get("index", 0)
-                if kind == "error":
-                    if prompt_tokens:  # a failed call that consumed tokens is still paid for
-                        yield Usage(prompt_tokens, completion_tokens, cached_tokens=cached_tokens)
-                    raise error_from_payload(self.name, request.model, data.get("error") or data, secret)
-                if kind == "message_start":
-                    usage = (data.get("message") or {}).get("usage") or {}
-                    # input_tokens leaves out what the prompt cache wrote and read; the prompt is all three.
-                    cached_tokens = int(usage.get("cache_read_input_tokens") or 0)
-                    prompt_tokens = (
-                        int(usage.get("input_tokens") or 0)
-                        + cached_tokens
-                        + int(usage.get("cache_creation_input_tokens") or 0)
-                    )
-                    completion_tokens = int(usage.get("output_tokens") or 0)
-                elif kind == "content_block_start":
-                    block = dict(data.get("content_block") or {})
-                    blocks[index] = block
-                    if block.get("type") in ("tool_use", "redacted_thinking"):
-                        stream.content_begun()
-                    if block.get("type") == "tool_use":
-                        tools[index] = []
-                elif kind == "content_block_delta":
-                    delta = data.get("delta") or {}
-                    block = blocks.setdefault(index, {})
-                    if delta.get("type") == "text_delta" and delta.get("text"):
-                        stream.content_begun()
-                        block["text"] = block.get("text", "") + delta["text"]
-                        yield TextDelta(delta["text"])
-                    elif delta.get("type") == "thinking_delta" and delta.get("thinking"):
-                        stream.content_begun()
-                        block["thinking"] = block.get("thinking", "") + delta["thinking"]
-                        yield ReasoningDelta(delta["thinking"])
-                    elif delta.get("type") == "signature_delta":
-                        block["signature"] = delta.get("signature", "")
-                    elif delta.get("type") == "input_json_delta" and index in tools:
-                        tools[index].append(delta.get("partial_json", ""))
-                elif kind == "content_block_stop" and index in tools:
-                    block = blocks[index]
-                    arguments = "".join(tools.pop(index)) or "{}"
-                    block["input"] = _json_object(arguments)
-                    yield ToolCall(block.get("id", ""), block.get("name", ""), arguments)
-                elif kind == "message_delta":
-                    stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
-                    completion_tokens = int(
-                        (data.get("usage") or {}).get("output_tokens") or completion_tokens
-                    )
-                elif kind == "message_stop":
-                    finished = True
-                    break
+            while not finished and (events := await stream.next_events()) is not None:
+                text: list[str] = []  # the text of this read's deltas, yielded as one
+                for event in events:
+                    try:
+                        data = json.loads(event.data) if event.data else {}
+                    except ValueError:
+                        raise stream.broken("the provider sent an event that is not JSON") from None
+                    kind = data.get("type") or event.event
+                    index = data.get("index", 0)
+                    if kind == "error":
+                        if text:
+                            yield TextDelta("".join(text))
+                        if prompt_tokens:  # a failed call that consumed tokens is still paid for
+                            yield Usage(prompt_tokens, completion_tokens, cached_tokens=cached_tokens)
+                        raise error_from_payload(self.name, request.model, data.get("error") or data, secret)
+                    if kind == "message_start":
+                        usage = (data.get("message") or {}).get("usage") or {}
+                        # input_tokens leaves out what the prompt cache wrote and read; the prompt is all
+                        # three.
+                        cached_tokens = int(usage.get("cache_read_input_tokens") or 0)
+                        prompt_tokens = (
+                            int(usage.get("input_tokens") or 0)
+                            + cached_tokens
+                            + int(usage.get("cache_creation_input_tokens") or 0)
+                        )
+                        completion_tokens = int(usage.get("output_tokens") or 0)
+                    elif kind == "content_block_start":
+                        block = dict(data.get("content_block") or {})
+                        blocks[index] = block
+                        if block.get("type") in ("tool_use", "redacted_thinking"):
+                            stream.content_begun()
+                        if block.get("type") == "tool_use":
+                            tools[index] = []
+                    elif kind == "content_block_delta":
+                        delta = data.get("delta") or {}
+                        block = blocks.setdefault(index, {})
+                        if delta.get("type") == "text_delta" and delta.get("text"):
+                            stream.content_begun()
+                            block["text"] = block.get("text", "") + delta["text"]
+                            text.append(delta["text"])
+                        elif delta.get("type") == "thinking_delta" and delta.get("thinking"):
+                            stream.content_begun()
+                            block["thinking"] = block.get("thinking", "") + delta["thinking"]
+                            if text:
+                                yield TextDelta("".join(text))
+                                text = []
+                            yield ReasoningDelta(delta["thinking"])
+                        elif delta.get("type") == "signature_delta":
+                            block["signature"] = delta.get("signature", "")
+                        elif delta.get("type") == "input_json_delta" and index in tools:
+                            tools[index].append(delta.get("partial_json", ""))
+                    elif kind == "content_block_stop" and index in tools:
+                        block = blocks[index]
+                        arguments = "".join(tools.pop(index)) or "{}"
+                        block["input"] = _json_object(arguments)
+                        if text:
+                            yield TextDelta("".join(text))
+                            text = []
+                        yield ToolCall(block.get("id", ""), block.get("name", ""), arguments)
+                    elif kind == "message_delta":
+                        stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
+                        completion_tokens = int(
+                            (data.get("usage") or {}).get("output_tokens") or completion_tokens
+                        )
+                    elif kind == "message_stop":
+                        finished = True
+                        break
+                if text:
+                    yield TextDelta("".join(text))
         finally:
             await stream.aclose(drain=finished)
         if not finished:

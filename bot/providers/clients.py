@@ -18,6 +18,7 @@ import httpcore
 import httpx
 
 from bot.providers.base import Timeouts
+from bot.providers.http11 import ConnectionPool
 from bot.providers.network import AsyncioBackend
 
 STREAMS_PER_CLIENT = 64
@@ -44,7 +45,7 @@ class Transport(httpx.AsyncHTTPTransport):
 
 
 def _pool(tls: ssl.SSLContext, limits: httpx.Limits) -> httpcore.AsyncConnectionPool:
-    return httpcore.AsyncConnectionPool(
+    return ConnectionPool(
         ssl_context=tls,
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,

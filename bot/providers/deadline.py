@@ -1,4 +1,4 @@
-"""A deadline for one stream's reads that moves forward with every event without a timer per event.
+"""A deadline for one stream's reads that moves forward with every read without a timer per read.
 
 `asyncio.timeout()` around each read schedules and cancels a timer for every SSE event: at a thousand
 streams that is tens of thousands of timers a second. Here one timer per stream fires at the earliest

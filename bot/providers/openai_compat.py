@@ -48,42 +48,42 @@ class OpenAICompatibleProvider(HTTPProvider):
         finish: str | None = None
         complete = False
         try:
-            while (event := await stream.next_event()) is not None:
-                if event.data.strip() == "[DONE]":
-                    complete = True
-                    break
-                try:
-                    chunk = json.loads(event.data)
-                except ValueError:
-                    raise stream.broken("the provider sent a chunk that is not JSON") from None
-                if isinstance(chunk.get("usage"), dict):
-                    usage = _usage(chunk["usage"])
-                if chunk.get("error"):
-                    if usage is not None:  # a failed call that consumed tokens is still paid for
-                        yield usage
-                    raise error_from_payload(self.name, request.model, chunk["error"], secret)
-                for choice in chunk.get("choices") or []:
-                    delta = choice.get("delta") or {}
-                    for fragment in delta.get("reasoning_details") or []:
-                        stream.content_begun()
-                        _merge_detail(details, fragment)
-                    if isinstance(delta.get("reasoning_content"), str):
-                        reasoning_content.append(delta["reasoning_content"])
-                    reasoning = delta.get("reasoning") or delta.get("reasoning_content")
-                    if reasoning:
-                        stream.content_begun()
-                        yield ReasoningDelta(reasoning)
-                    if delta.get("content"):
-                        stream.content_begun()
-                        yield TextDelta(delta["content"])
-                    for fragment in delta.get("tool_calls") or []:
-                        stream.content_begun()
-                        _merge_tool_call(calls, fragment)
-                    if choice.get("finish_reason"):
-                        finish = choice["finish_reason"]
-            else:
-                if finish is None:
-                    raise stream.broken("the stream ended before the reply was complete")
+            while not complete and (events := await stream.next_events()) is not None:
+                text: list[str] = []  # the content of this read's events, yielded as one delta
+                for event in events:
+                    if event.data.strip() == "[DONE]":
+                        complete = True
+                        break
+                    try:
+                        chunk = json.loads(event.data)
+                    except ValueError:
+                        raise stream.broken("the provider sent a chunk that is not JSON") from None
+                    if isinstance(chunk.get("usage"), dict):
+                        usage = _usage(chunk["usage"])
+                    if chunk.get("error"):
+                        if text:
+                            yield TextDelta("".join(text))
+                        if usage is not None:  # a failed call that consumed tokens is still paid for
+                            yield usage
+                        raise error_from_payload(self.name, request.model, chunk["error"], secret)
+                    for choice in chunk.get("choices") or ():
+                        delta = choice.get("delta") or _EMPTY
+                        if len(delta) != 1 or "content" not in delta:  # more than text in it
+                            reasoning = self._other(stream, delta, details, reasoning_content, calls)
+                            if reasoning and text:
+                                yield TextDelta("".join(text))
+                                text = []
+                            if reasoning:
+                                yield ReasoningDelta(reasoning)
+                        if content := delta.get("content"):
+                            text.append(content)
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
+                if text:
+                    stream.content_begun()
+                    yield TextDelta("".join(text))
+            if not complete and finish is None:
+                raise stream.broken("the stream ended before the reply was complete")
         finally:
             await stream.aclose(drain=complete)
         for index in sorted(calls):
@@ -94,6 +94,28 @@ class OpenAICompatibleProvider(HTTPProvider):
         if usage is not None:
             yield usage
         yield Finish(_FINISH.get(finish or "stop", finish or "stop"))
+
+    @staticmethod
+    def _other(
+        stream: SSEStream,
+        delta: dict[str, Any],
+        details: list[dict[str, Any]],
+        reasoning_content: list[str],
+        calls: dict[int, dict[str, Any]],
+    ) -> str | None:
+        """Take in what a delta carries besides its text; returns its reasoning, to show, if any."""
+        for fragment in delta.get("reasoning_details") or ():
+            stream.content_begun()
+            _merge_detail(details, fragment)
+        if isinstance(delta.get("reasoning_content"), str):
+            reasoning_content.append(delta["reasoning_content"])
+        for fragment in delta.get("tool_calls") or ():
+            stream.content_begun()
+            _merge_tool_call(calls, fragment)
+        reasoning = delta.get("reasoning") or delta.get("reasoning_content")
+        if reasoning:
+            stream.content_begun()
+        return reasoning or None
 
     def _max_tokens_param(self) -> str:
         """OpenAI refuses `max_tokens` for its reasoning models; most other servers know only that name."""
@@ -115,6 +137,7 @@ class OpenAICompatibleProvider(HTTPProvider):
         return models
 
 
+_EMPTY: dict[str, Any] = {}
 # OpenAI's finish reasons, in the provider-neutral words of `Finish`.
 _FINISH = {"content_filter": "refusal"}
 

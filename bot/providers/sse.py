@@ -1,4 +1,9 @@
-"""The HTTP half both provider APIs share: send a streaming request, then read SSE events under deadlines."""
+"""The HTTP half both provider APIs share: send a streaming request, then read SSE events under deadlines.
+
+The body is read a piece at a time (what one socket read brought: bot/providers/http11.py) and every
+event in a piece is parsed from it in one pass, by httpx-sse's own line and event decoders, so the
+deadline and the awaits between the socket and the provider are paid per read rather than per event.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ import asyncio
 from typing import Any
 
 import httpx
-from httpx_sse import EventSource, ServerSentEvent, SSEError
+from httpx_sse import ServerSentEvent
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder  # what EventSource.aiter_sse parses with
 
 from bot.providers.base import ErrorKind, ProviderError, Timeouts
 from bot.providers.clients import Clients
@@ -25,7 +31,9 @@ class SSEStream:
         self._response: httpx.Response | None = None
         self._clients: Clients | None = None
         self._client: httpx.AsyncClient | None = None
-        self._events: Any = None
+        self._text: Any = None  # the body's text, a read at a time
+        self._lines = SSELineDecoder()
+        self._decoder = SSEDecoder()
         self._deadline = 0.0
         self._begun = False
 
@@ -81,8 +89,12 @@ class SSEStream:
                 secret,
                 self._base_url,
             )
+        content_type = response.headers.get("content-type", "").partition(";")[0]
+        if "text/event-stream" not in content_type:  # as httpx-sse's EventSource refuses it
+            await response.aclose()
+            raise self.broken(f"the response is not an event stream ({content_type or 'no content type'})")
         self._response = response
-        self._events = EventSource(response).aiter_sse()
+        self._text = response.aiter_text()
         self._loop = loop
         self._reads = Deadline()
 
@@ -90,25 +102,29 @@ class SSEStream:
         """From now on only the gap between events is timed."""
         self._begun = True
 
-    async def next_event(self) -> ServerSentEvent | None:
-        """The next event, or None at the end of the body."""
+    async def next_events(self) -> list[ServerSentEvent] | None:
+        """The events of the next read that completes any (at least one), or None at the end of the body.
+
+        The deadline is the one of the moment it is called: reads that bring no whole event (a comment,
+        half an event) do not move it."""
         deadline = self._loop.time() + self._timeouts.chunk_gap if self._begun else self._deadline
-        try:
-            return await self._reads.wait(anext(self._events), deadline)
-        except StopAsyncIteration:
-            return None
-        except TimeoutError:
-            if self._begun:
-                raise self._timeout(self._timeouts.chunk_gap, "between two parts of the reply") from None
-            raise self._timeout(self._timeouts.first_token, "to start answering") from None
-        except (httpx.TransportError, SSEError) as error:
-            raise ProviderError(
-                ErrorKind.BROKEN_STREAM,
-                provider=self._provider,
-                model=self._model,
-                detail=type(error).__name__,
-                retryable=True,
-            ) from None
+        while True:
+            try:
+                text = await self._reads.wait(anext(self._text), deadline)
+            except StopAsyncIteration:
+                return self._parsed(self._lines.flush()) or None
+            except TimeoutError:
+                if self._begun:
+                    raise self._timeout(self._timeouts.chunk_gap, "between two parts of the reply") from None
+                raise self._timeout(self._timeouts.first_token, "to start answering") from None
+            except httpx.TransportError as error:
+                raise self.broken(type(error).__name__) from None
+            if events := self._parsed(self._lines.decode(text)):
+                return events
+
+    def _parsed(self, lines: list[str]) -> list[ServerSentEvent]:
+        decode = self._decoder.decode
+        return [event for event in map(decode, lines) if event is not None]
 
     async def aclose(self, *, drain: bool = False) -> None:
         """Close the response; `drain` reads what is left first, so the connection goes back to the pool."""
@@ -119,9 +135,9 @@ class SSEStream:
         if drain:
             try:
                 async with asyncio.timeout(1.0):
-                    async for _ in self._events:
+                    async for _ in self._text:
                         pass
-            except (TimeoutError, httpx.HTTPError, SSEError):
+            except (TimeoutError, httpx.HTTPError):
                 pass
         try:
             await self._response.aclose()

@@ -47,8 +47,9 @@ async def test_a_reply_looks_up_its_settings_budgets_summary_and_new_turns_in_on
     assert await ask(engine, "second", server_id="S1") == "echo: Ada: second"
     # On PostgreSQL the turn is taken there first (an earlier message of Ada's unanswered elsewhere?);
     # then one look-up, in which the window read what was added since it was last brought up to date.
-    assert reads[-1] == "look_up"
-    assert len(reads) == (2 if engine.store.shared else 1)
+    # On SQLite the turn was free, so the look-up ran in the message's accept: no read of its own.
+    assert reads[-1:] == (["look_up"] if engine.store.shared else [])
+    assert len(reads) == (2 if engine.store.shared else 0)
     assert engine.windows.reads == {"full": 1, "new": 0, "ahead": 1}
 
 

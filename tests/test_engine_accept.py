@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from bot import engine as engine_module
+from bot import windows as windows_module
 from bot.engine import Engine
 from tests.support.asking import answer, ask, msg
 from tests.support.llm_server import LLMServer
@@ -40,6 +41,36 @@ async def test_a_free_turn_reads_nothing_apart_from_its_accept_also_after_a_rede
     assert await ask(engine, "third") == "echo: Ada: third"
     assert reads == []  # the redelivery left the turn free
     assert engine.windows.reads == {"full": 1, "new": 0, "ahead": 2}
+
+
+async def test_a_new_conversations_window_is_filled_by_the_read_in_its_accept(
+    engine: Engine, llm: LLMServer
+) -> None:
+    reads = count_reads(engine)
+    assert await ask(engine, "first") == "echo: Ada: first"
+    assert reads == []  # the newest turns, read in the accept, were all the conversation had
+    assert engine.windows.reads == {"full": 1, "new": 0, "ahead": 0}
+    assert await ask(engine, "second") == "echo: Ada: second"
+    assert reads == []
+    _system, *turns = llm.chat_requests()[-1].json["messages"]
+    assert [turn["content"] for turn in turns] == ["Ada: first", "echo: Ada: first", "Ada: second"]
+
+
+async def test_a_longer_conversation_not_held_is_read_in_full_in_its_turn(
+    make_engine: Callable[..., Any], llm: LLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the few turns read ahead, the window is read in full as before (here by another engine on the
+    same database, which holds no window yet)."""
+    monkeypatch.setattr(windows_module, "AHEAD_PAGE", 4)
+    first, later = await make_engine(), await make_engine()
+    for text in ("one", "two"):
+        assert await ask(first, text) == f"echo: Ada: {text}"
+    reads = count_reads(later)
+    assert await ask(later, "three") == "echo: Ada: three"
+    assert reads == ["_full"]  # five turns: more than were read ahead
+    _system, *turns = llm.chat_requests()[-1].json["messages"]
+    assert [turn["content"] for turn in turns][-3:] == ["Ada: two", "echo: Ada: two", "Ada: three"]
+    assert len(turns) == 5
 
 
 async def test_a_look_up_that_fails_in_the_accept_leaves_the_message_stored_and_answered(

@@ -603,4 +603,3 @@ async def test_a_message_behind_its_senders_reply_looks_up_once_its_turn_comes(
     system, *turns = llm.chat_requests()[-1].json["messages"]
     assert system == {"role": "system", "content": "Answer like a pirate."}
     assert [turn["content"] for turn in turns] == ["Ada: tell me", "One two", "Ada: and then?"]
-

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ from bot.compare import Compare, asks, relabelled
 from bot.config import Settings
 from bot.controls import Controls, ReplyControls, offer
 from bot.gate import Gate
-from bot.lookups import conversation_settings, look_up, look_up_settings
+from bot.lookups import Lookups, conversation_settings, look_up, look_up_settings
 from bot.metrics import Health, Metrics
 from bot.models import Author, CommandResult, ConversationKey, ConversationSettings, Message
 from bot.platform import Platform
@@ -38,6 +39,8 @@ from bot.tokens import TokenCalibration, estimate_tokens
 from bot.windows import Windows
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from bot.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,9 @@ class Engine:
         self.platforms: dict[str, Platform] = {}
         self.addressing = Addressing(store, self.settings_for)
         self._gate = Gate(store)
+        # Messages of each person in each conversation accepted here and not yet answered: while one is,
+        # the next waits for its turn, and looks up what its reply needs once the turn is its own.
+        self._asking: Counter[tuple[str, str]] = Counter()
         self._tasks: set[asyncio.Task[Outcome]] = set()
         self._closing = False  # set once drained: what arrives later waits, stored, for the next start
         self._trimmed: set[str] = set()  # conversations whose last reply already said turns were left out
@@ -115,16 +121,46 @@ class Engine:
             self.metrics.refused.labels("access").inc()
             return None
         content, tokens = self._user_turn(message)
-        entry = await self.store.accept(message, reply_to, content, tokens)
-        if entry is None:
-            log.info("%s: message %s was delivered again; already answered", message.key, message.id)
-            return None
-        if self._closing:  # stored, so the next start answers it
-            log.info(
-                "%s: message %s arrived while stopping; it waits for the next start", message.key, message.id
-            )
-            return None
-        return self._submit(entry)
+        asker = (str(message.key), message.author.id)
+        early = _EarlyLookUp(self._look_up(message)) if self._turn_free(message) else None
+        self._asking[asker] += 1  # from now on the next message of theirs waits for this one
+        try:
+            entry = await self.store.accept(message, reply_to, content, tokens, early)
+            if entry is None:
+                log.info("%s: message %s was delivered again; already answered", message.key, message.id)
+                return None
+            if self._closing:  # stored, so the next start answers it
+                log.info(
+                    "%s: message %s arrived while stopping; it waits for the next start",
+                    message.key,
+                    message.id,
+                )
+                return None
+            return self._submit(entry, early.lookups if early is not None else None)
+        finally:
+            self._answered(asker)
+
+    def _turn_free(self, message: Message) -> bool:
+        """Whether the reply to `message` may look up what it needs in the accept's own store hop: its turn
+        is free (no earlier message of theirs here is still being answered, and no other instance shares
+        the turns), and it is a reply that looks things up at all.
+
+        Read in the accept, the look-up sees what it would see once the reply takes its turn a moment
+        later; read there, it costs no hand-off to another thread of the store and back."""
+        if self.store.shared or self._asking[(str(message.key), message.author.id)]:
+            return False
+        kind, skill, text = self._classify(message.text)
+        return kind in ("message", "reply") or (skill is not None and bool(text))
+
+    def _look_up(self, message: Message) -> Callable[[Connection], Lookups]:
+        """What a reply to `message` reads before it starts, as one function for a store hop."""
+        ahead = self.windows.read_ahead(str(message.key))
+        return partial(look_up, key=message.key, budget_targets=override_targets(message), window=ahead)
+
+    def _answered(self, asker: tuple[str, str]) -> None:
+        self._asking[asker] -= 1
+        if not self._asking[asker]:
+            del self._asking[asker]
 
     def _user_turn(self, message: Message) -> tuple[str, int]:
         """What memory keeps of a message (nothing for a command), and its token estimate."""
@@ -150,14 +186,18 @@ class Engine:
             return "skill", skill, rest.strip()
         return "command", None, stripped[1:]
 
-    def _submit(self, entry: InboxEntry) -> asyncio.Task[Outcome]:
-        name = f"reply to {entry.message.key} {entry.message.id}"
-        task = asyncio.create_task(self._answer(entry), name=name)
+    def _submit(self, entry: InboxEntry, lookups: Lookups | None = None) -> asyncio.Task[Outcome]:
+        """Answer `entry` in a task of its own (`lookups`: what its reply needs, when read in the accept)."""
+        message = entry.message
+        asker = (str(message.key), message.author.id)
+        task = asyncio.create_task(self._answer(entry, lookups), name=f"reply to {message.key} {message.id}")
+        self._asking[asker] += 1
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _task: self._answered(asker))
         return task
 
-    async def _answer(self, entry: InboxEntry) -> Outcome:
+    async def _answer(self, entry: InboxEntry, lookups: Lookups | None) -> Outcome:
         message = entry.message
         async with self._gate.turn(message.key, message.author.id, entry.id):
             try:
@@ -180,11 +220,8 @@ class Engine:
                 await self.pacer.renderer(surface).finish(f"Usage: /{skill.command} — {skill.summary}.")
                 await self.store.close_inbox(entry.id)
                 return "command"
-            ahead = self.windows.read_ahead(str(message.key))
-            targets = override_targets(message)
-            lookups = await self.store.read(
-                partial(look_up, key=message.key, budget_targets=targets, window=ahead)
-            )
+            if lookups is None:
+                lookups = await self.store.read(self._look_up(message))
             conf = conversation_settings(lookups.settings, self.settings.default_model)
             if kind == "reply":
                 name, _, args = text[1:].partition(" ")
@@ -330,3 +367,17 @@ class Engine:
             return chain
 
         return attempts
+
+
+@dataclass(slots=True)
+class _EarlyLookUp:
+    """A reply's look-up, run in its message's accept (`Store.accept`'s `then`)."""
+
+    read: Callable[[Connection], Lookups]
+    lookups: Lookups | None = None  # what it read; None until then, or when it failed
+
+    def __call__(self, conn: Connection) -> None:
+        try:
+            self.lookups = self.read(conn)
+        except Exception:  # the message stays stored all the same; its reply looks up in its turn
+            log.exception("the look-up in a message's accept failed")

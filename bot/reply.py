@@ -88,6 +88,7 @@ class Reply:
         self._reservation: Reservation | None = None  # what it holds against its budgets
         self._started = 0.0
         self._first_text: float | None = None
+        self._after_request: list[Callable[[], object]] = []  # started once its request is out
         self.ending = False  # its final text is on its way: a stop now has nothing left to stop
 
     async def run(self) -> Outcome:
@@ -119,6 +120,7 @@ class Reply:
             final = extend(answer.text, sentence)
             outcome = "cut_off" if answer.text else "error"
         except asyncio.CancelledError as cancelled:
+            self._request_out()
             await self._end_cancelled(STOPPED_NOTE if cancelled.args[:1] == (STOPPED,) else SHUTDOWN_NOTE)
             await self._account("cut_off", None, self._usage_rows())
             raise
@@ -126,6 +128,7 @@ class Reply:
             log.exception("reply in %s failed", self._entry.message.key)
             final = extend(answer.text, INTERNAL_ERROR)
             outcome = "cut_off" if answer.text else "error"
+        self._request_out()  # (a reply with no text, its request failed or never made)
         self.ending = True
         await self._renderer.finish(final)
         latency_ms = int((self._engine.clock.now() - started) * 1000)
@@ -182,7 +185,7 @@ class Reply:
             engine.settings, engine.windows, engine.calibration, resolved, self._conf, self._entry, ahead
         )
         summarized = await engine.summaries.apply(
-            context, str(self._entry.message.key), resolved, self._lookups
+            context, str(self._entry.message.key), resolved, self._lookups, self._after_request.append
         )
         warning = await self.hold(resolved, context.prompt_estimate(), context.reply_room)
         skill_context = SkillContext(
@@ -269,9 +272,16 @@ class Reply:
 
     def _on_text(self, answer: Answer) -> None:
         if self._first_text is None:
+            self._request_out()
             self._first_text = self._engine.clock.now() - self._started
             self._engine.metrics.first_text.labels(self._entry.message.key.platform).observe(self._first_text)
         self._stored.checkpoint(answer.text, answer.model)
+
+    def _request_out(self) -> None:
+        """Start what waited for the reply's request to be out (a summary update nobody waits for)."""
+        started, self._after_request = self._after_request, []
+        for start in started:
+            start()
 
     async def _shown(self) -> None:
         self._stored.shown(self._answer.text, self._answer.model)

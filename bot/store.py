@@ -336,10 +336,19 @@ class Store:
     # The inbox
 
     async def accept(
-        self, message: Message, reply_to: dict[str, Any] | None, content: str, tokens: int
+        self,
+        message: Message,
+        reply_to: dict[str, Any] | None,
+        content: str,
+        tokens: int,
+        then: Callable[[Connection], object] | None = None,
     ) -> InboxEntry | None:
         """Store a message the moment it is accepted: its inbox row, its files and (when there is something
-        to remember) its user turn, in one transaction. None when this delivery was stored before."""
+        to remember) its user turn, in one transaction. None when this delivery was stored before.
+
+        `then` runs in the same transaction once the message is written, not for a redelivery: reads its
+        caller would otherwise make in a store hop of their own. It must not raise (that would undo the
+        message)."""
         now = time.time()
         key = message.key
 
@@ -380,6 +389,8 @@ class Store:
                 conn.execute(
                     _INSERT_FILES, [_file_values(inbox_id, attachment) for attachment in message.attachments]
                 )
+            if then is not None:
+                then(conn)
             return InboxEntry(inbox_id, message, reply_to, turn_id, now)
 
         try:

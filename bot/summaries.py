@@ -4,14 +4,18 @@ running summary, stored with the conversation and sent ahead of the recent turns
 The summary grows incrementally: each update folds the turns that fell out since the last one (a bounded
 batch, oldest first) into the summary so far. Updates run in a task of their own, one at a time per
 conversation; a reply waits for one at most SUMMARY_WAIT_SECONDS, then goes ahead with the summary it has,
-and the update finishes for the next reply. A summary that cannot be made is logged and the reply goes on
-without the newest part of it.
+and the update finishes for the next reply. A reply that does not wait at all (SUMMARY_WAIT_SECONDS=0)
+starts the update once its own request is out, so that the two do not contend for the event loop and the
+store's threads while its request is built and sent. A summary that cannot be made is logged and the
+reply goes on without the newest part of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from bot.catalog import ResolvedModel, UnknownModelError
@@ -44,19 +48,28 @@ class Summaries:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def apply(
-        self, context: Context, conversation: str, resolved: ResolvedModel, lookups: Lookups | None = None
+        self,
+        context: Context,
+        conversation: str,
+        resolved: ResolvedModel,
+        lookups: Lookups | None = None,
+        later: Callable[[Callable[[], object]], None] | None = None,
     ) -> bool:
         """Put the conversation's summary ahead of its recent turns, brought up to date (waiting a
         bounded time) when turns fell out of the window since it was made; whether there was one.
-        `lookups`: what the reply read before it started, the summary among it."""
+        `lookups`: what the reply read before it started, the summary among it; `later`: where a reply
+        that waits for no update puts what starts one, to run once its request is out."""
         if not context.trimmed or not context.turns:
             return False
         first_kept = context.turns[0].id
         stored = lookups.summary if lookups is not None else await self._engine.store.summary(conversation)
-        if stored is None or stored[1] < first_kept - 1:
+        wait = self._engine.settings.summary_wait_seconds
+        if (stored is None or stored[1] < first_kept - 1) and wait <= 0 and later is not None:
+            later(partial(self._update, conversation, first_kept, resolved))
+        elif stored is None or stored[1] < first_kept - 1:
             update = self._update(conversation, first_kept, resolved)
             try:
-                async with asyncio.timeout(self._engine.settings.summary_wait_seconds):
+                async with asyncio.timeout(wait):
                     await asyncio.shield(update)
             except TimeoutError:  # nothing new is stored while it runs
                 log.info("%s: the summary is still being made; this reply uses the one before", conversation)

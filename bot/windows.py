@@ -13,7 +13,9 @@ with a larger context), is read again too.
 
 A reply makes that read in the same store hop as the rest of what it looks up (bot/lookups.py), before it
 takes the window's lock; the read is used only if the window did not change in between (another reply in
-the conversation brought it up to date first), else it is made again.
+the conversation brought it up to date first), else it is made again. For a conversation with no window
+held, that read is the newest few turns: when they are all the conversation has (a new conversation, a
+short one), they fill the window, and the reply makes no read of its own.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from bot.schema import turn_changes, turns
 from bot.store import CONTEXT_COLUMNS, Store, Turn, context_order, context_turn
 
 FIRST_PAGE = 256  # turns the first query of a read reads; each later one reads twice as many
+AHEAD_PAGE = 32  # turns read ahead for a window not held: a conversation this short fills it at once
 HELD_OVER = 1.25  # a window holds this many times the budget it was read for, for turns still to come
 TRIM_AT = 2.0  # past this many times the last budget, the oldest turns held are let go
 ROW_BYTES = 200  # what a held turn costs besides its text, roughly
@@ -91,7 +94,7 @@ class Ahead:
     """What a window's next read found, read in a store hop of the caller's (with what else a reply looks
     up) before the reply asks for its turns; used only if the window has not changed since."""
 
-    window: _Window
+    window: _Window | None  # None: none was held, and `read` is the newest turns (`_newest`)
     version: int
     read: _Read
 
@@ -261,9 +264,12 @@ class Windows:
     def read_ahead(self, conversation: str) -> Callable[[Connection], Ahead] | None:
         """The read the next `recall` of `conversation` makes, as a function for a store hop of the caller's
         that reads other things too; None when no window is held (it is read in full)."""
-        window = self._windows.get(conversation) if self._max_bytes > 0 else None
-        if window is None or not window.loaded:
+        if self._max_bytes <= 0:
             return None
+        window = self._windows.get(conversation)
+        if window is None or not window.loaded:
+            newest = partial(_newest, conversation=conversation, count=AHEAD_PAGE)
+            return lambda conn: Ahead(None, 0, newest(conn))
         version = window.version
         since = partial(
             _since, conversation=conversation, newest=window.newest, streaming=list(window.streaming)
@@ -306,6 +312,11 @@ class Windows:
                 self.reads["new"] += 1
             if window.update(read) and (cut := window.cut(budget, upto)) is not None:
                 return cut
+        elif ahead is not None and ahead.window is None and ahead.read.complete:
+            self.reads["full"] += 1  # a full read after all, made ahead
+            window.fill(ahead.read)
+            if (cut := window.cut(budget, upto)) is not None:
+                return cut
         wanted = max(int(budget * HELD_OVER), 1)
         while True:
             read = await self._store.read(partial(_full, conversation=conversation, wanted=wanted))
@@ -330,6 +341,12 @@ _SINCE = (
     select(*_COLUMNS)
     .where(turns.c.conversation == bindparam("conversation"), turns.c.id > bindparam("newest"))
     .order_by(turns.c.id)
+)
+_NEWEST = (
+    select(*_COLUMNS)
+    .where(turns.c.conversation == bindparam("conversation"))
+    .order_by(turns.c.id.desc())
+    .limit(bindparam("count"))
 )
 _SINCE_OR_STREAMING = (
     select(*_COLUMNS)
@@ -365,6 +382,13 @@ def _full(conn: Connection, conversation: str, wanted: int) -> _Read:
         before = got[-1].id
         page *= 2
     return _Read(inserted, changed, rows[::-1])
+
+
+def _newest(conn: Connection, conversation: str, count: int) -> _Read:
+    """The counters and the newest `count` turns, oldest first: complete when that is all there are."""
+    inserted, changed = _counters(conn, conversation)
+    rows = conn.execute(_NEWEST, {"conversation": conversation, "count": count}).all()
+    return _Read(inserted, changed, rows[::-1], complete=len(rows) < count)
 
 
 def _since(conn: Connection, conversation: str, newest: int, streaming: list[int]) -> _Read:

@@ -15,7 +15,7 @@ from bot.engine import Engine
 from bot.models import Attachment, Author, ConversationKey
 from bot.reply import INTERNAL_ERROR
 from bot.summaries import INSTRUCTIONS
-from tests.support.asking import CHANNEL, answer, ask, first_render, msg, surface_of, until
+from tests.support.asking import CHANNEL, answer, ask, first_render, msg, started, surface_of, until
 from tests.support.clock import FakeClock
 from tests.support.llm_server import LLMServer, Script
 from tests.support.search_server import SearchServer
@@ -583,3 +583,23 @@ async def test_a_provider_that_is_not_running_is_named_in_the_reply(
     assert reply == (
         f"_Nothing answers at {base}; check that the lmstudio server is running and its address is right._"
     )
+
+
+async def test_a_message_behind_its_senders_reply_looks_up_once_its_turn_comes(
+    engine: Engine, llm: LLMServer
+) -> None:
+    """A message that arrives while its sender's reply is still streaming reads the conversation when its
+    turn comes, not when it was accepted: its request carries that whole answer, and a system prompt set
+    meanwhile."""
+    gate, first, _ = await started(engine, llm, ["One", " two"])
+    second = msg("and then?")
+    waiting = await engine.accept(second, {"message": second.id})
+    assert waiting is not None
+    line = "system Answer like a pirate."
+    assert (await engine.run_command(msg("/" + line, author=MANAGER), line)).text.startswith("System prompt")
+    gate.release()
+    await first
+    await waiting
+    system, *turns = llm.chat_requests()[-1].json["messages"]
+    assert system == {"role": "system", "content": "Answer like a pirate."}
+    assert [turn["content"] for turn in turns] == ["Ada: tell me", "One two", "Ada: and then?"]

@@ -45,10 +45,11 @@ async def test_a_reply_looks_up_its_settings_budgets_summary_and_new_turns_in_on
     assert await ask(engine, "first") == "echo: Ada: first"  # the window is read in full once
     reads = count_reads(engine)
     assert await ask(engine, "second", server_id="S1") == "echo: Ada: second"
-    # One look-up, in which the window read what was added since it was last brought up to date (on
-    # PostgreSQL the turn's check for an earlier message of Ada's goes with its lock, on the lock's own
-    # connection).
-    assert reads == ["look_up"]
+    # One look-up, in which the window read what was added since it was last brought up to date. On
+    # SQLite the turn was free, so the look-up ran in the message's accept: no read of its own. On
+    # PostgreSQL the turn is taken on the lock's own connection (its check for an earlier message of
+    # Ada's in the same statement), then the look-up reads.
+    assert reads == (["look_up"] if engine.store.shared else [])
     assert engine.windows.reads == {"full": 1, "new": 0, "ahead": 1}
 
 

@@ -13,7 +13,7 @@ import pytest
 from bot.engine import Engine
 from bot.reply import LEFT_OUT_NOTE, SUMMARIZED_NOTE
 from bot.summaries import HEADING, INSTRUCTIONS
-from tests.support.asking import CHANNEL, ask, msg
+from tests.support.asking import CHANNEL, ask, msg, until
 from tests.support.cli import parley
 from tests.support.llm_server import LLMServer, RecordedRequest, Script
 
@@ -132,3 +132,36 @@ async def test_in_the_terminal_a_first_fact_reaches_the_model_through_the_summar
     assert conversation_of(last)[-1].endswith("What is my cat called?")
     assert not any("Mittens" in turn for turn in conversation_of(last))
     assert HEADING in system_of(last) and "Mittens" in system_of(last)
+
+
+async def test_a_reply_that_waits_for_no_summary_starts_the_update_once_its_request_is_out(
+    make_engine: Callable[..., Any], llm: LLMServer, small_window: dict[str, Any]
+) -> None:
+    """With SUMMARY_WAIT_SECONDS=0 the update does not contend with the reply's request: it starts once
+    the reply's first text is in (here on an engine with no update of its own under way yet)."""
+    first = await make_engine(**small_window, summary_wait_seconds=60)
+    await ask(first, "My cat is called Mittens.")
+    await fall_out(first, llm, "Mittens")  # each update done before its reply went on
+    made = len(summary_requests(llm))
+    later = await make_engine(**small_window, summary_wait_seconds=0)
+    reads: list[str] = []
+    read = later.store.read
+
+    async def counted(work: Callable[..., Any]) -> Any:
+        reads.append(getattr(work, "__qualname__", ""))
+        return await read(work)
+
+    later.store.read = counted  # type: ignore[method-assign]
+    llm.by_system[INSTRUCTIONS] = Script(tokens=["Ada's cat is Mittens."])
+    gate = asyncio.Semaphore(0)
+    llm.enqueue(Script(tokens=["Noted."], gate=gate))
+    asked = len(replies(llm))
+    message = msg(f"again {FILLER}")
+    reply = await later.accept(message, {"message": message.id})
+    assert reply is not None
+    await until(lambda: len(replies(llm)) == asked + 1, "the reply's request")
+    assert not any(name.startswith("Store.summary") for name in reads)  # the update has not started
+    gate.release()
+    assert await reply == "ok"
+    await until(lambda: len(summary_requests(llm)) == made + 1, "the update's request")
+    assert any(name.startswith("Store.summary") for name in reads)

@@ -10,12 +10,14 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, event, insert, select, text
 from sqlalchemy.engine import make_url
 
-from bot.models import Author, ConversationKey
-from bot.schema import meta
-from bot.store import Store
+from bot.accounting import Ledger
+from bot.models import Author, ConversationKey, Message
+from bot.providers.base import Usage
+from bot.schema import inbox, meta, turns, usage
+from bot.store import AssistantRecord, Store
 from tests.support.asking import ask
 
 on_postgres = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -107,3 +109,61 @@ async def test_far_more_replies_than_the_pool_has_connections_all_complete(
     # Two pooled connections, and the one the conversation locks take (outside the pool).
     assert await connections_of_others(outside) <= 3
     assert len(await engine.store.history("test:c0", 100)) == 16  # 8 questions and their 8 answers
+
+
+@on_postgres
+async def test_a_reply_writes_its_message_row_and_final_record_in_one_statement_each(
+    database_url: str,
+) -> None:
+    """Each a statement of its own outside a transaction (no BEGIN and COMMIT: one round trip, where
+    the accept took four and the final record six), and what each wrote is all there."""
+    store = await Store.open(database_url)
+    sent: list[tuple[str, str | None]] = []
+
+    def executed(conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        sent.append((statement.split()[0], conn.get_execution_options().get("isolation_level")))
+
+    assert store._pool is not None
+    event.listen(store._pool.sync_engine, "before_cursor_execute", executed)
+    question = Message(ConversationKey("test", "c"), Author("u1", "Ada"), "hello", id="m1", server_id="S")
+    entry = await store.accept(question, None, "hello", 2)
+    assert entry is not None and entry.turn_id is not None
+    assert await store.accept(question, None, "hello", 2) is None  # a redelivery stores nothing
+    turn_id = await store.start_reply(
+        "test:c", entry.turn_id, "u1", AssistantRecord("he", "m", "streaming"), 1
+    )
+    ledger = Ledger()
+    ledger.add("openrouter/x", Usage(prompt_tokens=5, completion_tokens=7, cost=0.25))
+    ledger.add("openrouter/y", Usage(prompt_tokens=1, completion_tokens=2))
+    rows = ledger.rows(question, entry.id, 1.0)
+    record = AssistantRecord("hello there", "openrouter/x", "ok", 5, 7, 0.25, 40)
+    await store.finish_reply(entry.id, "test:c", turn_id, entry.turn_id, "u1", record, 3, rows)
+    event.remove(store._pool.sync_engine, "before_cursor_execute", executed)
+    assert sent == [
+        ("WITH", "AUTOCOMMIT"),
+        ("WITH", "AUTOCOMMIT"),
+        ("INSERT", "AUTOCOMMIT"),
+        ("WITH", "AUTOCOMMIT"),
+    ]
+
+    def stored(conn: Connection) -> tuple[Any, ...]:
+        turns_stored = conn.execute(
+            select(turns.c.id, turns.c.role, turns.c.content, turns.c.outcome).order_by(turns.c.id)
+        ).all()
+        inbox_rows = conn.execute(select(inbox.c.id, inbox.c.state, inbox.c.turn_id)).all()
+        spent = conn.execute(
+            select(usage.c.name, usage.c.inbox_id, usage.c.cost).order_by(usage.c.name)
+        ).all()
+        return turns_stored, inbox_rows, spent
+
+    turns_stored, inbox_rows, spent = await store.read(stored)
+    assert [tuple(row) for row in turns_stored] == [
+        (entry.turn_id, "user", "hello", None),
+        (turn_id, "assistant", "hello there", "ok"),
+    ]
+    assert [tuple(row) for row in inbox_rows] == [(entry.id, "done", entry.turn_id)]
+    assert [tuple(row) for row in spent] == [
+        ("openrouter/x", entry.id, 0.25),
+        ("openrouter/y", entry.id, None),
+    ]
+    await store.close()

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from bot.models import ConversationKey
 from bot.store import Store
+from bot.turn_locks import TurnLocks
 
 SHARED_POLL_SECONDS = 0.1  # how often a turn waiting on another instance looks again
 
@@ -18,14 +19,12 @@ class Gate:
     order; other people in the same conversation are answered meanwhile. Waiters go in arrival order
     (asyncio locks are fair).
 
-    With a store shared by several instances (PostgreSQL), a turn is also taken there: an advisory lock
-    per person and conversation, and no earlier message of theirs still unanswered on any instance (the
-    inbox's order is the order they were accepted in). Locks are taken on the store's own lock connection
-    without waiting on it, so a turn's holder never competes with its waiters for pooled connections.
+    With a store shared by several instances (PostgreSQL), a turn is also taken there (bot/turn_locks.py):
+    a lock per person and conversation, and no earlier message of theirs still unanswered on any instance.
     """
 
     def __init__(self, store: Store | None = None) -> None:
-        self._store = store if store is not None and store.shared else None
+        self._shared = store.turns if store is not None else None
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -38,23 +37,22 @@ class Gate:
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
-        if self._store is None or inbox_id is None:
+        if self._shared is None or inbox_id is None:
             async with lock:
                 yield
             return
-        name = f"turn:{key[0]}:{person}"
-        await self._shared_turn(self._store, lock, name, key[0], person, inbox_id)
+        await self._shared_turn(self._shared, lock, key[0], person, inbox_id)
         try:
             yield
         finally:
             try:
-                await self._store.unlock(name)
+                await self._shared.give(key[0], person)
             finally:
                 lock.release()
 
     @staticmethod
     async def _shared_turn(
-        store: Store, lock: asyncio.Lock, name: str, conversation: str, person: str, inbox_id: int
+        shared: TurnLocks, lock: asyncio.Lock, conversation: str, person: str, inbox_id: int
     ) -> None:
         """Take the local lock and the shared turn; between looks, leave the local lock to the others
         here, one of which may hold the earlier message this one waits for (deliveries reach an
@@ -62,15 +60,10 @@ class Gate:
         while True:
             await lock.acquire()
             try:
-                if await store.try_lock(name):
-                    if not await store.earlier_pending(conversation, person, inbox_id):
-                        return
-                    await store.unlock(name)
-            except BaseException:  # cancelled (a stop, a shutdown): hold nothing
-                try:
-                    await store.unlock(name)
-                finally:
-                    lock.release()
+                if await shared.take(conversation, person, inbox_id):
+                    return
+            except BaseException:  # cancelled (a stop, a shutdown): the shared turn is given back
+                lock.release()
                 raise
             lock.release()
             await asyncio.sleep(SHARED_POLL_SECONDS)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -63,6 +62,7 @@ from bot.schema import (
     usage,
 )
 from bot.sqlite_worker import SQLiteWorker
+from bot.turn_locks import TurnLocks
 
 if TYPE_CHECKING:  # SQLAlchemy's asyncio extension is imported only when PostgreSQL is used
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -216,8 +216,7 @@ class Store:
         self.shared = dialect == "postgresql"
         # Advisory locks live on connections of their own (autocommit, never used for anything else),
         # so a lock holder never waits for a pooled connection that a waiter holds.
-        self._locks: AsyncConnection | None = None
-        self._locks_mutex = asyncio.Lock()
+        self.turns = TurnLocks(self.lock_connection) if self.shared else None
         self._leadership: AsyncConnection | None = None
         self._leading = False
         self._closed = False
@@ -275,9 +274,10 @@ class Store:
         if self._closed:
             return
         try:
-            for held in (self._locks, self._leadership):
-                if held is not None:
-                    await held.close()
+            if self.turns is not None:
+                await self.turns.close()
+            if self._leadership is not None:
+                await self._leadership.close()
             await self.write(
                 lambda conn: conn.execute(delete(instances).where(instances.c.id == self.instance_id))
             )
@@ -502,47 +502,6 @@ class Store:
             return (answered.rowcount or 0) + (gone.rowcount or 0)
 
         return await self.write(work)
-
-    async def earlier_pending(self, conversation: str, author_id: str, inbox_id: int) -> bool:
-        """Whether this person has an earlier message here still unanswered (on any instance)."""
-        query = select(
-            exists().where(
-                inbox.c.conversation == conversation,
-                inbox.c.author_id == author_id,
-                inbox.c.state == "pending",
-                inbox.c.id < inbox_id,
-            )
-        )
-        return bool(await self.read(lambda conn: conn.execute(query).scalar()))
-
-    async def try_lock(self, name: str) -> bool:
-        """Take the advisory lock `name` for this instance, without waiting (PostgreSQL only)."""
-        async with self._locks_mutex:
-            try:
-                if self._locks is None:
-                    self._locks = await _autocommit(self._lock_engine)
-                query = text("SELECT pg_try_advisory_lock(:key)")
-                return bool((await self._locks.execute(query, {"key": _lock_key(name)})).scalar())
-            except (OSError, SQLAlchemyError) as error:
-                # The connection is gone, and every lock it held with it: the next try reconnects.
-                log.warning("lost the connection that holds conversation locks (%s); reconnecting", error)
-                await self._drop_locks()
-                return False
-
-    async def unlock(self, name: str) -> None:
-        async with self._locks_mutex:
-            if self._locks is None:
-                return
-            try:
-                await self._locks.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _lock_key(name)})
-            except (OSError, SQLAlchemyError):
-                await self._drop_locks()  # a lost connection released its locks
-
-    async def _drop_locks(self) -> None:
-        if self._locks is not None:
-            with contextlib.suppress(OSError, SQLAlchemyError):
-                await self._locks.close()
-        self._locks = None
 
     async def lock_connection(self) -> AsyncConnection:
         """A connection of its own for session advisory locks held for long (PostgreSQL): they are
@@ -1097,10 +1056,6 @@ async def _autocommit(engine: AsyncEngine | None) -> AsyncConnection:
     conn = await engine.connect()
     await conn.execution_options(isolation_level="AUTOCOMMIT")
     return conn
-
-
-def _lock_key(name: str) -> int:
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def _with_files(conn: Connection, rows: Sequence[Any]) -> list[InboxEntry]:

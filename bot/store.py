@@ -347,10 +347,10 @@ class Store:
         self, message: Message, reply_to: dict[str, Any] | None, content: str, tokens: int
     ) -> InboxEntry | None:
         """Store a message the moment it is accepted: its inbox row, its files and (when there is something
-        to remember) its user turn, in one transaction. None when this delivery was stored before."""
+        to remember) its user turn, in one transaction (on PostgreSQL, for a message without files, in
+        one statement). None when this delivery was stored before."""
         now = time.time()
         key = message.key
-
         turn = {
             "conversation": str(key),
             "role": "user",

@@ -33,7 +33,6 @@ from sqlalchemy import (
     exists,
     func,
     insert,
-    literal,
     or_,
     select,
     text,
@@ -588,14 +587,17 @@ class Store:
         if turn_id is None:
             values = _assistant_values(conversation, author_id, answers, record, tokens)
         else:
-            values = {"turn": turn_id, "tokens": tokens, **_record_values(record)}
+            values = {"tokens": tokens, **_record_values(record)}
         if self._dialect == "postgresql":  # one statement: one round trip, where a transaction takes six
             statement = _finish_statement(turn_id is None, len(usage_rows))
-            values |= {"inbox": inbox_id, "closed_at": time.time()}
+            bound = {f"reply_{name}": value for name, value in values.items()}
+            bound |= {"turn": turn_id, "inbox": inbox_id, "closed_at": time.time()}
             for k, usage_row in enumerate(usage_rows):
-                values |= {f"usage{k}_{name}": value for name, value in usage_row.items()}
-            await self.write_alone(lambda conn: conn.execute(statement, values))
+                bound |= {f"usage{k}_{name}": value for name, value in usage_row.items()}
+            await self.write_alone(lambda conn: conn.execute(statement, bound))
             return
+        if turn_id is not None:
+            values["turn"] = turn_id
 
         def work(conn: Connection) -> None:
             conn.execute(_INSERT_TURN if turn_id is None else _UPDATE_TURN, values)
@@ -934,12 +936,13 @@ _INSERT_USAGE = insert(usage)
 def _finish_statement(insert_turn: bool, usage_rows: int) -> Any:
     """A reply's final record as one statement (PostgreSQL): its turn written, its message closed and its
     files dropped, each in a WITH, and its usage rows inserted. Bound by the names `finish_reply` gives
-    the values: the turn's columns (`turn` for its id), `inbox`, `closed_at` and `usage{k}_{column}`."""
+    the values: `reply_{column}` for the turn's (`turn`, its id), `inbox`, `closed_at` and
+    `usage{k}_{column}`; none is a column's name, which SQLAlchemy would add to a statement's SET."""
     columns = ["tokens", *_record_values(AssistantRecord("", "", ""))]
     if insert_turn:
         columns += ["conversation", "role", "author_id", "author_name", "created_at", "answers"]
     written = (_INSERT_TURN if insert_turn else _UPDATE_TURN).values(
-        {name: bindparam(name, type_=turns.c[name].type) for name in columns}
+        {name: bindparam(f"reply_{name}", type_=turns.c[name].type) for name in columns}
     )
     closed = (
         update(inbox)
@@ -949,7 +952,7 @@ def _finish_statement(insert_turn: bool, usage_rows: int) -> Any:
     dropped = delete(inbox_files).where(inbox_files.c.inbox_id == bindparam("inbox"))
     ctes = [written.cte("reply"), closed.cte("closed"), dropped.cte("files")]
     if not usage_rows:
-        return select(literal(1)).add_cte(*ctes)
+        return select(true()).add_cte(*ctes)
     names = [column.name for column in usage.c if column.name != "id"]
     rows = [
         {name: bindparam(f"usage{k}_{name}", type_=usage.c[name].type) for name in names}

@@ -116,16 +116,21 @@ async def test_a_reply_writes_its_message_row_and_final_record_in_one_statement_
     database_url: str,
 ) -> None:
     """Each a statement of its own outside a transaction (no BEGIN and COMMIT: one round trip, where
-    the accept took four and the final record six), and what each wrote is all there."""
+    the accept took four and the final record six), and what each wrote is all there: a question and
+    its reply with usage rows, a command (no turn), and a reply that ended before it showed (its turn
+    written by the final record)."""
     store = await Store.open(database_url)
     sent: list[tuple[str, str | None]] = []
 
     def executed(conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
         sent.append((statement.split()[0], conn.get_execution_options().get("isolation_level")))
 
+    def asked(text: str, message_id: str) -> Message:
+        return Message(ConversationKey("test", "c"), Author("u1", "Ada"), text, id=message_id, server_id="S")
+
     assert store._pool is not None
     event.listen(store._pool.sync_engine, "before_cursor_execute", executed)
-    question = Message(ConversationKey("test", "c"), Author("u1", "Ada"), "hello", id="m1", server_id="S")
+    question = asked("hello", "m1")
     entry = await store.accept(question, None, "hello", 2)
     assert entry is not None and entry.turn_id is not None
     assert await store.accept(question, None, "hello", 2) is None  # a redelivery stores nothing
@@ -138,30 +143,43 @@ async def test_a_reply_writes_its_message_row_and_final_record_in_one_statement_
     rows = ledger.rows(question, entry.id, 1.0)
     record = AssistantRecord("hello there", "openrouter/x", "ok", 5, 7, 0.25, 40)
     await store.finish_reply(entry.id, "test:c", turn_id, entry.turn_id, "u1", record, 3, rows)
+    command = await store.accept(asked("/model", "m2"), None, "", 0)
+    assert command is not None and command.turn_id is None
+    unseen = await store.accept(asked("again", "m3"), None, "again", 1)
+    assert unseen is not None and unseen.turn_id is not None
+    failed = AssistantRecord("It failed.", "openrouter/x", "error")
+    await store.finish_reply(unseen.id, "test:c", None, unseen.turn_id, "u1", failed, 2)
     event.remove(store._pool.sync_engine, "before_cursor_execute", executed)
-    assert sent == [
-        ("WITH", "AUTOCOMMIT"),
-        ("WITH", "AUTOCOMMIT"),
-        ("INSERT", "AUTOCOMMIT"),
-        ("WITH", "AUTOCOMMIT"),
-    ]
+    kinds = ["WITH", "WITH", "INSERT", "WITH", "INSERT", "WITH", "WITH"]
+    assert sent == [(kind, "AUTOCOMMIT") for kind in kinds]
 
     def stored(conn: Connection) -> tuple[Any, ...]:
         turns_stored = conn.execute(
-            select(turns.c.id, turns.c.role, turns.c.content, turns.c.outcome).order_by(turns.c.id)
+            select(turns.c.id, turns.c.role, turns.c.content, turns.c.outcome, turns.c.answers).order_by(
+                turns.c.id
+            )
         ).all()
-        inbox_rows = conn.execute(select(inbox.c.id, inbox.c.state, inbox.c.turn_id)).all()
+        inbox_rows = conn.execute(
+            select(inbox.c.id, inbox.c.state, inbox.c.turn_id).order_by(inbox.c.id)
+        ).all()
         spent = conn.execute(
             select(usage.c.name, usage.c.inbox_id, usage.c.cost).order_by(usage.c.name)
         ).all()
         return turns_stored, inbox_rows, spent
 
     turns_stored, inbox_rows, spent = await store.read(stored)
-    assert [tuple(row) for row in turns_stored] == [
-        (entry.turn_id, "user", "hello", None),
-        (turn_id, "assistant", "hello there", "ok"),
+    assert [tuple(row)[1:] for row in turns_stored] == [
+        ("user", "hello", None, None),
+        ("assistant", "hello there", "ok", entry.turn_id),
+        ("user", "again", None, None),
+        ("assistant", "It failed.", "error", unseen.turn_id),
     ]
-    assert [tuple(row) for row in inbox_rows] == [(entry.id, "done", entry.turn_id)]
+    assert [row.id for row in turns_stored][:3] == [entry.turn_id, turn_id, unseen.turn_id]
+    assert [tuple(row) for row in inbox_rows] == [
+        (entry.id, "done", entry.turn_id),
+        (command.id, "pending", None),
+        (unseen.id, "done", unseen.turn_id),
+    ]
     assert [tuple(row) for row in spent] == [
         ("openrouter/x", entry.id, 0.25),
         ("openrouter/y", entry.id, None),

@@ -378,7 +378,12 @@ def spread(args: argparse.Namespace, port: int, tmp: str, database: str | None) 
     measured = [results.get(timeout=600) for _ in processes]
     for process in processes:
         process.join(timeout=30)
-    return summary(measured)
+    figures = summary(measured)
+    for name in ("loop", "threads"):  # as the one-process run prints them, every process's added up
+        figures[f"cpu_ms_per_reply_{name}"] = (
+            sum(part[f"cpu_{name}"] for part in measured) / args.streams * 1000
+        )
+    return figures
 
 
 def worker(
@@ -398,7 +403,11 @@ def worker(
         await measure(engine, 20, tokens, prefix=f"warm{index}-")
         ready.put(index)
         await asyncio.to_thread(go.wait)
-        results.put(await measure(engine, count, tokens, prefix=f"w{index}-"))
+        before = thread_cpu()
+        measured = await measure(engine, count, tokens, prefix=f"w{index}-")
+        after = thread_cpu()
+        measured["cpu_loop"], measured["cpu_threads"] = after[0] - before[0], after[1] - before[1]
+        results.put(measured)
         await engine.aclose()
 
     running(run(), loop)

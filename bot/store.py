@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -299,6 +300,12 @@ class Store:
         function at once, in the order asked, so writes never race for SQLite's one write lock."""
         return await self._run(work, self._writer, transaction=True)
 
+    async def write_alone(self, work: Callable[[Connection], T]) -> T:
+        """Run `work`, which makes one statement, as its own transaction: PostgreSQL commits a statement
+        made outside a transaction by itself, so it takes one round trip instead of three (BEGIN, the
+        statement, COMMIT) and holds its connection that much less. On SQLite, a write like any other."""
+        return await self._run(work, self._writer, transaction=False)
+
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Run `work` on a connection that sees every committed write, and change nothing."""
         return await self._run(work, self._reader, transaction=False)
@@ -344,45 +351,53 @@ class Store:
         then: Callable[[Connection], object] | None = None,
     ) -> InboxEntry | None:
         """Store a message the moment it is accepted: its inbox row, its files and (when there is something
-        to remember) its user turn, in one transaction. None when this delivery was stored before.
+        to remember) its user turn, in one transaction (on PostgreSQL, for a message without files and
+        nothing to run `then`, in one statement). None when this delivery was stored before.
 
         `then` runs in the same transaction once the message is written, not for a redelivery: reads its
         caller would otherwise make in a store hop of their own. It must not raise (that would undo the
         message)."""
         now = time.time()
         key = message.key
+        turn = {
+            "conversation": str(key),
+            "role": "user",
+            "author_id": message.author.id,
+            "author_name": message.author.display_name,
+            "content": content,
+            "tokens": tokens,
+            "created_at": now,
+        }
+        row = {
+            "platform": key.platform,
+            "channel": key.channel_id,
+            "thread": key.thread_id,
+            "message_id": message.id,
+            "conversation": str(key),
+            "author": _author_json(message.author),
+            "text": message.text,
+            "is_direct": message.is_direct,
+            "reply_to": json.dumps(reply_to) if reply_to is not None else None,
+            "server": message.server_id,
+            "turn_id": None,
+            "state": "pending",
+            "received_at": now,
+            "author_id": message.author.id,
+            "instance": self.instance_id,
+        }
+        if self._dialect == "postgresql" and not message.attachments and then is None:  # one round trip
+            if content:
+                values = row | {f"turn_{name}": value for name, value in turn.items()}
+                stored = await self.write_alone(lambda conn: conn.execute(_ACCEPT_WITH_TURN, values).first())
+                return InboxEntry(stored.id, message, reply_to, stored.turn_id, now) if stored else None
+            inbox_id = await self.write_alone(
+                lambda conn: conn.execute(_INSERT_INBOX[self._dialect], row).scalar()
+            )
+            return InboxEntry(inbox_id, message, reply_to, None, now) if inbox_id is not None else None
 
         def work(conn: Connection) -> InboxEntry:
-            turn_id = None
-            if content:
-                values = {
-                    "conversation": str(key),
-                    "role": "user",
-                    "author_id": message.author.id,
-                    "author_name": message.author.display_name,
-                    "content": content,
-                    "tokens": tokens,
-                    "created_at": now,
-                }
-                turn_id = int(conn.execute(_INSERT_TURN, values).inserted_primary_key[0])
-            row = {
-                "platform": key.platform,
-                "channel": key.channel_id,
-                "thread": key.thread_id,
-                "message_id": message.id,
-                "conversation": str(key),
-                "author": _author_json(message.author),
-                "text": message.text,
-                "is_direct": message.is_direct,
-                "reply_to": json.dumps(reply_to) if reply_to is not None else None,
-                "server": message.server_id,
-                "turn_id": turn_id,
-                "state": "pending",
-                "received_at": now,
-                "author_id": message.author.id,
-                "instance": self.instance_id,
-            }
-            inbox_id = conn.execute(_INSERT_INBOX[self._dialect], row).scalar()
+            turn_id = int(conn.execute(_INSERT_TURN, turn).inserted_primary_key[0]) if content else None
+            inbox_id = conn.execute(_INSERT_INBOX[self._dialect], row | {"turn_id": turn_id}).scalar()
             if inbox_id is None:
                 raise _Redelivery
             if message.attachments:
@@ -552,7 +567,9 @@ class Store:
             "reply_refs": json.dumps(refs) if refs is not None else None,
             "instance": self.instance_id,
         }
-        return await self.write(lambda conn: int(conn.execute(_INSERT_TURN, values).inserted_primary_key[0]))
+        return await self.write_alone(
+            lambda conn: int(conn.execute(_INSERT_TURN, values).inserted_primary_key[0])
+        )
 
     async def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> None:
         """The text so far of streaming replies, all in one transaction. A reply finished meanwhile keeps
@@ -579,15 +596,22 @@ class Store:
         (`usage_rows`), in one transaction: after a crash a message is either answered or still
         pending, never both, and its usage is counted once with its answer."""
         if turn_id is None:
-            statement, values = (
-                _INSERT_TURN,
-                _assistant_values(conversation, author_id, answers, record, tokens),
-            )
+            values = _assistant_values(conversation, author_id, answers, record, tokens)
         else:
-            statement, values = _UPDATE_TURN, {"turn": turn_id, "tokens": tokens, **_record_values(record)}
+            values = {"tokens": tokens, **_record_values(record)}
+        if self._dialect == "postgresql":  # one statement: one round trip, where a transaction takes six
+            statement = _finish_statement(turn_id is None, len(usage_rows))
+            bound = {f"reply_{name}": value for name, value in values.items()}
+            bound |= {"turn": turn_id, "inbox": inbox_id, "closed_at": time.time()}
+            for k, usage_row in enumerate(usage_rows):
+                bound |= {f"usage{k}_{name}": value for name, value in usage_row.items()}
+            await self.write_alone(lambda conn: conn.execute(statement, bound))
+            return
+        if turn_id is not None:
+            values["turn"] = turn_id
 
         def work(conn: Connection) -> None:
-            conn.execute(statement, values)
+            conn.execute(_INSERT_TURN if turn_id is None else _UPDATE_TURN, values)
             _close_one(conn, inbox_id, "done")
             if usage_rows:
                 conn.execute(_INSERT_USAGE, list(usage_rows))
@@ -596,7 +620,7 @@ class Store:
 
     async def save_refs(self, turn_id: int, refs: dict[str, Any]) -> None:
         values = {"turn": turn_id, "reply_refs": json.dumps(refs)}
-        await self.write(lambda conn: conn.execute(_UPDATE_TURN, values))
+        await self.write_alone(lambda conn: conn.execute(_UPDATE_TURN, values))
 
     async def streaming(self, platform: str) -> list[StreamingReply]:
         """The platform's replies still streaming, on any instance (read through the partial index)."""
@@ -881,6 +905,34 @@ _INSERT_INBOX = {
     .returning(inbox.c.id)
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
 }
+# On PostgreSQL, a message with no files is accepted in one statement: the inbox row takes its turn's id
+# from the turns' sequence, and the turn is inserted only if the row was (a redelivery inserts neither).
+_ACCEPTED = (
+    postgresql.insert(inbox)
+    .values(
+        {
+            c.name: bindparam(c.name, type_=c.type)
+            for c in inbox.c
+            if c.name not in ("id", "turn_id", "done_at")
+        }
+        | {"turn_id": func.nextval(func.pg_get_serial_sequence("turns", "id"))}
+    )
+    .on_conflict_do_nothing(index_elements=["platform", "channel", "message_id"])
+    .returning(inbox.c.id, inbox.c.turn_id)
+    .cte("accepted")
+)
+_TURN_COLUMNS = ("conversation", "role", "author_id", "author_name", "content", "tokens", "created_at")
+_ACCEPT_WITH_TURN = select(_ACCEPTED.c.id, _ACCEPTED.c.turn_id).add_cte(
+    insert(turns)
+    .from_select(
+        ["id", *_TURN_COLUMNS],
+        select(
+            _ACCEPTED.c.turn_id,
+            *(bindparam(f"turn_{name}", type_=turns.c[name].type) for name in _TURN_COLUMNS),
+        ),
+    )
+    .cte("remembered")
+)
 _CLOSE_ONE = (
     update(inbox)
     .where(inbox.c.id == bindparam("inbox"))
@@ -889,6 +941,36 @@ _CLOSE_ONE = (
 _FILES_OF_ONE = delete(inbox_files).where(inbox_files.c.inbox_id == bindparam("inbox"))
 _INSERT_FILES = insert(inbox_files)
 _INSERT_USAGE = insert(usage)
+
+
+@functools.cache
+def _finish_statement(insert_turn: bool, usage_rows: int) -> Any:
+    """A reply's final record as one statement (PostgreSQL): its turn written, its message closed and its
+    files dropped, each in a WITH, and its usage rows inserted. Bound by the names `finish_reply` gives
+    the values: `reply_{column}` for the turn's (`turn`, its id), `inbox`, `closed_at` and
+    `usage{k}_{column}`; none is a column's name, which SQLAlchemy would add to a statement's SET."""
+    columns = ["tokens", *_record_values(AssistantRecord("", "", ""))]
+    if insert_turn:
+        columns += ["conversation", "role", "author_id", "author_name", "created_at", "answers"]
+    written = (_INSERT_TURN if insert_turn else _UPDATE_TURN).values(
+        {name: bindparam(f"reply_{name}", type_=turns.c[name].type) for name in columns}
+    )
+    closed = (
+        update(inbox)
+        .where(inbox.c.id == bindparam("inbox"))
+        .values(state="done", done_at=bindparam("closed_at"))
+    )
+    dropped = delete(inbox_files).where(inbox_files.c.inbox_id == bindparam("inbox"))
+    ctes = [written.cte("reply"), closed.cte("closed"), dropped.cte("files")]
+    if not usage_rows:
+        return select(true()).add_cte(*ctes)
+    names = [column.name for column in usage.c if column.name != "id"]
+    rows = [
+        {name: bindparam(f"usage{k}_{name}", type_=usage.c[name].type) for name in names}
+        for k in range(usage_rows)
+    ]
+    return insert(usage).values(rows).add_cte(*ctes)
+
 
 # A batch of checkpoints: one statement run once per reply, only on rows still streaming.
 _CHECKPOINT = (

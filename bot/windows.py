@@ -333,12 +333,31 @@ class Windows:
             self._bytes -= window.size
 
 
-# Every reply runs these (in its look-up): built once, so that a reply only binds its values.
+# Every reply runs these (in its look-up): built once, so that a reply only binds its values. The
+# counters come with the turns, as two more columns of the same statement (one round trip on PostgreSQL,
+# read in the same snapshot); read apart only when no turn is found.
 _COUNTERS = select(turn_changes.c.inserted, turn_changes.c.changed).where(
     turn_changes.c.conversation == bindparam("conversation")
 )
-_SINCE = (
+_WITH_COUNTERS = (
+    *_COLUMNS,
+    _COUNTERS.with_only_columns(turn_changes.c.inserted).scalar_subquery().label("inserted"),
+    _COUNTERS.with_only_columns(turn_changes.c.changed).scalar_subquery().label("changed"),
+)
+_NEWEST = (
+    select(*_WITH_COUNTERS)
+    .where(turns.c.conversation == bindparam("conversation"))
+    .order_by(turns.c.id.desc())
+    .limit(bindparam("page"))
+)
+_OLDER = (
     select(*_COLUMNS)
+    .where(turns.c.conversation == bindparam("conversation"), turns.c.id < bindparam("before"))
+    .order_by(turns.c.id.desc())
+    .limit(bindparam("page"))
+)
+_SINCE = (
+    select(*_WITH_COUNTERS)
     .where(turns.c.conversation == bindparam("conversation"), turns.c.id > bindparam("newest"))
     .order_by(turns.c.id)
 )
@@ -349,7 +368,7 @@ _NEWEST = (
     .limit(bindparam("count"))
 )
 _SINCE_OR_STREAMING = (
-    select(*_COLUMNS)
+    select(*_WITH_COUNTERS)
     .where(
         turns.c.conversation == bindparam("conversation"),
         or_(turns.c.id > bindparam("newest"), turns.c.id.in_(bindparam("streaming", expanding=True))),
@@ -358,30 +377,30 @@ _SINCE_OR_STREAMING = (
 )
 
 
-def _counters(conn: Connection, conversation: str) -> tuple[int, int]:
+def _counters(conn: Connection, conversation: str, rows: Sequence[Any]) -> tuple[int, int]:
+    """The counters, as read with `rows` (their last two columns), or on their own when none were found."""
+    if rows:
+        return rows[0].inserted or 0, rows[0].changed or 0
     row = conn.execute(_COUNTERS, {"conversation": conversation}).first()
     return (row.inserted, row.changed) if row else (0, 0)
 
 
 def _full(conn: Connection, conversation: str, wanted: int) -> _Read:
     """The counters, then turns from the newest back until those memory uses hold `wanted` tokens."""
-    inserted, changed = _counters(conn, conversation)
     rows: list[Any] = []
     tokens = 0
     page = FIRST_PAGE
-    before: int | None = None
-    while tokens < wanted:
-        query = select(*_COLUMNS).where(turns.c.conversation == conversation)
-        if before is not None:
-            query = query.where(turns.c.id < before)
-        got = conn.execute(query.order_by(turns.c.id.desc()).limit(page)).all()
+    got = conn.execute(_NEWEST, {"conversation": conversation, "page": page}).all()
+    inserted, changed = _counters(conn, conversation, got)
+    while True:
         rows.extend(got)
         tokens += sum(row.tokens for row in got if row.hidden is None and row.outcome != "streaming")
         if len(got) < page:
             return _Read(inserted, changed, rows[::-1], complete=True)
-        before = got[-1].id
+        if tokens >= wanted:
+            return _Read(inserted, changed, rows[::-1])
         page *= 2
-    return _Read(inserted, changed, rows[::-1])
+        got = conn.execute(_OLDER, {"conversation": conversation, "before": got[-1].id, "page": page}).all()
 
 
 def _newest(conn: Connection, conversation: str, count: int) -> _Read:
@@ -393,9 +412,9 @@ def _newest(conn: Connection, conversation: str, count: int) -> _Read:
 
 def _since(conn: Connection, conversation: str, newest: int, streaming: list[int]) -> _Read:
     """The counters, then the turns after `newest` and those among `streaming`, oldest first."""
-    inserted, changed = _counters(conn, conversation)
     values: dict[str, Any] = {"conversation": conversation, "newest": newest}
     if streaming:
         values["streaming"] = streaming
     rows = conn.execute(_SINCE_OR_STREAMING if streaming else _SINCE, values).all()
+    inserted, changed = _counters(conn, conversation, rows)
     return _Read(inserted, changed, list(rows))

@@ -10,12 +10,14 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, event, insert, select, text
 from sqlalchemy.engine import make_url
 
-from bot.models import Author, ConversationKey
-from bot.schema import meta
-from bot.store import Store
+from bot.accounting import Ledger
+from bot.models import Author, ConversationKey, Message
+from bot.providers.base import Usage
+from bot.schema import inbox, meta, turns, usage
+from bot.store import AssistantRecord, Store
 from tests.support.asking import ask
 
 on_postgres = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -107,3 +109,79 @@ async def test_far_more_replies_than_the_pool_has_connections_all_complete(
     # Two pooled connections, and the one the conversation locks take (outside the pool).
     assert await connections_of_others(outside) <= 3
     assert len(await engine.store.history("test:c0", 100)) == 16  # 8 questions and their 8 answers
+
+
+@on_postgres
+async def test_a_reply_writes_its_message_row_and_final_record_in_one_statement_each(
+    database_url: str,
+) -> None:
+    """Each a statement of its own outside a transaction (no BEGIN and COMMIT: one round trip, where
+    the accept took four and the final record six), and what each wrote is all there: a question and
+    its reply with usage rows, a command (no turn), and a reply that ended before it showed (its turn
+    written by the final record)."""
+    store = await Store.open(database_url)
+    sent: list[tuple[str, str | None]] = []
+
+    def executed(conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        sent.append((statement.split()[0], conn.get_execution_options().get("isolation_level")))
+
+    def asked(text: str, message_id: str) -> Message:
+        return Message(ConversationKey("test", "c"), Author("u1", "Ada"), text, id=message_id, server_id="S")
+
+    assert store._pool is not None
+    event.listen(store._pool.sync_engine, "before_cursor_execute", executed)
+    question = asked("hello", "m1")
+    entry = await store.accept(question, None, "hello", 2)
+    assert entry is not None and entry.turn_id is not None
+    assert await store.accept(question, None, "hello", 2) is None  # a redelivery stores nothing
+    turn_id = await store.start_reply(
+        "test:c", entry.turn_id, "u1", AssistantRecord("he", "m", "streaming"), 1
+    )
+    ledger = Ledger()
+    ledger.add("openrouter/x", Usage(prompt_tokens=5, completion_tokens=7, cost=0.25))
+    ledger.add("openrouter/y", Usage(prompt_tokens=1, completion_tokens=2))
+    rows = ledger.rows(question, entry.id, 1.0)
+    record = AssistantRecord("hello there", "openrouter/x", "ok", 5, 7, 0.25, 40)
+    await store.finish_reply(entry.id, "test:c", turn_id, entry.turn_id, "u1", record, 3, rows)
+    command = await store.accept(asked("/model", "m2"), None, "", 0)
+    assert command is not None and command.turn_id is None
+    unseen = await store.accept(asked("again", "m3"), None, "again", 1)
+    assert unseen is not None and unseen.turn_id is not None
+    failed = AssistantRecord("It failed.", "openrouter/x", "error")
+    await store.finish_reply(unseen.id, "test:c", None, unseen.turn_id, "u1", failed, 2)
+    event.remove(store._pool.sync_engine, "before_cursor_execute", executed)
+    kinds = ["WITH", "WITH", "INSERT", "WITH", "INSERT", "WITH", "WITH"]
+    assert sent == [(kind, "AUTOCOMMIT") for kind in kinds]
+
+    def stored(conn: Connection) -> tuple[Any, ...]:
+        turns_stored = conn.execute(
+            select(turns.c.id, turns.c.role, turns.c.content, turns.c.outcome, turns.c.answers).order_by(
+                turns.c.id
+            )
+        ).all()
+        inbox_rows = conn.execute(
+            select(inbox.c.id, inbox.c.state, inbox.c.turn_id).order_by(inbox.c.id)
+        ).all()
+        spent = conn.execute(
+            select(usage.c.name, usage.c.inbox_id, usage.c.cost).order_by(usage.c.name)
+        ).all()
+        return turns_stored, inbox_rows, spent
+
+    turns_stored, inbox_rows, spent = await store.read(stored)
+    assert [tuple(row)[1:] for row in turns_stored] == [
+        ("user", "hello", None, None),
+        ("assistant", "hello there", "ok", entry.turn_id),
+        ("user", "again", None, None),
+        ("assistant", "It failed.", "error", unseen.turn_id),
+    ]
+    assert [row.id for row in turns_stored][:3] == [entry.turn_id, turn_id, unseen.turn_id]
+    assert [tuple(row) for row in inbox_rows] == [
+        (entry.id, "done", entry.turn_id),
+        (command.id, "pending", None),
+        (unseen.id, "done", unseen.turn_id),
+    ]
+    assert [tuple(row) for row in spent] == [
+        ("openrouter/x", entry.id, 0.25),
+        ("openrouter/y", entry.id, None),
+    ]
+    await store.close()

@@ -361,12 +361,6 @@ _SINCE = (
     .where(turns.c.conversation == bindparam("conversation"), turns.c.id > bindparam("newest"))
     .order_by(turns.c.id)
 )
-_NEWEST = (
-    select(*_COLUMNS)
-    .where(turns.c.conversation == bindparam("conversation"))
-    .order_by(turns.c.id.desc())
-    .limit(bindparam("count"))
-)
 _SINCE_OR_STREAMING = (
     select(*_WITH_COUNTERS)
     .where(
@@ -405,8 +399,8 @@ def _full(conn: Connection, conversation: str, wanted: int) -> _Read:
 
 def _newest(conn: Connection, conversation: str, count: int) -> _Read:
     """The counters and the newest `count` turns, oldest first: complete when that is all there are."""
-    inserted, changed = _counters(conn, conversation)
-    rows = conn.execute(_NEWEST, {"conversation": conversation, "count": count}).all()
+    rows = conn.execute(_NEWEST, {"conversation": conversation, "page": count}).all()
+    inserted, changed = _counters(conn, conversation, rows)
     return _Read(inserted, changed, rows[::-1], complete=len(rows) < count)
 
 

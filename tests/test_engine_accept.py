@@ -4,7 +4,6 @@ request instead of two (SQLite, where no other instance shares the turns)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import pytest
@@ -14,19 +13,7 @@ from bot import windows as windows_module
 from bot.engine import Engine
 from tests.support.asking import answer, ask, msg
 from tests.support.llm_server import LLMServer
-
-
-def count_reads(engine: Engine) -> list[str]:
-    """The name of every function the engine's store reads with, from now on."""
-    names: list[str] = []
-    read = engine.store.read
-
-    async def counted(work: Callable[..., Any]) -> Any:
-        names.append((work.func if isinstance(work, partial) else work).__name__)
-        return await read(work)
-
-    engine.store.read = counted  # type: ignore[method-assign]
-    return names
+from tests.support.store_reads import count_reads
 
 
 async def test_a_free_turn_reads_nothing_apart_from_its_accept_also_after_a_redelivery(

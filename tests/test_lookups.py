@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import pytest
@@ -15,23 +14,11 @@ from bot.engine import Engine
 from bot.models import Author
 from tests.support.asking import CHANNEL, ask, msg
 from tests.support.llm_server import LLMServer
+from tests.support.store_reads import count_reads
 
 pytestmark = pytest.mark.both_databases
 
 MAX = Author("u-max", "Max", is_channel_manager=True)
-
-
-def count_reads(engine: Engine) -> list[str]:
-    """The name of every function the engine's store reads with, from now on."""
-    names: list[str] = []
-    read = engine.store.read
-
-    async def counted(work: Callable[..., Any]) -> Any:
-        names.append((work.func if isinstance(work, partial) else work).__name__)
-        return await read(work)
-
-    engine.store.read = counted  # type: ignore[method-assign]
-    return names
 
 
 async def command(engine: Engine, line: str, author: Author = MAX) -> str:

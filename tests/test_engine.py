@@ -62,6 +62,7 @@ async def test_the_user_turn_is_stored_before_the_provider_is_asked(engine: Engi
     llm.enqueue(Script(tokens=["late"], first_delay=0.3))
     task = asyncio.create_task(ask(engine, "stored first?"))
     while not llm.chat_requests():
+        assert not task.done(), f"the reply ended before asking the provider: {task.result()!r}"
         await asyncio.sleep(0.01)
     turns, _ = await engine.store.recall(str(CHANNEL), 10_000)
     assert [(t.role, t.content) for t in turns] == [("user", "stored first?")]
@@ -435,7 +436,9 @@ async def test_one_person_is_answered_in_order_and_other_people_meanwhile(
     )
     ada_a, ada_b, bo_c = msg("a"), msg("b"), msg("c", author=BO)
     first = await engine.accept(ada_a, {"message": ada_a.id})
+    assert first is not None
     while not llm.chat_requests():
+        assert not first.done(), f"the reply ended before asking the provider: {first.result()!r}"
         await asyncio.sleep(0.01)
     second = await engine.accept(ada_b, {"message": ada_b.id})
     bo = await engine.accept(bo_c, {"message": bo_c.id})

@@ -13,7 +13,6 @@ Periods are UTC days and months.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import secrets
 import time
@@ -26,6 +25,7 @@ from sqlalchemy import ColumnElement, Connection, delete, func, insert, or_, sel
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.access import Refused
+from bot.advisory_keys import advisory_key
 from bot.config import BudgetDefaults
 from bot.models import CommandResult, Message
 from bot.schema import budget_holds
@@ -317,8 +317,7 @@ def forget_dead_holds(conn: Connection, dead: ColumnElement[bool]) -> int:
 
 
 def _hold_key(scope: str, target: str) -> int:
-    digest = hashlib.blake2b(f"budget:{scope}:{target}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return advisory_key(f"budget:{scope}:{target}")
 
 
 def refusal(message: Message, limit: Limit, used: float, resets: datetime) -> str:

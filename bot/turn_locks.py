@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+
+from bot.advisory_keys import advisory_key
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -152,8 +153,7 @@ class TurnLocks:
 
 
 def _key(conversation: str, author_id: str) -> int:
-    name = f"turn:{conversation}:{author_id}"
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+    return advisory_key(f"turn:{conversation}:{author_id}")
 
 
 def _fail(futures: list[asyncio.Future[Any]], error: BaseException) -> None:

@@ -133,6 +133,17 @@ class RequestBucket:
         self._expire(now)
         return len(self._sent) + self.replies + count <= self.capacity
 
+    def room_in(self, now: float) -> float:
+        """Seconds until `has_room(now, 1)`; a margin when the final texts owed fill the bucket (each
+        frees its slot once shown)."""
+        self._expire(now)
+        over = len(self._sent) + self.replies + 1 - self.capacity
+        if over <= 0:
+            return 0.0
+        if over > len(self._sent):
+            return LATENCY_MARGIN
+        return self._sent[over - 1] + self.window - now
+
     def charge(self, now: float, count: int = 1) -> None:
         self._sent.extend([now] * count)
 
@@ -182,13 +193,17 @@ class Pacer:
         wanted = Counter(limits)
         return all(self.bucket_for(limit).has_room(now, count) for limit, count in wanted.items())
 
-    def take(self, limits: Sequence[RateLimit]) -> bool:
+    async def take(self, limits: Sequence[RateLimit], *, wait: bool = False) -> bool:
         """Take slots now for requests a render makes beyond those it reserved (a Slack stream refused
         midway goes on by a post), so that renders refused at once cannot all make them; False, taking
-        none, when they do not fit beside every reply's final text. The render reports them as usual,
-        and each is counted once."""
-        if not self.has_room(limits):
-            return False
+        none, when they do not fit beside every reply's final text. With `wait` (a final text, which is
+        always shown) it waits for them instead. The render reports them as usual, and each is counted
+        once."""
+        while not self.has_room(limits):
+            if not wait:
+                return False
+            now = self.clock.now()
+            await self.clock.sleep(max(self.bucket_for(limit).room_in(now) for limit in limits))
         now = self.clock.now()
         for limit in limits:
             self.bucket_for(limit).hold(now)

@@ -477,7 +477,7 @@ async def test_a_slot_taken_midway_is_counted_once_when_the_render_reports_it(cl
 
     class RefusedSurface(RecordingSurface):
         async def render(self, text: str, *, final: bool) -> int | list[RateLimit]:
-            assert pacer.take([post]) and not pacer.take([post, post])
+            assert await pacer.take([post]) and not await pacer.take([post, post])
             await clock.sleep(0.5)  # the post in flight
             await super().render(text, final=final)
             return [start, post]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -344,6 +345,33 @@ async def test_a_final_on_the_stream_costs_its_start_pieces_and_stop(slack: Slac
     await reply.render("Hello", final=False)
     assert await final(reply, "Hello " + "x" * (STREAM_TEXT_LIMIT * 2)) == [APPEND, APPEND, STOP]
     assert await final(surface(slack), "y" * (STREAM_TEXT_LIMIT + 1)) == [START, STOP]
+
+
+async def test_finals_refused_a_stream_at_once_wait_their_turns_at_the_channels_post_slot(
+    slack: SlackAPI,
+) -> None:
+    """Two replies in one channel end before their first render, and the workspace refuses both
+    streams: nothing renders after a final, so the one without the channel's post slot waits for it
+    rather than post over the limit."""
+    slack.fail["chat.startStream"] = "not_allowed_token_type"
+    clock = FakeClock()
+    pacer = Pacer(clock)
+    client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url)
+    refused = set[str]()
+    finishing = []
+    for thread, text in (("1.1", "First, whole"), ("2.1", "Second, whole")):
+        reply = SlackSurface(
+            client, channel="C1", thread_ts=thread, team_id="T1", user_id="U1", clock=clock,
+            streamless_teams=refused, room=pacer.has_room, take=pacer.take,
+        )  # fmt: skip
+        finishing.append(asyncio.create_task(pacer.renderer(reply).finish(text)))
+    await until(lambda: sum(task.done() for task in finishing) == 1 and clock.sleepers == 1, "one shown")
+    assert len(slack.calls_to("chat.postMessage")) == 1  # the other final waits for the slot
+    await clock.advance(1.0 + LATENCY_MARGIN)
+    await asyncio.gather(*finishing)
+    assert sorted(m.text for m in slack.replies("C1")) == ["First, whole", "Second, whole"]
+    assert len(slack.calls_to("chat.postMessage")) == 2
+    assert slack.throttled == {}
 
 
 async def test_replies_refused_a_stream_at_once_take_turns_at_the_channels_post_slot(

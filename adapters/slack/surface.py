@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,11 @@ def post_limit(team_id: str, channel: str) -> RateLimit:
     return RateLimit(f"slack:{team_id}:chat.postMessage:{channel}", 1, 1.0)
 
 
+async def _free(limits: Sequence[RateLimit], *, wait: bool = False) -> bool:
+    """A surface with no pacer to ask: every request may go."""
+    return True
+
+
 @dataclass(slots=True)
 class _Page:
     start: int  # offset in the reply text where this message's part begins
@@ -103,7 +108,7 @@ class SlackSurface:
         min_interval: float = 1.0,
         streamless_teams: set[str] | None = None,
         room: Callable[[Iterable[RateLimit]], bool] | None = None,
-        take: Callable[[Sequence[RateLimit]], bool] | None = None,
+        take: Callable[..., Awaitable[bool]] | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._client = client
@@ -114,7 +119,7 @@ class SlackSurface:
         self._recipient_team_id = recipient_team_id or team_id
         self._min_interval = min_interval
         self._room = room or (lambda limits: True)
-        self._take = take or (lambda limits: True)
+        self._take = take or _free
         self._clock = clock or SystemClock()
         self._stream: AsyncChatStream | None = None
         self._streamless_teams = streamless_teams if streamless_teams is not None else set()
@@ -267,7 +272,7 @@ class SlackSurface:
                 await self._stop_reopened_stream()
             streaming = self._streaming
             streamed = streaming and await self._render_stream(plain_destinations(shown), final)
-            if not streamed and self._posts_now(refused_stream=streaming, final=final):
+            if not streamed and await self._posts_now(refused_stream=streaming, final=final):
                 await self._render_pages(shown, final)
             if final:
                 await self._delete_leftovers()
@@ -277,13 +282,14 @@ class SlackSurface:
             raise
         return self._spent
 
-    def _posts_now(self, *, refused_stream: bool, final: bool) -> bool:
+    async def _posts_now(self, *, refused_stream: bool, final: bool) -> bool:
         """Whether the message path may write now. After a stream refused before it showed anything,
-        the post that replaces it was not reserved: it takes the channel's post slot first, and an
-        intermediate render without one leaves the post to the next render, which waits for it."""
+        the post that replaces it was not reserved: it takes the channel's post slot first. An
+        intermediate render without one leaves the post to the next render, which waits for it; a final
+        waits for the slot, since nothing renders after it."""
         if not refused_stream or self._pages:
             return True
-        return self._take([self._limit("chat.postMessage")]) or final
+        return await self._take([self._limit("chat.postMessage")], wait=final)
 
     def _spend(self, method: str) -> None:
         self._spent.append(self._limit(method))

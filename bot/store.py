@@ -263,7 +263,7 @@ class Store:
         if not in_memory:
             Path(str(url.database)).parent.mkdir(parents=True, exist_ok=True)
         engine = _sqlite_engine(url)
-        writer = SQLiteWorker(engine, "parley-sqlite-writer", "BEGIN IMMEDIATE")
+        writer = SQLiteWorker(engine, "parley-sqlite-writer", "BEGIN IMMEDIATE", checkpoints=not in_memory)
         reader = None if in_memory else SQLiteWorker(engine, "parley-sqlite-reader", "BEGIN")
         return cls("sqlite", writer=writer, reader=reader)
 

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, create_engine, insert, select, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import NullPool
 
+from bot import sqlite_worker
 from bot.schema import meta
 from bot.store import Store
 
@@ -166,3 +168,162 @@ async def test_a_caller_cancelled_before_its_turn_drops_its_transaction(store: S
     assert await kept == "g-kept"
     assert dropped.cancelled()
     assert stored(path) == ["g-kept"]
+
+
+async def test_a_lone_transaction_that_raises_keeps_nothing_and_the_next_commits(
+    store: Store, path: Path
+) -> None:
+    def refuse(conn: Connection) -> None:
+        raise ValueError("this one fails")
+
+    with pytest.raises(ValueError, match="this one fails"):
+        await store.write(add("g-alone", then=refuse))
+    assert stored(path) == []
+    assert await store.write(add("g-next")) == "g-next"
+    assert stored(path) == ["g-next"]
+
+
+def traced(conn: Connection, seen: list[str]) -> None:
+    """From here on, every statement the driver runs on this connection is appended to `seen`."""
+    driver = conn.connection.dbapi_connection
+    assert driver is not None
+    driver.set_trace_callback(seen.append)  # type: ignore[attr-defined]
+
+
+async def test_a_transaction_alone_runs_without_a_savepoint_and_one_of_a_group_in_its_own(
+    store: Store, path: Path
+) -> None:
+    seen: list[str] = []
+    await store.write(add("g-alone", then=lambda conn: traced(conn, seen)))
+    assert seen == ["COMMIT"]  # nothing between its statements and the commit
+    seen.clear()
+    tasks = await queued_behind(store, add("g-first"), add("g-second"))  # behind one alone, as a group
+    await asyncio.gather(*tasks)
+    assert seen.count("SAVEPOINT parley_call") == 2 and seen.count("RELEASE parley_call") == 2
+    await store.write(lambda conn: traced(conn, []))
+    assert stored(path) == ["g-alone", "g-first", "g-second"]
+
+
+async def test_groups_that_finish_before_the_loop_takes_the_first_share_its_wake_up(
+    store: Store, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loop that is behind is woken once for what several groups answered meanwhile, and every caller
+    still gets its own outcome."""
+    loop = asyncio.get_running_loop()
+    wakes: list[object] = []
+    wake = loop.call_soon_threadsafe
+
+    def counting(callback: Any, *args: Any) -> Any:
+        if isinstance(getattr(callback, "__self__", None), sqlite_worker._Mailbox):
+            wakes.append(callback)
+        return wake(callback, *args)
+
+    sent = threading.Semaphore(0)
+    send = sqlite_worker._Mailbox.send
+
+    def sending(self: Any, outcomes: Any) -> None:
+        send(self, outcomes)
+        sent.release()
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    monkeypatch.setattr(sqlite_worker._Mailbox, "send", sending)
+    first, second = Held(), Held()
+    one = asyncio.create_task(store.write(first))
+    await first.started()
+    two = asyncio.create_task(store.write(add("g-second", then=second)))
+    await asyncio.sleep(0)  # queued behind the first: the next group
+    # The loop is held here, in this test, while both groups finish and are answered.
+    first.release.set()
+    assert sent.acquire(timeout=30)
+    assert second.running.wait(30)
+    second.release.set()
+    assert sent.acquire(timeout=30)
+    assert len(wakes) == 1
+    await one
+    assert await two == "g-second"
+    assert stored(path) == ["g-second"]
+
+
+def size(path: Path) -> int:
+    return path.stat().st_size
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for `condition`, which another thread makes true (10 s at most)."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("never happened")
+
+
+def fill(conn: Connection) -> None:
+    """About 2 MB written: under the 1,000 pages past which a commit would checkpoint by itself."""
+    conn.execute(text("CREATE TABLE IF NOT EXISTS filler (x TEXT)"))
+    conn.execute(
+        text("INSERT INTO filler (x) VALUES (:x)"), [{"x": f"{i:04d}" + "x" * 1000} for i in range(2000)]
+    )
+
+
+async def test_the_writes_are_checkpointed_into_the_database_file_by_a_thread_of_their_own(
+    store: Store, path: Path
+) -> None:
+    names = [thread.name for thread in threading.enumerate()]
+    assert "parley-sqlite-writer-checkpoints" in names
+    pages = await store.write(lambda conn: conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar())
+    assert pages == sqlite_worker.WRITER_CHECKPOINT_PAGES  # the writer leaves them to that thread
+    before = size(path)
+    await store.write(fill)
+    await until(lambda: size(path) > before + 1_000_000)  # copied from the log into the file
+    with sqlite3.connect(path) as outside:
+        assert outside.execute("SELECT count(*) FROM filler").fetchone() == (2000,)
+
+
+async def test_closing_the_store_ends_the_checkpoint_thread(path: Path) -> None:
+    opened = await Store.open(f"sqlite+aiosqlite:///{path}")
+    await opened.write(add("g-one"))
+    await opened.close()
+    assert not [thread for thread in threading.enumerate() if thread.name.endswith("-checkpoints")]
+    assert stored(path) == ["g-one"]
+
+
+async def test_a_database_in_memory_has_no_checkpoint_thread() -> None:
+    opened = await Store.open("sqlite+aiosqlite:///:memory:")
+    try:
+        await opened.write(add("g-one"))
+        assert not [thread for thread in threading.enumerate() if thread.name.endswith("-checkpoints")]
+    finally:
+        await opened.close()
+
+
+async def test_a_checkpoint_that_fails_is_logged_and_made_again_after_the_next_write(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = create_engine(f"sqlite:///{path}", poolclass=NullPool)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    attempts: list[str] = []
+    connect = engine.raw_connection
+
+    def failing_once() -> Any:
+        if not threading.current_thread().name.endswith("-checkpoints"):
+            return connect()  # the writer's own
+        attempts.append("connect")
+        if len(attempts) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        return connect()
+
+    engine.raw_connection = failing_once  # type: ignore[method-assign]
+    worker = sqlite_worker.SQLiteWorker(engine, "test-writer", "BEGIN IMMEDIATE", checkpoints=True)
+    try:
+        before = size(path)
+        await worker.run(fill)
+        await until(lambda: "a WAL checkpoint failed" in caplog.text)
+        assert len(attempts) == 1
+        assert size(path) < before + 1_000_000  # nothing copied yet
+        await worker.run(lambda conn: conn.execute(text("INSERT INTO filler (x) VALUES ('again')")))
+        await until(lambda: size(path) > before + 1_000_000)
+        assert len(attempts) == 2
+    finally:
+        await worker.close()
+        engine.dispose()

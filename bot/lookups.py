@@ -7,19 +7,37 @@ the turns added since). A hop costs more than the queries in it (a thread hand-o
 connection on PostgreSQL, and a wait behind whatever else is queued there, the interpreter lock
 included), so a reply makes one of them instead of five. Nothing is cached: the next message reads what
 is stored now, whichever instance changed it.
+
+On PostgreSQL every statement's work is the event loop's own, and a hop waits for a pooled connection:
+with a thousand messages at once, a look-up each held a connection for five statements, each waiting a
+pass of the loop that streams the first replies, and the look-ups kept the pool from the others. There
+every look-up asked for while a batch is out goes into the next one (`LookUpBatches`), which reads each kind
+once for all of them: a burst's look-ups take a few hops of five statements instead of one hop each.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection
 
 from bot.models import ConversationKey, ConversationSettings
-from bot.store import budget_overrides_of, settings_of, skill_modes_of, summary_of
-from bot.windows import Ahead
+from bot.store import (
+    Store,
+    budget_overrides_of,
+    budgets_of_targets,
+    settings_by_conversation,
+    settings_of,
+    skill_modes_by_conversation,
+    skill_modes_of,
+    summaries_by_conversation,
+    summary_of,
+)
+from bot.windows import Ahead, ReadAhead, read_ahead_many
 
 # A conversation's stored settings rows and skill modes, its own first (then, in a thread, its channel's).
 ConversationRows = tuple[list[dict[str, object]], list[dict[str, str]]]
@@ -52,6 +70,85 @@ def look_up(
         summary_of(conn, str(key)),
         window(conn) if window is not None else None,
     )
+
+
+@dataclass
+class _Asked:
+    key: ConversationKey
+    budget_targets: Sequence[tuple[str, str]]
+    window: ReadAhead | None
+    answer: asyncio.Future[Lookups]
+
+
+class LookUpBatches:
+    """A reply's look-up: its own store hop on SQLite; on PostgreSQL, batched with every other look-up
+    asked for while one is out (one task sends them, and starts again while more arrived meanwhile)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._asked: list[_Asked] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def __call__(
+        self, key: ConversationKey, budget_targets: Sequence[tuple[str, str]], window: ReadAhead | None
+    ) -> Lookups:
+        """What `look_up` reads for `key`; raises what the store raised for the batch it went in. A caller
+        cancelled while its batch is out is left out of the answers."""
+        if not self._store.shared:
+            return await self._store.read(
+                partial(look_up, key=key, budget_targets=budget_targets, window=window)
+            )
+        asked = _Asked(key, budget_targets, window, asyncio.get_running_loop().create_future())
+        self._asked.append(asked)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send(), name="look-ups")
+        return await asked.answer
+
+    async def _send(self) -> None:
+        while self._asked:
+            asked, self._asked = [one for one in self._asked if not one.answer.cancelled()], []
+            if not asked:
+                continue
+            try:
+                found = await self._store.read(partial(look_up_many, asked=asked))
+            except BaseException as error:  # each asker gets the batch's error; a cancelled sender ends
+                for one in asked:
+                    if one.answer.done():
+                        continue
+                    if isinstance(error, asyncio.CancelledError):
+                        one.answer.cancel()
+                    else:
+                        one.answer.set_exception(error)
+                if isinstance(error, Exception):
+                    continue
+                raise
+            for one, lookups in zip(asked, found, strict=True):
+                if not one.answer.done():
+                    one.answer.set_result(lookups)
+
+
+def look_up_many(conn: Connection, asked: Sequence[_Asked]) -> list[Lookups]:
+    """What `look_up` reads, for every one of `asked`, in one statement per kind (PostgreSQL)."""
+    keys = [settings_keys(one.key) for one in asked]
+    every = sorted({key for some in keys for key in some})
+    settings = settings_by_conversation(conn, every)
+    modes = skill_modes_by_conversation(conn, every)
+    targets = sorted({target for one in asked for _, target in one.budget_targets})
+    budgets = budgets_of_targets(conn, targets) if targets else []
+    summaries = summaries_by_conversation(conn, sorted({str(one.key) for one in asked}))
+    reads = iter(read_ahead_many(conn, [one.window for one in asked if one.window is not None]))
+    found = []
+    for one, some in zip(asked, keys, strict=True):
+        wanted = set(one.budget_targets)
+        found.append(
+            Lookups(
+                ([settings[key] for key in some if key in settings], [modes.get(key, {}) for key in some]),
+                [row for row in budgets if (row["scope"], row["target"]) in wanted],
+                summaries.get(str(one.key)),
+                next(reads) if one.window is not None else None,
+            )
+        )
+    return found
 
 
 def look_up_settings(conn: Connection, key: ConversationKey) -> ConversationRows:

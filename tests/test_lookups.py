@@ -36,7 +36,7 @@ async def test_a_reply_looks_up_its_settings_budgets_summary_and_new_turns_in_on
     # SQLite the turn was free, so the look-up ran in the message's accept: no read of its own. On
     # PostgreSQL the turn is taken on the lock's own connection (its check for an earlier message of
     # Ada's in the same statement), then the look-up reads.
-    assert reads == (["look_up"] if engine.store.shared else [])
+    assert reads == (["look_up_many"] if engine.store.shared else [])
     assert engine.windows.reads == {"full": 1, "new": 0, "ahead": 1}
 
 

@@ -12,12 +12,11 @@ On PostgreSQL every statement's work is the event loop's own, and a hop waits fo
 with a thousand messages at once, a look-up each held a connection for five statements, each waiting a
 pass of the loop that streams the first replies, and the look-ups kept the pool from the others. There
 every look-up asked for while a batch is out goes into the next one (`LookUpBatches`), which reads each kind
-once for all of them: a burst's look-ups take a few hops of five statements instead of one hop each.
+once for all of them (bot/batches.py): a burst's look-ups take a few hops instead of one hop each.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -25,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from bot.batches import Batches
 from bot.models import ConversationKey, ConversationSettings
 from bot.store import (
     Store,
@@ -72,59 +72,33 @@ def look_up(
     )
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _Asked:
     key: ConversationKey
     budget_targets: Sequence[tuple[str, str]]
     window: ReadAhead | None
-    answer: asyncio.Future[Lookups]
 
 
 class LookUpBatches:
     """A reply's look-up: its own store hop on SQLite; on PostgreSQL, batched with every other look-up
-    asked for while one is out (one task sends them, and starts again while more arrived meanwhile)."""
+    asked for while one is out (bot/batches.py)."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._asked: list[_Asked] = []
-        self._sender: asyncio.Task[None] | None = None
+        self._batches: Batches[_Asked, Lookups] = Batches(self._read, "look-ups")
 
     async def __call__(
         self, key: ConversationKey, budget_targets: Sequence[tuple[str, str]], window: ReadAhead | None
     ) -> Lookups:
-        """What `look_up` reads for `key`; raises what the store raised for the batch it went in. A caller
-        cancelled while its batch is out is left out of the answers."""
+        """What `look_up` reads for `key`; raises what the store raised for the batch it went in."""
         if not self._store.shared:
             return await self._store.read(
                 partial(look_up, key=key, budget_targets=budget_targets, window=window)
             )
-        asked = _Asked(key, budget_targets, window, asyncio.get_running_loop().create_future())
-        self._asked.append(asked)
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send(), name="look-ups")
-        return await asked.answer
+        return await self._batches(_Asked(key, budget_targets, window))
 
-    async def _send(self) -> None:
-        while self._asked:
-            asked, self._asked = [one for one in self._asked if not one.answer.cancelled()], []
-            if not asked:
-                continue
-            try:
-                found = await self._store.read(partial(look_up_many, asked=asked))
-            except BaseException as error:  # each asker gets the batch's error; a cancelled sender ends
-                for one in asked:
-                    if one.answer.done():
-                        continue
-                    if isinstance(error, asyncio.CancelledError):
-                        one.answer.cancel()
-                    else:
-                        one.answer.set_exception(error)
-                if isinstance(error, Exception):
-                    continue
-                raise
-            for one, lookups in zip(asked, found, strict=True):
-                if not one.answer.done():
-                    one.answer.set_result(lookups)
+    async def _read(self, asked: list[_Asked]) -> list[Lookups]:
+        return await self._store.read(partial(look_up_many, asked=asked))
 
 
 def look_up_many(conn: Connection, asked: Sequence[_Asked]) -> list[Lookups]:

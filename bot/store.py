@@ -47,6 +47,7 @@ from sqlalchemy.exc import ResourceClosedError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from bot import migrations
+from bot.batches import Batches
 from bot.config import DATABASE_POOL_SIZE, SetupError
 from bot.database_url import describe_database
 from bot.models import Attachment, Author, ConversationKey, Message
@@ -218,6 +219,9 @@ class Store:
         # Advisory locks live on connections of their own (autocommit, never used for anything else),
         # so a lock holder never waits for a pooled connection that a waiter holds.
         self.turns = TurnLocks(self.lock_connection) if self.shared else None
+        # A burst of replies shows at once, and each writes its row at its first render: on PostgreSQL
+        # those asked for while one statement is out go into the next.
+        self._reply_rows = Batches(self._start_replies, "reply rows") if self.shared else None
         self._leadership: AsyncConnection | None = None
         self._leading = False
         self._closed = False
@@ -569,9 +573,17 @@ class Store:
             "reply_refs": json.dumps(refs) if refs is not None else None,
             "instance": self.instance_id,
         }
+        if self._reply_rows is not None:
+            return await self._reply_rows(values)
         return await self.write_alone(
             lambda conn: int(conn.execute(_INSERT_TURN, values).inserted_primary_key[0])
         )
+
+    async def _start_replies(self, rows: list[dict[str, object]]) -> list[int]:
+        """PostgreSQL: the rows of the replies that showed while the last batch was out, in one statement;
+        their ids in the order asked."""
+        bound = {f"rows_{name}": [row[name] for row in rows] for name in _REPLY_ROW_COLUMNS}
+        return await self.write_alone(lambda conn: list(conn.execute(_reply_rows(), bound).scalars()))
 
     async def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> None:
         """The text so far of streaming replies, all in one transaction. A reply finished meanwhile keeps
@@ -986,6 +998,41 @@ def _finish_statement(insert_turn: bool) -> Any:
         .from_select(list(_USAGE_COLUMNS), rows)
         .add_cte(written.cte("reply"), closed.cte("closed"), dropped.cte("files"))
     )
+
+
+# The columns of a reply's row written at its first render (`start_reply`).
+_REPLY_ROW_COLUMNS = (
+    *_TURN_COLUMNS,
+    "answers",
+    *("model", "prompt_tokens", "completion_tokens", "cost", "latency_ms", "outcome"),
+    "reply_refs",
+    "instance",
+)
+
+
+@functools.cache
+def _reply_rows() -> Any:
+    """Replies' rows from one array per column (PostgreSQL), each given its id from the turns' sequence
+    first, so that the ids come back in the order the rows were asked for."""
+    asked = (
+        func.unnest(
+            *(
+                bindparam(f"rows_{name}", type_=postgresql.ARRAY(turns.c[name].type))
+                for name in _REPLY_ROW_COLUMNS
+            )
+        )
+        .table_valued(*_REPLY_ROW_COLUMNS, with_ordinality="n")
+        .render_derived("asked")
+    )
+    numbered = select(
+        func.nextval(func.pg_get_serial_sequence("turns", "id")).label("id"),
+        asked.c.n,
+        *(asked.c[name] for name in _REPLY_ROW_COLUMNS),
+    ).cte("numbered")
+    written = insert(turns).from_select(
+        ["id", *_REPLY_ROW_COLUMNS], select(numbered.c.id, *(numbered.c[name] for name in _REPLY_ROW_COLUMNS))
+    )
+    return select(numbered.c.id).add_cte(written.cte("written")).order_by(numbered.c.n)
 
 
 # A batch of checkpoints: one statement run once per reply, only on rows still streaming.

@@ -23,7 +23,7 @@ from bot.compare import Compare, asks, relabelled
 from bot.config import Settings
 from bot.controls import Controls, ReplyControls, offer
 from bot.gate import Gate
-from bot.lookups import Lookups, conversation_settings, look_up, look_up_settings
+from bot.lookups import LookUpBatches, Lookups, conversation_settings, look_up, look_up_settings
 from bot.metrics import Health, Metrics
 from bot.models import Author, CommandResult, ConversationKey, ConversationSettings, Message
 from bot.platform import Platform
@@ -71,6 +71,7 @@ class Engine:
         self.checkpoints = Checkpoints(store, self.clock)
         self.calibration = TokenCalibration()
         self.windows = Windows(store, int(settings.context_memory_mb * 2**20))  # recent turns, in memory
+        self.look_ups = LookUpBatches(store)  # on PostgreSQL, a burst's look-ups read together
         self.platforms: dict[str, Platform] = {}
         self.addressing = Addressing(store, self.settings_for)
         self._gate = Gate(store)
@@ -221,7 +222,10 @@ class Engine:
                 await self.store.close_inbox(entry.id)
                 return "command"
             if lookups is None:
-                lookups = await self.store.read(self._look_up(message))
+                key = message.key
+                lookups = await self.look_ups(
+                    key, override_targets(message), self.windows.read_ahead(str(key))
+                )
             conf = conversation_settings(lookups.settings, self.settings.default_model)
             if kind == "reply":
                 name, _, args = text[1:].partition(" ")

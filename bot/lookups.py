@@ -7,19 +7,37 @@ the turns added since). A hop costs more than the queries in it (a thread hand-o
 connection on PostgreSQL, and a wait behind whatever else is queued there, the interpreter lock
 included), so a reply makes one of them instead of five. Nothing is cached: the next message reads what
 is stored now, whichever instance changed it.
+
+On PostgreSQL every statement's work is the event loop's own, and a hop waits for a pooled connection:
+with a thousand messages at once, a look-up each held a connection for five statements, each waiting a
+pass of the loop that streams the first replies, and the look-ups kept the pool from the others. There
+every look-up asked for while a batch is out goes into the next one (`LookUpBatches`), which reads each kind
+once for all of them (bot/batches.py): a burst's look-ups take a few hops instead of one hop each.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection
 
+from bot.batches import Batches
 from bot.models import ConversationKey, ConversationSettings
-from bot.store import budget_overrides_of, settings_of, skill_modes_of, summary_of
-from bot.windows import Ahead
+from bot.store import (
+    Store,
+    budget_overrides_of,
+    budgets_of_targets,
+    settings_by_conversation,
+    settings_of,
+    skill_modes_by_conversation,
+    skill_modes_of,
+    summaries_by_conversation,
+    summary_of,
+)
+from bot.windows import Ahead, ReadAhead, read_ahead_many
 
 # A conversation's stored settings rows and skill modes, its own first (then, in a thread, its channel's).
 ConversationRows = tuple[list[dict[str, object]], list[dict[str, str]]]
@@ -52,6 +70,59 @@ def look_up(
         summary_of(conn, str(key)),
         window(conn) if window is not None else None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    key: ConversationKey
+    budget_targets: Sequence[tuple[str, str]]
+    window: ReadAhead | None
+
+
+class LookUpBatches:
+    """A reply's look-up: its own store hop on SQLite; on PostgreSQL, batched with every other look-up
+    asked for while one is out (bot/batches.py)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._batches: Batches[_Asked, Lookups] = Batches(self._read, "look-ups")
+
+    async def __call__(
+        self, key: ConversationKey, budget_targets: Sequence[tuple[str, str]], window: ReadAhead | None
+    ) -> Lookups:
+        """What `look_up` reads for `key`; raises what the store raised for the batch it went in."""
+        if not self._store.shared:
+            return await self._store.read(
+                partial(look_up, key=key, budget_targets=budget_targets, window=window)
+            )
+        return await self._batches(_Asked(key, budget_targets, window))
+
+    async def _read(self, asked: list[_Asked]) -> list[Lookups]:
+        return await self._store.read(partial(look_up_many, asked=asked))
+
+
+def look_up_many(conn: Connection, asked: Sequence[_Asked]) -> list[Lookups]:
+    """What `look_up` reads, for every one of `asked`, in one statement per kind (PostgreSQL)."""
+    keys = [settings_keys(one.key) for one in asked]
+    every = sorted({key for some in keys for key in some})
+    settings = settings_by_conversation(conn, every)
+    modes = skill_modes_by_conversation(conn, every)
+    targets = sorted({target for one in asked for _, target in one.budget_targets})
+    budgets = budgets_of_targets(conn, targets) if targets else []
+    summaries = summaries_by_conversation(conn, sorted({str(one.key) for one in asked}))
+    reads = iter(read_ahead_many(conn, [one.window for one in asked if one.window is not None]))
+    found = []
+    for one, some in zip(asked, keys, strict=True):
+        wanted = set(one.budget_targets)
+        found.append(
+            Lookups(
+                ([settings[key] for key in some if key in settings], [modes.get(key, {}) for key in some]),
+                [row for row in budgets if (row["scope"], row["target"]) in wanted],
+                summaries.get(str(one.key)),
+                next(reads) if one.window is not None else None,
+            )
+        )
+    return found
 
 
 def look_up_settings(conn: Connection, key: ConversationKey) -> ConversationRows:

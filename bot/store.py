@@ -24,7 +24,9 @@ from sqlalchemy import (
     Engine,
     Float,
     Select,
+    String,
     and_,
+    any_,
     bindparam,
     cast,
     create_engine,
@@ -45,6 +47,7 @@ from sqlalchemy.exc import ResourceClosedError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from bot import migrations
+from bot.batches import Batches
 from bot.config import DATABASE_POOL_SIZE, SetupError
 from bot.database_url import describe_database
 from bot.models import Attachment, Author, ConversationKey, Message
@@ -216,6 +219,9 @@ class Store:
         # Advisory locks live on connections of their own (autocommit, never used for anything else),
         # so a lock holder never waits for a pooled connection that a waiter holds.
         self.turns = TurnLocks(self.lock_connection) if self.shared else None
+        # A burst of replies shows at once, and each writes its row at its first render: on PostgreSQL
+        # those asked for while one statement is out go into the next.
+        self._reply_rows = Batches(self._start_replies, "reply rows") if self.shared else None
         self._leadership: AsyncConnection | None = None
         self._leading = False
         self._closed = False
@@ -567,8 +573,18 @@ class Store:
             "reply_refs": json.dumps(refs) if refs is not None else None,
             "instance": self.instance_id,
         }
+        if self._reply_rows is not None:
+            return await self._reply_rows(values)
         return await self.write_alone(
             lambda conn: int(conn.execute(_INSERT_TURN, values).inserted_primary_key[0])
+        )
+
+    async def _start_replies(self, rows: list[dict[str, object]]) -> list[int]:
+        """PostgreSQL: the rows of the replies that showed while the last batch was out, in one statement;
+        their ids in the order asked."""
+        bound = {f"rows_{name}": [row[name] for row in rows] for name in _REPLY_ROW_COLUMNS}
+        return await self.write_alone(
+            lambda conn: list(conn.execute(_reply_rows_statement(), bound).scalars())
         )
 
     async def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> None:
@@ -600,11 +616,13 @@ class Store:
         else:
             values = {"tokens": tokens, **_record_values(record)}
         if self._dialect == "postgresql":  # one statement: one round trip, where a transaction takes six
-            statement = _finish_statement(turn_id is None, len(usage_rows))
+            statement = _finish_statement(turn_id is None)
             bound = {f"reply_{name}": value for name, value in values.items()}
             bound |= {"turn": turn_id, "inbox": inbox_id, "closed_at": time.time()}
-            for k, usage_row in enumerate(usage_rows):
-                bound |= {f"usage{k}_{name}": value for name, value in usage_row.items()}
+            bound |= {
+                f"usage_{name}": [row.get(name, default) for row in usage_rows]
+                for name, default in _USAGE_COLUMNS.items()
+            }
             await self.write_alone(lambda conn: conn.execute(statement, bound))
             return
         if turn_id is not None:
@@ -943,12 +961,22 @@ _INSERT_FILES = insert(inbox_files)
 _INSERT_USAGE = insert(usage)
 
 
+# The usage table's columns a row gives, with what a row that leaves one out stores.
+_USAGE_COLUMNS = {
+    column.name: column.default.arg if column.default is not None else None
+    for column in usage.c
+    if column.name != "id"
+}
+
+
 @functools.cache
-def _finish_statement(insert_turn: bool, usage_rows: int) -> Any:
+def _finish_statement(insert_turn: bool) -> Any:
     """A reply's final record as one statement (PostgreSQL): its turn written, its message closed and its
-    files dropped, each in a WITH, and its usage rows inserted. Bound by the names `finish_reply` gives
-    the values: `reply_{column}` for the turn's (`turn`, its id), `inbox`, `closed_at` and
-    `usage{k}_{column}`; none is a column's name, which SQLAlchemy would add to a statement's SET."""
+    files dropped, each in a WITH, and its usage rows inserted from one array per column (`unnest`), so
+    that the statement is the same whatever the number of rows and SQLAlchemy compiles it once: a
+    multi-row VALUES is never cached, and compiling this one cost the loop about 1.2 ms a reply. Bound by
+    the names `finish_reply` gives the values: `reply_{column}` for the turn's (`turn`, its id), `inbox`,
+    `closed_at` and `usage_{column}`; none is a column's name, which SQLAlchemy would add to a SET."""
     columns = ["tokens", *_record_values(AssistantRecord("", "", ""))]
     if insert_turn:
         columns += ["conversation", "role", "author_id", "author_name", "created_at", "answers"]
@@ -961,15 +989,52 @@ def _finish_statement(insert_turn: bool, usage_rows: int) -> Any:
         .values(state="done", done_at=bindparam("closed_at"))
     )
     dropped = delete(inbox_files).where(inbox_files.c.inbox_id == bindparam("inbox"))
-    ctes = [written.cte("reply"), closed.cte("closed"), dropped.cte("files")]
-    if not usage_rows:
-        return select(true()).add_cte(*ctes)
-    names = [column.name for column in usage.c if column.name != "id"]
-    rows = [
-        {name: bindparam(f"usage{k}_{name}", type_=usage.c[name].type) for name in names}
-        for k in range(usage_rows)
-    ]
-    return insert(usage).values(rows).add_cte(*ctes)
+    rows = select(
+        *(
+            func.unnest(bindparam(f"usage_{name}", type_=postgresql.ARRAY(usage.c[name].type)))
+            for name in _USAGE_COLUMNS
+        )
+    )
+    return (
+        insert(usage)
+        .from_select(list(_USAGE_COLUMNS), rows)
+        .add_cte(written.cte("reply"), closed.cte("closed"), dropped.cte("files"))
+    )
+
+
+# The columns of a reply's row written at its first render (`start_reply`).
+_REPLY_ROW_COLUMNS = (
+    *_TURN_COLUMNS,
+    "answers",
+    *("model", "prompt_tokens", "completion_tokens", "cost", "latency_ms", "outcome"),
+    "reply_refs",
+    "instance",
+)
+
+
+@functools.cache
+def _reply_rows_statement() -> Any:
+    """Replies' rows from one array per column (PostgreSQL), each given its id from the turns' sequence
+    first, so that the ids come back in the order the rows were asked for."""
+    asked = (
+        func.unnest(
+            *(
+                bindparam(f"rows_{name}", type_=postgresql.ARRAY(turns.c[name].type))
+                for name in _REPLY_ROW_COLUMNS
+            )
+        )
+        .table_valued(*_REPLY_ROW_COLUMNS, with_ordinality="n")
+        .render_derived("asked")
+    )
+    numbered = select(
+        func.nextval(func.pg_get_serial_sequence("turns", "id")).label("id"),
+        asked.c.n,
+        *(asked.c[name] for name in _REPLY_ROW_COLUMNS),
+    ).cte("numbered")
+    written = insert(turns).from_select(
+        ["id", *_REPLY_ROW_COLUMNS], select(numbered.c.id, *(numbered.c[name] for name in _REPLY_ROW_COLUMNS))
+    )
+    return select(numbered.c.id).add_cte(written.cte("written")).order_by(numbered.c.n)
 
 
 # A batch of checkpoints: one statement run once per reply, only on rows still streaming.
@@ -994,6 +1059,46 @@ _BUDGETS_OF = select(budgets).where(budgets.c.target.in_(bindparam("targets", ex
 _SUMMARY_OF = select(summaries.c.content, summaries.c.upto).where(
     summaries.c.conversation == bindparam("conversation")
 )
+
+
+# The same reads for the look-ups of many replies at once (PostgreSQL, bot/lookups.py): an array
+# parameter, where an expanding IN would make a new statement for every number of keys.
+_EVERY = postgresql.ARRAY(String)
+_SETTINGS_OF_EVERY = select(conversation_settings).where(
+    conversation_settings.c.conversation == any_(bindparam("conversations", type_=_EVERY))
+)
+_SKILL_MODES_OF_EVERY = select(skill_modes.c.conversation, skill_modes.c.skill, skill_modes.c.mode).where(
+    skill_modes.c.conversation == any_(bindparam("conversations", type_=_EVERY))
+)
+_BUDGETS_OF_EVERY = select(budgets).where(budgets.c.target == any_(bindparam("targets", type_=_EVERY)))
+_SUMMARIES_OF_EVERY = select(summaries.c.conversation, summaries.c.content, summaries.c.upto).where(
+    summaries.c.conversation == any_(bindparam("conversations", type_=_EVERY))
+)
+
+
+def settings_by_conversation(conn: Connection, conversations: Sequence[str]) -> dict[str, dict[str, object]]:
+    """PostgreSQL: the stored settings row of each of `conversations` that has one."""
+    rows = conn.execute(_SETTINGS_OF_EVERY, {"conversations": list(conversations)}).mappings()
+    return {row["conversation"]: dict(row) for row in rows}
+
+
+def skill_modes_by_conversation(conn: Connection, conversations: Sequence[str]) -> dict[str, dict[str, str]]:
+    """PostgreSQL: the skill modes set for each of `conversations` that has any, {skill: mode} each."""
+    by_key: dict[str, dict[str, str]] = {}
+    for row in conn.execute(_SKILL_MODES_OF_EVERY, {"conversations": list(conversations)}):
+        by_key.setdefault(row.conversation, {})[row.skill] = row.mode
+    return by_key
+
+
+def budgets_of_targets(conn: Connection, targets: Sequence[str]) -> list[dict[str, Any]]:
+    """PostgreSQL: every budget set with /budget for any of `targets`, whatever its scope."""
+    return [dict(row) for row in conn.execute(_BUDGETS_OF_EVERY, {"targets": list(targets)}).mappings()]
+
+
+def summaries_by_conversation(conn: Connection, conversations: Sequence[str]) -> dict[str, tuple[str, int]]:
+    """PostgreSQL: the running summary and its last turn id of each of `conversations` that has one."""
+    rows = conn.execute(_SUMMARIES_OF_EVERY, {"conversations": list(conversations)})
+    return {row.conversation: (row.content, row.upto) for row in rows}
 
 
 def settings_of(conn: Connection, conversations: Sequence[str]) -> list[dict[str, object]]:

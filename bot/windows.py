@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, or_, select
+from sqlalchemy import Connection, Integer, Select, String, any_, bindparam, func, or_, select, true
+from sqlalchemy.dialects import postgresql
 
 from bot.providers.base import ChatMessage
 from bot.schema import turn_changes, turns
@@ -97,6 +98,24 @@ class Ahead:
     window: _Window | None  # None: none was held, and `read` is the newest turns (`_newest`)
     version: int
     read: _Read
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAhead:
+    """The read a window makes next, as its values: one conversation's as a function of a connection,
+    or many conversations' in one statement each (`read_ahead_many`, PostgreSQL)."""
+
+    conversation: str
+    window: _Window | None  # None: none is held, so the newest AHEAD_PAGE turns are read
+    version: int
+    newest: int  # the highest turn id the window has seen
+    streaming: tuple[int, ...]  # the turns it saw streaming
+
+    def __call__(self, conn: Connection) -> Ahead:
+        if self.window is None:
+            return Ahead(None, 0, _newest(conn, self.conversation, AHEAD_PAGE))
+        read = _since(conn, self.conversation, self.newest, list(self.streaming))
+        return Ahead(self.window, self.version, read)
 
 
 def _memory_order(held: _Held) -> tuple[int, int]:
@@ -261,20 +280,15 @@ class Windows:
     def held_bytes(self) -> int:
         return self._bytes
 
-    def read_ahead(self, conversation: str) -> Callable[[Connection], Ahead] | None:
-        """The read the next `recall` of `conversation` makes, as a function for a store hop of the caller's
-        that reads other things too; None when no window is held (it is read in full)."""
+    def read_ahead(self, conversation: str) -> ReadAhead | None:
+        """The read the next `recall` of `conversation` makes, for a store hop of the caller's that reads
+        other things too (call it with the hop's connection); None when no windows are kept."""
         if self._max_bytes <= 0:
             return None
         window = self._windows.get(conversation)
         if window is None or not window.loaded:
-            newest = partial(_newest, conversation=conversation, count=AHEAD_PAGE)
-            return lambda conn: Ahead(None, 0, newest(conn))
-        version = window.version
-        since = partial(
-            _since, conversation=conversation, newest=window.newest, streaming=list(window.streaming)
-        )
-        return lambda conn: Ahead(window, version, since(conn))
+            return ReadAhead(conversation, None, 0, 0, ())
+        return ReadAhead(conversation, window, window.version, window.newest, tuple(window.streaming))
 
     async def recall(
         self, conversation: str, budget: int, upto: int | None = None, ahead: Ahead | None = None
@@ -369,6 +383,83 @@ _SINCE_OR_STREAMING = (
     )
     .order_by(turns.c.id)
 )
+
+
+# The same reads for many conversations at once (PostgreSQL): one row per turn found, each with the
+# conversation's place among those asked (`n`) and its counters, read in the statement's one snapshot; a
+# conversation without turns still gives one row, its turn's columns null.
+_ASKED = (
+    func.unnest(
+        bindparam("conversations", type_=postgresql.ARRAY(String)),
+        bindparam("newest", type_=postgresql.ARRAY(Integer)),
+    )
+    .table_valued("conversation", "newest", with_ordinality="n")
+    .render_derived("asked")
+)
+_NEWEST_EACH = (
+    select(*_COLUMNS)
+    .where(turns.c.conversation == _ASKED.c.conversation)
+    .order_by(turns.c.id.desc())
+    .limit(bindparam("page"))
+    .lateral("found")
+)
+_SINCE_EACH = (
+    select(*_COLUMNS)
+    .where(
+        turns.c.conversation == _ASKED.c.conversation,
+        or_(
+            turns.c.id > _ASKED.c.newest,
+            turns.c.id == any_(bindparam("streaming", type_=postgresql.ARRAY(Integer))),
+        ),
+    )
+    .lateral("found")
+)
+
+
+def _each(found: Any) -> Select[Any]:
+    return (
+        select(_ASKED.c.n, turn_changes.c.inserted, turn_changes.c.changed, *found.c)
+        .select_from(
+            _ASKED.outerjoin(turn_changes, turn_changes.c.conversation == _ASKED.c.conversation).outerjoin(
+                found, true()
+            )
+        )
+        .order_by(_ASKED.c.n, found.c.id)
+    )
+
+
+_READ_NEWEST_EACH = _each(_NEWEST_EACH)
+_READ_SINCE_EACH = _each(_SINCE_EACH)
+
+
+def read_ahead_many(conn: Connection, asked: Sequence[ReadAhead]) -> list[Ahead]:
+    """What each of `asked` reads, as calling it would, in one statement for the conversations whose
+    window is not held and one for those whose window is (PostgreSQL)."""
+    reads = [_Read(0, 0, []) for _ in asked]
+    fresh = [k for k, ask in enumerate(asked) if ask.window is None]
+    held = [k for k, ask in enumerate(asked) if ask.window is not None]
+    if fresh:
+        values = {"conversations": [asked[k].conversation for k in fresh], "newest": [0] * len(fresh)}
+        _spread(conn.execute(_READ_NEWEST_EACH, values | {"page": AHEAD_PAGE}), fresh, reads)
+        for k in fresh:
+            reads[k].complete = len(reads[k].rows) < AHEAD_PAGE
+    if held:
+        values = {
+            "conversations": [asked[k].conversation for k in held],
+            "newest": [asked[k].newest for k in held],
+            "streaming": sorted({turn for k in held for turn in asked[k].streaming}),
+        }
+        _spread(conn.execute(_READ_SINCE_EACH, values), held, reads)
+    return [Ahead(ask.window, ask.version, read) for ask, read in zip(asked, reads, strict=True)]
+
+
+def _spread(rows: Any, which: list[int], reads: list[_Read]) -> None:
+    """Each row to the read of the conversation it was asked for (`n` counts from 1 in `which`)."""
+    for row in rows:
+        read = reads[which[row.n - 1]]
+        read.inserted, read.changed = row.inserted or 0, row.changed or 0
+        if row.id is not None:
+            read.rows.append(row)
 
 
 def _counters(conn: Connection, conversation: str, rows: Sequence[Any]) -> tuple[int, int]:

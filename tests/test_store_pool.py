@@ -150,7 +150,7 @@ async def test_a_reply_writes_its_message_row_and_final_record_in_one_statement_
     failed = AssistantRecord("It failed.", "openrouter/x", "error")
     await store.finish_reply(unseen.id, "test:c", None, unseen.turn_id, "u1", failed, 2)
     event.remove(store._pool.sync_engine, "before_cursor_execute", executed)
-    kinds = ["WITH", "WITH", "INSERT", "WITH", "INSERT", "WITH", "WITH"]
+    kinds = ["WITH", "WITH", "WITH", "WITH", "INSERT", "WITH", "WITH"]  # the row: numbered, then written
     assert sent == [(kind, "AUTOCOMMIT") for kind in kinds]
 
     def stored(conn: Connection) -> tuple[Any, ...]:
@@ -185,3 +185,101 @@ async def test_a_reply_writes_its_message_row_and_final_record_in_one_statement_
         ("openrouter/y", entry.id, None),
     ]
     await store.close()
+
+
+@on_postgres
+async def test_a_final_record_is_compiled_once_whatever_its_usage_rows(database_url: str) -> None:
+    """Its usage rows come as one array per column, so the statement is one for any number of rows
+    (a multi-row VALUES is compiled again for every reply: SQLAlchemy never caches one)."""
+    store = await Store.open(database_url)
+    answers: list[tuple[int, int]] = []
+
+    def executed(conn: Any, _cursor: Any, statement: str, _p: Any, context: Any, _many: bool) -> None:
+        if statement.startswith("WITH reply"):
+            answers.append((context.cache_hit, context.dialect.CACHE_HIT))
+
+    assert store._pool is not None
+    try:
+        for n in range(4):
+            question = Message(
+                ConversationKey("test", "c"), Author("u1", "Ada"), "hi", id=f"m{n}", server_id="S"
+            )
+            entry = await store.accept(question, None, "hi", 1)
+            assert entry is not None
+            turn_id = await store.start_reply(
+                "test:c", entry.turn_id, "u1", AssistantRecord("", "m", "streaming"), 0
+            )
+            ledger = Ledger()
+            for model in range(n):
+                ledger.add(f"openrouter/m{model}", Usage(prompt_tokens=model, completion_tokens=1))
+            if n == 1:
+                event.listen(store._pool.sync_engine, "after_cursor_execute", executed)
+            final = AssistantRecord("hello", "openrouter/m0", "ok")
+            await store.finish_reply(
+                entry.id,
+                "test:c",
+                turn_id,
+                entry.turn_id,
+                "u1",
+                final,
+                1,
+                ledger.rows(question, entry.id, 1.0),
+            )
+        event.remove(store._pool.sync_engine, "after_cursor_execute", executed)
+        assert [hit == cached for hit, cached in answers] == [True, True, True]
+        rows = await store.read(
+            lambda conn: conn.execute(select(usage.c.inbox_id, usage.c.name, usage.c.prompt_tokens)).all()
+        )
+        assert sorted(tuple(row)[1:] for row in rows) == sorted(
+            (f"openrouter/m{model}", model) for n in range(4) for model in range(n)
+        )
+        assert len({row.inbox_id for row in rows}) == 3  # the reply with none recorded none
+    finally:
+        await store.close()
+
+
+@on_postgres
+async def test_replies_rows_asked_for_together_are_written_in_one_statement(database_url: str) -> None:
+    """A burst of first renders writes its rows in one statement, each reply given its own row's id; a
+    batch whose statement fails fails each of its replies, and the next is written."""
+    store = await Store.open(database_url)
+    sent: list[str] = []
+
+    def executed(conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        sent.append(statement.split()[1])
+
+    assert store._pool is not None
+    try:
+        entries = []
+        for n in range(30):
+            question = Message(ConversationKey("test", f"c{n}"), Author("u1", "Ada"), "hi", id=f"m{n}")
+            entry = await store.accept(question, None, f"question {n}", 1)
+            assert entry is not None
+            entries.append(entry)
+
+        def started(n: int) -> Any:
+            record = AssistantRecord(f"answer {n}", "m", "streaming")
+            return store.start_reply(f"test:c{n}", entries[n].turn_id, "u1", record, 2, {"n": n})
+
+        event.listen(store._pool.sync_engine, "before_cursor_execute", executed)
+        ids = await asyncio.gather(*(started(n) for n in range(30)))
+        event.remove(store._pool.sync_engine, "before_cursor_execute", executed)
+        assert sent == ["numbered"]
+        rows = await store.read(
+            lambda conn: conn.execute(
+                select(
+                    turns.c.id, turns.c.conversation, turns.c.content, turns.c.answers, turns.c.reply_refs
+                ).where(turns.c.role == "assistant")
+            ).all()
+        )
+        by_id = {row.id: tuple(row)[1:] for row in rows}
+        assert [by_id[turn_id] for turn_id in ids] == [
+            (f"test:c{n}", f"answer {n}", entries[n].turn_id, f'{{"n": {n}}}') for n in range(30)
+        ]
+        await store.write(lambda conn: conn.execute(text("ALTER TABLE turns RENAME TO away")))
+        failed = await asyncio.gather(*(started(n) for n in range(3)), return_exceptions=True)
+        assert [type(error).__name__ for error in failed] == ["ProgrammingError"] * 3
+        await store.write(lambda conn: conn.execute(text("ALTER TABLE away RENAME TO turns")))
+        assert await started(0) not in ids
+    finally:
+        await store.close()

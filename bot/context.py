@@ -44,7 +44,8 @@ class Context:
 
     def request(self, tools: tuple[ToolSpec, ...]) -> ChatRequest:
         messages = self.recalled.chat_messages(len(self.turns))  # (turns are dropped oldest first)
-        messages[-1] = replace(messages[-1], images=tuple(self.images))
+        if self.images:  # else the window's own message, whose JSON the provider keeps
+            messages[-1] = replace(messages[-1], images=tuple(self.images))
         return ChatRequest(
             self.resolved.model_id,
             tuple(messages),

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from httpx._content import encode_json
 
-from bot.providers import anthropic, openai_compat
+from bot.providers import anthropic, body, openai_compat
 from bot.providers.base import ChatMessage, ChatRequest, Image, Replay, ToolCall, ToolSpec
 from bot.providers.body import KEPT_REQUESTS, MessageJSON
 
@@ -173,3 +173,18 @@ def test_only_the_last_few_requests_are_kept_and_a_dropped_one_lets_its_messages
         openai_compat._body(ChatRequest("model-a", held), SOURCE, "max_tokens", made)
     gc.collect()
     assert len(made) == KEPT_REQUESTS  # the JSON of the messages that the kept requests still hold
+
+
+def test_the_bodies_kept_stay_within_their_byte_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = MessageJSON(openai_compat._message)
+    monkeypatch.setattr(body, "KEPT_BYTES", 3_000)
+    for conversation in range(5):  # about 1,000 bytes each: three fit
+        held = (ChatMessage("user", f"{conversation} " + "w" * 1_000),)
+        openai_compat._body(ChatRequest("model-a", held), SOURCE, "max_tokens", made)
+    del held
+    gc.collect()
+    assert len(made) == 2
+    huge = (ChatMessage("user", "h" * 5_000),)  # past the cap alone: kept (the newest), the rest let go
+    openai_compat._body(ChatRequest("model-a", huge), SOURCE, "max_tokens", made)
+    gc.collect()
+    assert len(made) == 1

@@ -26,6 +26,7 @@ from bot.providers.base import ChatMessage
 # What json.dumps makes for every call with these options (httpx's for a `json=` body), made once.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 KEPT_REQUESTS = 8  # requests whose body is kept: a few conversations' latest
+KEPT_BYTES = 16 * 2**20  # and at most this many bytes of them (the newest one is kept whatever its size)
 PROBED = 8  # a request's newest messages looked for in a kept request (its new question, tool rounds)
 
 
@@ -60,6 +61,7 @@ class MessageJSON:
         self._refs: dict[int, ReferenceType[ChatMessage]] = {}
         self._kept: OrderedDict[int, _Kept] = OrderedDict()  # by id(), the most recently used last
         self._newest: dict[int, tuple[_Kept, int]] = {}  # a kept request's newest messages, by id
+        self._kept_bytes = 0
 
     def __call__(self, message: ChatMessage, source: str) -> bytes:
         """The message's JSON, UTF-8, as the model `source` is sent it."""
@@ -138,13 +140,15 @@ class MessageJSON:
 
     def _keep(self, kept: _Kept) -> None:
         self._kept[id(kept)] = kept
+        self._kept_bytes += len(kept.data)
         for position in range(max(len(kept.messages) - PROBED, 0), len(kept.messages)):
             self._newest[id(kept.messages[position])] = (kept, position)
-        while len(self._kept) > KEPT_REQUESTS:
+        while len(self._kept) > KEPT_REQUESTS or (self._kept_bytes > KEPT_BYTES and len(self._kept) > 1):
             self._drop(next(iter(self._kept.values())))
 
     def _drop(self, kept: _Kept) -> None:
         del self._kept[id(kept)]
+        self._kept_bytes -= len(kept.data)
         for message in kept.messages[-PROBED:]:
             if (hit := self._newest.get(id(message))) is not None and hit[0] is kept:
                 del self._newest[id(message)]

@@ -3,9 +3,9 @@
 A long conversation's request is mostly the same messages as the one before, held by the conversation's
 window (bot/windows.py); encoding them again for every reply cost more than everything else the reply does
 before it is sent. Each provider keeps the JSON of every message it was sent, for as long as something
-holds that message, and joins the pieces. It keeps the joined JSON of its last few requests too: the next
-request of the same conversation is, but for its oldest messages dropped and its newest added, a run of
-the one before, and is cut from it instead of joined again piece by piece. The bytes are those httpx sends
+holds that message, and joins the pieces. It keeps the bodies of its last few requests too: the next
+request of a conversation is, but for its oldest messages dropped and its newest added, a run of the one
+before, and is cut from that body instead of joined again piece by piece. The bytes are those httpx sends
 for `json=body`.
 """
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from operator import attrgetter
 
 from bot.attachments import read_attachments
 from bot.catalog import ResolvedModel
@@ -13,8 +12,6 @@ from bot.providers.base import ChatRequest, Image, ToolSpec
 from bot.store import InboxEntry, Turn
 from bot.tokens import TokenCalibration, estimate_tokens
 from bot.windows import Ahead, Recalled, Windows
-
-_TOKENS = attrgetter("tokens")  # summed over a whole window at every reply: no Python loop
 
 
 class ReplyFailed(Exception):
@@ -26,6 +23,7 @@ class Context:
     resolved: ResolvedModel
     system: str
     turns: list[Turn]  # the newest of those recalled: only the oldest are ever dropped
+    turn_tokens: int  # what they count, in estimate units (kept, not summed over the window again)
     trimmed: bool  # older turns were left out to fit
     budget: int  # history tokens that fit the window, in estimate units
     reply_room: int  # tokens kept for the answer
@@ -40,12 +38,14 @@ class Context:
     def add_material(self, text: str) -> None:
         """Put what a skill fetched ahead of the conversation, dropping the oldest turns to make room."""
         self.system = f"{self.system}\n\n{text}"
-        self.turns, dropped = fit(self.turns, self.budget - estimate_tokens(text))
-        self.trimmed = self.trimmed or dropped
+        kept, self.turn_tokens = fit(self.turns, self.turn_tokens, self.budget - estimate_tokens(text))
+        self.trimmed = self.trimmed or len(kept) < len(self.turns)
+        self.turns = kept
 
     def request(self, tools: tuple[ToolSpec, ...]) -> ChatRequest:
         messages = self.recalled.chat_messages(len(self.turns))  # (turns are dropped oldest first)
-        messages[-1] = replace(messages[-1], images=tuple(self.images))
+        if self.images:  # else the window's own message, whose JSON the provider keeps
+            messages[-1] = replace(messages[-1], images=tuple(self.images))
         return ChatRequest(
             self.resolved.model_id,
             tuple(messages),
@@ -55,7 +55,7 @@ class Context:
         )
 
     def prompt_estimate(self) -> int:
-        return estimate_tokens(self.system) + sum(map(_TOKENS, self.turns))
+        return estimate_tokens(self.system) + self.turn_tokens
 
 
 async def assemble(
@@ -78,6 +78,7 @@ async def assemble(
         resolved,
         system,
         recalled.turns,
+        recalled.tokens,
         recalled.trimmed,
         budget,
         reply_room,
@@ -110,11 +111,10 @@ def window(
     return int((context_length - reply_room) / factor) - estimate_tokens(system), reply_room
 
 
-def fit(turns: list[Turn], budget: int) -> tuple[list[Turn], bool]:
-    """Drop the oldest turns until the rest fit `budget`; says whether any were dropped."""
-    total = sum(map(_TOKENS, turns))
+def fit(turns: list[Turn], tokens: int, budget: int) -> tuple[list[Turn], int]:
+    """Drop the oldest turns (counting `tokens` in all) until the rest fit `budget`; with what they count."""
     start = 0
-    while total > budget and start < len(turns) - 1:
-        total -= turns[start].tokens
+    while tokens > budget and start < len(turns) - 1:
+        tokens -= turns[start].tokens
         start += 1
-    return turns[start:], start > 0
+    return turns[start:], tokens

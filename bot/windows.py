@@ -73,6 +73,7 @@ class Recalled:
     turns: list[Turn]
     trimmed: bool
     messages: list[ChatMessage | None]  # one for each turn, None for those that say nothing
+    tokens: int  # what the turns count, in estimate units (a window knows it without a walk)
 
     def chat_messages(self, newest: int) -> list[ChatMessage]:
         """The model's message for each of the `newest` turns that says something (what is left of the
@@ -123,7 +124,8 @@ def _memory_order(held: _Held) -> tuple[int, int]:
 
 
 def _recalled(chosen: list[_Held], trimmed: bool) -> Recalled:
-    return Recalled([held.turn for held in chosen], trimmed, [held.message for held in chosen])
+    turns = [held.turn for held in chosen]
+    return Recalled(turns, trimmed, [held.message for held in chosen], sum(turn.tokens for turn in turns))
 
 
 class _Window:
@@ -218,14 +220,15 @@ class _Window:
         """As `Store.recall` chooses: the newest turns that fit, oldest first (an answer right after its
         question), and whether older ones were left out; None when older turns than are held are needed."""
         if not self.held:
-            return Recalled([], False, []) if self.floor is None else None
+            return Recalled([], False, [], 0) if self.floor is None else None
         if upto is None or self.ids[-1] <= upto:  # nothing held comes after the question: a suffix
             start = bisect.bisect_left(self.sums, self.sums[-1] - budget)
             if start == 0 and self.floor is not None:
                 return None
             if start < len(self.ids) and self.misplaced >= self.ids[start]:  # else in memory's order
                 return _recalled(sorted(self.held[start:], key=_memory_order), start > 0)
-            return Recalled(self.turns[start:], start > 0, self.chat[start:])  # (slices, copied in C)
+            tokens = self.sums[-1] - self.sums[start]
+            return Recalled(self.turns[start:], start > 0, self.chat[start:], tokens)  # (slices, copied in C)
         return self._cut_before(budget, upto)
 
     def _cut_before(self, budget: int, upto: int) -> Recalled | None:
@@ -297,7 +300,8 @@ class Windows:
         read `read_ahead` made, when it is still the one to make)."""
         if self._max_bytes <= 0:
             chosen, trimmed = await self._store.recall(conversation, budget, upto)
-            return Recalled(chosen, trimmed, [chat_message(turn) for turn in chosen])
+            tokens = sum(turn.tokens for turn in chosen)
+            return Recalled(chosen, trimmed, [chat_message(turn) for turn in chosen], tokens)
         window = self._windows.get(conversation)
         if window is None:
             window = self._windows[conversation] = _Window()

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from httpx._content import encode_json
 
-from bot.providers import anthropic, openai_compat
+from bot.providers import anthropic, body, openai_compat
 from bot.providers.base import ChatMessage, ChatRequest, Image, Replay, ToolCall, ToolSpec
-from bot.providers.body import MessageJSON
+from bot.providers.body import KEPT_REQUESTS, MessageJSON
 
 SOURCE = "router/model-a"
 
@@ -117,3 +117,74 @@ def test_kept_and_new_messages_in_any_order_make_the_body_httpx_would_send(count
         anthropic_body = anthropic._body(asked, SOURCE, anthropic._MESSAGE_JSON)
         assert anthropic_body == as_httpx_sends(anthropic_body)
         assert len(json.loads(anthropic_body)["messages"]) == count
+
+
+def fresh_body(asked: ChatRequest) -> bytes:
+    """The body built with nothing kept from earlier requests."""
+    return openai_compat._body(asked, SOURCE, "max_tokens", MessageJSON(openai_compat._message))
+
+
+def test_a_conversations_next_request_is_cut_from_its_last_and_says_the_same() -> None:
+    """As a window moves: its oldest turns dropped, its newest added, the question a fresh copy each time
+    (with its images), the same model or another, two conversations in between each other."""
+    made = MessageJSON(openai_compat._message)
+    joined_anew: list[int] = []
+    each = made.each
+
+    def counted(messages: Any, source: str) -> list[bytes]:
+        joined_anew.append(len(messages))
+        return each(messages, source)
+
+    made.each = counted  # type: ignore[method-assign]
+    turns = {
+        name: [ChatMessage("user" if i % 2 == 0 else "assistant", f"{name} ✓ {i}") for i in range(60)]
+        for name in ("a", "b")
+    }
+    for step in range(12):
+        for held in turns.values():
+            window = held[step : 20 + 2 * step]
+            asked_for = ChatMessage(window[-1].role, window[-1].content, images=(Image("image/png", b"x"),))
+            source = SOURCE if step != 7 else "other/model-b"
+            asked = ChatRequest("model-a", (*window[:-1], asked_for), system="You are Parley.", max_tokens=9)
+            body = openai_compat._body(asked, source, "max_tokens", made)
+            assert body == fresh_body(asked) == as_httpx_sends(body)
+            assert anthropic._body(asked, source, anthropic._MESSAGE_JSON) == anthropic._body(
+                asked, source, MessageJSON(anthropic._message)
+            )
+    # Joined anew: each conversation's first request, the one to the other model, and the next one back.
+    assert joined_anew == [20, 20, 27, 27, 28, 28]
+
+
+def test_a_tool_rounds_request_is_cut_from_the_round_before() -> None:
+    made = MessageJSON(openai_compat._message)
+    first = ChatRequest("model-a", OPENAI.messages[:2], max_tokens=9)
+    openai_compat._body(first, SOURCE, "max_tokens", made)
+    made.each = None  # type: ignore[assignment,method-assign]  # nothing may be joined anew from here
+    rounds = ChatRequest("model-a", OPENAI.messages, system="s", max_tokens=9, tools=OPENAI.tools)
+    body = openai_compat._body(rounds, SOURCE, "max_tokens", made)
+    assert body == fresh_body(rounds)
+    assert json.loads(body)["messages"][3]["reasoning_details"] == [{"type": "reasoning.text", "text": "hm"}]
+
+
+def test_only_the_last_few_requests_are_kept_and_a_dropped_one_lets_its_messages_go() -> None:
+    made = MessageJSON(openai_compat._message)
+    for conversation in range(KEPT_REQUESTS + 3):
+        held = (ChatMessage("user", f"conversation {conversation}"),)
+        openai_compat._body(ChatRequest("model-a", held), SOURCE, "max_tokens", made)
+    gc.collect()
+    assert len(made) == KEPT_REQUESTS  # the JSON of the messages that the kept requests still hold
+
+
+def test_the_bodies_kept_stay_within_their_byte_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = MessageJSON(openai_compat._message)
+    monkeypatch.setattr(body, "KEPT_BYTES", 3_000)
+    for conversation in range(5):  # about 1,000 bytes each: three fit
+        held = (ChatMessage("user", f"{conversation} " + "w" * 1_000),)
+        openai_compat._body(ChatRequest("model-a", held), SOURCE, "max_tokens", made)
+    del held
+    gc.collect()
+    assert len(made) == 2
+    huge = (ChatMessage("user", "h" * 5_000),)  # past the cap alone: kept (the newest), the rest let go
+    openai_compat._body(ChatRequest("model-a", huge), SOURCE, "max_tokens", made)
+    gc.collect()
+    assert len(made) == 1

@@ -298,3 +298,33 @@ async def test_replies_at_once_in_one_conversation_read_it_one_at_a_time(
     recalled = await engine.windows.recall("test:general", 100_000)
     assert recalled.turns == (await engine.store.recall("test:general", 100_000))[0]
     assert len(recalled.turns) == 12
+
+
+async def test_a_recalled_window_counts_its_turns_tokens_however_it_was_cut(
+    make_engine: Callable[..., Any],
+) -> None:
+    """The cut's token count comes from the window's running sums (no walk over its turns): it is what
+    the turns chosen count, for the newest turns that fit, for a question with turns after it, for a late
+    answer held out of id order, and read from the store."""
+    engine = await make_engine()
+    store = engine.store
+    key = ConversationKey("test", "counted-cut")
+    questions = []
+    for index in range(12):
+        text = f"question {index} " + "y" * (index * 37 % 200)
+        entry = await store.accept(msg(text, key), None, text, 5 + index * 7 % 30)
+        assert entry is not None and entry.turn_id is not None
+        questions.append(entry)
+    late = questions[3]  # answered after every later question was asked
+    assert late.turn_id is not None
+    reply = await store.start_reply(str(key), late.turn_id, "u", AssistantRecord("a", "m", "streaming"), 1)
+    await store.finish_reply(late.id, str(key), reply, late.turn_id, "u", _done("late " * 30), 40)
+    held, unheld = Windows(store, 10_000_000), Windows(store, 0)
+    cuts = set()
+    for budget in (10, 60, 150, 100_000):
+        for upto in (None, questions[7].turn_id):
+            for windows in (held, unheld):
+                recalled = await windows.recall(str(key), budget, upto=upto)
+                assert recalled.tokens == sum(turn.tokens for turn in recalled.turns), (budget, upto)
+                cuts.add((len(recalled.turns), recalled.trimmed))
+    assert {(13, False), (9, False)} <= cuts and any(trimmed and count > 1 for count, trimmed in cuts)

@@ -182,7 +182,7 @@ def _body(request: ChatRequest, source: str, message_json: MessageJSON) -> bytes
             {"name": t.name, "description": t.description, "input_schema": t.parameters}
             for t in request.tools
         ]
-    return body_bytes(body, message_json.each(request.messages, source))
+    return body_bytes(body, request.messages, source, message_json)
 
 
 def _replayed(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -143,9 +143,7 @@ _FINISH = {"content_filter": "refusal"}
 
 
 def _body(request: ChatRequest, source: str, max_tokens_param: str, message_json: MessageJSON) -> bytes:
-    messages = message_json.each(request.messages, source)
-    if request.system:
-        messages.insert(0, dumps({"role": "system", "content": request.system}).encode("utf-8"))
+    system = dumps({"role": "system", "content": request.system}).encode("utf-8") if request.system else b""
     body: dict[str, Any] = {
         "model": request.model,
         "messages": None,  # encoded apart, message by message
@@ -162,7 +160,7 @@ def _body(request: ChatRequest, source: str, max_tokens_param: str, message_json
             }
             for t in request.tools
         ]
-    return body_bytes(body, messages)
+    return body_bytes(body, request.messages, source, message_json, system)
 
 
 def _message(message: ChatMessage, source: str) -> dict[str, Any]:

@@ -284,11 +284,14 @@ async def streams(args: argparse.Namespace, tmp: str) -> None:
         else:
             engine = await engine_for(port, tmp, database)
             await load(engine, 20, args.tokens)  # warm connections and code paths
+            runtime.settle()  # as `parley run` does once started
             before = thread_cpu()
-            figures = await load(engine, args.streams, args.tokens)
+            with Collections() as collections:
+                figures = await load(engine, args.streams, args.tokens)
             after = thread_cpu()
             figures["cpu_ms_per_reply_loop"] = (after[0] - before[0]) / args.streams * 1000
             figures["cpu_ms_per_reply_threads"] = (after[1] - before[1]) / args.streams * 1000
+            figures |= collections.figures()
             await engine.aclose()
     finally:
         provider.terminate()
@@ -484,6 +487,35 @@ async def context(args: argparse.Namespace, tmp: str) -> None:
             {"request_out_p50_ms": "<= 5"},
         )
     provider.terminate()
+
+
+class Collections:
+    """The garbage collector's stops while in the block, per generation: each stops the event loop."""
+
+    def __init__(self) -> None:
+        self.stops: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._began = 0.0
+
+    def __enter__(self) -> Collections:
+        gc.callbacks.append(self._timed)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._timed)
+
+    def _timed(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.stops[info["generation"]].append(time.perf_counter() - self._began)
+
+    def figures(self) -> dict[str, float]:
+        young = self.stops[0] + self.stops[1]
+        return {
+            "full_collections": float(len(self.stops[2])),
+            "full_collection_ms": sum(self.stops[2]) * 1000,
+            "young_collection_ms": sum(young) * 1000,
+        }
 
 
 def arguments() -> argparse.Namespace:

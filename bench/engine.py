@@ -285,12 +285,13 @@ async def streams(args: argparse.Namespace, tmp: str) -> None:
             engine = await engine_for(port, tmp, database)
             await load(engine, 20, args.tokens)  # warm connections and code paths
             runtime.settle()  # as `parley run` does once started
-            before = thread_cpu()
+            before, provider_before = thread_cpu(), process_cpu(provider.pid)
             with Collections() as collections:
                 figures = await load(engine, args.streams, args.tokens)
-            after = thread_cpu()
+            after, provider_after = thread_cpu(), process_cpu(provider.pid)
             figures["cpu_ms_per_reply_loop"] = (after[0] - before[0]) / args.streams * 1000
             figures["cpu_ms_per_reply_threads"] = (after[1] - before[1]) / args.streams * 1000
+            figures["cpu_ms_per_reply_provider"] = (provider_after - provider_before) / args.streams * 1000
             figures |= collections.figures()
             await engine.aclose()
     finally:
@@ -338,8 +339,10 @@ async def reads(args: argparse.Namespace, tmp: str) -> None:
     try:
         await asyncio.gather(*(reply(False) for _ in range(20)))  # warm connections and code paths
         cpu_before, started = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        provider_before = process_cpu(provider_process.pid)
         await asyncio.gather(*(reply(True) for _ in range(args.streams)))
         elapsed, cpu_after = time.monotonic() - started, resource.getrusage(resource.RUSAGE_SELF)
+        provider_cpu = process_cpu(provider_process.pid) - provider_before
     finally:
         await provider.aclose()
         provider_process.terminate()
@@ -350,6 +353,8 @@ async def reads(args: argparse.Namespace, tmp: str) -> None:
         "failed": failed,
         "cpu_us_per_token": cpu / max(len(late), 1) * 1e6,
         "cpu_share_of_one_core": cpu / elapsed,
+        "provider_cpu_us_per_token": provider_cpu / max(len(late), 1) * 1e6,
+        "provider_cpu_share_of_one_core": provider_cpu / elapsed,
         "token_late_p50_ms": percentile(late, 0.5) * 1000,
         "token_late_p99_ms": percentile(late, 0.99) * 1000,
         "token_late_max_ms": max(late, default=float("nan")) * 1000,
@@ -487,6 +492,13 @@ async def context(args: argparse.Namespace, tmp: str) -> None:
             {"request_out_p50_ms": "<= 5"},
         )
     provider.terminate()
+
+
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds so far of another process of this machine (the loopback provider), from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Collections:

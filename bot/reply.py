@@ -94,7 +94,7 @@ class Reply:
     async def run(self) -> Outcome:
         """Answer on the surface; returns how the reply ended."""
         settings = self._engine.settings
-        started = self._started = self._engine.clock.now()
+        self._started = self._engine.clock.now()
         self._engine.metrics.active.inc()
         try:
             await self._surface.start()
@@ -130,8 +130,19 @@ class Reply:
             outcome = "cut_off" if answer.text else "error"
         self._request_out()  # (a reply with no text, its request failed or never made)
         self.ending = True
+        ending = asyncio.ensure_future(self._end(final, outcome))
+        try:
+            return await asyncio.shield(ending)
+        except asyncio.CancelledError:
+            # A stop or a shutdown once the text is complete has nothing left to stop: the reply is
+            # shown and stored as it is (within the grace a shutdown gives), and its message closed.
+            await asyncio.wait({ending}, timeout=SHUTDOWN_GRACE)
+            raise
+
+    async def _end(self, final: str, outcome: Outcome) -> Outcome:
+        """Show the final text, then store the reply and close its message."""
         await self._renderer.finish(final)
-        latency_ms = int((self._engine.clock.now() - started) * 1000)
+        latency_ms = int((self._engine.clock.now() - self._started) * 1000)
         usage_rows = self._usage_rows()
         recorded = await self._stored.finish(self._record(outcome, latency_ms), usage_rows)
         self._log(outcome, latency_ms)

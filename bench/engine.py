@@ -284,11 +284,15 @@ async def streams(args: argparse.Namespace, tmp: str) -> None:
         else:
             engine = await engine_for(port, tmp, database)
             await load(engine, 20, args.tokens)  # warm connections and code paths
-            before = thread_cpu()
-            figures = await load(engine, args.streams, args.tokens)
-            after = thread_cpu()
+            runtime.settle()  # as `parley run` does once started
+            before, provider_before = thread_cpu(), process_cpu(provider.pid)
+            with Collections() as collections:
+                figures = await load(engine, args.streams, args.tokens)
+            after, provider_after = thread_cpu(), process_cpu(provider.pid)
             figures["cpu_ms_per_reply_loop"] = (after[0] - before[0]) / args.streams * 1000
             figures["cpu_ms_per_reply_threads"] = (after[1] - before[1]) / args.streams * 1000
+            figures["cpu_ms_per_reply_provider"] = (provider_after - provider_before) / args.streams * 1000
+            figures |= collections.figures()
             await engine.aclose()
     finally:
         provider.terminate()
@@ -335,8 +339,10 @@ async def reads(args: argparse.Namespace, tmp: str) -> None:
     try:
         await asyncio.gather(*(reply(False) for _ in range(20)))  # warm connections and code paths
         cpu_before, started = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        provider_before = process_cpu(provider_process.pid)
         await asyncio.gather(*(reply(True) for _ in range(args.streams)))
         elapsed, cpu_after = time.monotonic() - started, resource.getrusage(resource.RUSAGE_SELF)
+        provider_cpu = process_cpu(provider_process.pid) - provider_before
     finally:
         await provider.aclose()
         provider_process.terminate()
@@ -347,6 +353,8 @@ async def reads(args: argparse.Namespace, tmp: str) -> None:
         "failed": failed,
         "cpu_us_per_token": cpu / max(len(late), 1) * 1e6,
         "cpu_share_of_one_core": cpu / elapsed,
+        "provider_cpu_us_per_token": provider_cpu / max(len(late), 1) * 1e6,
+        "provider_cpu_share_of_one_core": provider_cpu / elapsed,
         "token_late_p50_ms": percentile(late, 0.5) * 1000,
         "token_late_p99_ms": percentile(late, 0.99) * 1000,
         "token_late_max_ms": max(late, default=float("nan")) * 1000,
@@ -484,6 +492,42 @@ async def context(args: argparse.Namespace, tmp: str) -> None:
             {"request_out_p50_ms": "<= 5"},
         )
     provider.terminate()
+
+
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds so far of another process of this machine (the loopback provider), from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Collections:
+    """The garbage collector's stops while in the block, per generation: each stops the event loop."""
+
+    def __init__(self) -> None:
+        self.stops: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._began = 0.0
+
+    def __enter__(self) -> Collections:
+        gc.callbacks.append(self._timed)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._timed)
+
+    def _timed(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.stops[info["generation"]].append(time.perf_counter() - self._began)
+
+    def figures(self) -> dict[str, float]:
+        young = self.stops[0] + self.stops[1]
+        return {
+            "full_collections": float(len(self.stops[2])),
+            "full_collection_ms": sum(self.stops[2]) * 1000,
+            "young_collection_ms": sum(young) * 1000,
+        }
 
 
 def arguments() -> argparse.Namespace:

@@ -94,7 +94,7 @@ class Reply:
     async def run(self) -> Outcome:
         """Answer on the surface; returns how the reply ended."""
         settings = self._engine.settings
-        started = self._started = self._engine.clock.now()
+        self._started = self._engine.clock.now()
         self._engine.metrics.active.inc()
         try:
             await self._surface.start()
@@ -130,13 +130,31 @@ class Reply:
             outcome = "cut_off" if answer.text else "error"
         self._request_out()  # (a reply with no text, its request failed or never made)
         self.ending = True
-        await self._renderer.finish(final)
-        latency_ms = int((self._engine.clock.now() - started) * 1000)
+        # A stop or a shutdown once the text is complete has nothing left to stop: the reply is shown
+        # and stored as it is (within the grace a shutdown gives), its message closed, and the
+        # cancellation goes on afterwards.
+        cancelled: asyncio.CancelledError | None = None
+        try:
+            await self._renderer.finish(final)  # the render runs in a task of its own, which goes on
+        except asyncio.CancelledError as error:
+            cancelled = error
+        recording = asyncio.ensure_future(self._end(outcome))
+        try:
+            await asyncio.shield(recording)
+        except asyncio.CancelledError as error:
+            cancelled = error
+            await asyncio.wait({recording}, timeout=SHUTDOWN_GRACE)
+        if cancelled is not None:
+            raise cancelled
+        return outcome
+
+    async def _end(self, outcome: Outcome) -> None:
+        """Store the reply and close its message, once its final text is on its way."""
+        latency_ms = int((self._engine.clock.now() - self._started) * 1000)
         usage_rows = self._usage_rows()
         recorded = await self._stored.finish(self._record(outcome, latency_ms), usage_rows)
         self._log(outcome, latency_ms)
         await self._account(outcome, latency_ms / 1000, () if recorded else usage_rows)
-        return outcome
 
     def _usage_rows(self) -> list[dict[str, Any]]:
         return self._answer.ledger.rows(self._entry.message, self._entry.id, time.time())

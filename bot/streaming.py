@@ -229,7 +229,8 @@ class PacedRenderer:
         self._final = False
         self._last_render: float | None = None
         self._wake = asyncio.Event()
-        self._finishing = asyncio.Event()
+        self._pausing = False  # the render task sleeps out an intermediate's interval or budget
+        self._interrupted = False  # and `finish` cancelled that sleep
         self._task: asyncio.Task[None] | None = None
         self._claimed: set[RequestBucket] = set()  # the buckets that count this reply among their replies
         self._waiting_at: set[RequestBucket] = set()  # the buckets this reply waits in line at
@@ -247,9 +248,11 @@ class PacedRenderer:
         """Render `text` as final, waiting for the budget; returns once it has been shown (or failed)."""
         self._latest = text
         self._final = True
-        self._finishing.set()
         if self._task is None:
             self._task = asyncio.create_task(self._run())
+        elif self._pausing and not self._interrupted:  # an intermediate's pause: the final need not wait
+            self._interrupted = True
+            self._task.cancel()
         self._wake.set()
         await asyncio.shield(self._task)
 
@@ -362,17 +365,24 @@ class PacedRenderer:
             await self._charge(limit)
 
     async def _pause(self, seconds: float) -> None:
-        """Sleep, but wake for the final text: it may use the slot kept for it, an intermediate may not."""
+        """Sleep, but wake for the final text: it may use the slot kept for it, an intermediate may not.
+
+        The render task sleeps itself and `finish` cancels that sleep: with a thousand replies streaming,
+        each pass of the event loop takes a few hundred milliseconds, and a sleep in a task of its own,
+        raced against the final text in `asyncio.wait`, took three passes to wake the render where this
+        takes one."""
         if self._final:
             await self._clock.sleep(seconds)
             return
-        sleeping = asyncio.ensure_future(self._clock.sleep(seconds))
-        finishing = asyncio.ensure_future(self._finishing.wait())
+        self._pausing = True
         try:
-            await asyncio.wait({sleeping, finishing}, return_when=asyncio.FIRST_COMPLETED)
+            await self._clock.sleep(seconds)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._interrupted or task is None or task.uncancel() > 0:
+                raise  # cancelled from outside as well
         finally:
-            sleeping.cancel()
-            finishing.cancel()
+            self._pausing = self._interrupted = False
 
     async def _run(self) -> None:
         try:

@@ -54,6 +54,10 @@ async def test_replies_in_a_pipe_are_plain_text_that_cannot_drive_a_terminal(
 
 
 async def test_a_reader_that_leaves_early_ends_the_chat_quietly(llm: LLMServer, workdir: Path) -> None:
+    # The second reply is held after its first token, so the reader leaves while it streams.
+    llm.enqueue(
+        Script(tokens=[f"echo: {USER}: one"]), Script(tokens=["two", " more"], gate=asyncio.Semaphore(1))
+    )
     read_end, write_end = os.pipe()
     process = await spawn_parley(llm, workdir, "chat", stdin=PIPE, stdout=write_end)
     os.close(write_end)

@@ -7,9 +7,13 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import select
+
 from bot.controls import ENDED, GONE, NOTHING_RUNNING, REFUSED, ReplyControls, regenerate_line
 from bot.engine import Engine
 from bot.models import Author, ConversationKey
+from bot.reply import STOPPED
+from bot.schema import inbox
 from tests.conftest import RecordingPlatform, RecordingSurface
 from tests.support.asking import ADA, CHANNEL, answer, ask, first_render, msg
 from tests.support.llm_server import LLMServer, Script
@@ -238,3 +242,41 @@ async def test_a_question_is_regenerated_or_stopped_only_from_its_own_channel(
     assert refused is not None and refused.text == ENDED and not task.done()
     assert await engine.controls.stop(await question_of(engine), MANAGER, CHANNEL) is None
     await asyncio.wait({task})
+
+
+class StopsAtTheFinal(RecordingPlatform):
+    """A platform whose reader leaves as the final text is shown (the terminal's `| head -1`): the
+    reply's task is stopped then, its text complete."""
+
+    task: asyncio.Task[Any] | None = None
+
+    async def surface_for(self, conversation: Any, reply_to: Any = None) -> RecordingSurface:
+        platform = self
+
+        class Surface(RecordingSurface):
+            async def render(self, text: str, *, final: bool) -> int:
+                spent = await super().render(text, final=final)
+                if final and platform.task is not None:
+                    platform.task.cancel(STOPPED)
+                return spent
+
+        surface = Surface()
+        self.surfaces.append((conversation, reply_to, surface))
+        return surface
+
+
+async def test_a_reply_stopped_as_its_complete_text_is_shown_is_stored_and_its_message_closed(
+    engine: Engine, llm: LLMServer
+) -> None:
+    platform = StopsAtTheFinal()
+    engine.register(platform)
+    llm.enqueue(Script(tokens=["All", " of it"]))
+    question = msg("go")
+    platform.task = await engine.accept(question, {"message": question.id})
+    assert platform.task is not None
+    await asyncio.wait({platform.task})
+    assert platform.task.cancelled()
+    assert platform.surfaces[0][2].final == "All of it"
+    assert await memory(engine) == [("user", "go"), ("assistant", "All of it")]
+    states = await engine.store.read(lambda conn: conn.execute(select(inbox.c.state)).scalars().all())
+    assert states == ["done"]  # its message is closed, not answered again at the next start

@@ -352,6 +352,44 @@ def test_the_chunks_of_one_read_are_handed_over_together(run: Run) -> None:
     run(scenario())
 
 
+def test_a_response_read_to_its_end_is_closed_without_a_pass_of_the_loop(run: Run) -> None:
+    """With a thousand replies streaming a pass of the event loop takes a few hundred milliseconds, and a
+    reply's final text waits for its response to close: closing one whose end is read takes none. (The
+    connection's lock was anyio's, which hands the loop a pass at every acquire.)"""
+
+    async def answers_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(CHUNKED + chunks(b"a", b"b") + b"0\r\n\r\n")
+
+    async def scenario() -> list[int]:
+        server, port = await raw_server(answers_at_once)
+        client = make_client(Timeouts(), ssl.create_default_context())
+        loop = asyncio.get_running_loop()
+        passes: list[int] = []
+        counting = False
+
+        def count() -> None:  # once per pass of the loop, while counting
+            if counting:
+                passes[-1] += 1
+                loop.call_soon(count)
+
+        for _ in range(2):  # a new connection, then the same one again
+            async with asyncio.timeout(10), client.stream("GET", f"http://127.0.0.1:{port}/") as response:
+                async for piece in response.aiter_raw():  # its end read with it: the iterator closes it
+                    assert piece == b"ab"
+                    passes.append(0)
+                    counting = True
+                    loop.call_soon(count)
+                counting = False
+            await asyncio.sleep(0)
+        await client.aclose()
+        server.close()
+        return passes
+
+    assert run(scenario()) == [0, 0]
+
+
 def test_a_broken_chunk_behind_good_ones_fails_the_stream(run: Run) -> None:
     async def sends_a_bad_chunk_size(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")

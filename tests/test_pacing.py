@@ -201,6 +201,45 @@ async def test_a_final_does_not_wait_out_the_pause_of_an_intermediate(clock: Fak
     assert surface.renders[-1] == (clock.now(), "first, then more, done", True) and finishing.done()
 
 
+async def test_a_final_wakes_a_render_pausing_for_the_interval_in_one_pass_of_the_loop(
+    clock: FakeClock,
+) -> None:
+    """With a thousand replies streaming, one pass of the event loop takes a few hundred milliseconds: the
+    final text waits for no more passes than it must (finish's own, then the render's)."""
+    surface = RecordingSurface(clock, RenderBudget(min_interval=1.0))
+    renderer = Pacer(clock).renderer(surface)
+    renderer.update("a")
+    await settle()
+    renderer.update("ab")
+    await settle()
+    assert clock.sleepers == 1  # the render sleeps out the interval after "a"
+    finishing = asyncio.ensure_future(renderer.finish("ab, done"))
+    await asyncio.sleep(0)  # finish runs
+    await asyncio.sleep(0)  # and the render it woke
+    assert surface.renders[-1] == (clock.now(), "ab, done", True)
+    await finishing
+    assert clock.sleepers == 0 and [text for _, text, _ in surface.renders] == ["a", "ab, done"]
+
+
+async def test_a_render_pausing_for_the_interval_still_ends_when_cancelled_from_outside(
+    clock: FakeClock,
+) -> None:
+    """The pause tells the final's wake-up from any other cancellation, which it lets through."""
+    surface = RecordingSurface(clock, RenderBudget(min_interval=1.0))
+    renderer = Pacer(clock).renderer(surface)
+    renderer.update("a")
+    await settle()
+    renderer.update("ab")
+    await settle()
+    task = renderer._task
+    assert task is not None and clock.sleepers == 1
+    finishing = asyncio.ensure_future(renderer.finish("ab, done"))
+    task.cancel()  # in the same pass as the final's wake-up
+    with pytest.raises(asyncio.CancelledError):
+        await finishing
+    assert task.cancelled() and [text for _, text, _ in surface.renders] == ["a"]
+
+
 async def test_a_render_that_spent_nothing_gives_its_slot_back(clock: FakeClock) -> None:
     budget = RenderBudget(bucket="b", capacity=2, window=10.0)
     pacer = Pacer(clock)

@@ -592,7 +592,9 @@ async def test_stream_text_over_12000_characters_goes_out_in_pieces(harness: Har
     await harness.mention("write a lot")
     await harness.finished_streams(1)
     stream_calls = [c for c in harness.slack.calls if c.method.endswith("Stream")]
-    assert len(stream_calls) >= 3 and all(
+    # Two calls at least (the stream's start, then its stop or an append): whether the first render
+    # comes before the text's end or is the final one depends on the loop, not on the rule.
+    assert len(stream_calls) >= 2 and all(
         len(harness.slack._streamed(c.args)) <= STREAM_TEXT_LIMIT for c in stream_calls
     )
     assert harness.slack.methods("chat.update", "chat.postMessage") == []  # the stream took it all

@@ -9,17 +9,30 @@ joined and handed up as one piece: the same bytes in the same order, h11 still t
 httpcore builds its HTTP/1.1 connection inside `AsyncHTTPConnection.handle_async_request`, so the pool
 makes connections of a subclass that builds this one (Parley offers only HTTP/1.1: httpx's TLS context
 asks ALPN for no HTTP/2). Used by the pools bot/providers/clients.py makes.
+
+The connections' locks are asyncio's: httpcore's (anyio's) hands the event loop a pass at every
+acquire, free or not, and a request takes two of them to start and one to end. With a thousand replies
+streaming a pass of the loop takes a few hundred milliseconds, paid by every request before it is sent
+and by every reply before its final text. asyncio's lock waits only while another holds it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import h11
 import httpcore
 
 
 class HTTP11Connection(httpcore.AsyncHTTP11Connection):
+    def __init__(
+        self, origin: httpcore.Origin, stream: httpcore.AsyncNetworkStream, keepalive_expiry: float | None
+    ) -> None:
+        super().__init__(origin=origin, stream=stream, keepalive_expiry=keepalive_expiry)
+        self._state_lock = asyncio.Lock()  # type: ignore[assignment]
+
     async def _receive_response_body(self, request: httpcore.Request) -> AsyncIterator[bytes]:
         timeout = request.extensions.get("timeout", {}).get("read")
         event: object = await self._receive_event(timeout=timeout)
@@ -50,6 +63,10 @@ class HTTP11Connection(httpcore.AsyncHTTP11Connection):
 
 
 class HTTPConnection(httpcore.AsyncHTTPConnection):
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._request_lock = asyncio.Lock()  # type: ignore[assignment]
+
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         """httpcore's, with its HTTP/1.1 connection being ours."""
         if not self.can_handle_request(request.url.origin):

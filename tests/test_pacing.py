@@ -9,7 +9,7 @@ import pytest
 
 from bot.compare import Labelled
 from bot.models import RateLimit, RenderBudget
-from bot.streaming import EDIT, LATENCY_MARGIN, Pacer, RequestBucket
+from bot.streaming import EDIT, LATENCY_MARGIN, PacedRenderer, Pacer, RequestBucket
 from tests.support.clock import FakeClock, settle
 
 
@@ -201,17 +201,23 @@ async def test_a_final_does_not_wait_out_the_pause_of_an_intermediate(clock: Fak
     assert surface.renders[-1] == (clock.now(), "first, then more, done", True) and finishing.done()
 
 
-async def test_a_final_wakes_a_render_pausing_for_the_interval_in_one_pass_of_the_loop(
-    clock: FakeClock,
-) -> None:
-    """With a thousand replies streaming, one pass of the event loop takes a few hundred milliseconds: the
-    final text waits for no more passes than it must (finish's own, then the render's)."""
+async def pausing_after_a_first_render(clock: FakeClock) -> tuple[RecordingSurface, PacedRenderer]:
+    """A reply that showed "a" and has "ab" to show: its render task sleeps out the interval."""
     surface = RecordingSurface(clock, RenderBudget(min_interval=1.0))
     renderer = Pacer(clock).renderer(surface)
     renderer.update("a")
     await settle()
     renderer.update("ab")
     await settle()
+    return surface, renderer
+
+
+async def test_a_final_wakes_a_render_pausing_for_the_interval_in_one_pass_of_the_loop(
+    clock: FakeClock,
+) -> None:
+    """With a thousand replies streaming, one pass of the event loop takes a few hundred milliseconds: the
+    final text waits for no more passes than it must (finish's own, then the render's)."""
+    surface, renderer = await pausing_after_a_first_render(clock)
     assert clock.sleepers == 1  # the render sleeps out the interval after "a"
     finishing = asyncio.ensure_future(renderer.finish("ab, done"))
     await asyncio.sleep(0)  # finish runs
@@ -225,12 +231,7 @@ async def test_a_render_pausing_for_the_interval_still_ends_when_cancelled_from_
     clock: FakeClock,
 ) -> None:
     """The pause tells the final's wake-up from any other cancellation, which it lets through."""
-    surface = RecordingSurface(clock, RenderBudget(min_interval=1.0))
-    renderer = Pacer(clock).renderer(surface)
-    renderer.update("a")
-    await settle()
-    renderer.update("ab")
-    await settle()
+    surface, renderer = await pausing_after_a_first_render(clock)
     task = renderer._task
     assert task is not None and clock.sleepers == 1
     finishing = asyncio.ensure_future(renderer.finish("ab, done"))

@@ -23,7 +23,7 @@ from bot.compare import Compare, asks, relabelled
 from bot.config import Settings
 from bot.controls import Controls, ReplyControls, offer
 from bot.gate import Gate
-from bot.lookups import LookUpBatches, Lookups, conversation_settings, look_up, look_up_settings
+from bot.lookups import LookUp, LookUpBatches, Lookups, conversation_settings, look_up_settings
 from bot.metrics import Health, Metrics
 from bot.models import Author, CommandResult, ConversationKey, ConversationSettings, Message
 from bot.platform import Platform
@@ -123,7 +123,7 @@ class Engine:
             return None
         content, tokens = self._user_turn(message)
         asker = (str(message.key), message.author.id)
-        early = _EarlyLookUp(self._look_up(message)) if self._turn_free(message) else None
+        early = _EarlyLookUp(self._look_up(message).read) if self._turn_free(message) else None
         self._asking[asker] += 1  # from now on the next message of theirs waits for this one
         try:
             entry = await self.store.accept(message, reply_to, content, tokens, early)
@@ -153,10 +153,9 @@ class Engine:
         kind, skill, text = self._classify(message.text)
         return kind in ("message", "reply") or (skill is not None and bool(text))
 
-    def _look_up(self, message: Message) -> Callable[[Connection], Lookups]:
-        """What a reply to `message` reads before it starts, as one function for a store hop."""
-        ahead = self.windows.read_ahead(str(message.key))
-        return partial(look_up, key=message.key, budget_targets=override_targets(message), window=ahead)
+    def _look_up(self, message: Message) -> LookUp:
+        """What a reply to `message` reads before it starts."""
+        return LookUp(message.key, override_targets(message), self.windows.read_ahead(str(message.key)))
 
     def _answered(self, asker: tuple[str, str]) -> None:
         self._asking[asker] -= 1
@@ -222,10 +221,7 @@ class Engine:
                 await self.store.close_inbox(entry.id)
                 return "command"
             if lookups is None:
-                key = message.key
-                lookups = await self.look_ups(
-                    key, override_targets(message), self.windows.read_ahead(str(key))
-                )
+                lookups = await self.look_ups(self._look_up(message))
             conf = conversation_settings(lookups.settings, self.settings.default_model)
             if kind == "reply":
                 name, _, args = text[1:].partition(" ")

@@ -73,10 +73,16 @@ def look_up(
 
 
 @dataclass(frozen=True, slots=True)
-class _Asked:
+class LookUp:
+    """What a reply reads before it starts: `look_up`'s arguments, read in a store hop of the caller's
+    (`read`) or in a batch with others (`LookUpBatches`)."""
+
     key: ConversationKey
     budget_targets: Sequence[tuple[str, str]]
     window: ReadAhead | None
+
+    def read(self, conn: Connection) -> Lookups:
+        return look_up(conn, self.key, self.budget_targets, self.window)
 
 
 class LookUpBatches:
@@ -85,23 +91,19 @@ class LookUpBatches:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._batches: Batches[_Asked, Lookups] = Batches(self._read, "look-ups")
+        self._batches: Batches[LookUp, Lookups] = Batches(self._read, "look-ups")
 
-    async def __call__(
-        self, key: ConversationKey, budget_targets: Sequence[tuple[str, str]], window: ReadAhead | None
-    ) -> Lookups:
-        """What `look_up` reads for `key`; raises what the store raised for the batch it went in."""
+    async def __call__(self, asked: LookUp) -> Lookups:
+        """What `asked` reads; raises what the store raised for the batch it went in."""
         if not self._store.shared:
-            return await self._store.read(
-                partial(look_up, key=key, budget_targets=budget_targets, window=window)
-            )
-        return await self._batches(_Asked(key, budget_targets, window))
+            return await self._store.read(asked.read)
+        return await self._batches(asked)
 
-    async def _read(self, asked: list[_Asked]) -> list[Lookups]:
+    async def _read(self, asked: list[LookUp]) -> list[Lookups]:
         return await self._store.read(partial(look_up_many, asked=asked))
 
 
-def look_up_many(conn: Connection, asked: Sequence[_Asked]) -> list[Lookups]:
+def look_up_many(conn: Connection, asked: Sequence[LookUp]) -> list[Lookups]:
     """What `look_up` reads, for every one of `asked`, in one statement per kind (PostgreSQL)."""
     keys = [settings_keys(one.key) for one in asked]
     every = sorted({key for some in keys for key in some})

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from bot import engine as engine_module
 from bot import lookups as lookups_module
 from bot import windows as windows_module
 from bot.engine import Engine
@@ -66,7 +65,7 @@ async def test_a_look_up_that_fails_in_the_accept_leaves_the_message_stored_and_
 ) -> None:
     """The look-up shares the accept's transaction: when it fails, the message is stored all the same,
     and its reply looks up again in its turn."""
-    looked_up = engine_module.look_up
+    looked_up = lookups_module.look_up
     calls: list[str] = []
 
     def failing_once(*args: Any, **kwargs: Any) -> Any:
@@ -75,8 +74,7 @@ async def test_a_look_up_that_fails_in_the_accept_leaves_the_message_stored_and_
             raise RuntimeError("the look-up broke")
         return looked_up(*args, **kwargs)
 
-    monkeypatch.setattr(engine_module, "look_up", failing_once)  # the accept's
-    monkeypatch.setattr(lookups_module, "look_up", failing_once)  # the one a reply makes in its turn
+    monkeypatch.setattr(lookups_module, "look_up", failing_once)  # the accept's, and the one in its turn
     message = msg("still there?")
     assert (await answer(engine, message)).final == "echo: Ada: still there?"
     assert calls == ["look_up", "look_up"]  # in the accept (failed), then in its turn

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine as DatabaseEngine
 from sqlalchemy.exc import ProgrammingError
 
 from bot.budgets import override_targets
-from bot.lookups import LookUpBatches, Lookups, look_up
+from bot.lookups import LookUp, LookUpBatches, Lookups, look_up
 from bot.models import ConversationKey
 from bot.store import AssistantRecord, Store
 from bot.windows import Windows
@@ -107,7 +107,7 @@ async def test_look_ups_asked_together_are_read_in_one_hop_each_as_it_alone_woul
         ] * 5
         with statements_sent() as sent:
             together = await asyncio.gather(
-                *(batches(key, targets, windows.read_ahead(str(key))) for key, targets in asked)
+                *(batches(LookUp(key, targets, windows.read_ahead(str(key)))) for key, targets in asked)
             )
         assert [plain(found) for found in together] == [plain(found) for found in alone]
         # One hop: the settings, the skill modes, the budgets, the summaries, the windows not held and
@@ -126,12 +126,11 @@ async def test_a_batch_whose_statement_fails_fails_each_of_its_look_ups_then_the
         windows = Windows(store, 2**20)
         batches = LookUpBatches(store)
         await store.write(lambda conn: conn.execute(text("ALTER TABLE summaries RENAME TO away")))
-        failed = await asyncio.gather(
-            *(batches(key, [], windows.read_ahead(str(key))) for key in KEYS[:3]), return_exceptions=True
-        )
+        asked = [LookUp(key, [], windows.read_ahead(str(key))) for key in KEYS[:3]]
+        failed = await asyncio.gather(*map(batches, asked), return_exceptions=True)
         assert [type(error) for error in failed] == [ProgrammingError] * 3
         await store.write(lambda conn: conn.execute(text("ALTER TABLE away RENAME TO summaries")))
-        found = await asyncio.gather(*(batches(key, [], windows.read_ahead(str(key))) for key in KEYS[:3]))
+        found = await asyncio.gather(*map(batches, asked))
         assert [lookups.summary for lookups in found] == [None] * 3
     finally:
         await store.close()
@@ -146,8 +145,8 @@ async def test_a_cancelled_look_up_is_left_out_and_the_others_are_answered(datab
         await store.set_summary(str(KEYS[1]), "Kept.", 1, "m")
         windows = Windows(store, 2**20)
         batches = LookUpBatches(store)
-        gone = asyncio.create_task(batches(KEYS[0], [], None))
-        first = asyncio.create_task(batches(KEYS[1], [], windows.read_ahead(str(KEYS[1]))))
+        gone = asyncio.create_task(batches(LookUp(KEYS[0], [], None)))
+        first = asyncio.create_task(batches(LookUp(KEYS[1], [], windows.read_ahead(str(KEYS[1])))))
         await asyncio.sleep(0)  # both asked; the batch is not sent yet
         gone.cancel()
         later: list[asyncio.Task[Lookups]] = []
@@ -155,7 +154,7 @@ async def test_a_cancelled_look_up_is_left_out_and_the_others_are_answered(datab
         def while_out(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
             if "summaries" in statement and not later:  # the first batch is out
                 first.cancel()
-                later.append(asyncio.create_task(batches(KEYS[1], [], None)))
+                later.append(asyncio.create_task(batches(LookUp(KEYS[1], [], None))))
 
         with statements_sent() as sent:
             event.listen(DatabaseEngine, "before_cursor_execute", while_out)

@@ -582,9 +582,10 @@ class Store:
     async def _start_replies(self, rows: list[dict[str, object]]) -> list[int]:
         """PostgreSQL: the rows of the replies that showed while the last batch was out, in one statement;
         their ids in the order asked."""
-        bound = {f"rows_{name}": [row[name] for row in rows] for name in _REPLY_ROW_COLUMNS}
+        columns = tuple(rows[0])  # (each row is `start_reply`'s values: the same columns)
+        bound = {f"rows_{name}": [row[name] for row in rows] for name in columns}
         return await self.write_alone(
-            lambda conn: list(conn.execute(_reply_rows_statement(), bound).scalars())
+            lambda conn: list(conn.execute(_reply_rows_statement(columns), bound).scalars())
         )
 
     async def save_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> None:
@@ -1002,37 +1003,24 @@ def _finish_statement(insert_turn: bool) -> Any:
     )
 
 
-# The columns of a reply's row written at its first render (`start_reply`).
-_REPLY_ROW_COLUMNS = (
-    *_TURN_COLUMNS,
-    "answers",
-    *("model", "prompt_tokens", "completion_tokens", "cost", "latency_ms", "outcome"),
-    "reply_refs",
-    "instance",
-)
-
-
 @functools.cache
-def _reply_rows_statement() -> Any:
+def _reply_rows_statement(columns: tuple[str, ...]) -> Any:
     """Replies' rows from one array per column (PostgreSQL), each given its id from the turns' sequence
     first, so that the ids come back in the order the rows were asked for."""
     asked = (
         func.unnest(
-            *(
-                bindparam(f"rows_{name}", type_=postgresql.ARRAY(turns.c[name].type))
-                for name in _REPLY_ROW_COLUMNS
-            )
+            *(bindparam(f"rows_{name}", type_=postgresql.ARRAY(turns.c[name].type)) for name in columns)
         )
-        .table_valued(*_REPLY_ROW_COLUMNS, with_ordinality="n")
+        .table_valued(*columns, with_ordinality="n")
         .render_derived("asked")
     )
     numbered = select(
         func.nextval(func.pg_get_serial_sequence("turns", "id")).label("id"),
         asked.c.n,
-        *(asked.c[name] for name in _REPLY_ROW_COLUMNS),
+        *(asked.c[name] for name in columns),
     ).cte("numbered")
     written = insert(turns).from_select(
-        ["id", *_REPLY_ROW_COLUMNS], select(numbered.c.id, *(numbered.c[name] for name in _REPLY_ROW_COLUMNS))
+        ["id", *columns], select(numbered.c.id, *(numbered.c[name] for name in columns))
     )
     return select(numbered.c.id).add_cte(written.cte("written")).order_by(numbered.c.n)
 

@@ -64,9 +64,10 @@ class Summaries:
         first_kept = context.turns[0].id
         stored = lookups.summary if lookups is not None else await self._engine.store.summary(conversation)
         wait = self._engine.settings.summary_wait_seconds
-        if (stored is None or stored[1] < first_kept - 1) and wait <= 0 and later is not None:
+        stale = stored is None or stored[1] < first_kept - 1  # turns fell out since it was made
+        if stale and wait <= 0 and later is not None:
             later(partial(self._update, conversation, first_kept, resolved))
-        elif stored is None or stored[1] < first_kept - 1:
+        elif stale:
             update = self._update(conversation, first_kept, resolved)
             try:
                 async with asyncio.timeout(wait):

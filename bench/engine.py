@@ -439,26 +439,9 @@ async def overhead(args: argparse.Namespace, tmp: str) -> None:
     runtime.settle()  # as `parley run` does once started
     single = await load(engine, 1, 40, rounds=20)
     show("uncontended: 1 conversation, 20 messages one after another, 40 tokens at 50/s", single, {})
-    stops: dict[int, list[float]] = {0: [], 1: [], 2: []}  # the garbage collector's, per generation
-    began = 0.0
-
-    def timed(phase: str, info: dict[str, int]) -> None:
-        nonlocal began
-        if phase == "start":
-            began = time.perf_counter()
-        else:
-            stops[info["generation"]].append(time.perf_counter() - began)
-
-    gc.callbacks.append(timed)
-    try:
+    with Collections() as collections:
         figures = await load(engine, args.conversations, 40, rounds=3, ramp=10.0, think=10.0)
-    finally:
-        gc.callbacks.remove(timed)
-    figures |= {
-        "full_collections": float(len(stops[2])),
-        "full_collection_max_ms": max(stops[2], default=0.0) * 1000,
-        "young_collection_max_ms": max(stops[0] + stops[1], default=0.0) * 1000,
-    }
+    figures |= collections.figures()
     await engine.aclose()
     provider.terminate()
     targets = {"request_out_p99_ms": "< 10", "token_render_p99_ms": "< 10"}
@@ -522,11 +505,15 @@ class Collections:
             self.stops[info["generation"]].append(time.perf_counter() - self._began)
 
     def figures(self) -> dict[str, float]:
-        young = self.stops[0] + self.stops[1]
+        """How many full collections, how long the loop stood still for them and for the young ones, and
+        the longest stop of each."""
+        full, young = self.stops[2], self.stops[0] + self.stops[1]
         return {
-            "full_collections": float(len(self.stops[2])),
-            "full_collection_ms": sum(self.stops[2]) * 1000,
+            "full_collections": float(len(full)),
+            "full_collection_ms": sum(full) * 1000,
+            "full_collection_max_ms": max(full, default=0.0) * 1000,
             "young_collection_ms": sum(young) * 1000,
+            "young_collection_max_ms": max(young, default=0.0) * 1000,
         }
 
 

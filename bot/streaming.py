@@ -104,14 +104,9 @@ class RequestBucket:
         self._expire(now)
         usable = self.usable(rank)
         ahead = sum(1 for other, its in self._waiting.items() if its < rank and other is not waiter)
-        over = len(self._sent) + min(count, usable) + ahead - usable
-        if over <= 0:
-            return 0.0
-        if over > len(
-            self._sent
-        ):  # the slots free now go to the renders ahead; look again once they took them
-            return LATENCY_MARGIN
-        return self._sent[over - 1] + self.window - now
+        # (More over than were sent: the slots free now go to the renders ahead; look again once they
+        # took them.)
+        return self._freed_in(now, len(self._sent) + min(count, usable) + ahead - usable)
 
     def usable(self, rank: int) -> int:
         """How many of the window's slots renders of this rank may use."""
@@ -137,7 +132,11 @@ class RequestBucket:
         """Seconds until `has_room(now, 1)`; a margin when the final texts owed fill the bucket (each
         frees its slot once shown)."""
         self._expire(now)
-        over = len(self._sent) + self.replies + 1 - self.capacity
+        return self._freed_in(now, len(self._sent) + self.replies + 1 - self.capacity)
+
+    def _freed_in(self, now: float, over: int) -> float:
+        """Seconds until the oldest `over` requests have left the window (0 for none; a margin, to look
+        again, when that is more than were sent: the rest are slots others hold)."""
         if over <= 0:
             return 0.0
         if over > len(self._sent):
